@@ -1,0 +1,1 @@
+"""Faust agents of the pipeline (the worker's stream processing services)."""

@@ -1,0 +1,107 @@
+"""Configuration: one `Settings` object read from `KERN_*` environment variables and a `.env` file.
+
+Secrets (Kafka SASL password, ClickHouse password) are `SecretStr`, so they print as `**********`;
+they can also come from files in the directory named by `KERN_SECRETS_DIR` (one file per setting, named
+like the variable without its prefix, e.g. `clickhouse_password`), the Docker/Kubernetes secret layout.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_TOPIC = "kern.telemetry.events"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="KERN_", env_file=".env", env_file_encoding="utf-8", extra="ignore",
+        frozen=True,
+    )
+
+    # Kafka
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma separated")
+    topic: str = Field(DEFAULT_TOPIC, description="Topic the SDKs produce events to")
+    topic_partitions: int = Field(4, ge=1, description="Partitions when the CLI creates the topics")
+    topic_replication: int = Field(1, ge=1, description="Replication factor when the CLI creates the topics")
+    consumer_group: str = Field("kern-telemetry-rollup", description="Consumer group of the workers")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+
+    # ClickHouse
+    clickhouse_dsn: str = Field(
+        "chdb://.kern/chdb",
+        description="http(s)://host:port for a server, chdb:///abs/path (or chdb://rel/path) for the embedded engine",
+    )
+    clickhouse_database: str = Field("kern_telemetry", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    clickhouse_user: str | None = None
+    clickhouse_password: SecretStr | None = None
+    clickhouse_cluster: str | None = Field(None, description="Cluster name: generate Replicated/Distributed DDL ON CLUSTER")
+    clickhouse_ca_cert: Path | None = None
+
+    # Rollup
+    window_seconds: int = Field(60, ge=1, le=3600, description="Tumbling window size (event time)")
+    allowed_lateness_seconds: int = Field(3600, ge=0, description="How much older than its Kafka record an event may be")
+    future_tolerance_seconds: int = Field(300, ge=0, description="How far ahead of its Kafka record an event may be")
+    max_event_bytes: int = Field(65536, ge=1024, description="Larger events go to the DLQ as oversized")
+    flush_interval_seconds: float = Field(1.0, gt=0, description="Flush pending aggregates at least this often")
+    flush_max_events: int = Field(200_000, ge=1, description="Flush a partition once it holds this many events")
+    max_pending_rows: int = Field(500_000, ge=1000, description="Pause consumption above this many unflushed rows")
+
+    # Retention (days; 0 keeps forever)
+    retention_minute_days: int = Field(30, ge=0)
+    retention_hour_days: int = Field(400, ge=0)
+    retention_day_days: int = Field(0, ge=0)
+
+    # Worker web endpoints (health, metrics)
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(6066, ge=0, le=65535)
+    log_level: Literal["debug", "info", "warn", "error"] = "info"
+
+    @field_validator("clickhouse_dsn")
+    @classmethod
+    def _absolute_chdb_path(cls, dsn: str) -> str:
+        """chDB wants an absolute path; `chdb://rel/path` is taken relative to the working directory."""
+        if dsn.startswith("chdb://") and not dsn.startswith("chdb:///"):
+            return "chdb://" + os.path.abspath(dsn.removeprefix("chdb://"))
+        return dsn
+
+    @property
+    def dlq_topic(self) -> str:
+        return f"{self.topic}.dlq"
+
+    @property
+    def embedded_clickhouse(self) -> bool:
+        return self.clickhouse_dsn.startswith("chdb://")
+
+    @cached_property
+    def safe_dsn(self) -> str:
+        """The DSN with any password masked, for logs and messages."""
+        return redact_url(self.clickhouse_dsn)
+
+    @classmethod
+    def load(cls, **overrides: object) -> Settings:
+        secrets_dir = os.environ.get("KERN_SECRETS_DIR")
+        return cls(_secrets_dir=secrets_dir, **overrides) if secrets_dir else cls(**overrides)
+
+
+def redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    user = f"{parts.username}:***@" if parts.username else "***@"
+    return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))

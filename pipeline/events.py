@@ -1,0 +1,416 @@
+"""The event contract: decode, validate and project one SDK telemetry event onto its allow-listed dimensions.
+
+`EventProjector.project` is the per-event hot path. For a valid event it returns the rollup key
+`(window_start, dimensions)`; for an invalid one a `Rejection` (reason code, JSON path, value-free shape).
+Nothing outside `DIMENSIONS` survives projection: identifiers, prompts and unknown fields are never
+copied anywhere, and every dimension string passes `clean_value` (bounded length and characters,
+secret-looking values replaced by `REDACTED`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import msgspec
+
+KINDS = frozenset({"agent", "team", "workflow", "os"})
+
+#: Columns of the rollup key, in the order of the tuple `project` returns (after `window_start`).
+DIMENSIONS = (
+    "kind", "sdk_version", "model_provider", "model_name", "model_id", "db_type",
+    "parser_provider", "parser_model_id", "output_provider", "output_model_id",
+    "member_bucket", "features",
+)
+
+NONE = "none"  # null or absent: a value of its own
+INVALID = "(invalid)"  # too long, or characters outside the allowed set
+REDACTED = "(redacted)"  # looked like a secret or personal data
+MAX_VALUE_LENGTH = 100
+
+
+class Reason(StrEnum):
+    """Why an event is not counted. DLQ reasons come first; the rest are quality counters only."""
+
+    TOMBSTONE = "tombstone"  # record with a null value
+    EMPTY = "empty"  # zero bytes or only whitespace
+    OVERSIZED = "oversized"  # more than max_event_bytes
+    NOT_UTF8 = "not_utf8"
+    NOT_JSON = "not_json"  # includes NaN/Infinity literals and nesting past the decoder's limit
+    NOT_OBJECT = "not_object"  # JSON, but not an object
+    WRONG_TYPE = "wrong_type"  # a known field has a type the contract does not allow
+    MISSING_FIELD = "missing_field"  # session_id or type absent (or null)
+    UNKNOWN_KIND = "unknown_kind"  # type is not agent/team/workflow/os
+    # Counted in the quality table, never dead-lettered:
+    LATE = "late"  # event time older than its Kafka record by more than the allowed lateness
+    FUTURE_TIMESTAMP = "future_timestamp"  # payload time too far ahead: the record time is used
+    BAD_TIMESTAMP = "bad_timestamp"  # payload time unparseable or out of range: the record time is used
+    REDACTED_VALUE = "redacted_value"  # a dimension value looked like a secret or personal data
+    INVALID_VALUE = "invalid_value"  # a dimension value was too long or had disallowed characters
+
+
+QUALITY_ONLY = frozenset({Reason.LATE, Reason.FUTURE_TIMESTAMP, Reason.BAD_TIMESTAMP,
+                          Reason.REDACTED_VALUE, Reason.INVALID_VALUE})
+
+
+class _Envelope(msgspec.Struct):
+    """Known top-level fields with their allowed types. Unknown fields (run_id, ...) are skipped by the
+    decoder, so they never exist as Python objects."""
+
+    type: str | None | msgspec.UnsetType = msgspec.UNSET
+    session_id: str | None | msgspec.UnsetType = msgspec.UNSET
+    os_id: str | None | msgspec.UnsetType = msgspec.UNSET
+    sdk_version: str | None = None
+    timestamp: int | float | str | None = None
+    data: dict[str, Any] | None = None
+
+
+class Rejection:
+    """An invalid event: reason code, JSON path of the offending field, a value-free description."""
+
+    __slots__ = ("reason", "path", "detail", "kind")
+
+    def __init__(self, reason: Reason, path: str = "$", detail: str = "", kind: str = "unknown"):
+        self.reason = reason
+        self.path = path
+        self.detail = detail
+        self.kind = kind
+
+    @property
+    def dead_letter(self) -> bool:
+        """False for late events: they are counted in the quality table but not dead-lettered."""
+        return self.reason not in QUALITY_ONLY
+
+    def __repr__(self) -> str:
+        return f"Rejection({self.reason.value!r}, {self.path!r}, {self.detail!r})"
+
+
+class _Invalid(Exception):
+    """Raised inside projection; becomes a Rejection at the boundary."""
+
+    def __init__(self, rejection: Rejection):
+        self.rejection = rejection
+
+
+# --- value cleaning -------------------------------------------------------------------------------
+
+_VALUE_CHARS = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._:/@+\-]*")
+_FLAG_NAME = re.compile(r"has_[a-z0-9_]{1,60}")
+_SECRET_PATTERNS = re.compile(
+    r"""
+      (?:^|[^a-z])(?:sk|pk|rk|ak)[-_][A-Za-z0-9_\-]{8,}   # API keys: sk-..., pk_live_...
+    | \b(?:bearer|basic|token)\s+\S{8,}                     # Authorization headers
+    | ^(?:gh[pousr]|glpat|xox[abprs]|AKIA|AIza|hf_)[A-Za-z0-9_\-]{8,}  # provider token prefixes
+    | [A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]*:[^/\s@]*@        # URL with user:password@
+    | [^@\s/]+@[^@\s/]+\.[A-Za-z]{2,}                       # e-mail address
+    """,
+    re.IGNORECASE | re.VERBOSE,
+)
+_TOKEN_SEPARATORS = re.compile(r"[-_ ./:@+]")
+_CACHE_LIMIT = 50_000
+
+
+def _looks_secret(value: str) -> bool:
+    if _SECRET_PATTERNS.search(value):
+        return True
+    # Long high-entropy tokens (hex digests, base64 keys, JWT parts) are not model or db names.
+    for token in _TOKEN_SEPARATORS.split(value):
+        if len(token) >= 20 and _entropy_bits_per_char(token) >= 3.5 and any(c.isdigit() for c in token):
+            return True
+    return False
+
+
+def _entropy_bits_per_char(token: str) -> float:
+    counts: dict[str, int] = {}
+    for char in token:
+        counts[char] = counts.get(char, 0) + 1
+    n = len(token)
+    return -sum(c / n * math.log2(c / n) for c in counts.values())
+
+
+def clean_value(value: str) -> str:
+    """The dimension value stored for a raw string: itself, INVALID or REDACTED (uncached)."""
+    if len(value) > MAX_VALUE_LENGTH or not _VALUE_CHARS.fullmatch(value):
+        return INVALID
+    if _looks_secret(value):
+        return REDACTED
+    return value
+
+
+def clean_flag_name(name: str) -> str | None:
+    """A `has_*` key as a feature name, or None when the key is malformed or secret-looking."""
+    if len(name) > 64 or not _FLAG_NAME.fullmatch(name) or _looks_secret(name[4:]):
+        return None
+    return name
+
+
+# --- shapes for the dead-letter topic -------------------------------------------------------------
+
+_SHAPE_MAX_KEYS = 32
+_SHAPE_MAX_DEPTH = 3
+_TYPE_NAMES = {str: "string", bool: "bool", int: "int", float: "float", type(None): "null", list: "array", dict: "object"}
+
+
+def shape_of(value: object, depth: int = 0) -> object:
+    """Keys and types of a decoded JSON value, never its values. Keys are cleaned like values, so a key
+    that is itself a secret shows as REDACTED."""
+    if isinstance(value, dict):
+        if depth >= _SHAPE_MAX_DEPTH:
+            return "object"
+        shape: dict[str, object] = {}
+        for i, (key, item) in enumerate(value.items()):
+            if i == _SHAPE_MAX_KEYS:
+                shape["..."] = f"{len(value) - i} more keys"
+                break
+            shape[clean_value(key)] = shape_of(item, depth + 1)
+        return shape
+    if isinstance(value, list):
+        return f"array[{len(value)}]"
+    return _TYPE_NAMES.get(type(value), "unknown")
+
+
+def shape_of_bytes(raw: bytes | None) -> object:
+    """The shape of a raw record value, decoding it only as far as is safe."""
+    if raw is None:
+        return "null"
+    try:
+        return shape_of(msgspec.json.decode(raw))
+    except (msgspec.DecodeError, RecursionError):
+        return f"bytes[{len(raw)}]"
+
+
+# --- projection -----------------------------------------------------------------------------------
+
+_MSGSPEC_PATH = re.compile(r" - at `(\$[^`]*)`$")
+_MEMBER_BUCKETS = ((0, "0"), (1, "1"), (2, "2"), (4, "3-4"), (8, "5-8"), (16, "9-16"), (32, "17-32"))
+_MODEL_REF_FIELDS = ("parser_model", "output_model")
+
+
+def member_bucket(count: int) -> str:
+    if count < 0:
+        return INVALID
+    for upper, label in _MEMBER_BUCKETS:
+        if count <= upper:
+            return label
+    return "33+"
+
+
+class EventProjector:
+    """Validates events and projects them onto rollup keys. One per worker; holds only caches."""
+
+    def __init__(self, window_seconds: int, allowed_lateness_seconds: int, future_tolerance_seconds: int,
+                 max_event_bytes: int):
+        self.window_seconds = window_seconds
+        self.allowed_lateness = allowed_lateness_seconds
+        self.future_tolerance = future_tolerance_seconds
+        self.max_event_bytes = max_event_bytes
+        self._decode = msgspec.json.Decoder(_Envelope).decode
+        self._values: dict[str, str] = {}
+        self._flags: dict[str, str | None] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> EventProjector:
+        return cls(settings.window_seconds, settings.allowed_lateness_seconds,
+                   settings.future_tolerance_seconds, settings.max_event_bytes)
+
+    def project(self, raw: bytes | None, record_ms: int, quality: dict) -> tuple | Rejection:
+        """`(window_start, dims)` for a countable event, else a Rejection. Every event not counted, and
+        notes about counted ones (redacted values, replaced timestamps), are added to
+        `quality[(window_start, kind, reason)]`."""
+        result = self._classify(raw, record_ms, quality)
+        if type(result) is not tuple and result.dead_letter:
+            record_s = record_ms // 1000
+            _count(quality, (record_s - record_s % self.window_seconds, result.kind, result.reason))
+        return result
+
+    def _classify(self, raw: bytes | None, record_ms: int, quality: dict) -> tuple | Rejection:
+        if raw is None:
+            return Rejection(Reason.TOMBSTONE)
+        if len(raw) > self.max_event_bytes:
+            return Rejection(Reason.OVERSIZED, detail=f"{len(raw)} bytes > {self.max_event_bytes}")
+        try:
+            event = self._decode(raw)
+        except msgspec.ValidationError as exc:
+            return _validation_rejection(str(exc))
+        except msgspec.DecodeError:
+            return _decode_rejection(raw)
+        except RecursionError:
+            return Rejection(Reason.NOT_JSON, detail="nesting too deep")
+        try:
+            return self._project(event, record_ms, quality)
+        except _Invalid as invalid:
+            return invalid.rejection
+
+    def _project(self, event: _Envelope, record_ms: int, quality: dict) -> tuple | Rejection:
+        kind = event.type
+        if kind is msgspec.UNSET or kind is None:
+            if event.os_id is msgspec.UNSET:  # AgentOS launches of older SDKs carry os_id and no type
+                return Rejection(Reason.MISSING_FIELD, "$.type")
+            kind = "os"
+        elif kind not in KINDS:
+            return Rejection(Reason.UNKNOWN_KIND, "$.type", "expected one of agent, team, workflow, os")
+        if kind != "os" and (event.session_id is msgspec.UNSET or event.session_id is None):
+            return Rejection(Reason.MISSING_FIELD, "$.session_id", kind=kind)
+
+        window_start = self._window_start(event.timestamp, record_ms, kind, quality)
+        if window_start is None:
+            return Rejection(Reason.LATE, "$.timestamp", kind=kind)
+
+        clean = self._clean
+        data = event.data
+        if data is None:
+            data = {}
+        features = []
+        for key, value in data.items():
+            if key[:4] == "has_":
+                if value is True:
+                    features.append(key)
+                elif value is not False and value is not None:
+                    raise _Invalid(Rejection(Reason.WRONG_TYPE, f"$.data.{clean(key)}", "expected bool or null", kind))
+        features = self._feature_names(features, window_start, kind, quality) if features else ()
+
+        parser_provider, parser_id = self._model_ref(data, "parser_model", kind)
+        output_provider, output_id = self._model_ref(data, "output_model", kind)
+        dims = (
+            kind,
+            clean(_str_field(event.sdk_version, "$.sdk_version", kind)),
+            clean(_str_field(data.get("model_provider"), "$.data.model_provider", kind)),
+            clean(_str_field(data.get("model_name"), "$.data.model_name", kind)),
+            clean(_str_field(data.get("model_id"), "$.data.model_id", kind)),
+            clean(_str_field(data.get("db_type"), "$.data.db_type", kind)),
+            parser_provider, parser_id, output_provider, output_id,
+            self._member_bucket(data.get("member_count"), kind) if kind == "team" else NONE,
+            features,
+        )
+        if REDACTED in dims or INVALID in dims:
+            self._note_bad_values(dims, window_start, kind, quality)
+        return window_start, dims
+
+    def _clean(self, value: str | None) -> str:
+        if value is None:
+            return NONE
+        cleaned = self._values.get(value)
+        if cleaned is None:
+            cleaned = clean_value(value)
+            if len(self._values) < _CACHE_LIMIT:
+                self._values[value] = cleaned
+        return cleaned
+
+    def _feature_names(self, keys: list[str], window_start: int, kind: str, quality: dict) -> tuple[str, ...]:
+        names = []
+        for key in keys:
+            name = self._flags.get(key, False)
+            if name is False:
+                name = clean_flag_name(key)
+                if len(self._flags) < _CACHE_LIMIT:
+                    self._flags[key] = name
+            if name is None:
+                _count(quality, (window_start, kind, Reason.INVALID_VALUE))
+            else:
+                names.append(name)
+        names.sort()
+        return tuple(names)
+
+    def _model_ref(self, data: dict, field: str, kind: str) -> tuple[str, str]:
+        ref = data.get(field)
+        if ref is None:
+            return NONE, NONE
+        if type(ref) is not dict:
+            raise _Invalid(Rejection(Reason.WRONG_TYPE, f"$.data.{field}", "expected object or null", kind))
+        return (self._clean(_str_field(ref.get("model_provider"), f"$.data.{field}.model_provider", kind)),
+                self._clean(_str_field(ref.get("model_id"), f"$.data.{field}.model_id", kind)))
+
+    @staticmethod
+    def _member_bucket(count: object, kind: str) -> str:
+        if count is None:
+            return NONE
+        if type(count) is not int:
+            raise _Invalid(Rejection(Reason.WRONG_TYPE, "$.data.member_count", "expected int or null", kind))
+        return member_bucket(count)
+
+    def _window_start(self, timestamp: object, record_ms: int, kind: str, quality: dict) -> int | None:
+        """Event time: the payload's timestamp when valid, else the Kafka record's. None when late.
+
+        Lateness is measured against the record's own timestamp (when the broker got it), not against
+        the partition's progress: the verdict depends on the record alone, so a replayed range always
+        projects the same way.
+        """
+        record_s = record_ms // 1000
+        width = self.window_seconds
+        if timestamp is None:
+            return record_s - record_s % width
+        event_s = _epoch_seconds(timestamp)
+        if event_s is None:
+            _count(quality, (record_s - record_s % width, kind, Reason.BAD_TIMESTAMP))
+            return record_s - record_s % width
+        if event_s > record_s + self.future_tolerance:
+            _count(quality, (record_s - record_s % width, kind, Reason.FUTURE_TIMESTAMP))
+            return record_s - record_s % width
+        if event_s < record_s - self.allowed_lateness:
+            _count(quality, (record_s - record_s % width, kind, Reason.LATE))
+            return None
+        return event_s - event_s % width
+
+    @staticmethod
+    def _note_bad_values(dims: tuple, window_start: int, kind: str, quality: dict) -> None:
+        for value in dims:
+            if value is REDACTED:
+                _count(quality, (window_start, kind, Reason.REDACTED_VALUE))
+            elif value is INVALID:
+                _count(quality, (window_start, kind, Reason.INVALID_VALUE))
+
+
+def _count(counter: dict, key: tuple) -> None:
+    counter[key] = counter.get(key, 0) + 1
+
+
+def _str_field(value: object, path: str, kind: str) -> str | None:
+    if value is None or type(value) is str:
+        return value  # type: ignore[return-value]
+    raise _Invalid(Rejection(Reason.WRONG_TYPE, path, "expected string or null", kind))
+
+
+_MIN_EPOCH_S = 946_684_800  # 2000-01-01: anything earlier is a broken clock, not an old event
+_MAX_EPOCH_S = 4_102_444_800  # 2100-01-01
+
+
+def _epoch_seconds(timestamp: object) -> int | None:
+    """Seconds since the epoch from a number (s or ms) or an ISO-8601 string; None when invalid."""
+    if type(timestamp) is str:
+        try:
+            parsed = datetime.fromisoformat(timestamp)
+        except ValueError:
+            return None
+        if parsed.tzinfo is None:
+            return None  # a naive time has no defined instant
+        seconds = parsed.timestamp()
+    else:
+        seconds = float(timestamp)  # type: ignore[arg-type]
+        if seconds > 1e11:  # milliseconds
+            seconds /= 1000
+    if not _MIN_EPOCH_S <= seconds < _MAX_EPOCH_S:  # also false for NaN and inf
+        return None
+    return int(seconds)
+
+
+def _validation_rejection(message: str) -> Rejection:
+    """A msgspec type error as a Rejection. msgspec messages name types and paths, never values."""
+    match = _MSGSPEC_PATH.search(message)
+    path = match.group(1) if match else "$"
+    detail = message[: match.start()] if match else message
+    if path == "$":
+        return Rejection(Reason.NOT_OBJECT, "$", detail)
+    return Rejection(Reason.WRONG_TYPE, path, detail)
+
+
+def _decode_rejection(raw: bytes) -> Rejection:
+    if not raw.strip():
+        return Rejection(Reason.EMPTY)
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Rejection(Reason.NOT_UTF8, detail=f"invalid byte at position {exc.start}")
+    return Rejection(Reason.NOT_JSON, detail="not a JSON document (RFC 8259)")

@@ -1,0 +1,74 @@
+"""Worker health and metrics: what `/health` and `/metrics` report, and what the logs say on a change.
+
+A component (kafka, clickhouse, backpressure) is degraded from its first failure until its next success;
+the worker is healthy when no component is degraded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+log = logging.getLogger("pipeline.health")
+
+
+class Health:
+    def __init__(self) -> None:
+        self.degraded: dict[str, str] = {}
+        self.started = time.time()
+        self.events = 0  # consumed
+        self.events_flushed = 0  # in rollups that landed in ClickHouse
+        self.dead_letters = 0
+        self.flushes = 0
+        self.flush_failures = 0
+        self.flush_seconds = 0.0
+        self.last_flush_at: float | None = None
+        self.pending_rows = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.degraded
+
+    def degrade(self, component: str, reason: str) -> None:
+        if self.degraded.get(component) != reason:
+            log.warning("degraded: %s: %s", component, reason)
+        self.degraded[component] = reason
+
+    def recover(self, component: str) -> None:
+        if self.degraded.pop(component, None) is not None:
+            log.warning("recovered: %s", component)
+
+    def flushed(self, events: int, seconds: float) -> None:
+        self.flushes += 1
+        self.events_flushed += events
+        self.flush_seconds += seconds
+        self.last_flush_at = time.time()
+
+    def report(self) -> dict:
+        return {
+            "status": "ok" if self.ok else "degraded",
+            "degraded": dict(self.degraded),
+            "events_consumed": self.events,
+            "events_flushed": self.events_flushed,
+            "dead_letters": self.dead_letters,
+            "flushes": self.flushes,
+            "flush_failures": self.flush_failures,
+            "pending_rows": self.pending_rows,
+            "last_flush_age_s": None if self.last_flush_at is None else round(time.time() - self.last_flush_at, 3),
+        }
+
+    def prometheus(self) -> str:
+        lines = [
+            ("kern_up", "gauge", int(self.ok)),
+            ("kern_events_consumed_total", "counter", self.events),
+            ("kern_events_flushed_total", "counter", self.events_flushed),
+            ("kern_dead_letters_total", "counter", self.dead_letters),
+            ("kern_flushes_total", "counter", self.flushes),
+            ("kern_flush_failures_total", "counter", self.flush_failures),
+            ("kern_flush_seconds_total", "counter", round(self.flush_seconds, 6)),
+            ("kern_pending_rows", "gauge", self.pending_rows),
+        ]
+        out = []
+        for name, kind, value in lines:
+            out += [f"# TYPE {name} {kind}", f"{name} {value}"]
+        return "\n".join(out) + "\n"

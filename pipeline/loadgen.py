@@ -1,0 +1,135 @@
+"""Realistic SDK telemetry: the events the Kern SDKs send, in a plausible mix, plus a share of bad ones.
+
+`EventGenerator` is seeded, so a run is reproducible. Every event carries fresh identifiers, like the
+real SDKs' payloads; the pipeline must drop them.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import msgspec
+
+# provider -> (model class name, model ids); weights roughly follow public SDK usage.
+MODELS = {
+    "openai": ("OpenAIResponses", ["gpt-5.2", "gpt-5-mini", "gpt-4.1", "gpt-4o", "gpt-4o-mini", "o3", "o4-mini"]),
+    "anthropic": ("Claude", ["claude-sonnet-4-5", "claude-opus-4-1", "claude-haiku-4-5", "claude-3-7-sonnet-latest"]),
+    "google": ("Gemini", ["gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.0-flash"]),
+    "groq": ("Groq", ["llama-3.3-70b-versatile", "openai/gpt-oss-120b"]),
+    "ollama": ("Ollama", ["llama3.2", "qwen2.5:7b", "mistral-nemo"]),
+    "mistral": ("MistralChat", ["mistral-large-latest", "mistral-small-latest"]),
+    "aws": ("AwsBedrock", ["us.anthropic.claude-sonnet-4-5-v1:0", "amazon.nova-pro-v1:0"]),
+    "azure": ("AzureOpenAI", ["gpt-4.1", "gpt-4o"]),
+}
+PROVIDER_WEIGHTS = {"openai": 45, "anthropic": 20, "google": 12, "groq": 5, "ollama": 6, "mistral": 3, "aws": 5, "azure": 4}
+DB_TYPES = ["PostgresDb", "SqliteDb", "MongoDb", "RedisDb", "InMemoryDb", "DynamoDb", None]
+DB_WEIGHTS = [35, 30, 8, 5, 10, 2, 10]
+SDK_VERSIONS = ["2.0.11", "2.1.4", "2.2.7", "2.3.2", "2.3.9", "2.4.0", "2.4.1"]
+SDK_WEIGHTS = [4, 8, 12, 18, 20, 18, 20]
+KIND_WEIGHTS = {"agent": 72, "team": 14, "workflow": 10, "os": 4}
+AGENT_FLAGS = {"has_tools": 0.6, "has_memory": 0.3, "has_reasoning": 0.2, "has_knowledge": 0.25,
+               "has_input_schema": 0.05, "has_output_schema": 0.15, "has_team": 0.1}
+NEW_SDK_FLAGS = {"has_learnings": 0.1, "has_culture": 0.05}  # only sent by 2.4.x SDKs
+TEAM_FLAGS = {"has_knowledge": 0.2, "has_tools": 0.5, "has_learnings": 0.05}
+
+_encode = msgspec.json.encode
+
+
+def _invalid_events(rng: random.Random) -> list[Callable[[], bytes]]:
+    """Makers of invalid events, one per DLQ class the pipeline must catch."""
+    def sid() -> str:
+        return uuid.UUID(int=rng.getrandbits(128)).hex
+
+    return [
+        lambda: b"this is not json",
+        lambda: b"\xff\xfe\x00garbage",
+        lambda: b"",
+        lambda: b'["agent", "run"]',
+        lambda: _encode({"session_id": sid(), "type": "agent", "sdk_version": 24, "data": {}}),
+        lambda: _encode({"session_id": sid(), "type": "agent", "data": {"has_tools": "yes"}}),
+        lambda: _encode({"type": "agent", "data": {"model_provider": "openai"}}),
+        lambda: _encode({"session_id": sid(), "type": "assistant", "data": {}}),
+        lambda: _encode({"session_id": sid(), "type": "agent", "data": {"blob": "x" * 70_000}}),
+    ]
+
+
+class EventGenerator:
+    """Events from a pool of `profiles` app configurations (kind, SDK, model, db, flags), picked with a
+    skewed popularity: a few configurations send most events, as in real traffic. The pool size bounds
+    the distinct dimension sets (about 10,000 by default)."""
+
+    def __init__(self, seed: int = 7, invalid_share: float = 0.02, profiles: int = 12_000,
+                 timestamp_share: float = 0.1):
+        self.rng = random.Random(seed)
+        self.invalid_share = invalid_share
+        self.timestamp_share = timestamp_share  # share of events that carry their own timestamp
+        self._invalid = _invalid_events(self.rng)
+        self._providers = list(PROVIDER_WEIGHTS)
+        self._provider_weights = list(PROVIDER_WEIGHTS.values())
+        self._kinds = list(KIND_WEIGHTS)
+        self._kind_weights = list(KIND_WEIGHTS.values())
+        self._profiles = [self._profile() for _ in range(profiles)]
+        weights = [1 / (rank + 10) for rank in range(profiles)]  # Zipf-like popularity
+        self._cum_weights = _cumulative(weights)
+
+    def events(self, count: int) -> Iterator[bytes]:
+        for _ in range(count):
+            yield self.event()
+
+    def event(self) -> bytes:
+        rng = self.rng
+        if rng.random() < self.invalid_share:
+            return rng.choice(self._invalid)()
+        return _encode(self.payload())
+
+    def payload(self) -> dict:
+        """A valid event with fresh identifiers, from a randomly picked profile."""
+        rng = self.rng
+        kind, sdk, data, id_field = rng.choices(self._profiles, cum_weights=self._cum_weights)[0]
+        event = {"session_id": self._id(), "run_id": self._id(), "sdk_version": sdk, "type": kind,
+                 "data": dict(data)}
+        event["data"][id_field] = self._id()
+        if kind == "os" and rng.random() < 0.3:
+            del event["session_id"]  # older SDKs send launches without a session
+        if rng.random() < self.timestamp_share:
+            event["timestamp"] = round(time.time() - rng.random() * 5, 3)
+        return event
+
+    def _profile(self) -> tuple[str, str, dict, str]:
+        rng = self.rng
+        kind = rng.choices(self._kinds, self._kind_weights)[0]
+        sdk = rng.choices(SDK_VERSIONS, SDK_WEIGHTS)[0]
+        if kind == "os":
+            return kind, sdk, {"agents": rng.randint(1, 12), "teams": rng.randint(0, 3),
+                               "workflows": rng.randint(0, 2), "db_types": ["PostgresDb"],
+                               "interfaces": rng.sample(["slack", "whatsapp", "a2a", "agui"], rng.randint(0, 2))}, "os_id"
+        data: dict = {"db_type": rng.choices(DB_TYPES, DB_WEIGHTS)[0]}
+        if kind != "workflow" or rng.random() < 0.4:
+            data.update(self._model())
+            data["parser_model"] = self._model() if rng.random() < 0.08 else None
+            data["output_model"] = self._model() if rng.random() < 0.05 else None
+        flags = TEAM_FLAGS if kind == "team" else dict(AGENT_FLAGS, **NEW_SDK_FLAGS) if sdk.startswith("2.4") else AGENT_FLAGS
+        for flag, share in flags.items():
+            data[flag] = rng.random() < share
+        if kind == "team":
+            data["member_count"] = rng.choices([2, 3, 4, 5, 8, 12], [30, 30, 15, 10, 10, 5])[0]
+        return kind, sdk, data, f"{kind}_id"
+
+    def _model(self) -> dict:
+        provider = self.rng.choices(self._providers, self._provider_weights)[0]
+        name, ids = MODELS[provider]
+        return {"model_provider": provider, "model_name": name, "model_id": self.rng.choice(ids)}
+
+    def _id(self) -> str:
+        return uuid.UUID(int=self.rng.getrandbits(128)).hex
+
+
+def _cumulative(weights: list[float]) -> list[float]:
+    total, out = 0.0, []
+    for weight in weights:
+        total += weight
+        out.append(total)
+    return out

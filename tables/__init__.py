@@ -1,0 +1,1 @@
+"""Tables: the ClickHouse schema the pipeline owns, and its migrations."""
