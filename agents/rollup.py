@@ -49,6 +49,7 @@ class RollupAgent(mode.Service):
         self.producer: AIOKafkaProducer | None = None
         self._pending: dict[int, PartitionRollup] = {}  # partition -> rollup being folded
         self._replay_end: dict[int, int] = {}  # partition -> end offset of the range being replayed
+        self._positioned: set[int] = set()  # assigned partitions whose start offset is settled
         self._ready: list[PartitionRollup] = []  # closed rollups, flushed in order
         self._flush_lock = asyncio.Lock()
         self._flush_now = asyncio.Event()
@@ -108,7 +109,8 @@ class RollupAgent(mode.Service):
                 continue
             self.health.recover("kafka")
             for tp, messages in batches.items():
-                if not self._closing:
+                # Records fetched before `on_assigned` sought the partition come from the wrong offset.
+                if tp.partition in self._positioned and not self._closing:
                     self._fold(tp.partition, messages)
             self._apply_backpressure()
             if self._due():
@@ -204,6 +206,8 @@ class RollupAgent(mode.Service):
             backoff = min(backoff * 2, _BACKOFF_MAX_S)
 
     async def _flush(self, rollup: PartitionRollup) -> None:
+        log.debug("flushing %s: %d events, %d rows, %d dead letters", rollup.token, rollup.events, rollup.rows,
+                  len(rollup.dead_letters))
         if rollup.dead_letters:
             sends = [await self.producer.send(self.settings.dlq_topic, value=d.value, key=d.key)
                      for d in rollup.dead_letters]
@@ -212,7 +216,7 @@ class RollupAgent(mode.Service):
             rollup.dead_letters.clear()  # sent: a retry of the ClickHouse part must not resend them
         started = time.perf_counter()
         await self._clickhouse(self._write, rollup)
-        self.health.flushed(rollup.events, time.perf_counter() - started)
+        self.health.flushed(rollup.partition, rollup.end_offset, rollup.events, time.perf_counter() - started)
         try:
             await self.consumer.commit({TopicPartition(self.topic, rollup.partition): OffsetAndMetadata(rollup.end_offset, "")})
         except Exception as exc:  # noqa: BLE001 - informational only; ingest_flushes is the truth
@@ -231,17 +235,25 @@ class RollupAgent(mode.Service):
             for partition in revoked:
                 self._pending.pop(partition, None)
                 self._replay_end.pop(partition, None)
+                self._positioned.discard(partition)
         log.info("partitions revoked: %s", sorted(revoked))
 
     async def on_assigned(self, partitions: set[TopicPartition]) -> None:
-        for tp in sorted(partitions):
-            last = await self._retry("clickhouse", self._clickhouse, self.sink.last_flush, self.topic, tp.partition)
+        """Start each partition at its last recorded flush (replayed, see `pipeline/sink.py`), or at the
+        beginning of the log when it has none. Positions are looked up first and then set without an
+        await in between, so `getmany` cannot hand out records from a position about to change."""
+        last_flushes = {tp: await self._retry("clickhouse", self._clickhouse, self.sink.last_flush, self.topic,
+                                              tp.partition) for tp in partitions}
+        fresh = [tp for tp, last in last_flushes.items() if last is None]
+        beginnings = await self._retry("kafka", self.consumer.beginning_offsets, fresh) if fresh else {}
+        for tp, last in last_flushes.items():
             if last is None:
-                await self.consumer.seek_to_beginning(tp)
-                continue
-            self.consumer.seek(tp, last.start_offset)
-            self._replay_end[tp.partition] = last.end_offset
-            self._pending[tp.partition] = PartitionRollup(self.topic, tp.partition, last.start_offset, replay=True)
+                self.consumer.seek(tp, beginnings[tp])
+            else:
+                self.consumer.seek(tp, last.start_offset)
+                self._replay_end[tp.partition] = last.end_offset
+                self._pending[tp.partition] = PartitionRollup(self.topic, tp.partition, last.start_offset, replay=True)
+            self._positioned.add(tp.partition)
         if partitions:
             log.info("partitions assigned: %s", sorted(tp.partition for tp in partitions))
         if self._paused:

@@ -6,11 +6,15 @@ the stack is for development, tests and benchmarks, never for data you want to k
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,3 +83,86 @@ class EmbeddedBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@dataclass
+class WorkerProcess:
+    """A `kern-telemetry worker` subprocess with its own environment, watched through `/health`."""
+
+    env: dict[str, str]
+    workdir: Path
+    web_port: int = field(default_factory=free_port)
+    name: str = "worker"
+    process: subprocess.Popen | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"{self.name}.log"
+
+    def start(self) -> WorkerProcess:
+        env = {**os.environ, **self.env, "KERN_WEB_PORT": str(self.web_port), "KERN_WEB_HOST": "127.0.0.1"}
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "pipeline.cli", "worker"], env=env, cwd=self.workdir,
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
+        return self
+
+    def health(self) -> dict | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/health", timeout=2) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as error:  # 503 while degraded still carries the report
+            return json.loads(error.read())
+        except (OSError, ValueError):
+            return None
+
+    def wait_flushed(self, end_offsets: dict[int, int], timeout: float = 120.0) -> dict:
+        """Wait until this worker's landed flushes reach `end_offsets` (partition -> offset)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.assert_running()
+            report = self.health()
+            if report:
+                flushed = {int(p): o for p, o in report["flushed_offsets"].items()}
+                if all(flushed.get(p, 0) >= o for p, o in end_offsets.items() if o):
+                    return report
+            time.sleep(0.2)
+        raise TimeoutError(f"{self.name} did not flush up to {end_offsets}; last health {self.health()}; "
+                           f"log {self.log_path}")
+
+    def wait_events(self, count: int, timeout: float = 120.0) -> dict:
+        """Wait until this worker has flushed at least `count` events (replays included)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.assert_running()
+            report = self.health()
+            if report and report["events_flushed"] >= count:
+                return report
+            time.sleep(0.05)
+        raise TimeoutError(f"{self.name} flushed fewer than {count} events; log {self.log_path}")
+
+    def assert_running(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            raise RuntimeError(f"{self.name} exited ({self.process and self.process.returncode}); log {self.log_path}")
+
+    def kill(self) -> None:
+        """SIGKILL: the crash the exactly-once protocol must survive."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait: the worker flushes and commits before it exits."""
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+                raise
+        return self.process.returncode

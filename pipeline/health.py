@@ -24,6 +24,7 @@ class Health:
         self.flush_seconds = 0.0
         self.last_flush_at: float | None = None
         self.pending_rows = 0
+        self.flushed_offsets: dict[int, int] = {}  # partition -> end offset of its last landed flush
 
     @property
     def ok(self) -> bool:
@@ -38,7 +39,8 @@ class Health:
         if self.degraded.pop(component, None) is not None:
             log.warning("recovered: %s", component)
 
-    def flushed(self, events: int, seconds: float) -> None:
+    def flushed(self, partition: int, end_offset: int, events: int, seconds: float) -> None:
+        self.flushed_offsets[partition] = end_offset
         self.flushes += 1
         self.events_flushed += events
         self.flush_seconds += seconds
@@ -54,6 +56,7 @@ class Health:
             "flushes": self.flushes,
             "flush_failures": self.flush_failures,
             "pending_rows": self.pending_rows,
+            "flushed_offsets": {str(p): o for p, o in sorted(self.flushed_offsets.items())},
             "last_flush_age_s": None if self.last_flush_at is None else round(time.time() - self.last_flush_at, 3),
         }
 

@@ -1,0 +1,118 @@
+"""Fixtures on real services: the Tansu broker (one per session, on a free loopback port) and, per test,
+a `Stack` with its own topics, consumer group and chDB path, whose workers are real subprocesses."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import clickhouse_connect
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from pipeline.config import Settings
+from pipeline.devstack import EmbeddedBroker, WorkerProcess
+from pipeline.kafka import create_topics
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory) -> Iterator[EmbeddedBroker]:
+    log = tmp_path_factory.mktemp("broker") / "tansu.log"
+    with EmbeddedBroker(log_path=log) as running:
+        yield running
+
+
+class Stack:
+    def __init__(self, broker: EmbeddedBroker, workdir: Path, partitions: int, **overrides: str):
+        self.workdir = workdir
+        name = f"t{uuid.uuid4().hex[:8]}"
+        self.env = {
+            "KERN_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+            "KERN_TOPIC": f"kern.{name}",
+            "KERN_TOPIC_PARTITIONS": str(partitions),
+            "KERN_CONSUMER_GROUP": f"rollup-{name}",
+            "KERN_CLICKHOUSE_DSN": f"chdb://{workdir / 'chdb'}",
+            "KERN_FLUSH_INTERVAL_SECONDS": "0.3",
+            "KERN_LOG_LEVEL": os.environ.get("KERN_LOG_LEVEL", "info"),
+            **overrides,
+        }
+        self.settings = Settings(**{k.removeprefix("KERN_").lower(): v for k, v in self.env.items()})
+        create_topics(self.settings)
+        self.workers: list[WorkerProcess] = []
+        self.produced: dict[int, int] = {}  # partition -> end offset of what this stack produced
+
+    @property
+    def database(self) -> str:
+        return self.settings.clickhouse_database
+
+    def worker(self, name: str | None = None, **env: str) -> WorkerProcess:
+        process = WorkerProcess({**self.env, **env}, self.workdir, name=name or f"worker{len(self.workers)}")
+        self.workers.append(process)
+        return process.start()
+
+    def produce(self, values: list[bytes | None], timestamps_ms: list[int] | None = None,
+                partition: int | None = None) -> dict[int, int]:
+        """Send records (None is a tombstone), optionally with explicit record timestamps. Returns the
+        end offset of each partition written, from the delivery reports (Tansu's ListOffsets answers
+        the last batch's base offset + 1, not the last record's offset + 1)."""
+        producer = KafkaProducer(bootstrap_servers=self.settings.bootstrap_servers, linger_ms=5,
+                                 batch_size=256 * 1024, max_request_size=16 << 20)
+        futures = [
+            producer.send(self.settings.topic, value, key=b"tombstone" if value is None else None,
+                          partition=partition, timestamp_ms=timestamps_ms[i] if timestamps_ms else None)
+            for i, value in enumerate(values)
+        ]
+        producer.flush()
+        producer.close()
+        for future in futures:
+            metadata = future.get(timeout=30)
+            self.produced[metadata.partition] = max(self.produced.get(metadata.partition, 0), metadata.offset + 1)
+        return dict(self.produced)
+
+    def read_topic(self, topic: str, count: int, timeout_s: float = 20.0) -> list:
+        """The first `count` records of a topic, in (partition, offset) order; fails on fewer or more."""
+        consumer = KafkaConsumer(topic, bootstrap_servers=self.settings.bootstrap_servers, enable_auto_commit=False,
+                                 auto_offset_reset="earliest", group_id=None)
+        records, deadline = [], time.monotonic() + timeout_s
+        try:
+            while len(records) < count and time.monotonic() < deadline:
+                for batch in consumer.poll(timeout_ms=500).values():
+                    records.extend(batch)
+            for batch in consumer.poll(timeout_ms=1000).values():  # anything beyond `count` is an error
+                records.extend(batch)
+        finally:
+            consumer.close()
+        assert len(records) == count, f"{topic}: {len(records)} records, expected {count}: " + str(
+            sorted((r.partition, r.offset, r.key) for r in records))
+        return sorted(records, key=lambda r: (r.partition, r.offset))
+
+    @contextlib.contextmanager
+    def clickhouse(self) -> Iterator[clickhouse_connect.driver.Client]:
+        """A client on the stack's chDB path; only while no worker holds it (one process per path)."""
+        client = clickhouse_connect.get_client(dsn=self.settings.clickhouse_dsn)
+        try:
+            yield client
+        finally:
+            client.close()
+
+    def stop_all(self) -> None:
+        for process in self.workers:
+            process.kill()
+
+
+@pytest.fixture
+def stack_factory(broker, tmp_path):
+    stacks: list[Stack] = []
+
+    def make(partitions: int = 2, **overrides: str) -> Stack:
+        stack = Stack(broker, tmp_path / f"stack{len(stacks)}", partitions, **overrides)
+        stacks.append(stack)
+        return stack
+
+    yield make
+    for stack in stacks:
+        stack.stop_all()

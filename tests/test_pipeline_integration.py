@@ -1,0 +1,208 @@
+"""End to end on the real embedded broker and chDB: a known mix of events through a worker process, then
+the exact contents of every ClickHouse table and of the dead-letter topic."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+
+import pytest
+
+from pipeline.events import DIMENSIONS
+
+pytestmark = pytest.mark.integration
+
+NOW_S = int(time.time())
+BASE_S = NOW_S - NOW_S % 60 - 180  # a window start three minutes ago: every window below is complete
+SENTINEL = "SENTINEL-d41d8cd9"  # planted in identifiers and unknown fields: must never be stored
+
+DOC_AGENT_DATA = {
+    "agent_id": SENTINEL, "db_type": "PostgresDb", "model_provider": "openai", "model_name": "OpenAIResponses",
+    "model_id": "gpt-5.2",
+    "parser_model": {"model_provider": "openai", "model_name": "OpenAIResponses", "model_id": "gpt-5.2"},
+    "output_model": {"model_provider": "openai", "model_name": "OpenAIResponses", "model_id": "gpt-5.2"},
+    "has_tools": True, "has_memory": False, "has_reasoning": True, "has_knowledge": True,
+    "has_input_schema": False, "has_output_schema": False, "has_team": True,
+}
+DOC_AGENT_DIMS = ("agent", "1.0.0", "openai", "OpenAIResponses", "gpt-5.2", "PostgresDb", "openai", "gpt-5.2",
+                  "openai", "gpt-5.2", "none", ("has_knowledge", "has_reasoning", "has_team", "has_tools"))
+
+
+def event(kind: str | None, data: dict | None = None, sdk: str = "1.0.0", **extra) -> bytes:
+    payload = {"session_id": SENTINEL, "run_id": SENTINEL, "sdk_version": sdk, "prompt": SENTINEL, **extra}
+    if kind is not None:
+        payload["type"] = kind
+    if data is not None:
+        payload["data"] = data
+    return json.dumps(payload).encode()
+
+
+def ms(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
+# (record value, record time in s, expected: dims counted in window W, or ("quality", reason, kind))
+VALID = [
+    (event("agent", DOC_AGENT_DATA), BASE_S + 5, (BASE_S, DOC_AGENT_DIMS)),
+    (event("agent", DOC_AGENT_DATA), BASE_S + 30, (BASE_S, DOC_AGENT_DIMS)),
+    (event("agent", DOC_AGENT_DATA), BASE_S + 59, (BASE_S, DOC_AGENT_DIMS)),
+    (event("agent", DOC_AGENT_DATA), BASE_S + 60, (BASE_S + 60, DOC_AGENT_DIMS)),  # next window
+    # payload time wins over the record time: counted in the earlier window
+    (event("agent", DOC_AGENT_DATA, timestamp=BASE_S + 59.5), BASE_S + 61, (BASE_S, DOC_AGENT_DIMS)),
+    (event("agent", {"agent_id": SENTINEL, "model_provider": "anthropic", "model_name": "Claude",
+                     "model_id": "claude-sonnet-4-5", "db_type": None, "has_tools": True, "has_culture": True,
+                     "has_learnings": True, "has_brand_new_flag": True, "has_memory": None,
+                     "instructions": SENTINEL}, sdk="2.4.1"),
+     BASE_S + 10,
+     (BASE_S, ("agent", "2.4.1", "anthropic", "Claude", "claude-sonnet-4-5", "none", "none", "none", "none", "none",
+               "none", ("has_brand_new_flag", "has_culture", "has_learnings", "has_tools")))),
+    (event("team", {"team_id": SENTINEL, "db_type": "SqliteDb", "model_provider": "google", "model_name": "Gemini",
+                    "model_id": "gemini-2.5-pro", "parser_model": None, "output_model": None, "member_count": 3,
+                    "has_knowledge": False, "has_tools": True, "has_learnings": False}, sdk="2.3.2"),
+     BASE_S + 70,
+     (BASE_S + 60, ("team", "2.3.2", "google", "Gemini", "gemini-2.5-pro", "SqliteDb", "none", "none", "none",
+                    "none", "3-4", ("has_tools",)))),
+    (event("workflow", {"workflow_id": SENTINEL, "db_type": "SqliteDb"}, sdk="2.3.2"), BASE_S + 75,
+     (BASE_S + 60, ("workflow", "2.3.2", "none", "none", "none", "SqliteDb", "none", "none", "none", "none", "none",
+                    ()))),
+    (event("os", {"agents": 3, "interfaces": ["slack"]}, os_id=SENTINEL), BASE_S + 80,
+     (BASE_S + 60, ("os", "1.0.0", *["none"] * 9, ()))),
+    (json.dumps({"os_id": SENTINEL, "sdk_version": "1.9.0", "data": {"teams": 1}}).encode(), BASE_S + 81,
+     (BASE_S + 60, ("os", "1.9.0", *["none"] * 9, ()))),
+    # a secret in a dimension: counted, value redacted
+    (event("agent", {"agent_id": SENTINEL, "model_provider": "openai", "model_id": "sk-live-" + "a1b2c3d4" * 3}),
+     BASE_S + 90,
+     (BASE_S + 60, ("agent", "1.0.0", "openai", "none", "(redacted)", "none", "none", "none", "none", "none", "none",
+                    ()))),
+    # payload an hour in the future: record time used
+    (event("agent", DOC_AGENT_DATA, timestamp=BASE_S + 3700), BASE_S + 95, (BASE_S + 60, DOC_AGENT_DIMS)),
+]
+QUALITY_NOTES = {  # (window, kind, reason) -> events, for counted or dropped events
+    (BASE_S + 60, "agent", "redacted_value"): 1,
+    (BASE_S + 60, "agent", "future_timestamp"): 1,
+    (BASE_S + 120, "agent", "late"): 1,
+}
+LATE = [(event("agent", DOC_AGENT_DATA, timestamp=BASE_S - 7200), BASE_S + 125)]
+# (record value, record time, reason, path, kind)
+INVALID = [
+    (None, BASE_S + 1, "tombstone", "$", "unknown"),
+    (b"", BASE_S + 2, "empty", "$", "unknown"),
+    (b"this is not json " + SENTINEL.encode(), BASE_S + 3, "not_json", "$", "unknown"),
+    (b"\xff\xfe" + SENTINEL.encode(), BASE_S + 4, "not_utf8", "$", "unknown"),
+    (json.dumps([SENTINEL]).encode(), BASE_S + 6, "not_object", "$", "unknown"),
+    (event("agent", {}, sdk=24), BASE_S + 7, "wrong_type", "$.sdk_version", "unknown"),
+    (event("agent", {"has_tools": SENTINEL}), BASE_S + 8, "wrong_type", "$.data.has_tools", "agent"),
+    (json.dumps({"type": "agent", "data": {"model_id": SENTINEL}}).encode(), BASE_S + 9, "missing_field",
+     "$.session_id", "agent"),
+    (event("assistant", {}), BASE_S + 11, "unknown_kind", "$.type", "unknown"),
+    (event("agent", {"blob": SENTINEL * 5000}), BASE_S + 12, "oversized", "$", "unknown"),
+]
+
+
+def rollup_expected(minute: Counter, to_window) -> Counter:
+    rolled = Counter()
+    for (window, dims), runs in minute.items():
+        rolled[(to_window(window), dims)] += runs
+    return rolled
+
+
+def runs_rows(client, table: str) -> Counter:
+    rows = client.query(f"SELECT toUnixTimestamp(window_start), {', '.join(DIMENSIONS)}, sum(runs) "
+                        f"FROM kern_telemetry.{table} GROUP BY ALL").result_rows
+    return Counter({(row[0], (*row[1:-2], tuple(row[-2]))): row[-1] for row in rows})
+
+
+def test_known_mix_lands_exactly_in_every_table_and_the_dlq(stack_factory):
+    stack = stack_factory(partitions=2)
+    records = [(value, seconds) for value, seconds, _ in VALID] + LATE + [(v, s) for v, s, *_ in INVALID]
+    ends = stack.produce([value for value, _ in records], [ms(seconds) for _, seconds in records], partition=0)
+    assert ends == {0: len(records)}
+
+    worker = stack.worker()
+    report = worker.wait_flushed(ends)
+    assert report["status"] == "ok"
+    assert worker.stop() == 0
+
+    minute = Counter(expected for _, _, expected in VALID)
+    quality = Counter(QUALITY_NOTES)
+    for _, seconds, reason, _, kind in INVALID:
+        quality[(seconds - seconds % 60, kind, reason)] += 1
+
+    with stack.clickhouse() as client:
+        assert runs_rows(client, "runs_minute") == minute
+        assert runs_rows(client, "runs_hourly") == rollup_expected(minute, lambda w: w - w % 3600)
+        assert runs_rows(client, "runs_daily") == rollup_expected(minute, lambda w: w - w % 86400)
+        quality_rows = client.query("SELECT toUnixTimestamp(window_start), kind, reason, sum(events) "
+                                    "FROM kern_telemetry.quality_minute GROUP BY ALL").result_rows
+        assert Counter({tuple(row[:3]): row[3] for row in quality_rows}) == quality
+
+        flags = client.query("SELECT flag, sum(runs) FROM kern_telemetry.flag_runs_daily GROUP BY flag").result_rows
+        assert dict(flags) == {"has_tools": 8, "has_reasoning": 6, "has_knowledge": 6, "has_team": 6,
+                               "has_culture": 1, "has_learnings": 1, "has_brand_new_flag": 1}
+        combos = client.query("SELECT model_id, features, sum(runs) FROM kern_telemetry.feature_combos_hourly "
+                              "WHERE model_id = 'gpt-5.2' GROUP BY ALL").result_rows
+        assert combos == [("gpt-5.2", list(DOC_AGENT_DIMS[-1]), 6)]
+        flushes = client.query("SELECT partition, max(end_offset) FROM kern_telemetry.ingest_flushes "
+                               "GROUP BY partition").result_rows
+        assert flushes == [(0, len(records))]
+
+        stored = "\n".join(
+            str(client.query(f"SELECT * FROM kern_telemetry.{table}").result_rows)
+            for table in ("runs_minute", "runs_hourly", "runs_daily", "quality_minute", "ingest_flushes"))
+        assert SENTINEL not in stored
+
+    dead_letters = sorted(stack.read_topic(stack.settings.dlq_topic, len(INVALID)),
+                          key=lambda record: json.loads(record.value)["source"]["offset"])
+    first_invalid = len(VALID) + len(LATE)
+    assert [(json.loads(r.value)["reason"], json.loads(r.value)["path"], json.loads(r.value)["kind"])
+            for r in dead_letters] == [(reason, path, kind) for _, _, reason, path, kind in INVALID]
+    for i, record in enumerate(dead_letters):
+        letter = json.loads(record.value)
+        offset = first_invalid + i
+        assert letter["source"] == {"topic": stack.settings.topic, "partition": 0, "offset": offset,
+                                    "timestamp_ms": ms(INVALID[i][1])}
+        assert record.key == f"{stack.settings.topic}/0/{offset}".encode()
+        assert SENTINEL.encode() not in record.value
+    wrong_type = json.loads(dead_letters[5].value)
+    assert wrong_type["shape"] == {"session_id": "string", "run_id": "string", "sdk_version": "int",
+                                   "prompt": "string", "type": "string", "data": {}}
+    assert json.loads(dead_letters[9].value)["size"] > stack.settings.max_event_bytes
+
+
+def test_worker_killed_mid_stream_then_restarted_counts_every_event_once(stack_factory):
+    from pipeline.events import EventProjector
+    from pipeline.loadgen import EventGenerator
+    from pipeline.rollup import PartitionRollup
+
+    stack = stack_factory(partitions=2, KERN_FLUSH_MAX_EVENTS="5000")
+    values = list(EventGenerator(seed=11, invalid_share=0.02, profiles=500).events(120_000))
+    record_ms = ms(NOW_S - 30)
+    ends = stack.produce(values, [record_ms] * len(values))
+
+    first = stack.worker("first")
+    first.wait_events(30_000)
+    first.kill()
+    second = stack.worker("second")
+    second.wait_flushed(ends)
+    assert second.stop() == 0
+
+    expected = PartitionRollup("reference", 0, 0)
+    expected.add([_Record(i, record_ms, v) for i, v in enumerate(values)],
+                 EventProjector.from_settings(stack.settings).project)
+    with stack.clickhouse() as client:
+        assert runs_rows(client, "runs_minute") == Counter({(w, d): n for (w, d), n in expected.runs.items()})
+        total = sum(expected.runs.values())
+        for table in ("runs_hourly", "runs_daily"):
+            assert client.query(f"SELECT sum(runs) FROM kern_telemetry.{table}").result_rows == [(total,)]
+        quality = client.query("SELECT kind, reason, sum(events) FROM kern_telemetry.quality_minute "
+                               "GROUP BY ALL").result_rows
+        assert Counter({(k, r): n for k, r, n in quality}) == Counter(
+            {(k, str(r)): n for (_, k, r), n in expected.quality.items()})
+
+
+class _Record:
+    __slots__ = ("offset", "timestamp", "value")
+
+    def __init__(self, offset: int, timestamp: int, value: bytes):
+        self.offset, self.timestamp, self.value = offset, timestamp, value
