@@ -2,7 +2,7 @@
 
 Secrets (Kafka SASL password, ClickHouse password) are `SecretStr`, so they print as `**********`;
 they can also come from files in the directory named by `KERN_SECRETS_DIR` (one file per setting, named
-like the variable without its prefix, e.g. `clickhouse_password`), the Docker/Kubernetes secret layout.
+like its variable, e.g. `KERN_CLICKHOUSE_PASSWORD`), the Docker/Kubernetes secret layout.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class Settings(BaseSettings):
 
     # ClickHouse
     clickhouse_dsn: str = Field(
-        "chdb://.kern/chdb",
+        "chdb://.kern/chdb", repr=False,  # may carry a password: print `safe_dsn`
         description="http(s)://host:port for a server, chdb:///abs/path (or chdb://rel/path) for the embedded engine",
     )
     clickhouse_database: str = Field("kern_telemetry", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")

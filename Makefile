@@ -1,0 +1,32 @@
+# One command each: `make test` (creates .venv, installs, runs every test), `make run` (the embedded stack).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test run bench bench-quick chaos lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+run: $(STAMP)
+	$(BIN)/kern-telemetry dev
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench.run --quick
+
+chaos: $(STAMP)
+	$(BIN)/python -m pytest -q tests/test_exactly_once.py --chaos-long
+
+clean:
+	rm -rf $(VENV) .kern .pytest_cache .hypothesis
