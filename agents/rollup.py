@@ -122,7 +122,7 @@ class RollupAgent(mode.Service):
 
     def _fold(self, partition: int, messages: list) -> None:
         project = self.projector.project
-        self.health.events += len(messages)
+        self.health.consumed(len(messages))
         end = self._replay_end.get(partition)
         if end is not None:
             cut = bisect.bisect_left(messages, end, key=_offset)

@@ -208,7 +208,7 @@ class EventProjector:
         self.future_tolerance = future_tolerance_seconds
         self.max_event_bytes = max_event_bytes
         self._decode = msgspec.json.Decoder(_Envelope).decode
-        self._values: dict[str, str] = {}
+        self._values: dict[str | None, str] = {None: NONE}
         self._flags: dict[str, str | None] = {}
 
     @classmethod
@@ -259,44 +259,54 @@ class EventProjector:
         if window_start is None:
             return Rejection(Reason.LATE, "$.timestamp", kind=kind)
 
-        clean = self._clean
         data = event.data
         if data is None:
             data = {}
         features = []
         for key, value in data.items():
-            if key[:4] == "has_":
-                if value is True:
+            if value is True:
+                if key[:4] == "has_":
                     features.append(key)
-                elif value is not False and value is not None:
-                    raise _Invalid(Rejection(Reason.WRONG_TYPE, f"$.data.{clean(key)}", "expected bool or null", kind))
+            elif value is not False and value is not None and key[:4] == "has_":
+                raise _Invalid(Rejection(Reason.WRONG_TYPE, f"$.data.{clean_value(key)}", "expected bool or null",
+                                         kind))
         features = self._feature_names(features, window_start, kind, quality) if features else ()
 
-        parser_provider, parser_id = self._model_ref(data, "parser_model", kind)
-        output_provider, output_id = self._model_ref(data, "output_model", kind)
-        dims = (
-            kind,
-            clean(_str_field(event.sdk_version, "$.sdk_version", kind)),
-            clean(_str_field(data.get("model_provider"), "$.data.model_provider", kind)),
-            clean(_str_field(data.get("model_name"), "$.data.model_name", kind)),
-            clean(_str_field(data.get("model_id"), "$.data.model_id", kind)),
-            clean(_str_field(data.get("db_type"), "$.data.db_type", kind)),
-            parser_provider, parser_id, output_provider, output_id,
-            self._member_bucket(data.get("member_count"), kind) if kind == "team" else NONE,
-            features,
-        )
+        # One dict lookup per value: the cache maps every string seen (and None) to its cleaned form.
+        # A miss takes the slow path, which type-checks and fills the cache.
+        cached = self._values.get
+        clean = self._clean
+        get = data.get
+        sdk_version, provider, name, model_id, db_type = (
+            event.sdk_version, get("model_provider"), get("model_name"), get("model_id"), get("db_type"))
+        try:
+            dims = (
+                kind,
+                cached(sdk_version) or clean(sdk_version, "$.sdk_version", kind),
+                cached(provider) or clean(provider, "$.data.model_provider", kind),
+                cached(name) or clean(name, "$.data.model_name", kind),
+                cached(model_id) or clean(model_id, "$.data.model_id", kind),
+                cached(db_type) or clean(db_type, "$.data.db_type", kind),
+                *self._model_ref(get("parser_model"), "parser_model", kind),
+                *self._model_ref(get("output_model"), "output_model", kind),
+                self._member_bucket(get("member_count"), kind) if kind == "team" else NONE,
+                features,
+            )
+        except TypeError:  # an object or array where a string belongs: unhashable, so the lookup raised
+            raise _Invalid(_unhashable_value(data, kind)) from None
         if REDACTED in dims or INVALID in dims:
             self._note_bad_values(dims, window_start, kind, quality)
         return window_start, dims
 
-    def _clean(self, value: str | None) -> str:
+    def _clean(self, value: object, path: str, kind: str) -> str:
+        """Slow path of the value cache: type check, clean, remember."""
         if value is None:
             return NONE
-        cleaned = self._values.get(value)
-        if cleaned is None:
-            cleaned = clean_value(value)
-            if len(self._values) < _CACHE_LIMIT:
-                self._values[value] = cleaned
+        if type(value) is not str:
+            raise _Invalid(Rejection(Reason.WRONG_TYPE, path, "expected string or null", kind))
+        cleaned = clean_value(value)
+        if len(self._values) < _CACHE_LIMIT:
+            self._values[value] = cleaned
         return cleaned
 
     def _feature_names(self, keys: list[str], window_start: int, kind: str, quality: dict) -> tuple[str, ...]:
@@ -314,14 +324,15 @@ class EventProjector:
         names.sort()
         return tuple(names)
 
-    def _model_ref(self, data: dict, field: str, kind: str) -> tuple[str, str]:
-        ref = data.get(field)
+    def _model_ref(self, ref: object, field: str, kind: str) -> tuple[str, str]:
         if ref is None:
             return NONE, NONE
         if type(ref) is not dict:
             raise _Invalid(Rejection(Reason.WRONG_TYPE, f"$.data.{field}", "expected object or null", kind))
-        return (self._clean(_str_field(ref.get("model_provider"), f"$.data.{field}.model_provider", kind)),
-                self._clean(_str_field(ref.get("model_id"), f"$.data.{field}.model_id", kind)))
+        provider, model_id = ref.get("model_provider"), ref.get("model_id")
+        cached = self._values.get
+        return (cached(provider) or self._clean(provider, f"$.data.{field}.model_provider", kind),
+                cached(model_id) or self._clean(model_id, f"$.data.{field}.model_id", kind))
 
     @staticmethod
     def _member_bucket(count: object, kind: str) -> str:
@@ -367,10 +378,17 @@ def _count(counter: dict, key: tuple) -> None:
     counter[key] = counter.get(key, 0) + 1
 
 
-def _str_field(value: object, path: str, kind: str) -> str | None:
-    if value is None or type(value) is str:
-        return value  # type: ignore[return-value]
-    raise _Invalid(Rejection(Reason.WRONG_TYPE, path, "expected string or null", kind))
+def _unhashable_value(data: dict, kind: str) -> Rejection:
+    """The path of the object or array that sits where a string value belongs (error path only)."""
+    for field in ("model_provider", "model_name", "model_id", "db_type"):
+        if isinstance(data.get(field), (dict, list)):
+            return Rejection(Reason.WRONG_TYPE, f"$.data.{field}", "expected string or null", kind)
+    for field in _MODEL_REF_FIELDS:
+        ref = data.get(field)
+        for key in ("model_provider", "model_id"):
+            if isinstance(ref, dict) and isinstance(ref.get(key), (dict, list)):
+                return Rejection(Reason.WRONG_TYPE, f"$.data.{field}.{key}", "expected string or null", kind)
+    return Rejection(Reason.WRONG_TYPE, "$.data", "expected string or null values", kind)
 
 
 _MIN_EPOCH_S = 946_684_800  # 2000-01-01: anything earlier is a broken clock, not an old event

@@ -25,6 +25,11 @@ class Health:
         self.last_flush_at: float | None = None
         self.pending_rows = 0
         self.flushed_offsets: dict[int, int] = {}  # partition -> end offset of its last landed flush
+        # Wall and process CPU time at the first consumed event and at the last landed flush, so a
+        # benchmark can measure the processing span without the worker's start-up.
+        self.first_event_at: float | None = None
+        self.first_event_cpu: float | None = None
+        self.last_flush_cpu: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -39,7 +44,14 @@ class Health:
         if self.degraded.pop(component, None) is not None:
             log.warning("recovered: %s", component)
 
+    def consumed(self, events: int) -> None:
+        if self.first_event_at is None:
+            self.first_event_at = time.time()
+            self.first_event_cpu = time.process_time()
+        self.events += events
+
     def flushed(self, partition: int, end_offset: int, events: int, seconds: float) -> None:
+        self.last_flush_cpu = time.process_time()
         self.flushed_offsets[partition] = end_offset
         self.flushes += 1
         self.events_flushed += events
@@ -58,6 +70,10 @@ class Health:
             "pending_rows": self.pending_rows,
             "flushed_offsets": {str(p): o for p, o in sorted(self.flushed_offsets.items())},
             "last_flush_age_s": None if self.last_flush_at is None else round(time.time() - self.last_flush_at, 3),
+            "first_event_at": self.first_event_at,
+            "last_flush_at": self.last_flush_at,
+            "cpu_seconds_processing": None if self.last_flush_cpu is None or self.first_event_cpu is None
+            else round(self.last_flush_cpu - self.first_event_cpu, 3),
         }
 
     def prometheus(self) -> str:

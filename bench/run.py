@@ -1,0 +1,312 @@
+"""`make bench`: throughput, CPU, memory and freshness of the worker, with same-run baselines.
+
+All measurements run in one process tree on one embedded broker, one after another, on the same topic:
+  ceiling       a bare aiokafka consumer draining the topic, no processing
+  worker        this pipeline (validation, rollup, ClickHouse writes): first event consumed -> last flush landed
+  2 workers     two worker processes sharing the topic's 4 partitions
+  kafka engine  ClickHouse's Kafka table engine + MV into a SummingMergeTree, in chDB
+  stock faust   a Faust agent updating a windowed Table per event (on a sample: it is slow)
+  freshness     events produced at a steady rate; delay from produce to visible in ClickHouse
+Ratios between these, measured in the same run, are the figures to quote; absolute rates depend on the
+(shared, noisy) machine. Results: a table on stdout, JSON and Markdown under bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.config import Settings
+from pipeline.devstack import EmbeddedBroker, WorkerProcess
+from pipeline.kafka import create_topics
+from pipeline.loadgen import EventGenerator
+
+RESULTS = Path(__file__).parent / "results"
+PARTITIONS = 4
+console = Console()
+
+
+class Topic:
+    """A topic (fresh unless named) with its own consumer group and database for the workers."""
+
+    def __init__(self, broker: EmbeddedBroker, workdir: Path, name: str | None = None):
+        name = name or f"bench.{uuid.uuid4().hex[:8]}"
+        self.workdir = workdir
+        self.env = {"KERN_BOOTSTRAP_SERVERS": broker.bootstrap_servers, "KERN_TOPIC": name,
+                    "KERN_TOPIC_PARTITIONS": str(PARTITIONS), "KERN_CONSUMER_GROUP": f"rollup-{uuid.uuid4().hex[:8]}",
+                    "KERN_CLICKHOUSE_DSN": f"chdb://{workdir / 'chdb'}", "KERN_LOG_LEVEL": "warn"}
+        self.settings = Settings(**{k.removeprefix("KERN_").lower(): v for k, v in self.env.items()})
+        self.name = name
+        create_topics(self.settings)
+
+    def worker(self, name: str) -> WorkerProcess:
+        return WorkerProcess(dict(self.env), self.workdir, name=name).start()
+
+
+async def _produce(bootstrap: str, topic: str, values: list[bytes], rate: float = 0,
+                   sent_at: dict[int, list] | None = None) -> dict[int, int]:
+    """Produce in explicit batches, round-robin over partitions; returns end offsets. With `rate`, paces
+    the batches and records (send time, first offset, count) per batch in `sent_at[partition]`."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=1 << 20,
+                                max_request_size=8 << 20, acks=1)
+    await producer.start()
+    ends: dict[int, int] = {}
+    try:
+        chunk = max(1, min(500 if rate else 2000, len(values) // PARTITIONS))
+        started = time.monotonic()
+        pending = []
+        for i in range(0, len(values), chunk):
+            partition = (i // chunk) % PARTITIONS
+            if rate:
+                ahead = i / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+            now_ms = int(time.time() * 1000)
+            batch, count = producer.create_batch(), 0
+            for value in values[i:i + chunk]:
+                if batch.append(key=None, value=value, timestamp=now_ms) is None:  # full: send, start another
+                    batch.close()
+                    pending.append((await producer.send_batch(batch, topic, partition=partition), partition,
+                                    time.time(), count))
+                    batch, count = producer.create_batch(), 0
+                    batch.append(key=None, value=value, timestamp=now_ms)
+                count += 1
+            batch.close()
+            pending.append((await producer.send_batch(batch, topic, partition=partition), partition, time.time(), count))
+        for future, partition, sent, count in pending:
+            metadata = await future
+            ends[partition] = max(ends.get(partition, 0), metadata.offset + count)
+            if sent_at is not None:
+                sent_at.setdefault(partition, []).append((sent, metadata.offset, count))
+    finally:
+        await producer.stop()
+    return ends
+
+
+def produce(bootstrap: str, topic: str, values: list[bytes], **kwargs) -> dict[int, int]:
+    return asyncio.run(_produce(bootstrap, topic, values, **kwargs))
+
+
+async def _drain(bootstrap: str, topic: str, expected: int) -> dict:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                fetch_max_bytes=64 << 20, max_partition_fetch_bytes=16 << 20, fetch_max_wait_ms=200)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        count, first = 0, None
+        cpu = time.process_time()
+        while count < expected:
+            for messages in (await consumer.getmany(timeout_ms=500)).values():
+                if first is None:
+                    first, cpu = time.monotonic(), time.process_time()
+                count += len(messages)
+        seconds = time.monotonic() - first
+        return {"events": count, "seconds": seconds, "rate": count / seconds,
+                "cpu_s_per_1m": (time.process_time() - cpu) / count * 1e6}
+    finally:
+        await consumer.stop()
+
+
+def peak_rss_mb(pid: int) -> float:
+    return int(open(f"/proc/{pid}/status").read().split("VmHWM:")[1].split()[0]) / 1024
+
+
+def run_workers(topic: Topic, ends: dict[int, int], count: int, events: int) -> dict:
+    workers = [topic.worker(f"worker{i}") for i in range(count)]
+    try:
+        deadline = time.monotonic() + 600
+        reports = []
+        while True:
+            reports = [w.health() or {} for w in workers]
+            for w in workers:
+                w.assert_running()
+            flushed: dict[int, int] = {}
+            for report in reports:
+                for partition, offset in (report.get("flushed_offsets") or {}).items():
+                    flushed[int(partition)] = max(flushed.get(int(partition), 0), offset)
+            if all(flushed.get(p, 0) >= o for p, o in ends.items()):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"workers did not finish: {reports}")
+            time.sleep(0.1)
+        first = min(r["first_event_at"] for r in reports if r.get("first_event_at"))
+        last = max(r["last_flush_at"] for r in reports if r.get("last_flush_at"))
+        cpu = sum(r["cpu_seconds_processing"] or 0 for r in reports)
+        rss = max(peak_rss_mb(w.process.pid) for w in workers)
+        return {"events": events, "seconds": last - first, "rate": events / (last - first),
+                "cpu_s_per_1m": cpu / events * 1e6, "rss_mb": rss}
+    finally:
+        for w in workers:
+            w.stop()
+
+
+def freshness(broker: EmbeddedBroker, workdir: Path, rate: int, seconds: int, seed: int) -> dict:
+    """Delay from a batch's produce time to the moment the worker reports its offsets landed."""
+    topic = Topic(broker, workdir)
+    worker = topic.worker("freshness")
+    try:
+        while not (worker.health() or {}).get("status") == "ok":
+            time.sleep(0.2)
+        produce(broker.bootstrap_servers, topic.name, [b"{}"] * PARTITIONS)  # warm-up: assignment done
+        worker.wait_flushed({p: 1 for p in range(PARTITIONS)}, timeout=120)
+        values = list(EventGenerator(seed=seed).events(rate * seconds))
+        sent_at: dict[int, list] = {}
+        landed: list[tuple[float, dict]] = []
+
+        async def watch(stop: asyncio.Event):
+            while not stop.is_set():
+                report = await asyncio.to_thread(worker.health)
+                if report:
+                    landed.append((time.time(), {int(p): o for p, o in report["flushed_offsets"].items()}))
+                await asyncio.sleep(0.02)
+
+        async def run():
+            stop = asyncio.Event()
+            watcher = asyncio.create_task(watch(stop))
+            ends = await _produce(broker.bootstrap_servers, topic.name, values, rate=rate, sent_at=sent_at)
+            await asyncio.to_thread(worker.wait_flushed, ends, 120)
+            await asyncio.sleep(0.1)
+            stop.set()
+            await watcher
+        asyncio.run(run())
+        delays = []
+        for partition, batches in sent_at.items():
+            for sent, offset, count in batches:
+                visible = next(t for t, flushed in landed if flushed.get(partition, 0) >= offset + count)
+                delays += [visible - sent] * count
+        delays.sort()
+        return {"rate": rate, "seconds": seconds, "p50_s": delays[len(delays) // 2],
+                "p99_s": delays[int(len(delays) * 0.99)], "max_s": delays[-1],
+                "flush_interval_s": topic.settings.flush_interval_seconds}
+    finally:
+        worker.stop()
+
+
+def subprocess_json(args: list[str], timeout: float) -> dict:
+    result = subprocess.run([sys.executable, "-m", "bench.baselines", *args], capture_output=True, text=True,
+                            timeout=timeout, cwd=Path(__file__).parent.parent)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"{args[0]} printed no result: {result.stderr[-2000:]}")
+    return json.loads(lines[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--quick", action="store_true", help="200k events, short freshness run")
+    parser.add_argument("--faust-sample", type=int, default=60_000, help="events stock Faust is timed on")
+    parser.add_argument("--freshness-rate", type=int, default=20_000)
+    parser.add_argument("--freshness-seconds", type=int, default=60)
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args()
+    if args.quick:
+        args.events, args.faust_sample, args.freshness_seconds = 200_000, 20_000, 15
+
+    workdir = Path(tempfile.mkdtemp(prefix="kern-bench-"))
+    results: dict = {"events": args.events, "partitions": PARTITIONS, "cpus": os.cpu_count(),
+                     "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    with EmbeddedBroker(log_path=workdir / "tansu.log") as broker:
+        console.print(f"generating {args.events:,} events ...")
+        values = list(EventGenerator(seed=args.seed).events(args.events))
+        topic = Topic(broker, workdir / "main")
+        started = time.monotonic()
+        ends = produce(broker.bootstrap_servers, topic.name, values)
+        results["produce_rate"] = args.events / (time.monotonic() - started)
+        del values
+        console.print(f"produced to {topic.name}; measuring the ceiling ...")
+        results["ceiling"] = asyncio.run(_drain(broker.bootstrap_servers, topic.name, args.events))
+        console.print("measuring the worker ...")
+        results["worker"] = run_workers(topic, ends, 1, args.events)
+        console.print("measuring 2 workers ...")
+        results["two_workers"] = run_workers(Topic(broker, workdir / "two", name=topic.name), ends, 2, args.events)
+        console.print("measuring ClickHouse's Kafka engine (its consumer takes ~30 s to join) ...")
+        try:
+            results["kafka_engine"] = subprocess_json(["kafka-engine", broker.bootstrap_servers, topic.name,
+                                                       str(_valid_events(args))], timeout=400)
+        except (RuntimeError, subprocess.TimeoutExpired) as failure:
+            results["kafka_engine"] = {"error": _last_line(str(failure))}
+        console.print(f"measuring stock Faust on {args.faust_sample:,} events ...")
+        results["stock_faust"] = subprocess_json(["stock-faust", broker.bootstrap_servers, topic.name,
+                                                  str(args.faust_sample)], timeout=900)
+        results["chdb_rss"] = subprocess_json(["chdb-rss"], timeout=120)
+        console.print(f"measuring freshness at {args.freshness_rate:,} events/s for {args.freshness_seconds} s ...")
+        results["freshness"] = freshness(broker, workdir / "fresh", args.freshness_rate, args.freshness_seconds,
+                                         args.seed)
+    report(results)
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else text[:300]
+
+
+def _valid_events(args) -> int:
+    """The Kafka engine counts rows that parse as JSON; the generator's invalid share is 2%."""
+    return int(args.events * 0.97)
+
+
+def report(results: dict) -> None:
+    worker, ceiling = results["worker"], results["ceiling"]
+    rows = [
+        ("ceiling: bare aiokafka consumer", ceiling, None),
+        ("this worker (1 process)", worker, None),
+        ("this pipeline, 2 workers / 4 partitions", results["two_workers"], None),
+        ("ClickHouse Kafka engine + MV (chDB)", results["kafka_engine"], None),
+        ("stock Faust, windowed Table per event", results["stock_faust"], None),
+    ]
+    table = Table(title=f"{results['events']:,} events, {results['partitions']} partitions, "
+                        f"{results['cpus']} CPUs (started {results['started']})", title_justify="left")
+    for column in ("measurement", "events/s", "× ceiling", "worker ×", "CPU s / 1M", "peak RSS MB"):
+        table.add_column(column, justify="left" if column == "measurement" else "right")
+    lines = ["| measurement | events/s | × ceiling | worker × | CPU s / 1M | peak RSS MB |", "|---|---|---|---|---|---|"]
+    for name, m, _ in rows:
+        rate = m.get("rate")
+        cells = [name, f"{rate:,.0f}" if rate else "n/a", f"{rate / ceiling['rate']:.2f}" if rate else "n/a",
+                 f"{worker['rate'] / rate:.1f}" if rate else "n/a",
+                 f"{m['cpu_s_per_1m']:.1f}" if m.get("cpu_s_per_1m") else "n/a",
+                 f"{m['rss_mb']:.0f}" if m.get("rss_mb") else "n/a"]
+        table.add_row(*cells)
+        lines.append("| " + " | ".join(cells) + " |")
+    fresh = results["freshness"]
+    notes = [
+        f"freshness at {fresh['rate']:,} events/s for {fresh['seconds']} s: p50 {fresh['p50_s']:.2f} s, "
+        f"p99 {fresh['p99_s']:.2f} s, max {fresh['max_s']:.2f} s (target p99 <= flush interval "
+        f"{fresh['flush_interval_s']} s + 2 s)",
+        f"chDB engine alone (a process that only opens it): {results['chdb_rss']['rss_mb']:.0f} MB RSS; the worker "
+        f"above that: {worker['rss_mb'] - results['chdb_rss']['rss_mb']:.0f} MB",
+        f"Kafka engine: could not run: {results['kafka_engine']['error']}" if "error" in results["kafka_engine"]
+        else f"Kafka engine: consumer joined after {results['kafka_engine']['join_s']} s; rate counted from its "
+             f"first visible row",
+        f"stock Faust timed on its first {results['stock_faust']['events']:,} events",
+    ]
+    console.print(table)
+    for note in notes:
+        console.print(f"- {note}")
+    RESULTS.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    (RESULTS / f"bench-{stamp}.json").write_text(json.dumps(results, indent=2))
+    (RESULTS / f"bench-{stamp}.md").write_text(
+        f"# Benchmark {results['started']}\n\n" + "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
+    console.print(f"written: bench/results/bench-{stamp}.json, .md")
+
+
+if __name__ == "__main__":
+    main()
