@@ -56,16 +56,51 @@ QUALITY_ONLY = frozenset({Reason.LATE, Reason.FUTURE_TIMESTAMP, Reason.BAD_TIMES
                           Reason.REDACTED_VALUE, Reason.INVALID_VALUE})
 
 
-class _Envelope(msgspec.Struct):
+#: Flags the current SDKs send. Others (`has_*` keys the contract does not name yet) are counted too, on
+#: the slower dict path: see `EventProjector._classify`.
+KNOWN_FLAGS = ("has_tools", "has_memory", "has_reasoning", "has_knowledge", "has_input_schema",
+               "has_output_schema", "has_team", "has_learnings", "has_culture")
+
+
+class _ModelRef(msgspec.Struct):
+    model_provider: str | None = None
+    model_id: str | None = None
+
+
+# `data` with every field the contract names, typed: msgspec checks the types in C and skips the rest
+# (identifiers, prompts) without creating them. A flag defaults to UNSET so that a null flag still counts
+# as present. The first seven fields are the model and db fields, in `_DATA_FIELDS` order.
+_DATA_FIELDS = ("db_type", "model_provider", "model_name", "model_id", "parser_model", "output_model",
+                "member_count")
+_Data = msgspec.defstruct("_Data", [
+    ("db_type", str | None, None), ("model_provider", str | None, None), ("model_name", str | None, None),
+    ("model_id", str | None, None), ("parser_model", _ModelRef | None, None),
+    ("output_model", _ModelRef | None, None), ("member_count", int | None, None),
+    *((flag, bool | None | msgspec.UnsetType, msgspec.UNSET) for flag in KNOWN_FLAGS),
+])
+_NO_DATA = (None,) * len(_DATA_FIELDS)
+_NO_REFS = (NONE,) * 4  # parser and output model: provider and id
+
+
+def _envelope(name: str, data_type: object) -> type:
     """Known top-level fields with their allowed types. Unknown fields (run_id, ...) are skipped by the
     decoder, so they never exist as Python objects."""
+    return msgspec.defstruct(name, [
+        ("type", str | None | msgspec.UnsetType, msgspec.UNSET),
+        ("session_id", str | None | msgspec.UnsetType, msgspec.UNSET),
+        ("os_id", str | None | msgspec.UnsetType, msgspec.UNSET),
+        ("sdk_version", str | None, None),
+        ("timestamp", int | float | str | None, None),
+        ("data", data_type | None, None),
+    ])
 
-    type: str | None | msgspec.UnsetType = msgspec.UNSET
-    session_id: str | None | msgspec.UnsetType = msgspec.UNSET
-    os_id: str | None | msgspec.UnsetType = msgspec.UNSET
-    sdk_version: str | None = None
-    timestamp: int | float | str | None = None
-    data: dict[str, Any] | None = None
+
+_TypedEnvelope = _envelope("_TypedEnvelope", _Data)
+_Envelope = _envelope("_Envelope", dict[str, Any])  # for events with flags outside KNOWN_FLAGS
+
+
+class _KindOnly(msgspec.Struct):
+    type: Any = None
 
 
 class Rejection:
@@ -207,7 +242,9 @@ class EventProjector:
         self.allowed_lateness = allowed_lateness_seconds
         self.future_tolerance = future_tolerance_seconds
         self.max_event_bytes = max_event_bytes
-        self._decode = msgspec.json.Decoder(_Envelope).decode
+        self._decode_typed = msgspec.json.Decoder(_TypedEnvelope).decode
+        self._decode_dict = msgspec.json.Decoder(_Envelope).decode
+        self._flag_sets: dict[tuple, tuple[int, tuple[str, ...]]] = {}  # flag values -> (present, features)
         self._values: dict[str | None, str] = {None: NONE}
         self._flags: dict[str, str | None] = {}
 
@@ -219,32 +256,56 @@ class EventProjector:
     def project(self, raw: bytes | None, record_ms: int, quality: dict) -> tuple | Rejection:
         """`(window_start, dims)` for a countable event, else a Rejection. Every event not counted, and
         notes about counted ones (redacted values, replaced timestamps), are added to
-        `quality[(window_start, kind, reason)]`."""
-        result = self._classify(raw, record_ms, quality)
-        if type(result) is not tuple and result.dead_letter:
+        `quality[(window_start, kind, reason)]`. The per-event hot path: keep it flat."""
+        if raw is None:
+            result = Rejection(Reason.TOMBSTONE)
+        elif len(raw) > self.max_event_bytes:
+            result = Rejection(Reason.OVERSIZED, detail=f"{len(raw)} bytes > {self.max_event_bytes}")
+        else:
+            try:
+                event = self._decode_typed(raw)
+            except msgspec.ValidationError as exc:
+                result = _validation_rejection(str(exc), raw)
+            except msgspec.DecodeError:
+                result = _decode_rejection(raw)
+            except RecursionError:
+                result = Rejection(Reason.NOT_JSON, detail="nesting too deep")
+            else:
+                fields, features = _NO_DATA, ()
+                if event.data is not None:
+                    fields = msgspec.structs.astuple(event.data)
+                    flags = fields[len(_DATA_FIELDS):]
+                    present, features = self._flag_sets.get(flags) or self._known_flags(flags)
+                    # Every `"has_` in the bytes must be a known flag the typed decode saw; otherwise (a new
+                    # flag, a duplicate key, an escaped key) decode again into a dict, which keeps every key.
+                    if raw.count(b'"has_') != present or b"\\u" in raw:
+                        event = self._decode_dict(raw)
+                        fields = None
+                try:
+                    result = self._project(event, fields, features, record_ms, quality)
+                except _Invalid as invalid:
+                    result = invalid.rejection
+                if type(result) is tuple:
+                    return result
+        if result.dead_letter:
             record_s = record_ms // 1000
             _count(quality, (record_s - record_s % self.window_seconds, result.kind, result.reason))
         return result
 
-    def _classify(self, raw: bytes | None, record_ms: int, quality: dict) -> tuple | Rejection:
-        if raw is None:
-            return Rejection(Reason.TOMBSTONE)
-        if len(raw) > self.max_event_bytes:
-            return Rejection(Reason.OVERSIZED, detail=f"{len(raw)} bytes > {self.max_event_bytes}")
-        try:
-            event = self._decode(raw)
-        except msgspec.ValidationError as exc:
-            return _validation_rejection(str(exc))
-        except msgspec.DecodeError:
-            return _decode_rejection(raw)
-        except RecursionError:
-            return Rejection(Reason.NOT_JSON, detail="nesting too deep")
-        try:
-            return self._project(event, record_ms, quality)
-        except _Invalid as invalid:
-            return invalid.rejection
+    def _known_flags(self, values: tuple) -> tuple[int, tuple[str, ...]]:
+        """How many known flags are present, and the sorted names of those that are true (cached)."""
+        known = self._flag_sets.get(values)
+        if known is None:
+            present = sum(value is not msgspec.UNSET for value in values)
+            known = present, tuple(sorted(f for f, value in zip(KNOWN_FLAGS, values) if value is True))
+            if len(self._flag_sets) < _CACHE_LIMIT:
+                self._flag_sets[values] = known
+        return known
 
-    def _project(self, event: _Envelope, record_ms: int, quality: dict) -> tuple | Rejection:
+    def _project(self, event: Any, fields: tuple | None, features: tuple, record_ms: int,
+                 quality: dict) -> tuple | Rejection:
+        """Envelope checks, event time, then the dimensions from `fields` (typed decode, `_DATA_FIELDS`
+        order) or, when `fields` is None, from the dict `event.data`."""
         kind = event.type
         if kind is msgspec.UNSET or kind is None:
             if event.os_id is msgspec.UNSET:  # AgentOS launches of older SDKs carry os_id and no type
@@ -255,30 +316,22 @@ class EventProjector:
         if kind != "os" and (event.session_id is msgspec.UNSET or event.session_id is None):
             return Rejection(Reason.MISSING_FIELD, "$.session_id", kind=kind)
 
-        window_start = self._window_start(event.timestamp, record_ms, kind, quality)
-        if window_start is None:
-            return Rejection(Reason.LATE, "$.timestamp", kind=kind)
+        if event.timestamp is None:
+            record_s = record_ms // 1000
+            window_start = record_s - record_s % self.window_seconds
+        else:
+            window_start = self._window_start(event.timestamp, record_ms, kind, quality)
+            if window_start is None:
+                return Rejection(Reason.LATE, "$.timestamp", kind=kind)
 
-        data = event.data
-        if data is None:
-            data = {}
-        features = []
-        for key, value in data.items():
-            if value is True:
-                if key[:4] == "has_":
-                    features.append(key)
-            elif value is not False and value is not None and key[:4] == "has_":
-                raise _Invalid(Rejection(Reason.WRONG_TYPE, f"$.data.{clean_value(key)}", "expected bool or null",
-                                         kind))
-        features = self._feature_names(features, window_start, kind, quality) if features else ()
-
+        if fields is None:
+            fields, features = self._dict_fields(event.data or {}, window_start, kind, quality)
         # One dict lookup per value: the cache maps every string seen (and None) to its cleaned form.
         # A miss takes the slow path, which type-checks and fills the cache.
         cached = self._values.get
         clean = self._clean
-        get = data.get
-        sdk_version, provider, name, model_id, db_type = (
-            event.sdk_version, get("model_provider"), get("model_name"), get("model_id"), get("db_type"))
+        db_type, provider, name, model_id, parser, output, members = fields[:len(_DATA_FIELDS)]
+        sdk_version = event.sdk_version
         try:
             dims = (
                 kind,
@@ -287,16 +340,29 @@ class EventProjector:
                 cached(name) or clean(name, "$.data.model_name", kind),
                 cached(model_id) or clean(model_id, "$.data.model_id", kind),
                 cached(db_type) or clean(db_type, "$.data.db_type", kind),
-                *self._model_ref(get("parser_model"), "parser_model", kind),
-                *self._model_ref(get("output_model"), "output_model", kind),
-                self._member_bucket(get("member_count"), kind) if kind == "team" else NONE,
+                *(_NO_REFS if parser is None and output is None else
+                  (*self._model_ref(parser, "parser_model", kind), *self._model_ref(output, "output_model", kind))),
+                self._member_bucket(members, kind) if kind == "team" else NONE,
                 features,
             )
         except TypeError:  # an object or array where a string belongs: unhashable, so the lookup raised
-            raise _Invalid(_unhashable_value(data, kind)) from None
+            raise _Invalid(_unhashable_value(event.data, kind)) from None
         if REDACTED in dims or INVALID in dims:
             self._note_bad_values(dims, window_start, kind, quality)
         return window_start, dims
+
+    def _dict_fields(self, data: dict, window_start: int, kind: str, quality: dict) -> tuple[tuple, tuple]:
+        """`_DATA_FIELDS` values and sorted feature names from a `data` dict with unknown flags."""
+        features = []
+        for key, value in data.items():
+            if value is True:
+                if key[:4] == "has_":
+                    features.append(key)
+            elif value is not False and value is not None and key[:4] == "has_":
+                raise _Invalid(Rejection(Reason.WRONG_TYPE, f"$.data.{clean_value(key)}", "expected bool or null",
+                                         kind))
+        names = self._feature_names(features, window_start, kind, quality) if features else ()
+        return tuple(data.get(field) for field in _DATA_FIELDS), names
 
     def _clean(self, value: object, path: str, kind: str) -> str:
         """Slow path of the value cache: type check, clean, remember."""
@@ -327,9 +393,12 @@ class EventProjector:
     def _model_ref(self, ref: object, field: str, kind: str) -> tuple[str, str]:
         if ref is None:
             return NONE, NONE
-        if type(ref) is not dict:
+        if type(ref) is _ModelRef:
+            provider, model_id = ref.model_provider, ref.model_id
+        elif type(ref) is dict:
+            provider, model_id = ref.get("model_provider"), ref.get("model_id")
+        else:
             raise _Invalid(Rejection(Reason.WRONG_TYPE, f"$.data.{field}", "expected object or null", kind))
-        provider, model_id = ref.get("model_provider"), ref.get("model_id")
         cached = self._values.get
         return (cached(provider) or self._clean(provider, f"$.data.{field}.model_provider", kind),
                 cached(model_id) or self._clean(model_id, f"$.data.{field}.model_id", kind))
@@ -378,8 +447,9 @@ def _count(counter: dict, key: tuple) -> None:
     counter[key] = counter.get(key, 0) + 1
 
 
-def _unhashable_value(data: dict, kind: str) -> Rejection:
-    """The path of the object or array that sits where a string value belongs (error path only)."""
+def _unhashable_value(data: Any, kind: str) -> Rejection:
+    """The path of the object or array that sits where a string value belongs (error path only; the
+    typed decode rejects those itself, so `data` is a dict here)."""
     for field in ("model_provider", "model_name", "model_id", "db_type"):
         if isinstance(data.get(field), (dict, list)):
             return Rejection(Reason.WRONG_TYPE, f"$.data.{field}", "expected string or null", kind)
@@ -414,14 +484,18 @@ def _epoch_seconds(timestamp: object) -> int | None:
     return int(seconds)
 
 
-def _validation_rejection(message: str) -> Rejection:
+def _validation_rejection(message: str, raw: bytes) -> Rejection:
     """A msgspec type error as a Rejection. msgspec messages name types and paths, never values."""
     match = _MSGSPEC_PATH.search(message)
     path = match.group(1) if match else "$"
     detail = message[: match.start()] if match else message
     if path == "$":
         return Rejection(Reason.NOT_OBJECT, "$", detail)
-    return Rejection(Reason.WRONG_TYPE, path, detail)
+    try:
+        kind = msgspec.json.decode(raw, type=_KindOnly).type
+    except msgspec.MsgspecError:
+        kind = None
+    return Rejection(Reason.WRONG_TYPE, path, detail, kind if kind in KINDS else "unknown")
 
 
 def _decode_rejection(raw: bytes) -> Rejection:

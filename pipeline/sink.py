@@ -17,15 +17,18 @@ Kafka offsets are committed after step 2 only for lag monitoring; `ingest_flushe
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import clickhouse_connect
+import msgspec
 from clickhouse_connect.driver.client import Client
 
 from pipeline.config import Settings
 from pipeline.rollup import PartitionRollup
 from tables.schema import FLUSH_COLUMNS, INGEST_FLUSHES, QUALITY_COLUMNS, QUALITY_MINUTE, RUNS_COLUMNS, RUNS_MINUTE
 
+_encode_row = msgspec.json.Encoder().encode
 _DEDUP_SETTINGS = {
     "insert_deduplicate": 1,
     "deduplicate_blocks_in_dependent_materialized_views": 1,
@@ -81,12 +84,15 @@ class ClickHouseSink:
 
     def write_rollup(self, rollup: PartitionRollup) -> None:
         if rollup.runs:
-            self._insert(RUNS_MINUTE.name, [(w, *dims, n) for (w, dims), n in rollup.runs.items()],
+            self._insert(RUNS_MINUTE.name, ((w, *dims, n) for (w, dims), n in rollup.runs.items()),
                          RUNS_COLUMNS, rollup.token)
         if rollup.quality:
-            self._insert(QUALITY_MINUTE.name, [(*key, n) for key, n in rollup.quality.items()],
+            self._insert(QUALITY_MINUTE.name, ((*key, n) for key, n in rollup.quality.items()),
                          QUALITY_COLUMNS, rollup.token)
 
-    def _insert(self, table: str, rows: list, columns: tuple[str, ...], token: str) -> None:
+    def _insert(self, table: str, rows: Iterable[tuple], columns: tuple[str, ...], token: str) -> None:
+        """Rows go as JSONCompactEachRow, encoded by msgspec in C and parsed by ClickHouse: the worker
+        spends no Python time per column value (clickhouse-connect's Native encoder is pure Python)."""
         settings = {**self._settings, "insert_deduplication_token": f"{token}/{table}"}
-        self.client.insert(self._table(table), rows, column_names=columns, settings=settings)
+        body = b"\n".join(map(_encode_row, rows))
+        self.client.raw_insert(self._table(table), columns, body, settings=settings, fmt="JSONCompactEachRow")

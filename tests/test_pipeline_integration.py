@@ -91,7 +91,7 @@ INVALID = [
     (b"this is not json " + SENTINEL.encode(), BASE_S + 3, "not_json", "$", "unknown"),
     (b"\xff\xfe" + SENTINEL.encode(), BASE_S + 4, "not_utf8", "$", "unknown"),
     (json.dumps([SENTINEL]).encode(), BASE_S + 6, "not_object", "$", "unknown"),
-    (event("agent", {}, sdk=24), BASE_S + 7, "wrong_type", "$.sdk_version", "unknown"),
+    (event("agent", {}, sdk=24), BASE_S + 7, "wrong_type", "$.sdk_version", "agent"),
     (event("agent", {"has_tools": SENTINEL}), BASE_S + 8, "wrong_type", "$.data.has_tools", "agent"),
     (json.dumps({"type": "agent", "data": {"model_id": SENTINEL}}).encode(), BASE_S + 9, "missing_field",
      "$.session_id", "agent"),
