@@ -116,3 +116,13 @@ def stack_factory(broker, tmp_path):
     yield make
     for stack in stacks:
         stack.stop_all()
+
+
+def pytest_addoption(parser):
+    parser.addoption("--chaos-long", action="store_true",
+                     help="exactly-once suite at full length: >= 20 kills over >= 500,000 events (make chaos)")
+
+
+@pytest.fixture
+def chaos_long(request) -> bool:
+    return request.config.getoption("--chaos-long")
