@@ -100,7 +100,7 @@ class WorkerProcess:
         return self.workdir / f"{self.name}.log"
 
     def start(self) -> WorkerProcess:
-        env = {**os.environ, **self.env, "KERN_WEB_PORT": str(self.web_port), "KERN_WEB_HOST": "127.0.0.1"}
+        env = {**os.environ, **self.env, "KERN_WEB_PORT": str(self.web_port)}
         self.workdir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
