@@ -17,6 +17,7 @@ from pipeline.loadgen import EventGenerator
 from pipeline.rollup import PartitionRollup
 
 pytestmark = pytest.mark.integration
+SESSION_TIMEOUT_S = 10  # the worker's Kafka session timeout (agents/rollup.py)
 
 
 class Record:
@@ -72,6 +73,10 @@ def test_random_kills_during_a_stream_lose_nothing_and_count_nothing_twice(stack
         time.sleep(rng.uniform(0.0, 1.5))
         worker.kill()
         kills += 1
+        # Restart after the dead member's session (10 s) has expired. Tansu keeps a dead group leader
+        # that a newcomer joined behind, and the newcomer then waits for its assignment forever
+        # (Kafka expires the leader and rebalances); a supervisor's restart delay avoids that here.
+        time.sleep(SESSION_TIMEOUT_S + 1)
     producer.join()
 
     survivor = stack.worker("survivor")

@@ -1,0 +1,12 @@
+FROM python:3.11-slim
+RUN useradd --create-home --uid 10001 kern
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY pipeline/ pipeline/
+COPY agents/ agents/
+COPY tables/ tables/
+RUN pip install --no-cache-dir .
+USER kern
+WORKDIR /home/kern
+EXPOSE 6066
+CMD ["kern-telemetry", "worker"]
