@@ -44,6 +44,7 @@ class Reason(StrEnum):
     WRONG_TYPE = "wrong_type"  # a known field has a type the contract does not allow
     MISSING_FIELD = "missing_field"  # session_id or type absent (or null)
     UNKNOWN_KIND = "unknown_kind"  # type is not agent/team/workflow/os
+    UNPROCESSABLE = "unprocessable"  # the validator itself failed on it: dead-lettered, never dropped
     # Counted in the quality table, never dead-lettered:
     LATE = "late"  # event time older than its Kafka record by more than the allowed lateness
     FUTURE_TIMESTAMP = "future_timestamp"  # payload time too far ahead: the record time is used
@@ -213,7 +214,7 @@ def shape_of_bytes(raw: bytes | None) -> object:
         return "null"
     try:
         return shape_of(msgspec.json.decode(raw))
-    except (msgspec.DecodeError, RecursionError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return f"bytes[{len(raw)}]"
 
 
@@ -266,7 +267,7 @@ class EventProjector:
                 event = self._decode_typed(raw)
             except msgspec.ValidationError as exc:
                 result = _validation_rejection(str(exc), raw)
-            except msgspec.DecodeError:
+            except (msgspec.DecodeError, UnicodeDecodeError):  # bad UTF-8 inside a string raises the latter
                 result = _decode_rejection(raw)
             except RecursionError:
                 result = Rejection(Reason.NOT_JSON, detail="nesting too deep")
@@ -285,6 +286,8 @@ class EventProjector:
                     result = self._project(event, fields, features, record_ms, quality)
                 except _Invalid as invalid:
                     result = invalid.rejection
+                except Exception as exc:  # noqa: BLE001 - a validator bug must not stop the partition
+                    result = Rejection(Reason.UNPROCESSABLE, detail=f"validator error: {type(exc).__name__}")
                 if type(result) is tuple:
                     return result
         if result.dead_letter:
