@@ -498,7 +498,7 @@ def _validation_rejection(message: str, raw: bytes) -> Rejection:
         kind = msgspec.json.decode(raw, type=_KindOnly).type
     except msgspec.MsgspecError:
         kind = None
-    return Rejection(Reason.WRONG_TYPE, path, detail, kind if kind in KINDS else "unknown")
+    return Rejection(Reason.WRONG_TYPE, path, detail, kind if type(kind) is str and kind in KINDS else "unknown")
 
 
 def _decode_rejection(raw: bytes) -> Rejection:
