@@ -242,6 +242,7 @@ class RollupAgent(mode.Service):
                 self._pending.pop(partition, None)
                 self._replay_end.pop(partition, None)
                 self._positioned.discard(partition)
+            self.health.assigned -= revoked
         log.info("partitions revoked: %s", sorted(revoked))
 
     async def on_assigned(self, partitions: set[TopicPartition]) -> None:
@@ -260,6 +261,7 @@ class RollupAgent(mode.Service):
                 self._replay_end[tp.partition] = last.end_offset
                 self._pending[tp.partition] = PartitionRollup(self.topic, tp.partition, last.start_offset, replay=True)
             self._positioned.add(tp.partition)
+            self.health.assigned.add(tp.partition)
         if partitions:
             log.info("partitions assigned: %s", sorted(tp.partition for tp in partitions))
         if self._paused:

@@ -25,6 +25,7 @@ class Health:
         self.last_flush_at: float | None = None
         self.pending_rows = 0
         self.flushed_offsets: dict[int, int] = {}  # partition -> end offset of its last landed flush
+        self.assigned: set[int] = set()  # partitions this worker owns now
         # Wall and process CPU time at the first consumed event and at the last landed flush, so a
         # benchmark can measure the processing span without the worker's start-up.
         self.first_event_at: float | None = None
@@ -69,6 +70,7 @@ class Health:
             "flush_failures": self.flush_failures,
             "pending_rows": self.pending_rows,
             "flushed_offsets": {str(p): o for p, o in sorted(self.flushed_offsets.items())},
+            "assigned_partitions": sorted(self.assigned),
             "last_flush_age_s": None if self.last_flush_at is None else round(time.time() - self.last_flush_at, 3),
             "first_event_at": self.first_event_at,
             "last_flush_at": self.last_flush_at,

@@ -14,6 +14,7 @@ import clickhouse_connect
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from pipeline.chdb_server import ChdbServerProcess
 from pipeline.config import Settings
 from pipeline.devstack import EmbeddedBroker, WorkerProcess
 from pipeline.kafka import create_topics
@@ -27,8 +28,17 @@ def broker(tmp_path_factory) -> Iterator[EmbeddedBroker]:
 
 
 class Stack:
-    def __init__(self, broker: EmbeddedBroker, workdir: Path, partitions: int, **overrides: str):
+    """With `shared_clickhouse`, ClickHouse is a chDB behind ClickHouse's HTTP interface in its own process
+    (`pipeline/chdb_server.py`), so several workers can write to it, over the production code path."""
+
+    def __init__(self, broker: EmbeddedBroker, workdir: Path, partitions: int, shared_clickhouse: bool = False,
+                 **overrides: str):
         self.workdir = workdir
+        self.server = None
+        if shared_clickhouse:
+            workdir.mkdir(parents=True, exist_ok=True)
+            self.server = ChdbServerProcess(str(workdir / "chdb"), log_path=str(workdir / "chdb-server.log")).start()
+            overrides.setdefault("KERN_CLICKHOUSE_DSN", self.server.url)
         name = f"t{uuid.uuid4().hex[:8]}"
         self.env = {
             "KERN_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
@@ -92,7 +102,8 @@ class Stack:
 
     @contextlib.contextmanager
     def clickhouse(self) -> Iterator[clickhouse_connect.driver.Client]:
-        """A client on the stack's chDB path; only while no worker holds it (one process per path)."""
+        """A client on the stack's ClickHouse. With embedded chDB only while no worker holds the path
+        (one process per path); with the shared server at any time."""
         client = clickhouse_connect.get_client(dsn=self.settings.clickhouse_dsn)
         try:
             yield client
@@ -102,14 +113,16 @@ class Stack:
     def stop_all(self) -> None:
         for process in self.workers:
             process.kill()
+        if self.server is not None:
+            self.server.stop()
 
 
 @pytest.fixture
 def stack_factory(broker, tmp_path):
     stacks: list[Stack] = []
 
-    def make(partitions: int = 2, **overrides: str) -> Stack:
-        stack = Stack(broker, tmp_path / f"stack{len(stacks)}", partitions, **overrides)
+    def make(partitions: int = 2, shared_clickhouse: bool = False, **overrides: str) -> Stack:
+        stack = Stack(broker, tmp_path / f"stack{len(stacks)}", partitions, shared_clickhouse, **overrides)
         stacks.append(stack)
         return stack
 

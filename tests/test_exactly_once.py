@@ -47,6 +47,36 @@ def roll(runs: Counter, width: int) -> Counter:
     return rolled
 
 
+def stream_in_background(stack, values, record_ms, chunks, pause, rng) -> tuple[threading.Thread, dict[int, int]]:
+    """Produce `values` in `chunks` with pauses while the test kills workers; `produced` fills with the
+    end offset of each partition."""
+    produced: dict[int, int] = {}
+
+    def produce_stream():
+        step = len(values) // chunks + 1
+        for start in range(0, len(values), step):
+            chunk = values[start:start + step]
+            produced.update(stack.produce(chunk, [record_ms] * len(chunk)))
+            time.sleep(rng.uniform(*pause))
+
+    producer = threading.Thread(target=produce_stream)
+    producer.start()
+    return producer, produced
+
+
+def assert_exact(stack, values, record_ms) -> tuple[int, int]:
+    expected = reference(stack, values, record_ms)
+    minute = Counter(expected.runs)
+    with stack.clickhouse() as client:
+        assert stored_runs(client, "runs_minute") == minute
+        assert stored_runs(client, "runs_hourly") == roll(minute, 3600)
+        assert stored_runs(client, "runs_daily") == roll(minute, 86400)
+        quality = client.query("SELECT kind, reason, sum(events) FROM kern_telemetry.quality_minute GROUP BY ALL")
+        assert Counter({(k, r): n for k, r, n in quality.result_rows}) == Counter(
+            {(k, str(r)): n for (_, k, r), n in expected.quality.items()})
+    return sum(minute.values()), sum(expected.quality.values())
+
+
 def test_random_kills_during_a_stream_lose_nothing_and_count_nothing_twice(stack_factory, chaos_long):
     events, kills_wanted = (500_000, 20) if chaos_long else (60_000, 3)
     stack = stack_factory(partitions=4, KERN_FLUSH_MAX_EVENTS="2000", KERN_FLUSH_INTERVAL_SECONDS="0.2")
@@ -54,18 +84,8 @@ def test_random_kills_during_a_stream_lose_nothing_and_count_nothing_twice(stack
     values = list(EventGenerator(seed=21, invalid_share=0.02, profiles=2000).events(events))
     rng = random.Random(21)
 
-    produced: dict[int, int] = {}
-    chunks = 40 if chaos_long else 10
-
-    def produce_stream():  # the stream keeps arriving while workers die
-        step = len(values) // chunks + 1
-        for start in range(0, len(values), step):
-            chunk = values[start:start + step]
-            produced.update(stack.produce(chunk, [record_ms] * len(chunk)))
-            time.sleep(rng.uniform(0.5, 3.0) if chaos_long else 0.5)
-
-    producer = threading.Thread(target=produce_stream)
-    producer.start()
+    producer, produced = stream_in_background(stack, values, record_ms, chunks=40 if chaos_long else 10,
+                                              pause=(0.5, 3.0) if chaos_long else (0.5, 0.5), rng=rng)
     kills = 0
     while kills < kills_wanted or producer.is_alive():
         worker = stack.worker(f"victim{kills}")
@@ -83,15 +103,53 @@ def test_random_kills_during_a_stream_lose_nothing_and_count_nothing_twice(stack
     survivor.wait_flushed(produced, timeout=300)
     assert survivor.stop() == 0
 
-    expected = reference(stack, values, record_ms)
-    minute = Counter(expected.runs)
-    with stack.clickhouse() as client:
-        assert stored_runs(client, "runs_minute") == minute
-        assert stored_runs(client, "runs_hourly") == roll(minute, 3600)
-        assert stored_runs(client, "runs_daily") == roll(minute, 86400)
-        quality = client.query("SELECT kind, reason, sum(events) FROM kern_telemetry.quality_minute GROUP BY ALL")
-        assert Counter({(k, r): n for k, r, n in quality.result_rows}) == Counter(
-            {(k, str(r)): n for (_, k, r), n in expected.quality.items()})
+    runs, quality = assert_exact(stack, values, record_ms)
     print(f"\nchaos: {kills} SIGKILLs over {events:,} events ({sum(produced.values()):,} records in "
-          f"{len(produced)} partitions); exact totals in every table: {sum(minute.values()):,} runs, "
-          f"{sum(expected.quality.values()):,} quality events")
+          f"{len(produced)} partitions); exact totals in every table: {runs:,} runs, {quality:,} quality events")
+
+
+def test_two_workers_killed_in_turn_rebalance_and_count_every_event_once(stack_factory, chaos_long):
+    """Two workers share the partitions and one shared ClickHouse; each in turn is SIGKILLed, the survivor
+    takes over its partitions (rebalance), then the victim comes back (rebalance again)."""
+    events, cycles = (300_000, 8) if chaos_long else (60_000, 2)
+    stack = stack_factory(partitions=4, shared_clickhouse=True, KERN_FLUSH_MAX_EVENTS="2000",
+                          KERN_FLUSH_INTERVAL_SECONDS="0.2")
+    record_ms = int(time.time() * 1000) - 30_000
+    values = list(EventGenerator(seed=31, invalid_share=0.02, profiles=2000).events(events))
+    rng = random.Random(31)
+    workers = {"a": stack.worker("a0"), "b": stack.worker("b0")}
+    producer, produced = stream_in_background(stack, values, record_ms, chunks=4 * cycles, pause=(0.5, 2.0), rng=rng)
+    takeovers = 0
+    for cycle in range(cycles):
+        victim, survivor = ("a", "b") if cycle % 2 == 0 else ("b", "a")
+        wait_assigned(workers[victim], lambda owned: len(owned) == 2)  # the partitions are shared
+        time.sleep(rng.uniform(0.5, 2.5))
+        workers[victim].kill()
+        wait_assigned(workers[survivor], lambda owned: owned == [0, 1, 2, 3])  # rebalance: it takes all
+        takeovers += 1
+        workers[victim] = stack.worker(f"{victim}{cycle + 1}")  # and shares them again
+    producer.join()
+
+    deadline = time.monotonic() + 300
+    while True:  # the two live workers together have flushed everything produced
+        flushed: dict[int, int] = {}
+        for worker in workers.values():
+            for partition, offset in (worker.health() or {}).get("flushed_offsets", {}).items():
+                flushed[int(partition)] = max(flushed.get(int(partition), 0), offset)
+        if all(flushed.get(p, 0) >= o for p, o in produced.items()):
+            break
+        assert time.monotonic() < deadline, f"flushed {flushed}, produced {produced}"
+        time.sleep(0.3)
+    assert [worker.stop() for worker in workers.values()] == [0, 0]
+
+    runs, quality = assert_exact(stack, values, record_ms)
+    print(f"\nchaos, 2 workers: {cycles} SIGKILLs, {takeovers} takeovers of all partitions by the survivor and "
+          f"as many rebalances back, over {events:,} events; exact totals: {runs:,} runs, {quality:,} quality events")
+
+
+def wait_assigned(worker, predicate, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate((worker.health() or {}).get("assigned_partitions") or []):
+        worker.assert_running()
+        assert time.monotonic() < deadline, f"{worker.name}: assignment never matched; {worker.health()}"
+        time.sleep(0.2)

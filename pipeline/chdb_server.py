@@ -1,0 +1,241 @@
+"""ClickHouse's HTTP interface over an embedded chDB, so that several processes can share one.
+
+chDB (the ClickHouse engine in-process) admits one process per data path, but two workers sharing a
+topic must write to the same ClickHouse, and the CLI wants to query while `dev` runs. This server owns
+the chDB session and answers the subset of ClickHouse's HTTP protocol that clickhouse-connect's ordinary
+HTTP client uses, so the workers connect with `KERN_CLICKHOUSE_DSN=http://127.0.0.1:PORT`, the same code
+path as against a production server:
+
+- the statement is the `query` URL parameter followed by the request body (ClickHouse's rule), with
+  `param_<name>` values bound by chDB; an INSERT's data follows its `FORMAT <name>` line;
+- request bodies may be lz4/zstd/gzip encoded (`Content-Encoding`); responses are sent uncompressed;
+- for an INSERT, the other URL parameters are ClickHouse settings (`insert_deduplication_token`, ...)
+  applied to that statement only; errors answer 500 with ClickHouse's message and exception code.
+
+Development and test tool only: no authentication, loopback by default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl, urlsplit
+
+_TRAILING_FORMAT = re.compile(r"\s+FORMAT\s+(\w+)\s*;?\s*$", re.IGNORECASE | re.DOTALL)
+_INSERT = re.compile(r"^\s*(INSERT\s+INTO\s+.+?)\s+FORMAT\s+(\w+)[ \t]*(?:\r?\n|$)", re.IGNORECASE | re.DOTALL)
+_ERROR_CODE = re.compile(r"Code:\s*(\d+)")
+# URL parameters that are protocol, not settings.
+_PROTOCOL_PARAMS = {"query", "database", "session_id", "session_timeout", "session_check", "query_id",
+                    "default_format", "compress", "decompress", "enable_http_compression", "wait_end_of_query",
+                    "client_protocol_version", "send_progress_in_http_headers", "http_headers_progress_interval_ms",
+                    "user", "password", "quota_key", "buffer_size", "http_zlib_compression_level"}
+
+
+def _decode_body(body: bytes, encoding: str | None) -> bytes:
+    if not encoding or not body:
+        return body
+    if encoding == "lz4":
+        import lz4.frame
+
+        return lz4.frame.decompress(body)
+    if encoding == "zstd":
+        import zstandard
+
+        return zstandard.ZstdDecompressor().decompressobj().decompress(body)
+    if encoding == "gzip":
+        return gzip.decompress(body)
+    raise ValueError(f"unsupported Content-Encoding {encoding!r}")
+
+
+def _setting_value(value: str) -> str:
+    return value if re.fullmatch(r"-?\d+(\.\d+)?", value) else "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+class ChdbHttpServer:
+    def __init__(self, path: str, host: str = "127.0.0.1", port: int = 0):
+        import chdb.session
+
+        self.session = chdb.session.Session(path)
+        self.lock = threading.Lock()  # one chDB session: one statement at a time
+        self.spool = tempfile.mkdtemp(prefix="chdb-http-")
+        self.httpd = ThreadingHTTPServer((host, port), self._handler())
+        self.thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return self.httpd.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.httpd.server_address[0]}:{self.port}"
+
+    def start(self) -> ChdbHttpServer:
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.session.close()
+
+    def execute(self, params: dict[str, str], body: bytes) -> tuple[bytes, str]:
+        """Run one request's statement; returns (output, format)."""
+        query = params.get("query", "").encode()
+        text = query + (b"\n" if query and body else b"") + body
+        bind = {name[6:]: value for name, value in params.items() if name.startswith("param_")}
+        insert = _INSERT.match(text[:65536].decode("utf-8", "replace"))
+        with self.lock:
+            if insert:
+                statement, fmt = insert.groups()
+                data = text[len(insert.group(0).encode()):]
+                settings = ", ".join(f"{k} = {_setting_value(v)}" for k, v in params.items()
+                                     if k not in _PROTOCOL_PARAMS and not k.startswith("param_"))
+                spool = os.path.join(self.spool, f"insert-{threading.get_ident()}")
+                with open(spool, "wb") as out:
+                    out.write(data)
+                self.session.query(f"{statement} FROM INFILE '{spool}'"
+                                   f"{' SETTINGS ' + settings if settings else ''} FORMAT {fmt}")
+                return b"", fmt
+            sql = text.decode()
+            match = _TRAILING_FORMAT.search(sql)
+            fmt = match.group(1) if match else params.get("default_format", "TabSeparated")
+            if match:
+                sql = sql[: match.start()]
+            result = self.session.query(sql, fmt, params=bind) if bind else self.session.query(sql, fmt)
+            return (result.bytes() if result is not None else b""), fmt
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_request(self, *args) -> None:  # no access log; errors still go to stderr
+                pass
+
+            def do_GET(self) -> None:
+                if urlsplit(self.path).path == "/ping":
+                    return self._reply(200, b"Ok.\n", {})
+                self._handle(b"")
+
+            def do_POST(self) -> None:
+                body = self._read_chunked() if self.headers.get("Transfer-Encoding", "").lower() == "chunked" \
+                    else self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                try:
+                    body = _decode_body(body, self.headers.get("Content-Encoding"))
+                except ValueError as exc:
+                    return self._reply(400, str(exc).encode(), {})
+                self._handle(body)
+
+            def _read_chunked(self) -> bytes:
+                chunks = []
+                while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                    chunks.append(self.rfile.read(size))
+                    self.rfile.readline()
+                while self.rfile.readline().strip():  # trailers, up to the blank line
+                    pass
+                return b"".join(chunks)
+
+            def _handle(self, body: bytes) -> None:
+                params = dict(parse_qsl(urlsplit(self.path).query, keep_blank_values=True))
+                try:
+                    output, fmt = server.execute(params, body)
+                except Exception as exc:  # noqa: BLE001 - every engine error goes back to the client
+                    message = str(exc)
+                    code = _ERROR_CODE.search(message)
+                    return self._reply(500, message.encode(), {"X-ClickHouse-Exception-Code": code.group(1) if code else "1000"})
+                self._reply(200, output, {"X-ClickHouse-Format": fmt, "X-ClickHouse-Timezone": "UTC",
+                                          "X-ClickHouse-Summary": json.dumps({"read_rows": "0", "written_rows": "0"})})
+
+            def _reply(self, status: int, payload: bytes, headers: dict[str, str]) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(payload)))
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(payload)
+
+        return Handler
+
+
+@dataclass
+class ChdbServerProcess:
+    """`python -m pipeline.chdb_server` on a free loopback port, stopped by the process id we started."""
+
+    path: str
+    port: int = 0
+    process: subprocess.Popen | None = None
+    log_path: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> ChdbServerProcess:
+        from pipeline.devstack import free_port
+
+        self.port = self.port or free_port()
+        log = open(self.log_path or os.devnull, "ab")  # noqa: SIM115
+        self.process = subprocess.Popen([sys.executable, "-m", "pipeline.chdb_server", "--path", self.path,
+                                         "--port", str(self.port)], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/ping", timeout=1) as response:
+                    if response.read() == b"Ok.\n":
+                        return self
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"chDB server on port {self.port} did not start") from None
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=5)
+
+    def __enter__(self) -> ChdbServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="ClickHouse HTTP interface over an embedded chDB")
+    parser.add_argument("--path", required=True, help="chDB data directory")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8123)
+    args = parser.parse_args()
+    server = ChdbHttpServer(os.path.abspath(args.path), args.host, args.port)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    server.start()
+    print(f"listening on {server.url}", flush=True)
+    stopping.wait()
+    server.stop()
+
+
+if __name__ == "__main__":
+    main()

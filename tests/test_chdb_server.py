@@ -1,0 +1,71 @@
+"""The shared ClickHouse for development and tests: chDB behind ClickHouse's HTTP interface, used by the
+ordinary clickhouse-connect HTTP client (the production code path)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import clickhouse_connect
+import pytest
+from clickhouse_connect.driver.exceptions import DatabaseError
+
+from pipeline.chdb_server import ChdbServerProcess
+from pipeline.events import EventProjector
+from pipeline.rollup import PartitionRollup
+from pipeline.sink import ClickHouseSink
+from tables.migrations import migrate
+from tables.schema import SchemaOptions
+
+
+class Record:
+    def __init__(self, offset: int, value: bytes):
+        self.offset, self.value, self.timestamp = offset, value, int(time.time() * 1000)
+
+
+def rollup(start: int, events: int) -> PartitionRollup:
+    folded = PartitionRollup("events", 0, start)
+    value = b'{"type":"agent","session_id":"s","data":{"model_id":"gpt-5.2","has_tools":true}}'
+    folded.add([Record(start + i, value) for i in range(events)], EventProjector(60, 3600, 300, 65536).project)
+    return folded
+
+
+@pytest.fixture
+def server(tmp_path):
+    with ChdbServerProcess(str(tmp_path / "chdb")) as running:
+        yield running
+
+
+def test_migrations_flushes_and_deduplication_over_http(server):
+    client = clickhouse_connect.get_client(dsn=server.url)
+    assert [m.version for m in migrate(client, SchemaOptions())] == [1]
+    assert migrate(client, SchemaOptions()) == []
+    sink = ClickHouseSink(client, "kern_telemetry")
+    first, second = rollup(0, 3), rollup(3, 2)
+    for _ in range(2):  # a retried flush lands once, in the table and its views
+        sink.record_intent(first)
+        sink.write_rollup(first)
+    sink.record_intent(second)
+    sink.write_rollup(second)
+    assert sink.last_flush("events", 0) == (3, 5) and sink.last_flush("events", 1) is None
+    for table in ("runs_minute", "runs_hourly", "runs_daily"):
+        assert client.query(f"SELECT sum(runs) FROM kern_telemetry.{table}").result_rows == [(5,)]
+    row = client.query("SELECT window_start, features FROM kern_telemetry.runs_minute LIMIT 1").result_rows[0]
+    assert row[1] == ["has_tools"] and row[0].year >= 2026
+
+
+def test_two_processes_share_one_engine(server):
+    script = ("import clickhouse_connect, sys; c = clickhouse_connect.get_client(dsn=sys.argv[1]); "
+              "c.command('CREATE TABLE IF NOT EXISTS shared (p UInt8, n UInt32) ENGINE = MergeTree ORDER BY p'); "
+              "c.insert('shared', [[int(sys.argv[2]), i] for i in range(1000)], column_names=['p', 'n'])")
+    writers = [subprocess.Popen([sys.executable, "-c", script, server.url, str(p)]) for p in (1, 2)]
+    assert [w.wait(timeout=60) for w in writers] == [0, 0]
+    client = clickhouse_connect.get_client(dsn=server.url)
+    assert client.query("SELECT p, count() FROM shared GROUP BY p ORDER BY p").result_rows == [(1, 1000), (2, 1000)]
+
+
+def test_engine_errors_reach_the_client(server):
+    client = clickhouse_connect.get_client(dsn=server.url)
+    with pytest.raises(DatabaseError, match="nowhere"):
+        client.query("SELECT x FROM nowhere")
