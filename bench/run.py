@@ -2,8 +2,9 @@
 
 All measurements run in one process tree on one embedded broker, one after another, on the same topic:
   ceiling       a bare aiokafka consumer draining the topic, no processing
-  worker        this pipeline (validation, rollup, ClickHouse writes): first event consumed -> last flush landed
-  2 workers     two worker processes sharing the topic's 4 partitions
+  worker        this pipeline (validation, rollup, ClickHouse writes): first event consumed -> last flush landed,
+                with chDB in the worker's process, then writing over HTTP to a ClickHouse in its own process
+  2 workers     two worker processes sharing the topic's 4 partitions and that ClickHouse
   kafka engine  ClickHouse's Kafka table engine + MV into a SummingMergeTree, in chDB
   stock faust   a Faust agent updating a windowed Table per event (on a sample: it is slow)
   freshness     events produced at a steady rate; delay from produce to visible in ClickHouse
@@ -27,6 +28,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from pipeline.chdb_server import ChdbServerProcess
 from pipeline.config import Settings
 from pipeline.devstack import EmbeddedBroker, WorkerProcess
 from pipeline.kafka import create_topics
@@ -40,12 +42,12 @@ console = Console()
 class Topic:
     """A topic (fresh unless named) with its own consumer group and database for the workers."""
 
-    def __init__(self, broker: EmbeddedBroker, workdir: Path, name: str | None = None):
+    def __init__(self, broker: EmbeddedBroker, workdir: Path, name: str | None = None, dsn: str | None = None):
         name = name or f"bench.{uuid.uuid4().hex[:8]}"
         self.workdir = workdir
         self.env = {"KERN_BOOTSTRAP_SERVERS": broker.bootstrap_servers, "KERN_TOPIC": name,
                     "KERN_TOPIC_PARTITIONS": str(PARTITIONS), "KERN_CONSUMER_GROUP": f"rollup-{uuid.uuid4().hex[:8]}",
-                    "KERN_CLICKHOUSE_DSN": f"chdb://{workdir / 'chdb'}", "KERN_LOG_LEVEL": "warn"}
+                    "KERN_CLICKHOUSE_DSN": dsn or f"chdb://{workdir / 'chdb'}", "KERN_LOG_LEVEL": "warn"}
         self.settings = Settings(**{k.removeprefix("KERN_").lower(): v for k, v in self.env.items()})
         self.name = name
         create_topics(self.settings)
@@ -122,6 +124,11 @@ async def _drain(bootstrap: str, topic: str, expected: int) -> dict:
                 "cpu_s_per_1m": (time.process_time() - cpu) / count * 1e6}
     finally:
         await consumer.stop()
+
+
+def process_cpu_s(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -235,8 +242,13 @@ def main() -> None:
         results["ceiling"] = asyncio.run(_drain(broker.bootstrap_servers, topic.name, args.events))
         console.print("measuring the worker ...")
         results["worker"] = run_workers(topic, ends, 1, args.events)
-        console.print("measuring 2 workers ...")
-        results["two_workers"] = run_workers(Topic(broker, workdir / "two", name=topic.name), ends, 2, args.events)
+        for key, count in (("worker_http", 1), ("two_workers", 2)):
+            console.print(f"measuring {count} worker(s) writing to ClickHouse over HTTP ...")
+            with ChdbServerProcess(str(workdir / key / "chdb")) as server:
+                cpu = process_cpu_s(server.process.pid)
+                results[key] = run_workers(Topic(broker, workdir / key, name=topic.name, dsn=server.url), ends,
+                                           count, args.events)
+                results[key]["clickhouse_cpu_s_per_1m"] = (process_cpu_s(server.process.pid) - cpu) / args.events * 1e6
         console.print("measuring ClickHouse's Kafka engine (its consumer takes ~30 s to join) ...")
         try:
             results["kafka_engine"] = subprocess_json(["kafka-engine", broker.bootstrap_servers, topic.name,
@@ -267,8 +279,9 @@ def report(results: dict) -> None:
     worker, ceiling = results["worker"], results["ceiling"]
     rows = [
         ("ceiling: bare aiokafka consumer", ceiling, None),
-        ("this worker (1 process)", worker, None),
-        ("this pipeline, 2 workers / 4 partitions", results["two_workers"], None),
+        ("this worker, embedded chDB in process", worker, None),
+        ("this worker -> ClickHouse over HTTP", results["worker_http"], None),
+        ("2 workers / 4 partitions -> ClickHouse over HTTP", results["two_workers"], None),
         ("ClickHouse Kafka engine + MV (chDB)", results["kafka_engine"], None),
         ("stock Faust, windowed Table per event", results["stock_faust"], None),
     ]
@@ -292,6 +305,9 @@ def report(results: dict) -> None:
         f"{fresh['flush_interval_s']} s + 2 s)",
         f"chDB engine alone (a process that only opens it): {results['chdb_rss']['rss_mb']:.0f} MB RSS; the worker "
         f"above that: {worker['rss_mb'] - results['chdb_rss']['rss_mb']:.0f} MB",
+        f"ClickHouse (chDB server process) CPU per 1M events: {results['worker_http']['clickhouse_cpu_s_per_1m']:.1f} s "
+        f"with 1 worker, {results['two_workers']['clickhouse_cpu_s_per_1m']:.1f} s with 2 (not in the workers' CPU "
+        f"column); all processes share {results['cpus']} CPUs with the broker",
         f"Kafka engine: could not run: {results['kafka_engine']['error']}" if "error" in results["kafka_engine"]
         else f"Kafka engine: consumer joined after {results['kafka_engine']['join_s']} s; rate counted from its "
              f"first visible row",

@@ -186,12 +186,15 @@ class ChdbServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60.0) -> ChdbServerProcess:
-        from pipeline.devstack import free_port
+        from pipeline.devstack import ensure_port_free, free_port
 
         self.port = self.port or free_port()
+        ensure_port_free("127.0.0.1", self.port)
         log = open(self.log_path or os.devnull, "ab")  # noqa: SIM115
         self.process = subprocess.Popen([sys.executable, "-m", "pipeline.chdb_server", "--path", self.path,
-                                         "--port", str(self.port)], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+                                         "--port", str(self.port)], stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                        start_new_session=True)  # a terminal's Ctrl-C is for our parent, which
+        # stops the workers first and this server after them
         deadline = time.monotonic() + timeout
         while True:
             try:

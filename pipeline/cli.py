@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -153,25 +154,43 @@ def result_table(title: str | None, columns, rows) -> Table:
 @main.command()
 @click.option("--rate", "-r", default=2_000, show_default=True, help="Load generator events per second")
 @click.option("--port", default=9092, show_default=True, help="Broker port (a free one if taken)")
+@click.option("--clickhouse-port", default=8123, show_default=True, help="ClickHouse HTTP port (a free one if taken)")
 @click.option("--refresh", default=10.0, show_default=True, help="Seconds between dashboard refreshes")
-def dev(rate: int, port: int, refresh: float) -> None:
-    """Everything embedded: Tansu broker, chDB, topics, schema, worker, load generator, dashboard."""
+def dev(rate: int, port: int, clickhouse_port: int, refresh: float) -> None:
+    """Everything embedded: Tansu broker, chDB, topics, schema, worker, load generator, dashboard.
+
+    chDB runs behind ClickHouse's HTTP interface in its own process, so `kern-telemetry query` (with the
+    printed KERN_CLICKHOUSE_DSN) works while this runs."""
+    from pipeline.chdb_server import ChdbServerProcess
     from pipeline.devstack import EmbeddedBroker, free_port
     from pipeline.kafka import create_topics
 
-    try:
-        broker = EmbeddedBroker(port=port).start(timeout=5)
-    except (TimeoutError, OSError):
-        broker = EmbeddedBroker(port=free_port()).start()
-    try:
-        settings = Settings.load(bootstrap_servers=broker.bootstrap_servers)
+    settings = Settings.load()
+    if not settings.embedded_clickhouse:
+        raise click.UsageError("dev runs its own embedded ClickHouse: unset KERN_CLICKHOUSE_DSN or use chdb://")
+    with contextlib.ExitStack() as running:
+        broker = _first_that_starts(EmbeddedBroker(port=port), EmbeddedBroker(port=free_port()))
+        running.callback(broker.stop)
+        clickhouse = _first_that_starts(*(ChdbServerProcess(settings.clickhouse_dsn.removeprefix("chdb://"), port=p)
+                                          for p in (clickhouse_port, free_port())))
+        running.callback(clickhouse.stop)
+        settings = Settings.load(bootstrap_servers=broker.bootstrap_servers, clickhouse_dsn=clickhouse.url)
         create_topics(settings)
-        console.print(f"[bold]embedded stack[/bold]: broker {broker.bootstrap_servers}, "
-                      f"ClickHouse {settings.safe_dsn}, topic {settings.topic}, "
-                      f"health http://{settings.web_host}:{settings.web_port}/health")
+        console.print(f"[bold]embedded stack[/bold]: broker {broker.bootstrap_servers}, ClickHouse {clickhouse.url} "
+                      f"(data in {clickhouse.path}), topic {settings.topic}, "
+                      f"health http://{settings.web_host}:{settings.web_port}/health\n"
+                      f"query it meanwhile: KERN_CLICKHOUSE_DSN={clickhouse.url} kern-telemetry query --report quality")
         _run_worker(settings, with_dashboard={"rate": rate, "refresh": refresh})
-    finally:
-        broker.stop()
+
+
+def _first_that_starts(*services):
+    """The first of `services` whose start() succeeds (e.g. the preferred port, then a free one)."""
+    for service in services[:-1]:
+        try:
+            return service.start()
+        except (TimeoutError, RuntimeError, OSError):
+            continue
+    return services[-1].start()
 
 
 if __name__ == "__main__":
