@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test run bench bench-quick chaos lint clean
+.PHONY: test run bench bench-quick bench-memory chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"'
@@ -25,8 +25,11 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	$(BIN)/python -m bench.run --quick
 
+bench-memory: $(STAMP)
+	$(BIN)/python -m bench.run --memory
+
 chaos: $(STAMP)
-	$(BIN)/python -m pytest -q tests/test_exactly_once.py --chaos-long
+	$(BIN)/python -m pytest -q -s tests/test_exactly_once.py tests/test_outages.py --chaos-long
 
 clean:
 	rm -rf $(VENV) .kern .pytest_cache .hypothesis

@@ -33,6 +33,7 @@ from tables.schema import SchemaOptions
 
 log = logging.getLogger(__name__)
 
+KAFKA_PROBE_S = 5.0
 _BACKOFF_START_S = 0.5
 _BACKOFF_MAX_S = 15.0
 
@@ -113,7 +114,6 @@ class RollupAgent(mode.Service):
                 self.health.degrade("kafka", f"fetch failed: {type(exc).__name__}")
                 await asyncio.sleep(1)
                 continue
-            self.health.recover("kafka")
             for tp, messages in batches.items():
                 # Records fetched before `on_assigned` sought the partition come from the wrong offset.
                 if tp.partition in self._positioned and not self._closing:
@@ -121,6 +121,19 @@ class RollupAgent(mode.Service):
             self._apply_backpressure()
             if self._due():
                 self._flush_now.set()
+
+    @mode.Service.task
+    async def _probe_kafka(self) -> None:
+        """aiokafka retries a lost broker silently (getmany just returns nothing), so ask the broker for
+        metadata every few seconds: the health report says whether it answers."""
+        await self._wait_started()
+        while not self.should_stop and not self._closing:
+            try:
+                await asyncio.wait_for(self.consumer.topics(), timeout=KAFKA_PROBE_S)
+                self.health.recover("kafka")
+            except Exception as exc:  # noqa: BLE001 - any failure to reach the broker
+                self.health.degrade("kafka", f"broker unreachable: {type(exc).__name__}")
+            await asyncio.sleep(KAFKA_PROBE_S)
 
     async def _wait_started(self) -> None:
         while self.consumer is None and not self.should_stop:

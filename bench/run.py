@@ -206,6 +206,25 @@ def freshness(broker: EmbeddedBroker, workdir: Path, rate: int, seconds: int, se
         worker.stop()
 
 
+def memory_flatness(broker: EmbeddedBroker, workdir: Path, counts: tuple[int, ...], seed: int) -> list[dict]:
+    """One worker (ClickHouse over HTTP) on each event count, same generator and dimension sets: peak RSS
+    must follow the dimension sets, not the events."""
+    rows = []
+    for count in counts:
+        topic = Topic(broker, workdir / f"memory-{count}")
+        generator = EventGenerator(seed=seed)
+        ends: dict[int, int] = {}
+        for start in range(0, count, 1_000_000):  # generate and produce in slices: 10M events are ~5 GB
+            chunk = list(generator.events(min(1_000_000, count - start)))
+            for partition, offset in produce(broker.bootstrap_servers, topic.name, chunk).items():
+                ends[partition] = max(ends.get(partition, 0), offset)
+        with ChdbServerProcess(str(topic.workdir / "chdb")) as server:
+            reader = Topic(broker, topic.workdir, name=topic.name, dsn=server.url)
+            rows.append({"events": count, **run_workers(reader, ends, 1, count)})
+        console.print(f"{count:,} events: {rows[-1]['rate']:,.0f} ev/s, peak RSS {rows[-1]['rss_mb']:.0f} MB")
+    return rows
+
+
 def subprocess_json(args: list[str], timeout: float) -> dict:
     result = subprocess.run([sys.executable, "-m", "bench.baselines", *args], capture_output=True, text=True,
                             timeout=timeout, cwd=Path(__file__).parent.parent)
@@ -223,7 +242,11 @@ def main() -> None:
     parser.add_argument("--freshness-rate", type=int, default=20_000)
     parser.add_argument("--freshness-seconds", type=int, default=60)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--memory", action="store_true",
+                        help="only the memory check: one worker's peak RSS at 1,000,000 and 10,000,000 events")
     args = parser.parse_args()
+    if args.memory:
+        return memory_report(args.seed)
     if args.quick:
         args.events, args.faust_sample, args.freshness_seconds = 200_000, 20_000, 15
 
@@ -263,6 +286,23 @@ def main() -> None:
         results["freshness"] = freshness(broker, workdir / "fresh", args.freshness_rate, args.freshness_seconds,
                                          args.seed)
     report(results)
+
+
+def memory_report(seed: int) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="kern-bench-memory-"))
+    with EmbeddedBroker(log_path=workdir / "tansu.log") as broker:
+        rows = memory_flatness(broker, workdir, (1_000_000, 10_000_000), seed)
+    small, large = rows
+    lines = ["| events | events/s | CPU s / 1M | peak RSS MB |", "|---|---|---|---|"]
+    lines += [f"| {r['events']:,} | {r['rate']:,.0f} | {r['cpu_s_per_1m']:.1f} | {r['rss_mb']:.0f} |" for r in rows]
+    verdict = (f"peak RSS at {large['events']:,} events is {large['rss_mb'] / small['rss_mb']:.3f} x the peak at "
+               f"{small['events']:,} (target: within 1.10)")
+    console.print("\n".join(lines) + "\n" + verdict)
+    RESULTS.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    (RESULTS / f"memory-{stamp}.json").write_text(json.dumps(rows, indent=2))
+    (RESULTS / f"memory-{stamp}.md").write_text("# Memory vs event count\n\n" + "\n".join(lines) + f"\n\n- {verdict}\n")
+    console.print(f"written: bench/results/memory-{stamp}.json, .md")
 
 
 def _last_line(text: str) -> str:

@@ -64,8 +64,10 @@ def _setting_value(value: str) -> str:
 
 
 class ChdbHttpServer:
-    def __init__(self, path: str, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, path: str, host: str = "127.0.0.1", port: int = 0, insert_delay_s: float = 0.0):
         import chdb.session
+
+        self.insert_delay_s = insert_delay_s  # a slow ClickHouse, for tests of the workers' behaviour
 
         self.session = chdb.session.Session(path)
         self.lock = threading.Lock()  # one chDB session: one statement at a time
@@ -97,6 +99,8 @@ class ChdbHttpServer:
         text = query + (b"\n" if query and body else b"") + body
         bind = {name[6:]: value for name, value in params.items() if name.startswith("param_")}
         insert = _INSERT.match(text[:65536].decode("utf-8", "replace"))
+        if insert and self.insert_delay_s:
+            time.sleep(self.insert_delay_s)
         with self.lock:
             if insert:
                 statement, fmt = insert.groups()
@@ -180,6 +184,7 @@ class ChdbServerProcess:
     port: int = 0
     process: subprocess.Popen | None = None
     log_path: str | None = None
+    insert_delay_s: float = 0.0
 
     @property
     def url(self) -> str:
@@ -192,7 +197,8 @@ class ChdbServerProcess:
         ensure_port_free("127.0.0.1", self.port)
         log = open(self.log_path or os.devnull, "ab")  # noqa: SIM115
         self.process = subprocess.Popen([sys.executable, "-m", "pipeline.chdb_server", "--path", self.path,
-                                         "--port", str(self.port)], stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                         "--port", str(self.port), "--insert-delay", str(self.insert_delay_s)],
+                                        stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                                         start_new_session=True)  # a terminal's Ctrl-C is for our parent, which
         # stops the workers first and this server after them
         deadline = time.monotonic() + timeout
@@ -229,8 +235,9 @@ def main() -> None:
     parser.add_argument("--path", required=True, help="chDB data directory")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8123)
+    parser.add_argument("--insert-delay", type=float, default=0.0, help="seconds to hold every INSERT (tests)")
     args = parser.parse_args()
-    server = ChdbHttpServer(os.path.abspath(args.path), args.host, args.port)
+    server = ChdbHttpServer(os.path.abspath(args.path), args.host, args.port, args.insert_delay)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())

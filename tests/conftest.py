@@ -32,12 +32,13 @@ class Stack:
     (`pipeline/chdb_server.py`), so several workers can write to it, over the production code path."""
 
     def __init__(self, broker: EmbeddedBroker, workdir: Path, partitions: int, shared_clickhouse: bool = False,
-                 **overrides: str):
+                 insert_delay_s: float = 0.0, **overrides: str):
         self.workdir = workdir
         self.server = None
         if shared_clickhouse:
             workdir.mkdir(parents=True, exist_ok=True)
-            self.server = ChdbServerProcess(str(workdir / "chdb"), log_path=str(workdir / "chdb-server.log")).start()
+            self.server = ChdbServerProcess(str(workdir / "chdb"), log_path=str(workdir / "chdb-server.log"),
+                                            insert_delay_s=insert_delay_s).start()
             overrides.setdefault("KERN_CLICKHOUSE_DSN", self.server.url)
         name = f"t{uuid.uuid4().hex[:8]}"
         self.env = {
@@ -121,8 +122,10 @@ class Stack:
 def stack_factory(broker, tmp_path):
     stacks: list[Stack] = []
 
-    def make(partitions: int = 2, shared_clickhouse: bool = False, **overrides: str) -> Stack:
-        stack = Stack(broker, tmp_path / f"stack{len(stacks)}", partitions, shared_clickhouse, **overrides)
+    def make(partitions: int = 2, shared_clickhouse: bool = False, insert_delay_s: float = 0.0,
+             **overrides: str) -> Stack:
+        stack = Stack(broker, tmp_path / f"stack{len(stacks)}", partitions, shared_clickhouse, insert_delay_s,
+                      **overrides)
         stacks.append(stack)
         return stack
 

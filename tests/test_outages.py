@@ -1,14 +1,20 @@
 """Outages on the real services: ClickHouse failing to write (its table directories made immutable, so
-every insert fails inside ClickHouse), then recovering; graceful shutdown."""
+every insert fails inside ClickHouse) then recovering; a slow ClickHouse; the broker connection lost and
+restored (a TCP proxy in front of Tansu cut for longer than the session); graceful shutdown."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import subprocess
+import threading
 import time
 from collections import Counter
 
 import pytest
+from conftest import Stack
 
+from pipeline.devstack import EmbeddedBroker, free_port
 from pipeline.events import EventProjector
 from pipeline.loadgen import EventGenerator
 from pipeline.rollup import PartitionRollup
@@ -47,7 +53,8 @@ def wait_health(worker, predicate, timeout: float = 60.0) -> dict:
     raise TimeoutError(f"health never matched; last {report}")
 
 
-def test_clickhouse_write_outage_degrades_pauses_and_catches_up_exactly(stack_factory):
+def test_clickhouse_write_outage_degrades_pauses_and_catches_up_exactly(stack_factory, chaos_long):
+    """make test holds the outage a few seconds past the pause; make chaos holds it 60 s."""
     stack = stack_factory(partitions=2, KERN_MAX_PENDING_ROWS="1000")
     record_ms = int(time.time() * 1000) - 10_000
     before = list(EventGenerator(seed=5, profiles=3000).events(4000))
@@ -63,7 +70,7 @@ def test_clickhouse_write_outage_degrades_pauses_and_catches_up_exactly(stack_fa
         assert degraded["status"] == "degraded"
         assert "flush failed" in degraded["degraded"]["clickhouse"]
         paused_at = degraded["events_consumed"]
-        time.sleep(3)  # paused: consumption stays put while the bound is reached
+        time.sleep(60 if chaos_long else 3)  # paused: consumption stays put while the bound is reached
         still = worker.health()
         assert still["events_consumed"] == paused_at
         assert still["events_consumed"] < len(before) + len(during)
@@ -104,3 +111,103 @@ def test_sigterm_flushes_pending_aggregates_before_exit(stack_factory):
         flushed = client.query("SELECT partition, max(end_offset) FROM kern_telemetry.ingest_flushes "
                                "GROUP BY partition ORDER BY partition").result_rows
         assert dict(flushed) == ends
+
+
+def test_a_slow_clickhouse_lowers_throughput_not_correctness(stack_factory):
+    """Every INSERT held for 1.5 s by the (real) ClickHouse server: flushes grow, nothing is lost or doubled."""
+    stack = stack_factory(partitions=2, shared_clickhouse=True, insert_delay_s=1.5)
+    record_ms = int(time.time() * 1000) - 10_000
+    values = list(EventGenerator(seed=9).events(30_000))
+    worker = stack.worker()
+    ends = stack.produce(values[:10_000], [record_ms] * 10_000)
+    ends = stack.produce(values[10_000:], [record_ms] * 20_000)
+    report = worker.wait_flushed(ends, timeout=180)
+    assert report["flush_failures"] == 0 and report["status"] == "ok"
+    assert report["events_flushed"] == len(values)
+    assert worker.stop() == 0
+    total, quality = expected_runs(stack, values, record_ms)
+    with stack.clickhouse() as client:
+        assert client.query("SELECT sum(runs) FROM kern_telemetry.runs_daily").result_rows == [(total,)]
+        rows = client.query("SELECT kind, reason, sum(events) FROM kern_telemetry.quality_minute GROUP BY ALL")
+        assert Counter({(k, r): n for k, r, n in rows.result_rows}) == quality
+
+
+class CuttableProxy:
+    """A TCP proxy in front of the broker; `cut()` drops every connection and refuses new ones."""
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self.port = free_port()
+        self.connections: list[socket.socket] = []
+        self.listener: socket.socket | None = None
+        self.lock = threading.Lock()
+
+    def start(self) -> CuttableProxy:
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+        return self
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            with self.lock:
+                self.connections += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        with contextlib.suppress(OSError):  # wakes the blocked accept(); close() alone would not free the port
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        with self.lock:
+            for connection in self.connections:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+                connection.close()
+            self.connections.clear()
+
+
+def test_lost_broker_connection_reconnects_and_resumes_from_the_right_offsets(tmp_path):
+    broker_port = free_port()
+    proxy = CuttableProxy(broker_port)
+    with EmbeddedBroker(port=broker_port, advertised_port=proxy.port, log_path=tmp_path / "tansu.log") as broker:
+        proxy.start()
+        stack = Stack(broker, tmp_path / "stack", partitions=2)
+        record_ms = int(time.time() * 1000) - 10_000
+        before = list(EventGenerator(seed=12).events(10_000))
+        after = list(EventGenerator(seed=13).events(10_000))
+        try:
+            worker = stack.worker()
+            worker.wait_flushed(stack.produce(before, [record_ms] * len(before)))
+            proxy.cut()
+            degraded = wait_health(worker, lambda r: "kafka" in r["degraded"], timeout=30)
+            assert degraded["status"] == "degraded"
+            time.sleep(15)  # longer than the 10 s session: the group forgets the worker too
+            proxy.start()
+            report = worker.wait_flushed(stack.produce(after, [record_ms] * len(after)), timeout=120)
+            assert report["assigned_partitions"] == [0, 1]
+            assert wait_health(worker, lambda r: r["status"] == "ok")["degraded"] == {}
+            assert worker.stop() == 0
+        finally:
+            stack.stop_all()
+        total, quality = expected_runs(stack, before + after, record_ms)
+        with stack.clickhouse() as client:
+            assert client.query("SELECT sum(runs) FROM kern_telemetry.runs_daily").result_rows == [(total,)]
+            rows = client.query("SELECT kind, reason, sum(events) FROM kern_telemetry.quality_minute GROUP BY ALL")
+            assert Counter({(k, r): n for k, r, n in rows.result_rows}) == quality
