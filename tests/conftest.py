@@ -7,17 +7,62 @@ import contextlib
 import os
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import clickhouse_connect
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer
 
 from pipeline.chdb_server import ChdbServerProcess
 from pipeline.config import Settings
 from pipeline.devstack import EmbeddedBroker, WorkerProcess
+from pipeline.events import DIMENSIONS, EventProjector
 from pipeline.kafka import create_topics
+from pipeline.rollup import PartitionRollup
+
+
+class Record(NamedTuple):
+    """The fields of a consumer record the worker reads."""
+
+    offset: int
+    timestamp: int
+    value: bytes | None
+
+
+def reference_rollup(settings: Settings, values: list[bytes], record_ms: int) -> PartitionRollup:
+    """`values` folded offline as one partition by the worker's own projector: the totals a pipeline
+    that counts every event once must show, whatever crashed on the way."""
+    rollup = PartitionRollup("reference", 0, 0)
+    rollup.add([Record(i, record_ms, value) for i, value in enumerate(values)],
+               EventProjector.from_settings(settings).project)
+    return rollup
+
+
+def stored_runs(client, table: str) -> Counter:
+    """{(window_start, dims): runs} summed over the partial rows of a runs table."""
+    rows = client.query(f"SELECT toUnixTimestamp(window_start), {', '.join(DIMENSIONS)}, sum(runs) "
+                        f"FROM kern_telemetry.{table} GROUP BY ALL").result_rows
+    return Counter({(row[0], (*row[1:-2], tuple(row[-2]))): row[-1] for row in rows})
+
+
+def roll(runs: Counter, width: int) -> Counter:
+    """Minute counts rolled up into windows of `width` seconds (hour: 3600, day: 86400)."""
+    rolled = Counter()
+    for (window, dims), n in runs.items():
+        rolled[(window - window % width, dims)] += n
+    return rolled
+
+
+def stored_quality(client) -> Counter:
+    rows = client.query("SELECT kind, reason, sum(events) FROM kern_telemetry.quality_minute GROUP BY ALL")
+    return Counter({(kind, reason): n for kind, reason, n in rows.result_rows})
+
+
+def expected_quality(rollup: PartitionRollup) -> Counter:
+    return Counter({(kind, str(reason)): n for (_, kind, reason), n in rollup.quality.items()})
 
 
 @pytest.fixture(scope="session")

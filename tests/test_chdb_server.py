@@ -10,6 +10,7 @@ import time
 import clickhouse_connect
 import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError
+from conftest import Record
 
 from pipeline.chdb_server import ChdbServerProcess
 from pipeline.events import EventProjector
@@ -19,15 +20,11 @@ from tables.migrations import migrate
 from tables.schema import SchemaOptions
 
 
-class Record:
-    def __init__(self, offset: int, value: bytes):
-        self.offset, self.value, self.timestamp = offset, value, int(time.time() * 1000)
-
-
 def rollup(start: int, events: int) -> PartitionRollup:
     folded = PartitionRollup("events", 0, start)
     value = b'{"type":"agent","session_id":"s","data":{"model_id":"gpt-5.2","has_tools":true}}'
-    folded.add([Record(start + i, value) for i in range(events)], EventProjector(60, 3600, 300, 65536).project)
+    now_ms = int(time.time() * 1000)
+    folded.add([Record(start + i, now_ms, value) for i in range(events)], EventProjector(60, 3600, 300, 65536).project)
     return folded
 
 

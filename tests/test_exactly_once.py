@@ -12,39 +12,12 @@ from collections import Counter
 
 import pytest
 
-from pipeline.events import DIMENSIONS, EventProjector
+from conftest import expected_quality, reference_rollup, roll, stored_quality, stored_runs
+
 from pipeline.loadgen import EventGenerator
-from pipeline.rollup import PartitionRollup
 
 pytestmark = pytest.mark.integration
 SESSION_TIMEOUT_S = 10  # the worker's Kafka session timeout (agents/rollup.py)
-
-
-class Record:
-    __slots__ = ("offset", "timestamp", "value")
-
-    def __init__(self, offset, timestamp, value):
-        self.offset, self.timestamp, self.value = offset, timestamp, value
-
-
-def reference(stack, values, record_ms) -> PartitionRollup:
-    rollup = PartitionRollup("reference", 0, 0)
-    rollup.add([Record(i, record_ms, v) for i, v in enumerate(values)],
-               EventProjector.from_settings(stack.settings).project)
-    return rollup
-
-
-def stored_runs(client, table: str) -> Counter:
-    rows = client.query(f"SELECT toUnixTimestamp(window_start), {', '.join(DIMENSIONS)}, sum(runs) "
-                        f"FROM kern_telemetry.{table} GROUP BY ALL").result_rows
-    return Counter({(row[0], (*row[1:-2], tuple(row[-2]))): row[-1] for row in rows})
-
-
-def roll(runs: Counter, width: int) -> Counter:
-    rolled = Counter()
-    for (window, dims), n in runs.items():
-        rolled[(window - window % width, dims)] += n
-    return rolled
 
 
 def stream_in_background(stack, values, record_ms, chunks, pause, rng) -> tuple[threading.Thread, dict[int, int]]:
@@ -65,15 +38,13 @@ def stream_in_background(stack, values, record_ms, chunks, pause, rng) -> tuple[
 
 
 def assert_exact(stack, values, record_ms) -> tuple[int, int]:
-    expected = reference(stack, values, record_ms)
+    expected = reference_rollup(stack.settings, values, record_ms)
     minute = Counter(expected.runs)
     with stack.clickhouse() as client:
         assert stored_runs(client, "runs_minute") == minute
         assert stored_runs(client, "runs_hourly") == roll(minute, 3600)
         assert stored_runs(client, "runs_daily") == roll(minute, 86400)
-        quality = client.query("SELECT kind, reason, sum(events) FROM kern_telemetry.quality_minute GROUP BY ALL")
-        assert Counter({(k, r): n for k, r, n in quality.result_rows}) == Counter(
-            {(k, str(r)): n for (_, k, r), n in expected.quality.items()})
+        assert stored_quality(client) == expected_quality(expected)
     return sum(minute.values()), sum(expected.quality.values())
 
 

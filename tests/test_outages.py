@@ -12,28 +12,17 @@ import time
 from collections import Counter
 
 import pytest
-from conftest import Stack
+from conftest import Stack, expected_quality, reference_rollup, stored_quality
 
 from pipeline.devstack import EmbeddedBroker, free_port
-from pipeline.events import EventProjector
 from pipeline.loadgen import EventGenerator
-from pipeline.rollup import PartitionRollup
 
 pytestmark = pytest.mark.integration
 
 
-class Record:
-    __slots__ = ("offset", "timestamp", "value")
-
-    def __init__(self, offset, timestamp, value):
-        self.offset, self.timestamp, self.value = offset, timestamp, value
-
-
 def expected_runs(stack, values, record_ms) -> tuple[int, Counter]:
-    rollup = PartitionRollup("reference", 0, 0)
-    rollup.add([Record(i, record_ms, v) for i, v in enumerate(values)],
-               EventProjector.from_settings(stack.settings).project)
-    return sum(rollup.runs.values()), Counter({(k, str(r)): n for (_, k, r), n in rollup.quality.items()})
+    expected = reference_rollup(stack.settings, values, record_ms)
+    return sum(expected.runs.values()), expected_quality(expected)
 
 
 def set_immutable(path, on: bool) -> None:
@@ -87,8 +76,7 @@ def test_clickhouse_write_outage_degrades_pauses_and_catches_up_exactly(stack_fa
     with stack.clickhouse() as client:
         for table in ("runs_minute", "runs_hourly", "runs_daily"):
             assert client.query(f"SELECT sum(runs) FROM kern_telemetry.{table}").result_rows == [(total,)]
-        rows = client.query("SELECT kind, reason, sum(events) FROM kern_telemetry.quality_minute GROUP BY ALL")
-        assert Counter({(k, r): n for k, r, n in rows.result_rows}) == quality
+        assert stored_quality(client) == quality
     log = worker.log_path.read_text()
     assert "degraded: clickhouse" in log and "recovered: clickhouse" in log
 
@@ -128,8 +116,7 @@ def test_a_slow_clickhouse_lowers_throughput_not_correctness(stack_factory):
     total, quality = expected_runs(stack, values, record_ms)
     with stack.clickhouse() as client:
         assert client.query("SELECT sum(runs) FROM kern_telemetry.runs_daily").result_rows == [(total,)]
-        rows = client.query("SELECT kind, reason, sum(events) FROM kern_telemetry.quality_minute GROUP BY ALL")
-        assert Counter({(k, r): n for k, r, n in rows.result_rows}) == quality
+        assert stored_quality(client) == quality
 
 
 class CuttableProxy:
@@ -209,5 +196,4 @@ def test_lost_broker_connection_reconnects_and_resumes_from_the_right_offsets(tm
         total, quality = expected_runs(stack, before + after, record_ms)
         with stack.clickhouse() as client:
             assert client.query("SELECT sum(runs) FROM kern_telemetry.runs_daily").result_rows == [(total,)]
-            rows = client.query("SELECT kind, reason, sum(events) FROM kern_telemetry.quality_minute GROUP BY ALL")
-            assert Counter({(k, r): n for k, r, n in rows.result_rows}) == quality
+            assert stored_quality(client) == quality

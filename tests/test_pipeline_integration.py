@@ -8,8 +8,7 @@ import time
 from collections import Counter
 
 import pytest
-
-from pipeline.events import DIMENSIONS
+from conftest import expected_quality, reference_rollup, roll, stored_quality, stored_runs
 
 pytestmark = pytest.mark.integration
 
@@ -100,19 +99,6 @@ INVALID = [
 ]
 
 
-def rollup_expected(minute: Counter, to_window) -> Counter:
-    rolled = Counter()
-    for (window, dims), runs in minute.items():
-        rolled[(to_window(window), dims)] += runs
-    return rolled
-
-
-def runs_rows(client, table: str) -> Counter:
-    rows = client.query(f"SELECT toUnixTimestamp(window_start), {', '.join(DIMENSIONS)}, sum(runs) "
-                        f"FROM kern_telemetry.{table} GROUP BY ALL").result_rows
-    return Counter({(row[0], (*row[1:-2], tuple(row[-2]))): row[-1] for row in rows})
-
-
 def test_known_mix_lands_exactly_in_every_table_and_the_dlq(stack_factory):
     stack = stack_factory(partitions=2)
     records = [(value, seconds) for value, seconds, _ in VALID] + LATE + [(v, s) for v, s, *_ in INVALID]
@@ -130,9 +116,9 @@ def test_known_mix_lands_exactly_in_every_table_and_the_dlq(stack_factory):
         quality[(seconds - seconds % 60, kind, reason)] += 1
 
     with stack.clickhouse() as client:
-        assert runs_rows(client, "runs_minute") == minute
-        assert runs_rows(client, "runs_hourly") == rollup_expected(minute, lambda w: w - w % 3600)
-        assert runs_rows(client, "runs_daily") == rollup_expected(minute, lambda w: w - w % 86400)
+        assert stored_runs(client, "runs_minute") == minute
+        assert stored_runs(client, "runs_hourly") == roll(minute, 3600)
+        assert stored_runs(client, "runs_daily") == roll(minute, 86400)
         quality_rows = client.query("SELECT toUnixTimestamp(window_start), kind, reason, sum(events) "
                                     "FROM kern_telemetry.quality_minute GROUP BY ALL").result_rows
         assert Counter({tuple(row[:3]): row[3] for row in quality_rows}) == quality
@@ -171,9 +157,7 @@ def test_known_mix_lands_exactly_in_every_table_and_the_dlq(stack_factory):
 
 
 def test_worker_killed_mid_stream_then_restarted_counts_every_event_once(stack_factory):
-    from pipeline.events import EventProjector
     from pipeline.loadgen import EventGenerator
-    from pipeline.rollup import PartitionRollup
 
     stack = stack_factory(partitions=2, KERN_FLUSH_MAX_EVENTS="5000")
     values = list(EventGenerator(seed=11, invalid_share=0.02, profiles=500).events(120_000))
@@ -187,22 +171,10 @@ def test_worker_killed_mid_stream_then_restarted_counts_every_event_once(stack_f
     second.wait_flushed(ends)
     assert second.stop() == 0
 
-    expected = PartitionRollup("reference", 0, 0)
-    expected.add([_Record(i, record_ms, v) for i, v in enumerate(values)],
-                 EventProjector.from_settings(stack.settings).project)
+    expected = reference_rollup(stack.settings, values, record_ms)
     with stack.clickhouse() as client:
-        assert runs_rows(client, "runs_minute") == Counter({(w, d): n for (w, d), n in expected.runs.items()})
+        assert stored_runs(client, "runs_minute") == Counter(expected.runs)
         total = sum(expected.runs.values())
         for table in ("runs_hourly", "runs_daily"):
             assert client.query(f"SELECT sum(runs) FROM kern_telemetry.{table}").result_rows == [(total,)]
-        quality = client.query("SELECT kind, reason, sum(events) FROM kern_telemetry.quality_minute "
-                               "GROUP BY ALL").result_rows
-        assert Counter({(k, r): n for k, r, n in quality}) == Counter(
-            {(k, str(r)): n for (_, k, r), n in expected.quality.items()})
-
-
-class _Record:
-    __slots__ = ("offset", "timestamp", "value")
-
-    def __init__(self, offset: int, timestamp: int, value: bytes):
-        self.offset, self.timestamp, self.value = offset, timestamp, value
+        assert stored_quality(client) == expected_quality(expected)
