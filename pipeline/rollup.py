@@ -9,6 +9,7 @@ which is what makes a replayed flush deduplicate.
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -32,7 +33,7 @@ class PartitionRollup:
         self.start_offset = start_offset
         self.end_offset = start_offset
         self.events = 0
-        self.runs: dict[tuple, int] = {}  # (window_start, dims) -> runs
+        self.runs: dict[tuple, int] = defaultdict(int)  # (window_start, dims) -> runs
         self.quality: dict[tuple, int] = {}  # (window_start, kind, reason) -> events
         self.dead_letters: list[DeadLetter] = []
         self.created = time.monotonic()
@@ -54,7 +55,7 @@ class PartitionRollup:
         for message in messages:
             key = project(message.value, message.timestamp, quality)
             if type(key) is tuple:
-                runs[key] = runs.get(key, 0) + 1
+                runs[key] += 1
             elif key.dead_letter and not self.replay:
                 self.dead_letters.append(dead_letter(key, message, self.topic, self.partition))
         self.events += len(messages)
