@@ -23,6 +23,7 @@ import json
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -64,7 +65,8 @@ def _setting_value(value: str) -> str:
 
 
 class ChdbHttpServer:
-    def __init__(self, path: str, host: str = "127.0.0.1", port: int = 0, insert_delay_s: float = 0.0):
+    def __init__(self, path: str, host: str = "127.0.0.1", port: int = 0, insert_delay_s: float = 0.0,
+                 certfile: str | None = None):
         import chdb.session
 
         self.insert_delay_s = insert_delay_s  # a slow ClickHouse, for tests of the workers' behaviour
@@ -73,6 +75,12 @@ class ChdbHttpServer:
         self.lock = threading.Lock()  # one chDB session: one statement at a time
         self.spool = tempfile.mkdtemp(prefix="chdb-http-")
         self.httpd = ThreadingHTTPServer((host, port), self._handler())
+        self.scheme = "http"
+        if certfile:  # HTTPS, as a ClickHouse server with TLS (certificate and key in one PEM file)
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(certfile)
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+            self.scheme = "https"
         self.thread: threading.Thread | None = None
 
     @property
@@ -81,7 +89,7 @@ class ChdbHttpServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.httpd.server_address[0]}:{self.port}"
+        return f"{self.scheme}://{self.httpd.server_address[0]}:{self.port}"
 
     def start(self) -> ChdbHttpServer:
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -185,10 +193,11 @@ class ChdbServerProcess:
     process: subprocess.Popen | None = None
     log_path: str | None = None
     insert_delay_s: float = 0.0
+    certfile: str | None = None  # serve HTTPS with this PEM (certificate and key)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.certfile else 'http'}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60.0) -> ChdbServerProcess:
         from pipeline.devstack import ensure_port_free, free_port
@@ -197,14 +206,16 @@ class ChdbServerProcess:
         ensure_port_free("127.0.0.1", self.port)
         log = open(self.log_path or os.devnull, "ab")  # noqa: SIM115
         self.process = subprocess.Popen([sys.executable, "-m", "pipeline.chdb_server", "--path", self.path,
-                                         "--port", str(self.port), "--insert-delay", str(self.insert_delay_s)],
+                                         "--port", str(self.port), "--insert-delay", str(self.insert_delay_s),
+                                         *(["--certfile", self.certfile] if self.certfile else [])],
                                         stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                                         start_new_session=True)  # a terminal's Ctrl-C is for our parent, which
         # stops the workers first and this server after them
         deadline = time.monotonic() + timeout
         while True:
             try:
-                with urllib.request.urlopen(f"{self.url}/ping", timeout=1) as response:
+                context = ssl.create_default_context(cafile=self.certfile) if self.certfile else None
+                with urllib.request.urlopen(f"{self.url}/ping", timeout=1, context=context) as response:
                     if response.read() == b"Ok.\n":
                         return self
             except OSError:
@@ -236,8 +247,9 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8123)
     parser.add_argument("--insert-delay", type=float, default=0.0, help="seconds to hold every INSERT (tests)")
+    parser.add_argument("--certfile", help="PEM with certificate and key: serve HTTPS")
     args = parser.parse_args()
-    server = ChdbHttpServer(os.path.abspath(args.path), args.host, args.port, args.insert_delay)
+    server = ChdbHttpServer(os.path.abspath(args.path), args.host, args.port, args.insert_delay, args.certfile)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())

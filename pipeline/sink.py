@@ -16,9 +16,10 @@ Kafka offsets are committed after step 2 only for lag monitoring; `ingest_flushe
 
 from __future__ import annotations
 
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 from typing import NamedTuple
+from urllib.parse import urlsplit
 
 import clickhouse_connect
 import msgspec
@@ -41,7 +42,8 @@ def connect(settings: Settings) -> Client:
     if settings.embedded_clickhouse:
         Path(dsn.removeprefix("chdb://")).mkdir(parents=True, exist_ok=True)
         return clickhouse_connect.get_client(dsn=dsn)
-    options: dict = {"dsn": dsn, "connect_timeout": 10, "send_receive_timeout": 60}
+    # clickhouse-connect reads TLS from the port (443/8443), not from an https:// scheme: pass it on.
+    options: dict = {"dsn": dsn, "interface": urlsplit(dsn).scheme, "connect_timeout": 10, "send_receive_timeout": 60}
     if settings.clickhouse_user:
         options["username"] = settings.clickhouse_user
     if settings.clickhouse_password:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
+import ssl
+import threading
 import time
 import uuid
 from collections import Counter
@@ -20,8 +23,10 @@ from pipeline.chdb_server import ChdbServerProcess
 from pipeline.config import Settings
 from pipeline.devstack import EmbeddedBroker, WorkerProcess
 from pipeline.events import DIMENSIONS, EventProjector
-from pipeline.kafka import create_topics
+from pipeline.devstack import free_port
+from pipeline.kafka import client_options, create_topics
 from pipeline.rollup import PartitionRollup
+from pipeline.sink import connect
 
 
 class Record(NamedTuple):
@@ -63,6 +68,67 @@ def stored_quality(client) -> Counter:
 
 def expected_quality(rollup: PartitionRollup) -> Counter:
     return Counter({(kind, str(reason)): n for (_, kind, reason), n in rollup.quality.items()})
+
+
+class TcpProxy:
+    """A TCP proxy to a local port. `cut()` drops every connection and refuses new ones (a lost broker);
+    with `tls_certfile` it terminates TLS, so clients speak SSL to a broker that does not."""
+
+    def __init__(self, target_port: int, tls_certfile: str | None = None):
+        self.target_port = target_port
+        self.tls = None
+        if tls_certfile:
+            self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.tls.load_cert_chain(tls_certfile)
+        self.port = free_port()
+        self.connections: list[socket.socket] = []
+        self.listener: socket.socket | None = None
+        self.lock = threading.Lock()
+
+    def start(self) -> TcpProxy:
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+        return self
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+                if self.tls is not None:
+                    client = self.tls.wrap_socket(client, server_side=True)
+            except OSError:  # closed by cut(), or a failed TLS handshake
+                if listener.fileno() == -1:
+                    return
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            with self.lock:
+                self.connections += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        with contextlib.suppress(OSError):  # wakes the blocked accept(); close() alone would not free the port
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        with self.lock:
+            for connection in self.connections:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+                connection.close()
+            self.connections.clear()
+
 
 
 @pytest.fixture(scope="session")
@@ -115,8 +181,8 @@ class Stack:
         """Send records (None is a tombstone), optionally with explicit record timestamps. Returns the
         end offset of each partition written, from the delivery reports (Tansu's ListOffsets answers
         the last batch's base offset + 1, not the last record's offset + 1)."""
-        producer = KafkaProducer(bootstrap_servers=self.settings.bootstrap_servers, linger_ms=5,
-                                 batch_size=256 * 1024, max_request_size=16 << 20)
+        producer = KafkaProducer(linger_ms=5, batch_size=256 * 1024, max_request_size=16 << 20,
+                                 **client_options(self.settings))
         futures = [
             producer.send(self.settings.topic, value, key=b"tombstone" if value is None else None,
                           partition=partition, timestamp_ms=timestamps_ms[i] if timestamps_ms else None)
@@ -131,8 +197,8 @@ class Stack:
 
     def read_topic(self, topic: str, count: int, timeout_s: float = 20.0) -> list:
         """The first `count` records of a topic, in (partition, offset) order; fails on fewer or more."""
-        consumer = KafkaConsumer(topic, bootstrap_servers=self.settings.bootstrap_servers, enable_auto_commit=False,
-                                 auto_offset_reset="earliest", group_id=None)
+        consumer = KafkaConsumer(topic, enable_auto_commit=False, auto_offset_reset="earliest", group_id=None,
+                                 **client_options(self.settings))
         records, deadline = [], time.monotonic() + timeout_s
         try:
             while len(records) < count and time.monotonic() < deadline:
@@ -150,7 +216,7 @@ class Stack:
     def clickhouse(self) -> Iterator[clickhouse_connect.driver.Client]:
         """A client on the stack's ClickHouse. With embedded chDB only while no worker holds the path
         (one process per path); with the shared server at any time."""
-        client = clickhouse_connect.get_client(dsn=self.settings.clickhouse_dsn)
+        client = connect(self.settings)
         try:
             yield client
         finally:

@@ -4,15 +4,12 @@ restored (a TCP proxy in front of Tansu cut for longer than the session); gracef
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import subprocess
-import threading
 import time
 from collections import Counter
 
 import pytest
-from conftest import Stack, expected_quality, reference_rollup, stored_quality
+from conftest import Stack, TcpProxy, expected_quality, reference_rollup, stored_quality
 
 from pipeline.devstack import EmbeddedBroker, free_port
 from pipeline.loadgen import EventGenerator
@@ -119,60 +116,9 @@ def test_a_slow_clickhouse_lowers_throughput_not_correctness(stack_factory):
         assert stored_quality(client) == quality
 
 
-class CuttableProxy:
-    """A TCP proxy in front of the broker; `cut()` drops every connection and refuses new ones."""
-
-    def __init__(self, target_port: int):
-        self.target_port = target_port
-        self.port = free_port()
-        self.connections: list[socket.socket] = []
-        self.listener: socket.socket | None = None
-        self.lock = threading.Lock()
-
-    def start(self) -> CuttableProxy:
-        self.listener = socket.create_server(("127.0.0.1", self.port))
-        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
-        return self
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            with self.lock:
-                self.connections += [client, upstream]
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for end in (source, sink):
-                with contextlib.suppress(OSError):
-                    end.shutdown(socket.SHUT_RDWR)
-
-    def cut(self) -> None:
-        with contextlib.suppress(OSError):  # wakes the blocked accept(); close() alone would not free the port
-            self.listener.shutdown(socket.SHUT_RDWR)
-        self.listener.close()
-        with self.lock:
-            for connection in self.connections:
-                with contextlib.suppress(OSError):
-                    connection.shutdown(socket.SHUT_RDWR)
-                connection.close()
-            self.connections.clear()
-
-
 def test_lost_broker_connection_reconnects_and_resumes_from_the_right_offsets(tmp_path):
     broker_port = free_port()
-    proxy = CuttableProxy(broker_port)
+    proxy = TcpProxy(broker_port)
     with EmbeddedBroker(port=broker_port, advertised_port=proxy.port, log_path=tmp_path / "tansu.log") as broker:
         proxy.start()
         stack = Stack(broker, tmp_path / "stack", partitions=2)

@@ -1,4 +1,5 @@
-"""Credentials never reach logs, errors or CLI output; the worker's web endpoints listen on loopback."""
+"""Credentials never reach logs, errors or CLI output; the worker's web endpoints listen on loopback; the
+worker speaks TLS to Kafka and ClickHouse."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import sys
 import time
 
 import pytest
+from conftest import Stack, TcpProxy, reference_rollup
 
-from pipeline.devstack import free_port
+from pipeline.chdb_server import ChdbServerProcess
+from pipeline.devstack import EmbeddedBroker, free_port
+from pipeline.loadgen import EventGenerator
 
 pytestmark = pytest.mark.integration
 
@@ -72,3 +76,46 @@ def test_web_endpoints_listen_on_loopback_by_default(stack_factory):
     addresses = listening_addresses(worker.web_port)
     worker.stop()
     assert addresses == {"127.0.0.1"}
+
+
+@pytest.fixture
+def certificate(tmp_path) -> str:
+    """A self-signed certificate for 127.0.0.1, with its key, in one PEM file."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    combined = tmp_path / "server.pem"
+    combined.write_text(cert.read_text() + key.read_text())
+    return str(combined)
+
+
+def test_worker_speaks_tls_to_kafka_and_clickhouse(tmp_path, certificate):
+    """Kafka over SSL (a TLS-terminating proxy in front of Tansu, whose own TLS listener this build lacks) and
+    ClickHouse over HTTPS, both verified against the configured CA file."""
+    broker_port = free_port()
+    proxy = TcpProxy(broker_port, tls_certfile=certificate)
+    with EmbeddedBroker(port=broker_port, advertised_port=proxy.port, log_path=tmp_path / "tansu.log") as broker, \
+            ChdbServerProcess(str(tmp_path / "chdb"), certfile=certificate) as clickhouse:
+        proxy.start()
+        stack = Stack(broker, tmp_path / "stack", partitions=1, KERN_KAFKA_SECURITY_PROTOCOL="SSL",
+                      KERN_KAFKA_SSL_CAFILE=certificate, KERN_CLICKHOUSE_DSN=clickhouse.url,
+                      KERN_CLICKHOUSE_CA_CERT=certificate)
+        assert clickhouse.url.startswith("https://")
+        record_ms = int(time.time() * 1000) - 10_000
+        values = list(EventGenerator(seed=14).events(5000))
+        try:
+            worker = stack.worker()
+            report = worker.wait_flushed(stack.produce(values, [record_ms] * len(values)))
+            assert report["status"] == "ok" and report["dead_letters"] > 0  # the DLQ producer went over SSL too
+            assert worker.stop() == 0
+        finally:
+            stack.stop_all()
+        with stack.clickhouse() as client:
+            total = sum(reference_rollup(stack.settings, values, record_ms).runs.values())
+            assert client.query("SELECT sum(runs) FROM kern_telemetry.runs_daily").result_rows == [(total,)]
+        plaintext = subprocess.run(  # the proxy only speaks TLS: a plaintext client gets nowhere
+            [sys.executable, "-c", "import sys; from kafka import KafkaAdminClient; "
+             "KafkaAdminClient(bootstrap_servers=sys.argv[1], request_timeout_ms=3000)", broker.bootstrap_servers],
+            capture_output=True, text=True, timeout=60)
+        assert plaintext.returncode != 0
