@@ -85,7 +85,8 @@ class RollupAgent(mode.Service):
     def _open_sink(self) -> ClickHouseSink:
         client = connect(self.settings)
         migrate(client, SchemaOptions.from_settings(self.settings))
-        return ClickHouseSink(client, self.settings.clickhouse_database, distributed=bool(self.settings.clickhouse_cluster))
+        return ClickHouseSink(client, self.settings.clickhouse_database,
+                              distributed=bool(self.settings.clickhouse_cluster))
 
     async def on_stop(self) -> None:
         """Graceful stop: no more fetches, flush what is pending, commit, close."""

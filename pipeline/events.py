@@ -415,7 +415,8 @@ class EventProjector:
         return member_bucket(count)
 
     def _window_start(self, timestamp: object, record_ms: int, kind: str, quality: dict) -> int | None:
-        """Event time: the payload's timestamp when valid, else the Kafka record's. None when late.
+        """Event time for a payload that carries a timestamp: that time when valid, else the Kafka
+        record's. None when late.
 
         Lateness is measured against the record's own timestamp (when the broker got it), not against
         the partition's progress: the verdict depends on the record alone, so a replayed range always
@@ -423,8 +424,6 @@ class EventProjector:
         """
         record_s = record_ms // 1000
         width = self.window_seconds
-        if timestamp is None:
-            return record_s - record_s % width
         event_s = _epoch_seconds(timestamp)
         if event_s is None:
             _count(quality, (record_s - record_s % width, kind, Reason.BAD_TIMESTAMP))

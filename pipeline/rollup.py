@@ -8,7 +8,6 @@ which is what makes a replayed flush deduplicate.
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -25,7 +24,7 @@ class DeadLetter(NamedTuple):
 
 class PartitionRollup:
     __slots__ = ("topic", "partition", "start_offset", "end_offset", "events", "runs", "quality",
-                 "dead_letters", "created", "replay")
+                 "dead_letters", "replay")
 
     def __init__(self, topic: str, partition: int, start_offset: int, replay: bool = False):
         self.topic = topic
@@ -36,7 +35,6 @@ class PartitionRollup:
         self.runs: dict[tuple, int] = defaultdict(int)  # (window_start, dims) -> runs
         self.quality: dict[tuple, int] = {}  # (window_start, kind, reason) -> events
         self.dead_letters: list[DeadLetter] = []
-        self.created = time.monotonic()
         self.replay = replay  # rebuilt from an already recorded range: its dead letters were sent
 
     @property
