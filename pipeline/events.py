@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
@@ -138,19 +140,22 @@ _FLAG_NAME = re.compile(r"has_[a-z0-9_]{1,60}")
 _SECRET_PATTERNS = re.compile(
     r"""
       (?:^|[^a-z])(?:sk|pk|rk|ak)[-_][A-Za-z0-9_\-]{8,}   # API keys: sk-..., pk_live_...
-    | \b(?:bearer|basic|token)\s+\S{8,}                     # Authorization headers
-    | ^(?:gh[pousr]|glpat|xox[abprs]|AKIA|AIza|hf_)[A-Za-z0-9_\-]{8,}  # provider token prefixes
+    | \b(?:bearer|basic|token)\s+(?=\S*\d)\S{12,}          # Authorization headers (a token has digits)
     | [A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]*:[^/\s@]*@        # URL with user:password@
     | [^@\s/]+@[^@\s/]+\.[A-Za-z]{2,}                       # e-mail address
     """,
     re.IGNORECASE | re.VERBOSE,
 )
+# Provider token formats, case-sensitive and exact, so names like "ghost-writer" or "hf_internal_model" pass.
+_PROVIDER_TOKENS = re.compile(
+    r"(?:gh[pousr]_[A-Za-z0-9]{16,}|glpat-[A-Za-z0-9_\-]{16,}|xox[abprs]-[A-Za-z0-9\-]{10,}|AKIA[0-9A-Z]{16}"
+    r"|AIza[0-9A-Za-z_\-]{30,}|hf_[A-Za-z0-9]{20,})")
 _TOKEN_SEPARATORS = re.compile(r"[-_ ./:@+]")
 _CACHE_LIMIT = 50_000
 
 
 def _looks_secret(value: str) -> bool:
-    if _SECRET_PATTERNS.search(value):
+    if _SECRET_PATTERNS.search(value) or _PROVIDER_TOKENS.search(value):
         return True
     # Long high-entropy tokens (hex digests, base64 keys, JWT parts) are not model or db names.
     for token in _TOKEN_SEPARATORS.split(value):
@@ -244,7 +249,9 @@ class EventProjector:
         self.future_tolerance = future_tolerance_seconds
         self.max_event_bytes = max_event_bytes
         self._decode_typed = msgspec.json.Decoder(_TypedEnvelope).decode
-        self._decode_dict = msgspec.json.Decoder(_Envelope).decode
+        # Untyped floats (unknown fields) as Decimal: 1e400 there must not reject what the typed decode,
+        # which skips those fields, accepts.
+        self._decode_dict = msgspec.json.Decoder(_Envelope, float_hook=Decimal).decode
         self._flag_sets: dict[tuple, tuple[int, tuple[str, ...]]] = {}  # flag values -> (present, features)
         self._values: dict[str | None, str] = {None: NONE}
         self._flags: dict[str, str | None] = {}
@@ -262,15 +269,12 @@ class EventProjector:
             result = Rejection(Reason.TOMBSTONE)
         elif len(raw) > self.max_event_bytes:
             result = Rejection(Reason.OVERSIZED, detail=f"{len(raw)} bytes > {self.max_event_bytes}")
+        elif not raw.isascii() and not _is_utf8(raw):  # msgspec skips unknown fields unchecked
+            result = _decode_rejection(raw)
         else:
-            try:
-                event = self._decode_typed(raw)
-            except msgspec.ValidationError as exc:
-                result = _validation_rejection(str(exc), raw)
-            except (msgspec.DecodeError, UnicodeDecodeError):  # bad UTF-8 inside a string raises the latter
-                result = _decode_rejection(raw)
-            except RecursionError:
-                result = Rejection(Reason.NOT_JSON, detail="nesting too deep")
+            event = _decode(self._decode_typed, raw)
+            if type(event) is Rejection:
+                result = event
             else:
                 fields, features = _NO_DATA, ()
                 if event.data is not None:
@@ -280,16 +284,23 @@ class EventProjector:
                     # Every `"has_` in the bytes must be a known flag the typed decode saw; otherwise (a new
                     # flag, a duplicate key, an escaped key) decode again into a dict, which keeps every key.
                     if raw.count(b'"has_') != present or b"\\u" in raw:
-                        event = self._decode_dict(raw)
+                        event = _decode(self._decode_dict, raw)
                         fields = None
-                try:
-                    result = self._project(event, fields, features, record_ms, quality)
-                except _Invalid as invalid:
-                    result = invalid.rejection
-                except Exception as exc:  # noqa: BLE001 - a validator bug must not stop the partition
-                    result = Rejection(Reason.UNPROCESSABLE, detail=f"validator error: {type(exc).__name__}")
-                if type(result) is tuple:
-                    return result
+                if type(event) is Rejection:
+                    result = event
+                else:
+                    notes: dict = {}  # kept only if the event is counted (or late): a rejection gets none
+                    try:
+                        result = self._project(event, fields, features, record_ms, notes)
+                    except _Invalid as invalid:
+                        result = invalid.rejection
+                    except Exception as exc:  # noqa: BLE001 - a validator bug must not stop the partition
+                        result = Rejection(Reason.UNPROCESSABLE, detail=f"validator error: {type(exc).__name__}")
+                    if notes and (type(result) is tuple or not result.dead_letter):
+                        for key, n in notes.items():
+                            quality[key] = quality.get(key, 0) + n
+                    if type(result) is tuple:
+                        return result
         if result.dead_letter:
             record_s = record_ms // 1000
             _count(quality, (record_s - record_s % self.window_seconds, result.kind, result.reason))
@@ -484,6 +495,26 @@ def _epoch_seconds(timestamp: object) -> int | None:
     if not _MIN_EPOCH_S <= seconds < _MAX_EPOCH_S:  # also false for NaN and inf
         return None
     return int(seconds)
+
+
+def _decode(decoder: Callable, raw: bytes) -> Any:
+    """The decoded event, or the Rejection its bytes earn; never raises."""
+    try:
+        return decoder(raw)
+    except msgspec.ValidationError as exc:  # includes numbers out of range (1e400)
+        return _validation_rejection(str(exc), raw)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return _decode_rejection(raw)
+    except RecursionError:
+        return Rejection(Reason.NOT_JSON, detail="nesting too deep")
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _validation_rejection(message: str, raw: bytes) -> Rejection:
