@@ -3,6 +3,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# chDB 3.7 for the bench's Kafka-engine baseline (chDB 26.x cannot run that engine)
+ENGINE_STAMP := .venv-kafka-engine/.installed
 
 .PHONY: test run bench bench-quick bench-memory chaos clean
 
@@ -13,16 +15,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
+$(ENGINE_STAMP): bench/kafka-engine-requirements.txt
+	$(PYTHON) -m venv $(dir $@)
+	$(dir $@)bin/pip install --quiet -r $<
+	touch $@
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 run: $(STAMP)
 	$(BIN)/kern-telemetry dev
 
-bench: $(STAMP)
+bench: $(STAMP) $(ENGINE_STAMP)
 	$(BIN)/python -m bench.run
 
-bench-quick: $(STAMP)
+bench-quick: $(STAMP) $(ENGINE_STAMP)
 	$(BIN)/python -m bench.run --quick
 
 bench-memory: $(STAMP)
@@ -32,4 +39,4 @@ chaos: $(STAMP)
 	$(BIN)/python -m pytest -q -s tests/test_exactly_once.py tests/test_outages.py --chaos-long
 
 clean:
-	rm -rf $(VENV) .kern .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-kafka-engine .kern .pytest_cache .hypothesis

@@ -194,6 +194,7 @@ class ChdbServerProcess:
     log_path: str | None = None
     insert_delay_s: float = 0.0
     certfile: str | None = None  # serve HTTPS with this PEM (certificate and key)
+    python: str = sys.executable  # an interpreter with another chDB build (the bench's Kafka engine)
 
     @property
     def url(self) -> str:
@@ -205,10 +206,11 @@ class ChdbServerProcess:
         self.port = self.port or free_port()
         ensure_port_free("127.0.0.1", self.port)
         log = open(self.log_path or os.devnull, "ab")  # noqa: SIM115
-        self.process = subprocess.Popen([sys.executable, "-m", "pipeline.chdb_server", "--path", self.path,
+        self.process = subprocess.Popen([self.python, "-m", "pipeline.chdb_server", "--path", self.path,
                                          "--port", str(self.port), "--insert-delay", str(self.insert_delay_s),
                                          *(["--certfile", self.certfile] if self.certfile else [])],
                                         stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                         start_new_session=True)  # a terminal's Ctrl-C is for our parent, which
         # stops the workers first and this server after them
         deadline = time.monotonic() + timeout
