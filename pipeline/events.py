@@ -253,7 +253,9 @@ class EventProjector:
         # which skips those fields, accepts.
         self._decode_dict = msgspec.json.Decoder(_Envelope, float_hook=Decimal).decode
         self._flag_sets: dict[tuple, tuple[int, tuple[str, ...]]] = {}  # flag values -> (present, features)
-        self._values: dict[str | None, str] = {None: NONE}
+        self._values: dict[str | None, str] = {None: NONE}  # good values only: a hit needs no note
+        self._bad_values: dict[str, str] = {}  # value -> INVALID or REDACTED
+        self._notes: dict = {}  # one event's quality notes, kept only if the event is counted
         self._flags: dict[str, str | None] = {}
 
     @classmethod
@@ -272,7 +274,10 @@ class EventProjector:
         elif not raw.isascii() and not _is_utf8(raw):  # msgspec skips unknown fields unchecked
             result = _decode_rejection(raw)
         else:
-            event = _decode(self._decode_typed, raw)
+            try:
+                event = self._decode_typed(raw)
+            except Exception as exc:  # noqa: BLE001 - inline `_decode`: no extra call on the hot path
+                event = _decode_failure(exc, raw)
             if type(event) is Rejection:
                 result = event
             else:
@@ -289,16 +294,18 @@ class EventProjector:
                 if type(event) is Rejection:
                     result = event
                 else:
-                    notes: dict = {}  # kept only if the event is counted (or late): a rejection gets none
+                    notes = self._notes  # kept only if the event is counted (or late): a rejection gets none
                     try:
                         result = self._project(event, fields, features, record_ms, notes)
                     except _Invalid as invalid:
                         result = invalid.rejection
                     except Exception as exc:  # noqa: BLE001 - a validator bug must not stop the partition
                         result = Rejection(Reason.UNPROCESSABLE, detail=f"validator error: {type(exc).__name__}")
-                    if notes and (type(result) is tuple or not result.dead_letter):
-                        for key, n in notes.items():
-                            quality[key] = quality.get(key, 0) + n
+                    if notes:
+                        if type(result) is tuple or not result.dead_letter:
+                            for key, n in notes.items():
+                                quality[key] = quality.get(key, 0) + n
+                        notes.clear()
                     if type(result) is tuple:
                         return result
         if result.dead_letter:
@@ -317,7 +324,7 @@ class EventProjector:
         return known
 
     def _project(self, event: Any, fields: tuple | None, features: tuple, record_ms: int,
-                 quality: dict) -> tuple | Rejection:
+                 notes: dict) -> tuple | Rejection:
         """Envelope checks, event time, then the dimensions from `fields` (typed decode, `_DATA_FIELDS`
         order) or, when `fields` is None, from the dict `event.data`."""
         kind = event.type
@@ -334,14 +341,14 @@ class EventProjector:
             record_s = record_ms // 1000
             window_start = record_s - record_s % self.window_seconds
         else:
-            window_start = self._window_start(event.timestamp, record_ms, kind, quality)
+            window_start = self._window_start(event.timestamp, record_ms, kind, notes)
             if window_start is None:
                 return Rejection(Reason.LATE, "$.timestamp", kind=kind)
 
         if fields is None:
-            fields, features = self._dict_fields(event.data or {}, window_start, kind, quality)
-        # One dict lookup per value: the cache maps every string seen (and None) to its cleaned form.
-        # A miss takes the slow path, which type-checks and fills the cache.
+            fields, features = self._dict_fields(event.data or {}, window_start, kind, notes)
+        # One dict lookup per value: the cache maps every good string seen (and None) to itself.
+        # A miss takes the slow path, which type-checks, fills the cache, and notes a bad value.
         cached = self._values.get
         clean = self._clean
         db_type, provider, name, model_id, parser, output, members = fields[:len(_DATA_FIELDS)]
@@ -349,20 +356,19 @@ class EventProjector:
         try:
             dims = (
                 kind,
-                cached(sdk_version) or clean(sdk_version, "$.sdk_version", kind),
-                cached(provider) or clean(provider, "$.data.model_provider", kind),
-                cached(name) or clean(name, "$.data.model_name", kind),
-                cached(model_id) or clean(model_id, "$.data.model_id", kind),
-                cached(db_type) or clean(db_type, "$.data.db_type", kind),
+                cached(sdk_version) or clean(sdk_version, "$.sdk_version", kind, window_start, notes),
+                cached(provider) or clean(provider, "$.data.model_provider", kind, window_start, notes),
+                cached(name) or clean(name, "$.data.model_name", kind, window_start, notes),
+                cached(model_id) or clean(model_id, "$.data.model_id", kind, window_start, notes),
+                cached(db_type) or clean(db_type, "$.data.db_type", kind, window_start, notes),
                 *(_NO_REFS if parser is None and output is None else
-                  (*self._model_ref(parser, "parser_model", kind), *self._model_ref(output, "output_model", kind))),
-                self._member_bucket(members, kind) if kind == "team" else NONE,
+                  (*self._model_ref(parser, "parser_model", kind, window_start, notes),
+                   *self._model_ref(output, "output_model", kind, window_start, notes))),
+                self._member_bucket(members, kind, window_start, notes) if kind == "team" else NONE,
                 features,
             )
         except TypeError:  # an object or array where a string belongs: unhashable, so the lookup raised
             raise _Invalid(_unhashable_value(event.data, kind)) from None
-        if REDACTED in dims or INVALID in dims:
-            self._note_bad_values(dims, window_start, kind, quality)
         return window_start, dims
 
     def _dict_fields(self, data: dict, window_start: int, kind: str, quality: dict) -> tuple[tuple, tuple]:
@@ -378,15 +384,18 @@ class EventProjector:
         names = self._feature_names(features, window_start, kind, quality) if features else ()
         return tuple(data.get(field) for field in _DATA_FIELDS), names
 
-    def _clean(self, value: object, path: str, kind: str) -> str:
-        """Slow path of the value cache: type check, clean, remember."""
-        if value is None:
-            return NONE
+    def _clean(self, value: object, path: str, kind: str, window_start: int, notes: dict) -> str:
+        """Slow path of the value cache: type check, clean, remember; a bad value is noted every time."""
         if type(value) is not str:
             raise _Invalid(Rejection(Reason.WRONG_TYPE, path, "expected string or null", kind))
-        cleaned = clean_value(value)
-        if len(self._values) < _CACHE_LIMIT:
-            self._values[value] = cleaned
+        cleaned = self._bad_values.get(value) or clean_value(value)
+        if cleaned is value:
+            if len(self._values) < _CACHE_LIMIT:
+                self._values[value] = cleaned
+            return cleaned
+        if len(self._bad_values) < _CACHE_LIMIT:
+            self._bad_values[value] = cleaned
+        _count(notes, (window_start, kind, Reason.REDACTED_VALUE if cleaned is REDACTED else Reason.INVALID_VALUE))
         return cleaned
 
     def _feature_names(self, keys: list[str], window_start: int, kind: str, quality: dict) -> tuple[str, ...]:
@@ -404,7 +413,7 @@ class EventProjector:
         names.sort()
         return tuple(names)
 
-    def _model_ref(self, ref: object, field: str, kind: str) -> tuple[str, str]:
+    def _model_ref(self, ref: object, field: str, kind: str, window_start: int, notes: dict) -> tuple[str, str]:
         if ref is None:
             return NONE, NONE
         if type(ref) is _ModelRef:
@@ -414,16 +423,19 @@ class EventProjector:
         else:
             raise _Invalid(Rejection(Reason.WRONG_TYPE, f"$.data.{field}", "expected object or null", kind))
         cached = self._values.get
-        return (cached(provider) or self._clean(provider, f"$.data.{field}.model_provider", kind),
-                cached(model_id) or self._clean(model_id, f"$.data.{field}.model_id", kind))
+        return (cached(provider) or self._clean(provider, f"$.data.{field}.model_provider", kind, window_start, notes),
+                cached(model_id) or self._clean(model_id, f"$.data.{field}.model_id", kind, window_start, notes))
 
     @staticmethod
-    def _member_bucket(count: object, kind: str) -> str:
+    def _member_bucket(count: object, kind: str, window_start: int, notes: dict) -> str:
         if count is None:
             return NONE
         if type(count) is not int:
             raise _Invalid(Rejection(Reason.WRONG_TYPE, "$.data.member_count", "expected int or null", kind))
-        return member_bucket(count)
+        bucket = member_bucket(count)
+        if bucket is INVALID:
+            _count(notes, (window_start, kind, Reason.INVALID_VALUE))
+        return bucket
 
     def _window_start(self, timestamp: object, record_ms: int, kind: str, quality: dict) -> int | None:
         """Event time for a payload that carries a timestamp: that time when valid, else the Kafka
@@ -446,14 +458,6 @@ class EventProjector:
             _count(quality, (record_s - record_s % width, kind, Reason.LATE))
             return None
         return event_s - event_s % width
-
-    @staticmethod
-    def _note_bad_values(dims: tuple, window_start: int, kind: str, quality: dict) -> None:
-        for value in dims:
-            if value is REDACTED:
-                _count(quality, (window_start, kind, Reason.REDACTED_VALUE))
-            elif value is INVALID:
-                _count(quality, (window_start, kind, Reason.INVALID_VALUE))
 
 
 def _count(counter: dict, key: tuple) -> None:
@@ -501,12 +505,18 @@ def _decode(decoder: Callable, raw: bytes) -> Any:
     """The decoded event, or the Rejection its bytes earn; never raises."""
     try:
         return decoder(raw)
-    except msgspec.ValidationError as exc:  # includes numbers out of range (1e400)
+    except Exception as exc:  # noqa: BLE001 - classified below
+        return _decode_failure(exc, raw)
+
+
+def _decode_failure(exc: Exception, raw: bytes) -> Rejection:
+    if isinstance(exc, msgspec.ValidationError):  # includes numbers out of range (1e400)
         return _validation_rejection(str(exc), raw)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    if isinstance(exc, (msgspec.DecodeError, UnicodeDecodeError)):
         return _decode_rejection(raw)
-    except RecursionError:
+    if isinstance(exc, RecursionError):
         return Rejection(Reason.NOT_JSON, detail="nesting too deep")
+    return Rejection(Reason.UNPROCESSABLE, detail=f"decoder error: {type(exc).__name__}")
 
 
 def _is_utf8(raw: bytes) -> bool:
