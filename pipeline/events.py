@@ -60,12 +60,12 @@ QUALITY_ONLY = frozenset({Reason.LATE, Reason.FUTURE_TIMESTAMP, Reason.BAD_TIMES
 
 
 #: Flags the current SDKs send. Others (`has_*` keys the contract does not name yet) are counted too, on
-#: the slower dict path: see `EventProjector._classify`.
+#: the slower dict path: see `EventProjector._dict_projection`.
 KNOWN_FLAGS = ("has_tools", "has_memory", "has_reasoning", "has_knowledge", "has_input_schema",
                "has_output_schema", "has_team", "has_learnings", "has_culture")
 
 
-class _ModelRef(msgspec.Struct):
+class _ModelRef(msgspec.Struct, frozen=True):  # hashable: part of a cache key
     model_provider: str | None = None
     model_id: str | None = None
 
@@ -82,7 +82,6 @@ _Data = msgspec.defstruct("_Data", [
     *((flag, bool | None | msgspec.UnsetType, msgspec.UNSET) for flag in KNOWN_FLAGS),
 ])
 _NO_DATA = (None,) * len(_DATA_FIELDS)
-_NO_REFS = (NONE,) * 4  # parser and output model: provider and id
 
 
 def _envelope(name: str, data_type: object) -> type:
@@ -227,7 +226,6 @@ def shape_of_bytes(raw: bytes | None) -> object:
 
 _MSGSPEC_PATH = re.compile(r" - at `(\$[^`]*)`$")
 _MEMBER_BUCKETS = ((0, "0"), (1, "1"), (2, "2"), (4, "3-4"), (8, "5-8"), (16, "9-16"), (32, "17-32"))
-_MODEL_REF_FIELDS = ("parser_model", "output_model")
 
 
 def member_bucket(count: int) -> str:
@@ -237,6 +235,17 @@ def member_bucket(count: int) -> str:
         if count <= upper:
             return label
     return "33+"
+
+
+def _member_bucket(count: object, kind: str, bad: list[Reason]) -> str:
+    if count is None:
+        return NONE
+    if type(count) is not int:
+        raise _Invalid(Rejection(Reason.WRONG_TYPE, "$.data.member_count", "expected int or null", kind))
+    bucket = member_bucket(count)
+    if bucket is INVALID:
+        bad.append(Reason.INVALID_VALUE)
+    return bucket
 
 
 class EventProjector:
@@ -252,11 +261,12 @@ class EventProjector:
         # Untyped floats (unknown fields) as Decimal: 1e400 there must not reject what the typed decode,
         # which skips those fields, accepts.
         self._decode_dict = msgspec.json.Decoder(_Envelope, float_hook=Decimal).decode
-        self._flag_sets: dict[tuple, tuple[int, tuple[str, ...]]] = {}  # flag values -> (present, features)
-        self._values: dict[str | None, str] = {None: NONE}  # good values only: a hit needs no note
-        self._bad_values: dict[str, str] = {}  # value -> INVALID or REDACTED
+        # (kind, sdk_version, typed data fields) -> (flags present, dimensions, reasons of bad values): a
+        # hit is one tuple hash, and there are about as many entries as distinct dimension sets.
+        self._projections: dict[tuple, tuple[int, tuple, tuple[Reason, ...]]] = {}
+        self._cleaned: dict[str, str] = {}  # raw value -> clean_value(raw value)
+        self._flag_names: dict[str, str | None] = {}  # `has_*` key -> clean_flag_name(key)
         self._notes: dict = {}  # one event's quality notes, kept only if the event is counted
-        self._flags: dict[str, str | None] = {}
 
     @classmethod
     def from_settings(cls, settings: Any) -> EventProjector:
@@ -281,52 +291,28 @@ class EventProjector:
             if type(event) is Rejection:
                 result = event
             else:
-                fields, features = _NO_DATA, ()
-                if event.data is not None:
-                    fields = msgspec.structs.astuple(event.data)
-                    flags = fields[len(_DATA_FIELDS):]
-                    present, features = self._flag_sets.get(flags) or self._known_flags(flags)
-                    # Every `"has_` in the bytes must be a known flag the typed decode saw; otherwise (a new
-                    # flag, a duplicate key, an escaped key) decode again into a dict, which keeps every key.
-                    if raw.count(b'"has_') != present or b"\\u" in raw:
-                        event = _decode(self._decode_dict, raw)
-                        fields = None
-                if type(event) is Rejection:
-                    result = event
-                else:
-                    notes = self._notes  # kept only if the event is counted (or late): a rejection gets none
-                    try:
-                        result = self._project(event, fields, features, record_ms, notes)
-                    except _Invalid as invalid:
-                        result = invalid.rejection
-                    except Exception as exc:  # noqa: BLE001 - a validator bug must not stop the partition
-                        result = Rejection(Reason.UNPROCESSABLE, detail=f"validator error: {type(exc).__name__}")
-                    if notes:
-                        if type(result) is tuple or not result.dead_letter:
-                            for key, n in notes.items():
-                                quality[key] = quality.get(key, 0) + n
-                        notes.clear()
-                    if type(result) is tuple:
-                        return result
+                notes = self._notes  # kept only if the event is counted (or late): a rejection gets none
+                try:
+                    result = self._project(event, raw, record_ms, notes)
+                except _Invalid as invalid:
+                    result = invalid.rejection
+                except Exception as exc:  # noqa: BLE001 - a validator bug must not stop the partition
+                    result = Rejection(Reason.UNPROCESSABLE, detail=f"validator error: {type(exc).__name__}")
+                if notes:
+                    if type(result) is tuple or not result.dead_letter:
+                        for key, n in notes.items():
+                            quality[key] = quality.get(key, 0) + n
+                    notes.clear()
+                if type(result) is tuple:
+                    return result
         if result.dead_letter:
             record_s = record_ms // 1000
             _count(quality, (record_s - record_s % self.window_seconds, result.kind, result.reason))
         return result
 
-    def _known_flags(self, values: tuple) -> tuple[int, tuple[str, ...]]:
-        """How many known flags are present, and the sorted names of those that are true (cached)."""
-        known = self._flag_sets.get(values)
-        if known is None:
-            present = sum(value is not msgspec.UNSET for value in values)
-            known = present, tuple(sorted(f for f, value in zip(KNOWN_FLAGS, values) if value is True))
-            if len(self._flag_sets) < _CACHE_LIMIT:
-                self._flag_sets[values] = known
-        return known
-
-    def _project(self, event: Any, fields: tuple | None, features: tuple, record_ms: int,
-                 notes: dict) -> tuple | Rejection:
-        """Envelope checks, event time, then the dimensions from `fields` (typed decode, `_DATA_FIELDS`
-        order) or, when `fields` is None, from the dict `event.data`."""
+    def _project(self, event: Any, raw: bytes, record_ms: int, notes: dict) -> tuple | Rejection:
+        """Envelope checks, event time, then the dimensions: cached per distinct typed `data`, or from the
+        dict decode when the bytes hold a flag the typed decode did not see."""
         kind = event.type
         if kind is msgspec.UNSET or kind is None:
             if event.os_id is msgspec.UNSET:  # AgentOS launches of older SDKs carry os_id and no type
@@ -345,75 +331,91 @@ class EventProjector:
             if window_start is None:
                 return Rejection(Reason.LATE, "$.timestamp", kind=kind)
 
-        if fields is None:
-            fields, features = self._dict_fields(event.data or {}, window_start, kind, notes)
-        # One dict lookup per value: the cache maps every good string seen (and None) to itself.
-        # A miss takes the slow path, which type-checks, fills the cache, and notes a bad value.
-        cached = self._values.get
-        clean = self._clean
-        db_type, provider, name, model_id, parser, output, members = fields[:len(_DATA_FIELDS)]
-        sdk_version = event.sdk_version
-        try:
-            dims = (
-                kind,
-                cached(sdk_version) or clean(sdk_version, "$.sdk_version", kind, window_start, notes),
-                cached(provider) or clean(provider, "$.data.model_provider", kind, window_start, notes),
-                cached(name) or clean(name, "$.data.model_name", kind, window_start, notes),
-                cached(model_id) or clean(model_id, "$.data.model_id", kind, window_start, notes),
-                cached(db_type) or clean(db_type, "$.data.db_type", kind, window_start, notes),
-                *(_NO_REFS if parser is None and output is None else
-                  (*self._model_ref(parser, "parser_model", kind, window_start, notes),
-                   *self._model_ref(output, "output_model", kind, window_start, notes))),
-                self._member_bucket(members, kind, window_start, notes) if kind == "team" else NONE,
-                features,
-            )
-        except TypeError:  # an object or array where a string belongs: unhashable, so the lookup raised
-            raise _Invalid(_unhashable_value(event.data, kind)) from None
+        data = event.data
+        key = (kind, event.sdk_version, _NO_DATA if data is None else msgspec.structs.astuple(data))
+        present, dims, bad = self._projections.get(key) or self._typed_projection(key)
+        # Every `"has_` in the bytes must be a known flag the typed decode saw; otherwise (a new flag, a
+        # duplicate key, an escaped key) decode again into a dict, which keeps every key.
+        if raw.count(b'"has_') != present or b"\\u" in raw:
+            dims, bad = self._dict_projection(raw, kind, event.sdk_version)
+        if bad:
+            for reason in bad:
+                _count(notes, (window_start, kind, reason))
         return window_start, dims
 
-    def _dict_fields(self, data: dict, window_start: int, kind: str, quality: dict) -> tuple[tuple, tuple]:
-        """`_DATA_FIELDS` values and sorted feature names from a `data` dict with unknown flags."""
-        features = []
+    def _typed_projection(self, key: tuple) -> tuple[int, tuple, tuple[Reason, ...]]:
+        """Cache miss: the projection of typed `data` fields (`_DATA_FIELDS`, then `KNOWN_FLAGS`)."""
+        kind, sdk_version, fields = key
+        flags = fields[len(_DATA_FIELDS):]
+        present = sum(value is not msgspec.UNSET for value in flags)
+        features = tuple(sorted(flag for flag, value in zip(KNOWN_FLAGS, flags) if value is True))
+        projection = (present, *self._dimensions(kind, sdk_version, fields, features, []))
+        if len(self._projections) < _CACHE_LIMIT:
+            self._projections[key] = projection
+        return projection
+
+    def _dict_projection(self, raw: bytes, kind: str, sdk_version: str | None) -> tuple[tuple, tuple[Reason, ...]]:
+        """The dimensions of an event whose `data` has flags outside `KNOWN_FLAGS` (not cached)."""
+        event = _decode(self._decode_dict, raw)
+        if type(event) is Rejection:
+            raise _Invalid(event)
+        data = event.data or {}
+        features, bad = [], []
         for key, value in data.items():
-            if value is True:
-                if key[:4] == "has_":
-                    features.append(key)
-            elif value is not False and value is not None and key[:4] == "has_":
+            if key[:4] != "has_" or value is False or value is None:
+                continue
+            if value is not True:
                 raise _Invalid(Rejection(Reason.WRONG_TYPE, f"$.data.{clean_value(key)}", "expected bool or null",
                                          kind))
-        names = self._feature_names(features, window_start, kind, quality) if features else ()
-        return tuple(data.get(field) for field in _DATA_FIELDS), names
-
-    def _clean(self, value: object, path: str, kind: str, window_start: int, notes: dict) -> str:
-        """Slow path of the value cache: type check, clean, remember; a bad value is noted every time."""
-        if type(value) is not str:
-            raise _Invalid(Rejection(Reason.WRONG_TYPE, path, "expected string or null", kind))
-        cleaned = self._bad_values.get(value) or clean_value(value)
-        if cleaned is value:
-            if len(self._values) < _CACHE_LIMIT:
-                self._values[value] = cleaned
-            return cleaned
-        if len(self._bad_values) < _CACHE_LIMIT:
-            self._bad_values[value] = cleaned
-        _count(notes, (window_start, kind, Reason.REDACTED_VALUE if cleaned is REDACTED else Reason.INVALID_VALUE))
-        return cleaned
-
-    def _feature_names(self, keys: list[str], window_start: int, kind: str, quality: dict) -> tuple[str, ...]:
-        names = []
-        for key in keys:
-            name = self._flags.get(key, False)
+            name = self._flag_names.get(key, False)
             if name is False:
                 name = clean_flag_name(key)
-                if len(self._flags) < _CACHE_LIMIT:
-                    self._flags[key] = name
+                if len(self._flag_names) < _CACHE_LIMIT:
+                    self._flag_names[key] = name
             if name is None:
-                _count(quality, (window_start, kind, Reason.INVALID_VALUE))
+                bad.append(Reason.INVALID_VALUE)
             else:
-                names.append(name)
-        names.sort()
-        return tuple(names)
+                features.append(name)
+        features.sort()
+        return self._dimensions(kind, sdk_version, tuple(data.get(field) for field in _DATA_FIELDS),
+                                tuple(features), bad)
 
-    def _model_ref(self, ref: object, field: str, kind: str, window_start: int, notes: dict) -> tuple[str, str]:
+    def _dimensions(self, kind: str, sdk_version: object, fields: tuple, features: tuple,
+                    bad: list[Reason]) -> tuple[tuple, tuple[Reason, ...]]:
+        """The `DIMENSIONS` tuple, and the reasons for the values it had to replace."""
+        db_type, provider, name, model_id, parser, output, members = fields[:len(_DATA_FIELDS)]
+        clean = self._clean
+        dims = (
+            kind,
+            clean(sdk_version, "$.sdk_version", kind, bad),
+            clean(provider, "$.data.model_provider", kind, bad),
+            clean(name, "$.data.model_name", kind, bad),
+            clean(model_id, "$.data.model_id", kind, bad),
+            clean(db_type, "$.data.db_type", kind, bad),
+            *self._model_ref(parser, "parser_model", kind, bad),
+            *self._model_ref(output, "output_model", kind, bad),
+            _member_bucket(members, kind, bad) if kind == "team" else NONE,
+            features,
+        )
+        return dims, tuple(bad)
+
+    def _clean(self, value: object, path: str, kind: str, bad: list[Reason]) -> str:
+        if value is None:
+            return NONE
+        if type(value) is not str:
+            raise _Invalid(Rejection(Reason.WRONG_TYPE, path, "expected string or null", kind))
+        cleaned = self._cleaned.get(value)
+        if cleaned is None:
+            cleaned = clean_value(value)
+            if len(self._cleaned) < _CACHE_LIMIT:
+                self._cleaned[value] = cleaned
+        if cleaned is REDACTED:
+            bad.append(Reason.REDACTED_VALUE)
+        elif cleaned is INVALID:
+            bad.append(Reason.INVALID_VALUE)
+        return cleaned
+
+    def _model_ref(self, ref: object, field: str, kind: str, bad: list[Reason]) -> tuple[str, str]:
         if ref is None:
             return NONE, NONE
         if type(ref) is _ModelRef:
@@ -422,20 +424,8 @@ class EventProjector:
             provider, model_id = ref.get("model_provider"), ref.get("model_id")
         else:
             raise _Invalid(Rejection(Reason.WRONG_TYPE, f"$.data.{field}", "expected object or null", kind))
-        cached = self._values.get
-        return (cached(provider) or self._clean(provider, f"$.data.{field}.model_provider", kind, window_start, notes),
-                cached(model_id) or self._clean(model_id, f"$.data.{field}.model_id", kind, window_start, notes))
-
-    @staticmethod
-    def _member_bucket(count: object, kind: str, window_start: int, notes: dict) -> str:
-        if count is None:
-            return NONE
-        if type(count) is not int:
-            raise _Invalid(Rejection(Reason.WRONG_TYPE, "$.data.member_count", "expected int or null", kind))
-        bucket = member_bucket(count)
-        if bucket is INVALID:
-            _count(notes, (window_start, kind, Reason.INVALID_VALUE))
-        return bucket
+        return (self._clean(provider, f"$.data.{field}.model_provider", kind, bad),
+                self._clean(model_id, f"$.data.{field}.model_id", kind, bad))
 
     def _window_start(self, timestamp: object, record_ms: int, kind: str, quality: dict) -> int | None:
         """Event time for a payload that carries a timestamp: that time when valid, else the Kafka
@@ -462,20 +452,6 @@ class EventProjector:
 
 def _count(counter: dict, key: tuple) -> None:
     counter[key] = counter.get(key, 0) + 1
-
-
-def _unhashable_value(data: Any, kind: str) -> Rejection:
-    """The path of the object or array that sits where a string value belongs (error path only; the
-    typed decode rejects those itself, so `data` is a dict here)."""
-    for field in ("model_provider", "model_name", "model_id", "db_type"):
-        if isinstance(data.get(field), (dict, list)):
-            return Rejection(Reason.WRONG_TYPE, f"$.data.{field}", "expected string or null", kind)
-    for field in _MODEL_REF_FIELDS:
-        ref = data.get(field)
-        for key in ("model_provider", "model_id"):
-            if isinstance(ref, dict) and isinstance(ref.get(key), (dict, list)):
-                return Rejection(Reason.WRONG_TYPE, f"$.data.{field}.{key}", "expected string or null", kind)
-    return Rejection(Reason.WRONG_TYPE, "$.data", "expected string or null values", kind)
 
 
 _MIN_EPOCH_S = 946_684_800  # 2000-01-01: anything earlier is a broken clock, not an old event
