@@ -161,9 +161,18 @@ class RollupAgent(mode.Service):
         rollup.add(messages, project)
 
     def _due(self) -> bool:
-        if time.monotonic() - self._last_flush >= self.settings.flush_interval_seconds:
+        settings = self.settings
+        interval = settings.catch_up_flush_interval_seconds if self._catching_up() else settings.flush_interval_seconds
+        if time.monotonic() - self._last_flush >= interval:
             return True
-        return any(r.events >= self.settings.flush_max_events for r in self._pending.values())
+        return any(r.events >= settings.flush_max_events for r in self._pending.values())
+
+    def _catching_up(self) -> bool:
+        """Whether a partition is far behind its log end (per the last fetch): then freshness is already
+        lost, and larger flushes (fewer inserts, fewer ClickHouse parts) get the backlog done sooner."""
+        highwater = self.consumer.highwater
+        return any((highwater(TopicPartition(self.topic, partition)) or 0) - rollup.end_offset
+                   > self.settings.catch_up_lag_events for partition, rollup in self._pending.items())
 
     def _unflushed_rows(self) -> int:
         return sum(r.rows for r in self._pending.values()) + sum(r.rows for r in self._ready)
@@ -194,6 +203,8 @@ class RollupAgent(mode.Service):
             self._flush_now.clear()
             if self._closing:
                 return
+            if not self._ready and not self._due():
+                continue
             self._close_all()
             await self._flush_ready()
 

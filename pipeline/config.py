@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(65536, ge=1024, description="Larger events go to the DLQ as oversized")
     flush_interval_seconds: float = Field(1.0, gt=0, description="Flush pending aggregates at least this often")
     flush_max_events: int = Field(200_000, ge=1, description="Flush a partition once it holds this many events")
+    catch_up_lag_events: int = Field(50_000, ge=1, description="A partition this far behind its log end is catching up")
+    catch_up_flush_interval_seconds: float = Field(
+        5.0, gt=0, description="Flush interval while catching up: fewer, larger inserts clear a backlog faster")
     max_pending_rows: int = Field(500_000, ge=1000, description="Pause consumption above this many unflushed rows")
 
     # Retention (days; 0 keeps forever)

@@ -178,3 +178,24 @@ def test_worker_killed_mid_stream_then_restarted_counts_every_event_once(stack_f
         for table in ("runs_hourly", "runs_daily"):
             assert client.query(f"SELECT sum(runs) FROM kern_telemetry.{table}").result_rows == [(total,)]
         assert stored_quality(client) == expected_quality(expected)
+
+
+def test_a_backlog_lands_in_one_catch_up_flush_then_the_flush_interval_applies_again(stack_factory):
+    """Far behind the log end, the worker flushes at the catch-up interval (here an hour), so a backlog
+    lands in one flush instead of one per 0.3 s; once caught up, new events land within seconds."""
+    from pipeline.loadgen import EventGenerator
+
+    stack = stack_factory(partitions=1, KERN_CATCH_UP_LAG_EVENTS="1000", KERN_CATCH_UP_FLUSH_INTERVAL_SECONDS="3600")
+    generator = EventGenerator(seed=13, invalid_share=0.0)
+    backlog = list(generator.events(40_000))
+    ends = stack.produce(backlog)
+    worker = stack.worker()
+    report = worker.wait_flushed(ends, timeout=120)
+    assert report["events_consumed"] == len(backlog)
+    assert report["flushes"] == 1
+
+    for _ in range(3):  # each lands well within the catch-up interval, or wait_flushed times out
+        worker.wait_flushed(stack.produce(list(generator.events(200))), timeout=30)
+    assert worker.stop() == 0
+    with stack.clickhouse() as client:
+        assert client.query("SELECT sum(events) FROM kern_telemetry.ingest_flushes").result_rows == [(40_600,)]
