@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 KAFKA_PROBE_S = 5.0
 _BACKOFF_START_S = 0.5
 _BACKOFF_MAX_S = 15.0
+_FETCHER_TURNS = 4
 
 
 class RollupAgent(mode.Service):
@@ -52,6 +53,7 @@ class RollupAgent(mode.Service):
         self._pending: dict[int, PartitionRollup] = {}  # partition -> rollup being folded
         self._replay_end: dict[int, int] = {}  # partition -> end offset of the range being replayed
         self._positioned: set[int] = set()  # assigned partitions whose start offset is settled
+        self._assignments = 0  # completed `on_assigned` calls
         self._ready: list[PartitionRollup] = []  # closed rollups, flushed in order
         self._flush_lock = asyncio.Lock()
         self._flush_now = asyncio.Event()
@@ -115,6 +117,11 @@ class RollupAgent(mode.Service):
                 self.health.degrade("kafka", f"fetch failed: {type(exc).__name__}")
                 await asyncio.sleep(1)
                 continue
+            if batches:
+                assignments = self._assignments
+                await _let_the_fetcher_run()
+                if assignments != self._assignments:  # every partition was sought again: these are stale
+                    continue
             for tp, messages in batches.items():
                 # Records fetched before `on_assigned` sought the partition come from the wrong offset.
                 if tp.partition in self._positioned and not self._closing:
@@ -287,6 +294,7 @@ class RollupAgent(mode.Service):
                 self._pending[tp.partition] = PartitionRollup(self.topic, tp.partition, last.start_offset, replay=True)
             self._positioned.add(tp.partition)
             self.health.assigned.add(tp.partition)
+        self._assignments += 1
         if partitions:
             log.info("partitions assigned: %s", sorted(tp.partition for tp in partitions))
         if self._paused:
@@ -320,6 +328,14 @@ class RollupAgent(mode.Service):
                 self.health.degrade(component, f"{type(exc).__name__}: {_first_line(exc)}")
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX_S)
+
+
+async def _let_the_fetcher_run() -> None:
+    """Give aiokafka's fetch task the few event-loop turns it needs (wake-up, task start, send) to ask
+    the broker for the partitions `getmany` just emptied, so the broker prepares the next batch while
+    this one is folded. Folding first left the broker idle for ~10% of a backlog drain."""
+    for _ in range(_FETCHER_TURNS):
+        await asyncio.sleep(0)
 
 
 class _Rebalance(ConsumerRebalanceListener):
