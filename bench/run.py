@@ -25,6 +25,7 @@ import time
 import uuid
 from pathlib import Path
 
+import clickhouse_connect
 from rich.console import Console
 from rich.table import Table
 
@@ -33,7 +34,8 @@ from pipeline.chdb_server import ChdbServerProcess
 from pipeline.config import Settings
 from pipeline.devstack import EmbeddedBroker, WorkerProcess
 from pipeline.kafka import create_topics
-from pipeline.loadgen import EventGenerator
+from pipeline.loadgen import DEFAULT_PROFILES, EventGenerator
+from tables.schema import DIMENSION_NAMES
 
 RESULTS = Path(__file__).parent / "results"
 KAFKA_ENGINE_PYTHON = Path(__file__).parent.parent / ".venv-kafka-engine" / "bin" / "python"
@@ -199,13 +201,13 @@ def freshness(broker: EmbeddedBroker, workdir: Path, rate: int, seconds: int, se
         worker.stop()
 
 
-def memory_flatness(broker: EmbeddedBroker, workdir: Path, counts: tuple[int, ...], seed: int) -> list[dict]:
-    """One worker (ClickHouse over HTTP) on each event count, same generator and dimension sets: peak RSS
-    must follow the dimension sets, not the events."""
+def memory_runs(broker: EmbeddedBroker, workdir: Path, runs: tuple[tuple[int, int], ...], seed: int) -> list[dict]:
+    """One worker (ClickHouse over HTTP) per (events, profiles): peak RSS and CPU must follow the distinct
+    dimension sets (bounded by the generator's profiles), not the number of events."""
     rows = []
-    for count in counts:
-        topic = Topic(broker, workdir / f"memory-{count}")
-        generator = EventGenerator(seed=seed)
+    for count, profiles in runs:
+        topic = Topic(broker, workdir / f"memory-{count}-{profiles}")
+        generator = EventGenerator(seed=seed, profiles=profiles)
         ends: dict[int, int] = {}
         for start in range(0, count, 1_000_000):  # generate and produce in slices: 10M events are ~5 GB
             chunk = list(generator.events(min(1_000_000, count - start)))
@@ -213,8 +215,17 @@ def memory_flatness(broker: EmbeddedBroker, workdir: Path, counts: tuple[int, ..
                 ends[partition] = max(ends.get(partition, 0), offset)
         with ChdbServerProcess(str(topic.workdir / "chdb")) as server:
             reader = Topic(broker, topic.workdir, name=topic.name, dsn=server.url)
-            rows.append({"events": count, **run_workers(reader, ends, 1, count)})
-        console.print(f"{count:,} events: {rows[-1]['rate']:,.0f} ev/s, peak RSS {rows[-1]['rss_mb']:.0f} MB")
+            measured = run_workers(reader, ends, 1, count)
+            client = clickhouse_connect.get_client(dsn=server.url)
+            measured["dimension_sets"] = client.query(
+                f"SELECT uniqExact({', '.join(DIMENSION_NAMES)}) FROM {reader.settings.clickhouse_database}.runs_minute"
+            ).result_rows[0][0]
+            measured["runs_minute_rows"] = client.query(
+                f"SELECT count() FROM {reader.settings.clickhouse_database}.runs_minute").result_rows[0][0]
+            client.close()
+        rows.append({"events": count, "profiles": profiles, **measured})
+        console.print(f"{count:,} events, {measured['dimension_sets']:,} dimension sets: {measured['rate']:,.0f} ev/s, "
+                      f"{measured['cpu_s_per_1m']:.1f} CPU-s/1M, peak RSS {measured['rss_mb']:.0f} MB")
     return rows
 
 
@@ -238,7 +249,7 @@ def main() -> None:
     parser.add_argument("--kafka-engine-python", default=str(KAFKA_ENGINE_PYTHON),
                         help="an interpreter with chDB 3.7 (ClickHouse 25.8), whose Kafka engine works")
     parser.add_argument("--memory", action="store_true",
-                        help="only the memory check: one worker's peak RSS at 1,000,000 and 10,000,000 events")
+                        help="only the memory check: one worker's peak RSS and CPU by event count and dimension sets")
     args = parser.parse_args()
     if args.memory:
         return memory_report(args.seed)
@@ -284,18 +295,23 @@ def main() -> None:
 
 def memory_report(seed: int) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="kern-bench-memory-"))
+    default = DEFAULT_PROFILES
+    plan = ((1_000_000, default), (10_000_000, default), (1_000_000, default // 10), (1_000_000, default * 10))
     with EmbeddedBroker(log_path=workdir / "tansu.log") as broker:
-        rows = memory_flatness(broker, workdir, (1_000_000, 10_000_000), seed)
-    small, large = rows
-    lines = ["| events | events/s | CPU s / 1M | peak RSS MB |", "|---|---|---|---|"]
-    lines += [f"| {r['events']:,} | {r['rate']:,.0f} | {r['cpu_s_per_1m']:.1f} | {r['rss_mb']:.0f} |" for r in rows]
+        rows = memory_runs(broker, workdir, plan, seed)
+    small, large = rows[0], rows[1]
+    lines = ["| events | dimension sets | runs_minute rows | events/s | CPU s / 1M | peak RSS MB |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['events']:,} | {r['dimension_sets']:,} | {r['runs_minute_rows']:,} | {r['rate']:,.0f} | "
+              f"{r['cpu_s_per_1m']:.1f} | {r['rss_mb']:.0f} |" for r in rows]
     verdict = (f"peak RSS at {large['events']:,} events is {large['rss_mb'] / small['rss_mb']:.3f} x the peak at "
-               f"{small['events']:,} (target: within 1.10)")
+               f"{small['events']:,} (target: within 1.10); at 1,000,000 events, RSS and CPU follow the "
+               f"dimension sets (the generator's profiles: {default // 10:,}, {default:,}, {default * 10:,})")
     console.print("\n".join(lines) + "\n" + verdict)
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     (RESULTS / f"memory-{stamp}.json").write_text(json.dumps(rows, indent=2))
-    (RESULTS / f"memory-{stamp}.md").write_text("# Memory vs event count\n\n" + "\n".join(lines) + f"\n\n- {verdict}\n")
+    (RESULTS / f"memory-{stamp}.md").write_text("# Memory vs event count and dimension sets\n\n" + "\n".join(lines)
+                                                + f"\n\n- {verdict}\n")
     console.print(f"written: bench/results/memory-{stamp}.json, .md")
 
 

@@ -56,12 +56,15 @@ def _invalid_events(rng: random.Random) -> list[Callable[[], bytes]]:
     ]
 
 
+DEFAULT_PROFILES = 12_000  # app configurations: about 10,000 distinct dimension sets
+
+
 class EventGenerator:
     """Events from a pool of `profiles` app configurations (kind, SDK, model, db, flags), picked with a
     skewed popularity: a few configurations send most events, as in real traffic. The pool size bounds
     the distinct dimension sets (about 10,000 by default)."""
 
-    def __init__(self, seed: int = 7, invalid_share: float = 0.02, profiles: int = 12_000,
+    def __init__(self, seed: int = 7, invalid_share: float = 0.02, profiles: int = DEFAULT_PROFILES,
                  timestamp_share: float = 0.1):
         self.rng = random.Random(seed)
         self.invalid_share = invalid_share
