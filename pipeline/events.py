@@ -367,11 +367,7 @@ class EventProjector:
             if value is not True:
                 raise _Invalid(Rejection(Reason.WRONG_TYPE, f"$.data.{clean_value(key)}", "expected bool or null",
                                          kind))
-            name = self._flag_names.get(key, False)
-            if name is False:
-                name = clean_flag_name(key)
-                if len(self._flag_names) < _CACHE_LIMIT:
-                    self._flag_names[key] = name
+            name = _remembered(self._flag_names, key, clean_flag_name)
             if name is None:
                 bad.append(Reason.INVALID_VALUE)
             else:
@@ -404,11 +400,7 @@ class EventProjector:
             return NONE
         if type(value) is not str:
             raise _Invalid(Rejection(Reason.WRONG_TYPE, path, "expected string or null", kind))
-        cleaned = self._cleaned.get(value)
-        if cleaned is None:
-            cleaned = clean_value(value)
-            if len(self._cleaned) < _CACHE_LIMIT:
-                self._cleaned[value] = cleaned
+        cleaned = _remembered(self._cleaned, value, clean_value)
         if cleaned is REDACTED:
             bad.append(Reason.REDACTED_VALUE)
         elif cleaned is INVALID:
@@ -448,6 +440,16 @@ class EventProjector:
             _count(quality, (record_s - record_s % width, kind, Reason.LATE))
             return None
         return event_s - event_s % width
+
+
+def _remembered(cache: dict, key: str, compute: Callable[[str], Any]) -> Any:
+    """`compute(key)`, kept in `cache` while it holds fewer than `_CACHE_LIMIT` entries."""
+    if key in cache:
+        return cache[key]
+    value = compute(key)
+    if len(cache) < _CACHE_LIMIT:
+        cache[key] = value
+    return value
 
 
 def _count(counter: dict, key: tuple) -> None:
