@@ -168,6 +168,8 @@ class RollupAgent(mode.Service):
         rollup.add(messages, project)
 
     def _due(self) -> bool:
+        if self._paused:  # backpressure: only a flush frees the rows that paused consumption
+            return True
         settings = self.settings
         interval = settings.catch_up_flush_interval_seconds if self._catching_up() else settings.flush_interval_seconds
         if time.monotonic() - self._last_flush >= interval:

@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     allowed_lateness_seconds: int = Field(3600, ge=0, description="How much older than its Kafka record an event may be")
     future_tolerance_seconds: int = Field(300, ge=0, description="How far ahead of its Kafka record an event may be")
     max_event_bytes: int = Field(65536, ge=1024, description="Larger events go to the DLQ as oversized")
-    flush_interval_seconds: float = Field(1.0, gt=0, description="Flush pending aggregates at least this often")
+    flush_interval_seconds: float = Field(1.0, gt=0, description="Flush pending aggregates at least this often once caught up")
     flush_max_events: int = Field(200_000, ge=1, description="Flush a partition once it holds this many events")
     catch_up_lag_events: int = Field(50_000, ge=1, description="A partition this far behind its log end is catching up")
     catch_up_flush_interval_seconds: float = Field(

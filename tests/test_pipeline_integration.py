@@ -199,3 +199,17 @@ def test_a_backlog_lands_in_one_catch_up_flush_then_the_flush_interval_applies_a
     assert worker.stop() == 0
     with stack.clickhouse() as client:
         assert client.query("SELECT sum(events) FROM kern_telemetry.ingest_flushes").result_rows == [(40_600,)]
+
+
+def test_backpressure_while_catching_up_flushes_instead_of_waiting_for_the_catch_up_interval(stack_factory):
+    """More unflushed rows than KERN_MAX_PENDING_ROWS pauses consumption; the pause must lead to a flush,
+    not to an hour-long wait for the catch-up interval."""
+    from pipeline.loadgen import EventGenerator
+
+    stack = stack_factory(partitions=1, KERN_MAX_PENDING_ROWS="1000", KERN_CATCH_UP_LAG_EVENTS="100",
+                          KERN_CATCH_UP_FLUSH_INTERVAL_SECONDS="3600")
+    backlog = list(EventGenerator(seed=17, invalid_share=0.0, profiles=3000).events(20_000))
+    worker = stack.worker()
+    report = worker.wait_flushed(stack.produce(backlog), timeout=60)
+    assert report["events_consumed"] == len(backlog)
+    assert report["flushes"] > 1  # the row bound, not the end of the backlog, closed the first flushes
