@@ -217,11 +217,9 @@ def memory_runs(broker: EmbeddedBroker, workdir: Path, runs: tuple[tuple[int, in
             reader = Topic(broker, topic.workdir, name=topic.name, dsn=server.url)
             measured = run_workers(reader, ends, 1, count)
             client = clickhouse_connect.get_client(dsn=server.url)
-            measured["dimension_sets"] = client.query(
-                f"SELECT uniqExact({', '.join(DIMENSION_NAMES)}) FROM {reader.settings.clickhouse_database}.runs_minute"
-            ).result_rows[0][0]
-            measured["runs_minute_rows"] = client.query(
-                f"SELECT count() FROM {reader.settings.clickhouse_database}.runs_minute").result_rows[0][0]
+            measured["dimension_sets"], measured["runs_minute_rows"] = client.query(
+                f"SELECT uniqExact({', '.join(DIMENSION_NAMES)}), count() "
+                f"FROM {reader.settings.clickhouse_database}.runs_minute").result_rows[0]
             client.close()
         rows.append({"events": count, "profiles": profiles, **measured})
         console.print(f"{count:,} events, {measured['dimension_sets']:,} dimension sets: {measured['rate']:,.0f} ev/s, "

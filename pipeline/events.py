@@ -286,7 +286,7 @@ class EventProjector:
         else:
             try:
                 event = self._decode_typed(raw)
-            except Exception as exc:  # noqa: BLE001 - inline `_decode`: no extra call on the hot path
+            except Exception as exc:  # noqa: BLE001 - classified by `_decode_failure`
                 event = _decode_failure(exc, raw)
             if type(event) is Rejection:
                 result = event
@@ -356,10 +356,10 @@ class EventProjector:
 
     def _dict_projection(self, raw: bytes, kind: str, sdk_version: str | None) -> tuple[tuple, tuple[Reason, ...]]:
         """The dimensions of an event whose `data` has flags outside `KNOWN_FLAGS` (not cached)."""
-        event = _decode(self._decode_dict, raw)
-        if type(event) is Rejection:
-            raise _Invalid(event)
-        data = event.data or {}
+        try:
+            data = self._decode_dict(raw).data or {}
+        except Exception as exc:  # noqa: BLE001 - classified by `_decode_failure`
+            raise _Invalid(_decode_failure(exc, raw)) from None
         features, bad = [], []
         for key, value in data.items():
             if key[:4] != "has_" or value is False or value is None:
@@ -479,15 +479,8 @@ def _epoch_seconds(timestamp: object) -> int | None:
     return int(seconds)
 
 
-def _decode(decoder: Callable, raw: bytes) -> Any:
-    """The decoded event, or the Rejection its bytes earn; never raises."""
-    try:
-        return decoder(raw)
-    except Exception as exc:  # noqa: BLE001 - classified below
-        return _decode_failure(exc, raw)
-
-
 def _decode_failure(exc: Exception, raw: bytes) -> Rejection:
+    """The Rejection that bytes earn when a decoder raised `exc` on them."""
     if isinstance(exc, msgspec.ValidationError):  # includes numbers out of range (1e400)
         return _validation_rejection(str(exc), raw)
     if isinstance(exc, (msgspec.DecodeError, UnicodeDecodeError)):
