@@ -8,10 +8,11 @@ ENGINE_STAMP := .venv-kafka-engine/.installed
 
 .PHONY: test run bench bench-quick bench-memory chaos clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml sdk/pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ./sdk
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 

@@ -9,7 +9,6 @@ secret-looking values replaced by `REDACTED`).
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable
 from datetime import datetime
@@ -18,8 +17,10 @@ from enum import StrEnum
 from typing import Any
 
 import msgspec
+from kern_telemetry_client import contract
+from kern_telemetry_client.values import INVALID, NONE, REDACTED, clean_flag_name, clean_value
 
-KINDS = frozenset({"agent", "team", "workflow", "os"})
+KINDS = frozenset(contract.EVENT_KINDS)
 
 #: Columns of the rollup key, in the order of the tuple `project` returns (after `window_start`).
 DIMENSIONS = (
@@ -27,11 +28,6 @@ DIMENSIONS = (
     "parser_provider", "parser_model_id", "output_provider", "output_model_id",
     "member_bucket", "features",
 )
-
-NONE = "none"  # null or absent: a value of its own
-INVALID = "(invalid)"  # too long, or characters outside the allowed set
-REDACTED = "(redacted)"  # looked like a secret or personal data
-MAX_VALUE_LENGTH = 100
 
 
 class Reason(StrEnum):
@@ -61,8 +57,7 @@ QUALITY_ONLY = frozenset({Reason.LATE, Reason.FUTURE_TIMESTAMP, Reason.BAD_TIMES
 
 #: Flags the current SDKs send. Others (`has_*` keys the contract does not name yet) are counted too, on
 #: the slower dict path: see `EventProjector._dict_projection`.
-KNOWN_FLAGS = ("has_tools", "has_memory", "has_reasoning", "has_knowledge", "has_input_schema",
-               "has_output_schema", "has_team", "has_learnings", "has_culture")
+KNOWN_FLAGS = contract.FLAGS
 
 
 class _ModelRef(msgspec.Struct, frozen=True):  # hashable: part of a cache key
@@ -132,59 +127,7 @@ class _Invalid(Exception):
         self.rejection = rejection
 
 
-# --- value cleaning -------------------------------------------------------------------------------
-
-_VALUE_CHARS = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._:/@+\-]*")
-_FLAG_NAME = re.compile(r"has_[a-z0-9_]{1,60}")
-_SECRET_PATTERNS = re.compile(
-    r"""
-      (?:^|[^a-z])(?:sk|pk|rk|ak)[-_][A-Za-z0-9_\-]{8,}   # API keys: sk-..., pk_live_...
-    | \b(?:bearer|basic|token)\s+(?=\S*\d)\S{12,}          # Authorization headers (a token has digits)
-    | [A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]*:[^/\s@]*@        # URL with user:password@
-    | [^@\s/]+@[^@\s/]+\.[A-Za-z]{2,}                       # e-mail address
-    """,
-    re.IGNORECASE | re.VERBOSE,
-)
-# Provider token formats, case-sensitive and exact, so names like "ghost-writer" or "hf_internal_model" pass.
-_PROVIDER_TOKENS = re.compile(
-    r"(?:gh[pousr]_[A-Za-z0-9]{16,}|glpat-[A-Za-z0-9_\-]{16,}|xox[abprs]-[A-Za-z0-9\-]{10,}|AKIA[0-9A-Z]{16}"
-    r"|AIza[0-9A-Za-z_\-]{30,}|hf_[A-Za-z0-9]{20,})")
-_TOKEN_SEPARATORS = re.compile(r"[-_ ./:@+]")
 _CACHE_LIMIT = 50_000
-
-
-def _looks_secret(value: str) -> bool:
-    if _SECRET_PATTERNS.search(value) or _PROVIDER_TOKENS.search(value):
-        return True
-    # Long high-entropy tokens (hex digests, base64 keys, JWT parts) are not model or db names.
-    for token in _TOKEN_SEPARATORS.split(value):
-        if len(token) >= 20 and _entropy_bits_per_char(token) >= 3.5 and any(c.isdigit() for c in token):
-            return True
-    return False
-
-
-def _entropy_bits_per_char(token: str) -> float:
-    counts: dict[str, int] = {}
-    for char in token:
-        counts[char] = counts.get(char, 0) + 1
-    n = len(token)
-    return -sum(c / n * math.log2(c / n) for c in counts.values())
-
-
-def clean_value(value: str) -> str:
-    """The dimension value stored for a raw string: itself, INVALID or REDACTED (uncached)."""
-    if len(value) > MAX_VALUE_LENGTH or not _VALUE_CHARS.fullmatch(value):
-        return INVALID
-    if _looks_secret(value):
-        return REDACTED
-    return value
-
-
-def clean_flag_name(name: str) -> str | None:
-    """A `has_*` key as a feature name, or None when the key is malformed or secret-looking."""
-    if len(name) > 64 or not _FLAG_NAME.fullmatch(name) or _looks_secret(name[4:]):
-        return None
-    return name
 
 
 # --- shapes for the dead-letter topic -------------------------------------------------------------

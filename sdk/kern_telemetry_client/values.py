@@ -1,0 +1,68 @@
+"""Which strings may be stored as a telemetry value: the rules both the SDK client (before it sends) and
+the pipeline (before it stores) apply. Plain Python without dependencies.
+
+A value is kept as it is, or replaced by a marker: `NONE` for null or absent, `INVALID` for too long or
+with characters outside the allowed set, `REDACTED` for what looks like a secret or personal data (API
+keys, provider tokens, bearer tokens, URLs with credentials, e-mail addresses, long high-entropy tokens).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+NONE = "none"  # null or absent: a value of its own
+INVALID = "(invalid)"  # too long, or characters outside the allowed set
+REDACTED = "(redacted)"  # looked like a secret or personal data
+MAX_VALUE_LENGTH = 100
+
+_VALUE_CHARS = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._:/@+\-]*")
+_FLAG_NAME = re.compile(r"has_[a-z0-9_]{1,60}")
+_SECRET_PATTERNS = re.compile(
+    r"""
+      (?:^|[^a-z])(?:sk|pk|rk|ak)[-_][A-Za-z0-9_\-]{8,}   # API keys: sk-..., pk_live_...
+    | \b(?:bearer|basic|token)\s+(?=\S*\d)\S{12,}          # Authorization headers (a token has digits)
+    | [A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]*:[^/\s@]*@        # URL with user:password@
+    | [^@\s/]+@[^@\s/]+\.[A-Za-z]{2,}                       # e-mail address
+    """,
+    re.IGNORECASE | re.VERBOSE,
+)
+# Provider token formats, case-sensitive and exact, so names like "ghost-writer" or "hf_internal_model" pass.
+_PROVIDER_TOKENS = re.compile(
+    r"(?:gh[pousr]_[A-Za-z0-9]{16,}|glpat-[A-Za-z0-9_\-]{16,}|xox[abprs]-[A-Za-z0-9\-]{10,}|AKIA[0-9A-Z]{16}"
+    r"|AIza[0-9A-Za-z_\-]{30,}|hf_[A-Za-z0-9]{20,})")
+_TOKEN_SEPARATORS = re.compile(r"[-_ ./:@+]")
+
+
+def looks_secret(value: str) -> bool:
+    if _SECRET_PATTERNS.search(value) or _PROVIDER_TOKENS.search(value):
+        return True
+    # Long high-entropy tokens (hex digests, base64 keys, JWT parts) are not model or db names.
+    for token in _TOKEN_SEPARATORS.split(value):
+        if len(token) >= 20 and _entropy_bits_per_char(token) >= 3.5 and any(c.isdigit() for c in token):
+            return True
+    return False
+
+
+def _entropy_bits_per_char(token: str) -> float:
+    counts: dict[str, int] = {}
+    for char in token:
+        counts[char] = counts.get(char, 0) + 1
+    n = len(token)
+    return -sum(c / n * math.log2(c / n) for c in counts.values())
+
+
+def clean_value(value: str) -> str:
+    """The value stored for a raw string: itself, INVALID or REDACTED."""
+    if len(value) > MAX_VALUE_LENGTH or not _VALUE_CHARS.fullmatch(value):
+        return INVALID
+    if looks_secret(value):
+        return REDACTED
+    return value
+
+
+def clean_flag_name(name: str) -> str | None:
+    """A `has_*` key as a feature name, or None when the key is malformed or secret-looking."""
+    if len(name) > 64 or not _FLAG_NAME.fullmatch(name) or looks_secret(name[4:]):
+        return None
+    return name
