@@ -70,6 +70,11 @@ def expected_quality(rollup: PartitionRollup) -> Counter:
     return Counter({(kind, str(reason)): n for (_, kind, reason), n in rollup.quality.items()})
 
 
+class _Delivered(NamedTuple):
+    partition: int
+    offset: int
+
+
 class TcpProxy:
     """A TCP proxy to a local port. `cut()` drops every connection and refuses new ones (a lost broker);
     with `tls_certfile` it terminates TLS, so clients speak SSL to a broker that does not."""
@@ -177,12 +182,13 @@ class Stack:
         return process.start()
 
     def produce(self, values: list[bytes | None], timestamps_ms: list[int] | None = None,
-                partition: int | None = None) -> dict[int, int]:
-        """Send records (None is a tombstone), optionally with explicit record timestamps. Returns the
-        end offset of each partition written, from the delivery reports (Tansu's ListOffsets answers
-        the last batch's base offset + 1, not the last record's offset + 1)."""
+                partition: int | None = None, compression: str | None = None) -> dict[int, int]:
+        """Send records with kafka-python (None is a tombstone), optionally with explicit record timestamps
+        and a compression codec. Returns the end offset of each partition written, from the delivery
+        reports (Tansu's ListOffsets answers the last batch's base offset + 1, not the last record's
+        offset + 1)."""
         producer = KafkaProducer(linger_ms=5, batch_size=256 * 1024, max_request_size=16 << 20,
-                                 **client_options(self.settings))
+                                 compression_type=compression, **client_options(self.settings))
         futures = [
             producer.send(self.settings.topic, value, key=b"tombstone" if value is None else None,
                           partition=partition, timestamp_ms=timestamps_ms[i] if timestamps_ms else None)
@@ -190,9 +196,29 @@ class Stack:
         ]
         producer.flush()
         producer.close()
-        for future in futures:
-            metadata = future.get(timeout=30)
-            self.produced[metadata.partition] = max(self.produced.get(metadata.partition, 0), metadata.offset + 1)
+        return self._delivered((future.get(timeout=30) for future in futures))
+
+    def produce_with_librdkafka(self, values: list[bytes], timestamp_ms: int, compression: str = "none",
+                                partition: int | None = None) -> dict[int, int]:
+        """Send records with librdkafka (confluent-kafka), the client under most non-Java SDKs."""
+        import confluent_kafka
+
+        producer = confluent_kafka.Producer({"bootstrap.servers": self.settings.bootstrap_servers,
+                                             "compression.type": compression, "linger.ms": 5,
+                                             "enable.idempotence": True, "log_level": 3})
+        delivered = []
+        for value in values:
+            producer.produce(self.settings.topic, value, timestamp=timestamp_ms,
+                             on_delivery=lambda error, message: delivered.append((error, message)),
+                             **({} if partition is None else {"partition": partition}))
+            producer.poll(0)
+        assert producer.flush(30) == 0
+        assert all(error is None for error, _ in delivered) and len(delivered) == len(values)
+        return self._delivered(_Delivered(message.partition(), message.offset()) for _, message in delivered)
+
+    def _delivered(self, reports) -> dict[int, int]:
+        for report in reports:
+            self.produced[report.partition] = max(self.produced.get(report.partition, 0), report.offset + 1)
         return dict(self.produced)
 
     def read_topic(self, topic: str, count: int, timeout_s: float = 20.0) -> list:
