@@ -1,0 +1,157 @@
+"""`Telemetry`: the object an SDK holds and calls at each run and launch.
+
+Nothing happens until the first event: then the environment decides (off, debug, on), and only when on
+does the first-run notice show and the transport start its worker thread. Off (an opt-out variable, or
+`telemetry=False` on the object) means nothing at all: no thread, socket, import of kafka-python, queued
+event, output or log record above debug.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import sys
+import threading
+import weakref
+from time import monotonic
+from typing import Any, Callable, Optional
+
+from . import contract, environment, notice, payloads
+from .transport import Sink, Transport
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXIT_TIMEOUT = 1.0
+
+
+def _off(event: dict) -> None:
+    """Where events go when telemetry is off: nowhere (never called; compared against)."""
+
+
+def _debug_print(event: dict) -> None:
+    """KERN_TELEMETRY_DEBUG: show the payload that would be sent; send nothing."""
+    try:
+        sys.stderr.write(f"kern-telemetry debug: {json.dumps(event, separators=(',', ':'))}\n")
+    except Exception:  # noqa: BLE001 - a broken stderr is the host's business
+        pass
+
+
+def _opted_out(obj: Any) -> bool:
+    """`telemetry=False` on the object. An object whose `telemetry` attribute raises is left alone."""
+    try:
+        return getattr(obj, "telemetry", True) is False
+    except Exception:  # noqa: BLE001
+        return True
+
+
+class Telemetry:
+    """Usage telemetry for one SDK in one process: hold one, call it at each run and launch.
+
+    `sdk_version` goes into every event; `sink` sends them (e.g. `KafkaSink("host:9092")`). `queue_size`
+    bounds the events waiting to be sent (more are dropped and counted); `exit_timeout` is the longest
+    interpreter exit waits for queued events; client reports of drops go out every `report_interval` s.
+    """
+
+    def __init__(self, sdk_version: str, sink: Sink, *, queue_size: int = 10_000,
+                 exit_timeout: float = DEFAULT_EXIT_TIMEOUT, report_interval: float = 60.0):
+        self.sdk_version = payloads.name(sdk_version)
+        self.exit_timeout = exit_timeout
+        self._sink = sink
+        self._queue_size = queue_size
+        self._report_interval = report_interval
+        self._ids = payloads.IDENTIFIERS
+        self._lock = threading.Lock()
+        self._emit: Optional[Callable[[dict], None]] = None  # None until the first event decides
+        self._transport: Optional[Transport] = None
+
+    # --- what the SDK calls -------------------------------------------------------------------------
+
+    def agent_run(self, agent: Any, session_id: object, run_id: object = None) -> None:
+        """An agent run finished (or started: once per run, always at the same point)."""
+        self._run(contract.AGENT, agent, session_id, run_id)
+
+    def team_run(self, team: Any, session_id: object, run_id: object = None) -> None:
+        self._run(contract.TEAM, team, session_id, run_id)
+
+    def workflow_run(self, workflow: Any, session_id: object, run_id: object = None) -> None:
+        self._run(contract.WORKFLOW, workflow, session_id, run_id)
+
+    def os_launch(self, agent_os: Any) -> None:
+        """An AgentOS started serving."""
+        if not _opted_out(agent_os):
+            emit = self._emit or self._decide()
+            if emit is not _off:
+                emit(payloads.launch_event(agent_os, self.sdk_version, self._ids))
+
+    def flush(self, timeout: float = DEFAULT_EXIT_TIMEOUT) -> bool:
+        """Wait up to `timeout` s for the events captured so far to be delivered; False if they were not.
+        A forked child that ends with `os._exit` (multiprocessing does) should call this first."""
+        transport = self._transport
+        return transport is None or transport.flush(timeout)
+
+    def close(self, timeout: float = DEFAULT_EXIT_TIMEOUT) -> None:
+        """Stop: deliver what is queued within `timeout` s, count the rest as unsent and keep those counts
+        for a later process to report. Later calls do nothing. Interpreter exit calls it."""
+        with self._lock:
+            self._emit = _off
+            transport, self._transport = self._transport, None
+        _LIVE.discard(self)
+        if transport is not None:
+            transport.close(timeout)
+
+    # --- inside -----------------------------------------------------------------------------------
+
+    def _run(self, kind: str, obj: Any, session_id: object, run_id: object) -> None:
+        if not _opted_out(obj):
+            emit = self._emit or self._decide()
+            if emit is not _off:
+                emit(payloads.run_event(kind, obj, session_id, run_id, self.sdk_version, self._ids))
+
+    def _decide(self) -> Callable[[dict], None]:
+        """The first event: read the environment and start (or not)."""
+        with self._lock:
+            if self._emit is None:
+                mode, variable = environment.mode()
+                if mode == environment.OFF:
+                    log.debug("telemetry off (%s)", variable)
+                    self._emit = _off
+                elif mode == environment.DEBUG:
+                    self._emit = _debug_print
+                else:
+                    notice.show_once()
+                    self._transport = Transport(self._sink, self.sdk_version, self._queue_size,
+                                                self._report_interval)
+                    _LIVE.add(self)
+                    self._emit = self._transport.put
+            return self._emit
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child: the parent's queue (its events are the parent's to send) and thread (gone)
+        are dropped; the first event here starts the child's own."""
+        self._lock = threading.Lock()
+        self._transport = None
+        if self._emit is not _off:
+            self._emit = None
+
+
+_LIVE: weakref.WeakSet = weakref.WeakSet()  # instances with a transport
+
+
+def _close_all_at_exit() -> None:
+    """Interpreter exit: give every live instance its exit timeout, from one common start."""
+    start = monotonic()
+    for telemetry in list(_LIVE):
+        telemetry.close(max(0.0, start + telemetry.exit_timeout - monotonic()))
+
+
+def _after_fork_in_child() -> None:
+    for telemetry in list(_LIVE):
+        telemetry._forget_after_fork()
+    _LIVE.clear()
+
+
+atexit.register(_close_all_at_exit)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

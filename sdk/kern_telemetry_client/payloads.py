@@ -1,0 +1,261 @@
+"""Payloads built from the SDK's objects, derived from the contract: each kind carries exactly the
+contract's envelope and `data` keys, and each value is one of
+
+- a bool (a `has_*` flag: which attributes are set),
+- an int (how many members, agents, teams, workflows),
+- a name: a string attribute (a model's provider, name and id; an interface's type) or a class name (a
+  database), passed through `clean_value`, so a secret or personal value becomes `(redacted)` and free
+  text `(invalid)`; a value that is not a string is never turned into one,
+- an identifier digest (see `Identifiers`).
+
+Objects are duck-typed: only the attributes named here are read, and nothing else an object holds
+(prompts, instructions, tool arguments, URLs, keys, user data) can reach a payload. A read that raises
+makes that one field null; it never raises into the host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any, Callable, Iterable, Optional
+
+from . import contract
+from .values import clean_value
+
+#: Names kept in a list field (interfaces, db_types): a launch payload stays small whatever the OS holds.
+MAX_NAMES = 32
+_CACHE_LIMIT = 4096
+
+
+class Identifiers:
+    """Identifiers (session, run, agent, team, workflow and AgentOS ids) as opaque digests: keyed BLAKE2b,
+    16 bytes as 32 hex characters, with a random key made per process and never sent or stored.
+
+    A host may use an e-mail address as a session id: the raw value never leaves the process, and
+    without the key nobody can test a guess against a digest or link digests across processes. Within
+    one process the same id gives the same digest (a forked child keeps its parent's key).
+    """
+
+    def __init__(self, key: Optional[bytes] = None):
+        # Keyed once; each digest copies this state (cheaper than keying again).
+        self._keyed = hashlib.blake2b(key=os.urandom(32) if key is None else key, digest_size=16)
+        self._digests: dict = {}  # session and agent ids repeat from run to run; emptied when full
+
+    def digest(self, value: object) -> Optional[str]:
+        if value is None:
+            return None
+        try:
+            text = value if type(value) is str else str(value)
+        except Exception:  # noqa: BLE001 - an id whose str() raises is sent as null
+            return None
+        digest = self._digests.get(text)
+        if digest is None:
+            hasher = self._keyed.copy()
+            hasher.update(text.encode("utf-8", "surrogatepass"))
+            digest = hasher.hexdigest()
+            if len(self._digests) >= _CACHE_LIMIT:
+                self._digests.clear()
+            self._digests[text] = digest
+        return digest
+
+
+#: The process's identifiers: its key is made at import and never leaves the process.
+IDENTIFIERS = Identifiers()
+
+_names: dict = {}  # raw string -> clean_value(raw string); names repeat from run to run
+
+
+def name(value: object) -> Optional[str]:
+    """A string as the pipeline would store it; None for anything that is not a string."""
+    if type(value) is not str:
+        if not isinstance(value, str):
+            return None
+        value = str.__str__(value)  # a str subclass (a str Enum member) as its plain text
+    cleaned = _names.get(value)
+    if cleaned is None:
+        cleaned = clean_value(value)
+        if len(_names) < _CACHE_LIMIT:
+            _names[value] = cleaned
+    return cleaned
+
+
+def _names_of(raw: Iterable[object]) -> list:
+    """Sorted distinct cleaned names, at most MAX_NAMES."""
+    return sorted({cleaned for cleaned in map(name, raw) if cleaned is not None})[:MAX_NAMES]
+
+
+def _items(value: object) -> tuple:
+    """The elements of a list or tuple attribute; nothing for None or anything else."""
+    return tuple(value) if isinstance(value, (list, tuple)) else ()
+
+
+def _class_name(value: object) -> Optional[str]:
+    return None if value is None else name(type(value).__name__)
+
+
+def _set(value: object) -> bool:
+    return value is not None and value is not False
+
+
+# --- readers: (object, identifiers) -> value, one per contract field --------------------------------
+
+Reader = Callable[[Any, Identifiers], Any]
+
+
+def _flag(*rules: tuple) -> Reader:
+    """A `has_*` flag: on when any of the (attribute, strict) rules holds. A strict attribute is a switch
+    that counts only when it `is True`; any other counts when set (not None, not False)."""
+
+    def read(obj: Any, ids: Identifiers) -> bool:
+        for attribute, strict in rules:
+            value = getattr(obj, attribute, None)
+            if (value is True) if strict else _set(value):
+                return True
+        return False
+
+    return read
+
+
+#: Flags read from more than the attribute their name gives (`has_tools` <- `tools`): what the SDK's
+#: objects call these features, after agno's `get_telemetry_data`.
+_FLAG_RULES = {
+    "has_memory": (("memory", False), ("memory_manager", False), ("enable_agentic_memory", True),
+                   ("update_memory_on_run", True)),
+    "has_reasoning": (("reasoning", True),),
+    "has_team": (("team_id", False), ("team", False)),
+    "has_learnings": (("learning", False), ("_learning", False)),
+    "has_culture": (("culture_manager", False), ("enable_agentic_culture", True),
+                    ("update_cultural_knowledge", True)),
+}
+
+#: A model reference's keys and the model attributes they come from: `model_provider` <- `provider`.
+_MODEL_KEYS = tuple((key, key[len("model_"):]) for key in contract.MODEL_REF_KEYS)
+
+
+def _model_attribute(attribute: str) -> Reader:
+    return lambda obj, ids: name(getattr(getattr(obj, "model", None), attribute, None))
+
+
+def _model_ref(field: str) -> Reader:
+    def read(obj: Any, ids: Identifiers) -> Optional[dict]:
+        model = getattr(obj, field, None)
+        if not _set(model):
+            return None
+        return {key: name(getattr(model, attribute, None)) for key, attribute in _MODEL_KEYS}
+
+    return read
+
+
+def _count_of(attribute: str) -> Reader:
+    """How many elements a list attribute has: 0 when it is None, null when it is not a list."""
+
+    def read(obj: Any, ids: Identifiers) -> Optional[int]:
+        value = getattr(obj, attribute, None)
+        if value is None:
+            return 0
+        return len(value) if isinstance(value, (list, tuple)) else None
+
+    return read
+
+
+def _interface_name(interface: object) -> object:
+    """An interface's type name: its `type` attribute (`slack`, `whatsapp`, ...) or else its class name."""
+    kind = getattr(interface, "type", None)
+    return kind if isinstance(kind, str) else type(interface).__name__
+
+
+def _interfaces(os_: Any, ids: Identifiers) -> list:
+    return _names_of(map(_interface_name, _items(getattr(os_, "interfaces", None))))
+
+
+def _db_types(os_: Any, ids: Identifiers) -> list:
+    """Class names of the databases of an AgentOS and of its agents, teams and workflows."""
+    dbs = [getattr(os_, "db", None)]
+    for group in ("agents", "teams", "workflows"):
+        dbs.extend(getattr(component, "db", None) for component in _items(getattr(os_, group, None)))
+    return _names_of(type(db).__name__ for db in dbs if db is not None)
+
+
+def _dropped(counts: Any, ids: Identifiers) -> dict:
+    """A client report's counts: every reason of the contract, in its order."""
+    return {reason: int(counts.get(reason, 0)) for reason in contract.DROP_REASONS}
+
+
+_READERS: dict = {
+    "db_type": lambda obj, ids: _class_name(getattr(obj, "db", None)),
+    **{key: _model_attribute(attribute) for key, attribute in _MODEL_KEYS},
+    "interfaces": _interfaces,
+    "db_types": _db_types,
+    "dropped": _dropped,
+}
+
+
+def _identifier(obj: Any, ids: Identifiers) -> Optional[str]:
+    return ids.digest(getattr(obj, "id", None))
+
+
+def _reader(field: contract.Field) -> Reader:
+    """How a contract field is read: by its name, else by its kind of value."""
+    if field.name in _READERS:
+        return _READERS[field.name]
+    if field.identifier:
+        return _identifier
+    if field.type == "bool":
+        return _flag(*_FLAG_RULES.get(field.name, ((field.name[len(contract.FLAG_PREFIX):], False),)))
+    if field.type == "model":
+        return _model_ref(field.name)
+    if field.type == "int" and field.name.endswith("_count"):
+        return _count_of(field.name[: -len("_count")] + "s")  # member_count <- members
+    raise LookupError(f"the contract's field {field.name!r} has no reader")
+
+
+_PLANS = {kind: tuple((field.name, _reader(field)) for field in contract.data_fields(kind))
+          for kind in contract.KINDS}
+_ENVELOPE_KEYS = {kind: tuple(field.name for field in contract.envelope_fields(kind)) for kind in contract.KINDS}
+
+
+def _safely(read: Reader, obj: Any, ids: Identifiers) -> Any:
+    try:
+        return read(obj, ids)
+    except Exception:  # noqa: BLE001 - the SDK's object raised: this field is null, the host never knows
+        return None
+
+
+def _data(kind: str, obj: Any, ids: Identifiers) -> dict:
+    plan = _PLANS[kind]
+    try:
+        return {key: read(obj, ids) for key, read in plan}
+    except Exception:  # noqa: BLE001 - rare: read again field by field, nulling only what raises
+        return {key: _safely(read, obj, ids) for key, read in plan}
+
+
+def _envelope(kind: str, values: dict) -> dict:
+    return {key: values[key] for key in _ENVELOPE_KEYS[kind]}
+
+
+def run_event(kind: str, obj: Any, session_id: object, run_id: object, sdk_version: Optional[str],
+              ids: Identifiers) -> dict:
+    """An agent, team or workflow run. A run without a session id gets the digest of "" (the pipeline
+    requires one on runs, and the run still happened)."""
+    digest = ids.digest
+    return _envelope(kind, {
+        "type": kind, "session_id": digest("" if session_id is None else session_id), "run_id": digest(run_id),
+        "sdk_version": sdk_version, "data": _data(kind, obj, ids),
+    })
+
+
+def launch_event(os_: Any, sdk_version: Optional[str], ids: Identifiers) -> dict:
+    """An AgentOS launch: its configuration, never its contents. No session exists at launch."""
+    return _envelope(contract.OS, {
+        "type": contract.OS, "session_id": None, "os_id": _safely(_identifier, os_, ids),
+        "sdk_version": sdk_version, "data": _data(contract.OS, os_, ids),
+    })
+
+
+def report_event(dropped: dict, sdk_version: Optional[str]) -> dict:
+    """A client report: how many events this client (or an earlier process, see `ledger`) dropped, by
+    reason. It carries no identifier."""
+    return _envelope(contract.CLIENT_REPORT, {
+        "type": contract.CLIENT_REPORT, "sdk_version": sdk_version,
+        "data": _data(contract.CLIENT_REPORT, dropped, None),
+    })
