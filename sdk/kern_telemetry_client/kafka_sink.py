@@ -12,6 +12,8 @@ Producer settings (PRODUCER_DEFAULTS) and why:
   so that costs less; `make bench-sdk` measures both.
 - idempotent producer (`enable_idempotence`, `acks=all`): kafka-python's retries within one producer
   session never write a record twice.
+- `batch_size` 256 KiB: with kafka-python's 16 KiB, a burst queues several batches per partition, and
+  then every `send()` wakes the I/O thread through a socket (measured: 41 -> 15 µs CPU per event).
 - metrics off: per-record sensor updates cost CPU that nobody here reads.
 
 Keeping kafka-python's noise out of the host:
@@ -42,6 +44,7 @@ PRODUCER_DEFAULTS = {
     "delivery_timeout_ms": 60_000,  # a record not acknowledged by then fails: counted send_failed
     "reconnect_backoff_max_ms": 5_000,
     "linger_ms": 50,
+    "batch_size": 256 * 1024,
     "compression_type": "gzip",
     "enable_idempotence": True,
     "acks": "all",
