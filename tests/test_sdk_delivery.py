@@ -1,0 +1,218 @@
+"""Delivery on the real broker: the exit deadline with the broker down and black-holed (fresh interpreters,
+wall clocks, empty stderr), offline backoff with one warning and resumption through a TCP proxy, fork
+safety with exact counts, and the accounting of every drop reason, reported as client_report events."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections import Counter
+
+import pytest
+from conftest import Stack, TcpProxy
+from kafka import KafkaConsumer
+from test_sdk_standins import Agent, Model, client_env, host, run_python
+
+from bench.sdk_client import BlackHole, closed_port
+from kern_telemetry_client import KafkaSink, Telemetry, contract, ledger, payloads
+from kern_telemetry_client.transport import THREAD_NAME, Backoff, Transport
+from pipeline.devstack import EmbeddedBroker, free_port
+
+pytestmark = pytest.mark.integration
+
+def agent_events(tag: str, count: int) -> list:
+    agent = Agent(Model("openai", "OpenAIResponses", tag))
+    return [payloads.run_event(contract.AGENT, agent, "session", f"{tag}-{i}", "1.0.0", payloads.IDENTIFIERS)
+            for i in range(count)]
+
+
+def decoded(records) -> list:
+    return [json.loads(record.value) for record in records]
+
+
+def by_model(events: list) -> Counter:
+    return Counter(event["data"]["model_id"] for event in events if event["type"] == contract.AGENT)
+
+
+def read_until_quiet(bootstrap: str, topic: str, quiet_s: float = 2.0) -> list:
+    """Every record of a topic, for when the count is what the test wants to learn."""
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None,
+                             enable_auto_commit=False)
+    records, last = [], time.monotonic()
+    try:
+        while time.monotonic() - last < quiet_s:
+            for batch in consumer.poll(timeout_ms=200).values():
+                records.extend(batch)
+                last = time.monotonic()
+    finally:
+        consumer.close()
+    return decoded(records)
+
+
+def isolate(monkeypatch, tmp_path) -> None:
+    """The in-process client's config and state directories: the test's own."""
+    for name, value in client_env(tmp_path).items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.mark.parametrize(("state", "exit_timeout", "deadline"),
+                         [("down", "default", 1.0), ("black-holed", "default", 1.0), ("down", "0.25", 0.25)])
+def test_exit_waits_at_most_the_deadline_with_empty_stderr(tmp_path, monkeypatch, state, exit_timeout, deadline):
+    with BlackHole() as hole:
+        port = closed_port() if state == "down" else hole.port
+        ran = host(client_env(tmp_path), f"127.0.0.1:{port}", "sdk.exit", exit_timeout, "1.0.0", 1000)
+    assert ran.returncode == 0 and ran.stderr == ""
+    captured = float(ran.stdout.split()[0])
+    assert ran.ended - captured <= deadline + 0.5
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    assert ledger.claim() == Counter({("1.0.0", "unsent_at_exit"): 1000})  # left for a later process
+
+
+def test_offline_backs_off_warns_once_and_resumes_when_the_broker_returns(tmp_path, monkeypatch, caplog):
+    isolate(monkeypatch, tmp_path)
+    caplog.set_level(logging.DEBUG)
+    broker_port = free_port()
+    proxy = TcpProxy(broker_port)
+    with EmbeddedBroker(port=broker_port, advertised_port=proxy.port, log_path=tmp_path / "tansu.log") as broker:
+        proxy.start()
+        stack = Stack(broker, tmp_path / "stack", partitions=2)
+        proxy.cut()  # refused from the first event on
+        sink = KafkaSink(broker.bootstrap_servers, stack.settings.topic, reconnect_backoff_max_ms=300)
+        transport = Transport(sink, "1.0.0", backoff=Backoff(0.1, 0.4))
+        for event in agent_events("while-refused", 30):
+            transport.put(event)
+        time.sleep(3.5)  # three or more tries: each waits 1 s (max_block_ms) for metadata, then backs off
+        assert not transport.flush(0.1)
+        proxy.start()
+        assert transport.flush(20.0)  # what waited in the queue goes out
+        for event in agent_events("while-up", 30):
+            transport.put(event)
+        assert transport.flush(10.0)
+        proxy.cut()  # mid-session: records wait inside the producer, which reconnects by itself
+        for event in agent_events("while-cut", 30):
+            transport.put(event)
+        time.sleep(1.5)
+        proxy.start()
+        assert transport.flush(30.0)
+        transport.close(5.0)
+        sent = decoded(stack.read_topic(stack.settings.topic, 90))
+    assert by_model(sent) == {"while-refused": 30, "while-up": 30, "while-cut": 30}  # each once
+    ours = [r for r in caplog.records if r.name.startswith("kern_telemetry_client") and r.levelno > logging.DEBUG]
+    assert [r.levelname for r in ours] == ["WARNING"]  # one outage, one warning
+    kafka_records = [r for r in caplog.records if r.name.startswith("kafka")]
+    assert not [r for r in kafka_records if r.threadName.startswith(THREAD_NAME)]
+    assert kafka_records  # the host's own kafka-python use (reading the topic) still logs
+    assert not list((tmp_path / "state").glob("**/*.json"))  # nothing dropped, nothing left to report
+
+
+FORKING_HOST = r"""
+import os, sys, threading
+from kern_telemetry_client import KafkaSink, Telemetry
+from test_sdk_standins import Agent, Model
+
+telemetry = Telemetry("1.0.0", KafkaSink(sys.argv[1], sys.argv[2]))
+
+def run(tag, count):
+    agent = Agent(Model("openai", "OpenAIResponses", tag))
+    for i in range(count):
+        telemetry.agent_run(agent, "session", f"{tag}-{i}")
+
+run("before-fork", 300)  # still queued: the fork waits for the worker's kafka-python import at most
+pid = os.fork()
+if pid == 0:
+    run("child", 200)
+    flushed = telemetry.flush(20.0)
+    print("child", sorted(t.name for t in threading.enumerate()), flushed, flush=True)
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+run("after-fork", 100)
+flushed = telemetry.flush(20.0)
+print("parent", sorted(t.name for t in threading.enumerate()), flushed, status, flush=True)
+"""
+
+
+def test_fork_child_sends_its_own_events_once_and_parent_keeps_sending(stack_factory, tmp_path):
+    stack = stack_factory(partitions=2)
+    code = f"import sys; sys.argv = ['host', {stack.env['KERN_BOOTSTRAP_SERVERS']!r}, {stack.settings.topic!r}]\n"
+    ran = run_python(code + FORKING_HOST, client_env(tmp_path))
+    assert ran.returncode == 0 and ran.stderr == "", ran.stderr
+    threads = "['MainThread', 'kern-telemetry-client', 'kern-telemetry-client-network-thread']"
+    assert ran.stdout.splitlines() == [f"child {threads} True", f"parent {threads} True 0"]
+    sent = decoded(stack.read_topic(stack.settings.topic, 600))
+    assert by_model(sent) == {"before-fork": 300, "child": 200, "after-fork": 100}
+
+
+def test_queue_full_drops_are_counted_and_reported(stack_factory, tmp_path, monkeypatch):
+    isolate(monkeypatch, tmp_path)
+    stack = stack_factory(partitions=2)
+    bootstrap = stack.env["KERN_BOOTSTRAP_SERVERS"]
+    telemetry = Telemetry("1.0.0", KafkaSink(bootstrap, stack.settings.topic), queue_size=50)
+    agent = Agent(Model("openai", "OpenAIResponses", "gpt-5.2"))
+    for i in range(2000):  # far faster than the worker, which starts by importing kafka-python
+        telemetry.agent_run(agent, "session", f"run-{i}")
+    telemetry.close(10.0)
+    sent = read_until_quiet(bootstrap, stack.settings.topic)
+    reports = [event for event in sent if event["type"] == contract.CLIENT_REPORT]
+    assert len(reports) == 1 and reports[0]["sdk_version"] == "1.0.0"
+    dropped = reports[0]["data"]["dropped"]
+    assert dropped["queue_full"] > 0 and dropped["queue_full"] + by_model(sent)["gpt-5.2"] == 2000
+    assert dropped["send_failed"] == dropped["oversized"] == dropped["unsent_at_exit"] == 0
+    assert not list((tmp_path / "state").glob("**/*.json"))  # reported: nothing left for later
+
+
+def test_send_failures_and_oversized_events_are_counted_and_reported(tmp_path, monkeypatch):
+    isolate(monkeypatch, tmp_path)
+    broker_port = free_port()
+    proxy = TcpProxy(broker_port)
+    with EmbeddedBroker(port=broker_port, advertised_port=proxy.port, log_path=tmp_path / "tansu.log") as broker:
+        proxy.start()
+        stack = Stack(broker, tmp_path / "stack", partitions=2)
+        sink = KafkaSink(broker.bootstrap_servers, stack.settings.topic, delivery_timeout_ms=2_000,
+                         request_timeout_ms=1_000, linger_ms=0, reconnect_backoff_max_ms=200)
+        transport = Transport(sink, "1.0.0", report_interval=3600)
+        for event in agent_events("delivered", 10):
+            transport.put(event)
+        assert transport.flush(10.0)
+        proxy.cut()
+        for event in agent_events("lost", 20):
+            transport.put(event)
+        transport.put({"type": "agent", "padding": "x" * 70_000})  # larger than the pipeline accepts
+        transport.flush(15.0)  # returns once the producer has given up on them (delivery timeout)
+        proxy.start()
+        for event in agent_events("after", 5):
+            transport.put(event)
+        assert transport.flush(20.0)
+        transport.close(10.0)  # sends the client report
+        sent = decoded(stack.read_topic(stack.settings.topic, 16))
+    assert by_model(sent) == {"delivered": 10, "after": 5}
+    [report] = [event for event in sent if event["type"] == contract.CLIENT_REPORT]
+    assert report["data"]["dropped"] == {"queue_full": 0, "send_failed": 20, "oversized": 1, "unsent_at_exit": 0}
+
+
+def test_unsent_at_exit_is_reported_by_the_next_process(stack_factory, tmp_path):
+    stack = stack_factory(partitions=2)
+    env = client_env(tmp_path)
+    offline = host(env, f"127.0.0.1:{closed_port()}", stack.settings.topic, "0.2", "0.9.0", 1000)
+    assert offline.returncode == 0 and offline.stderr == ""
+    online = host(env, stack.env["KERN_BOOTSTRAP_SERVERS"], stack.settings.topic, "default", "1.0.0", 5)
+    assert online.returncode == 0 and online.stderr == ""
+    sent = decoded(stack.read_topic(stack.settings.topic, 6))
+    assert Counter((e["type"], e["sdk_version"]) for e in sent) == {("agent", "1.0.0"): 5, ("client_report", "0.9.0"): 1}
+    [report] = [event for event in sent if event["type"] == contract.CLIENT_REPORT]
+    assert report["data"]["dropped"] == {"queue_full": 0, "send_failed": 0, "oversized": 0, "unsent_at_exit": 1000}
+    assert list((tmp_path / "state" / "kern").iterdir()) == []  # the file was claimed
+
+
+def test_records_carry_no_key(stack_factory, tmp_path, monkeypatch):
+    """No identifier in Kafka keys: records go without one."""
+    isolate(monkeypatch, tmp_path)
+    stack = stack_factory(partitions=2)
+    telemetry = Telemetry("1.0.0", KafkaSink(stack.env["KERN_BOOTSTRAP_SERVERS"], stack.settings.topic))
+    agent = Agent(Model("openai", "OpenAIResponses", "gpt-5.2"))
+    for i in range(20):
+        telemetry.agent_run(agent, f"session-{uuid.uuid4()}", f"run-{i}")
+    telemetry.close(10.0)
+    records = stack.read_topic(stack.settings.topic, 20)
+    assert {record.key for record in records} == {None}
