@@ -16,8 +16,9 @@ from pipeline.chdb_server import ChdbServerProcess
 from pipeline.events import EventProjector
 from pipeline.rollup import PartitionRollup
 from pipeline.sink import ClickHouseSink
-from tables.migrations import migrate
-from tables.schema import SchemaOptions
+from tables.migrate import migrate
+from tables.migrations import MIGRATIONS
+from tables.ddl import SchemaOptions
 
 
 def rollup(start: int, events: int) -> PartitionRollup:
@@ -36,7 +37,7 @@ def server(tmp_path):
 
 def test_migrations_flushes_and_deduplication_over_http(server):
     client = clickhouse_connect.get_client(dsn=server.url)
-    assert [m.version for m in migrate(client, SchemaOptions())] == [1]
+    assert [m.version for m in migrate(client, SchemaOptions())] == [m.version for m in MIGRATIONS]
     assert migrate(client, SchemaOptions()) == []
     sink = ClickHouseSink(client, "kern_telemetry")
     first, second = rollup(0, 3), rollup(3, 2)
@@ -45,7 +46,7 @@ def test_migrations_flushes_and_deduplication_over_http(server):
         sink.write_rollup(first)
     sink.record_intent(second)
     sink.write_rollup(second)
-    assert sink.last_flush("events", 0) == (3, 5) and sink.last_flush("events", 1) is None
+    assert sink.last_flush("events", 0) == (3, 5, 0) and sink.last_flush("events", 1) is None
     for table in ("runs_minute", "runs_hourly", "runs_daily"):
         assert client.query(f"SELECT sum(runs) FROM kern_telemetry.{table}").result_rows == [(5,)]
     row = client.query("SELECT window_start, features FROM kern_telemetry.runs_minute LIMIT 1").result_rows[0]

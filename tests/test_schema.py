@@ -1,12 +1,19 @@
-"""The ClickHouse schema: migrations on the real embedded engine, and the cluster DDL from the same code."""
+"""The ClickHouse schema: frozen, versioned migrations on the real embedded engine, the cluster DDL from the
+same code, and the schema the running code writes."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import clickhouse_connect
 import pytest
 
-from tables.migrations import MIGRATIONS, migrate, retention_changes
-from tables.schema import TABLES, SchemaOptions, create_statements, quote_ident
+from tables.ddl import SchemaOptions, Table, quote_ident
+from tables.migrate import migrate, retention_changes
+from tables.migrations import MIGRATIONS, v1_initial
+from tables.schema import RETAINED_TABLES, WRITES
+
+GOLDEN = Path(__file__).parent / "golden"
 
 
 @pytest.fixture
@@ -17,8 +24,9 @@ def chdb(tmp_path):
 
 
 def schema_snapshot(client, database: str) -> list[tuple]:
-    return client.query("SELECT name, engine, create_table_query FROM system.tables WHERE database = {db:String} "
-                        "ORDER BY name", parameters={"db": database}).result_rows
+    return client.query("SELECT name, engine, replaceRegexpAll(create_table_query, 'UUID \\'[^\\']+\\'', '') "
+                        "FROM system.tables WHERE database = {db:String} ORDER BY name",
+                        parameters={"db": database}).result_rows
 
 
 def test_migrations_apply_once_and_a_second_run_changes_nothing(chdb):
@@ -30,7 +38,37 @@ def test_migrations_apply_once_and_a_second_run_changes_nothing(chdb):
     assert chdb.query("SELECT count() FROM kern_telemetry.schema_migrations").result_rows == [(len(MIGRATIONS),)]
     names = {row[0] for row in before}
     assert {"runs_minute", "runs_hourly", "runs_daily", "quality_minute", "ingest_flushes", "runs_hourly_mv",
-            "runs_daily_mv", "flag_runs_daily", "feature_combos_minute"} <= names
+            "runs_daily_mv", "flag_runs_daily", "feature_combos_minute", "ingest_ledger", "skip_requests"} <= names
+
+
+@pytest.mark.parametrize("variant, opts", [("single", SchemaOptions()), ("cluster", SchemaOptions(cluster="telemetry"))])
+def test_the_first_release_ddl_never_changes(variant, opts):
+    shipped = (GOLDEN / f"schema-v1-{variant}.sql").read_text()
+    assert ";\n\n".join(MIGRATIONS[0].statements(opts)) + ";\n" == shipped
+
+
+def test_upgrading_from_the_first_release_gives_the_schema_of_a_fresh_install(tmp_path):
+    old = clickhouse_connect.get_client(dsn=f"chdb://{tmp_path / 'old'}")
+    assert [m.version for m in migrate(old, SchemaOptions(), through=1)] == [1]
+    old.command("INSERT INTO kern_telemetry.ingest_flushes (topic, partition, start_offset, end_offset, events) "
+                "VALUES ('t', 0, 0, 10, 10)")  # a v1 worker's flush
+    assert [m.version for m in migrate(old, SchemaOptions())] == [m.version for m in MIGRATIONS[1:]]
+    upgraded = schema_snapshot(old, "kern_telemetry")
+    assert old.query("SELECT end_offset, skipped FROM kern_telemetry.ingest_flushes").result_rows == [(10, 0)]
+    old.close()
+    fresh = clickhouse_connect.get_client(dsn=f"chdb://{tmp_path / 'fresh'}")
+    migrate(fresh, SchemaOptions())
+    assert upgraded == schema_snapshot(fresh, "kern_telemetry")
+    fresh.close()
+
+
+def test_every_column_the_code_writes_exists_after_migrating(chdb):
+    migrate(chdb, SchemaOptions())
+    for table, columns in WRITES.items():
+        stored = {name for (name,) in chdb.query(
+            "SELECT name FROM system.columns WHERE database = 'kern_telemetry' AND table = {t:String}",
+            parameters={"t": table}).result_rows}
+        assert set(columns) <= stored, table
 
 
 def test_retention_follows_the_settings_and_is_left_alone_when_unchanged(chdb):
@@ -64,10 +102,27 @@ def test_runs_tables_deduplicate_a_retried_insert_in_the_views_too(chdb):
         assert chdb.query(f"SELECT sum(runs) FROM kern_telemetry.{table}").result_rows == [(5,)]
 
 
+def test_the_ledger_sums_flush_intents_once_each_per_partition(chdb):
+    migrate(chdb, SchemaOptions())
+    settings = {"insert_deduplicate": 1, "deduplicate_blocks_in_dependent_materialized_views": 1}
+    columns = ["topic", "partition", "start_offset", "end_offset", "events", "counted", "dead_lettered", "late",
+               "skipped"]
+    flushes = [("t", 0, 0, 10, 10, 7, 2, 1, 0), ("t", 0, 10, 15, 0, 0, 0, 0, 5), ("t", 1, 0, 4, 4, 4, 0, 0, 0)]
+    for _ in range(2):  # a retried intent counts once
+        for row in flushes:
+            token = f"{row[0]}/{row[1]}/{row[2]}-{row[3]}/ingest_flushes"
+            chdb.insert("kern_telemetry.ingest_flushes", [row], column_names=columns,
+                        settings={**settings, "insert_deduplication_token": token})
+    ledger = chdb.query("SELECT partition, sum(events), sum(counted), sum(dead_lettered), sum(late), sum(skipped) "
+                        "FROM kern_telemetry.ingest_ledger GROUP BY partition ORDER BY partition").result_rows
+    assert ledger == [(0, 10, 7, 2, 1, 5), (1, 4, 4, 0, 0, 0)]
+
+
 def test_cluster_schema_is_replicated_and_distributed_on_cluster():
-    statements = create_statements(SchemaOptions(cluster="telemetry"))
+    opts = SchemaOptions(cluster="telemetry")
+    statements = [s for m in MIGRATIONS for s in m.statements(opts)]
     assert all(" ON CLUSTER `telemetry`" in statement for statement in statements)
-    for table in TABLES:
+    for table in (*v1_initial.TABLES, *RETAINED_TABLES):
         local = f"`kern_telemetry`.`{table.name}_local` ON CLUSTER"
         create_local = next(s for s in statements if local in s and "ENGINE = Replicated" in s)
         assert f"Replicated{table.engine}('/clickhouse/tables/{{shard}}/kern_telemetry/{table.name}', " \
@@ -76,13 +131,21 @@ def test_cluster_schema_is_replicated_and_distributed_on_cluster():
         assert f"ENGINE = Distributed(`telemetry`, `kern_telemetry`, `{table.name}_local`, " \
                f"{table.sharding_key})" in distributed
     views = [s for s in statements if "MATERIALIZED VIEW" in s]
-    assert len(views) == 2 and all("FROM `kern_telemetry`.`runs_minute_local`" in v for v in views)
+    assert len(views) == 3 and all("_local" in v.split(" AS ", 1)[1] for v in views)
     assert not any("non_replicated_deduplication_window" in s for s in statements)
+    added = [s for s in statements if "ADD COLUMN" in s]
+    assert [s.split(" ON CLUSTER")[0] for s in added] == [
+        "ALTER TABLE `kern_telemetry`.`ingest_flushes_local`", "ALTER TABLE `kern_telemetry`.`ingest_flushes`"]
+
+
+def test_a_random_sharding_key_is_refused():
+    with pytest.raises(ValueError, match="deduplication"):
+        Table("t", (("a", "String"),), "MergeTree", ("a",), sharding_key="rand()")
 
 
 def test_single_node_schema_keeps_a_deduplication_window_on_every_table():
-    creates = [s for s in create_statements(SchemaOptions()) if s.startswith("CREATE TABLE")]
-    assert len(creates) == len(TABLES)
+    creates = [s for m in MIGRATIONS for s in m.statements(SchemaOptions()) if s.startswith("CREATE TABLE")]
+    assert len(creates) == len(v1_initial.TABLES) + 2
     assert all("non_replicated_deduplication_window = 10000" in s for s in creates)
 
 

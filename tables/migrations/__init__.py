@@ -1,0 +1,28 @@
+"""Versioned migrations of the ClickHouse schema: frozen steps, applied in order, each once
+(`tables/migrate.py` runs them).
+
+Each version is a module whose DDL never changes once released; a later change is a new version with an
+ALTER or a new object (`CREATE ... IF NOT EXISTS` never changes an existing table).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tables.ddl import SchemaOptions
+from tables.migrations import v1_initial, v2_ledger
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    statements: Callable[[SchemaOptions], list[str]]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "runs, quality and flush tables; hourly/daily rollups; analyst views", v1_initial.statements),
+    Migration(2, "per-partition ledger of counted, dead-lettered, late and skipped offsets; skip requests",
+              v2_ledger.statements),
+)
