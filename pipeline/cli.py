@@ -25,8 +25,8 @@ def main() -> None:
 def migrate() -> None:
     """Create or upgrade the ClickHouse schema (idempotent)."""
     from pipeline.sink import connect
-    from tables.migrations import migrate as run_migrations
-    from tables.schema import SchemaOptions
+    from tables.ddl import SchemaOptions
+    from tables.migrate import migrate as run_migrations
 
     settings = Settings.load()
     applied = run_migrations(connect(settings), SchemaOptions.from_settings(settings))
@@ -43,6 +43,36 @@ def init() -> None:
     created = create_topics(settings)
     console.print(f"topics created: {', '.join(created) or 'none (they exist)'}")
     migrate.callback()
+
+
+@main.command()
+@click.option("--partition", "-p", type=click.IntRange(min=0), required=True, help="Source partition")
+@click.option("--through-offset", type=click.IntRange(min=0), required=True,
+              help="Last offset to skip (inclusive): the worker's /health names it for an undecodable batch")
+@click.option("--reason", required=True, help="Why these records are given up (kept with the skip)")
+@click.option("--topic", help="Source topic (default: KERN_TOPIC)")
+def skip(partition: int, through_offset: int, reason: str, topic: str | None) -> None:
+    """Give up records that cannot be decoded, so a paused partition resumes.
+
+    The worker that owns the partition applies the request: it flushes what it counted before the skipped
+    range, records the range in the ledger (ingest_flushes and ingest_ledger, `skipped` in quality_minute,
+    one dead letter with the reason), and continues after it. A crash or a rebalance never consumes the
+    range again. Losing nothing is the default: without this command the partition stays paused."""
+    from pipeline.sink import ClickHouseSink, connect
+
+    settings = Settings.load()
+    topic = topic or settings.topic
+    if not reason.strip() or len(reason) > 500:
+        raise click.BadParameter("give a reason of at most 500 characters", param_hint="--reason")
+    sink = ClickHouseSink(connect(settings), settings.clickhouse_database, distributed=bool(settings.clickhouse_cluster))
+    last = sink.last_flush(topic, partition)
+    if last is not None and through_offset < last.end_offset:
+        raise click.ClickException(f"{topic} partition {partition} is recorded up to offset {last.end_offset - 1}; "
+                                   f"offset {through_offset} is behind it: nothing to skip")
+    sink.request_skip(topic, partition, through_offset, reason.strip())
+    console.print(f"requested: skip {topic} partition {partition} through offset {through_offset}. The worker that "
+                  "owns the partition applies it within seconds if it is paused there; its /health then shows the "
+                  "partition resumed, and ingest_ledger the skipped offsets.")
 
 
 @main.command()

@@ -49,6 +49,8 @@ class Reason(StrEnum):
     BAD_TIMESTAMP = "bad_timestamp"  # payload time unparseable or out of range: the record time is used
     REDACTED_VALUE = "redacted_value"  # a dimension value looked like a secret or personal data
     INVALID_VALUE = "invalid_value"  # a dimension value was too long or had disallowed characters
+    # A range of offsets an operator skipped (`kern-telemetry skip`): counted by offsets, not by events.
+    SKIPPED = "skipped"
 
 
 QUALITY_ONLY = frozenset({Reason.LATE, Reason.FUTURE_TIMESTAMP, Reason.BAD_TIMESTAMP,

@@ -1,7 +1,7 @@
 """Worker health and metrics: what `/health` and `/metrics` report, and what the logs say on a change.
 
-A component (kafka, clickhouse, backpressure) is degraded from its first failure until its next success;
-the worker is healthy when no component is degraded.
+A component (kafka, clickhouse, backpressure, or a poisoned partition) is degraded from its first failure
+until its next success; the worker is healthy when no component is degraded.
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ class Health:
         self.pending_rows = 0
         self.flushed_offsets: dict[int, int] = {}  # partition -> end offset of its last landed flush
         self.assigned: set[int] = set()  # partitions this worker owns now
+        self.poison: dict[int, dict] = {}  # partition -> what cannot be decoded there, and how to resolve it
+        self.fetch_errors = 0  # fetches aiokafka raised for
+        self.gaps_refused = 0  # batches refused because they did not start where folding stood
         # Wall and process CPU time at the first consumed event and at the last landed flush, so a
         # benchmark can measure the processing span without the worker's start-up.
         self.first_event_at: float | None = None
@@ -44,6 +47,21 @@ class Health:
     def recover(self, component: str) -> None:
         if self.degraded.pop(component, None) is not None:
             log.warning("recovered: %s", component)
+
+    def poisoned(self, partition: int, batch, topic: str) -> None:
+        """A partition paused before a batch it cannot decode (`agents/poison.py`)."""
+        command = (f"kern-telemetry skip --topic {topic} --partition {partition} "
+                   f"--through-offset {batch.last_offset} --reason '...'")
+        self.poison[partition] = {"first_offset": batch.first_offset, "last_offset": batch.last_offset,
+                                  "codec": batch.codec, "error": batch.error, "since": time.time(),
+                                  "resolve": command}
+        log.error("partition %d paused: %s. Nothing after it is counted until it can be decoded (install the "
+                  "codec, restart) or an operator skips it: %s", partition, batch.describe(), command)
+        self.degrade(f"partition {partition}", f"paused: {batch.describe()}")
+
+    def unpoisoned(self, partition: int) -> None:
+        if self.poison.pop(partition, None) is not None:
+            self.recover(f"partition {partition}")
 
     def consumed(self, events: int) -> None:
         if self.first_event_at is None:
@@ -71,6 +89,9 @@ class Health:
             "pending_rows": self.pending_rows,
             "flushed_offsets": {str(p): o for p, o in sorted(self.flushed_offsets.items())},
             "assigned_partitions": sorted(self.assigned),
+            "poisoned_partitions": {str(p): dict(v) for p, v in sorted(self.poison.items())},
+            "fetch_errors": self.fetch_errors,
+            "offset_gaps_refused": self.gaps_refused,
             "last_flush_age_s": None if self.last_flush_at is None else round(time.time() - self.last_flush_at, 3),
             "first_event_at": self.first_event_at,
             "last_flush_at": self.last_flush_at,
@@ -88,8 +109,13 @@ class Health:
             ("kern_flush_failures_total", "counter", self.flush_failures),
             ("kern_flush_seconds_total", "counter", round(self.flush_seconds, 6)),
             ("kern_pending_rows", "gauge", self.pending_rows),
+            ("kern_fetch_errors_total", "counter", self.fetch_errors),
+            ("kern_offset_gaps_refused_total", "counter", self.gaps_refused),
         ]
         out = []
         for name, kind, value in lines:
             out += [f"# TYPE {name} {kind}", f"{name} {value}"]
+        out.append("# TYPE kern_partition_poisoned gauge")
+        out += [f'kern_partition_poisoned{{partition="{p}",error="{v["error"].split(":")[0]}"}} 1'
+                for p, v in sorted(self.poison.items())]
         return "\n".join(out) + "\n"

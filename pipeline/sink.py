@@ -9,7 +9,8 @@ Exactly-once protocol, per source partition:
    materialized view below it, so writing the same range twice counts it once.
 3. On partition assignment the worker reads `last_flush` and re-consumes that range into an identical
    rollup before anything newer: whatever of the last flush had not landed lands now, whatever had is
-   dropped as a duplicate. Everything after `end` was never part of a recorded flush.
+   dropped as a duplicate. Everything after `end` was never part of a recorded flush. A range an operator
+   skipped (`skipped` > 0) is never re-consumed: its rows are rebuilt from its skip request.
 
 Kafka offsets are committed after step 2 only for lag monitoring; `ingest_flushes` is the source of truth.
 """
@@ -27,7 +28,8 @@ from clickhouse_connect.driver.client import Client
 
 from pipeline.config import Settings
 from pipeline.rollup import PartitionRollup
-from tables.schema import FLUSH_COLUMNS, INGEST_FLUSHES, QUALITY_COLUMNS, QUALITY_MINUTE, RUNS_COLUMNS, RUNS_MINUTE
+from tables.schema import (FLUSH_COLUMNS, INGEST_FLUSHES, QUALITY_COLUMNS, QUALITY_MINUTE, RUNS_COLUMNS, RUNS_MINUTE,
+                           SKIP_COLUMNS, SKIP_REQUESTS)
 
 _encode_row = msgspec.json.Encoder().encode
 _DEDUP_SETTINGS = {
@@ -56,6 +58,13 @@ def connect(settings: Settings) -> Client:
 class FlushRange(NamedTuple):
     start_offset: int
     end_offset: int
+    skipped: int = 0  # offsets an operator skipped: the range is not re-consumed
+
+
+class SkipRequest(NamedTuple):
+    through_offset: int
+    reason: str
+    requested_at_s: int
 
 
 class ClickHouseSink:
@@ -73,7 +82,7 @@ class ClickHouseSink:
 
     def last_flush(self, topic: str, partition: int) -> FlushRange | None:
         result = self.client.query(
-            f"SELECT start_offset, end_offset FROM {self._table(INGEST_FLUSHES.name)} "
+            f"SELECT start_offset, end_offset, skipped FROM {self._table(INGEST_FLUSHES.name)} "
             "WHERE topic = {topic:String} AND partition = {partition:UInt32} "
             "ORDER BY end_offset DESC LIMIT 1",
             parameters={"topic": topic, "partition": partition},
@@ -81,8 +90,28 @@ class ClickHouseSink:
         return FlushRange(*result.result_rows[0]) if result.result_rows else None
 
     def record_intent(self, rollup: PartitionRollup) -> None:
-        row = (rollup.topic, rollup.partition, rollup.start_offset, rollup.end_offset, rollup.events)
+        row = (rollup.topic, rollup.partition, rollup.start_offset, rollup.end_offset, rollup.events,
+               rollup.counted, rollup.dead_lettered, rollup.late, rollup.skipped)
         self._insert(INGEST_FLUSHES.name, [row], FLUSH_COLUMNS, rollup.token)
+
+    def request_skip(self, topic: str, partition: int, through_offset: int, reason: str) -> None:
+        self.client.insert(self._table(SKIP_REQUESTS.name), [(topic, partition, through_offset, reason)],
+                           column_names=SKIP_COLUMNS)
+
+    def skip_request(self, topic: str, partition: int, through_offset: int | None = None,
+                     at_or_after: int = 0) -> SkipRequest | None:
+        """The earliest request to skip `partition` through exactly `through_offset` (a replay rebuilds
+        the skip it recorded) or, without it, the lowest requested end at or after `at_or_after`."""
+        condition = "through_offset = {through:UInt64}" if through_offset is not None else \
+            "through_offset >= {at_or_after:UInt64}"
+        result = self.client.query(
+            f"SELECT through_offset, argMin(reason, requested_at), toUnixTimestamp(min(requested_at)) "
+            f"FROM {self._table(SKIP_REQUESTS.name)} "
+            "WHERE topic = {topic:String} AND partition = {partition:UInt32} AND " + condition +
+            " GROUP BY through_offset ORDER BY through_offset LIMIT 1",
+            parameters={"topic": topic, "partition": partition, "through": through_offset or 0,
+                        "at_or_after": at_or_after})
+        return SkipRequest(*result.result_rows[0]) if result.result_rows else None
 
     def write_rollup(self, rollup: PartitionRollup) -> None:
         if rollup.runs:

@@ -1,0 +1,174 @@
+"""The partition lifecycle without a broker: the gap check, the cursor, replays, and what the agent does
+after a failed fetch, against a small fake consumer that fails like aiokafka (it raises for the whole
+fetch after moving the positions of the partitions it had drained)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import UnsupportedCodecError
+from conftest import Record
+
+import agents.rollup
+from agents.partitions import PartitionState
+from agents.poison import UndecodableBatch
+from agents.rollup import RollupAgent
+from pipeline.config import Settings
+from pipeline.events import EventProjector
+from pipeline.rollup import OffsetGap, PartitionRollup
+
+TOPIC = "events"
+NOW_MS = int(time.time() * 1000)
+EVENT = b'{"type":"agent","session_id":"s","data":{"model_id":"gpt-5.2","has_tools":true}}'
+project = EventProjector(60, 3600, 300, 65536).project
+
+
+def records(first: int, count: int) -> list[Record]:
+    return [Record(offset, NOW_MS, EVENT) for offset in range(first, first + count)]
+
+
+class FakeConsumer:
+    """In-memory partitions with aiokafka's positions, pauses and seeks. A partition with a poison offset
+    cannot be decoded there: a fetch that reaches it raises for every partition of the call, after the
+    positions of the partitions drained before it moved past their (discarded) records."""
+
+    def __init__(self, ends: dict[int, int], poison: dict[int, int] | None = None):
+        self.ends = ends
+        self.poison = poison or {}
+        self.positions = dict.fromkeys(ends, 0)
+        self.paused: set[TopicPartition] = set()
+        self.seeks: list[tuple[int, int]] = []
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.positions[tp.partition] = offset
+        self.seeks.append((tp.partition, offset))
+
+    def pause(self, *tps: TopicPartition) -> None:
+        self.paused.update(tps)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self.paused.difference_update(tps)
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TopicPartition(TOPIC, p) for p in self.ends}
+
+    async def getmany(self, *tps: TopicPartition, timeout_ms: int = 0, max_records: int | None = None) -> dict:
+        drained = {}
+        for tp in tps or sorted(self.assignment() - self.paused):
+            position, end = self.positions[tp.partition], self.ends[tp.partition]
+            if max_records is not None:
+                end = min(end, position + max_records)
+            bad = self.poison.get(tp.partition)
+            if bad is not None and position <= bad < end:
+                raise UnsupportedCodecError("Libraries for lz4 compression codec not found")
+            if end > position:
+                drained[tp] = records(position, end - position)
+                self.positions[tp.partition] = end
+        return drained
+
+
+# --- the gap check ---------------------------------------------------------------------------------
+
+def test_a_rollup_refuses_a_batch_that_does_not_start_where_it_ended():
+    rollup = PartitionRollup(TOPIC, 0, 10)
+    rollup.add(records(10, 5), project)
+    for first in (16, 14):  # a hole, an overlap
+        with pytest.raises(OffsetGap, match=f"starts at offset {first}, the rollup ends at 15"):
+            rollup.add(records(first, 3), project)
+    assert (rollup.events, rollup.end_offset, sum(rollup.runs.values())) == (5, 15, 5)
+    rollup.add(records(15, 2), project)
+    assert (rollup.events, rollup.end_offset) == (7, 17)
+
+
+def test_a_partition_accepts_a_later_first_offset_only_right_after_a_seek():
+    consumer = FakeConsumer({0: 100})
+    state = PartitionState(TopicPartition(TOPIC, 0), 10)
+    state.fold(records(10, 5), project, [])
+    with pytest.raises(OffsetGap):
+        state.fold(records(20, 5), project, [])  # records 15-19 were lost on the way
+    assert state.cursor == 15
+    state.seek(consumer)
+    assert consumer.seeks == [(0, 15)]
+    state.fold(records(20, 5), project, [])  # fetched from 15: the log has nothing before 20 (compaction)
+    assert (state.cursor, state.rollup.events, state.rollup.start_offset) == (25, 10, 10)
+    with pytest.raises(OffsetGap):
+        state.fold(records(30, 1), project, [])  # and only then
+
+
+def test_a_replay_closes_exactly_at_its_recorded_end_and_folding_goes_on_after_it():
+    state = PartitionState(TopicPartition(TOPIC, 0), 20)
+    state.replay(10, 20)
+    assert state.cursor == 10 and state.close() is None  # a replay closes only at its end
+    closed: list = []
+    state.fold(records(10, 25), project, closed)
+    assert [(r.start_offset, r.end_offset, r.events, r.replay) for r in closed] == [(10, 20, 10, True)]
+    assert (state.rollup.start_offset, state.cursor, state.replaying) == (20, 35, False)
+    rollup = state.close()
+    assert (rollup.start_offset, rollup.end_offset, rollup.replay) == (20, 35, False)
+    assert state.cursor == 35 and state.rollup is None
+
+
+def test_a_skip_continues_after_the_skipped_range():
+    state = PartitionState(TopicPartition(TOPIC, 0), 0)
+    state.fold(records(0, 5), project, [])
+    assert state.close().end_offset == 5
+    state.skip_through(104)
+    assert state.cursor == 105
+    state.fold(records(105, 1), project, [])
+    assert state.rollup.start_offset == 105
+
+
+# --- the agent after a failed fetch ---------------------------------------------------------------
+
+def agent_over(consumer: FakeConsumer, cursors: dict[int, int]) -> RollupAgent:
+    agent = RollupAgent(Settings(topic=TOPIC, _env_file=None))
+    agent.consumer = consumer
+    for partition, cursor in cursors.items():
+        state = PartitionState(TopicPartition(TOPIC, partition), 0)
+        state.fold(records(0, cursor), project, [])
+        agent.partitions[partition] = state
+    return agent
+
+
+async def _undecodable_at_15(consumer, tp, position, max_bytes):
+    assert (tp.partition, position) == (0, 10)
+    return UndecodableBatch(15, 19, 5, "lz4", "UnsupportedCodecError: Libraries for lz4 compression codec not found")
+
+
+def test_after_a_failed_fetch_every_partition_resumes_at_its_cursor_and_only_the_bad_one_pauses(monkeypatch):
+    consumer = FakeConsumer({0: 40, 1: 60, 2: 70}, poison={0: 15})
+    agent = agent_over(consumer, {0: 10, 1: 20, 2: 30})
+    consumer.positions.update({0: 10, 1: 20, 2: 30})
+    monkeypatch.setattr(agents.rollup, "find_undecodable_batch", _undecodable_at_15)
+
+    with pytest.raises(UnsupportedCodecError):
+        asyncio.run(consumer.getmany())  # what aiokafka does: partition 0 raises ...
+    consumer.positions.update({1: 60, 2: 70})  # ... after moving 1 and 2 past records nobody got
+    batches = asyncio.run(agent._after_fetch_error(UnsupportedCodecError("lz4")))
+
+    assert consumer.seeks[:3] == [(0, 10), (1, 20), (2, 30)]  # back to where folding stands
+    assert {tp.partition: (batch[0].offset, batch[-1].offset) for tp, batch in batches.items()} == {
+        0: (10, 14), 1: (20, 59), 2: (30, 69)}  # partition 0 exactly up to the bad batch
+    assert consumer.paused == {TopicPartition(TOPIC, 0)}
+    assert agent.partitions[0].poison.first_offset == 15
+    report = agent.health.report()
+    assert report["poisoned_partitions"]["0"]["last_offset"] == 19 and report["status"] == "degraded"
+    for tp, batch in batches.items():
+        agent._fold(agent.partitions[tp.partition], batch)
+    assert {p: s.cursor for p, s in agent.partitions.items()} == {0: 15, 1: 60, 2: 70}
+    assert agent.health.gaps_refused == 0
+
+
+def test_backpressure_never_resumes_a_poisoned_partition(monkeypatch):
+    consumer = FakeConsumer({0: 40, 1: 60}, poison={0: 15})
+    agent = agent_over(consumer, {0: 10, 1: 20})
+    consumer.positions.update({0: 10, 1: 20})
+    monkeypatch.setattr(agents.rollup, "find_undecodable_batch", _undecodable_at_15)
+    asyncio.run(agent._after_fetch_error(UnsupportedCodecError("lz4")))
+    agent._paused = True
+    consumer.pause(*consumer.assignment())
+    agent._apply_backpressure()  # nothing pending: resume
+    assert not agent._paused and consumer.paused == {TopicPartition(TOPIC, 0)}
