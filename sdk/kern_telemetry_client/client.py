@@ -69,7 +69,7 @@ class Telemetry:
     # --- what the SDK calls -------------------------------------------------------------------------
 
     def agent_run(self, agent: Any, session_id: object, run_id: object = None) -> None:
-        """An agent run finished (or started: once per run, always at the same point)."""
+        """One agent run: call once per run, at the same point of every run."""
         self._run(contract.AGENT, agent, session_id, run_id)
 
     def team_run(self, team: Any, session_id: object, run_id: object = None) -> None:
@@ -86,8 +86,9 @@ class Telemetry:
                 emit(payloads.launch_event(agent_os, self.sdk_version, self._ids))
 
     def flush(self, timeout: float = DEFAULT_EXIT_TIMEOUT) -> bool:
-        """Wait up to `timeout` s for the events captured so far to be delivered; False if they were not.
-        A forked child that ends with `os._exit` (multiprocessing does) should call this first."""
+        """Wait up to `timeout` s until the events captured so far are settled (delivered, or dropped and
+        counted); False on timeout. A forked child that ends with `os._exit` (multiprocessing does)
+        should call this first."""
         transport = self._transport
         return transport is None or transport.flush(timeout)
 
@@ -113,19 +114,24 @@ class Telemetry:
         """The first event: read the environment and start (or not)."""
         with self._lock:
             if self._emit is None:
-                mode, variable = environment.mode()
-                if mode == environment.OFF:
-                    log.debug("telemetry off (%s)", variable)
+                try:
+                    self._emit = self._start()
+                except Exception:  # noqa: BLE001 - e.g. no new thread at interpreter shutdown: stay off
+                    log.debug("telemetry could not start", exc_info=True)
                     self._emit = _off
-                elif mode == environment.DEBUG:
-                    self._emit = _debug_print
-                else:
-                    notice.show_once()
-                    self._transport = Transport(self._sink, self.sdk_version, self._queue_size,
-                                                self._report_interval)
-                    _LIVE.add(self)
-                    self._emit = self._transport.put
             return self._emit
+
+    def _start(self) -> Callable[[dict], None]:
+        mode, variable = environment.mode()
+        if mode == environment.OFF:
+            log.debug("telemetry off (%s)", variable)
+            return _off
+        if mode == environment.DEBUG:
+            return _debug_print
+        notice.show_once()
+        self._transport = Transport(self._sink, self.sdk_version, self._queue_size, self._report_interval)
+        _LIVE.add(self)
+        return self._transport.put
 
     def _forget_after_fork(self) -> None:
         """In a forked child: the parent's queue (its events are the parent's to send) and thread (gone)

@@ -61,10 +61,11 @@ if hasattr(os, "register_at_fork"):
 
 
 class _OwnThreads(logging.Filter):
-    """Drops records made on this client's threads: the host's logs stay the host's."""
+    """Drops records made on this client's threads: the host's logs stay the host's. (The filter runs on
+    the thread that logs; `record.threadName` is None when the host turned `logging.logThreads` off.)"""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.threadName.startswith(THREAD_NAME)
+        return not threading.current_thread().name.startswith(THREAD_NAME)
 
 
 _OWN_THREADS = _OwnThreads()
@@ -129,6 +130,9 @@ class _KafkaChannel:
                 future = send(topic, record)
             except self._timeout_error:  # no metadata within max_block_ms: the broker is unreachable
                 return taken
+            except Exception as error:  # noqa: BLE001 - refused by kafka-python (a closed producer, an unwritable topic)
+                failed(error)
+                continue
             future.add_callback(delivered)
             future.add_errback(failed)
         return len(records)

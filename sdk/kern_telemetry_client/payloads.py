@@ -235,11 +235,11 @@ def _envelope(kind: str, values: dict) -> dict:
 
 def run_event(kind: str, obj: Any, session_id: object, run_id: object, sdk_version: Optional[str],
               ids: Identifiers) -> dict:
-    """An agent, team or workflow run. A run without a session id gets the digest of "" (the pipeline
-    requires one on runs, and the run still happened)."""
+    """An agent, team or workflow run. A run without a usable session id gets the digest of "" (the
+    pipeline requires one on runs, and the run still happened)."""
     digest = ids.digest
     return _envelope(kind, {
-        "type": kind, "session_id": digest("" if session_id is None else session_id), "run_id": digest(run_id),
+        "type": kind, "session_id": digest(session_id) or digest(""), "run_id": digest(run_id),
         "sdk_version": sdk_version, "data": _data(kind, obj, ids),
     })
 

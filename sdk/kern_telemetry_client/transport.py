@@ -48,8 +48,8 @@ class Channel(Protocol):
     def send(self, records: List[bytes], delivered: Callable[[object], None],
              failed: Callable[[object], None]) -> int:
         """Take records for sending; return how many were taken (the rest: the sink cannot take them
-        now, try again later). Each taken record later gets exactly one call, from any thread:
-        `delivered(result)` or `failed(error)`."""
+        now, try again later). Each taken record gets exactly one call, from any thread, possibly before
+        `send` returns: `delivered(result)` or `failed(error)`. Raising means no record was taken."""
 
     def flush(self, timeout: float) -> bool:
         """Wait until every taken record is settled; False on timeout."""
@@ -94,7 +94,7 @@ class _Marker:
 
 class Transport:
     def __init__(self, sink: Sink, sdk_version: Optional[str], capacity: int = 10_000,
-                 report_interval: float = 60.0, backoff: Backoff = None):
+                 report_interval: float = 60.0, backoff: Optional[Backoff] = None):
         self._sink = sink
         self._version = sdk_version
         self._capacity = capacity
@@ -177,13 +177,14 @@ class Transport:
         self._unreachable(error)
 
     def _unreachable(self, error: object = None) -> None:
+        """The sink cannot take or deliver records: an outage begins, unless one is under way."""
         with self._lock:
             first, self._offline = not self._offline, True
         if first:
-            log.warning("Kern telemetry cannot reach its collector; it retries quietly in the background "
+            log.warning("Kern telemetry cannot deliver to its collector; it retries quietly in the background "
                         "and drops (and counts) what does not fit its queue. KERN_TELEMETRY=false turns "
                         "telemetry off.")
-        log.debug("telemetry: sink unavailable: %r", error)
+            log.debug("telemetry: the sink is unavailable: %r", error)
 
     def _reported(self, version: Optional[str], counts: dict, _result: object = None) -> None:
         with self._lock:
