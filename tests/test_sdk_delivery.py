@@ -4,11 +4,13 @@ safety with exact counts, and the accounting of every drop reason, reported as c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 
 import pytest
 from conftest import Stack, TcpProxy
@@ -51,6 +53,17 @@ def read_until_quiet(bootstrap: str, topic: str, quiet_s: float = 2.0) -> list:
     return decoded(records)
 
 
+@contextlib.contextmanager
+def proxied_stack(tmp_path) -> Iterator[tuple]:
+    """A broker of its own that clients reach only through a TCP proxy (it advertises the proxy's port),
+    with a stack's topics: (broker, proxy, stack). The session broker cannot be cut off this way."""
+    broker_port = free_port()
+    proxy = TcpProxy(broker_port)
+    with EmbeddedBroker(port=broker_port, advertised_port=proxy.port, log_path=tmp_path / "tansu.log") as broker:
+        proxy.start()
+        yield broker, proxy, Stack(broker, tmp_path / "stack", partitions=2)
+
+
 def isolate(monkeypatch, tmp_path) -> None:
     """The in-process client's config and state directories: the test's own."""
     for name, value in client_env(tmp_path).items():
@@ -73,11 +86,7 @@ def test_exit_waits_at_most_the_deadline_with_empty_stderr(tmp_path, monkeypatch
 def test_offline_backs_off_warns_once_and_resumes_when_the_broker_returns(tmp_path, monkeypatch, caplog):
     isolate(monkeypatch, tmp_path)
     caplog.set_level(logging.DEBUG)
-    broker_port = free_port()
-    proxy = TcpProxy(broker_port)
-    with EmbeddedBroker(port=broker_port, advertised_port=proxy.port, log_path=tmp_path / "tansu.log") as broker:
-        proxy.start()
-        stack = Stack(broker, tmp_path / "stack", partitions=2)
+    with proxied_stack(tmp_path) as (broker, proxy, stack):
         proxy.cut()  # refused from the first event on
         sink = KafkaSink(broker.bootstrap_servers, stack.settings.topic, reconnect_backoff_max_ms=300)
         transport = Transport(sink, "1.0.0", backoff=Backoff(0.1, 0.4))
@@ -164,11 +173,7 @@ def test_queue_full_drops_are_counted_and_reported(stack_factory, tmp_path, monk
 
 def test_send_failures_and_oversized_events_are_counted_and_reported(tmp_path, monkeypatch):
     isolate(monkeypatch, tmp_path)
-    broker_port = free_port()
-    proxy = TcpProxy(broker_port)
-    with EmbeddedBroker(port=broker_port, advertised_port=proxy.port, log_path=tmp_path / "tansu.log") as broker:
-        proxy.start()
-        stack = Stack(broker, tmp_path / "stack", partitions=2)
+    with proxied_stack(tmp_path) as (broker, proxy, stack):
         sink = KafkaSink(broker.bootstrap_servers, stack.settings.topic, delivery_timeout_ms=2_000,
                          request_timeout_ms=1_000, linger_ms=0, reconnect_backoff_max_ms=200)
         transport = Transport(sink, "1.0.0", report_interval=3600)
@@ -216,3 +221,17 @@ def test_records_carry_no_key(stack_factory, tmp_path, monkeypatch):
     telemetry.close(10.0)
     records = stack.read_topic(stack.settings.topic, 20)
     assert {record.key for record in records} == {None}
+
+
+def test_the_producer_is_idempotent_on_the_embedded_broker(stack_factory):
+    """The delivery guarantee rests on it: the broker grants the producer an id, so kafka-python's own
+    retries cannot write a record twice."""
+    stack = stack_factory(partitions=1)
+    channel = KafkaSink(stack.env["KERN_BOOTSTRAP_SERVERS"], stack.settings.topic).open()
+    settled: list = []
+    assert channel.send([b'{"type":"agent"}'], settled.append, settled.append) == 1
+    assert channel.flush(10.0)
+    assert type(settled[0]).__name__ == "RecordMetadata"
+    assert channel._producer._transaction_manager.has_producer_id()  # kafka-python has no public accessor
+    channel.close()
+    assert stack.read_topic(stack.settings.topic, 1)[0].value == b'{"type":"agent"}'

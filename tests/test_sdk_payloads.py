@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from test_sdk_standins import (SENTINEL, Agent, AgentOS, Knowledge, MemoryManager, Model, PostgresDb, Raising,
                                Slack, SqliteDb, Team, Tool, Whatsapp, Workflow, sentinel)
 
-from kern_telemetry_client import contract, environment, ledger, payloads
+from kern_telemetry_client import KafkaSink, Telemetry, contract, environment, ledger, payloads
 from kern_telemetry_client.values import INVALID, NONE, REDACTED, clean_value
 from pipeline.events import DIMENSIONS, EventProjector, member_bucket
 
@@ -233,6 +233,30 @@ def test_identifiers_travel_only_as_keyed_digests():
     assert payloads.Identifiers().digest(email) != IDS.digest(email)  # another key: nothing to link
     assert build(contract.AGENT, Agent(None), session_id=None)["session_id"] == IDS.digest("")
     assert IDS.digest(Chatty()) == IDS.digest(sentinel("str")) and IDS.digest(Unprintable()) is None
+
+
+class Broken(Raising):
+    """Every attribute raises but the opt-out, which says telemetry is on."""
+
+    def __getattribute__(self, name: str) -> object:
+        return True if name == "telemetry" else super().__getattribute__(name)
+
+
+def test_the_capture_calls_never_raise_into_the_host(monkeypatch, capsys):
+    monkeypatch.setenv("KERN_TELEMETRY_DEBUG", "1")
+    for variable in ("AGNO_TELEMETRY", "KERN_TELEMETRY", "DO_NOT_TRACK"):
+        monkeypatch.delenv(variable, raising=False)
+    telemetry = Telemetry("1.0.0", KafkaSink("127.0.0.1:9"))
+    for call in (telemetry.agent_run, telemetry.team_run, telemetry.workflow_run):
+        call(Broken(), Unprintable(), Unprintable())
+        call(Raising(), "session")  # the opt-out itself raises: the object is left alone
+    telemetry.os_launch(Broken())
+    telemetry.os_launch(Raising())
+    printed = [json.loads(line.split(": ", 1)[1]) for line in capsys.readouterr().err.splitlines()]
+    assert [event["type"] for event in printed] == list(contract.EVENT_KINDS)
+    assert all(value is None for event in printed for value in event["data"].values())
+    assert {event["session_id"] for event in printed[:3]} == {payloads.IDENTIFIERS.digest("")}
+    assert SENTINEL not in json.dumps(printed)
 
 
 # --- the pipeline's validator accepts whatever the client builds ------------------------------------
