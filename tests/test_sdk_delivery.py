@@ -171,6 +171,22 @@ def test_queue_full_drops_are_counted_and_reported(stack_factory, tmp_path, monk
     assert not list((tmp_path / "state").glob("**/*.json"))  # reported: nothing left for later
 
 
+def test_drops_are_reported_periodically_while_the_host_runs(stack_factory, tmp_path, monkeypatch):
+    isolate(monkeypatch, tmp_path)
+    stack = stack_factory(partitions=2)
+    bootstrap = stack.env["KERN_BOOTSTRAP_SERVERS"]
+    telemetry = Telemetry("1.0.0", KafkaSink(bootstrap, stack.settings.topic), queue_size=20, report_interval=0.5)
+    agent = Agent(Model("openai", "OpenAIResponses", "gpt-5.2"))
+    for i in range(500):
+        telemetry.agent_run(agent, "session", f"run-{i}")
+    sent = read_until_quiet(bootstrap, stack.settings.topic)  # no flush, no close: the worker reports by itself
+    [report] = [event for event in sent if event["type"] == contract.CLIENT_REPORT]
+    assert report["data"]["dropped"]["queue_full"] + by_model(sent)["gpt-5.2"] == 500
+    telemetry.close(10.0)
+    again = read_until_quiet(bootstrap, stack.settings.topic, quiet_s=1.0)
+    assert sorted(map(json.dumps, again)) == sorted(map(json.dumps, sent))  # reported once, nothing new
+
+
 def test_send_failures_and_oversized_events_are_counted_and_reported(tmp_path, monkeypatch):
     isolate(monkeypatch, tmp_path)
     with proxied_stack(tmp_path) as (broker, proxy, stack):
