@@ -238,16 +238,3 @@ def test_records_carry_no_key(stack_factory, tmp_path, monkeypatch):
     records = stack.read_topic(stack.settings.topic, 20)
     assert {record.key for record in records} == {None}
 
-
-def test_the_producer_is_idempotent_on_the_embedded_broker(stack_factory):
-    """The delivery guarantee rests on it: the broker grants the producer an id, so kafka-python's own
-    retries cannot write a record twice."""
-    stack = stack_factory(partitions=1)
-    channel = KafkaSink(stack.env["KERN_BOOTSTRAP_SERVERS"], stack.settings.topic).open()
-    settled: list = []
-    assert channel.send([b'{"type":"agent"}'], settled.append, settled.append) == 1
-    assert channel.flush(10.0)
-    assert type(settled[0]).__name__ == "RecordMetadata"
-    assert channel._producer._transaction_manager.has_producer_id()  # kafka-python has no public accessor
-    channel.close()
-    assert stack.read_topic(stack.settings.topic, 1)[0].value == b'{"type":"agent"}'
