@@ -6,6 +6,7 @@ COPY sdk/ sdk/
 COPY pipeline/ pipeline/
 COPY agents/ agents/
 COPY tables/ tables/
+COPY devstack/ devstack/
 RUN pip install --no-cache-dir ./sdk .
 USER kern
 WORKDIR /home/kern

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # chDB 3.7 for the bench's Kafka-engine baseline (chDB 26.x cannot run that engine)
 ENGINE_STAMP := .venv-kafka-engine/.installed
 
-.PHONY: test run bench bench-quick bench-memory bench-sdk chaos clean
+.PHONY: test run bench bench-quick bench-memory bench-ab bench-sdk chaos clean
 
 $(STAMP): pyproject.toml sdk/pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"'
@@ -35,6 +35,10 @@ bench-quick: $(STAMP) $(ENGINE_STAMP)
 
 bench-memory: $(STAMP)
 	$(BIN)/python -m bench.run --memory
+
+# the worker of two commits on the same topic, alternating: make bench-ab BEFORE=<rev> [AFTER=<rev>]
+bench-ab: $(STAMP)
+	$(BIN)/python -m bench.ab --before $(BEFORE) --after $(or $(AFTER),HEAD)
 
 bench-sdk: $(STAMP)
 	$(BIN)/pip install --quiet -e './sdk[fast]'

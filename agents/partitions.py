@@ -1,41 +1,43 @@
-"""The state of one assigned partition, and its transitions.
+"""The state of each assigned partition, and its transitions.
 
-A partition is, at any time, in one of these states (a revoked partition has no state at all):
+A partition this worker owns is, at any time:
 
-- **replaying**: assigned with a recorded flush [start, end); its records are re-consumed into an
-  identical rollup that closes exactly at `end` (see `pipeline/sink.py`);
-- **folding**: records after the last recorded flush are folded into `rollup`; a closed rollup may be
-  flushing meanwhile (the agent's ready list), and the next one starts where it ended;
-- **paused by backpressure**: too many unflushed rows (the agent pauses and resumes every partition);
-- **poisoned**: a record batch at `cursor` cannot be decoded; paused until an operator skips it.
+- **replaying** its last recorded range (`agents/checkpoint.py`, step 5) until the range's end offset;
+- **folding** the records after it into a rollup; earlier rollups may be flushing meanwhile (the
+  flusher's ready list), and each next one starts where the last one ended;
+- **paused by backpressure** (`Partitions.pause` / `resume`, every partition at once);
+- **poisoned**: paused before a record batch it cannot decode (`agents/poison.py`) until an operator
+  skips it; backpressure never resumes it.
 
-`cursor` is where the next batch must start: the end of the rollup being folded, or where the last
-closed one ended. Every seek goes to the cursor, and a batch that starts anywhere else is refused (it
-would leave a hole in a flushed range), except right after a seek, when a later first offset means the
-log has nothing in between (compaction, transaction markers, retention).
+A revoked partition has no state at all (`Partitions.revoke`).
+
+`cursor` is where the next batch must start: the end of the rollup being folded (or replayed), or where
+the last closed one ended. Every seek goes to the cursor, and a batch that starts anywhere else is
+refused (`OffsetGap`: it would leave a hole in a flushed range), except on the first fetch after a seek,
+when a later first offset means the log itself has nothing in between (compaction, transaction markers,
+retention).
 """
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from agents.checkpoint import Replay, Resumption
 from agents.poison import UndecodableBatch
 from pipeline.rollup import OffsetGap, PartitionRollup
 
 
 class PartitionState:
-    __slots__ = ("tp", "rollup", "replay_end", "poison", "_next", "_sought")
+    __slots__ = ("tp", "rollup", "replay", "poison", "_next", "_sought")
 
-    def __init__(self, tp: TopicPartition, cursor: int):
+    def __init__(self, tp: TopicPartition, cursor: int, replay: Replay | None = None):
         self.tp = tp
         self.rollup: PartitionRollup | None = None  # being folded
-        self.replay_end: int | None = None  # end offset of the recorded range being replayed
-        self.poison: UndecodableBatch | None = None
-        self._next = cursor  # where the next rollup starts
+        self.replay = replay  # the recorded range re-consumed before anything newer
+        self.poison: UndecodableBatch | None = None  # paused before it
+        self._next = cursor  # where the next rollup starts, once the replay (if any) is done
         self._sought = False  # the next batch is the first after a seek to the cursor
 
     @property
@@ -44,20 +46,18 @@ class PartitionState:
 
     @property
     def cursor(self) -> int:
+        if self.replay is not None:
+            return self.replay.rollup.end_offset
         return self.rollup.end_offset if self.rollup is not None else self._next
 
     @property
-    def replaying(self) -> bool:
-        return self.replay_end is not None
+    def rows(self) -> int:
+        return sum(rollup.rows for rollup in (self.rollup, self.replay and self.replay.rollup) if rollup)
 
     def seek(self, consumer: AIOKafkaConsumer) -> None:
         """Put the consumer where folding stands (aiokafka drops what it had prefetched for the partition)."""
         consumer.seek(self.tp, self.cursor)
         self._sought = True
-
-    def replay(self, start: int, end: int) -> None:
-        self.rollup = PartitionRollup(self.tp.topic, self.partition, start, replay=True)
-        self.replay_end = end
 
     def fold(self, messages: list, project: Callable, closed: list[PartitionRollup]) -> None:
         """Fold a batch; a replayed range that completes is appended to `closed`. Raises `OffsetGap`
@@ -66,34 +66,31 @@ class PartitionState:
         if first != self.cursor:
             if not (self._sought and first > self.cursor):
                 raise OffsetGap(self.partition, self.cursor, first)
-            self._current().skip_absent(first)
+            (self.replay.rollup if self.replay is not None else self._current()).skip_absent(first)
         self._sought = False
-        if self.replay_end is not None:
-            cut = bisect.bisect_left(messages, self.replay_end, key=_offset)
-            if cut:
-                self.rollup.add(messages[:cut], project)
-            if self.rollup.end_offset >= self.replay_end or cut < len(messages):
-                self.replay_end = self.rollup.end_offset  # complete (or records past it are gone)
-                if (rollup := self.close()) is not None:
-                    closed.append(rollup)
-            messages = messages[cut:]
+        if self.replay is not None:
+            replayed, messages = self.replay.fold(messages, project)
+            if replayed is None:
+                return
+            self.replay, self._next = None, replayed.end_offset
+            if replayed.events:
+                closed.append(replayed)
             if not messages:
                 return
         self._current().add(messages, project)
 
     def close(self) -> PartitionRollup | None:
-        """Hand over the rollup being folded (None when empty); the next one starts where it ended. A
-        replay is only closed at its end (by `fold`): flushing part of it under its token would make
-        ClickHouse drop the rest as a duplicate later."""
+        """Hand over the rollup being folded (None when there is none, or while replaying: a replay closes
+        only at its end); the next one starts where it ended."""
         rollup = self.rollup
-        if rollup is None or (self.replay_end is not None and rollup.end_offset < self.replay_end):
+        if rollup is None or self.replay is not None:
             return None
-        self.rollup, self.replay_end, self._next = None, None, rollup.end_offset
+        self.rollup, self._next = None, rollup.end_offset
         return rollup if rollup.events else None
 
     def skip_through(self, last_offset: int) -> None:
         """Continue after `last_offset` (an operator's skip, recorded by its own flush)."""
-        self.rollup, self.replay_end, self.poison, self._next = None, None, None, last_offset + 1
+        self.rollup, self.replay, self.poison, self._next = None, None, None, last_offset + 1
 
     def _current(self) -> PartitionRollup:
         if self.rollup is None:
@@ -101,5 +98,62 @@ class PartitionState:
         return self.rollup
 
 
-def _offset(message: Any) -> int:
-    return message.offset
+class Partitions:
+    """The partitions this worker owns, by number. `generation` counts completed assignments: batches
+    fetched before one completed are stale (every partition was sought again)."""
+
+    def __init__(self) -> None:
+        self._states: dict[int, PartitionState] = {}
+        self.generation = 0
+        self.paused = False  # by backpressure
+
+    def __iter__(self) -> Iterator[PartitionState]:
+        return iter(list(self._states.values()))
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def get(self, partition: int) -> PartitionState | None:
+        return self._states.get(partition)
+
+    def assign(self, consumer: AIOKafkaConsumer, resumptions: dict[TopicPartition, Resumption]) -> None:
+        """Position every newly assigned partition (no await in between, so `getmany` cannot hand out
+        records from a position about to change)."""
+        for tp, resumption in resumptions.items():
+            state = self._states[tp.partition] = PartitionState(tp, resumption.cursor, resumption.replay)
+            state.seek(consumer)
+        if self.paused and resumptions:
+            consumer.pause(*resumptions)
+        self.generation += 1
+
+    def revoke(self, partitions: set[int]) -> None:
+        for partition in partitions:
+            self._states.pop(partition, None)
+
+    def close_all(self, ready: list[PartitionRollup]) -> None:
+        for state in self:
+            if (rollup := state.close()) is not None:
+                ready.append(rollup)
+
+    def pause(self, consumer: AIOKafkaConsumer) -> None:
+        self.paused = True
+        consumer.pause(*consumer.assignment())
+
+    def resume(self, consumer: AIOKafkaConsumer) -> None:
+        """Resume what backpressure paused; a poisoned partition stays paused."""
+        self.paused = False
+        consumer.resume(*(tp for tp in consumer.assignment()
+                          if (state := self.get(tp.partition)) is None or state.poison is None))
+
+    def unflushed_rows(self) -> int:
+        return sum(state.rows for state in self)
+
+    def fullest(self) -> int:
+        """Events in the largest rollup being folded."""
+        return max((state.rollup.events for state in self if state.rollup is not None), default=0)
+
+    def behind(self, highwater: Callable[[TopicPartition], int | None], lag: int) -> bool:
+        """Whether a partition being folded is more than `lag` records behind its log end (per the last
+        fetch). A poisoned one does not count: it is not catching up."""
+        return any((highwater(state.tp) or 0) - state.cursor > lag
+                   for state in self if state.rollup is not None and state.poison is None)

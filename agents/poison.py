@@ -73,3 +73,4 @@ def _first_undecodable(records, position: int) -> UndecodableBatch | None:
     except CorruptRecordException:  # a batch header itself is broken: nothing after it can be read
         return None
     return None
+

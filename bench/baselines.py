@@ -39,7 +39,7 @@ def kafka_engine(bootstrap: str, topic: str, events: int, empty: int, workdir: s
     """
     import clickhouse_connect
 
-    from pipeline.chdb_server import ChdbServerProcess
+    from devstack.chdb_server import ChdbServerProcess
 
     with ChdbServerProcess(os.path.join(workdir, "chdb"), python=python,
                            log_path=os.path.join(workdir, "server.log")) as server:

@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -30,12 +31,13 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.baselines import kafka_engine, peak_rss_mb, process_cpu_s
-from pipeline.chdb_server import ChdbServerProcess
+from devstack.broker import EmbeddedBroker
+from devstack.chdb_server import ChdbServerProcess
+from devstack.loadgen import DEFAULT_PROFILES, EventGenerator
+from devstack.processes import WorkerProcess, reached
+from pipeline import dimensions
 from pipeline.config import Settings
-from pipeline.devstack import EmbeddedBroker, WorkerProcess
-from pipeline.kafka import create_topics
-from pipeline.loadgen import DEFAULT_PROFILES, EventGenerator
-from tables.schema import DIMENSION_NAMES
+from pipeline.kafka import FETCH_OPTIONS, create_topics, produce
 
 RESULTS = Path(__file__).parent / "results"
 KAFKA_ENGINE_PYTHON = Path(__file__).parent.parent / ".venv-kafka-engine" / "bin" / "python"
@@ -60,57 +62,10 @@ class Topic:
         return WorkerProcess(dict(self.env), self.workdir, name=name).start()
 
 
-async def _produce(bootstrap: str, topic: str, values: list[bytes], rate: float = 0,
-                   sent_at: dict[int, list] | None = None) -> dict[int, int]:
-    """Produce in explicit batches, round-robin over partitions; returns end offsets. With `rate`, paces
-    the batches and records (send time, first offset, count) per batch in `sent_at[partition]`."""
-    from aiokafka import AIOKafkaProducer
-
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=1 << 20,
-                                max_request_size=8 << 20, acks=1)
-    await producer.start()
-    ends: dict[int, int] = {}
-    try:
-        chunk = max(1, min(500 if rate else 2000, len(values) // PARTITIONS))
-        started = time.monotonic()
-        pending = []
-        for i in range(0, len(values), chunk):
-            partition = (i // chunk) % PARTITIONS
-            if rate:
-                ahead = i / rate - (time.monotonic() - started)
-                if ahead > 0:
-                    await asyncio.sleep(ahead)
-            now_ms = int(time.time() * 1000)
-            batch, count = producer.create_batch(), 0
-            for value in values[i:i + chunk]:
-                if batch.append(key=None, value=value, timestamp=now_ms) is None:  # full: send, start another
-                    batch.close()
-                    pending.append((await producer.send_batch(batch, topic, partition=partition), partition,
-                                    time.time(), count))
-                    batch, count = producer.create_batch(), 0
-                    batch.append(key=None, value=value, timestamp=now_ms)
-                count += 1
-            batch.close()
-            pending.append((await producer.send_batch(batch, topic, partition=partition), partition, time.time(), count))
-        for future, partition, sent, count in pending:
-            metadata = await future
-            ends[partition] = max(ends.get(partition, 0), metadata.offset + count)
-            if sent_at is not None:
-                sent_at.setdefault(partition, []).append((sent, metadata.offset, count))
-    finally:
-        await producer.stop()
-    return ends
-
-
-def produce(bootstrap: str, topic: str, values: list[bytes], **kwargs) -> dict[int, int]:
-    return asyncio.run(_produce(bootstrap, topic, values, **kwargs))
-
-
 async def _drain(bootstrap: str, topic: str, expected: int) -> dict:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                fetch_max_bytes=64 << 20, max_partition_fetch_bytes=16 << 20, fetch_max_wait_ms=200)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **FETCH_OPTIONS)
     await consumer.start()
     try:
         partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
@@ -131,28 +86,28 @@ async def _drain(bootstrap: str, topic: str, expected: int) -> dict:
 
 
 def run_workers(topic: Topic, ends: dict[int, int], count: int, events: int) -> dict:
+    """Start `count` workers on a filled topic; time them from the first event any of them consumed to
+    the last flush that lands the topic's end, from outside (their /health, and /proc for CPU)."""
     workers = [topic.worker(f"worker{i}") for i in range(count)]
+    first = None  # (time, CPU seconds of each worker) when the first event was consumed
     try:
         deadline = time.monotonic() + 600
-        reports = []
         while True:
             reports = [w.health() or {} for w in workers]
             for w in workers:
                 w.assert_running()
-            flushed: dict[int, int] = {}
-            for report in reports:
-                for partition, offset in (report.get("flushed_offsets") or {}).items():
-                    flushed[int(partition)] = max(flushed.get(int(partition), 0), offset)
-            if all(flushed.get(p, 0) >= o for p, o in ends.items()):
+            if first is None and any(r.get("events_consumed") for r in reports):
+                first = (time.time(), [process_cpu_s(w.process.pid) for w in workers])
+            if reached(reports, ends):
                 break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"workers did not finish: {reports}")
-            time.sleep(0.1)
-        first = min(r["first_event_at"] for r in reports if r.get("first_event_at"))
-        last = max(r["last_flush_at"] for r in reports if r.get("last_flush_at"))
-        cpu = sum(r["cpu_seconds_processing"] or 0 for r in reports)
+            time.sleep(0.02)
+        now = time.time()
+        last = max(now - r["last_flush_age_s"] for r in reports if r.get("last_flush_age_s") is not None)
+        cpu = sum(process_cpu_s(w.process.pid) for w in workers) - sum(first[1])
         rss = max(peak_rss_mb(w.process.pid) for w in workers)
-        return {"events": events, "seconds": last - first, "rate": events / (last - first),
+        return {"events": events, "seconds": last - first[0], "rate": events / (last - first[0]),
                 "cpu_s_per_1m": cpu / events * 1e6, "rss_mb": rss}
     finally:
         for w in workers:
@@ -160,40 +115,38 @@ def run_workers(topic: Topic, ends: dict[int, int], count: int, events: int) -> 
 
 
 def freshness(broker: EmbeddedBroker, workdir: Path, rate: int, seconds: int, seed: int) -> dict:
-    """Delay from a batch's produce time to the moment the worker reports its offsets landed."""
+    """Delay from a record's produce time to the moment the worker reports its offset landed."""
     topic = Topic(broker, workdir)
     worker = topic.worker("freshness")
     try:
         while not (worker.health() or {}).get("status") == "ok":
             time.sleep(0.2)
-        produce(broker.bootstrap_servers, topic.name, [b"{}"] * PARTITIONS)  # warm-up: assignment done
-        worker.wait_flushed({p: 1 for p in range(PARTITIONS)}, timeout=120)
+        warm_up = produce(topic.settings, [b"{}"] * PARTITIONS * 50)  # every partition assigned and flushing
+        worker.wait_flushed(warm_up, timeout=120)
         values = list(EventGenerator(seed=seed).events(rate * seconds))
-        sent_at: dict[int, list] = {}
+        sent: list[tuple[int, int, float]] = []
         landed: list[tuple[float, dict]] = []
+        stop = threading.Event()
 
-        async def watch(stop: asyncio.Event):
+        def watch():
             while not stop.is_set():
-                report = await asyncio.to_thread(worker.health)
+                report = worker.health()
                 if report:
                     landed.append((time.time(), {int(p): o for p, o in report["flushed_offsets"].items()}))
-                await asyncio.sleep(0.02)
+                time.sleep(0.02)
 
-        async def run():
-            stop = asyncio.Event()
-            watcher = asyncio.create_task(watch(stop))
-            ends = await _produce(broker.bootstrap_servers, topic.name, values, rate=rate, sent_at=sent_at)
-            await asyncio.to_thread(worker.wait_flushed, ends, 120)
-            await asyncio.sleep(0.1)
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            ends = produce(topic.settings, values, rate=rate,
+                           delivered=lambda partition, offset, at: sent.append((partition, offset, at)))
+            worker.wait_flushed(ends, 120)
+            time.sleep(0.1)
+        finally:
             stop.set()
-            await watcher
-        asyncio.run(run())
-        delays = []
-        for partition, batches in sent_at.items():
-            for sent, offset, count in batches:
-                visible = next(t for t, flushed in landed if flushed.get(partition, 0) >= offset + count)
-                delays += [visible - sent] * count
-        delays.sort()
+            watcher.join()
+        delays = sorted(next(t for t, flushed in landed if flushed.get(partition, 0) > offset) - at
+                        for partition, offset, at in sent)
         return {"rate": rate, "seconds": seconds, "p50_s": delays[len(delays) // 2],
                 "p99_s": delays[int(len(delays) * 0.99)], "max_s": delays[-1],
                 "flush_interval_s": topic.settings.flush_interval_seconds}
@@ -211,14 +164,14 @@ def memory_runs(broker: EmbeddedBroker, workdir: Path, runs: tuple[tuple[int, in
         ends: dict[int, int] = {}
         for start in range(0, count, 1_000_000):  # generate and produce in slices: 10M events are ~5 GB
             chunk = list(generator.events(min(1_000_000, count - start)))
-            for partition, offset in produce(broker.bootstrap_servers, topic.name, chunk).items():
+            for partition, offset in produce(topic.settings, chunk).items():
                 ends[partition] = max(ends.get(partition, 0), offset)
         with ChdbServerProcess(str(topic.workdir / "chdb")) as server:
             reader = Topic(broker, topic.workdir, name=topic.name, dsn=server.url)
             measured = run_workers(reader, ends, 1, count)
             client = clickhouse_connect.get_client(dsn=server.url)
             measured["dimension_sets"], measured["runs_minute_rows"] = client.query(
-                f"SELECT uniqExact({', '.join(DIMENSION_NAMES)}), count() "
+                f"SELECT uniqExact({', '.join(dimensions.NAMES)}), count() "
                 f"FROM {reader.settings.clickhouse_database}.runs_minute").result_rows[0]
             client.close()
         rows.append({"events": count, "profiles": profiles, **measured})
@@ -262,7 +215,7 @@ def main() -> None:
         values = list(EventGenerator(seed=args.seed).events(args.events))
         topic = Topic(broker, workdir / "main")
         started = time.monotonic()
-        ends = produce(broker.bootstrap_servers, topic.name, values)
+        ends = produce(topic.settings, values)
         results["produce_rate"] = args.events / (time.monotonic() - started)
         empty = values.count(b"")
         del values

@@ -178,7 +178,7 @@ def main() -> None:
         print(json.dumps(_child(args.child, args.bootstrap, args.topic, args.captures, args.rate)))
         return
 
-    from pipeline.devstack import EmbeddedBroker
+    from devstack.broker import EmbeddedBroker
 
     results = []
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker, BlackHole() as hole:

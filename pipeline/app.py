@@ -16,6 +16,7 @@ from faust.app.base import BootStrategy
 from agents.rollup import RollupAgent
 from pipeline.config import Settings
 from pipeline.health import Health
+from pipeline.metrics import CONTENT_TYPE
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -38,12 +39,16 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.page("/health")
     async def health_view(web, request):
-        report = health.report()
-        return web.json(report, status=200 if health.ok else 503)
+        return web.json(health.report(), status=200 if health.ok else 503)
 
     @app.page("/metrics")
     async def metrics_view(web, request):
-        return web.text(health.prometheus(), content_type="text/plain; version=0.0.4")
+        return web.bytes(health.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
 
-    app.health = health
     return app
+
+
+def run(app: faust.App) -> None:
+    """Run the worker in this process until SIGTERM or SIGINT (then it flushes and exits)."""
+    settings = app.rollup_agent.settings
+    faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False).execute_from_commandline()

@@ -1,7 +1,8 @@
-"""Worker health and metrics: what `/health` and `/metrics` report, and what the logs say on a change.
+"""Worker health: what `/health` reports, and what the logs say on a change.
 
-A component (kafka, clickhouse, backpressure, or a poisoned partition) is degraded from its first failure
-until its next success; the worker is healthy when no component is degraded.
+A component (kafka, clickhouse, backpressure, or a paused partition) is degraded from its first failure
+until its next success; the worker is healthy when no component is degraded. The numbers in the report
+are read from the worker's metrics (`pipeline/metrics.py`), which count them once.
 """
 
 from __future__ import annotations
@@ -9,31 +10,21 @@ from __future__ import annotations
 import logging
 import time
 
+from pipeline.metrics import Metrics
+
 log = logging.getLogger("pipeline.health")
 
 
 class Health:
-    def __init__(self) -> None:
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics or Metrics()
         self.degraded: dict[str, str] = {}
-        self.started = time.time()
-        self.events = 0  # consumed
-        self.events_flushed = 0  # in rollups that landed in ClickHouse
-        self.dead_letters = 0
-        self.flushes = 0
-        self.flush_failures = 0
-        self.flush_seconds = 0.0
-        self.last_flush_at: float | None = None
-        self.pending_rows = 0
-        self.flushed_offsets: dict[int, int] = {}  # partition -> end offset of its last landed flush
         self.assigned: set[int] = set()  # partitions this worker owns now
+        self.flushed_offsets: dict[int, int] = {}  # partition -> end offset of its last landed flush
+        self.log_ends: dict[int, int] = {}  # partition -> the log end offset the broker last reported
         self.poison: dict[int, dict] = {}  # partition -> what cannot be decoded there, and how to resolve it
-        self.fetch_errors = 0  # fetches aiokafka raised for
-        self.gaps_refused = 0  # batches refused because they did not start where folding stood
-        # Wall and process CPU time at the first consumed event and at the last landed flush, so a
-        # benchmark can measure the processing span without the worker's start-up.
-        self.first_event_at: float | None = None
-        self.first_event_cpu: float | None = None
-        self.last_flush_cpu: float | None = None
+        self.last_flush_at: float | None = None
+        self.metrics.up.set(1)
 
     @property
     def ok(self) -> bool:
@@ -43,10 +34,14 @@ class Health:
         if self.degraded.get(component) != reason:
             log.warning("degraded: %s: %s", component, reason)
         self.degraded[component] = reason
+        self.metrics.degraded.labels(component).set(1)
+        self.metrics.up.set(0)
 
     def recover(self, component: str) -> None:
         if self.degraded.pop(component, None) is not None:
             log.warning("recovered: %s", component)
+            self.metrics.degraded.labels(component).set(0)
+            self.metrics.up.set(int(self.ok))
 
     def poisoned(self, partition: int, batch, topic: str) -> None:
         """A partition paused before a batch it cannot decode (`agents/poison.py`)."""
@@ -57,65 +52,53 @@ class Health:
                                   "resolve": command}
         log.error("partition %d paused: %s. Nothing after it is counted until it can be decoded (install the "
                   "codec, restart) or an operator skips it: %s", partition, batch.describe(), command)
+        self.metrics.partition_poisoned.labels(str(partition), batch.error.split(":")[0]).set(1)
         self.degrade(f"partition {partition}", f"paused: {batch.describe()}")
 
     def unpoisoned(self, partition: int) -> None:
-        if self.poison.pop(partition, None) is not None:
+        if (poison := self.poison.pop(partition, None)) is not None:
+            self.metrics.partition_poisoned.remove(str(partition), poison["error"].split(":")[0])
             self.recover(f"partition {partition}")
 
-    def consumed(self, events: int) -> None:
-        if self.first_event_at is None:
-            self.first_event_at = time.time()
-            self.first_event_cpu = time.process_time()
-        self.events += events
-
-    def flushed(self, partition: int, end_offset: int, events: int, seconds: float) -> None:
-        self.last_flush_cpu = time.process_time()
+    def flushed(self, partition: int, end_offset: int) -> None:
         self.flushed_offsets[partition] = end_offset
-        self.flushes += 1
-        self.events_flushed += events
-        self.flush_seconds += seconds
         self.last_flush_at = time.time()
+        self._lag(partition)
+
+    def log_end(self, partition: int, end_offset: int) -> None:
+        self.log_ends[partition] = end_offset
+        self._lag(partition)
+
+    def revoked(self, partitions: set[int]) -> None:
+        self.assigned -= partitions
+        for partition in partitions:
+            self.unpoisoned(partition)
+            if self.log_ends.pop(partition, None) is not None:
+                self.metrics.consumer_lag.remove(str(partition))
+
+    def _lag(self, partition: int) -> None:
+        if partition in self.log_ends and partition in self.assigned:
+            lag = self.log_ends[partition] - self.flushed_offsets.get(partition, 0)
+            self.metrics.consumer_lag.labels(str(partition)).set(max(lag, 0))
 
     def report(self) -> dict:
+        value = self.metrics.value
         return {
             "status": "ok" if self.ok else "degraded",
             "degraded": dict(self.degraded),
-            "events_consumed": self.events,
-            "events_flushed": self.events_flushed,
-            "dead_letters": self.dead_letters,
-            "flushes": self.flushes,
-            "flush_failures": self.flush_failures,
-            "pending_rows": self.pending_rows,
-            "flushed_offsets": {str(p): o for p, o in sorted(self.flushed_offsets.items())},
+            "events_consumed": int(value("kern_events_consumed_total")),
+            "events_flushed": int(value("kern_events_flushed_total")),
+            "dead_letters": int(sum(s.value for m in self.metrics.dead_letters.collect() for s in m.samples
+                                    if s.name.endswith("_total"))),
+            "flushes": int(value("kern_flushes_total")),
+            "flush_failures": int(value("kern_flush_failures_total")),
+            "fetch_errors": int(value("kern_fetch_errors_total")),
+            "offset_gaps_refused": int(value("kern_offset_gaps_refused_total")),
+            "pending_rows": int(value("kern_pending_rows")),
             "assigned_partitions": sorted(self.assigned),
+            "flushed_offsets": {str(p): o for p, o in sorted(self.flushed_offsets.items())},
+            "consumer_lag": {str(p): int(value("kern_consumer_lag", {"partition": str(p)}))
+                             for p in sorted(self.assigned) if p in self.log_ends},
             "poisoned_partitions": {str(p): dict(v) for p, v in sorted(self.poison.items())},
-            "fetch_errors": self.fetch_errors,
-            "offset_gaps_refused": self.gaps_refused,
             "last_flush_age_s": None if self.last_flush_at is None else round(time.time() - self.last_flush_at, 3),
-            "first_event_at": self.first_event_at,
-            "last_flush_at": self.last_flush_at,
-            "cpu_seconds_processing": None if self.last_flush_cpu is None or self.first_event_cpu is None
-            else round(self.last_flush_cpu - self.first_event_cpu, 3),
         }
-
-    def prometheus(self) -> str:
-        lines = [
-            ("kern_up", "gauge", int(self.ok)),
-            ("kern_events_consumed_total", "counter", self.events),
-            ("kern_events_flushed_total", "counter", self.events_flushed),
-            ("kern_dead_letters_total", "counter", self.dead_letters),
-            ("kern_flushes_total", "counter", self.flushes),
-            ("kern_flush_failures_total", "counter", self.flush_failures),
-            ("kern_flush_seconds_total", "counter", round(self.flush_seconds, 6)),
-            ("kern_pending_rows", "gauge", self.pending_rows),
-            ("kern_fetch_errors_total", "counter", self.fetch_errors),
-            ("kern_offset_gaps_refused_total", "counter", self.gaps_refused),
-        ]
-        out = []
-        for name, kind, value in lines:
-            out += [f"# TYPE {name} {kind}", f"{name} {value}"]
-        out.append("# TYPE kern_partition_poisoned gauge")
-        out += [f'kern_partition_poisoned{{partition="{p}",error="{v["error"].split(":")[0]}"}} 1'
-                for p, v in sorted(self.poison.items())]
-        return "\n".join(out) + "\n"

@@ -1,9 +1,13 @@
-"""Kafka connection options from the settings, for aiokafka (worker) and kafka-python (producer side,
-admin), and topic creation."""
+"""Every Kafka client of the project, from the settings, in one place: the connection options aiokafka
+(worker) and kafka-python (producer side, admin) share, the worker's consumer and dead-letter producer,
+the one producer helper (load generator, tests, benchmarks), and topic creation."""
 
 from __future__ import annotations
 
 import ssl
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
 
 from pipeline.config import Settings
 
@@ -35,6 +39,77 @@ def client_options(settings: Settings) -> dict:
     if context := _ssl_context(settings):
         options["ssl_context"] = context
     return options
+
+
+#: The consumer's fetch sizes: a large batch per partition per call (the bench's bare consumer uses them too).
+FETCH_OPTIONS = {"fetch_max_bytes": 64 << 20, "max_partition_fetch_bytes": 16 << 20, "fetch_max_wait_ms": 200}
+
+
+def worker_consumer(settings: Settings):
+    """The rollup worker's consumer: manual commits (`ingest_flushes` is the truth), and a short session,
+    so a crashed worker's partitions move within seconds."""
+    from aiokafka import AIOKafkaConsumer
+
+    return AIOKafkaConsumer(group_id=settings.consumer_group, client_id="kern-telemetry-rollup",
+                            enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=50_000,
+                            session_timeout_ms=10_000, heartbeat_interval_ms=2_000, rebalance_timeout_ms=10_000,
+                            **FETCH_OPTIONS, **client_options(settings))
+
+
+def dead_letter_producer(settings: Settings):
+    from aiokafka import AIOKafkaProducer
+
+    return AIOKafkaProducer(client_id="kern-telemetry-dlq", acks="all", linger_ms=20, **client_options(settings))
+
+
+_PACE_EVERY = 500  # records between two checks of the pace
+
+
+def produce(settings: Settings, values: Iterable[bytes | None], *, rate: float = 0, partition: int | None = None,
+            timestamps_ms: Sequence[int] | None = None, compression: str | None = None,
+            stop: threading.Event | None = None, progress: Callable[[int], None] | None = None,
+            delivered: Callable[[int, int, float], None] | None = None) -> dict[int, int]:
+    """Send records to the events topic with kafka-python. None is a tombstone; `rate` paces the sends to
+    that many records per second; `partition` pins them (else the partitioner spreads them); `stop` ends
+    the sending early; `progress(n)` reports sends; `delivered(partition, offset, sent_at)` is called for
+    each record the broker acknowledged. Returns each partition's end offset (last acknowledged offset + 1,
+    from the delivery reports: Tansu's ListOffsets answers the last batch's base offset + 1)."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(linger_ms=20, batch_size=512 << 10, max_request_size=16 << 20, acks=1,
+                             compression_type=compression, **client_options(settings))
+    ends: dict[int, int] = {}
+    errors: list[Exception] = []
+
+    def acknowledged(sent_at: float, metadata) -> None:  # kafka-python passes the bound args first
+        if metadata.offset >= ends.get(metadata.partition, 0):
+            ends[metadata.partition] = metadata.offset + 1
+        if delivered is not None:
+            delivered(metadata.partition, metadata.offset, sent_at)
+
+    started = time.monotonic()
+    sent = 0
+    try:
+        for value in values:
+            future = producer.send(settings.topic, value, key=b"tombstone" if value is None else None,
+                                   partition=partition, timestamp_ms=timestamps_ms[sent] if timestamps_ms else None)
+            future.add_callback(acknowledged, time.time()).add_errback(errors.append)
+            sent += 1
+            if sent % _PACE_EVERY == 0:
+                if progress is not None:
+                    progress(_PACE_EVERY)
+                if stop is not None and stop.is_set():
+                    break
+                if rate and (ahead := sent / rate - (time.monotonic() - started)) > 0:
+                    time.sleep(ahead)
+        producer.flush()
+        if progress is not None and sent % _PACE_EVERY:
+            progress(sent % _PACE_EVERY)
+    finally:
+        producer.close()
+    if errors:
+        raise errors[0]
+    return ends
 
 
 def create_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:

@@ -2,7 +2,7 @@
 
 A `PartitionRollup` covers the contiguous offsets [start_offset, end_offset) of one partition: its
 runs counts, its quality counts, the dead letters of its invalid events, and the ledger's account of the
-range (counted, dead-lettered, late, skipped). A flush writes exactly that range (see `pipeline/sink.py`),
+range (counted, dead-lettered, late, skipped). A flush writes exactly that range (`agents/checkpoint.py`),
 so rebuilding the rollup from the same offsets gives the same rows, which is what makes a replayed flush
 deduplicate. A batch that does not start where the rollup ends is refused (`OffsetGap`): counting records
 after a hole would let a flush claim offsets that were never counted.
@@ -12,16 +12,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
-import msgspec
-
-from pipeline.events import Reason, Rejection, shape_of_bytes
-
-
-class DeadLetter(NamedTuple):
-    key: bytes
-    value: bytes
+from pipeline.dead_letters import DeadLetter, dead_letter, skipped_range
+from pipeline.rejections import Reason, Rejection
 
 
 class OffsetGap(Exception):
@@ -60,12 +54,7 @@ class PartitionRollup:
         rollup.skipped = end_offset - start_offset
         rollup.quality[(window_start, "unknown", Reason.SKIPPED)] = rollup.skipped
         if not replay:
-            record = {"reason": Reason.SKIPPED.value, "path": "$", "detail": reason, "kind": "unknown",
-                      "source": {"topic": topic, "partition": partition, "offset": start_offset,
-                                 "through_offset": end_offset - 1},
-                      "size": None, "shape": None}
-            rollup.dead_letters.append(DeadLetter(f"{topic}/{partition}/{start_offset}-{end_offset - 1}".encode(),
-                                                  msgspec.json.encode(record)))
+            rollup.dead_letters.append(skipped_range(topic, partition, start_offset, end_offset - 1, reason))
         return rollup
 
     @property
@@ -76,11 +65,6 @@ class PartitionRollup:
     def counted(self) -> int:
         return self.events - self.dead_lettered - self.late
 
-    @property
-    def token(self) -> str:
-        """Deterministic identity of this flush: the same range always gets the same token."""
-        return f"{self.topic}/{self.partition}/{self.start_offset}-{self.end_offset}"
-
     def add(self, messages: Sequence[Any], project: Callable) -> None:
         """Fold consumer records (with .offset, .timestamp, .value) into the rollup. The hot path."""
         if messages[0].offset != self.end_offset:
@@ -88,15 +72,15 @@ class PartitionRollup:
         runs = self.runs
         quality = self.quality
         for message in messages:
-            key = project(message.value, message.timestamp, quality)
-            if type(key) is tuple:
-                runs[key] += 1
-            elif key.dead_letter:
+            try:
+                runs[project(message.value, message.timestamp, quality)] += 1
+            except Rejection as rejection:
+                if not rejection.dead_letter:
+                    self.late += 1
+                    continue
                 self.dead_lettered += 1
                 if not self.replay:
-                    self.dead_letters.append(dead_letter(key, message, self.topic, self.partition))
-            else:
-                self.late += 1
+                    self.dead_letters.append(dead_letter(rejection, message, self.topic, self.partition))
         self.events += len(messages)
         self.end_offset = messages[-1].offset + 1
 
@@ -106,20 +90,3 @@ class PartitionRollup:
         if offset < self.end_offset:
             raise OffsetGap(self.partition, self.end_offset, offset)
         self.end_offset = offset
-
-
-def dead_letter(rejection: Rejection, message: Any, topic: str, partition: int) -> DeadLetter:
-    """The DLQ record of an invalid event: why, where, and its shape, never its values. Keyed by the
-    source position so a consumer of the DLQ can drop the duplicates a crash may leave."""
-    raw = message.value
-    record = {
-        "reason": rejection.reason.value,
-        "path": rejection.path,
-        "detail": rejection.detail,
-        "kind": rejection.kind,
-        "source": {"topic": topic, "partition": partition, "offset": message.offset,
-                   "timestamp_ms": message.timestamp},
-        "size": None if raw is None else len(raw),
-        "shape": shape_of_bytes(raw) if raw is not None and len(raw) <= 1 << 20 else None,
-    }
-    return DeadLetter(f"{topic}/{partition}/{message.offset}".encode(), msgspec.json.encode(record))

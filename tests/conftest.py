@@ -17,16 +17,17 @@ from typing import NamedTuple
 
 import clickhouse_connect
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer
 
-from pipeline.chdb_server import ChdbServerProcess
+from devstack.broker import EmbeddedBroker
+from devstack.chdb_server import ChdbServerProcess
+from devstack.processes import WorkerProcess, free_port
+from pipeline.clickhouse import connect
 from pipeline.config import Settings
-from pipeline.devstack import EmbeddedBroker, WorkerProcess
-from pipeline.events import DIMENSIONS, EventProjector
-from pipeline.devstack import free_port
-from pipeline.kafka import client_options, create_topics
+from pipeline.dimensions import NAMES as DIMENSIONS
+from pipeline.kafka import client_options, create_topics, produce
+from pipeline.projector import EventProjector
 from pipeline.rollup import PartitionRollup
-from pipeline.sink import connect
 
 
 class Record(NamedTuple):
@@ -68,11 +69,6 @@ def stored_quality(client) -> Counter:
 
 def expected_quality(rollup: PartitionRollup) -> Counter:
     return Counter({(kind, str(reason)): n for (_, kind, reason), n in rollup.quality.items()})
-
-
-class _Delivered(NamedTuple):
-    partition: int
-    offset: int
 
 
 class TcpProxy:
@@ -145,7 +141,7 @@ def broker(tmp_path_factory) -> Iterator[EmbeddedBroker]:
 
 class Stack:
     """With `shared_clickhouse`, ClickHouse is a chDB behind ClickHouse's HTTP interface in its own process
-    (`pipeline/chdb_server.py`), so several workers can write to it, over the production code path."""
+    (`devstack/chdb_server.py`), so several workers can write to it, over the production code path."""
 
     def __init__(self, broker: EmbeddedBroker, workdir: Path, partitions: int, shared_clickhouse: bool = False,
                  insert_delay_s: float = 0.0, **overrides: str):
@@ -183,20 +179,10 @@ class Stack:
 
     def produce(self, values: list[bytes | None], timestamps_ms: list[int] | None = None,
                 partition: int | None = None, compression: str | None = None) -> dict[int, int]:
-        """Send records with kafka-python (None is a tombstone), optionally with explicit record timestamps
-        and a compression codec. Returns the end offset of each partition written, from the delivery
-        reports (Tansu's ListOffsets answers the last batch's base offset + 1, not the last record's
-        offset + 1)."""
-        producer = KafkaProducer(linger_ms=5, batch_size=256 * 1024, max_request_size=16 << 20,
-                                 compression_type=compression, **client_options(self.settings))
-        futures = [
-            producer.send(self.settings.topic, value, key=b"tombstone" if value is None else None,
-                          partition=partition, timestamp_ms=timestamps_ms[i] if timestamps_ms else None)
-            for i, value in enumerate(values)
-        ]
-        producer.flush()
-        producer.close()
-        return self._delivered((future.get(timeout=30) for future in futures))
+        """Send records with kafka-python (`pipeline.kafka.produce`); returns the end offset of every
+        partition this stack produced to so far."""
+        return self._delivered(produce(self.settings, values, timestamps_ms=timestamps_ms, partition=partition,
+                                       compression=compression))
 
     def produce_with_librdkafka(self, values: list[bytes], timestamp_ms: int, compression: str = "none",
                                 partition: int | None = None) -> dict[int, int]:
@@ -214,11 +200,11 @@ class Stack:
             producer.poll(0)
         assert producer.flush(30) == 0
         assert all(error is None for error, _ in delivered) and len(delivered) == len(values)
-        return self._delivered(_Delivered(message.partition(), message.offset()) for _, message in delivered)
+        return self._delivered({message.partition(): message.offset() + 1 for _, message in delivered})
 
-    def _delivered(self, reports) -> dict[int, int]:
-        for report in reports:
-            self.produced[report.partition] = max(self.produced.get(report.partition, 0), report.offset + 1)
+    def _delivered(self, ends: dict[int, int]) -> dict[int, int]:
+        for partition, end in ends.items():
+            self.produced[partition] = max(self.produced.get(partition, 0), end)
         return dict(self.produced)
 
     def read_topic(self, topic: str, count: int, timeout_s: float = 20.0) -> list:

@@ -3,6 +3,7 @@ ordinary clickhouse-connect HTTP client (the production code path)."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -12,13 +13,15 @@ import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError
 from conftest import Record
 
-from pipeline.chdb_server import ChdbServerProcess
-from pipeline.events import EventProjector
+from agents.checkpoint import token
+from devstack.broker import EmbeddedBroker
+from devstack.chdb_server import ChdbServerProcess
+from pipeline.projector import EventProjector
 from pipeline.rollup import PartitionRollup
 from pipeline.sink import ClickHouseSink
+from tables.ddl import SchemaOptions
 from tables.migrate import migrate
 from tables.migrations import MIGRATIONS
-from tables.ddl import SchemaOptions
 
 
 def rollup(start: int, events: int) -> PartitionRollup:
@@ -39,13 +42,11 @@ def test_migrations_flushes_and_deduplication_over_http(server):
     client = clickhouse_connect.get_client(dsn=server.url)
     assert [m.version for m in migrate(client, SchemaOptions())] == [m.version for m in MIGRATIONS]
     assert migrate(client, SchemaOptions()) == []
-    sink = ClickHouseSink(client, "kern_telemetry")
+    sink = ClickHouseSink(client, SchemaOptions())
     first, second = rollup(0, 3), rollup(3, 2)
-    for _ in range(2):  # a retried flush lands once, in the table and its views
-        sink.record_intent(first)
-        sink.write_rollup(first)
-    sink.record_intent(second)
-    sink.write_rollup(second)
+    for flush in (first, first, second):  # a retried flush lands once, in the table and its views
+        sink.record_intent(flush, token(flush))
+        sink.write_rows(flush, token(flush))
     assert sink.last_flush("events", 0) == (3, 5, 0) and sink.last_flush("events", 1) is None
     for table in ("runs_minute", "runs_hourly", "runs_daily"):
         assert client.query(f"SELECT sum(runs) FROM kern_telemetry.{table}").result_rows == [(5,)]
@@ -67,3 +68,23 @@ def test_engine_errors_reach_the_client(server):
     client = clickhouse_connect.get_client(dsn=server.url)
     with pytest.raises(DatabaseError, match="nowhere"):
         client.query("SELECT x FROM nowhere")
+
+
+def test_the_embedded_services_restart_on_their_port_right_after_a_crash(tmp_path):
+    """A crash leaves the server side of open connections in TIME_WAIT; the port check, like every server,
+    ignores those (SO_REUSEADDR), so a supervisor can restart the service at once."""
+    server = ChdbServerProcess(str(tmp_path / "chdb")).start()
+    client = clickhouse_connect.get_client(dsn=server.url)
+    assert client.command("SELECT 1") == 1
+    server.kill()
+    client.close()
+    again = ChdbServerProcess(str(tmp_path / "chdb"), port=server.port).start()
+    try:
+        assert clickhouse_connect.get_client(dsn=again.url).command("SELECT 2") == 2
+    finally:
+        again.stop()
+    broker = EmbeddedBroker().start()
+    with socket.create_connection(("127.0.0.1", broker.port)):
+        broker.process.kill()
+        broker.process.wait(timeout=10)
+    EmbeddedBroker(port=broker.port).start().stop()

@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 from conftest import expected_quality, reference_rollup, stored_quality, stored_runs
 
-from pipeline.loadgen import EventGenerator
+from devstack.loadgen import EventGenerator
 
 pytestmark = pytest.mark.integration
 

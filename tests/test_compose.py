@@ -5,6 +5,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+import click
 import yaml
 
 from pipeline.cli import main as cli
@@ -67,8 +68,8 @@ def test_commands_used_by_compose_and_the_dockerfile_exist():
     assert scripts["kern-telemetry"] == "pipeline.cli:main"
     for service in ("init", "worker", "producer"):
         program, command, *_ = SERVICES[service]["command"]
-        assert program == "kern-telemetry" and command in cli.commands
+        assert program == "kern-telemetry" and cli.get_command(click.Context(cli), command) is not None
     assert 'CMD ["kern-telemetry", "worker"]' in DOCKERFILE
-    for package in ("pipeline/", "agents/", "tables/"):
+    for package in ("pipeline/", "agents/", "tables/", "devstack/", "sdk/"):
         assert f"COPY {package} {package}" in DOCKERFILE
     assert "USER kern" in DOCKERFILE

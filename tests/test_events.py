@@ -11,8 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.events import (DIMENSIONS, INVALID, KINDS, NONE, QUALITY_ONLY, REDACTED, EventProjector, Reason,
-                             Rejection, clean_flag_name)
+from kern_telemetry_client.values import INVALID, NONE, REDACTED, clean_flag_name
+
+from pipeline.dimensions import NAMES as DIMENSIONS
+from pipeline.projector import KINDS, EventProjector
+from pipeline.rejections import QUALITY_ONLY, Reason, Rejection
 
 WINDOW = 60
 LATENESS = 3600
@@ -43,8 +46,12 @@ def projector(max_event_bytes: int = MAX_BYTES) -> EventProjector:
 
 def project(raw: bytes | None, record_ms: int = NOW_MS, max_event_bytes: int = MAX_BYTES
             ) -> tuple[tuple | Rejection, dict]:
+    """The projection of `raw` (or the Rejection it raised), and the quality counts it added."""
     quality: dict = {}
-    return projector(max_event_bytes).project(raw, record_ms, quality), quality
+    try:
+        return projector(max_event_bytes).project(raw, record_ms, quality), quality
+    except Rejection as rejection:
+        return rejection, quality
 
 
 def encode(payload: object) -> bytes:
@@ -764,3 +771,10 @@ def test_a_valid_event_projects_only_allow_listed_values(case):
                              if k.startswith("has_") and v is True and clean_flag_name(k) is not None}
     # the quality notes of a counted event are only about its values or names
     assert {reason for (_, _, reason) in quality} <= {Reason.INVALID_VALUE, Reason.REDACTED_VALUE}
+
+
+@pytest.mark.parametrize("marker, reason", [(REDACTED, Reason.REDACTED_VALUE), (INVALID, Reason.INVALID_VALUE)])
+def test_a_value_the_client_already_replaced_keeps_its_marker(marker, reason):
+    result, quality = project(run("agent", {"model_id": marker}))
+    assert result == (WINDOW_START, ("agent", "1.0.0", NONE, NONE, marker, *[NONE] * 6, ()))
+    assert quality == {(WINDOW_START, "agent", reason): 1}

@@ -14,7 +14,8 @@ import pytest
 
 from conftest import expected_quality, reference_rollup, roll, stored_quality, stored_runs
 
-from pipeline.loadgen import EventGenerator
+from devstack.loadgen import EventGenerator
+from devstack.processes import wait_flushed_together
 
 pytestmark = pytest.mark.integration
 SESSION_TIMEOUT_S = 10  # the worker's Kafka session timeout (agents/rollup.py)
@@ -93,34 +94,18 @@ def test_two_workers_killed_in_turn_rebalance_and_count_every_event_once(stack_f
     takeovers = 0
     for cycle in range(cycles):
         victim, survivor = ("a", "b") if cycle % 2 == 0 else ("b", "a")
-        wait_assigned(workers[victim], lambda owned: len(owned) == 2)  # the partitions are shared
+        workers[victim].wait_health(lambda r: len(r["assigned_partitions"]) == 2, 90)  # the partitions are shared
         time.sleep(rng.uniform(0.5, 2.5))
         workers[victim].kill()
-        wait_assigned(workers[survivor], lambda owned: owned == [0, 1, 2, 3])  # rebalance: it takes all
+        workers[survivor].wait_health(lambda r: r["assigned_partitions"] == [0, 1, 2, 3], 90)  # it takes all
         takeovers += 1
         workers[victim] = stack.worker(f"{victim}{cycle + 1}")  # and shares them again
     producer.join()
 
-    deadline = time.monotonic() + 300
-    while True:  # the two live workers together have flushed everything produced
-        flushed: dict[int, int] = {}
-        for worker in workers.values():
-            for partition, offset in (worker.health() or {}).get("flushed_offsets", {}).items():
-                flushed[int(partition)] = max(flushed.get(int(partition), 0), offset)
-        if all(flushed.get(p, 0) >= o for p, o in produced.items()):
-            break
-        assert time.monotonic() < deadline, f"flushed {flushed}, produced {produced}"
-        time.sleep(0.3)
+    wait_flushed_together(list(workers.values()), produced, timeout=300)  # the two live workers together
     assert [worker.stop() for worker in workers.values()] == [0, 0]
 
     runs, quality = assert_exact(stack, values, record_ms)
     print(f"\nchaos, 2 workers: {cycles} SIGKILLs, {takeovers} takeovers of all partitions by the survivor and "
           f"as many rebalances back, over {events:,} events; exact totals: {runs:,} runs, {quality:,} quality events")
 
-
-def wait_assigned(worker, predicate, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate((worker.health() or {}).get("assigned_partitions") or []):
-        worker.assert_running()
-        assert time.monotonic() < deadline, f"{worker.name}: assignment never matched; {worker.health()}"
-        time.sleep(0.2)

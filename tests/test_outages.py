@@ -11,8 +11,9 @@ from collections import Counter
 import pytest
 from conftest import Stack, TcpProxy, expected_quality, reference_rollup, stored_quality
 
-from pipeline.devstack import EmbeddedBroker, free_port
-from pipeline.loadgen import EventGenerator
+from devstack.broker import EmbeddedBroker
+from devstack.processes import free_port
+from devstack.loadgen import EventGenerator
 
 pytestmark = pytest.mark.integration
 
@@ -25,18 +26,6 @@ def expected_runs(stack, values, record_ms) -> tuple[int, Counter]:
 def set_immutable(path, on: bool) -> None:
     """chattr +i on every directory under the chDB store: ClickHouse can read but not create parts."""
     subprocess.run(["chattr", "-R", "+i" if on else "-i", str(path)], check=True)
-
-
-def wait_health(worker, predicate, timeout: float = 60.0) -> dict:
-    deadline = time.monotonic() + timeout
-    report = None
-    while time.monotonic() < deadline:
-        worker.assert_running()
-        report = worker.health()
-        if report and predicate(report):
-            return report
-        time.sleep(0.1)
-    raise TimeoutError(f"health never matched; last {report}")
 
 
 def test_clickhouse_write_outage_degrades_pauses_and_catches_up_exactly(stack_factory, chaos_long):
@@ -52,7 +41,7 @@ def test_clickhouse_write_outage_degrades_pauses_and_catches_up_exactly(stack_fa
     set_immutable(store, True)
     try:
         ends = stack.produce(during, [record_ms] * len(during))
-        degraded = wait_health(worker, lambda r: "clickhouse" in r["degraded"] and "backpressure" in r["degraded"])
+        degraded = worker.wait_health(lambda r: "clickhouse" in r["degraded"] and "backpressure" in r["degraded"])
         assert degraded["status"] == "degraded"
         assert "flush failed" in degraded["degraded"]["clickhouse"]
         paused_at = degraded["events_consumed"]
@@ -65,7 +54,7 @@ def test_clickhouse_write_outage_degrades_pauses_and_catches_up_exactly(stack_fa
         set_immutable(store, False)
 
     report = worker.wait_flushed(ends, timeout=120)
-    recovered = wait_health(worker, lambda r: r["status"] == "ok")
+    recovered = worker.wait_health(lambda r: r["status"] == "ok")
     assert recovered["degraded"] == {} and report["flush_failures"] > 0
     assert worker.stop() == 0
 
@@ -83,9 +72,9 @@ def test_sigterm_flushes_pending_aggregates_before_exit(stack_factory):
     record_ms = int(time.time() * 1000) - 10_000
     values = list(EventGenerator(seed=8).events(5000))
     worker = stack.worker()
-    wait_health(worker, lambda r: r["status"] == "ok")
+    worker.wait_health(lambda r: r["status"] == "ok")
     ends = stack.produce(values, [record_ms] * len(values))
-    wait_health(worker, lambda r: r["events_consumed"] == len(values))
+    worker.wait_health(lambda r: r["events_consumed"] == len(values))
     assert worker.health()["events_flushed"] == 0
     started = time.monotonic()
     assert worker.stop() == 0
@@ -129,13 +118,13 @@ def test_lost_broker_connection_reconnects_and_resumes_from_the_right_offsets(tm
             worker = stack.worker()
             worker.wait_flushed(stack.produce(before, [record_ms] * len(before)))
             proxy.cut()
-            degraded = wait_health(worker, lambda r: "kafka" in r["degraded"], timeout=30)
+            degraded = worker.wait_health(lambda r: "kafka" in r["degraded"], timeout=30)
             assert degraded["status"] == "degraded"
             time.sleep(15)  # longer than the 10 s session: the group forgets the worker too
             proxy.start()
             report = worker.wait_flushed(stack.produce(after, [record_ms] * len(after)), timeout=120)
             assert report["assigned_partitions"] == [0, 1]
-            assert wait_health(worker, lambda r: r["status"] == "ok")["degraded"] == {}
+            assert worker.wait_health(lambda r: r["status"] == "ok")["degraded"] == {}
             assert worker.stop() == 0
         finally:
             stack.stop_all()

@@ -1,6 +1,7 @@
-"""The partition lifecycle without a broker: the gap check, the cursor, replays, and what the agent does
-after a failed fetch, against a small fake consumer that fails like aiokafka (it raises for the whole
-fetch after moving the positions of the partitions it had drained)."""
+"""The partition lifecycle without a broker or ClickHouse: the gap check, the cursor, replays, revocation
+during a flush, backpressure, and what the fetcher does after a failed fetch, against a small fake consumer
+that fails like aiokafka (it raises for the whole fetch after moving the positions of the partitions it had
+drained) and a fake checkpoint that records flushes."""
 
 from __future__ import annotations
 
@@ -12,12 +13,16 @@ from aiokafka import TopicPartition
 from aiokafka.errors import UnsupportedCodecError
 from conftest import Record
 
-import agents.rollup
-from agents.partitions import PartitionState
+import agents.quarantine
+from agents.checkpoint import Replay, Resumption
+from agents.fetching import Fetcher
+from agents.flushing import Flusher
+from agents.partitions import Partitions, PartitionState
 from agents.poison import UndecodableBatch
+from agents.quarantine import Quarantine
 from agents.rollup import RollupAgent
 from pipeline.config import Settings
-from pipeline.events import EventProjector
+from pipeline.projector import EventProjector
 from pipeline.rollup import OffsetGap, PartitionRollup
 
 TOPIC = "events"
@@ -99,13 +104,14 @@ def test_a_partition_accepts_a_later_first_offset_only_right_after_a_seek():
 
 
 def test_a_replay_closes_exactly_at_its_recorded_end_and_folding_goes_on_after_it():
-    state = PartitionState(TopicPartition(TOPIC, 0), 20)
-    state.replay(10, 20)
-    assert state.cursor == 10 and state.close() is None  # a replay closes only at its end
+    state = PartitionState(TopicPartition(TOPIC, 0), 20, Replay(TOPIC, 0, 10, 20))
+    assert state.cursor == 10
+    state.fold(records(10, 5), project, [])
+    assert state.close() is None  # a replay closes only at its end
     closed: list = []
-    state.fold(records(10, 25), project, closed)
+    state.fold(records(15, 20), project, closed)
     assert [(r.start_offset, r.end_offset, r.events, r.replay) for r in closed] == [(10, 20, 10, True)]
-    assert (state.rollup.start_offset, state.cursor, state.replaying) == (20, 35, False)
+    assert (state.rollup.start_offset, state.cursor, state.replay) == (20, 35, None)
     rollup = state.close()
     assert (rollup.start_offset, rollup.end_offset, rollup.replay) == (20, 35, False)
     assert state.cursor == 35 and state.rollup is None
@@ -121,17 +127,100 @@ def test_a_skip_continues_after_the_skipped_range():
     assert state.rollup.start_offset == 105
 
 
-# --- the agent after a failed fetch ---------------------------------------------------------------
+# --- assignment, revocation, backpressure -----------------------------------------------------------
 
-def agent_over(consumer: FakeConsumer, cursors: dict[int, int]) -> RollupAgent:
-    agent = RollupAgent(Settings(topic=TOPIC, _env_file=None))
+class FakeCheckpoint:
+    """Records the flushes; a flush can be held until released, or fail."""
+
+    def __init__(self):
+        self.flushed: list[tuple[int, int, int]] = []
+        self.release = asyncio.Event()
+        self.release.set()
+        self.failures = 0
+
+    async def flush(self, rollup: PartitionRollup) -> None:
+        await self.release.wait()
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("ClickHouse is away")
+        self.flushed.append((rollup.partition, rollup.start_offset, rollup.end_offset))
+
+
+def worker_over(consumer: FakeConsumer, cursors: dict[int, int], **settings) -> RollupAgent:
+    """An agent's parts over the fake consumer, each partition folded up to its cursor."""
+    agent = RollupAgent(Settings(topic=TOPIC, _env_file=None, **settings))
     agent.consumer = consumer
+    agent.checkpoint = FakeCheckpoint()
+    agent.flusher = Flusher(agent.settings, agent.partitions, agent.checkpoint, consumer, agent.health)
+    agent.quarantine = Quarantine(consumer, agent.partitions, agent.checkpoint, agent.flusher, agent.health, 1 << 20)
+    agent.fetcher = Fetcher(consumer, agent.partitions, agent.quarantine, agent.health)
+    agent.partitions.assign(consumer, {TopicPartition(TOPIC, p): Resumption(0) for p in cursors})
+    agent.health.assigned = set(cursors)
     for partition, cursor in cursors.items():
-        state = PartitionState(TopicPartition(TOPIC, partition), 0)
-        state.fold(records(0, cursor), project, [])
-        agent.partitions[partition] = state
+        agent._fold(agent.partitions.get(partition), records(0, cursor))
+        consumer.positions[partition] = cursor
     return agent
 
+
+def test_assignment_seeks_every_partition_to_its_resumption_and_counts_a_generation():
+    consumer = FakeConsumer({0: 100, 1: 100})
+    partitions = Partitions()
+    partitions.assign(consumer, {TopicPartition(TOPIC, 0): Resumption(40, Replay(TOPIC, 0, 30, 40)),
+                                 TopicPartition(TOPIC, 1): Resumption(7)})
+    assert consumer.seeks == [(0, 30), (1, 7)] and partitions.generation == 1
+    assert partitions.get(0).replay.end == 40
+
+
+def test_a_revocation_waits_for_the_flush_in_progress_then_drops_the_lost_partitions_rollups():
+    async def scenario():
+        consumer = FakeConsumer({0: 100, 1: 100})
+        agent = worker_over(consumer, {0: 10, 1: 20})
+        agent.checkpoint.release.clear()  # ClickHouse is slow: the first flush hangs
+        flushing = asyncio.create_task(agent.flusher.flush_all())
+        await asyncio.sleep(0.01)
+        assert len(agent.flusher.ready) == 2 and agent.flusher.lock.locked()
+        revoking = asyncio.create_task(agent.on_revoked({TopicPartition(TOPIC, 1)}))
+        await asyncio.sleep(0.01)
+        assert not revoking.done()  # no flush may land after on_revoked returns
+        agent.checkpoint.release.set()
+        await asyncio.gather(flushing, revoking)
+        return agent
+    agent = asyncio.run(scenario())
+    assert agent.checkpoint.flushed == [(0, 0, 10), (1, 0, 20)]  # the attempt in progress completes ...
+    assert agent.flusher.ready == [] and agent.partitions.get(1) is None and agent.health.assigned == {0}
+
+
+def test_a_revocation_between_retries_drops_the_rollups_it_cannot_flush_any_more():
+    async def scenario():
+        consumer = FakeConsumer({0: 100, 1: 100})
+        agent = worker_over(consumer, {0: 10, 1: 20})
+        agent.checkpoint.failures = 1
+        flushing = asyncio.create_task(agent.flusher.flush_all())
+        await asyncio.sleep(0.1)  # the first attempt failed; the flusher backs off without the lock
+        assert "clickhouse" in agent.health.degraded and not agent.flusher.lock.locked()
+        await agent.on_revoked({TopicPartition(TOPIC, 0)})
+        await flushing
+        return agent
+    agent = asyncio.run(scenario())
+    assert agent.checkpoint.flushed == [(1, 0, 20)] and agent.health.ok
+
+
+def test_backpressure_pauses_every_partition_and_resumes_below_half_the_bound():
+    consumer = FakeConsumer({0: 100, 1: 100})
+    agent = worker_over(consumer, {0: 10, 1: 10}, max_pending_rows=1000)
+    flusher = agent.flusher
+    bound_rows = [PartitionRollup(TOPIC, 0, 0) for _ in range(1)]
+    bound_rows[0].quality.update({(w, "agent", "late"): 1 for w in range(1000)})
+    flusher.ready += bound_rows
+    flusher.apply_backpressure()
+    assert agent.partitions.paused and consumer.paused == consumer.assignment()
+    assert "backpressure" in agent.health.degraded and flusher.due()  # a pause asks for a flush at once
+    flusher.ready.clear()
+    flusher.apply_backpressure()
+    assert not agent.partitions.paused and consumer.paused == set() and agent.health.ok
+
+
+# --- the fetcher after a failed fetch --------------------------------------------------------------
 
 async def _undecodable_at_15(consumer, tp, position, max_bytes):
     assert (tp.partition, position) == (0, 10)
@@ -140,35 +229,42 @@ async def _undecodable_at_15(consumer, tp, position, max_bytes):
 
 def test_after_a_failed_fetch_every_partition_resumes_at_its_cursor_and_only_the_bad_one_pauses(monkeypatch):
     consumer = FakeConsumer({0: 40, 1: 60, 2: 70}, poison={0: 15})
-    agent = agent_over(consumer, {0: 10, 1: 20, 2: 30})
-    consumer.positions.update({0: 10, 1: 20, 2: 30})
-    monkeypatch.setattr(agents.rollup, "find_undecodable_batch", _undecodable_at_15)
+    agent = worker_over(consumer, {0: 10, 1: 20, 2: 30})
+    monkeypatch.setattr(agents.quarantine, "find_undecodable_batch", _undecodable_at_15)
+    consumer.seeks.clear()
 
     with pytest.raises(UnsupportedCodecError):
         asyncio.run(consumer.getmany())  # what aiokafka does: partition 0 raises ...
     consumer.positions.update({1: 60, 2: 70})  # ... after moving 1 and 2 past records nobody got
-    batches = asyncio.run(agent._after_fetch_error(UnsupportedCodecError("lz4")))
+    batches = asyncio.run(agent.fetcher._after_error(UnsupportedCodecError("lz4")))
 
     assert consumer.seeks[:3] == [(0, 10), (1, 20), (2, 30)]  # back to where folding stands
     assert {tp.partition: (batch[0].offset, batch[-1].offset) for tp, batch in batches.items()} == {
         0: (10, 14), 1: (20, 59), 2: (30, 69)}  # partition 0 exactly up to the bad batch
     assert consumer.paused == {TopicPartition(TOPIC, 0)}
-    assert agent.partitions[0].poison.first_offset == 15
+    assert agent.partitions.get(0).poison.first_offset == 15
     report = agent.health.report()
     assert report["poisoned_partitions"]["0"]["last_offset"] == 19 and report["status"] == "degraded"
     for tp, batch in batches.items():
-        agent._fold(agent.partitions[tp.partition], batch)
-    assert {p: s.cursor for p, s in agent.partitions.items()} == {0: 15, 1: 60, 2: 70}
-    assert agent.health.gaps_refused == 0
+        agent._fold(agent.partitions.get(tp.partition), batch)
+    assert {s.partition: s.cursor for s in agent.partitions} == {0: 15, 1: 60, 2: 70}
+    assert report["offset_gaps_refused"] == 0
 
 
 def test_backpressure_never_resumes_a_poisoned_partition(monkeypatch):
     consumer = FakeConsumer({0: 40, 1: 60}, poison={0: 15})
-    agent = agent_over(consumer, {0: 10, 1: 20})
-    consumer.positions.update({0: 10, 1: 20})
-    monkeypatch.setattr(agents.rollup, "find_undecodable_batch", _undecodable_at_15)
-    asyncio.run(agent._after_fetch_error(UnsupportedCodecError("lz4")))
-    agent._paused = True
-    consumer.pause(*consumer.assignment())
-    agent._apply_backpressure()  # nothing pending: resume
-    assert not agent._paused and consumer.paused == {TopicPartition(TOPIC, 0)}
+    agent = worker_over(consumer, {0: 10, 1: 20})
+    monkeypatch.setattr(agents.quarantine, "find_undecodable_batch", _undecodable_at_15)
+    asyncio.run(agent.fetcher._after_error(UnsupportedCodecError("lz4")))
+    agent.partitions.pause(consumer)
+    agent.flusher.apply_backpressure()  # nothing pending: resume
+    assert not agent.partitions.paused and consumer.paused == {TopicPartition(TOPIC, 0)}
+
+
+def test_a_batch_refused_by_the_gap_check_is_fetched_again_from_the_cursor():
+    consumer = FakeConsumer({0: 100})
+    agent = worker_over(consumer, {0: 10})
+    consumer.seeks.clear()
+    agent._fold(agent.partitions.get(0), records(12, 5))
+    assert consumer.seeks == [(0, 10)] and agent.health.report()["offset_gaps_refused"] == 1
+    assert agent.partitions.get(0).cursor == 10

@@ -157,7 +157,7 @@ def test_known_mix_lands_exactly_in_every_table_and_the_dlq(stack_factory):
 
 
 def test_worker_killed_mid_stream_then_restarted_counts_every_event_once(stack_factory):
-    from pipeline.loadgen import EventGenerator
+    from devstack.loadgen import EventGenerator
 
     stack = stack_factory(partitions=2, KERN_FLUSH_MAX_EVENTS="5000")
     values = list(EventGenerator(seed=11, invalid_share=0.02, profiles=500).events(120_000))
@@ -183,7 +183,7 @@ def test_worker_killed_mid_stream_then_restarted_counts_every_event_once(stack_f
 def test_a_backlog_lands_in_one_catch_up_flush_then_the_flush_interval_applies_again(stack_factory):
     """Far behind the log end, the worker flushes at the catch-up interval (here an hour), so a backlog
     lands in one flush instead of one per 0.3 s; once caught up, new events land within seconds."""
-    from pipeline.loadgen import EventGenerator
+    from devstack.loadgen import EventGenerator
 
     stack = stack_factory(partitions=1, KERN_CATCH_UP_LAG_EVENTS="1000", KERN_CATCH_UP_FLUSH_INTERVAL_SECONDS="3600")
     generator = EventGenerator(seed=13, invalid_share=0.0)
@@ -204,7 +204,7 @@ def test_a_backlog_lands_in_one_catch_up_flush_then_the_flush_interval_applies_a
 def test_backpressure_while_catching_up_flushes_instead_of_waiting_for_the_catch_up_interval(stack_factory):
     """More unflushed rows than KERN_MAX_PENDING_ROWS pauses consumption; the pause must lead to a flush,
     not to an hour-long wait for the catch-up interval."""
-    from pipeline.loadgen import EventGenerator
+    from devstack.loadgen import EventGenerator
 
     stack = stack_factory(partitions=1, KERN_MAX_PENDING_ROWS="1000", KERN_CATCH_UP_LAG_EVENTS="100",
                           KERN_CATCH_UP_FLUSH_INTERVAL_SECONDS="3600")

@@ -10,13 +10,13 @@ import json
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import Counter
 
 import pytest
 from conftest import expected_quality, reference_rollup, stored_quality, stored_runs
 
-from pipeline.loadgen import EventGenerator
+from devstack.loadgen import EventGenerator
+from devstack.processes import wait_flushed_together
 
 pytestmark = pytest.mark.integration
 
@@ -31,18 +31,6 @@ def without_codecs(tmp_path) -> dict[str, str]:
     shim.mkdir()
     (shim / "cramjam.py").write_text('raise ImportError("hidden from this worker by the test")\n')
     return {"PYTHONPATH": str(shim)}
-
-
-def wait_for(worker, predicate, timeout: float = 60.0) -> dict:
-    deadline = time.monotonic() + timeout
-    report = None
-    while time.monotonic() < deadline:
-        worker.assert_running()
-        report = worker.health()
-        if report and predicate(report):
-            return report
-        time.sleep(0.2)
-    raise TimeoutError(f"{worker.name}: health never matched; last {report}; log {worker.log_path}")
 
 
 def produce_each(stack, generator, per_partition: int, record_ms: int, partitions=range(PARTITIONS),
@@ -74,7 +62,7 @@ def test_a_poison_batch_pauses_only_its_partition_until_an_operator_skips_it(sta
     assert poison_last - poison_first + 1 == LZ4_EVENTS
 
     worker = stack.worker("blind0", **without_codecs)
-    report = wait_for(worker, lambda r: "0" in r["poisoned_partitions"])
+    report = worker.wait_health(lambda r: "0" in r["poisoned_partitions"])
     poison = report["poisoned_partitions"]["0"]
     assert (poison["first_offset"], poison["last_offset"], poison["codec"]) == (poison_first, poison_last, "lz4")
     assert poison["error"].startswith("UnsupportedCodecError")
@@ -86,8 +74,11 @@ def test_a_poison_batch_pauses_only_its_partition_until_an_operator_skips_it(sta
     counted += produce_each(stack, generator, 500, record_ms, partitions=(1, 2, 3))
     report = worker.wait_flushed({p: o for p, o in stack.produced.items() if p != 0})
     assert report["flushed_offsets"]["0"] == poison_first and "0" in report["poisoned_partitions"]
-    metrics = urllib.request.urlopen(f"http://127.0.0.1:{worker.web_port}/metrics", timeout=5).read().decode()
-    assert 'kern_partition_poisoned{partition="0",error="UnsupportedCodecError"} 1' in metrics
+    metrics = worker.metrics()
+    assert 'kern_partition_poisoned{error="UnsupportedCodecError",partition="0"} 1.0' in metrics
+    lagging = worker.wait_health(lambda r: r["consumer_lag"].get("0", 0) >= LZ4_EVENTS, timeout=15)  # paused: behind
+    assert {lagging["consumer_lag"][p] for p in "123"} == {0}
+    assert f'kern_consumer_lag{{partition="0"}} {float(LZ4_EVENTS)}' in worker.metrics()
     log = worker.log_path.read_text()
     assert f"partition 0 paused: undecodable record batch at offsets {poison_first}-{poison_last} (lz4)" in log
 
@@ -110,18 +101,9 @@ def test_a_poison_batch_pauses_only_its_partition_until_an_operator_skips_it(sta
     assert report["fetch_errors"] == 0 and report["poisoned_partitions"] == {}
     # A rebalance: a second worker takes half of the partitions.
     second = stack.worker("blind2", **without_codecs)
-    wait_for(second, lambda r: len(r["assigned_partitions"]) == PARTITIONS // 2, timeout=90)
+    second.wait_health(lambda r: len(r["assigned_partitions"]) == PARTITIONS // 2, timeout=90)
     counted += produce_each(stack, generator, 300, record_ms)
-    deadline = time.monotonic() + 120
-    while True:
-        flushed: dict[int, int] = {}
-        for w in (survivor, second):
-            for partition, offset in (w.health() or {}).get("flushed_offsets", {}).items():
-                flushed[int(partition)] = max(flushed.get(int(partition), 0), offset)
-        if all(flushed.get(p, 0) >= o for p, o in stack.produced.items()):
-            break
-        assert time.monotonic() < deadline, f"flushed {flushed}, produced {stack.produced}"
-        time.sleep(0.3)
+    wait_flushed_together([survivor, second], stack.produced)
     assert all(w.health()["fetch_errors"] == 0 for w in (survivor, second))
     assert [survivor.stop(), second.stop()] == [0, 0]
 

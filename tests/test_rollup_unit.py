@@ -7,8 +7,14 @@ import json
 import time
 from typing import NamedTuple
 
-from pipeline.events import INVALID, NONE, REDACTED, EventProjector, Reason
-from pipeline.rollup import DeadLetter, PartitionRollup, dead_letter
+import pytest
+from kern_telemetry_client.values import INVALID, NONE, REDACTED
+
+from agents.checkpoint import token
+from pipeline.dead_letters import DeadLetter, dead_letter
+from pipeline.projector import EventProjector
+from pipeline.rejections import Reason, Rejection
+from pipeline.rollup import PartitionRollup
 
 TOPIC = "kern.events"
 PARTITION = 3
@@ -99,18 +105,18 @@ def test_add_folds_runs_and_quality_exactly():
 
 def test_the_token_names_topic_partition_and_offset_range():
     rollup = PartitionRollup(TOPIC, PARTITION, FIRST)
-    assert rollup.token == "kern.events/3/100-100"  # nothing folded yet
+    assert token(rollup) == "kern.events/3/100-100"  # nothing folded yet
     rollup.add(records([AGENT, AGENT]), projector().project)
-    assert rollup.token == "kern.events/3/100-102"
+    assert token(rollup) == "kern.events/3/100-102"
     rollup.add(records([TEAM], first=102), projector().project)
-    assert rollup.token == "kern.events/3/100-103"
+    assert token(rollup) == "kern.events/3/100-103"
     assert (rollup.events, rollup.end_offset) == (3, 103)
 
 
 def test_end_offset_follows_the_last_record_even_across_an_offset_gap():
     rollup = PartitionRollup(TOPIC, 0, 10)
     rollup.add([Record(10, NOW_MS, AGENT), Record(15, NOW_MS, AGENT)], projector().project)  # compacted gap
-    assert (rollup.events, rollup.end_offset, rollup.token) == (2, 16, "kern.events/0/10-16")
+    assert (rollup.events, rollup.end_offset, token(rollup)) == (2, 16, "kern.events/0/10-16")
     assert dict(rollup.runs) == {(WS, AGENT_DIMS): 2}
 
 
@@ -125,7 +131,7 @@ def test_batches_fold_like_one_batch():
     whole, pieces = fold(BATCH), fold(BATCH, batch=2)
     assert list(pieces.runs.items()) == list(whole.runs.items())
     assert list(pieces.quality.items()) == list(whole.quality.items())
-    assert (pieces.events, pieces.end_offset, pieces.token) == (whole.events, whole.end_offset, whole.token)
+    assert (pieces.events, pieces.end_offset, token(pieces)) == (whole.events, whole.end_offset, token(whole))
     assert pieces.dead_letters == whole.dead_letters
 
 
@@ -154,7 +160,7 @@ def test_a_replay_collects_no_dead_letters_but_the_same_counts():
     assert replay.dead_letters == []
     assert list(replay.runs.items()) == list(live.runs.items())
     assert list(replay.quality.items()) == list(live.quality.items())
-    assert (replay.events, replay.token) == (live.events, live.token)
+    assert (replay.events, token(replay)) == (live.events, token(live))
 
 
 def test_the_dlq_record_has_reason_path_position_size_and_shape_but_no_values():
@@ -225,8 +231,9 @@ def test_an_oversized_record_has_a_shape_up_to_1_mib_and_none_beyond():
 
 def test_dead_letter_builds_the_record_from_a_rejection():
     message = Record(7, 1234, b'{"type":"zzz","session_id":"s"}')
-    rejection = projector().project(message.value, message.timestamp, {})
-    letter = dead_letter(rejection, message, "t", 0)
+    with pytest.raises(Rejection) as rejected:
+        projector().project(message.value, message.timestamp, {})
+    letter = dead_letter(rejected.value, message, "t", 0)
     assert letter == DeadLetter(b"t/0/7", letter.value)
     assert dlq_record(letter) == {
         "reason": "unknown_kind", "path": "$.type", "detail": "expected one of agent, team, workflow, os",
@@ -242,7 +249,7 @@ def test_folding_the_same_records_twice_gives_identical_rollups():
     assert list(first.runs.items()) == list(second.runs.items()) == list(EXPECTED_RUNS.items())
     assert list(first.quality.items()) == list(second.quality.items()) == list(EXPECTED_QUALITY.items())
     assert first.dead_letters == second.dead_letters
-    assert (first.events, first.end_offset, first.token) == (second.events, second.end_offset, second.token)
+    assert (first.events, first.end_offset, token(first)) == (second.events, second.end_offset, token(second))
 
 
 def test_a_warm_projector_folds_like_a_fresh_one():

@@ -8,10 +8,12 @@ from pathlib import Path
 import clickhouse_connect
 import pytest
 
+from pipeline import dimensions
+from pipeline.sink import WRITES
 from tables.ddl import SchemaOptions, Table, quote_ident
 from tables.migrate import migrate, retention_changes
 from tables.migrations import MIGRATIONS, v1_initial
-from tables.schema import RETAINED_TABLES, WRITES
+from tables.schema import RETAINED_TABLES, RUNS_TABLES
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -69,6 +71,15 @@ def test_every_column_the_code_writes_exists_after_migrating(chdb):
             "SELECT name FROM system.columns WHERE database = 'kern_telemetry' AND table = {t:String}",
             parameters={"t": table}).result_rows}
         assert set(columns) <= stored, table
+
+
+def test_every_runs_table_has_the_dimensions_in_their_order_and_types(chdb):
+    migrate(chdb, SchemaOptions())
+    for table in RUNS_TABLES:
+        columns = chdb.query("SELECT name, type FROM system.columns WHERE database = 'kern_telemetry' "
+                             "AND table = {t:String} ORDER BY position", parameters={"t": table.name}).result_rows
+        assert [tuple(c) for c in columns] == [("window_start", "DateTime('UTC')"), *dimensions.COLUMNS,
+                                               ("runs", "UInt64")], table.name
 
 
 def test_retention_follows_the_settings_and_is_left_alone_when_unchanged(chdb):

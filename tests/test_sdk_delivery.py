@@ -20,7 +20,8 @@ from test_sdk_standins import Agent, Model, client_env, host, run_python
 from bench.sdk_client import BlackHole, closed_port
 from kern_telemetry_client import KafkaSink, Telemetry, contract, ledger, payloads
 from kern_telemetry_client.transport import THREAD_NAME, Backoff, Transport
-from pipeline.devstack import EmbeddedBroker, free_port
+from devstack.broker import EmbeddedBroker
+from devstack.processes import free_port
 
 pytestmark = pytest.mark.integration
 

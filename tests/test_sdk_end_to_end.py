@@ -13,7 +13,7 @@ from test_sdk_standins import (SENTINEL, Agent, AgentOS, Knowledge, MemoryManage
 
 from kern_telemetry_client import KafkaSink, Telemetry
 from kern_telemetry_client.values import NONE
-from pipeline.events import DIMENSIONS
+from pipeline.dimensions import NAMES as DIMENSIONS
 
 pytestmark = pytest.mark.integration
 

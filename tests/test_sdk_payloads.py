@@ -21,7 +21,9 @@ from test_sdk_standins import (SENTINEL, Agent, AgentOS, Knowledge, MemoryManage
 
 from kern_telemetry_client import KafkaSink, Telemetry, contract, environment, ledger, payloads
 from kern_telemetry_client.values import INVALID, NONE, REDACTED, clean_value
-from pipeline.events import DIMENSIONS, EventProjector, member_bucket
+from pipeline.dimensions import NAMES as DIMENSIONS
+from pipeline.dimensions import member_bucket
+from pipeline.projector import EventProjector
 
 README = Path(__file__).parent.parent / "sdk" / "README.md"
 IDS = payloads.Identifiers(bytes(32))

@@ -10,9 +10,10 @@ import time
 import pytest
 from conftest import Stack, TcpProxy, reference_rollup
 
-from pipeline.chdb_server import ChdbServerProcess
-from pipeline.devstack import EmbeddedBroker, free_port
-from pipeline.loadgen import EventGenerator
+from devstack.chdb_server import ChdbServerProcess
+from devstack.broker import EmbeddedBroker
+from devstack.processes import free_port
+from devstack.loadgen import EventGenerator
 
 pytestmark = pytest.mark.integration
 

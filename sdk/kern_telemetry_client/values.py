@@ -15,6 +15,7 @@ NONE = "none"  # null or absent: a value of its own
 INVALID = "(invalid)"  # too long, or characters outside the allowed set
 REDACTED = "(redacted)"  # looked like a secret or personal data
 MAX_VALUE_LENGTH = 100
+_MARKERS = {INVALID: INVALID, REDACTED: REDACTED}  # the very objects, which the pipeline compares by identity
 
 _VALUE_CHARS = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._:/@+\-]*")
 _FLAG_NAME = re.compile(r"has_[a-z0-9_]{1,60}")
@@ -53,7 +54,10 @@ def _entropy_bits_per_char(token: str) -> float:
 
 
 def clean_value(value: str) -> str:
-    """The value stored for a raw string: itself, INVALID or REDACTED."""
+    """The value stored for a raw string: itself, INVALID or REDACTED. A marker stays what it is (a client
+    applies these rules before it sends, the pipeline again before it stores)."""
+    if value in _MARKERS:
+        return _MARKERS[value]
     if len(value) > MAX_VALUE_LENGTH or not _VALUE_CHARS.fullmatch(value):
         return INVALID
     if looks_secret(value):

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
+from devstack.processes import ensure_port_free, free_port, kill, stop  # stdlib only: also runs under chDB 3.7
+
 _TRAILING_FORMAT = re.compile(r"\s+FORMAT\s+(\w+)\s*;?\s*$", re.IGNORECASE | re.DOTALL)
 _INSERT = re.compile(r"^\s*(INSERT\s+INTO\s+.+?)\s+FORMAT\s+(\w+)[ \t]*(?:\r?\n|$)", re.IGNORECASE | re.DOTALL)
 _ERROR_CODE = re.compile(r"Code:\s*(\d+)")
@@ -186,7 +188,7 @@ class ChdbHttpServer:
 
 @dataclass
 class ChdbServerProcess:
-    """`python -m pipeline.chdb_server` on a free loopback port, stopped by the process id we started."""
+    """`python -m devstack.chdb_server` on a free loopback port, stopped by the process id we started."""
 
     path: str
     port: int = 0
@@ -201,12 +203,10 @@ class ChdbServerProcess:
         return f"{'https' if self.certfile else 'http'}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60.0) -> ChdbServerProcess:
-        from pipeline.devstack import ensure_port_free, free_port
-
         self.port = self.port or free_port()
         ensure_port_free("127.0.0.1", self.port)
         log = open(self.log_path or os.devnull, "ab")  # noqa: SIM115
-        self.process = subprocess.Popen([self.python, "-m", "pipeline.chdb_server", "--path", self.path,
+        self.process = subprocess.Popen([self.python, "-m", "devstack.chdb_server", "--path", self.path,
                                          "--port", str(self.port), "--insert-delay", str(self.insert_delay_s),
                                          *(["--certfile", self.certfile] if self.certfile else [])],
                                         stdout=log, stderr=log, stdin=subprocess.DEVNULL,
@@ -227,14 +227,10 @@ class ChdbServerProcess:
                 time.sleep(0.1)
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
+        stop(self.process)
+
+    def kill(self) -> None:
+        kill(self.process)
 
     def __enter__(self) -> ChdbServerProcess:
         return self.start()

@@ -1,0 +1,100 @@
+"""When rollups flush, and what happens while they cannot.
+
+- **Schedule**: every `KERN_FLUSH_INTERVAL_SECONDS` once caught up; every
+  `KERN_CATCH_UP_FLUSH_INTERVAL_SECONDS` while a partition is more than `KERN_CATCH_UP_LAG_EVENTS` behind
+  its log end (freshness is lost anyway, and fewer, larger inserts clear a backlog sooner); at once when a
+  rollup holds `KERN_FLUSH_MAX_EVENTS`, a replayed range completes, or backpressure paused consumption.
+- **Order and retries**: closed rollups wait in `ready` and flush in order (`agents/checkpoint.py`),
+  retried with backoff until they land; between attempts the lock is free, so a revocation can drop the
+  rollups of partitions this worker lost.
+- **Backpressure**: above `KERN_MAX_PENDING_ROWS` unflushed rows every partition is paused; below half of
+  it they resume (but a poisoned one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiokafka import AIOKafkaConsumer
+
+from agents.checkpoint import Checkpoint
+from agents.partitions import Partitions
+from agents.retry import backoff, first_line
+from pipeline.config import Settings
+from pipeline.health import Health
+from pipeline.rollup import PartitionRollup
+
+
+class Flusher:
+    def __init__(self, settings: Settings, partitions: Partitions, checkpoint: Checkpoint,
+                 consumer: AIOKafkaConsumer, health: Health):
+        self.settings = settings
+        self.partitions = partitions
+        self.checkpoint = checkpoint
+        self.consumer = consumer
+        self.health = health
+        self.ready: list[PartitionRollup] = []  # closed rollups, flushed in order
+        self.lock = asyncio.Lock()  # held by a flush attempt
+        self._now = asyncio.Event()
+        self._last = time.monotonic()
+
+    def flush_soon(self) -> None:
+        self._now.set()
+
+    def due(self) -> bool:
+        if self.partitions.paused:  # backpressure: only a flush frees the rows that paused consumption
+            return True
+        settings = self.settings
+        catching_up = self.partitions.behind(self.consumer.highwater, settings.catch_up_lag_events)
+        interval = settings.catch_up_flush_interval_seconds if catching_up else settings.flush_interval_seconds
+        return (time.monotonic() - self._last >= interval
+                or self.partitions.fullest() >= settings.flush_max_events)
+
+    def apply_backpressure(self) -> None:
+        rows = self.partitions.unflushed_rows() + sum(rollup.rows for rollup in self.ready)
+        self.health.metrics.pending_rows.set(rows)
+        bound = self.settings.max_pending_rows
+        if not self.partitions.paused and rows >= bound:
+            self.partitions.pause(self.consumer)
+            self.health.degrade("backpressure", f"{rows} unflushed rows >= {bound}: consumption paused")
+        elif self.partitions.paused and rows < bound // 2:
+            self.partitions.resume(self.consumer)
+            self.health.recover("backpressure")
+
+    async def run(self, stopping) -> None:
+        """The flush loop: wake at the flush interval or when asked, flush what is due."""
+        while not stopping():
+            try:
+                await asyncio.wait_for(self._now.wait(), self.settings.flush_interval_seconds)
+            except asyncio.TimeoutError:
+                pass
+            self._now.clear()
+            if stopping():
+                return
+            if self.ready or self.due():
+                await self.flush_all()
+
+    async def flush_all(self) -> None:
+        """Close every rollup being folded and flush everything ready, retrying until it lands."""
+        self.partitions.close_all(self.ready)
+        self._last = time.monotonic()
+        delays = backoff()
+        while self.ready:
+            async with self.lock:
+                try:
+                    while self.ready:
+                        await self.checkpoint.flush(self.ready[0])
+                        self.ready.pop(0)
+                except Exception as exc:  # noqa: BLE001 - any failure: keep the rollup, retry later
+                    self.health.metrics.flush_failures.inc()
+                    self.health.degrade("clickhouse", f"flush failed: {type(exc).__name__}: {first_line(exc)}")
+                else:
+                    self.health.recover("clickhouse")
+                    self.apply_backpressure()
+                    return
+            await asyncio.sleep(next(delays))
+
+    def drop(self, partitions: set[int]) -> None:
+        """Forget the ready rollups of revoked partitions (call with the lock held)."""
+        self.ready = [rollup for rollup in self.ready if rollup.partition not in partitions]

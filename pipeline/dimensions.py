@@ -1,0 +1,69 @@
+"""The stored dimensions of a run, defined once: column, ClickHouse type, and where the value comes from.
+
+Everything else follows from this tuple: the projector decodes exactly the `data` fields named here and
+returns the dimensions in this order (`pipeline/projector.py`), the sink writes these columns
+(`tables/schema.py`), and a test checks that a migrated database has them in every runs table. Nothing
+outside these sources survives projection: identifiers, prompts and unknown fields are never copied.
+
+Sources:
+
+- `kind`: the event's `type` (`os` for AgentOS launches of older SDKs, which have none);
+- `value`: a string at `path` (`("sdk_version",)`, `("data", "model_id")`, `("data", "parser_model",
+  "model_provider")`), cleaned by the value rules (`kern_telemetry_client.values`);
+- `bucket`: an integer at `path`, as a bucket label (`member_bucket`);
+- `flags`: the sorted names of every `data.has_*` key that is `true`, including flags never seen before.
+
+A dimension with `kinds` is `none` for every other kind.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from kern_telemetry_client import contract
+from kern_telemetry_client.values import INVALID
+
+_TEXT = "LowCardinality(String)"
+
+
+class Dimension(NamedTuple):
+    name: str
+    column_type: str
+    source: str  # "kind", "value", "bucket" or "flags"
+    path: tuple[str, ...] = ()
+    kinds: tuple[str, ...] | None = None  # the kinds it applies to (None: all)
+
+
+DIMENSIONS = (
+    Dimension("kind", _TEXT, "kind"),
+    Dimension("sdk_version", _TEXT, "value", ("sdk_version",)),
+    Dimension("model_provider", _TEXT, "value", ("data", "model_provider")),
+    Dimension("model_name", _TEXT, "value", ("data", "model_name")),
+    Dimension("model_id", _TEXT, "value", ("data", "model_id")),
+    Dimension("db_type", _TEXT, "value", ("data", "db_type")),
+    Dimension("parser_provider", _TEXT, "value", ("data", "parser_model", "model_provider")),
+    Dimension("parser_model_id", _TEXT, "value", ("data", "parser_model", "model_id")),
+    Dimension("output_provider", _TEXT, "value", ("data", "output_model", "model_provider")),
+    Dimension("output_model_id", _TEXT, "value", ("data", "output_model", "model_id")),
+    Dimension("member_bucket", _TEXT, "bucket", ("data", "member_count"), kinds=(contract.TEAM,)),
+    Dimension("features", "Array(LowCardinality(String))", "flags", ("data",)),
+)
+NAMES = tuple(dimension.name for dimension in DIMENSIONS)
+COLUMNS = tuple((dimension.name, dimension.column_type) for dimension in DIMENSIONS)
+
+#: The `data` fields the dimensions read, in order of first use (the typed decoder's fields).
+DATA_FIELDS = tuple(dict.fromkeys(d.path[1] for d in DIMENSIONS if len(d.path) > 1 and d.path[0] == "data"))
+#: For each `model` field, the keys the dimensions read from it.
+MODEL_KEYS = {field: tuple(d.path[2] for d in DIMENSIONS if len(d.path) == 3 and d.path[1] == field)
+              for field in DATA_FIELDS if contract.field(field).type == "model"}
+
+_MEMBER_BUCKETS = ((0, "0"), (1, "1"), (2, "2"), (4, "3-4"), (8, "5-8"), (16, "9-16"), (32, "17-32"))
+
+
+def member_bucket(count: int) -> str:
+    if count < 0:
+        return INVALID
+    for upper, label in _MEMBER_BUCKETS:
+        if count <= upper:
+            return label
+    return "33+"

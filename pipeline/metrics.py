@@ -1,0 +1,52 @@
+"""The worker's Prometheus metrics: what `/metrics` exposes (prometheus-client, one registry per worker).
+
+Prometheus conventions: snake_case, base units (seconds), `_total` for counters (prometheus-client adds
+the suffix). Offsets are never labels: a label per offset would be a new series per flush. Updated per
+batch or per flush, never per event.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, disable_created_metrics,
+                               generate_latest)
+
+disable_created_metrics()  # no `*_created` series: a counter's start time says nothing an operator uses
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry()
+        ProcessCollector(registry=registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+        self.up = Gauge("kern_up", "1 when no component of the worker is degraded.", registry=registry)
+        self.degraded = Gauge("kern_degraded", "1 while a component is degraded (kafka, clickhouse, backpressure, "
+                              "or a paused partition).", ["component"], registry=registry)
+        self.events_consumed = Counter("kern_events_consumed", "Records consumed from the events topic, replays "
+                                       "included.", registry=registry)
+        self.events_flushed = Counter("kern_events_flushed", "Records whose rollup landed in ClickHouse.",
+                                      registry=registry)
+        self.dead_letters = Counter("kern_dead_letters", "Events sent to the dead-letter topic, by reason.", ["reason"],
+                                    registry=registry)
+        self.offsets_skipped = Counter("kern_offsets_skipped", "Offsets an operator skipped (kern-telemetry skip).",
+                                       registry=registry)
+        self.flushes = Counter("kern_flushes", "Flushes that landed in ClickHouse.", registry=registry)
+        self.flush_failures = Counter("kern_flush_failures", "Flush attempts that failed (each is retried).",
+                                      registry=registry)
+        self.flush_duration = Histogram("kern_flush_duration_seconds", "Time to write one flush (intent and rows) to "
+                                        "ClickHouse.", registry=registry,
+                                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.pending_rows = Gauge("kern_pending_rows", "Rows folded but not flushed yet (backpressure pauses "
+                                  "consumption above KERN_MAX_PENDING_ROWS).", registry=registry)
+        self.consumer_lag = Gauge("kern_consumer_lag", "Records in the partition's log after its last landed flush "
+                                  "(log end offset minus flushed end offset).", ["partition"], registry=registry)
+        self.partition_poisoned = Gauge("kern_partition_poisoned", "1 while the partition is paused before a record "
+                                        "batch it cannot decode.", ["partition", "error"], registry=registry)
+        self.fetch_errors = Counter("kern_fetch_errors", "Fetches the Kafka client raised for.", registry=registry)
+        self.offset_gaps_refused = Counter("kern_offset_gaps_refused", "Batches refused because they did not start "
+                                           "where the partition's folding stood.", registry=registry)
+
+    def value(self, name: str, labels: dict[str, str] | None = None) -> float:
+        return self.registry.get_sample_value(name, labels) or 0
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

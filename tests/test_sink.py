@@ -1,0 +1,68 @@
+"""What the sink asks of a ClickHouse cluster. No cluster runs here (the single-node path runs on chDB in
+every integration test), so these tests record the settings each call carries: on a cluster, inserts are
+synchronous (deduplication tokens reach the shards), intents need a quorum of replicas, and the last
+flush range is read with sequential consistency, so a lagging replica can never hide an intent."""
+
+from __future__ import annotations
+
+import time
+
+from conftest import Record
+
+from agents.checkpoint import token
+from pipeline.projector import EventProjector
+from pipeline.rollup import PartitionRollup
+from pipeline.sink import ClickHouseSink
+from tables.ddl import SchemaOptions
+
+
+class _Result:
+    result_rows: list = []
+
+
+class RecordingClient:
+    """Takes the place of a clickhouse-connect client and records each call's table and settings."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, str, dict]] = []
+
+    def raw_insert(self, table, columns, body, settings, fmt):
+        self.calls.append(("insert", table, settings))
+
+    def query(self, sql, parameters=None, settings=None):
+        self.calls.append(("query", sql.split(" FROM ")[1].split()[0], settings or {}))
+        return _Result()
+
+
+def flushed(cluster: str | None) -> RecordingClient:
+    client = RecordingClient()
+    sink = ClickHouseSink(client, SchemaOptions(cluster=cluster))
+    rollup = PartitionRollup("events", 3, 10)
+    now_ms = int(time.time() * 1000)
+    rollup.add([Record(10, now_ms, b'{"type":"agent","session_id":"s"}'), Record(11, now_ms, b"not json")],
+               EventProjector(60, 3600, 300, 65536).project)
+    sink.last_flush("events", 3)
+    sink.record_intent(rollup, token(rollup))
+    sink.write_rows(rollup, token(rollup))
+    return client
+
+
+def test_on_a_cluster_intents_need_a_quorum_and_are_read_with_sequential_consistency():
+    read, intent, runs, quality = flushed("telemetry").calls
+    assert read == ("query", "`kern_telemetry`.`ingest_flushes`", {"select_sequential_consistency": 1})
+    assert intent[1] == "`kern_telemetry`.`ingest_flushes`"
+    assert intent[2] == {"insert_deduplicate": 1, "deduplicate_blocks_in_dependent_materialized_views": 1,
+                         "distributed_foreground_insert": 1, "insert_quorum": "auto", "insert_quorum_parallel": 0,
+                         "insert_deduplication_token": "events/3/10-12/ingest_flushes"}
+    for call, table in ((runs, "runs_minute"), (quality, "quality_minute")):
+        assert call[1] == f"`kern_telemetry`.`{table}`" and "insert_quorum" not in call[2]
+        assert call[2]["distributed_foreground_insert"] == 1
+        assert call[2]["insert_deduplication_token"] == f"events/3/10-12/{table}"
+
+
+def test_on_one_node_the_same_writes_carry_only_their_deduplication_tokens():
+    read, intent, runs, quality = flushed(None).calls
+    assert read[2] == {}
+    for call in (intent, runs, quality):
+        assert set(call[2]) == {"insert_deduplicate", "deduplicate_blocks_in_dependent_materialized_views",
+                                "insert_deduplication_token"}
