@@ -1,7 +1,8 @@
 """Realistic SDK telemetry: the events the Kern SDKs send, in a plausible mix, plus a share of bad ones.
 
 `EventGenerator` is seeded, so a run is reproducible. Every event carries fresh identifiers, like the
-real SDKs' payloads; the pipeline must drop them.
+real SDKs' payloads; the pipeline must drop them. A small share are client reports (what an SDK client
+could not deliver).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import msgspec
+from kern_telemetry_client.contract import DROP_REASONS
 
 # provider -> (model class name, model ids); weights roughly follow public SDK usage.
 MODELS = {
@@ -30,6 +32,7 @@ DB_WEIGHTS = [35, 30, 8, 5, 10, 2, 10]
 SDK_VERSIONS = ["2.0.11", "2.1.4", "2.2.7", "2.3.2", "2.3.9", "2.4.0", "2.4.1"]
 SDK_WEIGHTS = [4, 8, 12, 18, 20, 18, 20]
 KIND_WEIGHTS = {"agent": 72, "team": 14, "workflow": 10, "os": 4}
+INTERFACES = ["slack", "whatsapp", "a2a", "agui"]
 AGENT_FLAGS = {"has_tools": 0.6, "has_memory": 0.3, "has_reasoning": 0.2, "has_knowledge": 0.25,
                "has_input_schema": 0.05, "has_output_schema": 0.15, "has_team": 0.1}
 NEW_SDK_FLAGS = {"has_learnings": 0.1, "has_culture": 0.05}  # only sent by 2.4.x SDKs
@@ -65,9 +68,10 @@ class EventGenerator:
     the distinct dimension sets (about 10,000 by default)."""
 
     def __init__(self, seed: int = 7, invalid_share: float = 0.02, profiles: int = DEFAULT_PROFILES,
-                 timestamp_share: float = 0.1):
+                 timestamp_share: float = 0.1, report_share: float = 0.002):
         self.rng = random.Random(seed)
         self.invalid_share = invalid_share
+        self.report_share = report_share  # client reports of dropped events among the valid events
         self.timestamp_share = timestamp_share  # share of events that carry their own timestamp
         self._invalid = _invalid_events(self.rng)
         self._providers = list(PROVIDER_WEIGHTS)
@@ -86,6 +90,8 @@ class EventGenerator:
         rng = self.rng
         if rng.random() < self.invalid_share:
             return rng.choice(self._invalid)()
+        if rng.random() < self.report_share:
+            return _encode(self.client_report())
         return _encode(self.payload())
 
     def payload(self) -> dict:
@@ -101,14 +107,23 @@ class EventGenerator:
             event["timestamp"] = round(time.time() - rng.random() * 5, 3)
         return event
 
+    def client_report(self) -> dict:
+        """What a client reports it dropped since its last report (most reports carry one reason)."""
+        rng = self.rng
+        dropped = {reason: rng.randint(1, 200) for reason in rng.sample(DROP_REASONS, rng.choice((1, 1, 1, 2)))}
+        return {"type": "client_report", "sdk_version": rng.choices(SDK_VERSIONS, SDK_WEIGHTS)[0],
+                "data": {"dropped": dropped}}
+
     def _profile(self) -> tuple[str, str, dict, str]:
         rng = self.rng
         kind = rng.choices(self._kinds, self._kind_weights)[0]
         sdk = rng.choices(SDK_VERSIONS, SDK_WEIGHTS)[0]
         if kind == "os":
-            return kind, sdk, {"agents": rng.randint(1, 12), "teams": rng.randint(0, 3),
-                               "workflows": rng.randint(0, 2), "db_types": ["PostgresDb"],
-                               "interfaces": rng.sample(["slack", "whatsapp", "a2a", "agui"], rng.randint(0, 2))}, "os_id"
+            return kind, sdk, {"agent_count": rng.randint(1, 12), "team_count": rng.randint(0, 3),
+                               "workflow_count": rng.randint(0, 2),
+                               "interfaces": sorted(rng.sample(INTERFACES, rng.randint(0, 2))),
+                               "db_types": sorted({rng.choices(DB_TYPES[:-1], DB_WEIGHTS[:-1])[0]
+                                                   for _ in range(rng.randint(1, 2))})}, "os_id"
         data: dict = {"db_type": rng.choices(DB_TYPES, DB_WEIGHTS)[0]}
         if kind != "workflow" or rng.random() < 0.4:
             data.update(self._model())

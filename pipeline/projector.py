@@ -2,7 +2,9 @@
 
 `EventProjector.project` is the per-event hot path. For a countable event it returns the rollup key
 `(window_start, dimensions)`; anything else raises a `Rejection` (reason code, JSON path, value-free
-detail), already counted in the quality table. The typed decoder is derived from the dimensions and the
+detail), already counted in the quality table. The key's first dimension is the kind, and a client report
+(`client_report`: what an SDK client could not deliver) has its own dimensions: `(kind, sdk_version,
+((reason, count), ...))`; the sink writes it to its own table (`pipeline/sink.py`). The typed decoder is derived from the dimensions and the
 contract (`kern_telemetry_client.contract`): msgspec checks the types of exactly the `data` fields the
 dimensions read, in C, and skips everything else (identifiers, prompts) without creating it.
 """
@@ -13,7 +15,7 @@ import re
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from kern_telemetry_client import contract
@@ -22,7 +24,8 @@ from kern_telemetry_client.values import INVALID, NONE, REDACTED, clean_flag_nam
 from pipeline.dimensions import DATA_FIELDS, DIMENSIONS, MODEL_KEYS, member_bucket
 from pipeline.rejections import Reason, Rejection
 
-KINDS = frozenset(contract.EVENT_KINDS)
+KINDS = frozenset(contract.KINDS)
+_UNKNOWN_KIND = f"expected one of {', '.join(contract.KINDS)}"
 
 #: Flags the current SDKs send are typed fields; others (`has_*` keys the contract does not name yet) are
 #: counted too, on the slower dict path: see `EventProjector._dict_projection`.
@@ -65,6 +68,14 @@ def _envelope(name: str, data_type: object) -> type:
 
 _TypedEnvelope = _envelope("_TypedEnvelope", _Data)
 _Envelope = _envelope("_Envelope", dict[str, Any])  # for events with flags outside KNOWN_FLAGS
+
+
+class _Dropped(msgspec.Struct):
+    dropped: dict[str, Annotated[int, msgspec.Meta(ge=0)]] | None = None
+
+
+class _ClientReport(msgspec.Struct):
+    data: _Dropped | None = None
 
 
 class _KindOnly(msgspec.Struct):
@@ -130,8 +141,8 @@ class EventProjector:
                 raise Rejection(Reason.MISSING_FIELD, "$.type")
             kind = contract.OS
         elif kind not in KINDS:
-            raise Rejection(Reason.UNKNOWN_KIND, "$.type", "expected one of agent, team, workflow, os")
-        if kind != contract.OS and (event.session_id is msgspec.UNSET or event.session_id is None):
+            raise Rejection(Reason.UNKNOWN_KIND, "$.type", _UNKNOWN_KIND)
+        if kind in contract.RUN_KINDS and (event.session_id is msgspec.UNSET or event.session_id is None):
             raise Rejection(Reason.MISSING_FIELD, "$.session_id", kind=kind)
 
         notes = self._notes
@@ -141,6 +152,8 @@ class EventProjector:
         else:
             window_start = self._window_start(event.timestamp, record_ms, kind, notes)
 
+        if kind == contract.CLIENT_REPORT:
+            return window_start, self._client_report(raw, event.sdk_version, window_start)
         data = event.data
         key = (kind, event.sdk_version, _NO_DATA if data is None else msgspec.structs.astuple(data))
         present, dims, bad = self._projections.get(key) or self._typed_projection(key)
@@ -200,6 +213,19 @@ class EventProjector:
                 dims.append(self._clean(value, path, kind, bad) if dimension.source == "value"
                             else _bucket(value, path, kind, bad))
         return tuple(dims), tuple(bad)
+
+    def _client_report(self, raw: bytes, sdk_version: str | None, window_start: int) -> tuple:
+        """A client's account of the events it dropped: `data.dropped` maps a reason to a count (reasons
+        the contract does not name yet are kept under their cleaned name, like new flags)."""
+        data = msgspec.json.decode(raw, type=_ClientReport).data
+        dropped = (data.dropped if data is not None else None) or {}
+        bad: list[Reason] = []
+        version = self._clean(sdk_version, "$.sdk_version", contract.CLIENT_REPORT, bad)
+        counts = tuple(sorted((_remembered(self._cleaned, reason, clean_value), count)
+                              for reason, count in dropped.items() if count))
+        for reason in bad:
+            _count(self._notes, (window_start, contract.CLIENT_REPORT, reason))
+        return contract.CLIENT_REPORT, version, counts
 
     def _clean(self, value: object, path: str, kind: str, bad: list[Reason]) -> str:
         if value is None:

@@ -10,9 +10,11 @@ after a hole would let a flush claim offsets that were never counted.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from kern_telemetry_client.contract import CLIENT_REPORT
 
 from pipeline.dead_letters import DeadLetter, dead_letter, skipped_range
 from pipeline.rejections import Reason, Rejection
@@ -36,7 +38,7 @@ class PartitionRollup:
         self.start_offset = start_offset
         self.end_offset = start_offset
         self.events = 0
-        self.runs: dict[tuple, int] = defaultdict(int)  # (window_start, dims) -> runs
+        self.runs: dict[tuple, int] = defaultdict(int)  # (window_start, dims) -> events with those dims
         self.quality: dict[tuple, int] = {}  # (window_start, kind, reason) -> events
         self.dead_letters: list[DeadLetter] = []
         self.replay = replay  # rebuilt from an already recorded range: its dead letters were sent
@@ -60,6 +62,20 @@ class PartitionRollup:
     @property
     def rows(self) -> int:
         return len(self.runs) + len(self.quality)
+
+    def run_counts(self) -> dict[tuple, int]:
+        """`runs` without the client reports: (window_start, dims) -> runs of usage events."""
+        return {key: n for key, n in self.runs.items() if key[1][0] != CLIENT_REPORT}
+
+    def client_drops(self) -> Counter:
+        """(window_start, sdk_version, reason) -> events the clients' reports in this range say they dropped
+        (a report's dims are `(client_report, sdk_version, ((reason, count), ...))`)."""
+        drops: Counter = Counter()
+        for (window, dims), reports in self.runs.items():
+            if dims[0] == CLIENT_REPORT:
+                for reason, count in dims[2]:
+                    drops[(window, dims[1], reason)] += count * reports
+        return drops
 
     @property
     def counted(self) -> int:

@@ -23,15 +23,16 @@ from clickhouse_connect.driver.client import Client
 from pipeline import dimensions
 from pipeline.rollup import PartitionRollup
 from tables.ddl import SchemaOptions
-from tables.schema import INGEST_FLUSHES, LEDGER_COUNTS, QUALITY_MINUTE, RUNS_MINUTE, SKIP_REQUESTS
+from tables.schema import CLIENT_DROPS_MINUTE, INGEST_FLUSHES, LEDGER_COUNTS, QUALITY_MINUTE, RUNS_MINUTE, SKIP_REQUESTS
 
 #: The columns each write names (the others take their DEFAULT); rows are built in these orders below.
 RUNS_COLUMNS = ("window_start", *dimensions.NAMES, "runs")
 QUALITY_COLUMNS = ("window_start", "kind", "reason", "events")
 FLUSH_COLUMNS = ("topic", "partition", "start_offset", "end_offset", "events", *LEDGER_COUNTS)
 SKIP_COLUMNS = ("topic", "partition", "through_offset", "reason")
+DROPS_COLUMNS = ("window_start", "sdk_version", "reason", "events")
 WRITES = {RUNS_MINUTE.name: RUNS_COLUMNS, QUALITY_MINUTE.name: QUALITY_COLUMNS, INGEST_FLUSHES.name: FLUSH_COLUMNS,
-          SKIP_REQUESTS.name: SKIP_COLUMNS}
+          SKIP_REQUESTS.name: SKIP_COLUMNS, CLIENT_DROPS_MINUTE.name: DROPS_COLUMNS}
 
 _encode_row = msgspec.json.Encoder().encode
 _DEDUPLICATED = {"insert_deduplicate": 1, "deduplicate_blocks_in_dependent_materialized_views": 1}
@@ -75,12 +76,16 @@ class ClickHouseSink:
                      self._intents)
 
     def write_rows(self, rollup: PartitionRollup, token: str) -> None:
-        if rollup.runs:
-            self._insert(RUNS_MINUTE.target(self.opts), ((w, *dims, n) for (w, dims), n in rollup.runs.items()),
-                         RUNS_COLUMNS, f"{token}/{RUNS_MINUTE.name}", self._inserts)
-        if rollup.quality:
-            self._insert(QUALITY_MINUTE.target(self.opts), ((*key, n) for key, n in rollup.quality.items()),
-                         QUALITY_COLUMNS, f"{token}/{QUALITY_MINUTE.name}", self._inserts)
+        """The rows of a rollup, one insert per table: usage events to the runs table, client reports to
+        the drops table, and the quality counts."""
+        for table, columns, rows in ((RUNS_MINUTE, RUNS_COLUMNS, [(w, *dims, n) for (w, dims), n in
+                                                                   rollup.run_counts().items()]),
+                                     (CLIENT_DROPS_MINUTE, DROPS_COLUMNS, [(*key, n) for key, n in
+                                                                            rollup.client_drops().items()]),
+                                     (QUALITY_MINUTE, QUALITY_COLUMNS, [(*key, n) for key, n in
+                                                                         rollup.quality.items()])):
+            if rows:
+                self._insert(table.target(self.opts), rows, columns, f"{token}/{table.name}", self._inserts)
 
     def request_skip(self, topic: str, partition: int, through_offset: int, reason: str) -> None:
         self.client.insert(SKIP_REQUESTS.target(self.opts), [(topic, partition, through_offset, reason)],

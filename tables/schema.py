@@ -13,6 +13,8 @@ Tables (database `kern_telemetry` by default):
   Written before the flush's data; the worker replays that range on assignment (`agents/checkpoint.py`).
 - `ingest_ledger`: counted, dead-lettered, late and skipped per partition and day.
 - `skip_requests`: ranges an operator decided to skip (`kern-telemetry skip`), with the reason.
+- `client_drops_minute`, `client_drops_daily`: events SDK clients report they could not deliver, per
+  reason and SDK version (`client_report` events).
 - views `flag_runs_*` (runs with each flag on) and `feature_combos_*` (runs per sorted flag set).
 
 Why the cluster DDL is safe for exactly-once flushes (see also `pipeline/sink.py`): a retried flush must
@@ -27,11 +29,12 @@ from __future__ import annotations
 from tables.ddl import Table
 from tables.migrations.v1_initial import INGEST_FLUSHES, QUALITY_MINUTE, RUNS_MINUTE, RUNS_ROLLUPS, SCHEMA_MIGRATIONS
 from tables.migrations.v2_ledger import INGEST_LEDGER, LEDGER_COUNTS, SKIP_REQUESTS
+from tables.migrations.v3_client_reports import CLIENT_DROPS_DAILY, CLIENT_DROPS_MINUTE
 
-__all__ = ["INGEST_FLUSHES", "INGEST_LEDGER", "LEDGER_COUNTS", "QUALITY_MINUTE", "RUNS_MINUTE", "RUNS_TABLES",
-           "SCHEMA_MIGRATIONS", "SKIP_REQUESTS"]
+__all__ = ["CLIENT_DROPS_MINUTE", "INGEST_FLUSHES", "INGEST_LEDGER", "LEDGER_COUNTS", "QUALITY_MINUTE", "RUNS_MINUTE",
+           "RUNS_TABLES", "SCHEMA_MIGRATIONS", "SKIP_REQUESTS"]
 
 RUNS_TABLES = (RUNS_MINUTE, *(table for table, _ in RUNS_ROLLUPS))
 
 #: Tables whose TTL follows the configured retention.
-RETAINED_TABLES: tuple[Table, ...] = (*RUNS_TABLES, QUALITY_MINUTE)
+RETAINED_TABLES: tuple[Table, ...] = (*RUNS_TABLES, QUALITY_MINUTE, CLIENT_DROPS_MINUTE, CLIENT_DROPS_DAILY)

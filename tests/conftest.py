@@ -62,6 +62,13 @@ def roll(runs: Counter, width: int) -> Counter:
     return rolled
 
 
+def stored_drops(client) -> Counter:
+    """{(window_start, sdk_version, reason): events} the clients reported dropped."""
+    rows = client.query("SELECT toUnixTimestamp(window_start), sdk_version, reason, sum(events) "
+                        "FROM kern_telemetry.client_drops_minute GROUP BY ALL").result_rows
+    return Counter({tuple(row[:3]): row[3] for row in rows})
+
+
 def stored_quality(client) -> Counter:
     rows = client.query("SELECT kind, reason, sum(events) FROM kern_telemetry.quality_minute GROUP BY ALL")
     return Counter({(kind, reason): n for kind, reason, n in rows.result_rows})

@@ -31,7 +31,7 @@ def test_every_codec_is_counted_exactly(stack_factory, producer):
         else:
             ends = stack.produce_with_librdkafka(values, record_ms, compression=codec)
         reference = reference_rollup(stack.settings, values, record_ms)
-        expected_runs.update(reference.runs)
+        expected_runs.update(reference.run_counts())
         expected_notes.update(expected_quality(reference))
     assert sum(ends.values()) == len(CODECS) * EVENTS_PER_CODEC
 

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kern_telemetry_client.contract import EVENT_KINDS
 from kern_telemetry_client.values import INVALID, NONE, REDACTED, clean_flag_name
 
 from pipeline.dimensions import NAMES as DIMENSIONS
@@ -334,7 +335,7 @@ def sentinel_payload(kind: str, new_flag: bool) -> dict:
 
 
 @pytest.mark.parametrize("new_flag", [False, True], ids=["typed path", "dict path"])
-@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize("kind", sorted(EVENT_KINDS))
 def test_identifiers_prompts_and_unknown_fields_never_leave_the_projector(kind, new_flag):
     result, quality = project(encode(sentinel_payload(kind, new_flag)))
     assert type(result) is tuple
@@ -671,7 +672,8 @@ finite_json_values = json_like(st.floats(allow_nan=False, allow_infinity=False))
 
 def is_classified(result: object) -> bool:
     if type(result) is tuple:
-        return len(result) == 2 and type(result[0]) is int and len(result[1]) == len(DIMENSIONS)
+        width = 3 if result[1][0] == "client_report" else len(DIMENSIONS)
+        return len(result) == 2 and type(result[0]) is int and len(result[1]) == width
     return isinstance(result, Rejection) and isinstance(result.reason, Reason)
 
 
@@ -722,7 +724,7 @@ ENVELOPE_FIELDS = {"type", "session_id", "os_id", "sdk_version", "timestamp", "d
 def valid_events(draw):
     """A valid event of any kind with arbitrary text in every field (identifiers included) and arbitrary
     extra keys, and the set of strings that may legitimately appear among its dimensions."""
-    kind = draw(st.sampled_from(sorted(KINDS)))
+    kind = draw(st.sampled_from(sorted(EVENT_KINDS)))
     data = {
         # extra keys first, so that the contract's fields below always win
         **draw(st.dictionaries(st.text(max_size=14).filter(lambda k: not k.startswith("has_")
@@ -778,3 +780,35 @@ def test_a_value_the_client_already_replaced_keeps_its_marker(marker, reason):
     result, quality = project(run("agent", {"model_id": marker}))
     assert result == (WINDOW_START, ("agent", "1.0.0", NONE, NONE, marker, *[NONE] * 6, ()))
     assert quality == {(WINDOW_START, "agent", reason): 1}
+
+
+# --- client reports ----------------------------------------------------------------------------------
+
+def report(dropped: object, **envelope) -> bytes:
+    return encode({"type": "client_report", "sdk_version": "2.4.1", "data": {"dropped": dropped}, **envelope})
+
+
+def test_a_client_report_projects_onto_its_reasons_and_counts():
+    result, quality = project(report({"queue_full": 3, "send_failed": 0, "unsent_at_exit": 7, "a_new_reason": 1}))
+    assert result == (WINDOW_START, ("client_report", "2.4.1", (("a_new_reason", 1), ("queue_full", 3),
+                                                                ("unsent_at_exit", 7))))
+    assert quality == {}
+    assert project(encode({"type": "client_report", "sdk_version": "2.4.1"}))[0] == \
+        (WINDOW_START, ("client_report", "2.4.1", ()))  # no session needed, nothing dropped
+
+
+@pytest.mark.parametrize("dropped, path, detail", [
+    ({"queue_full": -1}, "$.data.dropped[...]", "Expected `int` >= 0"),
+    ({"queue_full": "3"}, "$.data.dropped[...]", "Expected `int`, got `str`"),
+    ([3], "$.data.dropped", "Expected `object | null`, got `array`"),
+])
+def test_a_malformed_client_report_is_dead_lettered_with_its_path(dropped, path, detail):
+    result, quality = project(report(dropped))
+    assert (result.reason, result.path, result.detail, result.kind) == (Reason.WRONG_TYPE, path, detail, "client_report")
+    assert quality == {(WINDOW_START, "client_report", Reason.WRONG_TYPE): 1}
+
+
+def test_a_client_reports_names_follow_the_value_rules():
+    result, quality = project(report({"sk-live-0123456789abcdef": 2, "bad\nreason": 1}, sdk_version="user@x.io"))
+    assert result == (WINDOW_START, ("client_report", REDACTED, ((INVALID, 1), (REDACTED, 2))))
+    assert quality == {(WINDOW_START, "client_report", Reason.REDACTED_VALUE): 1}

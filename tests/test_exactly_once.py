@@ -12,7 +12,7 @@ from collections import Counter
 
 import pytest
 
-from conftest import expected_quality, reference_rollup, roll, stored_quality, stored_runs
+from conftest import expected_quality, reference_rollup, roll, stored_drops, stored_quality, stored_runs
 
 from devstack.loadgen import EventGenerator
 from devstack.processes import wait_flushed_together
@@ -40,9 +40,10 @@ def stream_in_background(stack, values, record_ms, chunks, pause, rng) -> tuple[
 
 def assert_exact(stack, values, record_ms) -> tuple[int, int]:
     expected = reference_rollup(stack.settings, values, record_ms)
-    minute = Counter(expected.runs)
+    minute = Counter(expected.run_counts())
     with stack.clickhouse() as client:
         assert stored_runs(client, "runs_minute") == minute
+        assert stored_drops(client) == expected.client_drops()
         assert stored_runs(client, "runs_hourly") == roll(minute, 3600)
         assert stored_runs(client, "runs_daily") == roll(minute, 86400)
         assert stored_quality(client) == expected_quality(expected)

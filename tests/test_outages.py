@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 def expected_runs(stack, values, record_ms) -> tuple[int, Counter]:
     expected = reference_rollup(stack.settings, values, record_ms)
-    return sum(expected.runs.values()), expected_quality(expected)
+    return sum(expected.run_counts().values()), expected_quality(expected)
 
 
 def set_immutable(path, on: bool) -> None:

@@ -8,7 +8,7 @@ import time
 from collections import Counter
 
 import pytest
-from conftest import expected_quality, reference_rollup, roll, stored_quality, stored_runs
+from conftest import expected_quality, reference_rollup, roll, stored_drops, stored_quality, stored_runs
 
 pytestmark = pytest.mark.integration
 
@@ -77,6 +77,17 @@ VALID = [
     # payload an hour in the future: record time used
     (event("agent", DOC_AGENT_DATA, timestamp=BASE_S + 3700), BASE_S + 95, (BASE_S + 60, DOC_AGENT_DIMS)),
 ]
+# client reports: what SDK clients could not deliver, summed per window, sdk_version and reason
+REPORTS = [
+    (json.dumps({"type": "client_report", "sdk_version": "2.4.1", "data": {"dropped": {
+        "queue_full": 12, "send_failed": 0, "unsent_at_exit": 3}}}).encode(), BASE_S + 20),
+    (json.dumps({"type": "client_report", "sdk_version": "2.4.1", "session_id": SENTINEL,
+                 "data": {"dropped": {"queue_full": 5}, "note": SENTINEL}}).encode(), BASE_S + 40),
+    (json.dumps({"type": "client_report", "sdk_version": "2.3.2", "data": {"dropped": {"send_failed": 2}}}).encode(),
+     BASE_S + 65),
+]
+DROPS = {(BASE_S, "2.4.1", "queue_full"): 17, (BASE_S, "2.4.1", "unsent_at_exit"): 3,
+         (BASE_S + 60, "2.3.2", "send_failed"): 2}
 QUALITY_NOTES = {  # (window, kind, reason) -> events, for counted or dropped events
     (BASE_S + 60, "agent", "redacted_value"): 1,
     (BASE_S + 60, "agent", "future_timestamp"): 1,
@@ -101,7 +112,7 @@ INVALID = [
 
 def test_known_mix_lands_exactly_in_every_table_and_the_dlq(stack_factory):
     stack = stack_factory(partitions=2)
-    records = [(value, seconds) for value, seconds, _ in VALID] + LATE + [(v, s) for v, s, *_ in INVALID]
+    records = [(value, seconds) for value, seconds, _ in VALID] + LATE + [(v, s) for v, s, *_ in INVALID] + REPORTS
     ends = stack.produce([value for value, _ in records], [ms(seconds) for _, seconds in records], partition=0)
     assert ends == {0: len(records)}
 
@@ -123,6 +134,7 @@ def test_known_mix_lands_exactly_in_every_table_and_the_dlq(stack_factory):
                                     "FROM kern_telemetry.quality_minute GROUP BY ALL").result_rows
         assert Counter({tuple(row[:3]): row[3] for row in quality_rows}) == quality
 
+        assert stored_drops(client) == Counter(DROPS)
         flags = client.query("SELECT flag, sum(runs) FROM kern_telemetry.flag_runs_daily GROUP BY flag").result_rows
         assert dict(flags) == {"has_tools": 8, "has_reasoning": 6, "has_knowledge": 6, "has_team": 6,
                                "has_culture": 1, "has_learnings": 1, "has_brand_new_flag": 1}
@@ -135,7 +147,8 @@ def test_known_mix_lands_exactly_in_every_table_and_the_dlq(stack_factory):
 
         stored = "\n".join(
             str(client.query(f"SELECT * FROM kern_telemetry.{table}").result_rows)
-            for table in ("runs_minute", "runs_hourly", "runs_daily", "quality_minute", "ingest_flushes"))
+            for table in ("runs_minute", "runs_hourly", "runs_daily", "quality_minute", "ingest_flushes",
+                          "client_drops_minute", "client_drops_daily"))
         assert SENTINEL not in stored
 
     dead_letters = sorted(stack.read_topic(stack.settings.dlq_topic, len(INVALID)),
@@ -173,8 +186,8 @@ def test_worker_killed_mid_stream_then_restarted_counts_every_event_once(stack_f
 
     expected = reference_rollup(stack.settings, values, record_ms)
     with stack.clickhouse() as client:
-        assert stored_runs(client, "runs_minute") == Counter(expected.runs)
-        total = sum(expected.runs.values())
+        assert stored_runs(client, "runs_minute") == Counter(expected.run_counts())
+        total = sum(expected.run_counts().values())
         for table in ("runs_hourly", "runs_daily"):
             assert client.query(f"SELECT sum(runs) FROM kern_telemetry.{table}").result_rows == [(total,)]
         assert stored_quality(client) == expected_quality(expected)

@@ -109,7 +109,7 @@ def test_a_poison_batch_pauses_only_its_partition_until_an_operator_skips_it(sta
 
     expected = reference_rollup(stack.settings, counted, record_ms)
     with stack.clickhouse() as client:
-        assert stored_runs(client, "runs_minute") == Counter(expected.runs)
+        assert stored_runs(client, "runs_minute") == Counter(expected.run_counts())
         quality = expected_quality(expected)
         quality[("unknown", "skipped")] = LZ4_EVENTS
         assert stored_quality(client) == quality

@@ -236,7 +236,7 @@ def test_dead_letter_builds_the_record_from_a_rejection():
     letter = dead_letter(rejected.value, message, "t", 0)
     assert letter == DeadLetter(b"t/0/7", letter.value)
     assert dlq_record(letter) == {
-        "reason": "unknown_kind", "path": "$.type", "detail": "expected one of agent, team, workflow, os",
+        "reason": "unknown_kind", "path": "$.type", "detail": "expected one of agent, team, workflow, os, client_report",
         "kind": "unknown", "source": {"topic": "t", "partition": 0, "offset": 7, "timestamp_ms": 1234},
         "size": len(message.value), "shape": {"type": "string", "session_id": "string"},
     }

@@ -87,6 +87,8 @@ def test_retention_follows_the_settings_and_is_left_alone_when_unchanged(chdb):
     assert retention_changes(chdb, SchemaOptions()) == []
     shorter = SchemaOptions(retention_minute_days=7, retention_day_days=3650)
     assert sorted(retention_changes(chdb, shorter)) == [
+        "ALTER TABLE `kern_telemetry`.`client_drops_daily` MODIFY TTL window_start + INTERVAL 3650 DAY",
+        "ALTER TABLE `kern_telemetry`.`client_drops_minute` MODIFY TTL window_start + INTERVAL 7 DAY",
         "ALTER TABLE `kern_telemetry`.`quality_minute` MODIFY TTL window_start + INTERVAL 7 DAY",
         "ALTER TABLE `kern_telemetry`.`runs_daily` MODIFY TTL window_start + INTERVAL 3650 DAY",
         "ALTER TABLE `kern_telemetry`.`runs_minute` MODIFY TTL window_start + INTERVAL 7 DAY",
@@ -142,7 +144,7 @@ def test_cluster_schema_is_replicated_and_distributed_on_cluster():
         assert f"ENGINE = Distributed(`telemetry`, `kern_telemetry`, `{table.name}_local`, " \
                f"{table.sharding_key})" in distributed
     views = [s for s in statements if "MATERIALIZED VIEW" in s]
-    assert len(views) == 3 and all("_local" in v.split(" AS ", 1)[1] for v in views)
+    assert len(views) == 4 and all("_local" in v.split(" AS ", 1)[1] for v in views)
     assert not any("non_replicated_deduplication_window" in s for s in statements)
     added = [s for s in statements if "ADD COLUMN" in s]
     assert [s.split(" ON CLUSTER")[0] for s in added] == [
@@ -156,7 +158,7 @@ def test_a_random_sharding_key_is_refused():
 
 def test_single_node_schema_keeps_a_deduplication_window_on_every_table():
     creates = [s for m in MIGRATIONS for s in m.statements(SchemaOptions()) if s.startswith("CREATE TABLE")]
-    assert len(creates) == len(v1_initial.TABLES) + 2
+    assert len(creates) == len(v1_initial.TABLES) + 4
     assert all("non_replicated_deduplication_window = 10000" in s for s in creates)
 
 

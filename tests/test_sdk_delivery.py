@@ -171,6 +171,17 @@ def test_queue_full_drops_are_counted_and_reported(stack_factory, tmp_path, monk
     assert dropped["send_failed"] == dropped["oversized"] == dropped["unsent_at_exit"] == 0
     assert not list((tmp_path / "state").glob("**/*.json"))  # reported: nothing left for later
 
+    # The pipeline sums the report: analysts see the runs that arrived and the ones that never did.
+    worker = stack.worker()
+    worker.wait_events(len(sent))
+    assert worker.stop() == 0
+    with stack.clickhouse() as client:
+        drops = client.query("SELECT sdk_version, reason, sum(events) FROM kern_telemetry.client_drops_daily "
+                             "GROUP BY ALL").result_rows
+        runs = client.query("SELECT sum(runs) FROM kern_telemetry.runs_daily WHERE sdk_version = '1.0.0'").result_rows
+    assert drops == [("1.0.0", "queue_full", dropped["queue_full"])]
+    assert runs[0][0] + dropped["queue_full"] == 2000
+
 
 def test_drops_are_reported_periodically_while_the_host_runs(stack_factory, tmp_path, monkeypatch):
     isolate(monkeypatch, tmp_path)

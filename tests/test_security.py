@@ -113,7 +113,7 @@ def test_worker_speaks_tls_to_kafka_and_clickhouse(tmp_path, certificate):
         finally:
             stack.stop_all()
         with stack.clickhouse() as client:
-            total = sum(reference_rollup(stack.settings, values, record_ms).runs.values())
+            total = sum(reference_rollup(stack.settings, values, record_ms).run_counts().values())
             assert client.query("SELECT sum(runs) FROM kern_telemetry.runs_daily").result_rows == [(total,)]
         plaintext = subprocess.run(  # the proxy only speaks TLS: a plaintext client gets nowhere
             [sys.executable, "-c", "import sys; from kafka import KafkaAdminClient; "

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tables.ddl import SchemaOptions
-from tables.migrations import v1_initial, v2_ledger
+from tables.migrations import v1_initial, v2_ledger, v3_client_reports
 
 
 @dataclass(frozen=True)
@@ -25,4 +25,5 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "runs, quality and flush tables; hourly/daily rollups; analyst views", v1_initial.statements),
     Migration(2, "per-partition ledger of counted, dead-lettered, late and skipped offsets; skip requests",
               v2_ledger.statements),
+    Migration(3, "drops SDK clients report, per reason and SDK version", v3_client_reports.statements),
 )
