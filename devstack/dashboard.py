@@ -1,4 +1,5 @@
-"""The `dev` command's dashboard: runs the load generator and prints the aggregates as they land."""
+"""The `dev` command's terminal dashboard: runs the load generator and prints a few panels (the last two
+minutes) as they land. The page (`devstack/page.py`) charts them all."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ import mode
 from rich.console import Console
 
 from devstack.loadgen import EventGenerator
-from pipeline.cli import result_table
 from pipeline.clickhouse import connect
 from pipeline.config import Settings
 from pipeline.kafka import produce
-from pipeline.reports import REPORTS, report_sql
+from pipeline.panels import BY_NAME
+from pipeline.render import table
 
-DASHBOARD_REPORTS = ("last-minutes", "feature-combos-by-model", "quality")
+PRINTED_PANELS = ("runs-per-kind", "feature-combos", "quality")
+PRINTED_RANGE_S = 120
 
 
 class DevDashboard(mode.Service):
@@ -37,9 +39,10 @@ class DevDashboard(mode.Service):
         client = await asyncio.to_thread(connect, self.settings)
         while not self.should_stop:
             await self.sleep(self.refresh)
-            for name in DASHBOARD_REPORTS:
-                result = await asyncio.to_thread(client.query, report_sql(name, self.settings.clickhouse_database))
-                self.console.print(result_table(REPORTS[name][0], result.column_names, result.result_rows))
+            for panel in (BY_NAME[name] for name in PRINTED_PANELS):
+                sql = panel.plain(self.settings.clickhouse_database, PRINTED_RANGE_S)
+                result = await asyncio.to_thread(client.query, sql)
+                self.console.print(table(panel.title, result.column_names, result.result_rows))
 
     async def on_stop(self) -> None:
         self._stop_producing.set()

@@ -4,10 +4,12 @@ embedded stack and the load generator) live in `devstack/commands.py` and load o
 from __future__ import annotations
 
 import importlib
+import re
+import shutil
+import sys
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from pipeline.config import Settings
 
@@ -99,23 +101,45 @@ def worker() -> None:
     run(create_app(Settings.load()))
 
 
+def _seconds(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """A duration option (`90`, `90s`, `15m`, `6h`, `7d`) in seconds."""
+    if value is None:
+        return None
+    match = re.fullmatch(r"([1-9][0-9]*)([smhd]?)", value.strip())
+    if not match:
+        raise click.BadParameter(f"{value!r}: give a duration such as 90s, 15m, 6h or 7d")
+    return int(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+
+
 @main.command()
 @click.argument("sql", required=False)
-@click.option("--report", "-r", help="A named report (see --list)")
-@click.option("--list", "list_reports", is_flag=True, help="List the named reports")
-def query(sql: str | None, report: str | None, list_reports: bool) -> None:
-    """Run SQL or a named report against the configured ClickHouse. `{db}` in SQL is the database."""
+@click.option("--report", "-r", help="A panel (see --list)")
+@click.option("--list", "list_reports", is_flag=True, help="List the panels")
+@click.option("--since", default="1h", show_default=True, callback=_seconds, help="Time range up to now: 90s, 15m, "
+              "6h, 7d")
+@click.option("--interval", callback=_seconds, help="Time-series bucket (default: whole minutes, at most 120 points)")
+@click.option("--format", "output", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
+              help="csv and json print plain data (UTC times in ISO 8601), to pipe into other tools")
+@click.option("--chart", is_flag=True, help="Draw the panel in the terminal instead of printing its rows")
+def query(sql: str | None, report: str | None, list_reports: bool, since: int, interval: int | None, output: str,
+          chart: bool) -> None:
+    """Run a panel or SQL against the configured ClickHouse. SQL may use the panels' placeholders: {db},
+    {time_range}, {day_range}, {bucket} (README, "Panels")."""
+    from pipeline import render
     from pipeline.clickhouse import connect
-    from pipeline.reports import REPORTS, report_sql
+    from pipeline.panels import BY_NAME, PANELS, plain_sql
 
     if list_reports or not (sql or report):
-        for name, (title, _) in REPORTS.items():
-            console.print(f"[bold]{name}[/bold]: {title}")
+        for panel in PANELS:
+            console.print(f"[bold]{panel.name}[/bold]: {panel.title} ({panel.chart}). {panel.description}")
         return
+    if report and report not in BY_NAME:
+        raise click.BadParameter(f"unknown panel {report!r}; try --list", param_hint="--report")
+    if chart and not report:
+        raise click.UsageError("--chart draws a panel: name it with --report")
+    panel = BY_NAME.get(report)
     settings = Settings.load()
-    if report and report not in REPORTS:
-        raise click.BadParameter(f"unknown report {report!r}; try --list", param_hint="--report")
-    statement = report_sql(report, settings.clickhouse_database) if report else sql.replace("{db}", settings.clickhouse_database)
+    statement = plain_sql(panel.sql if panel else sql, settings.clickhouse_database, since, interval)
     try:
         client = connect(settings)
     except Exception as exc:
@@ -125,16 +149,16 @@ def query(sql: str | None, report: str | None, list_reports: bool) -> None:
                 "per path; stop the worker (or `dev`) using it first.") from exc
         raise
     result = client.query(statement)
-    console.print(result_table(REPORTS[report][0] if report else None, result.column_names, result.result_rows))
-
-
-def result_table(title: str | None, columns, rows) -> Table:
-    table = Table(title=title, title_justify="left")
-    for column in columns:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*("" if value is None else str(value) for value in row))
-    return table
+    columns, rows = result.column_names, result.result_rows
+    if chart:
+        size = shutil.get_terminal_size()
+        click.echo(render.chart(panel, rows, size.columns, max(15, size.lines - 4), color=sys.stdout.isatty()))
+    elif output == "csv":
+        click.echo(render.to_csv(columns, rows), nl=False)
+    elif output == "json":
+        click.echo(render.to_json(columns, rows))
+    else:
+        console.print(render.table(panel.title if panel else None, columns, rows))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from kafka import KafkaConsumer
 
 from devstack.broker import EmbeddedBroker
 from devstack.chdb_server import ChdbServerProcess
+from devstack.loadgen import EventGenerator
 from devstack.processes import WorkerProcess, free_port
 from pipeline.clickhouse import connect
 from pipeline.config import Settings
@@ -261,6 +262,28 @@ def stack_factory(broker, tmp_path):
 
     yield make
     for stack in stacks:
+        stack.stop_all()
+
+
+class History(NamedTuple):
+    stack: Stack
+    worker: WorkerProcess
+    values: list[bytes]  # what was produced, for reference totals
+
+
+@pytest.fixture(scope="module")
+def history(broker, tmp_path_factory) -> Iterator[History]:
+    """A stack whose shared ClickHouse holds 30 minutes of load-generator events (their record times spread
+    over the last 30 minutes up to now), counted by a real worker that keeps running for more."""
+    stack = Stack(broker, tmp_path_factory.mktemp("history"), partitions=2, shared_clickhouse=True)
+    try:
+        worker = stack.worker()
+        values = list(EventGenerator(seed=13, timestamp_share=0).events(30_000))
+        now_ms, span_ms = int(time.time() * 1000), 30 * 60_000
+        worker.wait_flushed(stack.produce(values, timestamps_ms=[now_ms - span_ms + span_ms * (i + 1) // len(values)
+                                                                 for i in range(len(values))]))
+        yield History(stack, worker, values)
+    finally:
         stack.stop_all()
 
 
