@@ -5,8 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # chDB 3.7 for the bench's Kafka-engine baseline (chDB 26.x cannot run that engine)
 ENGINE_STAMP := .venv-kafka-engine/.installed
+# the chart library of the page of `make run`, vendored in devstack/web/vendor (make vendor-chartjs)
+CHARTJS_VERSION := 4.6.1
 
-.PHONY: test run bench bench-quick bench-memory bench-ab bench-sdk chaos clean
+.PHONY: test test-tools run vendor-chartjs bench bench-quick bench-memory bench-ab bench-sdk chaos clean
 
 $(STAMP): pyproject.toml sdk/pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"'
@@ -21,8 +23,21 @@ $(ENGINE_STAMP): bench/kafka-engine-requirements.txt
 	$(dir $@)bin/pip install --quiet -r $<
 	touch $@
 
-test: $(STAMP)
+test: $(STAMP) test-tools
 	$(BIN)/python -m pytest -q
+
+# Debian's packages the tests drive: Chromium (the page test; a browser download cannot work here) and
+# prometheus (promtool and a real Prometheus for the operators' panels)
+test-tools:
+	@command -v chromium >/dev/null && command -v promtool >/dev/null || \
+		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium prometheus; }
+
+# Chart.js's built file and license from the npm registry (development time only; committed)
+vendor-chartjs:
+	rm -rf .kern/chartjs && mkdir -p .kern/chartjs
+	cd .kern/chartjs && npm pack --silent chart.js@$(CHARTJS_VERSION) && tar xzf chart.js-$(CHARTJS_VERSION).tgz
+	cp .kern/chartjs/package/dist/chart.umd.min.js devstack/web/vendor/chart.umd.min.js
+	cp .kern/chartjs/package/LICENSE.md devstack/web/vendor/chart.js-LICENSE.md
 
 run: $(STAMP)
 	$(BIN)/kern-telemetry dev

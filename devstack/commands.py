@@ -36,15 +36,19 @@ def produce(count: int, rate: int, invalid_share: float, seed: int) -> None:
 @click.option("--port", default=9092, show_default=True, help="Broker port (a free one if taken)")
 @click.option("--clickhouse-port", default=8123, show_default=True, help="ClickHouse HTTP port (a free one if taken)")
 @click.option("--refresh", default=10.0, show_default=True, help="Seconds between dashboard refreshes")
-def dev(rate: int, port: int, clickhouse_port: int, refresh: float) -> None:
-    """Everything embedded: Tansu broker, chDB, topics, schema, worker, load generator, dashboard.
+@click.option("--page-port", default=8090, show_default=True, help="Port of the page of live charts (a free one if "
+              "taken)")
+def dev(rate: int, port: int, clickhouse_port: int, refresh: float, page_port: int) -> None:
+    """Everything embedded: Tansu broker, chDB, topics, schema, worker, load generator, dashboard, and a
+    page of live charts on loopback.
 
     chDB runs behind ClickHouse's HTTP interface in its own process, so `kern-telemetry query` (with the
     printed KERN_CLICKHOUSE_DSN) works while this runs."""
     from devstack.broker import EmbeddedBroker
     from devstack.chdb_server import ChdbServerProcess
     from devstack.dashboard import DevDashboard
-    from devstack.processes import free_port
+    from devstack.page import PageServer
+    from devstack.processes import ensure_port_free, free_port
     from pipeline.app import create_app, run
     from pipeline.kafka import create_topics
 
@@ -64,6 +68,13 @@ def dev(rate: int, port: int, clickhouse_port: int, refresh: float) -> None:
                       f"health http://{settings.web_host}:{settings.web_port}/health\n"
                       f"query it meanwhile: KERN_CLICKHOUSE_DSN={clickhouse.url} kern-telemetry query --report quality")
         app = create_app(settings)
+        try:
+            ensure_port_free("127.0.0.1", page_port)
+        except OSError:
+            page_port = free_port()
+        page = PageServer(settings, "127.0.0.1", page_port, loop=app.loop, beacon=app.beacon)
+        console.print(f"[bold]page[/bold]: {page.url} (every panel, live)")
+        app.service(page)
         app.service(DevDashboard(settings, rate=rate, refresh=refresh, console=console, loop=app.loop,
                                  beacon=app.beacon))
         run(app)
