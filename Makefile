@@ -8,7 +8,7 @@ ENGINE_STAMP := .venv-kafka-engine/.installed
 # the chart library of the page of `make run`, vendored in devstack/web/vendor (make vendor-chartjs)
 CHARTJS_VERSION := 4.6.1
 
-.PHONY: test test-tools run vendor-chartjs bench bench-quick bench-memory bench-ab bench-sdk chaos clean
+.PHONY: test test-tools run dashboards vendor-chartjs bench bench-quick bench-memory bench-ab bench-sdk chaos clean
 
 $(STAMP): pyproject.toml sdk/pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"'
@@ -31,6 +31,10 @@ test: $(STAMP) test-tools
 test-tools:
 	@command -v chromium >/dev/null && command -v promtool >/dev/null || \
 		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium prometheus; }
+
+# Grafana's dashboards, generated from the panels (pipeline/panels.py, devstack/grafana.py)
+dashboards: $(STAMP)
+	$(BIN)/python -m devstack.grafana
 
 # Chart.js's built file and license from the npm registry (development time only; committed)
 vendor-chartjs:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import re
 import tomllib
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import click
 import yaml
 
+from devstack.grafana import CLICKHOUSE, CLICKHOUSE_PLUGIN_VERSION, DASHBOARDS, DATABASE, PROMETHEUS, WORKER_JOB
+from devstack.grafana import dashboards, render
 from pipeline.cli import main as cli
 from pipeline.config import Settings
+from pipeline.panels import PANELS
 
 ROOT = Path(__file__).parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -22,7 +28,7 @@ def env(service: str) -> dict[str, str]:
 
 
 def test_the_dev_cluster_has_kafka_clickhouse_init_worker_and_an_optional_producer():
-    assert set(SERVICES) == {"kafka", "clickhouse", "init", "worker", "producer"}
+    assert set(SERVICES) == {"kafka", "clickhouse", "init", "worker", "producer", "prometheus", "grafana"}
     assert SERVICES["kafka"]["image"].startswith("apache/kafka:")
     assert SERVICES["clickhouse"]["image"].startswith("clickhouse/clickhouse-server:")
     assert SERVICES["producer"]["profiles"] == ["load"]
@@ -73,3 +79,79 @@ def test_commands_used_by_compose_and_the_dockerfile_exist():
     for package in ("pipeline/", "agents/", "tables/", "devstack/", "sdk/"):
         assert f"COPY {package} {package}" in DOCKERFILE
     assert "USER kern" in DOCKERFILE
+
+
+# --- Prometheus and Grafana -------------------------------------------------------------------------------
+PROVISIONING = ROOT / "deploy" / "grafana" / "provisioning"
+PROMETHEUS_YML = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+
+
+def mounts(service: str) -> dict[str, Path]:
+    """Container path -> the repository path a service mounts there."""
+    return {target: (ROOT / source).resolve() for source, target, *_ in
+            (volume.split(":") for volume in SERVICES[service]["volumes"]) if source.startswith("./")}
+
+
+def test_prometheus_scrapes_every_worker_it_finds_by_dns_on_the_service_name():
+    assert re.fullmatch(r"prom/prometheus:v\d+\.\d+\.\d+", SERVICES["prometheus"]["image"])  # pinned
+    assert mounts("prometheus") == {"/etc/prometheus/prometheus.yml": PROMETHEUS_YML}
+    (job,) = yaml.safe_load(PROMETHEUS_YML.read_text())["scrape_configs"]
+    assert job["job_name"] == WORKER_JOB and job["metrics_path"] == "/metrics"
+    (discovery,) = job["dns_sd_configs"]
+    assert discovery["names"] == ["worker"] and discovery["type"] == "A"  # every container of the service
+    assert discovery["port"] == Settings.model_fields["web_port"].default
+    assert str(discovery["port"]) in SERVICES["worker"]["expose"] and env("worker")["KERN_WEB_HOST"] == "0.0.0.0"
+
+
+def test_grafana_is_the_official_image_with_the_pinned_clickhouse_plugin_and_files_from_the_repository():
+    grafana = SERVICES["grafana"]
+    assert re.fullmatch(r"grafana/grafana:\d+\.\d+\.\d+", grafana["image"])
+    assert env("grafana")["GF_PLUGINS_PREINSTALL_SYNC"] == f"grafana-clickhouse-datasource@{CLICKHOUSE_PLUGIN_VERSION}"
+    assert mounts("grafana") == {"/etc/grafana/provisioning": PROVISIONING, "/etc/grafana/dashboards": DASHBOARDS}
+    (provider,) = yaml.safe_load((PROVISIONING / "dashboards" / "kern.yaml").read_text())["providers"]
+    assert provider["type"] == "file" and provider["options"]["path"] == "/etc/grafana/dashboards"
+    home = Path(env("grafana")["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"])
+    assert home.parent == Path("/etc/grafana/dashboards") and (DASHBOARDS / home.name).is_file()
+    assert grafana["depends_on"] == {"clickhouse": {"condition": "service_healthy"},
+                                     "prometheus": {"condition": "service_started"}}
+
+
+def test_grafana_datasources_reach_the_compose_clickhouse_and_prometheus():
+    datasources = {source["uid"]: source for source in
+                   yaml.safe_load((PROVISIONING / "datasources" / "kern.yaml").read_text())["datasources"]}
+    assert set(datasources) == {CLICKHOUSE["uid"], PROMETHEUS["uid"]}
+    clickhouse, server = datasources[CLICKHOUSE["uid"]], env("clickhouse")
+    dsn = urlsplit(env("worker")["KERN_CLICKHOUSE_DSN"])
+    assert clickhouse["type"] == CLICKHOUSE["type"]
+    assert {key: clickhouse["jsonData"][key] for key in ("host", "port", "protocol", "username", "defaultDatabase")} \
+        == {"host": dsn.hostname, "port": dsn.port, "protocol": dsn.scheme, "username": server["CLICKHOUSE_USER"],
+            "defaultDatabase": server["CLICKHOUSE_DB"]}
+    assert clickhouse["secureJsonData"]["password"] == "$KERN_CLICKHOUSE_PASSWORD"  # from Grafana's environment
+    assert env("grafana")["KERN_CLICKHOUSE_PASSWORD"] == server["CLICKHOUSE_PASSWORD"]
+    prometheus = datasources[PROMETHEUS["uid"]]
+    assert prometheus["type"] == PROMETHEUS["type"] and urlsplit(prometheus["url"]).hostname == "prometheus"
+    assert prometheus["jsonData"]["timeInterval"] == yaml.safe_load(PROMETHEUS_YML.read_text())["global"][
+        "scrape_interval"]
+
+
+def test_the_provisioned_dashboards_are_generated_and_their_sql_is_the_tested_panels():
+    """`make dashboards` wrote them: every ClickHouse query is the Grafana translation of a panel of
+    pipeline/panels.py, the SQL tests/test_panels.py runs; no dashboard holds SQL of its own."""
+    generated = dashboards()
+    assert sorted(path.name for path in DASHBOARDS.glob("*.json")) == sorted(generated)
+    for name, dashboard in generated.items():
+        assert (DASHBOARDS / name).read_text() == render(dashboard), f"{name} is stale: run make dashboards"
+    analysts, operators = (json.loads((DASHBOARDS / name).read_text())
+                           for name in ("kern-analysts.json", "kern-operators.json"))
+    targets = [target for panel in analysts["panels"] for target in panel["targets"]]
+    assert [target["rawSql"] for target in targets] == [panel.grafana() for panel in PANELS]
+    assert all(target["datasource"] == CLICKHOUSE for target in targets)
+    assert all(target["datasource"] == PROMETHEUS and target["expr"]
+               for panel in operators["panels"] for target in panel["targets"])
+    (database,) = analysts["templating"]["list"]
+    assert database["name"] == "database" and database["type"] == "constant" and database["query"] == DATABASE
+    assert DATABASE == env("clickhouse")["CLICKHOUSE_DB"] == env("worker")["KERN_CLICKHOUSE_DATABASE"]
+    for dashboard in (analysts, operators):
+        ids = [panel["id"] for panel in dashboard["panels"]]
+        assert len(set(ids)) == len(ids)
+        assert all(panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24 for panel in dashboard["panels"])

@@ -1,0 +1,101 @@
+"""The operators' side: a real worker's `/metrics` passes Debian's `promtool check metrics`, the compose
+Prometheus configuration passes `promtool check config`, and a real Prometheus (Debian's, on loopback)
+scraping that worker answers every query of the operators' dashboard (`devstack/grafana.py`)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from devstack.grafana import OPERATOR_PANELS
+from devstack.loadgen import EventGenerator
+from devstack.processes import free_port, stop, wait_for_port
+
+pytestmark = pytest.mark.integration
+
+PROMETHEUS_YML = Path(__file__).parent.parent / "deploy" / "prometheus" / "prometheus.yml"
+RATE_INTERVAL = "30s"  # what Grafana's $__rate_interval stands for here (scrapes every second)
+# Series a healthy worker never has: degraded components and poisoned partitions appear when they happen.
+ONLY_WHEN_UNHEALTHY = ("Degraded components", "Paused partitions")
+
+
+def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(["promtool", *args], input=stdin, capture_output=True, text=True, timeout=60)
+
+
+def test_the_compose_prometheus_configuration_is_valid():
+    checked = promtool("check", "config", str(PROMETHEUS_YML))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS" in checked.stdout + checked.stderr
+
+
+def query(base: str, expr: str) -> list[dict]:
+    url = f"{base}/api/v1/query?{urllib.parse.urlencode({'query': expr})}"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        answer = json.load(response)
+    assert answer["status"] == "success", (expr, answer)
+    return answer["data"]["result"]
+
+
+def test_the_worker_exposition_passes_promtool_and_prometheus_answers_every_operator_panel(stack_factory, tmp_path):
+    stack = stack_factory(partitions=2)
+    worker = stack.worker()
+    generator = EventGenerator(seed=21, invalid_share=0.05)
+    worker.wait_flushed(stack.produce(list(generator.events(3_000))))
+    exposition = worker.metrics()
+    checked = promtool("check", "metrics", stdin=exposition)
+    assert checked.returncode == 0 and checked.stdout + checked.stderr == "", checked.stdout + checked.stderr
+    exposed = set(re.findall(r"^(?:# (?:HELP|TYPE) )?([a-z_]+)", exposition, re.MULTILINE))
+    for panel in OPERATOR_PANELS:  # every metric a panel reads is one the worker exposes
+        for query_ in panel.queries:
+            assert set(re.findall(r"\b(?:kern|process)_[a-z_]+", query_.expr)) <= exposed, query_.expr
+
+    config = yaml.safe_load(PROMETHEUS_YML.read_text())
+    (job,) = config["scrape_configs"]
+    job.pop("dns_sd_configs")  # the same job, pointed at this worker instead of the compose service name
+    job["static_configs"] = [{"targets": [f"127.0.0.1:{worker.web_port}"]}]
+    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    with open(tmp_path / "prometheus.log", "wb") as log:
+        prometheus = subprocess.Popen(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
+                                       f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                                       f"--web.listen-address=127.0.0.1:{port}"],
+                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_port("127.0.0.1", port, timeout=30)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while not query(base, f'up{{job="{job["job_name"]}"}} == 1'):
+            assert time.monotonic() < deadline, (tmp_path / "prometheus.log").read_text()
+            time.sleep(0.5)
+        worker.wait_flushed(stack.produce(list(generator.events(3_000))))  # while Prometheus scrapes
+        time.sleep(3)
+        answers = {(panel.title, q.legend): query(base, q.expr.replace("$__rate_interval", RATE_INTERVAL))
+                   for panel in OPERATOR_PANELS for q in panel.queries}
+    finally:
+        stop(prometheus)
+    for (title, legend), result in answers.items():
+        if title in ONLY_WHEN_UNHEALTHY:
+            assert result == [], (title, result)
+            continue
+        assert result, f"{title} ({legend}): no series"
+        values = [float(series["value"][1]) for series in result]
+        assert all(math.isfinite(value) for value in values), (title, legend, values)
+    value = {key: float(result[0]["value"][1]) for key, result in answers.items() if len(result) == 1}
+    assert value[("Workers up", "up")] == 1 and value[("Workers degraded", "degraded")] == 0
+    assert value[("Poisoned partitions", "poisoned")] == 0
+    assert value[("Events per second", "consumed")] > 0 and value[("Events per second", "flushed")] > 0
+    assert value[("Flushes", "landed")] > 0 and 0 < value[("Flush latency", "p99")] < 30
+    assert {series["metric"]["partition"] for series in answers[("Consumer lag per partition", "partition {{partition}}")]} \
+        == {"0", "1"}
+    assert {series["metric"]["reason"] for series in answers[("Dead letters by reason", "{{reason}}")]} >= {"not_json"}
