@@ -118,6 +118,8 @@ class KafkaSink:
 
 
 class _KafkaChannel:
+    retry_after = 0.0  # the broker never asks for a pause: the transport's backoff alone decides
+
     def __init__(self, producer, topic: str, timeout_error: type, loggers: int):
         self._producer = producer
         self._topic = topic

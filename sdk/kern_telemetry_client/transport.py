@@ -3,10 +3,12 @@ was dropped and why, and a pluggable sink that does the sending.
 
 The caller's thread only puts a small dict into the queue (no lock, no I/O, no encoding); a full queue
 drops the event and counts it. The worker takes batches of up to BATCH_SIZE, JSON-encodes them and
-hands them to the sink's channel, which sends on its own terms (Kafka: kafka-python's I/O thread; an
-HTTP sink would POST each batch) and reports each record delivered or failed. While the sink cannot
-take records the worker keeps its batch, waits with exponential backoff (one warning per outage, then
-quiet) and lets the queue absorb, then drop and count, what comes meanwhile.
+hands them to the sink's channel, which sends on its own terms (Kafka: kafka-python's I/O thread; HTTP:
+one POST per batch) and reports each record delivered or failed. While the sink cannot take records the
+worker keeps its batch, waits with exponential backoff, lengthened to what the channel asks for (an HTTP
+Retry-After), logs one warning per outage, then stays quiet, and lets the queue absorb, then drop and
+count, what comes meanwhile. A channel that asks to wait forever (an HTTP collector's "stop sending")
+turns telemetry off for the rest of the process.
 
 Every event is, at any moment, in exactly one place: the queue, the worker's hands (`_held`), or the
 channel (`_in_flight`). Whatever is still in one of them when `close` gives up is `unsent_at_exit`.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import queue
 import random
 import threading
@@ -44,6 +47,10 @@ _encode = json.JSONEncoder(separators=(",", ":")).encode
 
 class Channel(Protocol):
     """A sink's open connection, used by the worker thread only."""
+
+    #: Read after a `send` that did not take every record: how long the sink asks to wait before the next
+    #: try (an HTTP Retry-After; 0: the transport's backoff decides alone). `math.inf`: never send again.
+    retry_after: float
 
     def send(self, records: List[bytes], delivered: Callable[[object], None],
              failed: Callable[[object], None]) -> int:
@@ -109,6 +116,7 @@ class Transport:
         self._in_flight = 0
         self._offline = False
         self._closed = False
+        self._stopped = False  # the sink said stop sending: off for the rest of the process
         self._channel: Optional[Channel] = None
         self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
         self._thread.start()
@@ -117,6 +125,8 @@ class Transport:
 
     def put(self, event: dict) -> None:
         """Enqueue an event; a full queue drops it (counted). Never blocks."""
+        if self._stopped:
+            return
         if self._queue.qsize() < self._capacity:
             self._queue.put(event)
         else:
@@ -147,9 +157,13 @@ class Transport:
 
     def _mark(self, timeout: float, final: bool) -> _Marker:
         marker = _Marker(timeout, final)
-        with self._lock:
+        with self._lock:  # queued under the lock: `_stop` releases every marker queued before it
+            if self._stopped:
+                marker.ok = True
+                marker.done.set()
+                return marker
             self._markers += 1
-        self._queue.put(marker)
+            self._queue.put(marker)
         self._wake.set()
         return marker
 
@@ -277,11 +291,32 @@ class Transport:
                 self._held -= taken
                 self._in_flight += taken
             records = records[taken:]
-            if records:
-                self._unreachable()
-                self._pause(self._backoff.delay())
-            else:
+            if not records:
                 self._backoff.reset()
+            elif self._channel.retry_after == math.inf:
+                return self._stop()
+            else:
+                self._unreachable()
+                self._pause(max(self._backoff.delay(), self._channel.retry_after))
+
+    def _stop(self) -> None:
+        """The sink asked never to be sent to again: telemetry turns off as an opt-out would. What is held,
+        queued or unreported is discarded uncounted (the collector wants nothing more, client reports
+        included), nothing is left for a later process, and captures from now on do nothing."""
+        log.info("Kern telemetry: the collector asked this client to stop sending; telemetry is off for "
+                 "the rest of this process")
+        with self._lock:
+            self._stopped = self._closed = True
+            self._unreported.clear()
+            self._held = self._in_flight = 0
+        while True:  # release whoever waits on a flush or close marker
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if type(item) is _Marker:
+                item.ok = True
+                item.done.set()
 
     def _pause(self, seconds: float) -> None:
         if self._wake.wait(seconds):
