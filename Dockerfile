@@ -7,6 +7,7 @@ COPY pipeline/ pipeline/
 COPY agents/ agents/
 COPY tables/ tables/
 COPY devstack/ devstack/
+COPY collector/ collector/
 RUN pip install --no-cache-dir ./sdk .
 USER kern
 WORKDIR /home/kern

@@ -20,7 +20,8 @@ class _Commands(click.Group):
     """The runtime's commands, and the dev tooling's, imported by name when one of them runs, so that the
     runtime never imports the dev tooling."""
 
-    LAZY = {"dev": "devstack.commands:dev", "produce": "devstack.commands:produce"}
+    LAZY = {"dev": "devstack.commands:dev", "produce": "devstack.commands:produce",
+            "collect": "collector.cli:collect"}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *self.LAZY})

@@ -1,6 +1,7 @@
 """Every Kafka client of the project, from the settings, in one place: the connection options aiokafka
 (worker) and kafka-python (producer side, admin) share, the worker's consumer and dead-letter producer,
-the one producer helper (load generator, tests, benchmarks), and topic creation."""
+the HTTP collector's producer, the one producer helper (load generator, tests, benchmarks), and topic
+creation."""
 
 from __future__ import annotations
 
@@ -60,6 +61,18 @@ def dead_letter_producer(settings: Settings):
     from aiokafka import AIOKafkaProducer
 
     return AIOKafkaProducer(client_id="kern-telemetry-dlq", acks="all", linger_ms=20, **client_options(settings))
+
+
+def collector_producer(settings: Settings, max_batch_bytes: int, ack_timeout_s: float):
+    """The HTTP collector's producer: record batches of up to `max_batch_bytes` (it never splits a request's
+    events across two: `collector/publisher.py`), acks=all; a batch not acknowledged within `ack_timeout_s`
+    fails. Not idempotent: Tansu, the embedded broker, refuses aiokafka's InitProducerId."""
+    from aiokafka import AIOKafkaProducer
+
+    size = max_batch_bytes + (64 << 10)  # room for the records' own headers
+    return AIOKafkaProducer(client_id="kern-telemetry-collector", acks="all", linger_ms=0, max_batch_size=size,
+                            max_request_size=size, request_timeout_ms=int(ack_timeout_s * 1000),
+                            **client_options(settings))
 
 
 _PACE_EVERY = 500  # records between two checks of the pace

@@ -1,6 +1,7 @@
 """The layout's rules, read from the source: no import cycle between the project's modules, the runtime
-(`pipeline/`, `agents/`, `tables/`) never imports the dev tooling, benchmarks or tests, and the SDK
-client imports nothing but the standard library and kafka-python."""
+(`pipeline/`, `agents/`, `tables/`, `collector/`) never imports the dev tooling, benchmarks or tests, the
+worker never imports the collector, and the SDK client imports nothing but the standard library and
+kafka-python."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).parent.parent
 PACKAGES = {"pipeline": ROOT / "pipeline", "agents": ROOT / "agents", "tables": ROOT / "tables",
-            "devstack": ROOT / "devstack", "bench": ROOT / "bench",
+            "devstack": ROOT / "devstack", "bench": ROOT / "bench", "collector": ROOT / "collector",
             "kern_telemetry_client": ROOT / "sdk" / "kern_telemetry_client"}
-RUNTIME = ("pipeline", "agents", "tables")
+RUNTIME = ("pipeline", "agents", "tables", "collector")
 
 
 def project_modules() -> dict[str, Path]:
@@ -72,6 +73,13 @@ def test_the_runtime_never_imports_dev_tooling_benchmarks_or_tests():
     assert {module: targets for module, targets in offending.items() if targets} == {}
 
 
+def test_the_worker_never_imports_the_collector():
+    """`kern-telemetry collect` is loaded by name (`pipeline/cli.py`), like the dev tooling's commands."""
+    worker = [module for module in MODULES if module.split(".")[0] in ("pipeline", "agents", "tables")]
+    assert {module: sorted(target for target in imports(module) if target.startswith("collector"))
+            for module in worker} == {module: [] for module in worker}
+
+
 def test_the_sdk_client_imports_only_the_standard_library_and_kafka_python():
     allowed = set(sys.stdlib_module_names) | {"kafka", "kern_telemetry_client"}
     foreign = {module: sorted(target for target in imports(module) if target.split(".")[0] not in allowed)
@@ -83,3 +91,4 @@ def test_the_graph_is_read_from_the_source():  # the checks above see real edges
     assert "pipeline.projector" in GRAPH["pipeline.rollup"] or "pipeline.rejections" in GRAPH["pipeline.rollup"]
     assert "agents.checkpoint" in GRAPH["agents.partitions"]
     assert "devstack.loadgen" in GRAPH["devstack.commands"]
+    assert "collector.publisher" in GRAPH["collector.app"] and "pipeline.kafka" in GRAPH["collector.publisher"]

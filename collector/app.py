@@ -1,0 +1,156 @@
+"""The HTTP collector (aiohttp): `POST /v1/events`, `GET /health`, `GET /metrics`. Stateless: run as many
+as the load needs, behind any load balancer; each produces to the events topic.
+
+A POST goes through these checks, cheapest first, and is answered by the first that refuses it:
+stop sending (410), rate limit (429), bearer token (401), media type (415), declared size (413), broker
+state (503), then the body is read (413 beyond KERN_COLLECTOR_MAX_BODY_BYTES), gunzipped (400, 413),
+split into events (400, 413, `collector/batches.py`) and published as one record batch (503: nothing was
+written; 504: not acknowledged in time, `collector/publisher.py`). 202 only once the broker acknowledged
+it.
+
+Senders stay unknown: no access log; records logged by aiohttp or asyncio lose their arguments and
+exception text (they can carry the peer's address or a request line); the rate limiter keeps keyed
+digests; metrics carry no label from a request; a Kafka record is the event's bytes, without key or
+headers.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+import time
+
+from aiohttp import web
+
+from collector.batches import Limits, Refused, events, gunzip, media_type
+from collector.metrics import CONTENT_TYPE, CollectorMetrics
+from collector.publisher import BufferFull, NotAcknowledged, Publisher, Unavailable
+from collector.ratelimit import RateLimiter
+from collector.settings import CollectorSettings
+from pipeline.config import Settings
+
+log = logging.getLogger("collector")
+
+EVENTS_PATH = "/v1/events"
+
+
+class Collector:
+    def __init__(self, settings: CollectorSettings, shared: Settings):
+        self.settings = settings
+        self.metrics = CollectorMetrics()
+        self.limits = Limits(settings.max_batch_bytes, settings.max_batch_events, shared.max_event_bytes)
+        self.publisher = Publisher(shared, settings.max_batch_bytes, settings.ack_timeout_seconds,
+                                   settings.max_pending_bytes, self.metrics)
+        self.limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst,
+                                   settings.rate_limit_clients) if settings.rate_limit_per_second else None
+        self._authorization = f"Bearer {settings.auth_token.get_secret_value()}".encode() \
+            if settings.auth_token else None
+        self._retry_after = {"Retry-After": str(settings.retry_after_seconds)}
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.settings.max_body_bytes)
+        app.router.add_post(EVENTS_PATH, self.post_events)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/metrics", self.exposition)
+        app.on_startup.append(lambda _: self.publisher.start())
+        app.on_cleanup.append(lambda _: self.publisher.stop())  # after the requests in flight were answered
+        return app
+
+    async def post_events(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        try:
+            accepted = await self._accept(request)
+        except Refused as refused:
+            status, reason = refused.status, refused.reason
+            response = web.json_response({"error": reason, "detail": refused.detail}, status=status,
+                                         headers=refused.headers)
+        else:
+            status, reason = 202, "accepted"
+            response = web.json_response({"accepted": accepted}, status=status)
+        self.metrics.requests.labels(str(status), reason).inc()
+        self.metrics.request_duration.observe(time.perf_counter() - started)
+        return response
+
+    async def _accept(self, request: web.Request) -> int:
+        """The number of events the broker acknowledged, or Refused."""
+        settings = self.settings
+        if settings.stop_sending:
+            raise Refused(410, "stop_sending", "this collector takes no more telemetry: stop sending")
+        if self.limiter is not None and (wait := self.limiter.wait(self._client(request))):
+            raise Refused(429, "rate_limited", "too many requests from this client",
+                          {"Retry-After": str(math.ceil(wait))})
+        if self._authorization is not None and not hmac.compare_digest(
+                request.headers.get("Authorization", "").encode(errors="replace"), self._authorization):
+            raise Refused(401, "unauthorized", "a valid bearer token is required", {"WWW-Authenticate": "Bearer"})
+        encoding = request.headers.get("Content-Encoding", "").lower()
+        framing = media_type(request.content_type, encoding)
+        if (request.content_length or 0) > settings.max_body_bytes:
+            raise self._body_too_large()
+        if self.publisher.problem is not None:  # before reading a body it could not publish
+            raise Refused(503, "kafka_unavailable", self.publisher.problem, self._retry_after)
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise self._body_too_large() from None
+        if encoding == "gzip":
+            body = gunzip(body, self.limits.batch_bytes)
+        batch = events(body, framing, self.limits)
+        try:
+            await self.publisher.publish(batch, len(body))
+        except BufferFull as full:
+            raise Refused(503, "buffer_full", str(full), self._retry_after) from None
+        except Unavailable as unavailable:
+            raise Refused(503, "kafka_unavailable", str(unavailable), self._retry_after) from None
+        except NotAcknowledged as error:
+            raise Refused(504, "not_acknowledged", f"the broker did not acknowledge the batch in time ({error}); "
+                                                   "it may or may not have been written") from None
+        self.metrics.events.inc(len(batch))
+        return len(batch)
+
+    def _client(self, request: web.Request) -> str:
+        """Who the rate limit counts: the peer, or the last address a trusted proxy put in its header."""
+        header = self.settings.client_address_header
+        if header and (forwarded := request.headers.get(header)):
+            return forwarded.rsplit(",", 1)[-1].strip()
+        return request.remote or ""
+
+    def _body_too_large(self) -> Refused:
+        return Refused(413, "body_too_large", f"the body is larger than {self.settings.max_body_bytes} bytes")
+
+    async def health(self, request: web.Request) -> web.Response:
+        problem = self.publisher.problem
+        return web.json_response({"status": "degraded" if problem else "ok", "kafka": problem or "ok",
+                                  "pending_bytes": self.publisher.pending_bytes,
+                                  "stop_sending": self.settings.stop_sending}, status=503 if problem else 200)
+
+    async def exposition(self, request: web.Request) -> web.Response:
+        if self.limiter is not None:
+            self.metrics.rate_limited_clients.set(len(self.limiter))
+        return web.Response(body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
+
+
+class _WithoutSenders(logging.Filter):
+    """aiohttp logs the peer's address ("Error handling request from %s") and exceptions whose text can
+    quote a request line or header; asyncio's records can name transports. Their records keep the message
+    template and the exception's type only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith(("aiohttp", "asyncio")):
+            if record.exc_info and record.exc_info[0] is not None:
+                record.msg = f"{record.msg} ({record.exc_info[0].__name__})"
+            record.args, record.exc_info, record.exc_text, record.stack_info = (), None, None, None
+        return True
+
+
+def run(settings: CollectorSettings, shared: Settings) -> None:
+    """Serve until SIGTERM or SIGINT; then answer the requests in flight and close the producer."""
+    logging.basicConfig(level=shared.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.root.handlers:
+        handler.addFilter(_WithoutSenders())
+    logging.getLogger("aiokafka").setLevel(max(logging.root.level, logging.INFO))  # its debug records quote events
+    collector = Collector(settings, shared)
+    log.info("collecting on http://%s:%d%s into %s at %s", settings.host, settings.port, EVENTS_PATH, shared.topic,
+             shared.bootstrap_servers)
+    web.run_app(collector.app(), host=settings.host, port=settings.port, access_log=None, print=None,
+                auto_decompress=False, shutdown_timeout=settings.ack_timeout_seconds + 5)

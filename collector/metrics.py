@@ -1,0 +1,33 @@
+"""The collector's Prometheus metrics (prometheus-client, its own registry), named as the worker's are
+(`pipeline/metrics.py`). No label ever comes from a request: no address, header or value; `reason` is
+one of the collector's own codes."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+
+from pipeline.metrics import CONTENT_TYPE
+
+__all__ = ["CONTENT_TYPE", "CollectorMetrics"]
+
+
+class CollectorMetrics:
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry()
+        ProcessCollector(registry=registry)
+        self.requests = Counter("kern_collector_requests", "POSTs of event batches answered, by status code and "
+                                "reason (accepted, or why refused).", ["code", "reason"], registry=registry)
+        self.events = Counter("kern_collector_events", "Events the broker acknowledged (answered 202).",
+                              registry=registry)
+        self.request_duration = Histogram("kern_collector_request_duration_seconds", "Time from a POST's headers "
+                                          "to its answer.", registry=registry,
+                                          buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+        self.pending_bytes = Gauge("kern_collector_pending_bytes", "Bytes handed to the Kafka producer and not "
+                                   "acknowledged yet (503 beyond KERN_COLLECTOR_MAX_PENDING_BYTES).", registry=registry)
+        self.kafka_up = Gauge("kern_collector_kafka_up", "1 while the broker answers.", registry=registry)
+        self.rate_limited_clients = Gauge("kern_collector_rate_limit_clients", "Clients the rate limiter "
+                                          "remembers (keyed digests; bounded by KERN_COLLECTOR_RATE_LIMIT_CLIENTS).",
+                                          registry=registry)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
