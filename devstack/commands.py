@@ -1,9 +1,10 @@
 """The dev tooling's commands of `kern-telemetry` (loaded by name by `pipeline/cli.py`): `dev`, the
-embedded stack of `make run`, and `produce`, the load generator."""
+embedded stack of `make run`, and `produce`, the load generator (to Kafka, or through an HTTP collector)."""
 
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -17,18 +18,30 @@ from pipeline.config import Settings
 @click.option("--rate", "-r", default=0, show_default=True, help="Events per second (0: as fast as possible)")
 @click.option("--invalid-share", default=0.02, show_default=True, help="Share of invalid events")
 @click.option("--seed", default=7, show_default=True)
-def produce(count: int, rate: int, invalid_share: float, seed: int) -> None:
+@click.option("--via-collector", metavar="URL", help="Post the events to the HTTP collector at URL (e.g. "
+              "http://127.0.0.1:8081, what `dev` prints) in batches of 100, instead of producing them to Kafka")
+def produce(count: int, rate: int, invalid_share: float, seed: int, via_collector: str | None) -> None:
     """Produce realistic SDK telemetry events (the load generator)."""
+    from devstack.http_load import post
     from devstack.loadgen import EventGenerator
     from pipeline.kafka import produce as send
 
     settings = Settings.load()
     generator = EventGenerator(seed=seed, invalid_share=invalid_share)
-    with Progress(TextColumn("producing"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.speed} ev/s"),
-                  TimeRemainingColumn(), console=console) as progress:
+    with Progress(TextColumn("posting" if via_collector else "producing"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.speed} ev/s"), TimeRemainingColumn(), console=console) as progress:
         task = progress.add_task("produce", total=count)
-        ends = send(settings, generator.events(count), rate=rate, progress=lambda n: progress.advance(task, n))
-    console.print(f"produced {sum(ends.values()):,} records to {settings.topic} (partition end offsets {ends})")
+        if via_collector:
+            counts = post(via_collector, generator.events(count), max_event_bytes=settings.max_event_bytes, rate=rate,
+                          progress=lambda n: progress.advance(task, n))
+        else:
+            ends = send(settings, generator.events(count), rate=rate, progress=lambda n: progress.advance(task, n))
+    if via_collector:
+        console.print(f"posted to {via_collector}: {counts['accepted']:,} accepted, {counts['failed']:,} refused or "
+                      f"unanswered, {counts['skipped']:,} not sent (empty or larger than KERN_MAX_EVENT_BYTES: an SDK "
+                      f"client drops those itself)" + (", then told to stop sending" if counts["stopped"] else ""))
+    else:
+        console.print(f"produced {sum(ends.values()):,} records to {settings.topic} (partition end offsets {ends})")
 
 
 @click.command()
@@ -38,9 +51,12 @@ def produce(count: int, rate: int, invalid_share: float, seed: int) -> None:
 @click.option("--refresh", default=10.0, show_default=True, help="Seconds between dashboard refreshes")
 @click.option("--page-port", default=8090, show_default=True, help="Port of the page of live charts (a free one if "
               "taken)")
-def dev(rate: int, port: int, clickhouse_port: int, refresh: float, page_port: int) -> None:
+@click.option("--collector-port", default=8081, show_default=True, help="Port of the HTTP collector (a free one if "
+              "taken)")
+def dev(rate: int, port: int, clickhouse_port: int, refresh: float, page_port: int, collector_port: int) -> None:
     """Everything embedded: Tansu broker, chDB, topics, schema, worker, load generator, dashboard, and a
-    page of live charts on loopback.
+    page of live charts on loopback; an HTTP collector in its own process that `produce --via-collector`
+    can post through.
 
     chDB runs behind ClickHouse's HTTP interface in its own process, so `kern-telemetry query` (with the
     printed KERN_CLICKHOUSE_DSN) works while this runs."""
@@ -48,7 +64,7 @@ def dev(rate: int, port: int, clickhouse_port: int, refresh: float, page_port: i
     from devstack.chdb_server import ChdbServerProcess
     from devstack.dashboard import DevDashboard
     from devstack.page import PageServer
-    from devstack.processes import ensure_port_free, free_port
+    from devstack.processes import CollectorProcess, ensure_port_free, free_port
     from pipeline.app import create_app, run
     from pipeline.kafka import create_topics
 
@@ -67,6 +83,12 @@ def dev(rate: int, port: int, clickhouse_port: int, refresh: float, page_port: i
                       f"(data in {clickhouse.path}), topic {settings.topic}, "
                       f"health http://{settings.web_host}:{settings.web_port}/health\n"
                       f"query it meanwhile: KERN_CLICKHOUSE_DSN={clickhouse.url} kern-telemetry query --report quality")
+        collector_env = {"KERN_BOOTSTRAP_SERVERS": settings.bootstrap_servers, "KERN_TOPIC": settings.topic}
+        collector = _first_that_starts(*(CollectorProcess(collector_env, Path(".kern").absolute(), web_port=p)
+                                         for p in (collector_port, free_port())))
+        running.callback(collector.stop)
+        console.print(f"[bold]collector[/bold]: POST {collector.url}/v1/events (log {collector.log_path}); load "
+                      f"through it: kern-telemetry produce --via-collector {collector.url}")
         app = create_app(settings)
         try:
             ensure_port_free("127.0.0.1", page_port)

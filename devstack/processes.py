@@ -15,6 +15,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -73,13 +74,17 @@ def _signal(process: subprocess.Popen, signum: int) -> None:
 
 
 @dataclass
-class WorkerProcess:
-    """A `kern-telemetry worker` subprocess with its own environment, watched through `/health`."""
+class ServiceProcess:
+    """A `kern-telemetry <COMMAND>` subprocess with its own environment, serving `/health` and `/metrics`
+    on `web_port` (passed in PORT_VARIABLE)."""
+
+    COMMAND: ClassVar[str]
+    PORT_VARIABLE: ClassVar[str]
 
     env: dict[str, str]
     workdir: Path
     web_port: int = field(default_factory=free_port)
-    name: str = "worker"
+    name: str = "service"
     process: subprocess.Popen | None = None
 
     @property
@@ -90,12 +95,12 @@ class WorkerProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.web_port}"
 
-    def start(self) -> WorkerProcess:
-        env = {**os.environ, **self.env, "KERN_WEB_PORT": str(self.web_port)}
+    def start(self) -> ServiceProcess:
+        env = {**os.environ, **self.env, self.PORT_VARIABLE: str(self.web_port)}
         self.workdir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.cli", "worker"], env=env, cwd=self.workdir,
+                [sys.executable, "-m", "pipeline.cli", self.COMMAND], env=env, cwd=self.workdir,
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
         return self
@@ -115,7 +120,7 @@ class WorkerProcess:
 
     def wait_health(self, predicate: Callable[[dict], bool], timeout: float = 60.0,
                     what: str = "the awaited health") -> dict:
-        """Poll `/health` until `predicate(report)` holds; fails if the worker exits or time runs out."""
+        """Poll `/health` until `predicate(report)` holds; fails if the process exits or time runs out."""
         deadline = time.monotonic() + timeout
         report = None
         while time.monotonic() < deadline:
@@ -127,6 +132,30 @@ class WorkerProcess:
         raise TimeoutError(f"{self.name}: {what} did not come in {timeout:.0f} s; last health {report}; "
                            f"log {self.log_path}")
 
+    def assert_running(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            raise RuntimeError(f"{self.name} exited ({self.process and self.process.returncode}); log {self.log_path}")
+
+    def kill(self) -> None:
+        """SIGKILL: a crash."""
+        kill(self.process)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait (a worker flushes and commits, a collector answers what is in flight). Fails if
+        it had to be killed."""
+        if not stop(self.process, timeout):
+            raise TimeoutError(f"{self.name} did not exit within {timeout} s of SIGTERM; log {self.log_path}")
+        return self.process.returncode if self.process else 0
+
+
+@dataclass
+class WorkerProcess(ServiceProcess):
+    """A `kern-telemetry worker` subprocess, watched through `/health`."""
+
+    COMMAND: ClassVar[str] = "worker"
+    PORT_VARIABLE: ClassVar[str] = "KERN_WEB_PORT"
+    name: str = "worker"
+
     def wait_flushed(self, end_offsets: dict[int, int], timeout: float = 120.0) -> dict:
         """Wait until this worker's landed flushes reach `end_offsets` (partition -> offset)."""
         return self.wait_health(lambda report: reached([report], end_offsets), timeout, f"flushes up to {end_offsets}")
@@ -135,19 +164,29 @@ class WorkerProcess:
         """Wait until this worker has flushed at least `count` events (replays included)."""
         return self.wait_health(lambda report: report["events_flushed"] >= count, timeout, f"{count} events flushed")
 
-    def assert_running(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            raise RuntimeError(f"{self.name} exited ({self.process and self.process.returncode}); log {self.log_path}")
 
-    def kill(self) -> None:
-        """SIGKILL: the crash the exactly-once protocol must survive."""
-        kill(self.process)
+@dataclass
+class CollectorProcess(ServiceProcess):
+    """A `kern-telemetry collect` subprocess: SDKs POST to `{url}/v1/events`."""
 
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM and wait: the worker flushes and commits before it exits. Fails if it had to be killed."""
-        if not stop(self.process, timeout):
-            raise TimeoutError(f"{self.name} did not exit within {timeout} s of SIGTERM; log {self.log_path}")
-        return self.process.returncode if self.process else 0
+    COMMAND: ClassVar[str] = "collect"
+    PORT_VARIABLE: ClassVar[str] = "KERN_COLLECTOR_PORT"
+    name: str = "collector"
+
+    def start(self, timeout: float = 20.0) -> CollectorProcess:
+        """Start, and wait until it answers (refusing a port something else holds: never mistake it for ours)."""
+        ensure_port_free("127.0.0.1", self.web_port)
+        super().start()
+        try:
+            self.wait_health(lambda report: True, timeout, "an answer")
+        except (TimeoutError, RuntimeError):
+            self.kill()
+            raise
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> dict:
+        """Wait until the broker takes its batches."""
+        return self.wait_health(lambda report: report["status"] == "ok", timeout, "a broker that answers")
 
 
 def flushed_offsets(reports: list[dict]) -> dict[int, int]:
