@@ -28,7 +28,7 @@ def env(service: str) -> dict[str, str]:
 
 
 def test_the_dev_cluster_has_kafka_clickhouse_init_worker_and_an_optional_producer():
-    assert set(SERVICES) == {"kafka", "clickhouse", "init", "worker", "producer", "prometheus", "grafana"}
+    assert set(SERVICES) == {"kafka", "clickhouse", "init", "worker", "collector", "producer", "prometheus", "grafana"}
     assert SERVICES["kafka"]["image"].startswith("apache/kafka:")
     assert SERVICES["clickhouse"]["image"].startswith("clickhouse/clickhouse-server:")
     assert SERVICES["producer"]["profiles"] == ["load"]
@@ -69,14 +69,28 @@ def test_the_worker_scales_it_has_no_fixed_name_and_publishes_no_port():
     assert "6066" in worker["healthcheck"]["test"][-1]
 
 
+def test_the_collector_publishes_its_port_on_loopback_and_needs_no_clickhouse_credential():
+    from collector.settings import CollectorSettings
+
+    collector, service = env("collector"), SERVICES["collector"]
+    fields = set(Settings.model_fields) | {f"collector_{name}" for name in CollectorSettings.model_fields}
+    assert all(name.removeprefix("KERN_").lower() in fields for name in collector)
+    assert all(collector[name] == env("worker")[name] for name in ("KERN_BOOTSTRAP_SERVERS", "KERN_TOPIC"))
+    assert not [name for name in collector if "CLICKHOUSE" in name or "SECRET" in name]
+    port = collector["KERN_COLLECTOR_PORT"]
+    assert collector["KERN_COLLECTOR_HOST"] == "0.0.0.0" and service["ports"] == [f"127.0.0.1:{port}:{port}"]
+    assert f"{port}/health" in service["healthcheck"]["test"][-1]
+    assert service["depends_on"] == {"init": {"condition": "service_completed_successfully"}}
+
+
 def test_commands_used_by_compose_and_the_dockerfile_exist():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["kern-telemetry"] == "pipeline.cli:main"
-    for service in ("init", "worker", "producer"):
+    for service in ("init", "worker", "collector", "producer"):
         program, command, *_ = SERVICES[service]["command"]
         assert program == "kern-telemetry" and cli.get_command(click.Context(cli), command) is not None
     assert 'CMD ["kern-telemetry", "worker"]' in DOCKERFILE
-    for package in ("pipeline/", "agents/", "tables/", "devstack/", "sdk/"):
+    for package in ("pipeline/", "agents/", "tables/", "devstack/", "collector/", "sdk/"):
         assert f"COPY {package} {package}" in DOCKERFILE
     assert "USER kern" in DOCKERFILE
 
