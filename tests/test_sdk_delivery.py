@@ -39,7 +39,7 @@ def by_model(events: list) -> Counter:
     return Counter(event["data"]["model_id"] for event in events if event["type"] == contract.AGENT)
 
 
-def read_until_quiet(bootstrap: str, topic: str, quiet_s: float = 2.0) -> list:
+def records_until_quiet(bootstrap: str, topic: str, quiet_s: float = 2.0) -> list:
     """Every record of a topic, for when the count is what the test wants to learn."""
     consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None,
                              enable_auto_commit=False)
@@ -51,7 +51,11 @@ def read_until_quiet(bootstrap: str, topic: str, quiet_s: float = 2.0) -> list:
                 last = time.monotonic()
     finally:
         consumer.close()
-    return decoded(records)
+    return records
+
+
+def read_until_quiet(bootstrap: str, topic: str, quiet_s: float = 2.0) -> list:
+    return decoded(records_until_quiet(bootstrap, topic, quiet_s))
 
 
 @contextlib.contextmanager

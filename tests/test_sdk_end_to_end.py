@@ -57,6 +57,19 @@ def scenario() -> list:
     ]
 
 
+def capture(telemetry: Telemetry) -> list:
+    """Every run and launch of the scenario, captured by `telemetry`, with sentinels in the identifiers;
+    returns the scenario."""
+    calls = scenario()
+    for call, obj, runs, _ in calls:
+        for i in range(runs):
+            if call == "os_launch":
+                telemetry.os_launch(obj)
+            else:
+                getattr(telemetry, call)(obj, f"{sentinel('user')}-{i}@example.com", sentinel(f"run-{i}"))
+    return calls
+
+
 def test_runs_of_every_kind_land_in_clickhouse_with_exact_counts_and_no_sentinel(stack_factory, tmp_path,
                                                                                  monkeypatch):
     stack = stack_factory(partitions=2)
@@ -68,12 +81,7 @@ def test_runs_of_every_kind_land_in_clickhouse_with_exact_counts_and_no_sentinel
         monkeypatch.setenv(name, value)
     telemetry = Telemetry(VERSION, KafkaSink(bootstrap, topic))
     expected: Counter = Counter()
-    for call, obj, runs, dimensions in scenario():
-        for i in range(runs):
-            if call == "os_launch":
-                telemetry.os_launch(obj)
-            else:
-                getattr(telemetry, call)(obj, f"{sentinel('user')}-{i}@example.com", sentinel(f"run-{i}"))
+    for _, _, runs, dimensions in capture(telemetry):
         expected[dimensions] += runs
     telemetry.close(10.0)
 
