@@ -16,6 +16,7 @@ headers.
 
 from __future__ import annotations
 
+import gc
 import hmac
 import logging
 import math
@@ -152,5 +153,6 @@ def run(settings: CollectorSettings, shared: Settings) -> None:
     collector = Collector(settings, shared)
     log.info("collecting on http://%s:%d%s into %s at %s", settings.host, settings.port, EVENTS_PATH, shared.topic,
              shared.bootstrap_servers)
+    gc.freeze()  # the ~57,000 objects of the imports leave the collector's way: a full collection took 12 ms
     web.run_app(collector.app(), host=settings.host, port=settings.port, access_log=None, print=None,
                 auto_decompress=False, shutdown_timeout=settings.ack_timeout_seconds + 5)
