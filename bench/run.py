@@ -8,6 +8,7 @@ All measurements run in one process tree on one embedded broker, one after anoth
   kafka engine  ClickHouse's Kafka table engine + MV into a SummingMergeTree (chDB 3.7 in its own process)
   stock faust   a Faust agent updating a windowed Table per event (on a sample: it is slow)
   freshness     events produced at a steady rate; delay from produce to visible in ClickHouse
+  collector     the HTTP collector beside a direct aiokafka producer, and its latency at half load (bench/collector.py)
 Ratios between these, measured in the same run, are the figures to quote; absolute rates depend on the
 (shared, noisy) machine. Results: a table on stdout, JSON and Markdown under bench/results/.
 """
@@ -30,6 +31,7 @@ import clickhouse_connect
 from rich.console import Console
 from rich.table import Table
 
+from bench import collector as http_collector
 from bench.baselines import kafka_engine, peak_rss_mb, process_cpu_s
 from devstack.broker import EmbeddedBroker
 from devstack.chdb_server import ChdbServerProcess
@@ -241,6 +243,8 @@ def main() -> None:
         console.print(f"measuring freshness at {args.freshness_rate:,} events/s for {args.freshness_seconds} s ...")
         results["freshness"] = freshness(broker, workdir / "fresh", args.freshness_rate, args.freshness_seconds,
                                          args.seed)
+        console.print("measuring the HTTP collector beside a direct aiokafka producer ...")
+        results["collector"] = http_collector.measure(broker, workdir / "collector", args.events, args.seed)
     report(results)
 
 
@@ -275,6 +279,7 @@ def report(results: dict) -> None:
         ("2 workers / 4 partitions -> ClickHouse over HTTP", results["two_workers"]),
         ("ClickHouse Kafka engine + MV (chDB 3.7)", results["kafka_engine"]),
         ("stock Faust, windowed Table per event", results["stock_faust"]),
+        *http_collector.rows(results["collector"]),
     ]
     table = Table(title=f"{results['events']:,} events, {results['partitions']} partitions, "
                         f"{results['cpus']} CPUs (started {results['started']})", title_justify="left")
@@ -302,6 +307,7 @@ def report(results: dict) -> None:
         f"Kafka engine (chDB 3.7 = ClickHouse 25.8, in its own process): consumer joined after "
         f"{results['kafka_engine']['join_s']} s; timed from the first message it read",
         f"stock Faust timed on its first {results['stock_faust']['events']:,} events",
+        http_collector.note(results["collector"]),
     ]
     console.print(table)
     for note in notes:
