@@ -149,17 +149,21 @@ SENTINEL_FORWARDED = "198.51.100.231"  # TEST-NET-2: only this test uses it
 
 def test_senders_address_and_headers_are_in_no_log_metric_or_record(stack_factory, tmp_path):
     """From 127.0.0.77, with a sentinel User-Agent and X-Forwarded-For, through every path a request can
-    take: accepted, refused by framing, rate limited, and malformed HTTP that aiohttp itself rejects (its
-    own log line names the peer). The collector logs at debug level."""
+    take: accepted, refused by framing, rate limited (by the X-Forwarded-For address, as behind a trusted
+    proxy), and malformed HTTP that aiohttp itself rejects (its own log line names the peer). The collector
+    logs at debug level."""
     stack = stack_factory(partitions=2)
     headers = {"User-Agent": SENTINEL_AGENT, "X-Forwarded-For": SENTINEL_FORWARDED, "X-Real-IP": SENTINEL_FORWARDED}
     with running_collector(stack.env, tmp_path, KERN_LOG_LEVEL="debug", KERN_COLLECTOR_RATE_LIMIT_PER_SECOND="0.1",
-                           KERN_COLLECTOR_RATE_LIMIT_BURST="3") as collector:
+                           KERN_COLLECTOR_RATE_LIMIT_BURST="3",
+                           KERN_COLLECTOR_CLIENT_ADDRESS_HEADER="X-Forwarded-For") as collector:
         sender = {"headers": headers, "source": "127.0.0.77"}
         answers = [post(collector.url, run_events("private", 5), **sender),
                    post(collector.url, [b"{broken"], **sender),
                    post(collector.url, run_events("private-more", 5), ndjson=True, **sender),
-                   post(collector.url, run_events("limited", 5), **sender)]
+                   post(collector.url, run_events("limited", 5), **sender),
+                   post(collector.url, run_events("proxied", 5), source="127.0.0.77",  # another client, same proxy
+                        headers={**headers, "X-Forwarded-For": f"{SENTINEL_FORWARDED}, 192.0.2.8"})]
         for line in (b"G@RBAGE /v1/events HTTP/1.1", b"POST /v1/events HTTP/1.1\r\nBad Header\x01: 1",
                      b"POST /v1/events HTTP/1.1\r\nContent-Length: nope"):
             with socket.create_connection(("127.0.0.1", collector.web_port), source_address=("127.0.0.77", 0)) as raw:
@@ -168,11 +172,11 @@ def test_senders_address_and_headers_are_in_no_log_metric_or_record(stack_factor
                 assert raw.recv(4096).split(b"\r\n")[0].endswith(b" 400 Bad Request")
         exposition = collector.metrics()
         collector.stop()
-    assert [a.status for a in answers] == [202, 400, 202, 429]
+    assert [a.status for a in answers] == [202, 400, 202, 429, 202]
     records = records_until_quiet(stack.env["KERN_BOOTSTRAP_SERVERS"], stack.settings.topic, 1.0)
-    assert len(records) == 10
+    assert len(records) == 15
     log = collector.log_path.read_text()
     assert "Error handling request" in log and "127.0.0.1" in log  # aiohttp's error path ran; the broker is named
-    for sentinel in ("127.0.0.77", SENTINEL_AGENT, "SNTNL7q", SENTINEL_FORWARDED):
+    for sentinel in ("127.0.0.77", SENTINEL_AGENT, "SNTNL7q", SENTINEL_FORWARDED, "192.0.2.8"):
         assert sentinel not in log and sentinel not in exposition
         assert not [r for r in records if sentinel.encode() in r.value + (r.key or b"") + repr(r.headers).encode()]
