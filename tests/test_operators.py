@@ -9,6 +9,7 @@ import math
 import re
 import subprocess
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -36,6 +37,14 @@ def test_the_compose_prometheus_configuration_is_valid():
     checked = promtool("check", "config", str(PROMETHEUS_YML))
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "SUCCESS" in checked.stdout + checked.stderr
+
+
+def ready(base: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base}/-/ready", timeout=5) as response:
+            return response.status == 200
+    except urllib.error.HTTPError:
+        return False
 
 
 def query(base: str, expr: str) -> list[dict]:
@@ -74,7 +83,10 @@ def test_the_worker_exposition_passes_promtool_and_prometheus_answers_every_oper
     try:
         wait_for_port("127.0.0.1", port, timeout=30)
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
+        while not ready(base):  # the port opens before the storage is: 503 until then
+            assert time.monotonic() < deadline, (tmp_path / "prometheus.log").read_text()
+            time.sleep(0.2)
         while not query(base, f'up{{job="{job["job_name"]}"}} == 1'):
             assert time.monotonic() < deadline, (tmp_path / "prometheus.log").read_text()
             time.sleep(0.5)
