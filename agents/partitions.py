@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from agents.checkpoint import Replay, Resumption
 from agents.poison import UndecodableBatch
+from pipeline.projector import EventProjector
 from pipeline.rollup import OffsetGap, PartitionRollup
 
 
@@ -59,17 +60,18 @@ class PartitionState:
         consumer.seek(self.tp, self.cursor)
         self._sought = True
 
-    def fold(self, messages: list, project: Callable, closed: list[PartitionRollup]) -> None:
-        """Fold a batch; a replayed range that completes is appended to `closed`. Raises `OffsetGap`
-        when the batch does not start at the cursor (nothing is folded then)."""
+    def fold(self, messages: list, projector: EventProjector, closed: list[PartitionRollup]) -> None:
+        """Fold a batch with the projector of the current admission epoch (a replay uses its own); a
+        replayed range that completes is appended to `closed`. Raises `OffsetGap` when the batch does not
+        start at the cursor (nothing is folded then)."""
         first = messages[0].offset
         if first != self.cursor:
             if not (self._sought and first > self.cursor):
                 raise OffsetGap(self.partition, self.cursor, first)
-            (self.replay.rollup if self.replay is not None else self._current()).skip_absent(first)
+            (self.replay.rollup if self.replay is not None else self._current(projector)).skip_absent(first)
         self._sought = False
         if self.replay is not None:
-            replayed, messages = self.replay.fold(messages, project)
+            replayed, messages = self.replay.fold(messages)
             if replayed is None:
                 return
             self.replay, self._next = None, replayed.end_offset
@@ -77,7 +79,7 @@ class PartitionState:
                 closed.append(replayed)
             if not messages:
                 return
-        self._current().add(messages, project)
+        self._current(projector).add(messages, projector)
 
     def close(self) -> PartitionRollup | None:
         """Hand over the rollup being folded (None when there is none, or while replaying: a replay closes
@@ -92,9 +94,9 @@ class PartitionState:
         """Continue after `last_offset` (an operator's skip, recorded by its own flush)."""
         self.rollup, self.replay, self.poison, self._next = None, None, None, last_offset + 1
 
-    def _current(self) -> PartitionRollup:
+    def _current(self, projector: EventProjector) -> PartitionRollup:
         if self.rollup is None:
-            self.rollup = PartitionRollup(self.tp.topic, self.partition, self._next)
+            self.rollup = PartitionRollup(self.tp.topic, self.partition, self._next, epoch=projector.epoch)
         return self.rollup
 
 

@@ -7,8 +7,9 @@ inside the Faust worker (lifecycle, signals, web endpoints, logging) but reads `
 from aiokafka, the client Faust itself uses, and keeps no per-event changelog: ClickHouse sums the partial
 aggregates that each flush writes.
 
-It wires the parts and runs four loops: consume (fetch, fold, backpressure), flush, probe the broker, and
-look for an operator's skip while a partition is poisoned.
+It wires the parts and runs five loops: consume (fetch, fold, backpressure), flush, probe the broker, load
+the admission of k-anonymous values (`agents/admission.py`), and look for an operator's skip while a
+partition is poisoned.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import mode
 from aiokafka import TopicPartition
 
+from agents.admission import Admitter
 from agents.checkpoint import Checkpoint
 from agents.clickhouse import ClickHouseThread, open_sink
 from agents.fetching import Fetcher, RebalanceListener
@@ -28,6 +30,7 @@ from agents.flushing import Flusher
 from agents.partitions import Partitions, PartitionState
 from agents.quarantine import Quarantine
 from agents.retry import retry
+from pipeline.admission import Keys
 from pipeline.config import Settings
 from pipeline.health import Health
 from pipeline.kafka import FETCH_OPTIONS, dead_letter_producer, worker_consumer
@@ -43,13 +46,18 @@ _SKIP_POLL_S = 2.0  # how often a worker with a poisoned partition looks for an 
 class RollupAgent(mode.Service):
     def __init__(self, settings: Settings, health: Health | None = None, **kwargs: Any):
         super().__init__(**kwargs)
+        if settings.hash_secret is None:
+            raise ValueError("KERN_HASH_SECRET is not set: the worker counts sessions and candidate values only "
+                             "by keyed hashes, and every worker must use the same secret (see the README)")
         self.settings = settings
         self.health = health or Health()
-        self.projector = EventProjector.from_settings(settings)
+        self.keys = Keys(settings.hash_secret.get_secret_value().encode())
+        self.projector: EventProjector | None = None  # of the latest admission epoch, once loaded
         self.clickhouse = ClickHouseThread()
         self.partitions = Partitions()
         # made in on_start, once ClickHouse and the broker answer
         self.consumer = self.producer = self.checkpoint = self.flusher = self.quarantine = self.fetcher = None
+        self.admitter: Admitter | None = None
         self._started = asyncio.Event()
         self._closing = False
 
@@ -58,11 +66,13 @@ class RollupAgent(mode.Service):
     async def on_start(self) -> None:
         settings = self.settings
         sink = await self._retry("clickhouse", self.clickhouse.call, open_sink, settings)
+        self.admitter = Admitter(settings, sink, self.clickhouse, self.keys)
+        await self._retry("clickhouse", self._admit)
         self.producer = dead_letter_producer(settings)
         await self._retry("kafka", self.producer.start)
         self.consumer = consumer = worker_consumer(settings)
         await self._retry("kafka", consumer.start)
-        checkpoint = Checkpoint(settings, sink, self.clickhouse, self.producer, consumer, self.health)
+        checkpoint = Checkpoint(settings, sink, self.clickhouse, self.producer, consumer, self.health, self.admitter)
         self.flusher = Flusher(settings, self.partitions, checkpoint, consumer, self.health)
         self.quarantine = Quarantine(consumer, self.partitions, checkpoint, self.flusher, self.health,
                                      FETCH_OPTIONS["max_partition_fetch_bytes"])
@@ -107,7 +117,7 @@ class RollupAgent(mode.Service):
         self.health.metrics.events_consumed.inc(len(messages))
         ready = len(self.flusher.ready)
         try:
-            state.fold(messages, self.projector.project, self.flusher.ready)
+            state.fold(messages, self.projector, self.flusher.ready)
         except OffsetGap as gap:  # records were skipped on the way here: fetch again from the cursor
             self.health.metrics.offset_gaps_refused.inc()
             log.warning("refused a batch: %s; fetching again from offset %d", gap, state.cursor)
@@ -139,6 +149,27 @@ class RollupAgent(mode.Service):
                     # The fetch highwater too: Tansu answers ListOffsets with its last batch's base offset + 1.
                     self.health.log_end(tp.partition, max(end, self.consumer.highwater(tp) or 0))
             await asyncio.sleep(KAFKA_PROBE_S)
+
+    @mode.Service.task
+    async def _refresh_admission(self) -> None:
+        await self._started.wait()
+        while not self._stopping():
+            await asyncio.sleep(self.settings.admission_refresh_seconds)
+            try:
+                await self._admit()
+            except Exception as exc:  # noqa: BLE001 - ClickHouse unreachable: the flusher's health says so
+                log.debug("admission not refreshed: %s", exc)
+
+    async def _admit(self) -> None:
+        """Load the admission epochs (writing this worker's proposals first). On a newer epoch, the rollups
+        being folded are closed first, so that no rollup mixes two epochs."""
+        if await self.admitter.refresh() or self.projector is None:
+            if self.flusher is not None:
+                self.partitions.close_all(self.flusher.ready)
+                self.flusher.flush_soon()
+            epoch = self.admitter.admissions.latest
+            self.projector = EventProjector.from_settings(self.settings, self.admitter.admissions.at(epoch))
+            self.health.metrics.admission_epoch.set(epoch)
 
     @mode.Service.task
     async def _apply_skips(self) -> None:

@@ -17,6 +17,10 @@ import tempfile
 import time
 
 
+def current_rss_mb(pid: int | str = "self") -> float:
+    return int(open(f"/proc/{pid}/status").read().split("VmRSS:")[1].split()[0]) / 1024
+
+
 def peak_rss_mb(pid: int | str = "self") -> float:
     return int(open(f"/proc/{pid}/status").read().split("VmHWM:")[1].split()[0]) / 1024
 

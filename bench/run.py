@@ -28,11 +28,12 @@ import uuid
 from pathlib import Path
 
 import clickhouse_connect
+import msgspec
 from rich.console import Console
 from rich.table import Table
 
 from bench import collector as http_collector
-from bench.baselines import kafka_engine, peak_rss_mb, process_cpu_s
+from bench.baselines import current_rss_mb, kafka_engine, peak_rss_mb, process_cpu_s
 from devstack.broker import EmbeddedBroker
 from devstack.chdb_server import ChdbServerProcess
 from devstack.loadgen import DEFAULT_PROFILES, EventGenerator
@@ -55,7 +56,8 @@ class Topic:
         self.workdir = workdir
         self.env = {"KERN_BOOTSTRAP_SERVERS": broker.bootstrap_servers, "KERN_TOPIC": name,
                     "KERN_TOPIC_PARTITIONS": str(PARTITIONS), "KERN_CONSUMER_GROUP": f"rollup-{uuid.uuid4().hex[:8]}",
-                    "KERN_CLICKHOUSE_DSN": dsn or f"chdb://{workdir / 'chdb'}", "KERN_LOG_LEVEL": "warn"}
+                    "KERN_CLICKHOUSE_DSN": dsn or f"chdb://{workdir / 'chdb'}", "KERN_LOG_LEVEL": "warn",
+                    "KERN_HASH_SECRET": "bench-secret"}
         self.settings = Settings(**{k.removeprefix("KERN_").lower(): v for k, v in self.env.items()})
         self.name = name
         create_topics(self.settings)
@@ -156,6 +158,61 @@ def freshness(broker: EmbeddedBroker, workdir: Path, rate: int, seconds: int, se
         worker.stop()
 
 
+def cardinality_flood(broker: EmbeddedBroker, workdir: Path, events: int, seed: int) -> dict:
+    """One worker (ClickHouse over HTTP) drains a backlog of three phases: the normal mix, a flood of events
+    that each carry a unique model id and a unique session (a buggy or hostile client), and the normal mix
+    again. Per phase: the consumption rate (events consumed, polled every 20 ms), the worker's and
+    ClickHouse's CPU, and the worker's peak resident memory; then the rows in runs_minute and
+    value_candidates. Flushes run every second throughout (no catch-up interval), so that each phase pays
+    for its own."""
+    generator = EventGenerator(seed=seed)
+    flood = []
+    for i in range(events):
+        payload = generator.payload()
+        payload["session_id"], payload["data"]["model_id"] = f"flood-session-{i}", f"flood-model-{i:07d}"
+        flood.append(msgspec.json.encode(payload))
+    phases = (("normal mix", list(generator.events(events))), ("flood of unique values", flood),
+              ("normal mix after the flood", list(generator.events(events))))
+    topic = Topic(broker, workdir)
+    for _, values in phases:
+        ends = produce(topic.settings, values)
+    with ChdbServerProcess(str(workdir / "chdb")) as server:
+        reader = Topic(broker, workdir, name=topic.name, dsn=server.url)
+        reader.env["KERN_CATCH_UP_LAG_EVENTS"] = str(10 * len(phases) * events)
+        worker = reader.worker("flood")
+        pids = (worker.process.pid, server.process.pid)
+        marks, cpu, rss = [], [], []  # at each phase boundary: time, and CPU seconds of the worker and ClickHouse
+        try:
+            for done in range(1, len(phases) + 1):
+                while (report := worker.health() or {}).get("events_consumed", 0) < done * events:
+                    worker.assert_running()
+                    if report.get("events_consumed") and not marks:
+                        marks.append(time.monotonic())
+                        cpu.append([process_cpu_s(pid) for pid in pids])
+                    rss.append((done, current_rss_mb(worker.process.pid)))
+                    time.sleep(0.02)
+                marks.append(time.monotonic())
+                cpu.append([process_cpu_s(pid) for pid in pids])
+            worker.wait_flushed(ends, timeout=120)
+            suppressed = worker.health()["suppressed_values"]
+        finally:
+            worker.stop()
+        client = clickhouse_connect.get_client(dsn=server.url)
+        database = reader.settings.clickhouse_database
+        runs_rows, rare_rows, candidate_rows = client.query(
+            f"SELECT count(), countIf(model_id = '(rare)'), (SELECT count() FROM {database}.value_candidates) "
+            f"FROM {database}.runs_minute").result_rows[0]
+    rows = [{"phase": name, "rate": events / (marks[i + 1] - marks[i]),
+             "worker_cpu_s_per_1m": (cpu[i + 1][0] - cpu[i][0]) / events * 1e6,
+             "clickhouse_cpu_s_per_1m": (cpu[i + 1][1] - cpu[i][1]) / events * 1e6,
+             "rss_mb": max(mb for phase, mb in rss if phase == i + 1)} for i, (name, _) in enumerate(phases)]
+    normal, flooded, after = rows
+    return {"events_per_phase": events, "phases": rows, "runs_minute_rows": runs_rows, "rare_rows": rare_rows,
+            "candidate_rows": candidate_rows, "suppressed": suppressed,
+            "flood_vs_normal": flooded["rate"] / normal["rate"], "after_vs_before": after["rate"] / normal["rate"],
+            "flood_rss_vs_normal": flooded["rss_mb"] / normal["rss_mb"]}
+
+
 def memory_runs(broker: EmbeddedBroker, workdir: Path, runs: tuple[tuple[int, int], ...], seed: int) -> list[dict]:
     """One worker (ClickHouse over HTTP) per (events, profiles): peak RSS and CPU must follow the distinct
     dimension sets (bounded by the generator's profiles), not the number of events."""
@@ -199,6 +256,9 @@ def main() -> None:
     parser.add_argument("--freshness-rate", type=int, default=20_000)
     parser.add_argument("--freshness-seconds", type=int, default=60)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--flood-events", type=int, default=200_000,
+                        help="events per phase of the cardinality flood (normal, flood, normal)")
+    parser.add_argument("--flood", action="store_true", help="only the cardinality flood")
     parser.add_argument("--kafka-engine-python", default=str(KAFKA_ENGINE_PYTHON),
                         help="an interpreter with chDB 3.7 (ClickHouse 25.8), whose Kafka engine works")
     parser.add_argument("--memory", action="store_true",
@@ -206,8 +266,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.memory:
         return memory_report(args.seed)
+    if args.flood:
+        return flood_report(args.flood_events, args.seed)
     if args.quick:
-        args.events, args.faust_sample, args.freshness_seconds = 200_000, 20_000, 15
+        args.events, args.faust_sample, args.freshness_seconds, args.flood_events = 200_000, 20_000, 15, 100_000
 
     workdir = Path(tempfile.mkdtemp(prefix="kern-bench-"))
     results: dict = {"events": args.events, "partitions": PARTITIONS, "cpus": os.cpu_count(),
@@ -243,9 +305,24 @@ def main() -> None:
         console.print(f"measuring freshness at {args.freshness_rate:,} events/s for {args.freshness_seconds} s ...")
         results["freshness"] = freshness(broker, workdir / "fresh", args.freshness_rate, args.freshness_seconds,
                                          args.seed)
+        console.print(f"measuring a flood of {args.flood_events:,} unique values between two normal mixes ...")
+        results["cardinality"] = cardinality_flood(broker, workdir / "flood", args.flood_events, args.seed)
         console.print("measuring the HTTP collector beside a direct aiokafka producer ...")
         results["collector"] = http_collector.measure(broker, workdir / "collector", args.events, args.seed)
     report(results)
+
+
+def flood_report(events: int, seed: int) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="kern-bench-flood-"))
+    with EmbeddedBroker(log_path=workdir / "tansu.log") as broker:
+        flood = cardinality_flood(broker, workdir, events, seed)
+    note = flood_note(flood)
+    console.print(note)
+    RESULTS.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    (RESULTS / f"flood-{stamp}.json").write_text(json.dumps(flood, indent=2))
+    (RESULTS / f"flood-{stamp}.md").write_text(f"# Cardinality flood\n\n- {note}\n")
+    console.print(f"written: bench/results/flood-{stamp}.json, .md")
 
 
 def memory_report(seed: int) -> None:
@@ -268,6 +345,17 @@ def memory_report(seed: int) -> None:
     (RESULTS / f"memory-{stamp}.md").write_text("# Memory vs event count and dimension sets\n\n" + "\n".join(lines)
                                                 + f"\n\n- {verdict}\n")
     console.print(f"written: bench/results/memory-{stamp}.json, .md")
+
+
+def flood_note(flood: dict) -> str:
+    rates = ", ".join(f"{p['phase']} {p['rate']:,.0f} events/s (CPU s / 1M: worker {p['worker_cpu_s_per_1m']:.1f}, "
+                      f"ClickHouse {p['clickhouse_cpu_s_per_1m']:.1f}; peak RSS {p['rss_mb']:.0f} MB)"
+                      for p in flood["phases"])
+    return (f"cardinality flood, {flood['events_per_phase']:,} events per phase, one worker: {rates}; flood / normal "
+            f"{flood['flood_vs_normal']:.2f} (target >= 0.5), after / before {flood['after_vs_before']:.2f} (target "
+            f">= 0.9), flood peak RSS / normal {flood['flood_rss_vs_normal']:.3f} (target <= 1.10); runs_minute rows "
+            f"{flood['runs_minute_rows']:,} of which (rare) model ids {flood['rare_rows']:,}; candidate rows "
+            f"{flood['candidate_rows']:,}; suppressed values {flood['suppressed']}")
 
 
 def report(results: dict) -> None:
@@ -307,6 +395,7 @@ def report(results: dict) -> None:
         f"Kafka engine (chDB 3.7 = ClickHouse 25.8, in its own process): consumer joined after "
         f"{results['kafka_engine']['join_s']} s; timed from the first message it read",
         f"stock Faust timed on its first {results['stock_faust']['events']:,} events",
+        flood_note(results["cardinality"]),
         http_collector.note(results["collector"]),
     ]
     console.print(table)

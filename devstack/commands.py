@@ -77,7 +77,8 @@ def dev(rate: int, port: int, clickhouse_port: int, refresh: float, page_port: i
         clickhouse = _first_that_starts(*(ChdbServerProcess(settings.clickhouse_dsn.removeprefix("chdb://"), port=p)
                                           for p in (clickhouse_port, free_port())))
         running.callback(clickhouse.stop)
-        settings = Settings.load(bootstrap_servers=broker.bootstrap_servers, clickhouse_dsn=clickhouse.url)
+        settings = Settings.load(bootstrap_servers=broker.bootstrap_servers, clickhouse_dsn=clickhouse.url,
+                                 hash_secret=settings.hash_secret or _dev_secret())
         create_topics(settings)
         console.print(f"[bold]embedded stack[/bold]: broker {broker.bootstrap_servers}, ClickHouse {clickhouse.url} "
                       f"(data in {clickhouse.path}), topic {settings.topic}, "
@@ -100,6 +101,20 @@ def dev(rate: int, port: int, clickhouse_port: int, refresh: float, page_port: i
         app.service(DevDashboard(settings, rate=rate, refresh=refresh, console=console, loop=app.loop,
                                  beacon=app.beacon))
         run(app)
+
+
+def _dev_secret() -> str:
+    """The embedded stack's hash secret, made once and kept in .kern/ (a production deployment sets
+    KERN_HASH_SECRET, the same for every worker)."""
+    import secrets
+    from pathlib import Path
+
+    path = Path(".kern/hash-secret")
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
 
 
 def _first_that_starts(*services):

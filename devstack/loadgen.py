@@ -68,8 +68,9 @@ class EventGenerator:
     the distinct dimension sets (about 10,000 by default)."""
 
     def __init__(self, seed: int = 7, invalid_share: float = 0.02, profiles: int = DEFAULT_PROFILES,
-                 timestamp_share: float = 0.1, report_share: float = 0.002):
+                 timestamp_share: float = 0.1, report_share: float = 0.002, private_share: float = 0.005):
         self.rng = random.Random(seed)
+        self.private_share = private_share  # runs with a model id or a flag of one user's own (stored as rare)
         self.invalid_share = invalid_share
         self.report_share = report_share  # client reports of dropped events among the valid events
         self.timestamp_share = timestamp_share  # share of events that carry their own timestamp
@@ -103,6 +104,12 @@ class EventGenerator:
         event["data"][id_field] = self._id()
         if kind == "os" and rng.random() < 0.3:
             del event["session_id"]  # older SDKs send launches without a session
+        if kind != "os" and rng.random() < self.private_share:  # one user's own fine-tune or feature flag
+            private = f"acme-{rng.getrandbits(48):012x}"
+            if rng.random() < 0.5:
+                event["data"]["model_id"] = private
+            else:
+                event["data"][f"has_{private.replace('-', '_')}"] = True
         if rng.random() < self.timestamp_share:
             event["timestamp"] = round(time.time() - rng.random() * 5, 3)
         return event

@@ -99,7 +99,11 @@ def worker() -> None:
     """Run a rollup worker (scale out by running more; Kafka partitions are the unit)."""
     from pipeline.app import create_app, run
 
-    run(create_app(Settings.load()))
+    settings = Settings.load()
+    if settings.hash_secret is None:
+        raise click.UsageError("KERN_HASH_SECRET is not set: the worker counts sessions and candidate values only by "
+                               "keyed hashes derived from it, and every worker needs the same one (README: Privacy)")
+    run(create_app(settings))
 
 
 def _seconds(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:

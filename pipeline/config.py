@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     topic: str = Field(DEFAULT_TOPIC, description="Topic the SDKs produce events to")
     topic_partitions: int = Field(4, ge=1, description="Partitions when the CLI creates the topics")
     topic_replication: int = Field(1, ge=1, description="Replication factor when the CLI creates the topics")
+    topic_retention_hours: int = Field(
+        72, ge=1, description="Retention of the topics the CLI creates: the raw events are the only place identifiers "
+                              "exist, so keep it short, but longer than a worker may be down")
     consumer_group: str = Field("kern-telemetry-rollup", description="Consumer group of the workers")
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
@@ -61,6 +64,15 @@ class Settings(BaseSettings):
     catch_up_flush_interval_seconds: float = Field(
         5.0, gt=0, description="Flush interval while catching up: fewer, larger inserts clear a backlog faster")
     max_pending_rows: int = Field(500_000, ge=1000, description="Pause consumption above this many unflushed rows")
+
+    # Privacy
+    hash_secret: SecretStr | None = Field(
+        None, description="Master secret of the keyed hashes of sessions and candidate values (required by the "
+                          "worker; never stored in ClickHouse or Kafka)")
+    k_anonymity: int = Field(10, ge=1, description="Distinct sessions of one day a value needs before it is stored")
+    admission_refresh_seconds: float = Field(5.0, gt=0, description="How often workers load newly admitted values")
+    max_new_values_per_flush: int = Field(
+        20, ge=1, description="New candidate values a flush tracks per window and field; more are suppressed")
 
     # Retention (days; 0 keeps forever)
     retention_minute_days: int = Field(30, ge=0)

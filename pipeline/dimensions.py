@@ -50,6 +50,9 @@ DIMENSIONS = (
 )
 NAMES = tuple(dimension.name for dimension in DIMENSIONS)
 COLUMNS = tuple((dimension.name, dimension.column_type) for dimension in DIMENSIONS)
+#: The dimensions distinct sessions are counted by (`sessions_daily`, one sketch per flag too).
+SKETCH = ("kind", "model_provider", "model_id", "features")
+SKETCH_INDEXES = tuple(NAMES.index(name) for name in SKETCH)
 
 #: The `data` fields the dimensions read, in order of first use (the typed decoder's fields).
 DATA_FIELDS = tuple(dict.fromkeys(d.path[1] for d in DIMENSIONS if len(d.path) > 1 and d.path[0] == "data"))

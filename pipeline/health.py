@@ -100,5 +100,9 @@ class Health:
             "consumer_lag": {str(p): int(value("kern_consumer_lag", {"partition": str(p)}))
                              for p in sorted(self.assigned) if p in self.log_ends},
             "poisoned_partitions": {str(p): dict(v) for p, v in sorted(self.poison.items())},
+            "admission_epoch": int(value("kern_admission_epoch")),
+            # rare values the cardinality guard did not track, by field: a flood of new values
+            "suppressed_values": {s.labels["field"]: int(s.value) for m in self.metrics.values_suppressed.collect()
+                                  for s in m.samples if s.name.endswith("_total")},
             "last_flush_age_s": None if self.last_flush_at is None else round(time.time() - self.last_flush_at, 3),
         }

@@ -126,7 +126,8 @@ def produce(settings: Settings, values: Iterable[bytes | None], *, rate: float =
 
 
 def create_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
-    """Create the events topic and its DLQ if missing; returns the names created."""
+    """Create the events topic and its DLQ if missing, with the configured short retention (the raw
+    events are the only place identifiers exist); returns the names created."""
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
@@ -134,7 +135,8 @@ def create_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
                              **client_options(settings))
     try:
         existing = set(admin.list_topics())
-        wanted = [NewTopic(name, settings.topic_partitions, settings.topic_replication)
+        retention = {"retention.ms": str(settings.topic_retention_hours * 3_600_000)}
+        wanted = [NewTopic(name, settings.topic_partitions, settings.topic_replication, topic_configs=retention)
                   for name in (settings.topic, settings.dlq_topic) if name not in existing]
         if wanted:
             try:

@@ -41,6 +41,11 @@ class Metrics:
                                   "(log end offset minus flushed end offset).", ["partition"], registry=registry)
         self.partition_poisoned = Gauge("kern_partition_poisoned", "1 while the partition is paused before a record "
                                         "batch it cannot decode.", ["partition", "error"], registry=registry)
+        self.values_suppressed = Counter("kern_values_suppressed", "Rare values stored as (rare) without being "
+                                         "tracked as candidates: the cardinality guard was full for their window "
+                                         "and field.", ["field"], registry=registry)
+        self.admission_epoch = Gauge("kern_admission_epoch", "The admission epoch this worker projects with "
+                                     "(values admitted after k distinct sessions).", registry=registry)
         self.fetch_errors = Counter("kern_fetch_errors", "Fetches the Kafka client raised for.", registry=registry)
         self.offset_gaps_refused = Counter("kern_offset_gaps_refused", "Batches refused because they did not start "
                                            "where the partition's folding stood.", registry=registry)

@@ -12,7 +12,8 @@ dimensions read, in C, and skips everything else (identifiers, prompts) without 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections import Counter, defaultdict
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
@@ -21,6 +22,7 @@ import msgspec
 from kern_telemetry_client import contract
 from kern_telemetry_client.values import INVALID, NONE, REDACTED, clean_flag_name, clean_value
 
+from pipeline.admission import RARE, Admission
 from pipeline.dimensions import DATA_FIELDS, DIMENSIONS, MODEL_KEYS, member_bucket
 from pipeline.rejections import Reason, Rejection
 
@@ -32,6 +34,8 @@ _UNKNOWN_KIND = f"expected one of {', '.join(contract.KINDS)}"
 KNOWN_FLAGS = contract.FLAGS
 
 _CACHE_LIMIT = 50_000
+_FLAG, _REASON = "flag", "reason"  # the fields of flag names and of client reports' reasons
+UNKNOWN_FLAG = "(unknown flag)"  # how a path names a flag that is neither the contract's nor admitted
 
 
 def _model_ref_type(keys: tuple[str, ...]) -> type:
@@ -51,6 +55,19 @@ _Data = msgspec.defstruct("_Data", [
     *((flag, bool | None | msgspec.UnsetType, msgspec.UNSET) for flag in KNOWN_FLAGS),
 ])
 _NO_DATA = (None,) * len(DATA_FIELDS)
+
+_KIND, _VALUE, _BUCKET, _FLAGS = "kind", "value", "bucket", "flags"
+_NOTES = {RARE: Reason.RARE_VALUE, INVALID: Reason.INVALID_VALUE, REDACTED: Reason.REDACTED_VALUE}
+#: The plain string fields of `data` (index in DATA_FIELDS, name): stored before projecting (see
+#: `_typed_projection`); model references are projected as they are.
+_PLAIN = tuple((i, field) for i, field in enumerate(DATA_FIELDS) if contract.field(field).type == "string")
+#: Each dimension compiled for the typed fields: (source, field, index in DATA_FIELDS or None for the
+#: envelope's sdk_version, model reference key or None, kinds, JSON path).
+_PLAN = tuple(
+    ({"kind": _KIND, "value": _VALUE, "bucket": _BUCKET, "flags": _FLAGS}[d.source], d.path[-1] if d.path else "",
+     DATA_FIELDS.index(d.path[1]) if d.path[:1] == ("data",) and len(d.path) > 1 else None,
+     d.path[2] if len(d.path) == 3 else None, d.kinds, "$." + ".".join(d.path))
+    for d in DIMENSIONS)
 
 
 def _envelope(name: str, data_type: object) -> type:
@@ -82,43 +99,71 @@ class _KindOnly(msgspec.Struct):
     type: Any = None
 
 
+class Tally:
+    """What projecting events leaves besides their keys (a partition's rollup is one): the quality counts,
+    the sessions of each key (hashed at flush, for the distinct-session sketches), the candidate values with
+    their sessions, and the cardinality guard's state, all for one flush."""
+
+    __slots__ = ("quality", "sessions", "candidates", "tracked", "suppressed")
+
+    def __init__(self) -> None:
+        self.quality: dict[tuple, int] = {}  # (window_start, kind, reason) -> events
+        self.sessions: dict[tuple, list] = defaultdict(list)  # (window_start, dims) -> session ids
+        self.candidates: dict[tuple, list] = {}  # (window_start, field, value) -> session ids, at most k
+        self.tracked: dict[tuple, dict] = {}  # (window_start, field) -> {raw value: stored value}: the guard
+        self.suppressed: Counter = Counter()  # field -> rare values the guard did not track
+
+
 class EventProjector:
-    """Validates events and projects them onto rollup keys. One per worker; holds only caches."""
+    """Validates events and projects them onto rollup keys, with one admission epoch. One per worker and
+    epoch; holds only caches (of admitted values: a flood of rare values cannot fill them)."""
 
     def __init__(self, window_seconds: int, allowed_lateness_seconds: int, future_tolerance_seconds: int,
-                 max_event_bytes: int):
+                 max_event_bytes: int, admission: Admission | None = None, k: int = 10,
+                 max_new_values: int = 20):
         self.window_seconds = window_seconds
         self.allowed_lateness = allowed_lateness_seconds
         self.future_tolerance = future_tolerance_seconds
         self.max_event_bytes = max_event_bytes
+        self.admission = admission or Admission()
+        self.k = k  # sessions a candidate needs: more are not kept
+        self.max_new_values = max_new_values  # rare values a flush tracks per window and field
         self._decode_typed = msgspec.json.Decoder(_TypedEnvelope).decode
         # Untyped floats (unknown fields) as Decimal: 1e400 there must not reject what the typed decode,
         # which skips those fields, accepts.
         self._decode_dict = msgspec.json.Decoder(_Envelope, float_hook=Decimal).decode
         # (kind, sdk_version, typed data fields) -> (flags present, dimensions, reasons of bad values): a
-        # hit is one tuple hash, and there are about as many entries as distinct dimension sets.
+        # hit is one tuple hash, and there are about as many entries as distinct dimension sets. Only
+        # projections without a rare value are kept.
         self._projections: dict[tuple, tuple[int, tuple, tuple[Reason, ...]]] = {}
-        self._cleaned: dict[str, str] = {}  # raw value -> clean_value(raw value)
-        self._flag_names: dict[str, str | None] = {}  # `has_*` key -> clean_flag_name(key)
+        self._admitted: dict[str, dict[str, str]] = defaultdict(dict)  # field -> raw value -> admitted value
+        self._flags: dict[tuple, tuple[int, tuple]] = {}  # typed flags -> (flags present, true flag names)
         self._notes: dict = {}  # one event's quality notes, kept only if the event is counted (or late)
 
     @classmethod
-    def from_settings(cls, settings: Any) -> EventProjector:
-        return cls(settings.window_seconds, settings.allowed_lateness_seconds,
-                   settings.future_tolerance_seconds, settings.max_event_bytes)
+    def from_settings(cls, settings: Any, admission: Admission | None = None) -> EventProjector:
+        return cls(settings.window_seconds, settings.allowed_lateness_seconds, settings.future_tolerance_seconds,
+                   settings.max_event_bytes, admission, settings.k_anonymity, settings.max_new_values_per_flush)
 
-    def project(self, raw: bytes | None, record_ms: int, quality: dict) -> tuple:
+    @property
+    def epoch(self) -> int:
+        return self.admission.epoch
+
+    def admits_flag(self, name: str) -> bool:
+        return self.admission.admits(_FLAG, name)
+
+    def project(self, raw: bytes | None, record_ms: int, tally: Tally) -> tuple:
         """`(window_start, dims)` for a countable event; raises `Rejection` otherwise. Every event not
-        counted, and notes about counted ones (redacted values, replaced timestamps), are added to
-        `quality[(window_start, kind, reason)]`. The per-event hot path: keep it flat."""
+        counted, and notes about counted ones (redacted or rare values, replaced timestamps), are added to
+        `tally.quality[(window_start, kind, reason)]`. The per-event hot path: keep it flat."""
         if raw is None or len(raw) > self.max_event_bytes or (not raw.isascii() and not _is_utf8(raw)):
-            raise self._rejected(_raw_rejection(raw, self.max_event_bytes), record_ms, quality)
+            raise self._rejected(_raw_rejection(raw, self.max_event_bytes), record_ms, tally.quality)
         try:
-            key = self._project(self._decode_typed(raw), raw, record_ms)
+            key = self._project(self._decode_typed(raw), raw, record_ms, tally)
         except Exception as exc:  # noqa: BLE001 - classified by `_rejected`: a validator bug must not stop a partition
-            raise self._rejected(_rejection(exc, raw), record_ms, quality) from None
+            raise self._rejected(_rejection(exc, raw), record_ms, tally.quality) from None
         if self._notes:
-            _merge(quality, self._notes)
+            _merge(tally.quality, self._notes)
         return key
 
     def _rejected(self, rejection: Rejection, record_ms: int, quality: dict) -> Rejection:
@@ -132,7 +177,7 @@ class EventProjector:
             _merge(quality, self._notes)
         return rejection
 
-    def _project(self, event: Any, raw: bytes, record_ms: int) -> tuple:
+    def _project(self, event: Any, raw: bytes, record_ms: int, tally: Tally) -> tuple:
         """Envelope checks, event time, then the dimensions: cached per distinct typed `data`, or from the
         dict decode when the bytes hold a flag the typed decode did not see."""
         kind = event.type
@@ -142,8 +187,11 @@ class EventProjector:
             kind = contract.OS
         elif kind not in KINDS:
             raise Rejection(Reason.UNKNOWN_KIND, "$.type", _UNKNOWN_KIND)
-        if kind in contract.RUN_KINDS and (event.session_id is msgspec.UNSET or event.session_id is None):
-            raise Rejection(Reason.MISSING_FIELD, "$.session_id", kind=kind)
+        session = event.session_id
+        if type(session) is not str:
+            if kind in contract.RUN_KINDS:
+                raise Rejection(Reason.MISSING_FIELD, "$.session_id", kind=kind)
+            session = event.os_id if type(event.os_id) is str else None  # launches without a session
 
         notes = self._notes
         if event.timestamp is None:
@@ -153,91 +201,176 @@ class EventProjector:
             window_start = self._window_start(event.timestamp, record_ms, kind, notes)
 
         if kind == contract.CLIENT_REPORT:
-            return window_start, self._client_report(raw, event.sdk_version, window_start)
+            return window_start, self._client_report(raw, event.sdk_version, window_start, tally)
         data = event.data
         key = (kind, event.sdk_version, _NO_DATA if data is None else msgspec.structs.astuple(data))
-        present, dims, bad = self._projections.get(key) or self._typed_projection(key)
+        present, dims, bad, rare = self._projections.get(key) or self._typed_projection(key, window_start, tally)
         # Every `"has_` in the bytes must be a known flag the typed decode saw; otherwise (a new flag, a
         # duplicate key, an escaped key) decode again into a dict, which keeps every key.
         if raw.count(b'"has_') != present or b"\\u" in raw:
-            dims, bad = self._dict_projection(raw, kind, event.sdk_version)
+            dims, bad, rare = self._dict_projection(raw, kind, event.sdk_version, window_start, tally)
         for reason in bad:
             _count(notes, (window_start, kind, reason))
-        return window_start, dims
+        key = (window_start, dims)
+        if session is not None:
+            tally.sessions[key].append(session)
+            for candidate in rare:
+                self._sighting(tally, (window_start, *candidate), session)
+        return key
 
-    def _typed_projection(self, key: tuple) -> tuple[int, tuple, tuple[Reason, ...]]:
-        """Cache miss: the projection of typed `data` fields (`DATA_FIELDS`, then `KNOWN_FLAGS`)."""
+    def _typed_projection(self, key: tuple, window_start: int, tally: Tally) -> tuple:
+        """Cache miss. A value of a plain string field that is not admitted as sent (a rare value, a marker,
+        a value admitted once normalised) is stored first (`_store`: the guard, the candidate); the
+        projection then comes from the key with the stored values, which is cached: a flood of unique
+        values costs a lookup per field, not a projection per event."""
+        kind, sdk_version, fields = key
+        admitted, rare = self._admitted, []
+        if sdk_version is not None and sdk_version not in admitted["sdk_version"]:
+            sdk_version = self._store(sdk_version, "sdk_version", [], rare, window_start, tally)
+        stored = None
+        for index, field in _PLAIN:
+            value = fields[index]
+            if value is not None and value not in admitted[field]:
+                stored = stored or list(fields)
+                stored[index] = self._store(value, field, [], rare, window_start, tally)
+        if stored is None and sdk_version is key[1]:
+            return self._projection(key, window_start, tally)
+        key = (kind, sdk_version, fields if stored is None else tuple(stored))
+        present, dims, bad, _ = self._projections.get(key) or self._projection(key, window_start, tally)
+        return present, dims, bad, tuple(rare)
+
+    def _projection(self, key: tuple, window_start: int, tally: Tally) -> tuple:
+        """The projection of typed `data` fields (`DATA_FIELDS`, then `KNOWN_FLAGS`), cached when it has no
+        rare value."""
         kind, sdk_version, fields = key
         flags = fields[len(DATA_FIELDS):]
-        present = sum(value is not msgspec.UNSET for value in flags)
-        features = tuple(sorted(flag for flag, value in zip(KNOWN_FLAGS, flags) if value is True))
-        projection = (present, *self._dimensions(kind, sdk_version, dict(zip(DATA_FIELDS, fields)), features, []))
-        if len(self._projections) < _CACHE_LIMIT:
+        present, features = self._flags.get(flags) or self._flag_summary(flags)
+        projection = (present, *self._dimensions(kind, sdk_version, fields, features, [], window_start, tally))
+        if not projection[3]:  # without a rare value: the same for every event of this epoch
+            if len(self._projections) >= _CACHE_LIMIT:
+                self._projections.clear()
             self._projections[key] = projection
         return projection
 
-    def _dict_projection(self, raw: bytes, kind: str, sdk_version: str | None) -> tuple[tuple, tuple[Reason, ...]]:
+    def _flag_summary(self, flags: tuple) -> tuple[int, tuple]:
+        """How many known flags are present (null counts), and the sorted names of those that are true."""
+        summary = (sum(value is not msgspec.UNSET for value in flags),
+                   tuple(sorted(flag for flag, value in zip(KNOWN_FLAGS, flags) if value is True)))
+        self._flags[flags] = summary  # at most 3 ** len(KNOWN_FLAGS) combinations, a few hundred in practice
+        return summary
+
+    def _dict_projection(self, raw: bytes, kind: str, sdk_version: str | None, window_start: int,
+                         tally: Tally) -> tuple:
         """The dimensions of an event whose `data` has flags outside `KNOWN_FLAGS` (not cached)."""
         try:
             data = self._decode_dict(raw).data or {}
         except Exception as exc:  # noqa: BLE001 - classified by `_rejection`
             raise _rejection(exc, raw) from None
-        features, bad = [], []
+        features, bad, rare = set(), [], []
         for key, value in data.items():
             if key[:4] != contract.FLAG_PREFIX or value is False or value is None:
                 continue
             if value is not True:
-                raise Rejection(Reason.WRONG_TYPE, f"$.data.{clean_value(key)}", "expected bool or null", kind)
-            name = _remembered(self._flag_names, key, clean_flag_name)
-            if name is None:
-                bad.append(Reason.INVALID_VALUE)
-            else:
-                features.append(name)
-        features.sort()
-        return self._dimensions(kind, sdk_version, data, tuple(features), bad)
+                raise Rejection(Reason.WRONG_TYPE, self._flag_path(key), "expected bool or null", kind)
+            name = self._store(key, _FLAG, bad, rare, window_start, tally)
+            if name is not INVALID:
+                features.add(name)
+        fields = tuple(_typed(data.get(field), field, kind) for field in DATA_FIELDS)
+        return self._dimensions(kind, sdk_version, fields, tuple(sorted(features)), bad, window_start, tally, rare)
 
-    def _dimensions(self, kind: str, sdk_version: object, data: Mapping, features: tuple,
-                    bad: list[Reason]) -> tuple[tuple, tuple[Reason, ...]]:
-        """The dimensions in `DIMENSIONS` order, and the reasons for the values it had to replace."""
+    def _flag_path(self, key: str) -> str:
+        """The JSON path of a flag: its name when the contract or the admission knows it, never a private one."""
+        return f"$.data.{key if self.admits_flag(key) else UNKNOWN_FLAG}"
+
+    def _dimensions(self, kind: str, sdk_version: object, fields: tuple, features: tuple, bad: list[Reason],
+                    window_start: int, tally: Tally, rare: list | None = None) -> tuple:
+        """The dimensions in `DIMENSIONS` order (from `fields`, the data fields in `DATA_FIELDS` order, model
+        references as structs), the reasons for the values it had to replace, and the rare values among
+        them ((field, value) pairs)."""
+        rare = [] if rare is None else rare
         dims = []
-        for dimension in DIMENSIONS:
-            if dimension.kinds is not None and kind not in dimension.kinds:
-                dims.append(NONE)
-            elif dimension.source == "kind":
-                dims.append(kind)
-            elif dimension.source == "flags":
-                dims.append(features)
+        append = dims.append
+        admitted = self._admitted
+        for source, field, index, key, kinds, path in _PLAN:
+            if kinds is not None and kind not in kinds:
+                append(NONE)
+            elif source is _VALUE:
+                value = sdk_version if index is None else fields[index]
+                if key is not None and value is not None:
+                    value = getattr(value, key)
+                if value is None:
+                    append(NONE)
+                elif type(value) is not str:
+                    raise Rejection(Reason.WRONG_TYPE, path, "expected string or null", kind)
+                else:
+                    append(admitted[field].get(value) or self._store(value, field, bad, rare, window_start, tally))
+            elif source is _KIND:
+                append(kind)
+            elif source is _FLAGS:
+                append(features)
             else:
-                value = _lookup(data, dimension.path[1:], kind) if dimension.path[0] == "data" else sdk_version
-                path = "$." + ".".join(dimension.path)
-                dims.append(self._clean(value, path, kind, bad) if dimension.source == "value"
-                            else _bucket(value, path, kind, bad))
-        return tuple(dims), tuple(bad)
+                append(_bucket(fields[index], path, kind, bad))
+        return tuple(dims), tuple(bad), tuple(rare)
 
-    def _client_report(self, raw: bytes, sdk_version: str | None, window_start: int) -> tuple:
+    def _client_report(self, raw: bytes, sdk_version: str | None, window_start: int, tally: Tally) -> tuple:
         """A client's account of the events it dropped: `data.dropped` maps a reason to a count (reasons
-        the contract does not name yet are kept under their cleaned name, like new flags)."""
+        the contract does not name yet are stored like any free text)."""
         data = msgspec.json.decode(raw, type=_ClientReport).data
         dropped = (data.dropped if data is not None else None) or {}
         bad: list[Reason] = []
-        version = self._clean(sdk_version, "$.sdk_version", contract.CLIENT_REPORT, bad)
-        counts = tuple(sorted((_remembered(self._cleaned, reason, clean_value), count)
-                              for reason, count in dropped.items() if count))
+        version = NONE if sdk_version is None else self._store(sdk_version, "sdk_version", bad, [], window_start, tally)
+        counts: dict[str, int] = {}
+        for reason, count in dropped.items():
+            if count:
+                stored = self._store(reason, _REASON, bad, [], window_start, tally)
+                counts[stored] = counts.get(stored, 0) + count
         for reason in bad:
             _count(self._notes, (window_start, contract.CLIENT_REPORT, reason))
-        return contract.CLIENT_REPORT, version, counts
+        return contract.CLIENT_REPORT, version, tuple(sorted(counts.items()))
 
-    def _clean(self, value: object, path: str, kind: str, bad: list[Reason]) -> str:
-        if value is None:
-            return NONE
-        if type(value) is not str:
-            raise Rejection(Reason.WRONG_TYPE, path, "expected string or null", kind)
-        cleaned = _remembered(self._cleaned, value, clean_value)
-        if cleaned is REDACTED:
-            bad.append(Reason.REDACTED_VALUE)
-        elif cleaned is INVALID:
-            bad.append(Reason.INVALID_VALUE)
-        return cleaned
+    def _store(self, value: str, field: str, bad: list[Reason], rare: list, window_start: int, tally: Tally) -> str:
+        """What is stored for a string of `field`: the admitted value (cached), a marker (INVALID, REDACTED)
+        or RARE. A rare value becomes a candidate (`rare`), within the cardinality guard: past
+        `max_new_values` rare values per window and field in this flush, it is suppressed (not tracked,
+        not even cleaned). An admitted value as sent is never suppressed; one admitted only once normalised
+        (an `ft:` model id of an organisation) can be, while a flood fills the guard."""
+        stored = self._admitted[field].get(value)
+        if stored is not None:
+            return stored
+        if value is RARE or value is INVALID or value is REDACTED:  # stored already (`_typed_projection`)
+            bad.append(_NOTES[value])
+            return value
+        if self.admission.admits(field, value) and _is_clean(value, field):
+            return self._remember(field, value, value)
+        tracked = tally.tracked.setdefault((window_start, field), {})
+        cleaned = tracked.get(value)
+        if cleaned is None:
+            if len(tracked) >= self.max_new_values:
+                tally.suppressed[field] += 1
+                bad.append(Reason.RARE_VALUE)
+                return RARE
+            cleaned = (clean_flag_name(value) or INVALID) if field == _FLAG else clean_value(value, field)
+            if cleaned is not INVALID and cleaned is not REDACTED and self.admission.admits(field, cleaned):
+                return self._remember(field, value, cleaned)
+            tracked[value] = cleaned
+        if cleaned is INVALID or cleaned is REDACTED:
+            bad.append(_NOTES[cleaned])
+            return cleaned
+        bad.append(Reason.RARE_VALUE)
+        rare.append((field, cleaned))
+        return RARE
+
+    def _remember(self, field: str, value: str, stored: str) -> str:
+        cache = self._admitted[field]
+        if len(cache) >= _CACHE_LIMIT:
+            cache.clear()
+        cache[value] = stored
+        return stored
+
+    def _sighting(self, tally: Tally, candidate: tuple, session: str) -> None:
+        sessions = tally.candidates.setdefault(candidate, [])
+        if len(sessions) < self.k:
+            sessions.append(session)
 
     def _window_start(self, timestamp: object, record_ms: int, kind: str, notes: dict) -> int:
         """Event time for a payload that carries a timestamp: that time when valid, else the Kafka
@@ -262,16 +395,22 @@ class EventProjector:
         return event_s - event_s % width
 
 
-def _lookup(data: Mapping, path: tuple[str, ...], kind: str) -> object:
-    """`data[path[0]]`, or a key of the model reference there (a typed struct or, on the dict path, a dict)."""
-    value = data.get(path[0])
-    if len(path) == 1 or value is None:
+def _typed(value: object, field: str, kind: str) -> object:
+    """A `data` value of the dict path as the typed path has it: a model reference as its struct."""
+    if field not in MODEL_KEYS or value is None:
         return value
-    if type(value) is dict:
-        return value.get(path[1])
-    if isinstance(value, msgspec.Struct):
-        return getattr(value, path[1])
-    raise Rejection(Reason.WRONG_TYPE, f"$.data.{path[0]}", "expected object or null", kind)
+    if type(value) is not dict:
+        raise Rejection(Reason.WRONG_TYPE, f"$.data.{field}", "expected object or null", kind)
+    keys = MODEL_KEYS[field]
+    return _MODEL_REFS[keys](*(value.get(key) for key in keys))
+
+
+def _is_clean(value: str, field: str) -> bool:
+    """Whether the value rules store an admitted value as it is (the registry admits families by pattern,
+    and a pattern match may still hold a secret)."""
+    if field == _FLAG:
+        return clean_flag_name(value) == value
+    return clean_value(value, field) == value
 
 
 def _bucket(count: object, path: str, kind: str, bad: list[Reason]) -> str:
@@ -283,16 +422,6 @@ def _bucket(count: object, path: str, kind: str, bad: list[Reason]) -> str:
     if bucket is INVALID:
         bad.append(Reason.INVALID_VALUE)
     return bucket
-
-
-def _remembered(cache: dict, key: str, compute: Callable[[str], Any]) -> Any:
-    """`compute(key)`, kept in `cache` while it holds fewer than `_CACHE_LIMIT` entries."""
-    if key in cache:
-        return cache[key]
-    value = compute(key)
-    if len(cache) < _CACHE_LIMIT:
-        cache[key] = value
-    return value
 
 
 def _count(counter: dict, key: tuple) -> None:

@@ -25,12 +25,13 @@ class Reason(StrEnum):
     BAD_TIMESTAMP = "bad_timestamp"  # payload time unparseable or out of range: the record time is used
     REDACTED_VALUE = "redacted_value"  # a dimension value looked like a secret or personal data
     INVALID_VALUE = "invalid_value"  # a dimension value was too long or had disallowed characters
+    RARE_VALUE = "rare_value"  # a value seen from fewer than k sessions: stored as (rare)
     # A range of offsets an operator skipped (`kern-telemetry skip`): counted by offsets, not by events.
     SKIPPED = "skipped"
 
 
 QUALITY_ONLY = frozenset({Reason.LATE, Reason.FUTURE_TIMESTAMP, Reason.BAD_TIMESTAMP,
-                          Reason.REDACTED_VALUE, Reason.INVALID_VALUE})
+                          Reason.REDACTED_VALUE, Reason.INVALID_VALUE, Reason.RARE_VALUE})
 
 
 class Rejection(Exception):

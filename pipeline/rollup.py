@@ -1,8 +1,9 @@
 """Pending aggregates of one source partition, folded batch by batch between two flushes.
 
 A `PartitionRollup` covers the contiguous offsets [start_offset, end_offset) of one partition: its
-runs counts, its quality counts, the dead letters of its invalid events, and the ledger's account of the
-range (counted, dead-lettered, late, skipped). A flush writes exactly that range (`agents/checkpoint.py`),
+runs counts, its quality counts, the sessions and candidate values its events carried (a `Tally`), the
+dead letters of its invalid events, and the ledger's account of the range (counted, dead-lettered, late,
+skipped). It is projected with one admission epoch, recorded with its flush. A flush writes exactly that range (`agents/checkpoint.py`),
 so rebuilding the rollup from the same offsets gives the same rows, which is what makes a replayed flush
 deduplicate. A batch that does not start where the rollup ends is refused (`OffsetGap`): counting records
 after a hole would let a flush claim offsets that were never counted.
@@ -11,12 +12,13 @@ after a hole would let a flush claim offsets that were never counted.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from kern_telemetry_client.contract import CLIENT_REPORT
 
 from pipeline.dead_letters import DeadLetter, dead_letter, skipped_range
+from pipeline.projector import EventProjector, Tally
 from pipeline.rejections import Reason, Rejection
 
 
@@ -28,23 +30,24 @@ class OffsetGap(Exception):
         self.partition, self.expected, self.first = partition, expected, first
 
 
-class PartitionRollup:
-    __slots__ = ("topic", "partition", "start_offset", "end_offset", "events", "runs", "quality",
-                 "dead_letters", "replay", "dead_lettered", "late", "skipped")
+class PartitionRollup(Tally):
+    __slots__ = ("topic", "partition", "start_offset", "end_offset", "events", "runs", "dead_letters", "replay",
+                 "dead_lettered", "late", "skipped", "epoch")
 
-    def __init__(self, topic: str, partition: int, start_offset: int, replay: bool = False):
+    def __init__(self, topic: str, partition: int, start_offset: int, replay: bool = False, epoch: int = 0):
+        super().__init__()
         self.topic = topic
         self.partition = partition
         self.start_offset = start_offset
         self.end_offset = start_offset
         self.events = 0
         self.runs: dict[tuple, int] = defaultdict(int)  # (window_start, dims) -> events with those dims
-        self.quality: dict[tuple, int] = {}  # (window_start, kind, reason) -> events
         self.dead_letters: list[DeadLetter] = []
         self.replay = replay  # rebuilt from an already recorded range: its dead letters were sent
         self.dead_lettered = 0
         self.late = 0
         self.skipped = 0  # offsets an operator skipped (a skip rollup holds nothing else)
+        self.epoch = epoch  # the admission epoch its rows were projected with
 
     @classmethod
     def skip(cls, topic: str, partition: int, start_offset: int, end_offset: int, window_start: int, reason: str,
@@ -81,22 +84,26 @@ class PartitionRollup:
     def counted(self) -> int:
         return self.events - self.dead_lettered - self.late
 
-    def add(self, messages: Sequence[Any], project: Callable) -> None:
-        """Fold consumer records (with .offset, .timestamp, .value) into the rollup. The hot path."""
+    def add(self, messages: Sequence[Any], projector: EventProjector) -> None:
+        """Fold consumer records (with .offset, .timestamp, .value) into the rollup, with the projector
+        of its admission epoch. The hot path."""
         if messages[0].offset != self.end_offset:
             raise OffsetGap(self.partition, self.end_offset, messages[0].offset)
+        if projector.epoch != self.epoch:
+            raise ValueError(f"a rollup of admission epoch {self.epoch} cannot fold with epoch {projector.epoch}")
         runs = self.runs
-        quality = self.quality
+        project = projector.project
         for message in messages:
             try:
-                runs[project(message.value, message.timestamp, quality)] += 1
+                runs[project(message.value, message.timestamp, self)] += 1
             except Rejection as rejection:
                 if not rejection.dead_letter:
                     self.late += 1
                     continue
                 self.dead_lettered += 1
                 if not self.replay:
-                    self.dead_letters.append(dead_letter(rejection, message, self.topic, self.partition))
+                    self.dead_letters.append(dead_letter(rejection, message, self.topic, self.partition,
+                                                         projector.admits_flag))
         self.events += len(messages)
         self.end_offset = messages[-1].offset + 1
 

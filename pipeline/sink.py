@@ -15,24 +15,33 @@ inserted with a quorum of replicas (linearized, `insert_quorum_parallel = 0`) an
 from __future__ import annotations
 
 from collections.abc import Iterable
+from collections import defaultdict
 from typing import NamedTuple
 
 import msgspec
 from clickhouse_connect.driver.client import Client
 
 from pipeline import dimensions
+from pipeline.admission import Admitted, Keys
 from pipeline.rollup import PartitionRollup
 from tables.ddl import SchemaOptions
-from tables.schema import CLIENT_DROPS_MINUTE, INGEST_FLUSHES, LEDGER_COUNTS, QUALITY_MINUTE, RUNS_MINUTE, SKIP_REQUESTS
+from tables.schema import (ADMITTED_VALUES, CLIENT_DROPS_MINUTE, INGEST_FLUSHES, LEDGER_COUNTS, QUALITY_MINUTE,
+                           RUNS_MINUTE, SESSION_SIGHTINGS, SKIP_REQUESTS, VALUE_CANDIDATES, VALUE_SIGHTINGS)
 
 #: The columns each write names (the others take their DEFAULT); rows are built in these orders below.
 RUNS_COLUMNS = ("window_start", *dimensions.NAMES, "runs")
 QUALITY_COLUMNS = ("window_start", "kind", "reason", "events")
-FLUSH_COLUMNS = ("topic", "partition", "start_offset", "end_offset", "events", *LEDGER_COUNTS)
+FLUSH_COLUMNS = ("topic", "partition", "start_offset", "end_offset", "events", *LEDGER_COUNTS, "admission_epoch")
 SKIP_COLUMNS = ("topic", "partition", "through_offset", "reason")
 DROPS_COLUMNS = ("window_start", "sdk_version", "reason", "events")
+SESSION_COLUMNS = ("day", *dimensions.SKETCH, "session_hashes")
+SIGHTING_COLUMNS = ("day", "field", "value_hash", "session_hashes")
+ADMITTED_COLUMNS = ("epoch", "field", "value", "value_hash")
 WRITES = {RUNS_MINUTE.name: RUNS_COLUMNS, QUALITY_MINUTE.name: QUALITY_COLUMNS, INGEST_FLUSHES.name: FLUSH_COLUMNS,
-          SKIP_REQUESTS.name: SKIP_COLUMNS, CLIENT_DROPS_MINUTE.name: DROPS_COLUMNS}
+          SKIP_REQUESTS.name: SKIP_COLUMNS, CLIENT_DROPS_MINUTE.name: DROPS_COLUMNS,
+          SESSION_SIGHTINGS.name: SESSION_COLUMNS, VALUE_SIGHTINGS.name: SIGHTING_COLUMNS,
+          ADMITTED_VALUES.name: ADMITTED_COLUMNS}
+_DAY_S = 86_400
 
 _encode_row = msgspec.json.Encoder().encode
 _DEDUPLICATED = {"insert_deduplicate": 1, "deduplicate_blocks_in_dependent_materialized_views": 1}
@@ -45,6 +54,7 @@ class FlushRange(NamedTuple):
     start_offset: int
     end_offset: int
     skipped: int = 0  # offsets an operator skipped: the range is not re-consumed
+    admission_epoch: int = 0  # the admission its rows were projected with
 
 
 class SkipRequest(NamedTuple):
@@ -64,28 +74,49 @@ class ClickHouseSink:
 
     def last_flush(self, topic: str, partition: int) -> FlushRange | None:
         result = self.client.query(
-            f"SELECT start_offset, end_offset, skipped FROM {INGEST_FLUSHES.target(self.opts)} "
+            f"SELECT start_offset, end_offset, skipped, admission_epoch FROM {INGEST_FLUSHES.target(self.opts)} "
             "WHERE topic = {topic:String} AND partition = {partition:UInt32} ORDER BY end_offset DESC LIMIT 1",
             parameters={"topic": topic, "partition": partition}, settings=self._intent_reads)
         return FlushRange(*result.result_rows[0]) if result.result_rows else None
 
     def record_intent(self, rollup: PartitionRollup, token: str) -> None:
         row = (rollup.topic, rollup.partition, rollup.start_offset, rollup.end_offset, rollup.events,
-               rollup.counted, rollup.dead_lettered, rollup.late, rollup.skipped)
+               rollup.counted, rollup.dead_lettered, rollup.late, rollup.skipped, rollup.epoch)
         self._insert(INGEST_FLUSHES.target(self.opts), [row], FLUSH_COLUMNS, f"{token}/{INGEST_FLUSHES.name}",
                      self._intents)
 
-    def write_rows(self, rollup: PartitionRollup, token: str) -> None:
+    def write_rows(self, rollup: PartitionRollup, token: str, keys: Keys) -> None:
         """The rows of a rollup, one insert per table: usage events to the runs table, client reports to
-        the drops table, and the quality counts."""
+        the drops table, the quality counts, and the keyed hashes of the sessions (per sketch key) and of
+        the candidate values (with their sessions')."""
         for table, columns, rows in ((RUNS_MINUTE, RUNS_COLUMNS, [(w, *dims, n) for (w, dims), n in
                                                                    rollup.run_counts().items()]),
                                      (CLIENT_DROPS_MINUTE, DROPS_COLUMNS, [(*key, n) for key, n in
                                                                             rollup.client_drops().items()]),
                                      (QUALITY_MINUTE, QUALITY_COLUMNS, [(*key, n) for key, n in
-                                                                         rollup.quality.items()])):
+                                                                         rollup.quality.items()]),
+                                     (SESSION_SIGHTINGS, SESSION_COLUMNS, _session_rows(rollup, keys)),
+                                     (VALUE_SIGHTINGS, SIGHTING_COLUMNS, _sighting_rows(rollup, keys))):
             if rows:
                 self._insert(table.target(self.opts), rows, columns, f"{token}/{table.name}", self._inserts)
+
+    def admitted(self) -> list[Admitted]:
+        return [Admitted(*row) for row in self.client.query(
+            f"SELECT epoch, field, value FROM {ADMITTED_VALUES.target(self.opts)}").result_rows]
+
+    def ready_candidates(self, k: int) -> set[tuple[str, int]]:
+        """(field, value hash) of the candidates seen from k distinct sessions on one day (today or
+        yesterday: older ones expire)."""
+        return {(field, value_hash) for field, value_hash in self.client.query(
+            f"SELECT field, value_hash FROM {VALUE_CANDIDATES.target(self.opts)} WHERE day >= today() - 1 "
+            "GROUP BY field, value_hash, day HAVING uniqCombined64Merge(sessions) >= {k:UInt32}",
+            parameters={"k": k}).result_rows}
+
+    def admit(self, epoch: int, values: list[tuple[str, str, int]]) -> None:
+        """Write an admission epoch ((field, value, value hash) rows). Deduplicated by the epoch number:
+        of two workers writing the same epoch, the first one's rows are the epoch."""
+        self._insert(ADMITTED_VALUES.target(self.opts), [(epoch, *row) for row in values], ADMITTED_COLUMNS,
+                     f"admission/{epoch}", self._intents)
 
     def request_skip(self, topic: str, partition: int, through_offset: int, reason: str) -> None:
         self.client.insert(SKIP_REQUESTS.target(self.opts), [(topic, partition, through_offset, reason)],
@@ -112,3 +143,20 @@ class ClickHouseSink:
         body = b"\n".join(map(_encode_row, rows))
         self.client.raw_insert(table, columns, body, settings={**settings, "insert_deduplication_token": token},
                                fmt="JSONCompactEachRow")
+
+
+def _session_rows(rollup: PartitionRollup, keys: Keys) -> list[tuple]:
+    """Per day and sketch key (`dimensions.SKETCH`), the keyed hashes of the sessions of the rollup's runs."""
+    sessions: dict[tuple, list] = defaultdict(list)
+    for (window_start, dims), ids in rollup.sessions.items():
+        sessions[(window_start // _DAY_S, *(dims[i] for i in dimensions.SKETCH_INDEXES))] += ids
+    return [(day, *sketch, keys.sessions(day * _DAY_S, ids)) for (day, *sketch), ids in sessions.items()]
+
+
+def _sighting_rows(rollup: PartitionRollup, keys: Keys) -> list[tuple]:
+    """Per day, the keyed hash of each candidate value with the keyed hashes of its sessions."""
+    sightings: dict[tuple, list] = defaultdict(list)
+    for (window_start, field, value), ids in rollup.candidates.items():
+        sightings[(window_start // _DAY_S, field, keys.value(field, value))] += ids
+    return [(day, field, value_hash, keys.sessions(day * _DAY_S, ids))
+            for (day, field, value_hash), ids in sightings.items()]

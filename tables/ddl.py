@@ -59,8 +59,9 @@ class Table:
     sharding_key: str  # a deterministic function of the row: per-shard deduplication depends on it
     primary_key: tuple[str, ...] | None = None
     partition_by: str | None = None
-    ttl_column: str | None = None  # with `retention`: rows expire this many days after this column
+    ttl_column: str | None = None  # with `retention` or `fixed_ttl_days`: rows expire that long after it
     retention: str | None = None  # which configured retention applies: "minute", "hour" or "day"
+    fixed_ttl_days: int | None = None  # a retention that is not configurable
 
     def __post_init__(self) -> None:
         if "rand" in self.sharding_key.lower():
@@ -77,17 +78,21 @@ class Table:
         return f"{opts.db}.{quote_ident(self.physical_name(opts))}"
 
     def ttl_clause(self, opts: SchemaOptions) -> str:
-        days = opts.retention_days(self.retention) if self.retention else 0
+        days = opts.retention_days(self.retention) if self.retention else self.fixed_ttl_days or 0
         return f"{self.ttl_column} + INTERVAL {days} DAY" if self.ttl_column and days else ""
 
     def create(self, opts: SchemaOptions) -> list[str]:
         engine = self.engine + "()"
-        if opts.cluster:
+        if self.engine == "Null":  # a table that only feeds materialized views: nothing stored, no keys
+            engine = "Null"
+        elif opts.cluster:
             engine = (f"Replicated{self.engine}('/clickhouse/tables/{{shard}}/{opts.database}/{self.name}', "
                       f"'{{replica}}')")
         columns = ",\n  ".join(f"{quote_ident(n)} {t}" for n, t in self.columns)
         parts = [f"CREATE TABLE IF NOT EXISTS {self.local_target(opts)}{opts.on_cluster} (\n"
                  f"  {columns}\n) ENGINE = {engine}"]
+        if engine == "Null":
+            return [parts[0], *self._distributed(opts)]
         if self.partition_by:
             parts.append(f"PARTITION BY {self.partition_by}")
         if self.primary_key:
@@ -97,13 +102,14 @@ class Table:
             parts.append(f"TTL {ttl}")
         if not opts.cluster:
             parts.append(f"SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}")
-        statements = ["\n".join(parts)]
-        if opts.cluster:
-            statements.append(
-                f"CREATE TABLE IF NOT EXISTS {self.target(opts)}{opts.on_cluster} AS {self.local_target(opts)} "
+        return ["\n".join(parts), *self._distributed(opts)]
+
+    def _distributed(self, opts: SchemaOptions) -> list[str]:
+        if not opts.cluster:
+            return []
+        return [f"CREATE TABLE IF NOT EXISTS {self.target(opts)}{opts.on_cluster} AS {self.local_target(opts)} "
                 f"ENGINE = Distributed({quote_ident(opts.cluster)}, {opts.db}, "
-                f"{quote_ident(self.physical_name(opts))}, {self.sharding_key})")
-        return statements
+                f"{quote_ident(self.physical_name(opts))}, {self.sharding_key})"]
 
     def add_columns(self, columns: tuple[tuple[str, str], ...], opts: SchemaOptions) -> list[str]:
         """ALTERs that add `columns` (with their DEFAULTs) to the table, and to its Distributed table."""

@@ -15,7 +15,7 @@ from tables.ddl import SchemaOptions
 from tables.migrations import MIGRATIONS, Migration
 from tables.schema import RETAINED_TABLES, SCHEMA_MIGRATIONS
 
-_TTL_DAYS = re.compile(r"\bTTL\s+window_start\s*\+\s*toIntervalDay\((\d+)\)")
+_TTL_DAYS = re.compile(r"\bTTL\s+\w+\s*\+\s*toIntervalDay\((\d+)\)")
 
 
 def migrate(client: Client, opts: SchemaOptions, through: int | None = None) -> list[Migration]:

@@ -15,6 +15,8 @@ Tables (database `kern_telemetry` by default):
 - `skip_requests`: ranges an operator decided to skip (`kern-telemetry skip`), with the reason.
 - `client_drops_minute`, `client_drops_daily`: events SDK clients report they could not deliver, per
   reason and SDK version (`client_report` events).
+- `admitted_values`, `value_candidates`: k-anonymous values (`pipeline/admission.py`); `sessions_daily`:
+  distinct sessions per day, as mergeable sketches of keyed hashes.
 - views `flag_runs_*` (runs with each flag on) and `feature_combos_*` (runs per sorted flag set).
 
 Why the cluster DDL is safe for exactly-once flushes (see also `pipeline/sink.py`): a retried flush must
@@ -30,11 +32,15 @@ from tables.ddl import Table
 from tables.migrations.v1_initial import INGEST_FLUSHES, QUALITY_MINUTE, RUNS_MINUTE, RUNS_ROLLUPS, SCHEMA_MIGRATIONS
 from tables.migrations.v2_ledger import INGEST_LEDGER, LEDGER_COUNTS, SKIP_REQUESTS
 from tables.migrations.v3_client_reports import CLIENT_DROPS_DAILY, CLIENT_DROPS_MINUTE
+from tables.migrations.v4_privacy import (ADMITTED_VALUES, SESSION_SIGHTINGS, SESSIONS_DAILY, VALUE_CANDIDATES,
+                                          VALUE_SIGHTINGS)
 
-__all__ = ["CLIENT_DROPS_MINUTE", "INGEST_FLUSHES", "INGEST_LEDGER", "LEDGER_COUNTS", "QUALITY_MINUTE", "RUNS_MINUTE",
-           "RUNS_TABLES", "SCHEMA_MIGRATIONS", "SKIP_REQUESTS"]
+__all__ = ["ADMITTED_VALUES", "CLIENT_DROPS_MINUTE", "INGEST_FLUSHES", "INGEST_LEDGER", "LEDGER_COUNTS",
+           "QUALITY_MINUTE", "RUNS_MINUTE", "RUNS_TABLES", "SCHEMA_MIGRATIONS", "SESSION_SIGHTINGS", "SESSIONS_DAILY",
+           "SKIP_REQUESTS", "VALUE_CANDIDATES", "VALUE_SIGHTINGS"]
 
 RUNS_TABLES = (RUNS_MINUTE, *(table for table, _ in RUNS_ROLLUPS))
 
 #: Tables whose TTL follows the configured retention.
-RETAINED_TABLES: tuple[Table, ...] = (*RUNS_TABLES, QUALITY_MINUTE, CLIENT_DROPS_MINUTE, CLIENT_DROPS_DAILY)
+RETAINED_TABLES: tuple[Table, ...] = (*RUNS_TABLES, QUALITY_MINUTE, CLIENT_DROPS_MINUTE, CLIENT_DROPS_DAILY,
+                                      SESSIONS_DAILY)

@@ -44,7 +44,7 @@ def reference_rollup(settings: Settings, values: list[bytes], record_ms: int) ->
     that counts every event once must show, whatever crashed on the way."""
     rollup = PartitionRollup("reference", 0, 0)
     rollup.add([Record(i, record_ms, value) for i, value in enumerate(values)],
-               EventProjector.from_settings(settings).project)
+               EventProjector.from_settings(settings))
     return rollup
 
 
@@ -76,7 +76,11 @@ def stored_quality(client) -> Counter:
 
 
 def expected_quality(rollup: PartitionRollup) -> Counter:
-    return Counter({(kind, str(reason)): n for (_, kind, reason), n in rollup.quality.items()})
+    """{(kind, reason): events} over every window of the rollup's quality counts."""
+    quality = Counter()
+    for (_, kind, reason), n in rollup.quality.items():
+        quality[(kind, str(reason))] += n
+    return quality
 
 
 class TcpProxy:
@@ -168,6 +172,8 @@ class Stack:
             "KERN_CONSUMER_GROUP": f"rollup-{name}",
             "KERN_CLICKHOUSE_DSN": f"chdb://{workdir / 'chdb'}",
             "KERN_FLUSH_INTERVAL_SECONDS": "0.3",
+            "KERN_HASH_SECRET": f"test-secret-{name}",
+            "KERN_ADMISSION_REFRESH_SECONDS": "1",
             "KERN_LOG_LEVEL": os.environ.get("KERN_LOG_LEVEL", "info"),
             **overrides,
         }

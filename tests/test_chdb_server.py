@@ -16,6 +16,7 @@ from conftest import Record
 from agents.checkpoint import token
 from devstack.broker import EmbeddedBroker
 from devstack.chdb_server import ChdbServerProcess
+from pipeline.admission import Keys
 from pipeline.projector import EventProjector
 from pipeline.rollup import PartitionRollup
 from pipeline.sink import ClickHouseSink
@@ -28,7 +29,7 @@ def rollup(start: int, events: int) -> PartitionRollup:
     folded = PartitionRollup("events", 0, start)
     value = b'{"type":"agent","session_id":"s","data":{"model_id":"gpt-5.2","has_tools":true}}'
     now_ms = int(time.time() * 1000)
-    folded.add([Record(start + i, now_ms, value) for i in range(events)], EventProjector(60, 3600, 300, 65536).project)
+    folded.add([Record(start + i, now_ms, value) for i in range(events)], EventProjector(60, 3600, 300, 65536))
     return folded
 
 
@@ -46,8 +47,8 @@ def test_migrations_flushes_and_deduplication_over_http(server):
     first, second = rollup(0, 3), rollup(3, 2)
     for flush in (first, first, second):  # a retried flush lands once, in the table and its views
         sink.record_intent(flush, token(flush))
-        sink.write_rows(flush, token(flush))
-    assert sink.last_flush("events", 0) == (3, 5, 0) and sink.last_flush("events", 1) is None
+        sink.write_rows(flush, token(flush), Keys(b"secret"))
+    assert sink.last_flush("events", 0) == (3, 5, 0, 0) and sink.last_flush("events", 1) is None
     for table in ("runs_minute", "runs_hourly", "runs_daily"):
         assert client.query(f"SELECT sum(runs) FROM kern_telemetry.{table}").result_rows == [(5,)]
     row = client.query("SELECT window_start, features FROM kern_telemetry.runs_minute LIMIT 1").result_rows[0]

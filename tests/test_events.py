@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from kern_telemetry_client.contract import EVENT_KINDS
 from kern_telemetry_client.values import INVALID, NONE, REDACTED, clean_flag_name
 
+from pipeline.admission import RARE, Admission
 from pipeline.dimensions import NAMES as DIMENSIONS
-from pipeline.projector import KINDS, EventProjector
+from pipeline.projector import KINDS, EventProjector, Tally
 from pipeline.rejections import QUALITY_ONLY, Reason, Rejection
 
 WINDOW = 60
@@ -40,19 +41,28 @@ ALL_NONE = (NONE,) * 9  # the nine value dimensions between sdk_version and feat
 MODEL_ID = DIMENSIONS.index("model_id")
 
 
-def projector(max_event_bytes: int = MAX_BYTES) -> EventProjector:
+#: What these tests' events use besides the registry's values, admitted (as after k sessions): their
+#: projection is what they are about. Rare values have tests of their own (below, "k-anonymous values").
+ADMITTED = Admission(1, {"flag": frozenset({"has_new", "has_new_flag", "has_new_thing", "has_brand_new", "has_ok",
+                                            "has_brand_new_flag", "has_alpha", "has_zeta"}),
+                         "model_id": frozenset({"x" * 100, "PostgresDb", "OpenAIResponses", "b"}),
+                         "sdk_version": frozenset({"2"}), "reason": frozenset({"a_new_reason"})})
+
+
+def projector(max_event_bytes: int = MAX_BYTES, admission: Admission = ADMITTED, max_new_values: int = 20
+              ) -> EventProjector:
     return EventProjector(WINDOW, allowed_lateness_seconds=LATENESS, future_tolerance_seconds=FUTURE,
-                          max_event_bytes=max_event_bytes)
+                          max_event_bytes=max_event_bytes, admission=admission, max_new_values=max_new_values)
 
 
 def project(raw: bytes | None, record_ms: int = NOW_MS, max_event_bytes: int = MAX_BYTES
             ) -> tuple[tuple | Rejection, dict]:
     """The projection of `raw` (or the Rejection it raised), and the quality counts it added."""
-    quality: dict = {}
+    tally = Tally()
     try:
-        return projector(max_event_bytes).project(raw, record_ms, quality), quality
+        return projector(max_event_bytes).project(raw, record_ms, tally), tally.quality
     except Rejection as rejection:
-        return rejection, quality
+        return rejection, tally.quality
 
 
 def encode(payload: object) -> bytes:
@@ -376,10 +386,12 @@ def test_every_value_dimension_is_redacted(field, dim):
     else:
         data[field] = secret
     result, quality = project(run("team", data, **envelope))
+    # an SDK version is a version or nothing: a secret there is no version (formats before values)
+    marker, reason = (INVALID, Reason.INVALID_VALUE) if field == "sdk_version" else (REDACTED, Reason.REDACTED_VALUE)
     expected = dict.fromkeys(DIMENSIONS, NONE) | {"kind": "team", "sdk_version": "1.0.0", "features": (),
-                                                  dim: REDACTED}
+                                                  dim: marker}
     assert result == (WINDOW_START, tuple(expected.values()))
-    assert quality == {(WINDOW_START, "team", Reason.REDACTED_VALUE): 1}
+    assert quality == {(WINDOW_START, "team", reason): 1}
 
 
 def test_each_redacted_or_invalid_value_is_counted():
@@ -409,8 +421,9 @@ def test_real_model_ids_are_kept(value):
 def test_the_value_cache_gives_the_same_verdict_twice():
     shared = projector()
     for _ in range(2):
-        quality: dict = {}
-        result = shared.project(run("agent", {"model_id": "user@example.com", "db_type": "x\ny"}), NOW_MS, quality)
+        tally = Tally()
+        result = shared.project(run("agent", {"model_id": "user@example.com", "db_type": "x\ny"}), NOW_MS, tally)
+        quality = tally.quality
         assert result == (WINDOW_START, ("agent", "1.0.0", NONE, NONE, REDACTED, INVALID, *[NONE] * 5, ()))
         assert quality == {(WINDOW_START, "agent", Reason.REDACTED_VALUE): 1,
                            (WINDOW_START, "agent", Reason.INVALID_VALUE): 1}
@@ -763,16 +776,18 @@ def test_a_valid_event_projects_only_allow_listed_values(case):
     window_start, projected = result
     assert window_start == WINDOW_START and len(projected) == len(DIMENSIONS)
     assert projected[0] == event["type"]
-    markers = {NONE, INVALID, REDACTED} | KINDS | MEMBER_BUCKETS
+    markers = {NONE, INVALID, REDACTED, RARE} | KINDS | MEMBER_BUCKETS
     for value in projected[:-1]:
         assert type(value) is str and (value in markers or value in allowed), value
     features = projected[-1]
-    assert list(features) == sorted(features) and all(name.startswith("has_") for name in features)
-    # every true flag is counted, except names that are malformed or look like secrets (dropped, counted)
-    assert set(features) == {k for k, v in event["data"].items()
-                             if k.startswith("has_") and v is True and clean_flag_name(k) is not None}
+    assert list(features) == sorted(features) and all(name.startswith("has_") or name == RARE for name in features)
+    # every true flag is counted: under its name when admitted, else under RARE (a malformed or
+    # secret-looking name is dropped, and counted)
+    named = {k for k, v in event["data"].items() if k.startswith("has_") and v is True and clean_flag_name(k)}
+    admitted = {name for name in named if ADMITTED.admits("flag", name)}
+    assert set(features) == admitted | ({RARE} if named - admitted else set())
     # the quality notes of a counted event are only about its values or names
-    assert {reason for (_, _, reason) in quality} <= {Reason.INVALID_VALUE, Reason.REDACTED_VALUE}
+    assert {reason for (_, _, reason) in quality} <= {Reason.INVALID_VALUE, Reason.REDACTED_VALUE, Reason.RARE_VALUE}
 
 
 @pytest.mark.parametrize("marker, reason", [(REDACTED, Reason.REDACTED_VALUE), (INVALID, Reason.INVALID_VALUE)])
@@ -810,5 +825,6 @@ def test_a_malformed_client_report_is_dead_lettered_with_its_path(dropped, path,
 
 def test_a_client_reports_names_follow_the_value_rules():
     result, quality = project(report({"sk-live-0123456789abcdef": 2, "bad\nreason": 1}, sdk_version="user@x.io"))
-    assert result == (WINDOW_START, ("client_report", REDACTED, ((INVALID, 1), (REDACTED, 2))))
-    assert quality == {(WINDOW_START, "client_report", Reason.REDACTED_VALUE): 1}
+    assert result == (WINDOW_START, ("client_report", INVALID, ((INVALID, 1), (REDACTED, 2))))
+    assert quality == {(WINDOW_START, "client_report", Reason.INVALID_VALUE): 2,
+                       (WINDOW_START, "client_report", Reason.REDACTED_VALUE): 1}

@@ -28,7 +28,7 @@ from pipeline.rollup import OffsetGap, PartitionRollup
 TOPIC = "events"
 NOW_MS = int(time.time() * 1000)
 EVENT = b'{"type":"agent","session_id":"s","data":{"model_id":"gpt-5.2","has_tools":true}}'
-project = EventProjector(60, 3600, 300, 65536).project
+project = EventProjector(60, 3600, 300, 65536)
 
 
 def records(first: int, count: int) -> list[Record]:
@@ -104,7 +104,7 @@ def test_a_partition_accepts_a_later_first_offset_only_right_after_a_seek():
 
 
 def test_a_replay_closes_exactly_at_its_recorded_end_and_folding_goes_on_after_it():
-    state = PartitionState(TopicPartition(TOPIC, 0), 20, Replay(TOPIC, 0, 10, 20))
+    state = PartitionState(TopicPartition(TOPIC, 0), 20, Replay(TOPIC, 0, 10, 20, project))
     assert state.cursor == 10
     state.fold(records(10, 5), project, [])
     assert state.close() is None  # a replay closes only at its end
@@ -148,7 +148,8 @@ class FakeCheckpoint:
 
 def worker_over(consumer: FakeConsumer, cursors: dict[int, int], **settings) -> RollupAgent:
     """An agent's parts over the fake consumer, each partition folded up to its cursor."""
-    agent = RollupAgent(Settings(topic=TOPIC, _env_file=None, **settings))
+    agent = RollupAgent(Settings(topic=TOPIC, hash_secret="test", _env_file=None, **settings))
+    agent.projector = project
     agent.consumer = consumer
     agent.checkpoint = FakeCheckpoint()
     agent.flusher = Flusher(agent.settings, agent.partitions, agent.checkpoint, consumer, agent.health)
@@ -165,7 +166,7 @@ def worker_over(consumer: FakeConsumer, cursors: dict[int, int], **settings) -> 
 def test_assignment_seeks_every_partition_to_its_resumption_and_counts_a_generation():
     consumer = FakeConsumer({0: 100, 1: 100})
     partitions = Partitions()
-    partitions.assign(consumer, {TopicPartition(TOPIC, 0): Resumption(40, Replay(TOPIC, 0, 30, 40)),
+    partitions.assign(consumer, {TopicPartition(TOPIC, 0): Resumption(40, Replay(TOPIC, 0, 30, 40, project)),
                                  TopicPartition(TOPIC, 1): Resumption(7)})
     assert consumer.seeks == [(0, 30), (1, 7)] and partitions.generation == 1
     assert partitions.get(0).replay.end == 40

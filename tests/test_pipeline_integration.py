@@ -55,7 +55,7 @@ VALID = [
                      "instructions": SENTINEL}, sdk="2.4.1"),
      BASE_S + 10,
      (BASE_S, ("agent", "2.4.1", "anthropic", "Claude", "claude-sonnet-4-5", "none", "none", "none", "none", "none",
-               "none", ("has_brand_new_flag", "has_culture", "has_learnings", "has_tools")))),
+               "none", ("(rare)", "has_culture", "has_learnings", "has_tools")))),  # one session's new flag
     (event("team", {"team_id": SENTINEL, "db_type": "SqliteDb", "model_provider": "google", "model_name": "Gemini",
                     "model_id": "gemini-2.5-pro", "parser_model": None, "output_model": None, "member_count": 3,
                     "has_knowledge": False, "has_tools": True, "has_learnings": False}, sdk="2.3.2"),
@@ -89,6 +89,7 @@ REPORTS = [
 DROPS = {(BASE_S, "2.4.1", "queue_full"): 17, (BASE_S, "2.4.1", "unsent_at_exit"): 3,
          (BASE_S + 60, "2.3.2", "send_failed"): 2}
 QUALITY_NOTES = {  # (window, kind, reason) -> events, for counted or dropped events
+    (BASE_S, "agent", "rare_value"): 1,
     (BASE_S + 60, "agent", "redacted_value"): 1,
     (BASE_S + 60, "agent", "future_timestamp"): 1,
     (BASE_S + 120, "agent", "late"): 1,
@@ -137,7 +138,7 @@ def test_known_mix_lands_exactly_in_every_table_and_the_dlq(stack_factory):
         assert stored_drops(client) == Counter(DROPS)
         flags = client.query("SELECT flag, sum(runs) FROM kern_telemetry.flag_runs_daily GROUP BY flag").result_rows
         assert dict(flags) == {"has_tools": 8, "has_reasoning": 6, "has_knowledge": 6, "has_team": 6,
-                               "has_culture": 1, "has_learnings": 1, "has_brand_new_flag": 1}
+                               "has_culture": 1, "has_learnings": 1, "(rare)": 1}
         combos = client.query("SELECT model_id, features, sum(runs) FROM kern_telemetry.feature_combos_hourly "
                               "WHERE model_id = 'gpt-5.2' GROUP BY ALL").result_rows
         assert combos == [("gpt-5.2", list(DOC_AGENT_DIMS[-1]), 6)]
@@ -165,7 +166,7 @@ def test_known_mix_lands_exactly_in_every_table_and_the_dlq(stack_factory):
         assert SENTINEL.encode() not in record.value
     wrong_type = json.loads(dead_letters[5].value)
     assert wrong_type["shape"] == {"session_id": "string", "run_id": "string", "sdk_version": "int",
-                                   "prompt": "string", "type": "string", "data": {}}
+                                   "type": "string", "data": {}, "(other keys)": {"string": 1}}  # prompt: unnamed
     assert json.loads(dead_letters[9].value)["size"] > stack.settings.max_event_bytes
 
 

@@ -109,5 +109,5 @@ def test_runs_of_every_kind_land_in_clickhouse_with_exact_counts_and_no_sentinel
         tables = client.query("SELECT name FROM system.tables WHERE database = 'kern_telemetry'").result_rows
         assert len(tables) > 5
         for (table,) in tables:
-            content = repr(client.query(f"SELECT * FROM kern_telemetry.`{table}`").result_rows)
+            content = client.raw_query(f"SELECT * FROM kern_telemetry.`{table}`", fmt="TabSeparated").decode("latin-1")
             assert SENTINEL not in content, table

@@ -23,7 +23,8 @@ from kern_telemetry_client import KafkaSink, Telemetry, contract, environment, l
 from kern_telemetry_client.values import INVALID, NONE, REDACTED, clean_value
 from pipeline.dimensions import NAMES as DIMENSIONS
 from pipeline.dimensions import member_bucket
-from pipeline.projector import EventProjector
+from pipeline.admission import RARE, Admission
+from pipeline.projector import EventProjector, Tally
 
 README = Path(__file__).parent.parent / "sdk" / "README.md"
 IDS = payloads.Identifiers(bytes(32))
@@ -263,9 +264,13 @@ def test_the_capture_calls_never_raise_into_the_host(monkeypatch, capsys):
 
 # --- the pipeline's validator accepts whatever the client builds ------------------------------------
 
-def stored(value: object) -> str:
-    """What the pipeline stores for a string value the client sent."""
-    return NONE if value is None else clean_value(value)
+def stored(value: object, field: str) -> str:
+    """What the pipeline stores for a string value of `field` the client sent: the value cleaned by the
+    shared rules, under RARE until k sessions admit it (the registry's values are admitted at once)."""
+    if value is None:
+        return NONE
+    cleaned = clean_value(value, field)
+    return cleaned if cleaned in (INVALID, REDACTED) or Admission().admits(field, cleaned) else RARE
 
 
 def expected_dimensions(event: dict) -> tuple:
@@ -273,17 +278,19 @@ def expected_dimensions(event: dict) -> tuple:
     data = event["data"]
     parser, output = data.get("parser_model") or {}, data.get("output_model") or {}
     members = data.get("member_count")
-    dims = {"kind": event["type"], "sdk_version": stored(event["sdk_version"]),
-            **{key: stored(data.get(key)) for key in ("model_provider", "model_name", "model_id", "db_type")},
-            "parser_provider": stored(parser.get("model_provider")), "parser_model_id": stored(parser.get("model_id")),
-            "output_provider": stored(output.get("model_provider")), "output_model_id": stored(output.get("model_id")),
+    dims = {"kind": event["type"], "sdk_version": stored(event["sdk_version"], "sdk_version"),
+            **{key: stored(data.get(key), key) for key in ("model_provider", "model_name", "model_id", "db_type")},
+            "parser_provider": stored(parser.get("model_provider"), "model_provider"),
+            "parser_model_id": stored(parser.get("model_id"), "model_id"),
+            "output_provider": stored(output.get("model_provider"), "model_provider"),
+            "output_model_id": stored(output.get("model_id"), "model_id"),
             "member_bucket": member_bucket(members) if event["type"] == contract.TEAM and members is not None else NONE,
             "features": tuple(sorted(key for key, value in data.items() if key.startswith("has_") and value is True))}
     return tuple(dims[name] for name in DIMENSIONS)
 
 
-def client_name(raw: object) -> str | None:
-    return clean_value(str.__str__(raw)) if isinstance(raw, str) else None
+def client_name(raw: object, field: str = "") -> str | None:
+    return clean_value(str.__str__(raw), field) if isinstance(raw, str) else None
 
 
 names = st.one_of(st.none(), st.text(max_size=120), st.integers(), st.binary(max_size=4),
@@ -320,14 +327,15 @@ def test_every_payload_the_client_builds_is_counted_by_the_pipeline_with_its_dim
     if kind in (contract.AGENT, contract.TEAM):
         model = obj.model if obj.model is not None and obj.model is not False else None
         for key, attribute in (("model_provider", "provider"), ("model_name", "name"), ("model_id", "id")):
-            assert data[key] == (client_name(getattr(model, attribute)) if model else None)
+            assert data[key] == (client_name(getattr(model, attribute), key) if model else None)
     if "db_type" in data:
         assert data["db_type"] == (None if obj.db is None else client_name(type(obj.db).__name__))
-    quality: dict = {}
-    projected = EventProjector(60, 3600, 300, 65536).project(json.dumps(event).encode(), 1_764_000_000_000, quality)
+    tally = Tally()
+    projected = EventProjector(60, 3600, 300, 65536).project(json.dumps(event).encode(), 1_764_000_000_000, tally)
+    quality = tally.quality
     assert type(projected) is tuple, (projected, event)
     assert projected[1] == expected_dimensions(event)
-    assert not {reason for (_, _, reason) in quality} - {"redacted_value", "invalid_value"}
+    assert not {reason for (_, _, reason) in quality} - {"redacted_value", "invalid_value", "rare_value"}
 
 
 # --- the README's examples are the client's output ---------------------------------------------------
@@ -378,3 +386,14 @@ def test_the_ledger_is_claimed_once_and_only_what_the_client_wrote_is_read(tmp_p
     assert ledger.claim() == Counter({("1.0.0", "unsent_at_exit"): 6, ("0.9.0", "queue_full"): 2})
     assert ledger.claim() == Counter()
     assert list(directory.iterdir()) == []
+
+
+def test_the_client_sends_fine_tuned_and_cloud_model_ids_without_their_account():
+    """Formats before values, already on the SDK's side: the account, project or organisation in a model
+    id never leaves the host."""
+    agent = Agent(Model("aws", "AwsBedrock", "arn:aws:bedrock:us-east-1:123456789012:provisioned-model/a1b2c3"),
+                  parser_model=Model("openai", "OpenAIChat", "ft:gpt-4o-mini:acme-corp:support:AbC123"))
+    event = payloads.run_event(contract.AGENT, agent, "s", "r", payloads.name("2.4.0+g1a2b3c", "sdk_version"), IDS)
+    assert (event["sdk_version"], event["data"]["model_id"], event["data"]["parser_model"]["model_id"]) == (
+        "2.4.0", "aws:bedrock:provisioned-model", "ft:gpt-4o-mini")
+    assert "123456789012" not in json.dumps(event) and "acme-corp" not in json.dumps(event)

@@ -56,7 +56,7 @@ class Telemetry:
 
     def __init__(self, sdk_version: str, sink: Sink, *, queue_size: int = 10_000,
                  exit_timeout: float = DEFAULT_EXIT_TIMEOUT, report_interval: float = 60.0):
-        self.sdk_version = payloads.name(sdk_version)
+        self.sdk_version = payloads.name(sdk_version, "sdk_version")
         self.exit_timeout = exit_timeout
         self._sink = sink
         self._queue_size = queue_size

@@ -4,8 +4,9 @@ contract's envelope and `data` keys, and each value is one of
 - a bool (a `has_*` flag: which attributes are set),
 - an int (how many members, agents, teams, workflows),
 - a name: a string attribute (a model's provider, name and id; an interface's type) or a class name (a
-  database), passed through `clean_value`, so a secret or personal value becomes `(redacted)` and free
-  text `(invalid)`; a value that is not a string is never turned into one,
+  database), passed through `clean_value` with its field's format rules, so a fine-tuned or cloud model id
+  loses its account or organisation, a secret or personal value becomes `(redacted)` and free text
+  `(invalid)`; a value that is not a string is never turned into one,
 - an identifier digest (see `Identifiers`).
 
 Objects are duck-typed: only the attributes named here are read, and nothing else an object holds
@@ -62,20 +63,21 @@ class Identifiers:
 #: The process's identifiers: its key is made at import and never leaves the process.
 IDENTIFIERS = Identifiers()
 
-_names: dict = {}  # raw string -> clean_value(raw string); names repeat from run to run
+_names: dict = {}  # (field, raw string) -> clean_value(raw string, field); names repeat from run to run
 
 
-def name(value: object) -> Optional[str]:
-    """A string as the pipeline would store it; None for anything that is not a string."""
+def name(value: object, field: str = "") -> Optional[str]:
+    """A string of `field` as the pipeline would clean it (formats, then values); None for anything that
+    is not a string."""
     if type(value) is not str:
         if not isinstance(value, str):
             return None
         value = str.__str__(value)  # a str subclass (a str Enum member) as its plain text
-    cleaned = _names.get(value)
+    cleaned = _names.get((field, value))
     if cleaned is None:
-        cleaned = clean_value(value)
+        cleaned = clean_value(value, field)
         if len(_names) < _CACHE_LIMIT:
-            _names[value] = cleaned
+            _names[(field, value)] = cleaned
     return cleaned
 
 
@@ -132,8 +134,8 @@ _FLAG_RULES = {
 _MODEL_KEYS = tuple((key, key[len("model_"):]) for key in contract.MODEL_REF_KEYS)
 
 
-def _model_attribute(attribute: str) -> Reader:
-    return lambda obj, ids: name(getattr(getattr(obj, "model", None), attribute, None))
+def _model_attribute(key: str, attribute: str) -> Reader:
+    return lambda obj, ids: name(getattr(getattr(obj, "model", None), attribute, None), key)
 
 
 def _model_ref(field: str) -> Reader:
@@ -141,7 +143,7 @@ def _model_ref(field: str) -> Reader:
         model = getattr(obj, field, None)
         if not _set(model):
             return None
-        return {key: name(getattr(model, attribute, None)) for key, attribute in _MODEL_KEYS}
+        return {key: name(getattr(model, attribute, None), key) for key, attribute in _MODEL_KEYS}
 
     return read
 
@@ -183,7 +185,7 @@ def _dropped(counts: Any, ids: Identifiers) -> dict:
 
 _READERS: dict = {
     "db_type": lambda obj, ids: _class_name(getattr(obj, "db", None)),
-    **{key: _model_attribute(attribute) for key, attribute in _MODEL_KEYS},
+    **{key: _model_attribute(key, attribute) for key, attribute in _MODEL_KEYS},
     "interfaces": _interfaces,
     "db_types": _db_types,
     "dropped": _dropped,

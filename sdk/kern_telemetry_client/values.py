@@ -1,9 +1,11 @@
 """Which strings may be stored as a telemetry value: the rules both the SDK client (before it sends) and
 the pipeline (before it stores) apply. Plain Python without dependencies.
 
-A value is kept as it is, or replaced by a marker: `NONE` for null or absent, `INVALID` for too long or
-with characters outside the allowed set, `REDACTED` for what looks like a secret or personal data (API
-keys, provider tokens, bearer tokens, URLs with credentials, e-mail addresses, long high-entropy tokens).
+A value is first reduced to its non-identifying part by the format rules of its field (`formats.py`:
+SDK versions, fine-tuned and cloud model ids), then kept as it is or replaced by a marker: `NONE` for
+null or absent, `INVALID` for too long or with characters outside the allowed set, `REDACTED` for what
+looks like a secret or personal data (API keys, provider tokens, bearer tokens, URLs, IP addresses,
+e-mail addresses, long high-entropy tokens).
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ from __future__ import annotations
 import math
 import re
 
+from .formats import normalize
+
 NONE = "none"  # null or absent: a value of its own
 INVALID = "(invalid)"  # too long, or characters outside the allowed set
 REDACTED = "(redacted)"  # looked like a secret or personal data
 MAX_VALUE_LENGTH = 100
-_MARKERS = {INVALID: INVALID, REDACTED: REDACTED}  # the very objects, which the pipeline compares by identity
+_MARKERS = {INVALID: INVALID, REDACTED: REDACTED}
+_FORMATTED = frozenset({"sdk_version"})  # a value that passed this field's format holds no secret (2.4.0.1)  # the very objects, which the pipeline compares by identity
 
 _VALUE_CHARS = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._:/@+\-]*")
 _FLAG_NAME = re.compile(r"has_[a-z0-9_]{1,60}")
@@ -23,7 +28,8 @@ _SECRET_PATTERNS = re.compile(
     r"""
       (?:^|[^a-z])(?:sk|pk|rk|ak)[-_][A-Za-z0-9_\-]{8,}   # API keys: sk-..., pk_live_...
     | \b(?:bearer|basic|token)\s+(?=\S*\d)\S{12,}          # Authorization headers (a token has digits)
-    | [A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]*:[^/\s@]*@        # URL with user:password@
+    | [A-Za-z][A-Za-z0-9+.\-]*://                           # a URL: it names a host (and often a user)
+    | (?:^|[^0-9.])(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?:$|[^0-9.]) # an IPv4 address
     | [^@\s/]+@[^@\s/]+\.[A-Za-z]{2,}                       # e-mail address
     """,
     re.IGNORECASE | re.VERBOSE,
@@ -53,14 +59,16 @@ def _entropy_bits_per_char(token: str) -> float:
     return -sum(c / n * math.log2(c / n) for c in counts.values())
 
 
-def clean_value(value: str) -> str:
-    """The value stored for a raw string: itself, INVALID or REDACTED. A marker stays what it is (a client
-    applies these rules before it sends, the pipeline again before it stores)."""
+def clean_value(value: str, field: str = "") -> str:
+    """The value stored for a raw string of `field` (a data field or model reference key, whose format
+    rules apply first): itself normalised, INVALID or REDACTED. A marker stays what it is (a client applies
+    these rules before it sends, the pipeline again before it stores)."""
     if value in _MARKERS:
         return _MARKERS[value]
+    value = normalize(field, value)
     if len(value) > MAX_VALUE_LENGTH or not _VALUE_CHARS.fullmatch(value):
         return INVALID
-    if looks_secret(value):
+    if field not in _FORMATTED and looks_secret(value):
         return REDACTED
     return value
 

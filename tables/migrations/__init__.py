@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tables.ddl import SchemaOptions
-from tables.migrations import v1_initial, v2_ledger, v3_client_reports
+from tables.migrations import v1_initial, v2_ledger, v3_client_reports, v4_privacy
 
 
 @dataclass(frozen=True)
@@ -26,4 +26,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "per-partition ledger of counted, dead-lettered, late and skipped offsets; skip requests",
               v2_ledger.statements),
     Migration(3, "drops SDK clients report, per reason and SDK version", v3_client_reports.statements),
+    Migration(4, "k-anonymous values (admission epochs, candidates) and distinct sessions per day, from keyed hashes",
+              v4_privacy.statements),
 )

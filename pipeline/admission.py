@@ -1,0 +1,97 @@
+"""k-anonymous values: which values of the free-text fields are stored as they are.
+
+A value (a model id, a model class, a provider, a db type, an SDK version, a flag name) is stored verbatim
+when the registry knows it (`known_values.py`) or once it has been seen from at least k distinct sessions in
+one day (`KERN_K_ANONYMITY`, default 10); until then its runs count under `RARE`. Totals never change: runs
+move to `RARE`, they do not disappear.
+
+Admission works without identifiers. Sessions are counted by keyed hashes: BLAKE2b keyed per day with a key
+derived from the operator's master secret (`KERN_HASH_SECRET`, never stored in ClickHouse or Kafka), so every
+worker and every replay derives the same hash, while hashes of different days cannot be linked by anyone
+without the secret. A candidate value reaches ClickHouse only as a keyed hash of itself, with the keyed
+hashes of the sessions that sent it (`value_candidates`, a few days); once k sessions of one day are
+there, the worker that sees the value next writes it in a new admission epoch (`admitted_values`).
+
+Admission changes rows, and a replayed flush must give the rows of its first attempt: a rollup uses one
+admission epoch from its first record to its flush, the epoch is recorded with the flush's intent, and a
+replay projects with the admission of that epoch (`Admissions.at`). Epochs are written with a
+deduplication token per epoch number, so two workers that write the same epoch at once cannot both win.
+
+k-anonymity protects against accidental leaks by honest clients. Session ids are chosen by clients, so it
+is no defence against a client that invents sessions; the cardinality guard is (`pipeline/rollup.py`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from pipeline import known_values
+
+RARE = "(rare)"
+_DAY_S = 86_400
+
+
+class Keys:
+    """The keyed hashes derived from the master secret, as 64-bit integers (ClickHouse UInt64)."""
+
+    def __init__(self, secret: bytes):
+        self._secret = secret
+        self._values = self._keyed(b"kern-telemetry/values")
+        self._days: dict[int, object] = {}
+
+    def _keyed(self, label: bytes):
+        return hashlib.blake2b(key=hmac.digest(self._secret, label, "sha256"), digest_size=8)
+
+    def sessions(self, window_start: int, sessions: Iterable[str]) -> list[int]:
+        """The keyed hashes of sessions seen on the day of `window_start` (the day's own key)."""
+        day = window_start // _DAY_S
+        keyed = self._days.get(day)
+        if keyed is None:
+            if len(self._days) > 8:
+                self._days.clear()
+            keyed = self._days[day] = self._keyed(b"kern-telemetry/sessions/%d" % day)
+        return [_digest(keyed, session) for session in sessions]
+
+    def value(self, field: str, value: str) -> int:
+        return _digest(self._values, f"{field}\0{value}")
+
+
+def _digest(keyed, text: str) -> int:
+    hasher = keyed.copy()
+    hasher.update(text.encode("utf-8", "surrogatepass"))
+    return int.from_bytes(hasher.digest(), "little")
+
+
+class Admitted(NamedTuple):
+    epoch: int
+    field: str
+    value: str
+
+
+class Admission:
+    """The values stored verbatim at one epoch: the registry's and those admitted up to that epoch."""
+
+    def __init__(self, epoch: int = 0, admitted: dict[str, frozenset[str]] | None = None):
+        self.epoch = epoch
+        self._admitted = admitted or {}
+
+    def admits(self, field: str, value: str) -> bool:
+        return value in self._admitted.get(field, ()) or known_values.known(field, value)
+
+
+class Admissions:
+    """Every admitted value with the epoch that admitted it; `at(epoch)` is that epoch's admission."""
+
+    def __init__(self, rows: Iterable[Admitted] = ()):
+        self.rows: list[Admitted] = sorted(rows)
+        self.latest = self.rows[-1].epoch if self.rows else 0
+
+    def at(self, epoch: int) -> Admission:
+        admitted: dict[str, set[str]] = {}
+        for row in self.rows:
+            if row.epoch <= epoch:
+                admitted.setdefault(row.field, set()).add(row.value)
+        return Admission(epoch, {field: frozenset(values) for field, values in admitted.items()})

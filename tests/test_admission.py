@@ -1,0 +1,141 @@
+"""k-anonymous values without a broker or ClickHouse: keyed hashes, admission epochs, how the projector stores
+a rare value, the cardinality guard, and the caches a flood cannot fill."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from kern_telemetry_client.values import NONE
+
+from pipeline.admission import RARE, Admission, Admissions, Admitted, Keys
+from pipeline.projector import EventProjector, Tally
+from pipeline.rejections import Reason, Rejection
+from pipeline.rollup import PartitionRollup
+
+NOW_MS = int(time.time() * 1000)
+WINDOW_START = NOW_MS // 1000 - NOW_MS // 1000 % 60
+DAY_S = 86_400
+
+
+def event(model_id: str, session: str = "s-1", **data) -> bytes:
+    return json.dumps({"type": "agent", "session_id": session, "sdk_version": "2.4.1",
+                       "data": {"model_provider": "openai", "model_id": model_id, **data}}).encode()
+
+
+def projector(admission: Admission | None = None, max_new_values: int = 20, k: int = 3) -> EventProjector:
+    return EventProjector(60, 3600, 300, 65536, admission=admission, k=k, max_new_values=max_new_values)
+
+
+# --- keyed hashes --------------------------------------------------------------------------------------
+
+def test_session_hashes_are_the_same_for_every_worker_and_unlinkable_across_days():
+    first, second = Keys(b"master"), Keys(b"master")
+    today = WINDOW_START
+    assert first.sessions(today, ["s-1", "s-2"]) == second.sessions(today, ["s-1", "s-2"])
+    assert first.sessions(today, ["s-1"]) != first.sessions(today + DAY_S, ["s-1"])  # another day, another key
+    assert first.sessions(today, ["s-1"]) != Keys(b"other").sessions(today, ["s-1"])  # needs the secret
+    assert first.value("model_id", "acme-bot") == second.value("model_id", "acme-bot") != \
+        first.value("model_name", "acme-bot")
+    assert all(0 <= h < 2**64 for h in first.sessions(today, ["s-1", "ünïcode"]))
+
+
+def test_an_epoch_admits_what_it_and_the_epochs_before_it_admitted():
+    admissions = Admissions([Admitted(2, "model_id", "acme-bot"), Admitted(1, "db_type", "AcmeDb"),
+                             Admitted(3, "model_id", "beta-bot")])
+    assert admissions.latest == 3
+    at_2 = admissions.at(2)
+    assert at_2.epoch == 2 and at_2.admits("model_id", "acme-bot") and at_2.admits("db_type", "AcmeDb")
+    assert not at_2.admits("model_id", "beta-bot") and admissions.at(3).admits("model_id", "beta-bot")
+    assert not admissions.at(1).admits("model_id", "acme-bot")
+    assert Admission().admits("model_id", "gpt-4o-2024-08-06")  # the registry's families, from epoch 0
+
+
+# --- projection -----------------------------------------------------------------------------------------
+
+def test_a_rare_value_is_stored_as_rare_and_becomes_a_candidate_with_its_session():
+    tally = Tally()
+    window, dims = projector().project(event("acme-support-bot", "s-7"), NOW_MS, tally)
+    assert dims[4] == RARE and dims[2] == "openai"  # model_id is rare, the provider is known
+    assert tally.candidates == {(window, "model_id", "acme-support-bot"): ["s-7"]}
+    assert tally.quality == {(window, "agent", Reason.RARE_VALUE): 1}
+    assert tally.sessions == {(window, dims): ["s-7"]}
+
+
+def test_once_admitted_the_value_is_stored_as_it_is():
+    admitted = projector(Admissions([Admitted(1, "model_id", "acme-support-bot")]).at(1))
+    tally = Tally()
+    _, dims = admitted.project(event("acme-support-bot"), NOW_MS, tally)
+    assert dims[4] == "acme-support-bot" and tally.candidates == {} and tally.quality == {}
+
+
+def test_a_candidate_keeps_at_most_k_sessions_per_flush():
+    tally = Tally()
+    rare = projector(k=3)
+    for session in range(5):
+        rare.project(event("acme-support-bot", f"s-{session}"), NOW_MS, tally)
+    assert list(tally.candidates.values()) == [["s-0", "s-1", "s-2"]]
+
+
+def test_a_new_flag_from_few_sessions_is_rare_and_a_private_flag_name_is_never_named():
+    tally = Tally()
+    _, dims = projector().project(event("gpt-5.2", has_tools=True, has_acme_secret_project=True), NOW_MS, tally)
+    assert dims[-1] == (RARE, "has_tools")
+    try:
+        projector().project(event("gpt-5.2", has_acme_secret_project="yes"), NOW_MS, Tally())
+    except Rejection as rejection:
+        assert rejection.path == "$.data.(unknown flag)"
+    else:
+        raise AssertionError("a non-bool flag is a wrong type")
+
+
+def test_the_guard_tracks_a_bounded_number_of_new_values_and_suppresses_the_rest():
+    tally = Tally()
+    flood = projector(max_new_values=5)
+    keys = {flood.project(event(f"bot-{i}", f"s-{i}"), NOW_MS, tally) for i in range(1000)}
+    assert len(keys) == 1  # every one of them is (rare): one row, whatever the input
+    assert len(tally.candidates) == 5 and tally.suppressed == {"model_id": 995}
+    assert tally.quality == {(WINDOW_START, "agent", Reason.RARE_VALUE): 1000}
+    assert len(tally.tracked[(WINDOW_START, "model_id")]) == 5
+
+
+def test_a_flood_of_rare_values_leaves_the_caches_as_they_were():
+    shared = projector()
+    for known in ("gpt-5.2", "gpt-4.1", "claude-sonnet-4-5"):
+        shared.project(event(known), NOW_MS, Tally())
+    projections, admitted = len(shared._projections), sum(map(len, shared._admitted.values()))
+    for i in range(5000):
+        shared.project(event(f"bot-{i}", f"s-{i}"), NOW_MS, Tally())
+    # one more projection (the one with a rare model id, shared by all 5000), no rare value cached
+    assert (len(shared._projections), sum(map(len, shared._admitted.values()))) == (projections + 1, admitted)
+    _, dims = shared.project(event("gpt-5.2"), NOW_MS, Tally())
+    assert dims[4] == "gpt-5.2"
+
+
+def test_a_rollup_folds_with_its_own_epoch_only():
+    rollup = PartitionRollup("t", 0, 0, epoch=1)
+    try:
+        rollup.add([type("R", (), {"offset": 0, "timestamp": NOW_MS, "value": event("gpt-5.2")})()], projector())
+    except ValueError as error:
+        assert "epoch 1" in str(error)
+    else:
+        raise AssertionError("a rollup of epoch 1 folded with epoch 0")
+
+
+def test_launches_count_their_os_as_the_session_and_client_reports_have_none():
+    tally = Tally()
+    launch = json.dumps({"type": "os", "os_id": "os-9", "sdk_version": "2.4.1", "data": {}}).encode()
+    key = projector().project(launch, NOW_MS, tally)
+    report = json.dumps({"type": "client_report", "sdk_version": "2.4.1",
+                         "data": {"dropped": {"queue_full": 3}}}).encode()
+    projector().project(report, NOW_MS, tally)
+    assert tally.sessions == {key: ["os-9"]} and key[1][1] == "2.4.1" and key[1][2] == NONE
+
+
+def test_a_full_guard_never_suppresses_a_value_admitted_as_sent():
+    tally = Tally()
+    guarded = projector(max_new_values=3)
+    for i in range(10):  # the guard of this window's flags is full
+        guarded.project(event("gpt-5.2", f"s-{i}", **{f"has_private_{i}": True}), NOW_MS, tally)
+    _, dims = guarded.project(event("gpt-5.2", has_input_schema=True, has_private_x=True), NOW_MS, tally)
+    assert dims[-1] == (RARE, "has_input_schema")  # a known flag, never seen before in this projector
