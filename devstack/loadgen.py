@@ -125,6 +125,8 @@ class EventGenerator:
         rng = self.rng
         kind = rng.choices(self._kinds, self._kind_weights)[0]
         sdk = rng.choices(SDK_VERSIONS, SDK_WEIGHTS)[0]
+        if kind == "os" and sdk == SDK_VERSIONS[0]:
+            return kind, sdk, {}, "os_id"  # the oldest SDK sends no configuration
         if kind == "os":
             return kind, sdk, {"agent_count": rng.randint(1, 12), "team_count": rng.randint(0, 3),
                                "workflow_count": rng.randint(0, 2),

@@ -11,9 +11,15 @@ Sources:
 - `value`: a string at `path` (`("sdk_version",)`, `("data", "model_id")`, `("data", "parser_model",
   "model_provider")`), cleaned by the value rules (`kern_telemetry_client.values`);
 - `bucket`: an integer at `path`, as a bucket label (`member_bucket`);
-- `flags`: the sorted names of every `data.has_*` key that is `true`, including flags never seen before.
+- `flags`: the sorted names of every `data.has_*` key that is `true`, including flags never seen before;
+- `names`: an array of strings at `path`, as the sorted set of its cleaned values (launch configurations).
 
 A dimension with `kinds` is `none` for every other kind.
+
+An AgentOS launch is counted with these dimensions too (kind `os`), and its configuration, the
+`LAUNCH_DIMENSIONS`, goes to the `launches_*` tables. A configuration field is never a reason to
+dead-letter a launch: missing or null is `none`, a mistyped value (a string count, an array that is not
+one) is `invalid` with a quality note, and fields the contract does not name are ignored.
 """
 
 from __future__ import annotations
@@ -24,12 +30,13 @@ from kern_telemetry_client import contract
 from kern_telemetry_client.values import INVALID
 
 _TEXT = "LowCardinality(String)"
+_TEXT_SET = "Array(LowCardinality(String))"
 
 
 class Dimension(NamedTuple):
     name: str
     column_type: str
-    source: str  # "kind", "value", "bucket" or "flags"
+    source: str  # "kind", "value", "bucket", "flags" or "names"
     path: tuple[str, ...] = ()
     kinds: tuple[str, ...] | None = None  # the kinds it applies to (None: all)
 
@@ -46,13 +53,26 @@ DIMENSIONS = (
     Dimension("output_provider", _TEXT, "value", ("data", "output_model", "model_provider")),
     Dimension("output_model_id", _TEXT, "value", ("data", "output_model", "model_id")),
     Dimension("member_bucket", _TEXT, "bucket", ("data", "member_count"), kinds=(contract.TEAM,)),
-    Dimension("features", "Array(LowCardinality(String))", "flags", ("data",)),
+    Dimension("features", _TEXT_SET, "flags", ("data",)),
 )
 NAMES = tuple(dimension.name for dimension in DIMENSIONS)
 COLUMNS = tuple((dimension.name, dimension.column_type) for dimension in DIMENSIONS)
 #: The dimensions distinct sessions are counted by (`sessions_daily`, one sketch per flag too).
 SKETCH = ("kind", "model_provider", "model_id", "features")
 SKETCH_INDEXES = tuple(NAMES.index(name) for name in SKETCH)
+
+#: An AgentOS launch's configuration (the `launches_*` tables): counts as buckets, names as sets.
+LAUNCH_DIMENSIONS = (
+    Dimension("agents", _TEXT, "bucket", ("data", "agent_count"), kinds=(contract.OS,)),
+    Dimension("teams", _TEXT, "bucket", ("data", "team_count"), kinds=(contract.OS,)),
+    Dimension("workflows", _TEXT, "bucket", ("data", "workflow_count"), kinds=(contract.OS,)),
+    Dimension("interfaces", _TEXT_SET, "names", ("data", "interfaces"), kinds=(contract.OS,)),
+    Dimension("db_types", _TEXT_SET, "names", ("data", "db_types"), kinds=(contract.OS,)),
+)
+LAUNCH_NAMES = tuple(dimension.name for dimension in LAUNCH_DIMENSIONS)
+LAUNCH_COLUMNS = tuple((dimension.name, dimension.column_type) for dimension in LAUNCH_DIMENSIONS)
+#: The field whose admitted values a `names` dimension stores (the same registry as the runs' `db_type`).
+NAME_FIELDS = {"interfaces": "interface", "db_types": "db_type"}
 
 #: The `data` fields the dimensions read, in order of first use (the typed decoder's fields).
 DATA_FIELDS = tuple(dict.fromkeys(d.path[1] for d in DIMENSIONS if len(d.path) > 1 and d.path[0] == "data"))

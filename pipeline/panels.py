@@ -122,6 +122,23 @@ GROUP BY label ORDER BY toUInt32OrNull(extract(label, '^[0-9]+')), label"""),
           """SELECT db_type AS label, 'runs' AS series, sum(runs) AS value
 FROM {db}.runs_minute WHERE {time_range} AND kind = 'workflow'
 GROUP BY label ORDER BY value DESC, label"""),
+    Panel("agentos-configurations", "AgentOS configurations", "AgentOS launches per number of agents, teams and "
+          "workflows (none: not reported, as by older SDKs).", BARS, COUNT,
+          """SELECT count.2 AS label, count.1 AS series, sum(launches) AS value
+FROM {db}.launches_minute ARRAY JOIN [('agents', agents), ('teams', teams), ('workflows', workflows)] AS count
+WHERE {time_range}
+GROUP BY label, series ORDER BY toUInt32OrNull(extract(label, '^[0-9]+')), label, series"""),
+    Panel("agentos-names", "AgentOS interfaces and databases", "AgentOS launches serving each interface and using "
+          "each db type.", BARS, COUNT,
+          """SELECT name AS label, dimension AS series, sum(launches) AS value
+FROM {db}.launch_names_minute WHERE {time_range} AND name != 'none'
+GROUP BY label, series ORDER BY series DESC, value DESC, label"""),
+    Panel("distinct-sessions", "Distinct sessions", "Sessions per day and kind (a sketch of keyed hashes: about "
+          "1% error, no session identifier stored).", BARS, COUNT,
+          """SELECT toString(window_start) AS label, kind AS series, uniqCombined64Merge(sessions) AS value
+FROM (SELECT day AS window_start, kind, flag, sessions FROM {db}.sessions_daily)
+WHERE {day_range} AND flag = ''
+GROUP BY label, series ORDER BY label, series"""),
     Panel("quality", "Dead letters and notes by reason", "Events not counted (dead-lettered, late) and notes on "
           "counted ones (redacted or invalid values, replaced timestamps), per reason.", TIME_SERIES, COUNT,
           """SELECT {bucket} AS time, reason AS series, sum(events) AS value

@@ -4,9 +4,12 @@
 `(window_start, dimensions)`; anything else raises a `Rejection` (reason code, JSON path, value-free
 detail), already counted in the quality table. The key's first dimension is the kind, and a client report
 (`client_report`: what an SDK client could not deliver) has its own dimensions: `(kind, sdk_version,
-((reason, count), ...))`; the sink writes it to its own table (`pipeline/sink.py`). The typed decoder is derived from the dimensions and the
-contract (`kern_telemetry_client.contract`): msgspec checks the types of exactly the `data` fields the
-dimensions read, in C, and skips everything else (identifiers, prompts) without creating it.
+((reason, count), ...))`; the sink writes it to its own table (`pipeline/sink.py`). An AgentOS launch's
+dimensions end with one more: its configuration (`LAUNCH_DIMENSIONS`), for the `launches_*` tables.
+
+The typed decoder is derived from the dimensions and the contract (`kern_telemetry_client.contract`):
+msgspec checks the types of exactly the `data` fields the dimensions read, in C, and skips everything
+else (identifiers, prompts) without creating it.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from kern_telemetry_client import contract
 from kern_telemetry_client.values import INVALID, NONE, REDACTED, clean_flag_name, clean_value
 
 from pipeline.admission import RARE, Admission
-from pipeline.dimensions import DATA_FIELDS, DIMENSIONS, MODEL_KEYS, member_bucket
+from pipeline.dimensions import DATA_FIELDS, DIMENSIONS, LAUNCH_DIMENSIONS, MODEL_KEYS, NAME_FIELDS, member_bucket
 from pipeline.rejections import Reason, Rejection
 
 KINDS = frozenset(contract.KINDS)
@@ -68,6 +71,20 @@ _PLAN = tuple(
      DATA_FIELDS.index(d.path[1]) if d.path[:1] == ("data",) and len(d.path) > 1 else None,
      d.path[2] if len(d.path) == 3 else None, d.kinds, "$." + ".".join(d.path))
     for d in DIMENSIONS)
+
+
+def _launch_type(name: str, count_type: object, names_type: object) -> type:
+    """A launch's configuration fields, nothing else of the event."""
+    data = msgspec.defstruct(f"{name}Data", [
+        (d.path[1], names_type if d.source == "names" else count_type, None) for d in LAUNCH_DIMENSIONS])
+    return msgspec.defstruct(name, [("data", data | None, None)])
+
+
+_Launch = _launch_type("_Launch", int | None, tuple[str, ...] | None)  # names as tuples: a configuration is a cache key
+_LenientLaunch = _launch_type("_LenientLaunch", Any, Any)  # when a field is mistyped: each field is judged on its own
+#: Per launch dimension: whether it is a set of names, and the field that admits its names.
+_LAUNCH_PLAN = tuple((d.source == "names", NAME_FIELDS.get(d.name, "")) for d in LAUNCH_DIMENSIONS)
+_NO_LAUNCH = (None,) * len(LAUNCH_DIMENSIONS)
 
 
 def _envelope(name: str, data_type: object) -> type:
@@ -138,6 +155,9 @@ class EventProjector:
         self._projections: dict[tuple, tuple[int, tuple, tuple[Reason, ...]]] = {}
         self._admitted: dict[str, dict[str, str]] = defaultdict(dict)  # field -> raw value -> admitted value
         self._flags: dict[tuple, tuple[int, tuple]] = {}  # typed flags -> (flags present, true flag names)
+        self._launches: dict[tuple, tuple] = {}  # typed configuration -> (stored configuration, reasons, ())
+        self._decode_launch = msgspec.json.Decoder(_Launch).decode
+        self._decode_lenient_launch = msgspec.json.Decoder(_LenientLaunch, float_hook=Decimal).decode
         self._notes: dict = {}  # one event's quality notes, kept only if the event is counted (or late)
 
     @classmethod
@@ -209,6 +229,9 @@ class EventProjector:
         # duplicate key, an escaped key) decode again into a dict, which keeps every key.
         if raw.count(b'"has_') != present or b"\\u" in raw:
             dims, bad, rare = self._dict_projection(raw, kind, event.sdk_version, window_start, tally)
+        if kind == contract.OS:  # the run dimensions, then the configuration
+            configuration, config_bad, config_rare = self._launch(raw, window_start, tally)
+            dims, bad, rare = (*dims, configuration), bad + config_bad, rare + config_rare
         for reason in bad:
             _count(notes, (window_start, kind, reason))
         key = (window_start, dims)
@@ -311,6 +334,52 @@ class EventProjector:
             else:
                 append(_bucket(fields[index], path, kind, bad))
         return tuple(dims), tuple(bad), tuple(rare)
+
+    def _launch(self, raw: bytes, window_start: int, tally: Tally) -> tuple[tuple, tuple, tuple]:
+        """A launch's configuration in `LAUNCH_DIMENSIONS` order, the reasons for the values it replaced, and
+        its rare values. Never rejects the launch (`pipeline/dimensions.py`). A configuration whose every
+        name is admitted (or a marker) is cached."""
+        try:
+            data = self._decode_launch(raw).data
+        except msgspec.ValidationError:  # a mistyped field
+            data = self._decode_lenient_launch(raw).data  # as deep as the typed decode allowed: cannot fail
+            return self._configuration(_NO_LAUNCH if data is None else msgspec.structs.astuple(data), window_start,
+                                       tally)
+        values = _NO_LAUNCH if data is None else msgspec.structs.astuple(data)
+        stored = self._launches.get(values)
+        if stored is None:
+            stored = self._configuration(values, window_start, tally)
+            if Reason.RARE_VALUE not in stored[1]:
+                if len(self._launches) >= _CACHE_LIMIT:
+                    self._launches.clear()
+                self._launches[values] = stored
+        return stored
+
+    def _configuration(self, values: tuple, window_start: int, tally: Tally) -> tuple[tuple, tuple, tuple]:
+        """Counts as buckets, names as sorted sets of stored values; null or missing is `none`, a value of
+        the wrong type `invalid` (with a note)."""
+        configuration, bad, rare = [], [], []
+        for (is_names, field), value in zip(_LAUNCH_PLAN, values):
+            if value is None:
+                configuration.append((NONE,) if is_names else NONE)
+            elif not is_names:
+                bucket = member_bucket(value) if type(value) is int else INVALID
+                if bucket is INVALID:
+                    bad.append(Reason.INVALID_VALUE)
+                configuration.append(bucket)
+            elif type(value) is tuple or type(value) is list:
+                names = set()
+                for name in value:
+                    if type(name) is str:
+                        names.add(self._store(name, field, bad, rare, window_start, tally))
+                    else:
+                        bad.append(Reason.INVALID_VALUE)
+                        names.add(INVALID)
+                configuration.append(tuple(sorted(names)))
+            else:
+                bad.append(Reason.INVALID_VALUE)
+                configuration.append((INVALID,))
+        return tuple(configuration), tuple(bad), tuple(rare)
 
     def _client_report(self, raw: bytes, sdk_version: str | None, window_start: int, tally: Tally) -> tuple:
         """A client's account of the events it dropped: `data.dropped` maps a reason to a count (reasons

@@ -15,11 +15,15 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from kern_telemetry_client.contract import CLIENT_REPORT
+from kern_telemetry_client.contract import CLIENT_REPORT, OS
 
 from pipeline.dead_letters import DeadLetter, dead_letter, skipped_range
+from pipeline.dimensions import NAMES
 from pipeline.projector import EventProjector, Tally
 from pipeline.rejections import Reason, Rejection
+
+
+_RUN_DIMENSIONS = len(NAMES)
 
 
 class OffsetGap(Exception):
@@ -66,9 +70,23 @@ class PartitionRollup(Tally):
     def rows(self) -> int:
         return len(self.runs) + len(self.quality)
 
-    def run_counts(self) -> dict[tuple, int]:
-        """`runs` without the client reports: (window_start, dims) -> runs of usage events."""
-        return {key: n for key, n in self.runs.items() if key[1][0] != CLIENT_REPORT}
+    def run_counts(self) -> Counter:
+        """(window_start, dims) -> usage events: `runs` without the client reports, and launches without
+        their configuration."""
+        counts: Counter = Counter()
+        for (window, dims), n in self.runs.items():
+            if dims[0] != CLIENT_REPORT:
+                counts[(window, dims[:_RUN_DIMENSIONS])] += n
+        return counts
+
+    def launches(self) -> Counter:
+        """(window_start, sdk_version, *configuration) -> AgentOS launches (a launch's dims end with its
+        configuration, `dimensions.LAUNCH_DIMENSIONS`)."""
+        launches: Counter = Counter()
+        for (window, dims), n in self.runs.items():
+            if dims[0] == OS:
+                launches[(window, dims[1], *dims[_RUN_DIMENSIONS])] += n
+        return launches
 
     def client_drops(self) -> Counter:
         """(window_start, sdk_version, reason) -> events the clients' reports in this range say they dropped

@@ -25,11 +25,13 @@ from pipeline import dimensions
 from pipeline.admission import Admitted, Keys
 from pipeline.rollup import PartitionRollup
 from tables.ddl import SchemaOptions
-from tables.schema import (ADMITTED_VALUES, CLIENT_DROPS_MINUTE, INGEST_FLUSHES, LEDGER_COUNTS, QUALITY_MINUTE,
-                           RUNS_MINUTE, SESSION_SIGHTINGS, SKIP_REQUESTS, VALUE_CANDIDATES, VALUE_SIGHTINGS)
+from tables.schema import (ADMITTED_VALUES, CLIENT_DROPS_MINUTE, INGEST_FLUSHES, LAUNCHES_MINUTE, LEDGER_COUNTS,
+                           QUALITY_MINUTE, RUNS_MINUTE, SESSION_SIGHTINGS, SKIP_REQUESTS, VALUE_CANDIDATES,
+                           VALUE_SIGHTINGS)
 
 #: The columns each write names (the others take their DEFAULT); rows are built in these orders below.
 RUNS_COLUMNS = ("window_start", *dimensions.NAMES, "runs")
+LAUNCHES_COLUMNS = ("window_start", "sdk_version", *dimensions.LAUNCH_NAMES, "launches")
 QUALITY_COLUMNS = ("window_start", "kind", "reason", "events")
 FLUSH_COLUMNS = ("topic", "partition", "start_offset", "end_offset", "events", *LEDGER_COUNTS, "admission_epoch")
 SKIP_COLUMNS = ("topic", "partition", "through_offset", "reason")
@@ -37,7 +39,7 @@ DROPS_COLUMNS = ("window_start", "sdk_version", "reason", "events")
 SESSION_COLUMNS = ("day", *dimensions.SKETCH, "session_hashes")
 SIGHTING_COLUMNS = ("day", "field", "value_hash", "session_hashes")
 ADMITTED_COLUMNS = ("epoch", "field", "value", "value_hash")
-WRITES = {RUNS_MINUTE.name: RUNS_COLUMNS, QUALITY_MINUTE.name: QUALITY_COLUMNS, INGEST_FLUSHES.name: FLUSH_COLUMNS,
+WRITES = {RUNS_MINUTE.name: RUNS_COLUMNS, LAUNCHES_MINUTE.name: LAUNCHES_COLUMNS, QUALITY_MINUTE.name: QUALITY_COLUMNS, INGEST_FLUSHES.name: FLUSH_COLUMNS,
           SKIP_REQUESTS.name: SKIP_COLUMNS, CLIENT_DROPS_MINUTE.name: DROPS_COLUMNS,
           SESSION_SIGHTINGS.name: SESSION_COLUMNS, VALUE_SIGHTINGS.name: SIGHTING_COLUMNS,
           ADMITTED_VALUES.name: ADMITTED_COLUMNS}
@@ -86,11 +88,13 @@ class ClickHouseSink:
                      self._intents)
 
     def write_rows(self, rollup: PartitionRollup, token: str, keys: Keys) -> None:
-        """The rows of a rollup, one insert per table: usage events to the runs table, client reports to
-        the drops table, the quality counts, and the keyed hashes of the sessions (per sketch key) and of
-        the candidate values (with their sessions')."""
+        """The rows of a rollup, one insert per table: usage events to the runs table, launches with their
+        configuration to the launches table, client reports to the drops table, the quality counts, and the
+        keyed hashes of the sessions (per sketch key) and of the candidate values (with their sessions')."""
         for table, columns, rows in ((RUNS_MINUTE, RUNS_COLUMNS, [(w, *dims, n) for (w, dims), n in
                                                                    rollup.run_counts().items()]),
+                                     (LAUNCHES_MINUTE, LAUNCHES_COLUMNS, [(*key, n) for key, n in
+                                                                          rollup.launches().items()]),
                                      (CLIENT_DROPS_MINUTE, DROPS_COLUMNS, [(*key, n) for key, n in
                                                                             rollup.client_drops().items()]),
                                      (QUALITY_MINUTE, QUALITY_COLUMNS, [(*key, n) for key, n in

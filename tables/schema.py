@@ -17,6 +17,9 @@ Tables (database `kern_telemetry` by default):
   reason and SDK version (`client_report` events).
 - `admitted_values`, `value_candidates`: k-anonymous values (`pipeline/admission.py`); `sessions_daily`:
   distinct sessions per day, as mergeable sketches of keyed hashes.
+- `launches_minute`, `launches_hourly`, `launches_daily`: AgentOS launches per SDK version and
+  configuration (bucketed counts of agents, teams, workflows; sets of interfaces and db types); views
+  `launch_names_*` count launches per interface and db type.
 - views `flag_runs_*` (runs with each flag on) and `feature_combos_*` (runs per sorted flag set).
 
 Why the cluster DDL is safe for exactly-once flushes (see also `pipeline/sink.py`): a retried flush must
@@ -34,13 +37,14 @@ from tables.migrations.v2_ledger import INGEST_LEDGER, LEDGER_COUNTS, SKIP_REQUE
 from tables.migrations.v3_client_reports import CLIENT_DROPS_DAILY, CLIENT_DROPS_MINUTE
 from tables.migrations.v4_privacy import (ADMITTED_VALUES, SESSION_SIGHTINGS, SESSIONS_DAILY, VALUE_CANDIDATES,
                                           VALUE_SIGHTINGS)
+from tables.migrations.v5_launches import LAUNCHES_MINUTE, LAUNCHES_TABLES
 
-__all__ = ["ADMITTED_VALUES", "CLIENT_DROPS_MINUTE", "INGEST_FLUSHES", "INGEST_LEDGER", "LEDGER_COUNTS",
-           "QUALITY_MINUTE", "RUNS_MINUTE", "RUNS_TABLES", "SCHEMA_MIGRATIONS", "SESSION_SIGHTINGS", "SESSIONS_DAILY",
+__all__ = ["ADMITTED_VALUES", "CLIENT_DROPS_MINUTE", "INGEST_FLUSHES", "INGEST_LEDGER", "LAUNCHES_MINUTE",
+           "LAUNCHES_TABLES", "LEDGER_COUNTS", "QUALITY_MINUTE", "RUNS_MINUTE", "RUNS_TABLES", "SCHEMA_MIGRATIONS", "SESSION_SIGHTINGS", "SESSIONS_DAILY",
            "SKIP_REQUESTS", "VALUE_CANDIDATES", "VALUE_SIGHTINGS"]
 
 RUNS_TABLES = (RUNS_MINUTE, *(table for table, _ in RUNS_ROLLUPS))
 
 #: Tables whose TTL follows the configured retention.
-RETAINED_TABLES: tuple[Table, ...] = (*RUNS_TABLES, QUALITY_MINUTE, CLIENT_DROPS_MINUTE, CLIENT_DROPS_DAILY,
+RETAINED_TABLES: tuple[Table, ...] = (*RUNS_TABLES, *LAUNCHES_TABLES, QUALITY_MINUTE, CLIENT_DROPS_MINUTE, CLIENT_DROPS_DAILY,
                                       SESSIONS_DAILY)

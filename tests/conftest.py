@@ -25,6 +25,7 @@ from devstack.loadgen import EventGenerator
 from devstack.processes import WorkerProcess, free_port
 from pipeline.clickhouse import connect
 from pipeline.config import Settings
+from pipeline.dimensions import LAUNCH_NAMES
 from pipeline.dimensions import NAMES as DIMENSIONS
 from pipeline.kafka import client_options, create_topics, produce
 from pipeline.projector import EventProjector
@@ -58,9 +59,16 @@ def stored_runs(client, table: str) -> Counter:
 def roll(runs: Counter, width: int) -> Counter:
     """Minute counts rolled up into windows of `width` seconds (hour: 3600, day: 86400)."""
     rolled = Counter()
-    for (window, dims), n in runs.items():
-        rolled[(window - window % width, dims)] += n
+    for (window, *rest), n in runs.items():
+        rolled[(window - window % width, *rest)] += n
     return rolled
+
+
+def stored_launches(client, table: str) -> Counter:
+    """{(window_start, sdk_version, *configuration): launches} summed over a launches table's rows."""
+    rows = client.query(f"SELECT toUnixTimestamp(window_start), sdk_version, {', '.join(LAUNCH_NAMES)}, "
+                        f"sum(launches) FROM kern_telemetry.{table} GROUP BY ALL").result_rows
+    return Counter({tuple(tuple(v) if type(v) is list else v for v in row[:-1]): row[-1] for row in rows})
 
 
 def stored_drops(client) -> Counter:

@@ -15,6 +15,7 @@ from kern_telemetry_client.contract import EVENT_KINDS
 from kern_telemetry_client.values import INVALID, NONE, REDACTED, clean_flag_name
 
 from pipeline.admission import RARE, Admission
+from pipeline.dimensions import LAUNCH_NAMES
 from pipeline.dimensions import NAMES as DIMENSIONS
 from pipeline.projector import KINDS, EventProjector, Tally
 from pipeline.rejections import QUALITY_ONLY, Reason, Rejection
@@ -153,21 +154,64 @@ def test_workflow_run_with_a_model():
         ("has_tools",))
 
 
-LAUNCH = {"agents": 3, "teams": 1, "workflows": 2, "interfaces": ["slack"], "db_types": ["PostgresDb"]}
+LAUNCH = {"agent_count": 3, "team_count": 1, "workflow_count": 2, "interfaces": ["slack", "mcp"],
+          "db_types": ["PostgresDb"]}
+LAUNCH_CONFIGURATION = ("3-4", "1", "2", ("mcp", "slack"), ("PostgresDb",))
+NO_CONFIGURATION = (NONE, NONE, NONE, (NONE,), (NONE,))
 
 
-def test_agentos_launch_with_type_os():
-    assert dims(run("os", LAUNCH, os_id="o-1")) == ("os", "1.0.0", *ALL_NONE, ())
+def test_agentos_launch_with_type_os_ends_with_its_configuration():
+    assert dims(run("os", LAUNCH, os_id="o-1")) == ("os", "1.0.0", *ALL_NONE, (), LAUNCH_CONFIGURATION)
+    assert len(LAUNCH_CONFIGURATION) == len(LAUNCH_NAMES)
 
 
 def test_agentos_launch_without_session_id_is_fine():
     assert dims(encode({"type": "os", "os_id": "o-1", "sdk_version": "2.0.0", "data": LAUNCH})) == (
-        "os", "2.0.0", *ALL_NONE, ())
+        "os", "2.0.0", *ALL_NONE, (), LAUNCH_CONFIGURATION)
 
 
-def test_agentos_launch_of_older_sdks_without_type_is_kind_os():
-    assert dims(encode({"os_id": "o-1", "sdk_version": "1.9.0", "data": LAUNCH})) == ("os", "1.9.0", *ALL_NONE, ())
-    assert dims(encode({"os_id": "o-1", "type": None, "sdk_version": "1.9.0"})) == ("os", "1.9.0", *ALL_NONE, ())
+def test_agentos_launch_of_older_sdks_without_type_or_configuration_is_kind_os():
+    assert dims(encode({"os_id": "o-1", "sdk_version": "1.9.0", "data": LAUNCH})) == (
+        "os", "1.9.0", *ALL_NONE, (), LAUNCH_CONFIGURATION)
+    assert dims(encode({"os_id": "o-1", "type": None, "sdk_version": "1.9.0"})) == (
+        "os", "1.9.0", *ALL_NONE, (), NO_CONFIGURATION)
+    # the fields older SDKs sent instead (names of agents, teams): not the contract's, ignored
+    old = {"agents": ["support-bot"], "teams": [{"name": "acme"}], "interfaces": None}
+    assert dims(run("os", old, os_id="o-1")) == ("os", "1.0.0", *ALL_NONE, (), NO_CONFIGURATION)
+
+
+def test_a_mistyped_configuration_field_is_invalid_and_the_launch_still_counts():
+    data = {"agent_count": "3", "team_count": True, "workflow_count": 2.0, "interfaces": "slack",
+            "db_types": ["SqliteDb", 5, None]}
+    result, quality = project(run("os", data, os_id="o-1"))
+    assert result == (WINDOW_START, ("os", "1.0.0", *ALL_NONE, (), (INVALID, INVALID, INVALID, (INVALID,),
+                                                                    (INVALID, "SqliteDb"))))
+    assert quality == {(WINDOW_START, "os", Reason.INVALID_VALUE): 6}
+
+
+def test_configuration_counts_are_bucketed_like_team_sizes():
+    data = {"agent_count": 0, "team_count": 40, "workflow_count": -1, "interfaces": [], "db_types": []}
+    result, quality = project(run("os", data))
+    assert result == (WINDOW_START, ("os", "1.0.0", *ALL_NONE, (), ("0", "33+", INVALID, (), ())))
+    assert quality == {(WINDOW_START, "os", Reason.INVALID_VALUE): 1}
+
+
+def test_nested_or_huge_configuration_values_are_invalid_and_the_launch_still_counts():
+    nested = b"[" * 200 + b"]" * 200
+    raw = (b'{"type":"os","session_id":"s","data":{"agent_count":' + nested + b',"team_count":1e400,'
+           b'"workflow_count":{"a":1},"interfaces":[' + nested + b'],"db_types":{"PostgresDb":true}}}')
+    result, quality = project(raw)
+    assert result[1][-1] == (INVALID, INVALID, INVALID, (INVALID,), (INVALID,))
+    assert quality == {(WINDOW_START, "os", Reason.INVALID_VALUE): 5}
+
+
+def test_interface_names_follow_the_value_rules_a_rare_one_becomes_a_candidate():
+    tally = Tally()
+    data = {**LAUNCH, "interfaces": ["slack", "acme-internal-bridge", "Slack Bot for ACME (prod)"]}
+    _, launch = projector().project(run("os", data), NOW_MS, tally)
+    assert launch[-1][3] == (INVALID, RARE, "slack")
+    assert set(tally.candidates) == {(WINDOW_START, "interface", "acme-internal-bridge")}
+    assert tally.quality == {(WINDOW_START, "os", Reason.RARE_VALUE): 1, (WINDOW_START, "os", Reason.INVALID_VALUE): 1}
 
 
 # --- has_* flags --------------------------------------------------------------------------------------
@@ -350,8 +394,9 @@ def test_identifiers_prompts_and_unknown_fields_never_leave_the_projector(kind, 
     result, quality = project(encode(sentinel_payload(kind, new_flag)))
     assert type(result) is tuple
     features = ("has_brand_new", "has_tools") if new_flag else ("has_tools",)
+    configuration = (NO_CONFIGURATION,) if kind == "os" else ()
     assert result == (WINDOW_START, (kind, "2.4.1", NONE, NONE, "gpt-5.2", NONE, NONE, "gpt-5.2", NONE, NONE, NONE,
-                                     features))
+                                     features, *configuration))
     assert quality == {}
     assert "SENTINEL" not in repr(result) + repr(quality)
 
@@ -685,7 +730,7 @@ finite_json_values = json_like(st.floats(allow_nan=False, allow_infinity=False))
 
 def is_classified(result: object) -> bool:
     if type(result) is tuple:
-        width = 3 if result[1][0] == "client_report" else len(DIMENSIONS)
+        width = {"client_report": 3, "os": len(DIMENSIONS) + 1}.get(result[1][0], len(DIMENSIONS))
         return len(result) == 2 and type(result[0]) is int and len(result[1]) == width
     return isinstance(result, Rejection) and isinstance(result.reason, Reason)
 
@@ -710,6 +755,15 @@ def test_any_json_gets_a_classification_and_never_raise(value):
 def test_any_json_inside_a_valid_envelope_gets_a_classification_and_never_raise(kind, data, extra):
     result, _ = project(encode({**extra, "type": kind, "session_id": "s", "data": data}))
     assert is_classified(result)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.fixed_dictionaries({}, optional={field: finite_json_values for field in LAUNCH}))
+def test_no_configuration_value_dead_letters_a_launch(data):
+    result, _ = project(encode({"type": "os", "session_id": "s", "data": data}))
+    assert type(result) is tuple, result
+    configuration = result[1][-1]
+    assert all(type(v) is str for v in configuration[:3]) and all(type(v) is tuple for v in configuration[3:])
 
 
 json_number = st.from_regex(r"-?(0|[1-9][0-9]{0,20})(\.[0-9]{1,6})?([eE][+-]?[0-9]{1,4})?", fullmatch=True)
@@ -774,6 +828,8 @@ def test_a_valid_event_projects_only_allow_listed_values(case):
     result, quality = project(encode(event))
     assert type(result) is tuple, result
     window_start, projected = result
+    if event["type"] == "os":
+        projected = projected[:-1]  # the configuration: see the launch tests
     assert window_start == WINDOW_START and len(projected) == len(DIMENSIONS)
     assert projected[0] == event["type"]
     markers = {NONE, INVALID, REDACTED, RARE} | KINDS | MEMBER_BUCKETS

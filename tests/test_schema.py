@@ -13,7 +13,7 @@ from pipeline.sink import WRITES
 from tables.ddl import SchemaOptions, Table, quote_ident
 from tables.migrate import migrate, retention_changes
 from tables.migrations import MIGRATIONS, v1_initial, v4_privacy
-from tables.schema import RETAINED_TABLES, RUNS_TABLES
+from tables.schema import LAUNCHES_TABLES, RETAINED_TABLES, RUNS_TABLES
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -82,6 +82,16 @@ def test_every_runs_table_has_the_dimensions_in_their_order_and_types(chdb):
                                                ("runs", "UInt64")], table.name
 
 
+def test_every_launches_table_has_the_configuration_in_its_order_and_types(chdb):
+    migrate(chdb, SchemaOptions())
+    for table in LAUNCHES_TABLES:
+        columns = chdb.query("SELECT name, type FROM system.columns WHERE database = 'kern_telemetry' "
+                             "AND table = {t:String} ORDER BY position", parameters={"t": table.name}).result_rows
+        assert [tuple(c) for c in columns] == [("window_start", "DateTime('UTC')"),
+                                               ("sdk_version", "LowCardinality(String)"), *dimensions.LAUNCH_COLUMNS,
+                                               ("launches", "UInt64")], table.name
+
+
 def test_retention_follows_the_settings_and_is_left_alone_when_unchanged(chdb):
     migrate(chdb, SchemaOptions())
     assert retention_changes(chdb, SchemaOptions()) == []
@@ -89,6 +99,8 @@ def test_retention_follows_the_settings_and_is_left_alone_when_unchanged(chdb):
     assert sorted(retention_changes(chdb, shorter)) == [
         "ALTER TABLE `kern_telemetry`.`client_drops_daily` MODIFY TTL window_start + INTERVAL 3650 DAY",
         "ALTER TABLE `kern_telemetry`.`client_drops_minute` MODIFY TTL window_start + INTERVAL 7 DAY",
+        "ALTER TABLE `kern_telemetry`.`launches_daily` MODIFY TTL window_start + INTERVAL 3650 DAY",
+        "ALTER TABLE `kern_telemetry`.`launches_minute` MODIFY TTL window_start + INTERVAL 7 DAY",
         "ALTER TABLE `kern_telemetry`.`quality_minute` MODIFY TTL window_start + INTERVAL 7 DAY",
         "ALTER TABLE `kern_telemetry`.`runs_daily` MODIFY TTL window_start + INTERVAL 3650 DAY",
         "ALTER TABLE `kern_telemetry`.`runs_minute` MODIFY TTL window_start + INTERVAL 7 DAY",
@@ -144,7 +156,7 @@ def test_cluster_schema_is_replicated_and_distributed_on_cluster():
         assert f"ENGINE = Distributed(`telemetry`, `kern_telemetry`, `{table.name}_local`, " \
                f"{table.sharding_key})" in distributed
     views = [s for s in statements if "MATERIALIZED VIEW" in s]
-    assert len(views) == 6 and all("_local" in v.split(" AS ", 1)[1] for v in views)
+    assert len(views) == 8 and all("_local" in v.split(" AS ", 1)[1] for v in views)
     assert not any("non_replicated_deduplication_window" in s for s in statements)
     added = [s for s in statements if "ADD COLUMN" in s]
     assert [s.split(" ON CLUSTER")[0] for s in added] == [
@@ -162,7 +174,7 @@ def test_a_random_sharding_key_is_refused():
 def test_single_node_schema_keeps_a_deduplication_window_on_every_table():
     creates = [s for m in MIGRATIONS for s in m.statements(SchemaOptions())
                if s.startswith("CREATE TABLE") and not s.endswith("ENGINE = Null")]
-    assert len(creates) == len(v1_initial.TABLES) + 7
+    assert len(creates) == len(v1_initial.TABLES) + 10
     assert all("non_replicated_deduplication_window = 10000" in s for s in creates)
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tables.ddl import SchemaOptions
-from tables.migrations import v1_initial, v2_ledger, v3_client_reports, v4_privacy
+from tables.migrations import v1_initial, v2_ledger, v3_client_reports, v4_privacy, v5_launches
 
 
 @dataclass(frozen=True)
@@ -28,4 +28,5 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "drops SDK clients report, per reason and SDK version", v3_client_reports.statements),
     Migration(4, "k-anonymous values (admission epochs, candidates) and distinct sessions per day, from keyed hashes",
               v4_privacy.statements),
+    Migration(5, "AgentOS launches with their configuration, per minute, hour and day", v5_launches.statements),
 )
