@@ -1,6 +1,7 @@
 """The dev cluster's Grafana dashboards, generated: the analysts' panels (`pipeline/panels.py`, in their
-Grafana translation) over ClickHouse, and the operators' panels over the workers' Prometheus metrics
-(`pipeline/metrics.py`, scraped by the `kern-worker` job of `deploy/prometheus/prometheus.yml`).
+Grafana translation) over ClickHouse, and the operators' panels over the Prometheus metrics of the workers
+(`pipeline/metrics.py`) and of the HTTP collectors (`collector/metrics.py`), scraped by the `kern-worker` and
+`kern-collector` jobs of `deploy/prometheus/prometheus.yml`.
 
 `make dashboards` (`python -m devstack.grafana`) writes `deploy/grafana/dashboards/`, which Grafana
 provisions from files; a test fails when they differ from what this module generates, so the dashboards
@@ -20,6 +21,7 @@ PROMETHEUS = {"type": "prometheus", "uid": "kern-prometheus"}
 CLICKHOUSE_PLUGIN_VERSION = "4.20.0"  # docker-compose.yml installs this version
 DATABASE = "kern_telemetry"  # the `database` constant of the analysts' dashboard: KERN_CLICKHOUSE_DATABASE
 WORKER_JOB = "kern-worker"  # the scrape job of the workers
+COLLECTOR_JOB = "kern-collector"  # the scrape job of the HTTP collectors
 
 
 class Query(NamedTuple):
@@ -39,9 +41,22 @@ def _rate(metric: str, by: str = "") -> str:
     return f"sum{f' by ({by})' if by else ''} (rate({metric}[$__rate_interval]))"
 
 
-OPERATOR_PANELS: tuple[OperatorPanel, ...] = (
-    OperatorPanel("Workers up", "Workers Prometheus scrapes.", "short",
-                  (Query(f'count(up{{job="{WORKER_JOB}"}} == 1) or vector(0)', "up"),), "stat"),
+def _up(job: str) -> Query:
+    """The targets of a scrape job that answer."""
+    return Query(f'count(up{{job="{job}"}} == 1) or vector(0)', "up")
+
+
+def _quantiles(histogram: str, *quantiles: float) -> tuple[Query, ...]:
+    return tuple(Query(f"histogram_quantile({q}, {_rate(f'{histogram}_bucket', 'le')})", f"p{round(q * 100)}")
+                 for q in quantiles)
+
+
+def _per_instance(metric: str) -> Query:
+    return Query(f"sum by (instance) ({metric})", "{{instance}}")
+
+
+WORKER_PANELS: tuple[OperatorPanel, ...] = (
+    OperatorPanel("Workers up", "Workers Prometheus scrapes.", "short", (_up(WORKER_JOB),), "stat"),
     OperatorPanel("Workers degraded", "Workers with a degraded component (their /health answers 503).", "short",
                   (Query("count(kern_up == 0) or vector(0)", "degraded"),), "stat"),
     OperatorPanel("Consumer lag", "Records after the last landed flush, all partitions.", "short",
@@ -54,8 +69,7 @@ OPERATOR_PANELS: tuple[OperatorPanel, ...] = (
     OperatorPanel("Consumer lag per partition", "Log end offset minus the end of the partition's last landed flush.",
                   "short", (Query("max by (partition) (kern_consumer_lag)", "partition {{partition}}"),)),
     OperatorPanel("Flush latency", "Time to write one flush (intent and rows) to ClickHouse.", "s",
-                  tuple(Query(f"histogram_quantile({q}, {_rate('kern_flush_duration_seconds_bucket', 'le')})",
-                              f"p{round(q * 100)}") for q in (0.5, 0.9, 0.99))),
+                  _quantiles("kern_flush_duration_seconds", 0.5, 0.9, 0.99)),
     OperatorPanel("Flush latency histogram", "Flushes per latency bucket.", "short",
                   (Query(_rate("kern_flush_duration_seconds_bucket", "le"), "{{le}}"),), "heatmap"),
     OperatorPanel("Flushes", "Flushes that landed, and attempts that failed (each is retried with backoff).", "ops",
@@ -64,7 +78,7 @@ OPERATOR_PANELS: tuple[OperatorPanel, ...] = (
                   (Query(_rate("kern_dead_letters_total", "reason"), "{{reason}}"),)),
     OperatorPanel("Pending rows", "Rows folded but not flushed, per worker: consumption pauses above "
                   "KERN_MAX_PENDING_ROWS (backpressure).", "short",
-                  (Query("sum by (instance) (kern_pending_rows)", "{{instance}}"),)),
+                  (_per_instance("kern_pending_rows"),)),
     OperatorPanel("Degraded components", "1 while a component is degraded: kafka, clickhouse, backpressure, a paused "
                   "partition.", "short",
                   (Query("max by (instance, component) (kern_degraded)", "{{instance}} {{component}}"),)),
@@ -75,18 +89,39 @@ OPERATOR_PANELS: tuple[OperatorPanel, ...] = (
                    Query(_rate("kern_offset_gaps_refused_total"), "gaps refused"),
                    Query(_rate("kern_offsets_skipped_total"), "offsets skipped"))),
     OperatorPanel("Worker CPU", "CPU time per second, per worker (1 = one core).", "percentunit",
-                  (Query(_rate("process_cpu_seconds_total", "instance"), "{{instance}}"),)),
+                  (Query(_rate(f'process_cpu_seconds_total{{job="{WORKER_JOB}"}}', "instance"), "{{instance}}"),)),
     OperatorPanel("Worker memory", "Resident memory, per worker.", "bytes",
-                  (Query("sum by (instance) (process_resident_memory_bytes)", "{{instance}}"),)),
+                  (_per_instance(f'process_resident_memory_bytes{{job="{WORKER_JOB}"}}'),)),
 )
+
+COLLECTOR_PANELS: tuple[OperatorPanel, ...] = (
+    OperatorPanel("Collectors up", "HTTP collectors Prometheus scrapes.", "short", (_up(COLLECTOR_JOB),), "stat"),
+    OperatorPanel("Collectors without Kafka", "Collectors whose broker does not answer (their POSTs get 503).",
+                  "short", (Query("count(kern_collector_kafka_up == 0) or vector(0)", "without kafka"),), "stat"),
+    OperatorPanel("Collector requests per second", "POSTs answered, by status code and reason (accepted, or why "
+                  "refused).", "reqps",
+                  (Query(_rate("kern_collector_requests_total", "code, reason"), "{{code}} {{reason}}"),)),
+    OperatorPanel("Collector events per second", "Events the broker acknowledged (answered 202).", "ops",
+                  (Query(_rate("kern_collector_events_total"), "accepted"),)),
+    OperatorPanel("Collector request latency", "Time from a POST's headers to its answer.", "s",
+                  _quantiles("kern_collector_request_duration_seconds", 0.5, 0.99)),
+    OperatorPanel("Collector pending bytes", "Bytes handed to the Kafka producer and not acknowledged yet, per "
+                  "collector: 503 beyond KERN_COLLECTOR_MAX_PENDING_BYTES.", "bytes",
+                  (_per_instance("kern_collector_pending_bytes"),)),
+    OperatorPanel("Rate limiter clients", "Clients the rate limiter remembers, per collector (at most "
+                  "KERN_COLLECTOR_RATE_LIMIT_CLIENTS).", "short",
+                  (_per_instance("kern_collector_rate_limit_clients"),)),
+)
+
+OPERATOR_PANELS: tuple[OperatorPanel, ...] = WORKER_PANELS + COLLECTOR_PANELS
 
 
 def _layout(panels: list[dict]) -> list[dict]:
-    """Ids and a grid: stats four to a row, other panels two to a row."""
+    """Ids and a grid: stats four to a row, other panels two to a row, a row of one height."""
     x = y = row_height = 0
     for number, panel in enumerate(panels, start=1):
         width, height = (6, 4) if panel["type"] == "stat" else (12, 8)
-        if x + width > 24:
+        if x + width > 24 or (x and height != row_height):
             x, y = 0, y + row_height
         panel.update(id=number, gridPos={"h": height, "w": width, "x": x, "y": y})
         x, row_height = x + width, height

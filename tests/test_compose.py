@@ -11,7 +11,8 @@ from urllib.parse import urlsplit
 import click
 import yaml
 
-from devstack.grafana import CLICKHOUSE, CLICKHOUSE_PLUGIN_VERSION, DASHBOARDS, DATABASE, PROMETHEUS, WORKER_JOB
+from devstack.grafana import CLICKHOUSE, CLICKHOUSE_PLUGIN_VERSION, COLLECTOR_JOB, DASHBOARDS, DATABASE, PROMETHEUS
+from devstack.grafana import WORKER_JOB
 from devstack.grafana import dashboards, render
 from pipeline.cli import main as cli
 from pipeline.config import Settings
@@ -106,15 +107,20 @@ def mounts(service: str) -> dict[str, Path]:
             (volume.split(":") for volume in SERVICES[service]["volumes"]) if source.startswith("./")}
 
 
-def test_prometheus_scrapes_every_worker_it_finds_by_dns_on_the_service_name():
+def test_prometheus_scrapes_every_worker_and_collector_it_finds_by_dns_on_the_service_names():
     assert re.fullmatch(r"prom/prometheus:v\d+\.\d+\.\d+", SERVICES["prometheus"]["image"])  # pinned
     assert mounts("prometheus") == {"/etc/prometheus/prometheus.yml": PROMETHEUS_YML}
-    (job,) = yaml.safe_load(PROMETHEUS_YML.read_text())["scrape_configs"]
-    assert job["job_name"] == WORKER_JOB and job["metrics_path"] == "/metrics"
-    (discovery,) = job["dns_sd_configs"]
-    assert discovery["names"] == ["worker"] and discovery["type"] == "A"  # every container of the service
-    assert discovery["port"] == Settings.model_fields["web_port"].default
-    assert str(discovery["port"]) in SERVICES["worker"]["expose"] and env("worker")["KERN_WEB_HOST"] == "0.0.0.0"
+    jobs = {job["job_name"]: job for job in yaml.safe_load(PROMETHEUS_YML.read_text())["scrape_configs"]}
+    assert list(jobs) == [WORKER_JOB, COLLECTOR_JOB]
+    worker_port = int(env("worker").get("KERN_WEB_PORT", Settings.model_fields["web_port"].default))
+    assert str(worker_port) in SERVICES["worker"]["expose"] and env("worker")["KERN_WEB_HOST"] == "0.0.0.0"
+    assert env("collector")["KERN_COLLECTOR_HOST"] == "0.0.0.0"
+    for name, service, port in ((WORKER_JOB, "worker", worker_port),
+                                (COLLECTOR_JOB, "collector", int(env("collector")["KERN_COLLECTOR_PORT"]))):
+        assert jobs[name]["metrics_path"] == "/metrics"
+        (discovery,) = jobs[name]["dns_sd_configs"]
+        assert discovery["names"] == [service] and discovery["type"] == "A"  # every container of the service
+        assert discovery["port"] == port, name
 
 
 def test_grafana_is_the_official_image_with_the_pinned_clickhouse_plugin_and_files_from_the_repository():

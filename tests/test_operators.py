@@ -1,6 +1,7 @@
-"""The operators' side: a real worker's `/metrics` passes Debian's `promtool check metrics`, the compose
-Prometheus configuration passes `promtool check config`, and a real Prometheus (Debian's, on loopback)
-scraping that worker answers every query of the operators' dashboard (`devstack/grafana.py`)."""
+"""The operators' side: a real worker's and a real HTTP collector's `/metrics` pass Debian's `promtool check
+metrics`, the compose Prometheus configuration passes `promtool check config`, and a real Prometheus
+(Debian's, on loopback) scraping that worker and that collector answers every query of the operators'
+dashboard (`devstack/grafana.py`)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_collector_support import post, request, run_events, running_collector
 
-from devstack.grafana import OPERATOR_PANELS
+from devstack.grafana import COLLECTOR_JOB, COLLECTOR_PANELS, OPERATOR_PANELS, WORKER_JOB, WORKER_PANELS
 from devstack.loadgen import EventGenerator
 from devstack.processes import free_port, stop, wait_for_port
 
@@ -47,6 +49,13 @@ def ready(base: str) -> bool:
         return False
 
 
+def exposed_metrics(exposition: str) -> set[str]:
+    """The metric names of an exposition `promtool check metrics` has nothing to say about."""
+    checked = promtool("check", "metrics", stdin=exposition)
+    assert checked.returncode == 0 and checked.stdout + checked.stderr == "", checked.stdout + checked.stderr
+    return set(re.findall(r"^(?:# (?:HELP|TYPE) )?([a-z_]+)", exposition, re.MULTILINE))
+
+
 def query(base: str, expr: str) -> list[dict]:
     url = f"{base}/api/v1/query?{urllib.parse.urlencode({'query': expr})}"
     with urllib.request.urlopen(url, timeout=10) as response:
@@ -55,47 +64,55 @@ def query(base: str, expr: str) -> list[dict]:
     return answer["data"]["result"]
 
 
-def test_the_worker_exposition_passes_promtool_and_prometheus_answers_every_operator_panel(stack_factory, tmp_path):
+def test_the_worker_and_collector_expositions_pass_promtool_and_prometheus_answers_every_operator_panel(
+        stack_factory, tmp_path):
     stack = stack_factory(partitions=2)
     worker = stack.worker()
     generator = EventGenerator(seed=21, invalid_share=0.05)
     worker.wait_flushed(stack.produce(list(generator.events(3_000))))
-    exposition = worker.metrics()
-    checked = promtool("check", "metrics", stdin=exposition)
-    assert checked.returncode == 0 and checked.stdout + checked.stderr == "", checked.stdout + checked.stderr
-    exposed = set(re.findall(r"^(?:# (?:HELP|TYPE) )?([a-z_]+)", exposition, re.MULTILINE))
-    for panel in OPERATOR_PANELS:  # every metric a panel reads is one the worker exposes
-        for query_ in panel.queries:
-            assert set(re.findall(r"\b(?:kern|process)_[a-z_]+", query_.expr)) <= exposed, query_.expr
+    with running_collector(stack.env, tmp_path) as collector:
 
-    config = yaml.safe_load(PROMETHEUS_YML.read_text())
-    (job,) = config["scrape_configs"]
-    job.pop("dns_sd_configs")  # the same job, pointed at this worker instead of the compose service name
-    job["static_configs"] = [{"targets": [f"127.0.0.1:{worker.web_port}"]}]
-    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    with open(tmp_path / "prometheus.log", "wb") as log:
-        prometheus = subprocess.Popen(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
-                                       f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                                       f"--web.listen-address=127.0.0.1:{port}"],
-                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_for_port("127.0.0.1", port, timeout=30)
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while not ready(base):  # the port opens before the storage is: 503 until then
-            assert time.monotonic() < deadline, (tmp_path / "prometheus.log").read_text()
-            time.sleep(0.2)
-        while not query(base, f'up{{job="{job["job_name"]}"}} == 1'):
-            assert time.monotonic() < deadline, (tmp_path / "prometheus.log").read_text()
-            time.sleep(0.5)
-        worker.wait_flushed(stack.produce(list(generator.events(3_000))))  # while Prometheus scrapes
-        time.sleep(3)
-        answers = {(panel.title, q.legend): query(base, q.expr.replace("$__rate_interval", RATE_INTERVAL))
-                   for panel in OPERATOR_PANELS for q in panel.queries}
-    finally:
-        stop(prometheus)
+        def post_accepted_and_refused(tag: str) -> None:
+            assert post(collector.url, run_events(tag, 100)).status == 202
+            assert request(collector.url, b'{"type": "agent"}', {"Content-Type": "application/json"}).status == 400
+
+        post_accepted_and_refused("before")  # the labelled series exist before Prometheus' first scrape
+        for panels, service in ((WORKER_PANELS, worker), (COLLECTOR_PANELS, collector)):
+            exposed = exposed_metrics(service.metrics())
+            for panel in panels:  # every metric a panel reads is one its service exposes
+                for query_ in panel.queries:
+                    assert set(re.findall(r"\b(?:kern|process)_[a-z_]+", query_.expr)) <= exposed, query_.expr
+
+        config = yaml.safe_load(PROMETHEUS_YML.read_text())
+        targets = {WORKER_JOB: worker, COLLECTOR_JOB: collector}
+        for job in config["scrape_configs"]:  # the same jobs, pointed at these processes, not the compose names
+            job.pop("dns_sd_configs")
+            job["static_configs"] = [{"targets": [f"127.0.0.1:{targets[job['job_name']].web_port}"]}]
+        config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+        port = free_port()
+        with open(tmp_path / "prometheus.log", "wb") as log:
+            prometheus = subprocess.Popen(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
+                                           f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                                           f"--web.listen-address=127.0.0.1:{port}"],
+                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_for_port("127.0.0.1", port, timeout=30)
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 60
+            while not ready(base):  # the port opens before the storage is: 503 until then
+                assert time.monotonic() < deadline, (tmp_path / "prometheus.log").read_text()
+                time.sleep(0.2)
+            while len(query(base, "up == 1")) < len(targets):
+                assert time.monotonic() < deadline, (tmp_path / "prometheus.log").read_text()
+                time.sleep(0.5)
+            post_accepted_and_refused("while")  # while Prometheus scrapes
+            worker.wait_flushed(stack.produce(list(generator.events(3_000))))
+            time.sleep(3)
+            answers = {(panel.title, q.legend): query(base, q.expr.replace("$__rate_interval", RATE_INTERVAL))
+                       for panel in OPERATOR_PANELS for q in panel.queries}
+        finally:
+            stop(prometheus)
     for (title, legend), result in answers.items():
         if title in ONLY_WHEN_UNHEALTHY:
             assert result == [], (title, result)
@@ -111,3 +128,15 @@ def test_the_worker_exposition_passes_promtool_and_prometheus_answers_every_oper
     assert {series["metric"]["partition"] for series in answers[("Consumer lag per partition", "partition {{partition}}")]} \
         == {"0", "1"}
     assert {series["metric"]["reason"] for series in answers[("Dead letters by reason", "{{reason}}")]} >= {"not_json"}
+    assert {series["metric"]["instance"] for series in answers[("Worker memory", "{{instance}}")]} \
+        == {f"127.0.0.1:{worker.web_port}"}  # the collector's process_* series are not a worker's
+
+    assert value[("Collectors up", "up")] == 1 and value[("Collectors without Kafka", "without kafka")] == 0
+    assert value[("Collector events per second", "accepted")] > 0
+    assert 0 < value[("Collector request latency", "p50")] <= value[("Collector request latency", "p99")] < 5
+    requests = {(series["metric"]["code"], series["metric"]["reason"]): float(series["value"][1])
+                for series in answers[("Collector requests per second", "{{code}} {{reason}}")]}
+    assert set(requests) == {("202", "accepted"), ("400", "bad_framing")} and all(requests.values()), requests
+    for title in ("Collector pending bytes", "Rate limiter clients"):
+        assert [series["metric"]["instance"] for series in answers[(title, "{{instance}}")]] \
+            == [f"127.0.0.1:{collector.web_port}"], title
