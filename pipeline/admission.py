@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import struct
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -53,16 +54,24 @@ class Keys:
             if len(self._days) > 8:
                 self._days.clear()
             keyed = self._days[day] = self._keyed(b"kern-telemetry/sessions/%d" % day)
-        return [_digest(keyed, session) for session in sessions]
+        return _digests(keyed, sessions)
 
     def value(self, field: str, value: str) -> int:
-        return _digest(self._values, f"{field}\0{value}")
+        return _digests(self._values, (f"{field}\0{value}",))[0]
 
 
-def _digest(keyed, text: str) -> int:
-    hasher = keyed.copy()
-    hasher.update(text.encode("utf-8", "surrogatepass"))
-    return int.from_bytes(hasher.digest(), "little")
+_U64 = struct.Struct("<Q")
+
+
+def _digests(keyed, texts: Iterable[str]) -> list[int]:
+    """The 64-bit keyed digests of `texts`. Once per session and flush: kept tight."""
+    copy, unpack, digests = keyed.copy, _U64.unpack, []
+    append = digests.append
+    for text in texts:
+        hasher = copy()
+        hasher.update(text.encode("utf-8", "surrogatepass"))
+        append(unpack(hasher.digest())[0])
+    return digests
 
 
 class Admitted(NamedTuple):

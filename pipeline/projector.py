@@ -30,6 +30,7 @@ from pipeline.dimensions import DATA_FIELDS, DIMENSIONS, LAUNCH_DIMENSIONS, MODE
 from pipeline.rejections import Reason, Rejection
 
 KINDS = frozenset(contract.KINDS)
+_OS, _CLIENT_REPORT = contract.OS, contract.CLIENT_REPORT
 _UNKNOWN_KIND = f"expected one of {', '.join(contract.KINDS)}"
 
 #: Flags the current SDKs send are typed fields; others (`has_*` keys the contract does not name yet) are
@@ -117,15 +118,17 @@ class _KindOnly(msgspec.Struct):
 
 
 class Tally:
-    """What projecting events leaves besides their keys (a partition's rollup is one): the quality counts,
-    the sessions of each key (hashed at flush, for the distinct-session sketches), the candidate values with
-    their sessions, and the cardinality guard's state, all for one flush."""
+    """What projecting events leaves (a partition's rollup is one): the counted events' sessions per key
+    (their count is the runs; hashed at flush for the distinct-session sketches), the quality counts, the
+    candidate values with their sessions, and the cardinality guard's state, all for one flush."""
 
     __slots__ = ("quality", "sessions", "candidates", "tracked", "suppressed")
 
     def __init__(self) -> None:
         self.quality: dict[tuple, int] = {}  # (window_start, kind, reason) -> events
-        self.sessions: dict[tuple, list] = defaultdict(list)  # (window_start, dims) -> session ids
+        # (window_start, dims) -> the session of each counted event with those dims (None: without one), so
+        # that counting an event is one dict lookup: its runs are the list's length.
+        self.sessions: dict[tuple, list] = defaultdict(list)
         self.candidates: dict[tuple, list] = {}  # (window_start, field, value) -> session ids, at most k
         self.tracked: dict[tuple, dict] = {}  # (window_start, field) -> {raw value: stored value}: the guard
         self.suppressed: Counter = Counter()  # field -> rare values the guard did not track
@@ -173,7 +176,8 @@ class EventProjector:
         return self.admission.admits(_FLAG, name)
 
     def project(self, raw: bytes | None, record_ms: int, tally: Tally) -> tuple:
-        """`(window_start, dims)` for a countable event; raises `Rejection` otherwise. Every event not
+        """Count an event under its key `(window_start, dims)` (in `tally.sessions`) and return the key; raise
+        `Rejection` for an event that is not counted. Every event not
         counted, and notes about counted ones (redacted or rare values, replaced timestamps), are added to
         `tally.quality[(window_start, kind, reason)]`. The per-event hot path: keep it flat."""
         if raw is None or len(raw) > self.max_event_bytes or (not raw.isascii() and not _is_utf8(raw)):
@@ -220,8 +224,10 @@ class EventProjector:
         else:
             window_start = self._window_start(event.timestamp, record_ms, kind, notes)
 
-        if kind == contract.CLIENT_REPORT:
-            return window_start, self._client_report(raw, event.sdk_version, window_start, tally)
+        if kind == _CLIENT_REPORT:
+            key = (window_start, self._client_report(raw, event.sdk_version, window_start, tally))
+            tally.sessions[key].append(None)
+            return key
         data = event.data
         key = (kind, event.sdk_version, _NO_DATA if data is None else msgspec.structs.astuple(data))
         present, dims, bad, rare = self._projections.get(key) or self._typed_projection(key, window_start, tally)
@@ -229,14 +235,14 @@ class EventProjector:
         # duplicate key, an escaped key) decode again into a dict, which keeps every key.
         if raw.count(b'"has_') != present or b"\\u" in raw:
             dims, bad, rare = self._dict_projection(raw, kind, event.sdk_version, window_start, tally)
-        if kind == contract.OS:  # the run dimensions, then the configuration
+        if kind == _OS:  # the run dimensions, then the configuration
             configuration, config_bad, config_rare = self._launch(raw, window_start, tally)
             dims, bad, rare = (*dims, configuration), bad + config_bad, rare + config_rare
         for reason in bad:
             _count(notes, (window_start, kind, reason))
         key = (window_start, dims)
-        if session is not None:
-            tally.sessions[key].append(session)
+        tally.sessions[key].append(session)
+        if rare and session is not None:
             for candidate in rare:
                 self._sighting(tally, (window_start, *candidate), session)
         return key

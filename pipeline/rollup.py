@@ -3,15 +3,15 @@
 A `PartitionRollup` covers the contiguous offsets [start_offset, end_offset) of one partition: its
 runs counts, its quality counts, the sessions and candidate values its events carried (a `Tally`), the
 dead letters of its invalid events, and the ledger's account of the range (counted, dead-lettered, late,
-skipped). It is projected with one admission epoch, recorded with its flush. A flush writes exactly that range (`agents/checkpoint.py`),
-so rebuilding the rollup from the same offsets gives the same rows, which is what makes a replayed flush
+skipped). It is projected with one admission epoch, recorded with its flush. A flush writes exactly that
+range (`agents/checkpoint.py`), so rebuilding the rollup from the same offsets gives the same rows, which is what makes a replayed flush
 deduplicate. A batch that does not start where the rollup ends is refused (`OffsetGap`): counting records
 after a hole would let a flush claim offsets that were never counted.
 """
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,7 +35,7 @@ class OffsetGap(Exception):
 
 
 class PartitionRollup(Tally):
-    __slots__ = ("topic", "partition", "start_offset", "end_offset", "events", "runs", "dead_letters", "replay",
+    __slots__ = ("topic", "partition", "start_offset", "end_offset", "events", "dead_letters", "replay",
                  "dead_lettered", "late", "skipped", "epoch")
 
     def __init__(self, topic: str, partition: int, start_offset: int, replay: bool = False, epoch: int = 0):
@@ -45,7 +45,6 @@ class PartitionRollup(Tally):
         self.start_offset = start_offset
         self.end_offset = start_offset
         self.events = 0
-        self.runs: dict[tuple, int] = defaultdict(int)  # (window_start, dims) -> events with those dims
         self.dead_letters: list[DeadLetter] = []
         self.replay = replay  # rebuilt from an already recorded range: its dead letters were sent
         self.dead_lettered = 0
@@ -67,35 +66,40 @@ class PartitionRollup(Tally):
         return rollup
 
     @property
+    def runs(self) -> dict[tuple, int]:
+        """(window_start, dims) -> events counted with those dims."""
+        return {key: len(sessions) for key, sessions in self.sessions.items()}
+
+    @property
     def rows(self) -> int:
-        return len(self.runs) + len(self.quality)
+        return len(self.sessions) + len(self.quality)
 
     def run_counts(self) -> Counter:
         """(window_start, dims) -> usage events: `runs` without the client reports, and launches without
         their configuration."""
         counts: Counter = Counter()
-        for (window, dims), n in self.runs.items():
+        for (window, dims), sessions in self.sessions.items():
             if dims[0] != CLIENT_REPORT:
-                counts[(window, dims[:_RUN_DIMENSIONS])] += n
+                counts[(window, dims[:_RUN_DIMENSIONS])] += len(sessions)
         return counts
 
     def launches(self) -> Counter:
         """(window_start, sdk_version, *configuration) -> AgentOS launches (a launch's dims end with its
         configuration, `dimensions.LAUNCH_DIMENSIONS`)."""
         launches: Counter = Counter()
-        for (window, dims), n in self.runs.items():
+        for (window, dims), sessions in self.sessions.items():
             if dims[0] == OS:
-                launches[(window, dims[1], *dims[_RUN_DIMENSIONS])] += n
+                launches[(window, dims[1], *dims[_RUN_DIMENSIONS])] += len(sessions)
         return launches
 
     def client_drops(self) -> Counter:
         """(window_start, sdk_version, reason) -> events the clients' reports in this range say they dropped
         (a report's dims are `(client_report, sdk_version, ((reason, count), ...))`)."""
         drops: Counter = Counter()
-        for (window, dims), reports in self.runs.items():
+        for (window, dims), reports in self.sessions.items():
             if dims[0] == CLIENT_REPORT:
                 for reason, count in dims[2]:
-                    drops[(window, dims[1], reason)] += count * reports
+                    drops[(window, dims[1], reason)] += count * len(reports)
         return drops
 
     @property
@@ -109,11 +113,10 @@ class PartitionRollup(Tally):
             raise OffsetGap(self.partition, self.end_offset, messages[0].offset)
         if projector.epoch != self.epoch:
             raise ValueError(f"a rollup of admission epoch {self.epoch} cannot fold with epoch {projector.epoch}")
-        runs = self.runs
         project = projector.project
         for message in messages:
             try:
-                runs[project(message.value, message.timestamp, self)] += 1
+                project(message.value, message.timestamp, self)
             except Rejection as rejection:
                 if not rejection.dead_letter:
                     self.late += 1

@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import msgspec
 from clickhouse_connect.driver.client import Client
+from kern_telemetry_client.contract import CLIENT_REPORT
 
 from pipeline import dimensions
 from pipeline.admission import Admitted, Keys
@@ -150,11 +151,19 @@ class ClickHouseSink:
 
 
 def _session_rows(rollup: PartitionRollup, keys: Keys) -> list[tuple]:
-    """Per day and sketch key (`dimensions.SKETCH`), the keyed hashes of the sessions of the rollup's runs."""
+    """Per day and sketch key (`dimensions.SKETCH`), the keyed hashes of the distinct sessions of the rollup's
+    runs (in order of first sight: a replay writes the same rows)."""
     sessions: dict[tuple, list] = defaultdict(list)
     for (window_start, dims), ids in rollup.sessions.items():
-        sessions[(window_start // _DAY_S, *(dims[i] for i in dimensions.SKETCH_INDEXES))] += ids
-    return [(day, *sketch, keys.sessions(day * _DAY_S, ids)) for (day, *sketch), ids in sessions.items()]
+        if dims[0] != CLIENT_REPORT:
+            sessions[(window_start // _DAY_S, *(dims[i] for i in dimensions.SKETCH_INDEXES))] += ids
+    rows = []
+    for (day, *sketch), ids in sessions.items():
+        distinct = dict.fromkeys(ids)
+        distinct.pop(None, None)  # events without a session
+        if distinct:
+            rows.append((day, *sketch, keys.sessions(day * _DAY_S, distinct)))
+    return rows
 
 
 def _sighting_rows(rollup: PartitionRollup, keys: Keys) -> list[tuple]:

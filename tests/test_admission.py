@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import namedtuple
 
 from kern_telemetry_client.values import NONE
 
@@ -12,6 +13,7 @@ from pipeline.admission import RARE, Admission, Admissions, Admitted, Keys
 from pipeline.projector import EventProjector, Tally
 from pipeline.rejections import Reason, Rejection
 from pipeline.rollup import PartitionRollup
+from pipeline.sink import _session_rows
 
 NOW_MS = int(time.time() * 1000)
 WINDOW_START = NOW_MS // 1000 - NOW_MS // 1000 % 60
@@ -128,8 +130,8 @@ def test_launches_count_their_os_as_the_session_and_client_reports_have_none():
     key = projector().project(launch, NOW_MS, tally)
     report = json.dumps({"type": "client_report", "sdk_version": "2.4.1",
                          "data": {"dropped": {"queue_full": 3}}}).encode()
-    projector().project(report, NOW_MS, tally)
-    assert tally.sessions == {key: ["os-9"]} and key[1][1] == "2.4.1" and key[1][2] == NONE
+    report_key = projector().project(report, NOW_MS, tally)
+    assert tally.sessions == {key: ["os-9"], report_key: [None]} and key[1][1] == "2.4.1" and key[1][2] == NONE
 
 
 def test_a_full_guard_never_suppresses_a_value_admitted_as_sent():
@@ -139,3 +141,17 @@ def test_a_full_guard_never_suppresses_a_value_admitted_as_sent():
         guarded.project(event("gpt-5.2", f"s-{i}", **{f"has_private_{i}": True}), NOW_MS, tally)
     _, dims = guarded.project(event("gpt-5.2", has_input_schema=True, has_private_x=True), NOW_MS, tally)
     assert dims[-1] == (RARE, "has_input_schema")  # a known flag, never seen before in this projector
+
+
+def test_session_rows_hash_each_distinct_session_once_in_order_of_first_sight():
+    record = namedtuple("record", "offset timestamp value")
+    launch = json.dumps({"type": "os", "sdk_version": "2.4.1", "data": {}}).encode()  # no session
+    values = [event("gpt-5.2", "s-2"), event("gpt-5.2", "s-1"), event("gpt-5.2", "s-2"), launch]
+    rollup = PartitionRollup("t", 0, 0)
+    rollup.add([record(i, NOW_MS, value) for i, value in enumerate(values)], projector())
+    keys = Keys(b"secret")
+    day = NOW_MS // 1000 // DAY_S
+    ((row_day, kind, provider, model, features, hashes),) = _session_rows(rollup, keys)
+    assert (row_day, kind, provider, model, features) == (day, "agent", "openai", "gpt-5.2", ())
+    assert hashes == keys.sessions(day * DAY_S, ["s-2", "s-1"])
+    assert sum(rollup.runs.values()) == 4  # the launch counts, without a session
