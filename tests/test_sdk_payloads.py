@@ -22,7 +22,7 @@ from test_sdk_standins import (SENTINEL, Agent, AgentOS, Knowledge, MemoryManage
 from kern_telemetry_client import KafkaSink, Telemetry, contract, environment, ledger, payloads
 from kern_telemetry_client.values import INVALID, NONE, REDACTED, clean_value
 from pipeline.dimensions import NAMES as DIMENSIONS
-from pipeline.dimensions import member_bucket
+from pipeline.dimensions import LAUNCH_DIMENSIONS, NAME_FIELDS, member_bucket
 from pipeline.admission import RARE, Admission
 from pipeline.projector import EventProjector, Tally
 
@@ -286,7 +286,15 @@ def expected_dimensions(event: dict) -> tuple:
             "output_model_id": stored(output.get("model_id"), "model_id"),
             "member_bucket": member_bucket(members) if event["type"] == contract.TEAM and members is not None else NONE,
             "features": tuple(sorted(key for key, value in data.items() if key.startswith("has_") and value is True))}
-    return tuple(dims[name] for name in DIMENSIONS)
+    run_dimensions = tuple(dims[name] for name in DIMENSIONS)
+    if event["type"] != contract.OS:
+        return run_dimensions
+    def configured(dimension, value):
+        if dimension.source == "names":
+            return (NONE,) if value is None else tuple(sorted({stored(n, NAME_FIELDS[dimension.name]) for n in value}))
+        return NONE if value is None else member_bucket(value)
+    configuration = tuple(configured(d, data.get(d.path[1])) for d in LAUNCH_DIMENSIONS)
+    return (*run_dimensions, configuration)
 
 
 def client_name(raw: object, field: str = "") -> str | None:
