@@ -14,7 +14,7 @@ inserted with a quorum of replicas (linearized, `insert_quorum_parallel = 0`) an
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from collections import defaultdict
 from typing import NamedTuple
 
@@ -46,7 +46,7 @@ WRITES = {RUNS_MINUTE.name: RUNS_COLUMNS, LAUNCHES_MINUTE.name: LAUNCHES_COLUMNS
           ADMITTED_VALUES.name: ADMITTED_COLUMNS}
 _DAY_S = 86_400
 
-_encode_row = msgspec.json.Encoder().encode
+_encode_rows = msgspec.json.Encoder().encode_lines
 _DEDUPLICATED = {"insert_deduplicate": 1, "deduplicate_blocks_in_dependent_materialized_views": 1}
 _CLUSTER_INSERTS = {"distributed_foreground_insert": 1}  # tokens reach the shards only synchronously
 _CLUSTER_INTENTS = {"insert_quorum": "auto", "insert_quorum_parallel": 0}
@@ -102,8 +102,7 @@ class ClickHouseSink:
                                                                          rollup.quality.items()]),
                                      (SESSION_SIGHTINGS, SESSION_COLUMNS, _session_rows(rollup, keys)),
                                      (VALUE_SIGHTINGS, SIGHTING_COLUMNS, _sighting_rows(rollup, keys))):
-            if rows:
-                self._insert(table.target(self.opts), rows, columns, f"{token}/{table.name}", self._inserts)
+            self._insert(table.target(self.opts), rows, columns, f"{token}/{table.name}", self._inserts)
 
     def admitted(self) -> list[Admitted]:
         return [Admitted(*row) for row in self.client.query(
@@ -144,26 +143,29 @@ class ClickHouseSink:
 
     def _insert(self, table: str, rows: Iterable[tuple], columns: tuple[str, ...], token: str, settings: dict) -> None:
         """Rows go as JSONCompactEachRow, encoded by msgspec in C and parsed by ClickHouse: the worker
-        spends no Python time per column value (clickhouse-connect's Native encoder is pure Python)."""
-        body = b"\n".join(map(_encode_row, rows))
+        spends no Python time per column value (clickhouse-connect's Native encoder is pure Python).
+        No rows, no insert."""
+        body = _encode_rows(rows)
+        if not body:
+            return
         self.client.raw_insert(table, columns, body, settings={**settings, "insert_deduplication_token": token},
                                fmt="JSONCompactEachRow")
 
 
-def _session_rows(rollup: PartitionRollup, keys: Keys) -> list[tuple]:
+def _session_rows(rollup: PartitionRollup, keys: Keys) -> Iterator[tuple]:
     """Per day and sketch key (`dimensions.SKETCH`), the keyed hashes of the distinct sessions of the rollup's
-    runs (in order of first sight: a replay writes the same rows)."""
+    runs (in order of first sight: a replay writes the same rows). One row at a time, each sketch's sessions
+    released once its row is encoded: a catching-up flush holds hundreds of thousands of them."""
     sessions: dict[tuple, list] = defaultdict(list)
     for (window_start, dims), ids in rollup.sessions.items():
         if dims[0] != CLIENT_REPORT:
             sessions[(window_start // _DAY_S, *(dims[i] for i in dimensions.SKETCH_INDEXES))] += ids
-    rows = []
-    for (day, *sketch), ids in sessions.items():
-        distinct = dict.fromkeys(ids)
+    for sketch_key in list(sessions):
+        distinct = dict.fromkeys(sessions.pop(sketch_key))
         distinct.pop(None, None)  # events without a session
         if distinct:
-            rows.append((day, *sketch, keys.sessions(day * _DAY_S, distinct)))
-    return rows
+            day = sketch_key[0]
+            yield (*sketch_key, keys.sessions(day * _DAY_S, distinct))
 
 
 def _sighting_rows(rollup: PartitionRollup, keys: Keys) -> list[tuple]:
