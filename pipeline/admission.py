@@ -32,7 +32,7 @@ from typing import NamedTuple
 from pipeline import known_values
 
 RARE = "(rare)"
-_DAY_S = 86_400
+DAY_S = 86_400  # a day of keyed session hashes (UTC)
 
 
 class Keys:
@@ -48,7 +48,7 @@ class Keys:
 
     def sessions(self, window_start: int, sessions: Iterable[str]) -> list[int]:
         """The keyed hashes of sessions seen on the day of `window_start` (the day's own key)."""
-        day = window_start // _DAY_S
+        day = window_start // DAY_S
         keyed = self._days.get(day)
         if keyed is None:
             if len(self._days) > 8:

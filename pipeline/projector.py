@@ -117,6 +117,15 @@ class _KindOnly(msgspec.Struct):
     type: Any = None
 
 
+def _remember(cache: dict, key: object, value: Any) -> Any:
+    """Cache `value` (returned) under `key`; a cache at `_CACHE_LIMIT` entries starts over (the projector's
+    caches hold only admitted values, so whatever fills one is real and comes back at once)."""
+    if len(cache) >= _CACHE_LIMIT:
+        cache.clear()
+    cache[key] = value
+    return value
+
+
 class Tally:
     """What projecting events leaves (a partition's rollup is one): the counted events' sessions per key
     (their count is the runs; hashed at flush for the distinct-session sketches), the quality counts, the
@@ -276,9 +285,7 @@ class EventProjector:
         present, features = self._flags.get(flags) or self._flag_summary(flags)
         projection = (present, *self._dimensions(kind, sdk_version, fields, features, [], window_start, tally))
         if not projection[3]:  # without a rare value: the same for every event of this epoch
-            if len(self._projections) >= _CACHE_LIMIT:
-                self._projections.clear()
-            self._projections[key] = projection
+            _remember(self._projections, key, projection)
         return projection
 
     def _flag_summary(self, flags: tuple) -> tuple[int, tuple]:
@@ -356,9 +363,7 @@ class EventProjector:
         if stored is None:
             stored = self._configuration(values, window_start, tally)
             if Reason.RARE_VALUE not in stored[1]:
-                if len(self._launches) >= _CACHE_LIMIT:
-                    self._launches.clear()
-                self._launches[values] = stored
+                _remember(self._launches, values, stored)
         return stored
 
     def _configuration(self, values: tuple, window_start: int, tally: Tally) -> tuple[tuple, tuple, tuple]:
@@ -416,7 +421,7 @@ class EventProjector:
             bad.append(_NOTES[value])
             return value
         if self.admission.admits(field, value) and _is_clean(value, field):
-            return self._remember(field, value, value)
+            return _remember(self._admitted[field], value, value)
         tracked = tally.tracked.setdefault((window_start, field), {})
         cleaned = tracked.get(value)
         if cleaned is None:
@@ -426,7 +431,7 @@ class EventProjector:
                 return RARE
             cleaned = (clean_flag_name(value) or INVALID) if field == _FLAG else clean_value(value, field)
             if cleaned is not INVALID and cleaned is not REDACTED and self.admission.admits(field, cleaned):
-                return self._remember(field, value, cleaned)
+                return _remember(self._admitted[field], value, cleaned)
             tracked[value] = cleaned
         if cleaned is INVALID or cleaned is REDACTED:
             bad.append(_NOTES[cleaned])
@@ -434,13 +439,6 @@ class EventProjector:
         bad.append(Reason.RARE_VALUE)
         rare.append((field, cleaned))
         return RARE
-
-    def _remember(self, field: str, value: str, stored: str) -> str:
-        cache = self._admitted[field]
-        if len(cache) >= _CACHE_LIMIT:
-            cache.clear()
-        cache[value] = stored
-        return stored
 
     def _sighting(self, tally: Tally, candidate: tuple, session: str) -> None:
         sessions = tally.candidates.setdefault(candidate, [])

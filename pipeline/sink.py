@@ -23,7 +23,7 @@ from clickhouse_connect.driver.client import Client
 from kern_telemetry_client.contract import CLIENT_REPORT
 
 from pipeline import dimensions
-from pipeline.admission import Admitted, Keys
+from pipeline.admission import DAY_S, Admitted, Keys
 from pipeline.rollup import PartitionRollup
 from tables.ddl import SchemaOptions
 from tables.schema import (ADMITTED_VALUES, CLIENT_DROPS_MINUTE, INGEST_FLUSHES, LAUNCHES_MINUTE, LEDGER_COUNTS,
@@ -44,7 +44,6 @@ WRITES = {RUNS_MINUTE.name: RUNS_COLUMNS, LAUNCHES_MINUTE.name: LAUNCHES_COLUMNS
           SKIP_REQUESTS.name: SKIP_COLUMNS, CLIENT_DROPS_MINUTE.name: DROPS_COLUMNS,
           SESSION_SIGHTINGS.name: SESSION_COLUMNS, VALUE_SIGHTINGS.name: SIGHTING_COLUMNS,
           ADMITTED_VALUES.name: ADMITTED_COLUMNS}
-_DAY_S = 86_400
 
 _encode_rows = msgspec.json.Encoder().encode_lines
 _DEDUPLICATED = {"insert_deduplicate": 1, "deduplicate_blocks_in_dependent_materialized_views": 1}
@@ -159,19 +158,19 @@ def _session_rows(rollup: PartitionRollup, keys: Keys) -> Iterator[tuple]:
     sessions: dict[tuple, list] = defaultdict(list)
     for (window_start, dims), ids in rollup.sessions.items():
         if dims[0] != CLIENT_REPORT:
-            sessions[(window_start // _DAY_S, *(dims[i] for i in dimensions.SKETCH_INDEXES))] += ids
+            sessions[(window_start // DAY_S, *(dims[i] for i in dimensions.SKETCH_INDEXES))] += ids
     for sketch_key in list(sessions):
         distinct = dict.fromkeys(sessions.pop(sketch_key))
         distinct.pop(None, None)  # events without a session
         if distinct:
             day = sketch_key[0]
-            yield (*sketch_key, keys.sessions(day * _DAY_S, distinct))
+            yield (*sketch_key, keys.sessions(day * DAY_S, distinct))
 
 
 def _sighting_rows(rollup: PartitionRollup, keys: Keys) -> list[tuple]:
     """Per day, the keyed hash of each candidate value with the keyed hashes of its sessions."""
     sightings: dict[tuple, list] = defaultdict(list)
     for (window_start, field, value), ids in rollup.candidates.items():
-        sightings[(window_start // _DAY_S, field, keys.value(field, value))] += ids
-    return [(day, field, value_hash, keys.sessions(day * _DAY_S, ids))
+        sightings[(window_start // DAY_S, field, keys.value(field, value))] += ids
+    return [(day, field, value_hash, keys.sessions(day * DAY_S, ids))
             for (day, field, value_hash), ids in sightings.items()]
