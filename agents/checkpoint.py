@@ -1,24 +1,42 @@
 """Exactly-once counts: how a partition's rollups reach ClickHouse, and where a worker resumes a partition.
 
-A flush covers one source partition's contiguous offset range [start, end): its rollup (`pipeline/rollup.py`)
-is a pure function of the records in the range, so rebuilding it from the same offsets gives the same rows.
-The protocol, per source partition:
+A flush covers one source partition's contiguous offset range [start, end) of one log (`LogIdentity`: a
+partition meets a new log when its topic is recreated or its cluster replaced, `agents/logs.py`). Its
+rollup (`pipeline/rollup.py`) is a pure function of the records in the range, so rebuilding it from the
+same offsets gives the same rows. The protocol, per source partition:
 
 1. **Dead letters** of the range go to the DLQ topic, keyed by their source position (at-least-once:
    a crash before step 2 sends them again; a consumer of the DLQ drops duplicates by key).
-2. **Intent**: the range, what it covered (counted, dead-lettered, late, skipped: the ledger) and the
-   admission epoch its rows were projected with go to `ingest_flushes`, before any of its data.
-3. **Rows**: runs, client drops, quality, session and candidate sightings, each insert with a
-   deduplication token derived from the range (`token`). ClickHouse drops a block whose token it has
-   seen, in the table and in its materialized views, so writing the same range twice counts it once.
+2. **Intent**: the range, its log (generation, topic id, the fingerprint of its last record), what it
+   covered (the ledger: counted, dead-lettered, late, skipped, expired, lost), the admission epoch its
+   rows were projected with, and the summing tables it writes rows to go to `ingest_flushes`, before any
+   of its data.
+3. **Rows, table by table.** Each summing table (runs, launches, client drops, quality: a row written
+   twice counts twice) gets the range's rows, then `flush_landings` records that the range landed
+   there. Then the sketches (sessions, candidate values: a hash written twice changes nothing). A retry
+   writes only what has not landed: in this process from the rollup's memory (`landed`), after a crash
+   from the landings (step 5).
 4. **Offsets** are committed to Kafka, for lag monitoring only: `ingest_flushes` is the truth.
 5. **Resume**, when a worker gets a partition (start, restart after a crash, rebalance): it reads the
-   partition's last recorded range and re-consumes exactly that range into an identical rollup before
-   anything newer (`Replay`), projected with the recorded admission epoch and closed only at the
-   range's end: whatever of the last flush had not landed lands now, whatever had is dropped as a
-   duplicate. A range an operator skipped is never
-   re-consumed: its rows are rebuilt from its skip request. A partition without a flush starts at the
-   beginning of its log. Everything after the last range's end was never part of a recorded flush.
+   partition's last recorded range and the tables it landed in, and checks that the broker's log is the
+   one the range describes (`agents/logs.py`); a new, truncated or expired log turns into a new log
+   generation and ranges recorded as expired or lost. If the range's rows have not landed in every
+   summing table, the range is re-consumed into an identical rollup before anything newer (`Replay`,
+   projected with the recorded admission epoch, closed exactly at the range's end) and written where it
+   is missing; a range without records (skipped, expired, lost) is rebuilt from its intent. A partition
+   without a flush starts at the beginning of its log. Everything after the last range's end was never
+   part of a recorded flush.
+
+**Why a replay is exact whatever ClickHouse's deduplication window.** Every insert also carries a
+deduplication token derived from the log generation and the range (`token`), so ClickHouse drops a block
+it remembers. But it remembers only its last `non_replicated_deduplication_window` blocks per table (on
+a cluster `replicated_deduplication_window`, and for at most `replicated_deduplication_window_seconds`):
+a flush that keeps failing in one table for an hour while other partitions insert, or a crashed
+partition taken over late on a cluster with many partitions, would be rewritten into tables where it had
+landed and counted twice. The landings make the rewrite skip those tables, so the tokens only cover the
+one gap left: a crash between a table's insert and its landing, retried within seconds by the next
+owner. The worker checks at start that the tables' windows cover that (`dedup_window_problem`) and says
+in `/health` when they do not.
 """
 
 from __future__ import annotations
@@ -33,32 +51,60 @@ from aiokafka.structs import OffsetAndMetadata
 
 from agents.admission import Admitter
 from agents.clickhouse import ClickHouseThread
+from agents.logs import SAME, Logs, Recorded, Verdict
+from pipeline.admission import Keys
 from pipeline.config import Settings
 from pipeline.health import Health
 from pipeline.projector import EventProjector
-from pipeline.rejections import QUALITY_ONLY, Reason
-from pipeline.rollup import PartitionRollup
-from pipeline.sink import ClickHouseSink, FlushRange, SkipRequest
+from pipeline.rejections import GONE, QUALITY_ONLY, Reason
+from pipeline.rollup import Fingerprint, LogIdentity, PartitionRollup
+from pipeline.sink import ClickHouseSink, FlushRange
+from tables.schema import INGEST_FLUSHES
 
 log = logging.getLogger(__name__)
 
+_INTENT = INGEST_FLUSHES.name
+
 
 def token(rollup: PartitionRollup) -> str:
-    """The deterministic identity of a flush: the same range always gets the same token."""
-    return f"{rollup.topic}/{rollup.partition}/{rollup.start_offset}-{rollup.end_offset}"
+    """The deterministic identity of a flush: the same range of the same log always gets the same token
+    (the first log's tokens are those of the releases before log generations)."""
+    generation = f"g{rollup.log.generation}/" if rollup.log.generation else ""
+    return f"{rollup.topic}/{rollup.partition}/{generation}{rollup.start_offset}-{rollup.end_offset}"
+
+
+def write(sink: ClickHouseSink, rollup: PartitionRollup, keys: Keys, log_end_seen: int) -> None:
+    """Steps 2 and 3: what of the rollup has not landed yet (`rollup.landed`), in the protocol's order."""
+    flush, landed = token(rollup), rollup.landed
+    summing, sketches = sink.rows(rollup, keys)
+    if _INTENT not in landed:  # 2.
+        sink.record_intent(rollup, flush, [table.name for table, _, _ in summing], log_end_seen)
+        landed.add(_INTENT)
+    for table, columns, rows in summing:  # 3.
+        if table.name not in landed:
+            sink.insert_rows(table, columns, rows, flush)
+            sink.record_landing(rollup, table, flush)
+            landed.add(table.name)
+    for table, columns, rows in sketches:
+        if table.name not in landed:
+            sink.insert_rows(table, columns, rows, flush)
+            landed.add(table.name)
 
 
 class Replay:
     """Step 5: the recorded range [start, end) re-consumed into an identical rollup, projected with the
-    admission epoch the first attempt recorded. It closes exactly at `end`: flushing part of it under its
-    token would make ClickHouse drop the rest as a duplicate later."""
+    admission epoch the first attempt recorded, to be written where it has not landed. It closes exactly
+    at `end`: flushing part of it under its token would make ClickHouse drop the rest as a duplicate."""
 
     __slots__ = ("rollup", "end", "projector")
 
-    def __init__(self, topic: str, partition: int, start: int, end: int, projector: EventProjector):
+    def __init__(self, tp: TopicPartition, last: FlushRange, projector: EventProjector):
         # its dead letters were sent by the first attempt
-        self.rollup = PartitionRollup(topic, partition, start, replay=True, epoch=projector.epoch)
-        self.end = end
+        self.rollup = PartitionRollup(tp.topic, tp.partition, last.start_offset, replay=True, epoch=projector.epoch,
+                                      log=last.log)
+        self.rollup.flushed_at = last.flushed_at
+        self.rollup.landed.update((_INTENT, *last.landed))
+        self.end = last.end_offset
         self.projector = projector
 
     def fold(self, messages: list) -> tuple[PartitionRollup | None, list]:
@@ -76,13 +122,23 @@ class Resumption(NamedTuple):
     """Where an assigned partition starts (step 5)."""
 
     cursor: int  # the first offset folded after the replay (or from the start)
+    log: LogIdentity = LogIdentity()  # the log counting goes on in
+    fingerprint: Fingerprint | None = None  # of the last record counted in that log
     replay: Replay | None = None  # the last recorded range, re-consumed first
-    rewrite: PartitionRollup | None = None  # the rows of a skipped range, written again
+    rewrites: tuple[PartitionRollup, ...] = ()  # flushed before anything newer
+
+    @property
+    def landed_end(self) -> int:
+        """Where what has landed in every table ends, in `log`."""
+        if self.replay is not None:
+            return self.replay.rollup.start_offset
+        return min((rollup.start_offset for rollup in self.rewrites if rollup.log == self.log), default=self.cursor)
 
 
 class Checkpoint:
     def __init__(self, settings: Settings, sink: ClickHouseSink, clickhouse: ClickHouseThread,
-                 producer: AIOKafkaProducer, consumer: AIOKafkaConsumer, health: Health, admitter: Admitter):
+                 producer: AIOKafkaProducer, consumer: AIOKafkaConsumer, health: Health, admitter: Admitter,
+                 logs: Logs):
         self.settings = settings
         self.sink = sink
         self.admitter = admitter
@@ -90,11 +146,12 @@ class Checkpoint:
         self.producer = producer
         self.consumer = consumer
         self.health = health
+        self.logs = logs
         self.metrics = health.metrics
 
     async def flush(self, rollup: PartitionRollup) -> None:
         """Steps 1 to 4 for one closed rollup. Raises when ClickHouse fails: the caller retries the same
-        rollup, whose dead letters are not sent again."""
+        rollup, whose dead letters are not sent again and whose landed tables are not written again."""
         log.debug("flushing %s: %d events, %d rows, %d dead letters", token(rollup), rollup.events, rollup.rows,
                   len(rollup.dead_letters))
         if rollup.dead_letters:  # 1.
@@ -103,8 +160,11 @@ class Checkpoint:
             for sent in sends:
                 await sent
             rollup.dead_letters.clear()
+        if rollup.flushed_at is None:
+            rollup.flushed_at = time.time()
+        log_end_seen = max(self.health.log_ends.get(rollup.partition, 0), rollup.end_offset)
         started = time.perf_counter()
-        await self.clickhouse.call(self._write, rollup)  # 2. and 3.
+        await self.clickhouse.call(self._write, rollup, log_end_seen)  # 2. and 3.
         self.metrics.flush_duration.observe(time.perf_counter() - started)
         self._count(rollup)
         self.admitter.consider(rollup)
@@ -114,10 +174,8 @@ class Checkpoint:
         except Exception as exc:  # noqa: BLE001 - informational only; ingest_flushes is the truth
             log.debug("offset commit for partition %d skipped: %s", rollup.partition, exc)
 
-    def _write(self, rollup: PartitionRollup) -> None:
-        flush = token(rollup)
-        self.sink.record_intent(rollup, flush)  # 2.
-        self.sink.write_rows(rollup, flush, self.admitter.keys)  # 3.
+    def _write(self, rollup: PartitionRollup, log_end_seen: int) -> None:
+        write(self.sink, rollup, self.admitter.keys, log_end_seen)
 
     def _count(self, rollup: PartitionRollup) -> None:
         metrics = self.metrics
@@ -125,42 +183,77 @@ class Checkpoint:
         metrics.events_flushed.inc(rollup.events)
         if not rollup.replay:  # a replay's dead letters were counted when they were sent
             for (_, _, reason), events in rollup.quality.items():
-                if reason not in QUALITY_ONLY and reason is not Reason.SKIPPED:
+                if reason not in QUALITY_ONLY and reason not in GONE:
                     metrics.dead_letters.labels(reason).inc(events)
-            metrics.offsets_skipped.inc(rollup.skipped)
+            for reason in GONE:
+                if offsets := getattr(rollup, reason.value):
+                    metrics.offsets_gone.labels(reason.value).inc(offsets)
             for field, values in rollup.suppressed.items():
                 metrics.values_suppressed.labels(field).inc(values)
-        self.health.flushed(rollup.partition, rollup.end_offset)
+        self.health.flushed(rollup.partition, rollup.end_offset, rollup.log.generation)
 
-    async def resume(self, tp: TopicPartition) -> Resumption:
-        """Step 5 for one assigned partition (blocking calls on the ClickHouse thread)."""
+    async def resume(self, tp: TopicPartition, known_end: int = 0) -> Resumption:
+        """Step 5 for one assigned partition (blocking calls on the ClickHouse thread); `known_end`: an offset
+        this worker knows the log had, beyond what the ledger says."""
         last: FlushRange | None = await self.clickhouse.call(self.sink.last_flush, tp.topic, tp.partition)
         if last is None:
-            beginning = (await self.consumer.beginning_offsets([tp]))[tp]
-            return Resumption(beginning)
-        if not last.skipped:
-            return Resumption(last.end_offset, Replay(tp.topic, tp.partition, last.start_offset, last.end_offset,
-                                                      self.projector(last.admission_epoch)))
-        skip: SkipRequest | None = await self.clickhouse.call(self.sink.skip_request, tp.topic, tp.partition,
-                                                              last.end_offset - 1)
-        if skip is None:
-            log.error("partition %d: the skipped range %d-%d has no skip request any more; its quality rows are not "
-                      "written again", tp.partition, last.start_offset, last.end_offset - 1)
-            return Resumption(last.end_offset)
-        return Resumption(last.end_offset, rewrite=self.skipped(tp, last.start_offset, last.end_offset, skip,
-                                                                replay=True))
+            facts = await self.logs.facts(tp, None)
+            return Resumption(facts.start, LogIdentity(0, facts.topic_id))
+        recorded = Recorded(last.log, last.end_offset, last.fingerprint, max(last.log_end_seen, known_end))
+        verdict = await self.logs.judge(tp, recorded)
+        rewrites, replay = [], None
+        if last.tables and not last.pending:
+            pass  # landed everywhere
+        elif (gone := last.gone) is not None:
+            rewrites.append(self._rebuilt(tp, last, gone))
+        elif verdict.change == SAME:
+            replay = Replay(tp, last, self.projector(last.admission_epoch))
+        else:
+            self._unreplayable(tp, last, verdict.change)
+        rewrites += gone_ranges(tp, verdict, recorded, self.settings.window_seconds)
+        fingerprint = last.fingerprint if verdict.change == SAME else None
+        return Resumption(verdict.cursor, verdict.log, fingerprint, replay, tuple(rewrites))
+
+    def _rebuilt(self, tp: TopicPartition, last: FlushRange, reason: Reason) -> PartitionRollup:
+        """The flush of a recorded range without records, rebuilt from its intent for its missing tables."""
+        rollup = PartitionRollup.gone(reason, tp.topic, tp.partition, last.start_offset, last.end_offset,
+                                      last.flushed_at, self.settings.window_seconds, log=last.log,
+                                      previous=last.fingerprint, replay=True)
+        rollup.landed.update((_INTENT, *last.landed))
+        return rollup
+
+    def _unreplayable(self, tp: TopicPartition, last: FlushRange, change: str) -> None:
+        """The last range's rows had not landed everywhere and its records are no longer in the log."""
+        self.health.log_changed(
+            tp.partition, change, f"the rows of offsets {last.start_offset}-{last.end_offset - 1} (log generation "
+            f"{last.log.generation}) had not landed in {', '.join(last.pending)} and their records are gone: "
+            "those tables miss them (the ledger counts them)")
 
     def projector(self, epoch: int) -> EventProjector:
         """A projector with the admission of `epoch`."""
         return EventProjector.from_settings(self.settings, self.admitter.admissions.at(epoch))
 
-    def skipped(self, tp: TopicPartition, start: int, end: int, request: SkipRequest,
-                replay: bool = False) -> PartitionRollup:
-        """The flush of the range [start, end) an operator skipped, counted in the window of the request,
-        so that a rewrite after a crash is identical."""
-        at = request.requested_at_s
-        return PartitionRollup.skip(tp.topic, tp.partition, start, end, at - at % self.settings.window_seconds,
-                                    request.reason, replay=replay)
+    def skipped(self, state: Any, through_offset: int, reason: str) -> PartitionRollup:
+        """The flush of the range an operator asked to skip, from where `state`'s folding stands."""
+        return PartitionRollup.gone(Reason.SKIPPED, state.tp.topic, state.partition, state.cursor,
+                                    through_offset + 1, time.time(), self.settings.window_seconds, reason,
+                                    state.log, state.fingerprint)
+
+
+def gone_ranges(tp: TopicPartition, verdict: Verdict, recorded: Recorded, window_seconds: int) -> list[PartitionRollup]:
+    """The flushes of the ranges a verdict records as lost (of the recorded log) and expired (of the log
+    counting goes on in), in that order."""
+    rollups, now = [], time.time()
+    if verdict.lost is not None:
+        rollups.append(PartitionRollup.gone(
+            Reason.LOST, tp.topic, tp.partition, *verdict.lost, now, window_seconds,
+            f"{verdict.change}: gone before it was consumed", recorded.log, recorded.fingerprint))
+    if verdict.expired_from is not None:
+        rollups.append(PartitionRollup.gone(
+            Reason.EXPIRED, tp.topic, tp.partition, verdict.expired_from, verdict.cursor, now, window_seconds,
+            "removed by retention before it was consumed", verdict.log,
+            recorded.fingerprint if verdict.log == recorded.log else None))
+    return rollups
 
 
 def _offset(message: Any) -> int:

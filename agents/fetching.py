@@ -3,14 +3,17 @@
 aiokafka's `getmany` raises for a whole fetch when one batch cannot be decoded, after moving the positions
 of the partitions it had already drained: their records are gone. So after any failed fetch every
 partition is sought back to its cursor and drained one at a time; a partition whose own fetch fails goes
-to quarantine (`agents/quarantine.py`), the others go on.
+to quarantine (`agents/quarantine.py`), the others go on. A position out of the log's range (the
+consumer never resets it by itself) goes to the agent, which judges the partition's log again.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import NoOffsetForPartitionError, OffsetOutOfRangeError
 
 from agents.partitions import Partitions
 from agents.quarantine import Quarantine
@@ -22,11 +25,13 @@ _FETCHER_TURNS = 4
 
 
 class Fetcher:
-    def __init__(self, consumer: AIOKafkaConsumer, partitions: Partitions, quarantine: Quarantine, health: Health):
+    def __init__(self, consumer: AIOKafkaConsumer, partitions: Partitions, quarantine: Quarantine, health: Health,
+                 out_of_range: Callable[[TopicPartition], Awaitable[None]]):
         self.consumer = consumer
         self.partitions = partitions
         self.quarantine = quarantine
         self.health = health
+        self.out_of_range = out_of_range
 
     async def fetch(self) -> dict:
         """The next batches. Empty when an assignment completed after `getmany` returned them: every
@@ -34,6 +39,13 @@ class Fetcher:
         before it returns)."""
         try:
             batches = await self.consumer.getmany(timeout_ms=100)
+        except OffsetOutOfRangeError as exc:
+            await self._judge_logs(exc)
+            return {}
+        except NoOffsetForPartitionError:  # looked for a position before the assignment's seeks: seek again
+            for state in self.partitions:
+                state.seek(self.consumer)
+            return {}
         except Exception as exc:  # noqa: BLE001 - a batch aiokafka could not decode, or a fetch error
             generation = self.partitions.generation
             batches = await self._after_error(exc)
@@ -56,6 +68,8 @@ class Fetcher:
                 continue
             try:
                 batches.update(await self.consumer.getmany(state.tp, timeout_ms=_ISOLATION_WAIT_MS))
+            except OffsetOutOfRangeError as exc:
+                await self._judge_logs(exc)
             except Exception as exc:  # noqa: BLE001 - this partition's own fetch failed
                 if records := await self.quarantine.examine(state, exc):
                     batches[state.tp] = records
@@ -64,6 +78,15 @@ class Fetcher:
             self.health.degrade("kafka", f"fetch failed: {type(error).__name__}: {first_line(error)}")
             await asyncio.sleep(1)
         return batches
+
+    async def _judge_logs(self, error: OffsetOutOfRangeError) -> None:
+        for tp in error.args[0] if error.args and isinstance(error.args[0], dict) else ():
+            try:
+                await self.out_of_range(tp)
+            except Exception as exc:  # noqa: BLE001 - the broker did not answer: the next fetch asks again
+                self.health.degrade("kafka", f"partition {tp.partition} out of range, its log not readable: "
+                                    f"{type(exc).__name__}: {first_line(exc)}")
+                await asyncio.sleep(1)
 
 
 async def _let_the_fetcher_run() -> None:

@@ -4,6 +4,8 @@
   `KERN_CATCH_UP_FLUSH_INTERVAL_SECONDS` while a partition is more than `KERN_CATCH_UP_LAG_EVENTS` behind
   its log end (freshness is lost anyway, and fewer, larger inserts clear a backlog sooner); at once when a
   rollup holds `KERN_FLUSH_MAX_EVENTS`, a replayed range completes, or backpressure paused consumption.
+- **The log first**: before rollups are written, the agent confirms their log is still the broker's
+  (`RollupAgent.confirm_logs`): a recreated topic's records never flush as the old log's.
 - **Order and retries**: closed rollups wait in `ready` and flush in order (`agents/checkpoint.py`),
   retried with backoff until they land; between attempts the lock is free, so a revocation can drop the
   rollups of partitions this worker lost.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer
 
@@ -28,12 +31,13 @@ from pipeline.rollup import PartitionRollup
 
 class Flusher:
     def __init__(self, settings: Settings, partitions: Partitions, checkpoint: Checkpoint,
-                 consumer: AIOKafkaConsumer, health: Health):
+                 consumer: AIOKafkaConsumer, health: Health, confirm_logs: Callable[[], Awaitable[None]]):
         self.settings = settings
         self.partitions = partitions
         self.checkpoint = checkpoint
         self.consumer = consumer
         self.health = health
+        self.confirm_logs = confirm_logs
         self.ready: list[PartitionRollup] = []  # closed rollups, flushed in order
         self.lock = asyncio.Lock()  # held by a flush attempt
         self._now = asyncio.Event()
@@ -79,6 +83,7 @@ class Flusher:
         """Close every rollup being folded and flush everything ready, retrying until it lands."""
         self.partitions.close_all(self.ready)
         self._last = time.monotonic()
+        await self.confirm_logs()
         delays = backoff()
         while self.ready:
             async with self.lock:

@@ -9,7 +9,9 @@ A partition this worker owns is, at any time:
 - **poisoned**: paused before a record batch it cannot decode (`agents/poison.py`) until an operator
   skips it; backpressure never resumes it.
 
-A revoked partition has no state at all (`Partitions.revoke`).
+A revoked partition has no state at all (`Partitions.revoke`). Each state knows which log it counts in
+(`log`: a new log under the same name starts a new generation, `agents/logs.py`) and the fingerprint of
+the last record it counted.
 
 `cursor` is where the next batch must start: the end of the rollup being folded (or replayed), or where
 the last closed one ended. Every seek goes to the cursor, and a batch that starts anywhere else is
@@ -27,19 +29,21 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from agents.checkpoint import Replay, Resumption
 from agents.poison import UndecodableBatch
 from pipeline.projector import EventProjector
-from pipeline.rollup import OffsetGap, PartitionRollup
+from pipeline.rollup import Fingerprint, LogIdentity, OffsetGap, PartitionRollup
 
 
 class PartitionState:
-    __slots__ = ("tp", "rollup", "replay", "poison", "_next", "_sought")
+    __slots__ = ("tp", "rollup", "replay", "poison", "log", "_next", "_sought", "_fingerprint")
 
-    def __init__(self, tp: TopicPartition, cursor: int, replay: Replay | None = None):
+    def __init__(self, tp: TopicPartition, resumption: Resumption):
         self.tp = tp
         self.rollup: PartitionRollup | None = None  # being folded
-        self.replay = replay  # the recorded range re-consumed before anything newer
+        self.replay = resumption.replay  # the recorded range re-consumed before anything newer
         self.poison: UndecodableBatch | None = None  # paused before it
-        self._next = cursor  # where the next rollup starts, once the replay (if any) is done
+        self.log = resumption.log  # the log counting goes on in
+        self._next = resumption.cursor  # where the next rollup starts, once the replay (if any) is done
         self._sought = False  # the next batch is the first after a seek to the cursor
+        self._fingerprint = resumption.fingerprint  # of the last record of the last closed rollup
 
     @property
     def partition(self) -> int:
@@ -50,6 +54,19 @@ class PartitionState:
         if self.replay is not None:
             return self.replay.rollup.end_offset
         return self.rollup.end_offset if self.rollup is not None else self._next
+
+    @property
+    def fingerprint(self) -> Fingerprint | None:
+        """Of the last record counted (or being counted) in `log`."""
+        if self.rollup is not None:
+            return self.rollup.fingerprint
+        return self.replay.rollup.fingerprint if self.replay is not None else self._fingerprint
+
+    @property
+    def oldest_ms(self) -> int | None:
+        """The Kafka timestamp of the first record folded and not handed over yet."""
+        rollup = self.replay.rollup if self.replay is not None else self.rollup
+        return rollup.first_ms if rollup is not None else None
 
     @property
     def rows(self) -> int:
@@ -74,7 +91,7 @@ class PartitionState:
             replayed, messages = self.replay.fold(messages)
             if replayed is None:
                 return
-            self.replay, self._next = None, replayed.end_offset
+            self.replay, self._next, self._fingerprint = None, replayed.end_offset, replayed.fingerprint
             if replayed.events:
                 closed.append(replayed)
             if not messages:
@@ -87,16 +104,26 @@ class PartitionState:
         rollup = self.rollup
         if rollup is None or self.replay is not None:
             return None
-        self.rollup, self._next = None, rollup.end_offset
+        self.rollup, self._next, self._fingerprint = None, rollup.end_offset, rollup.fingerprint
         return rollup if rollup.events else None
 
     def skip_through(self, last_offset: int) -> None:
         """Continue after `last_offset` (an operator's skip, recorded by its own flush)."""
         self.rollup, self.replay, self.poison, self._next = None, None, None, last_offset + 1
 
+    def restart(self, log: LogIdentity, cursor: int, fingerprint: Fingerprint | None) -> PartitionRollup | None:
+        """Count on in `log` from `cursor` (another log met while consuming, `agents/logs.py`); returns the
+        rollup folded so far, to be flushed in the log it was folded in. A replay in progress is dropped:
+        its records are gone."""
+        self.replay = None
+        folded = self.close()
+        self.log, self._next, self._fingerprint, self.poison = log, cursor, fingerprint, None
+        return folded
+
     def _current(self, projector: EventProjector) -> PartitionRollup:
         if self.rollup is None:
-            self.rollup = PartitionRollup(self.tp.topic, self.partition, self._next, epoch=projector.epoch)
+            self.rollup = PartitionRollup(self.tp.topic, self.partition, self._next, epoch=projector.epoch,
+                                          log=self.log, previous=self._fingerprint)
         return self.rollup
 
 
@@ -122,7 +149,7 @@ class Partitions:
         """Position every newly assigned partition (no await in between, so `getmany` cannot hand out
         records from a position about to change)."""
         for tp, resumption in resumptions.items():
-            state = self._states[tp.partition] = PartitionState(tp, resumption.cursor, resumption.replay)
+            state = self._states[tp.partition] = PartitionState(tp, resumption)
             state.seek(consumer)
         if self.paused and resumptions:
             consumer.pause(*resumptions)

@@ -13,12 +13,10 @@ from typing import NamedTuple
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CorruptRecordException
-from aiokafka.protocol.fetch import FetchRequest
-from aiokafka.record.memory_records import MemoryRecords
+
+from agents.leader import fetch_raw
 
 _CODECS = {0: "none", 1: "gzip", 2: "snappy", 3: "lz4", 4: "zstd"}
-_READ_UNCOMMITTED = 0  # what the agent's consumer reads
-_MAX_WAIT_MS = 500  # a broker may answer a fetch that may not wait (0) with nothing at all (Tansu does)
 
 
 class UndecodableBatch(NamedTuple):
@@ -38,17 +36,8 @@ async def find_undecodable_batch(consumer: AIOKafkaConsumer, tp: TopicPartition,
     """The first batch at or after `position` that aiokafka cannot decode, within `max_bytes` of raw
     batches (the consumer's own partition fetch size, so what its fetch saw is covered); None when
     every batch read decodes (the failure was elsewhere, or gone)."""
-    client = consumer._client  # aiokafka's connection pool: same brokers, TLS and SASL as the consumer
-    node_id = client.cluster.leader_for_partition(tp)
-    if node_id is None or node_id < 0:
-        return None
-    request = FetchRequest(_MAX_WAIT_MS, 1, max_bytes, _READ_UNCOMMITTED, [(tp.topic, [(tp.partition, position, max_bytes)])])
-    response = await client.send(node_id, request)
-    for _, partitions in response.topics:
-        for partition, error_code, _, *part_data in partitions:
-            if partition == tp.partition and error_code == 0:
-                return _first_undecodable(MemoryRecords(part_data[-1]), position)
-    return None
+    fetched = await fetch_raw(consumer, tp, position, max_bytes)
+    return None if fetched is None or fetched.records is None else _first_undecodable(fetched.records, position)
 
 
 def _first_undecodable(records, position: int) -> UndecodableBatch | None:

@@ -73,14 +73,14 @@ class Quarantine:
         """Resume every poisoned partition an operator asked to skip through."""
         for state in [s for s in self.partitions if s.poison is not None]:
             request = await self.checkpoint.clickhouse.call(self.checkpoint.sink.skip_request, state.tp.topic,
-                                                            state.partition, None, state.cursor)
+                                                            state.partition, state.cursor)
             if request is not None and self.partitions.get(state.partition) is state and state.poison is not None:
                 self._skip(state, request)
 
     def _skip(self, state: PartitionState, request: SkipRequest) -> None:
         if (pending := state.close()) is not None:
             self.flusher.ready.append(pending)
-        self.flusher.ready.append(self.checkpoint.skipped(state.tp, state.cursor, request.through_offset + 1, request))
+        self.flusher.ready.append(self.checkpoint.skipped(state, request.through_offset, request.reason))
         log.warning("partition %d: skipping offsets %d-%d as an operator asked (%s); consumption resumes",
                     state.partition, state.cursor, request.through_offset, request.reason)
         state.skip_through(request.through_offset)

@@ -7,9 +7,10 @@ inside the Faust worker (lifecycle, signals, web endpoints, logging) but reads `
 from aiokafka, the client Faust itself uses, and keeps no per-event changelog: ClickHouse sums the partial
 aggregates that each flush writes.
 
-It wires the parts and runs five loops: consume (fetch, fold, backpressure), flush, probe the broker, load
-the admission of k-anonymous values (`agents/admission.py`), and look for an operator's skip while a
-partition is poisoned.
+It wires the parts and runs five loops: consume (fetch, fold, backpressure), flush, probe the broker (log
+ends, freshness, stalls), load the admission of k-anonymous values (`agents/admission.py`), and look for
+an operator's skip while a partition is poisoned. When the broker says a position is out of its log's
+range, the partition's log is judged again (`agents/logs.py`).
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ import mode
 from aiokafka import TopicPartition
 
 from agents.admission import Admitter
-from agents.checkpoint import Checkpoint
+from agents.checkpoint import Checkpoint, gone_ranges
 from agents.clickhouse import ClickHouseThread, open_sink
 from agents.fetching import Fetcher, RebalanceListener
 from agents.flushing import Flusher
+from agents.logs import SAME, Logs, Recorded
 from agents.partitions import Partitions, PartitionState
 from agents.quarantine import Quarantine
 from agents.retry import retry
@@ -50,13 +52,14 @@ class RollupAgent(mode.Service):
             raise ValueError("KERN_HASH_SECRET is not set: the worker counts sessions and candidate values only "
                              "by keyed hashes, and every worker must use the same secret (see the README)")
         self.settings = settings
-        self.health = health or Health()
+        self.health = health or Health.from_settings(settings)
         self.keys = Keys(settings.hash_secret.get_secret_value().encode())
         self.projector: EventProjector | None = None  # of the latest admission epoch, once loaded
         self.clickhouse = ClickHouseThread()
         self.partitions = Partitions()
         # made in on_start, once ClickHouse and the broker answer
         self.consumer = self.producer = self.checkpoint = self.flusher = self.quarantine = self.fetcher = None
+        self.logs: Logs | None = None
         self.admitter: Admitter | None = None
         self._started = asyncio.Event()
         self._closing = False
@@ -72,16 +75,32 @@ class RollupAgent(mode.Service):
         await self._retry("kafka", self.producer.start)
         self.consumer = consumer = worker_consumer(settings)
         await self._retry("kafka", consumer.start)
-        checkpoint = Checkpoint(settings, sink, self.clickhouse, self.producer, consumer, self.health, self.admitter)
-        self.flusher = Flusher(settings, self.partitions, checkpoint, consumer, self.health)
+        await self._check_dedup_window(sink)
+        self.logs = Logs(settings, consumer, self.health)
+        checkpoint = Checkpoint(settings, sink, self.clickhouse, self.producer, consumer, self.health, self.admitter,
+                                self.logs)
+        self.flusher = Flusher(settings, self.partitions, checkpoint, consumer, self.health, self.confirm_logs)
         self.quarantine = Quarantine(consumer, self.partitions, checkpoint, self.flusher, self.health,
                                      FETCH_OPTIONS["max_partition_fetch_bytes"])
-        self.fetcher = Fetcher(consumer, self.partitions, self.quarantine, self.health)
+        self.fetcher = Fetcher(consumer, self.partitions, self.quarantine, self.health, self.on_out_of_range)
         self.checkpoint = checkpoint
         consumer.subscribe([settings.topic], listener=RebalanceListener(self.on_revoked, self.on_assigned))
         _keep_the_cyclic_gc_off_the_hot_path()
         self._started.set()
         log.info("rollup agent started: topic %s, ClickHouse %s", settings.topic, settings.safe_dsn)
+
+    async def _check_dedup_window(self, sink) -> None:
+        """Degrade `/health` when ClickHouse's deduplication windows do not cover the partitions this topic
+        has (`agents/checkpoint.py`)."""
+        try:
+            await asyncio.wait_for(self.consumer.topics(), KAFKA_PROBE_S)
+        except Exception as exc:  # noqa: BLE001 - the configured count then stands for the topic's
+            log.debug("topic metadata not read: %s", exc)
+        partitions = len(self.consumer.partitions_for_topic(self.settings.topic) or ()) or self.settings.topic_partitions
+        if problem := await self.clickhouse.call(sink.dedup_window_problem, partitions,
+                                                 self.settings.flush_interval_seconds,
+                                                 self.settings.dedup_horizon_seconds):
+            self.health.degrade("dedup window", problem)
 
     async def on_stop(self) -> None:
         """Graceful stop: no more fetches, flush what is pending, commit, close."""
@@ -94,6 +113,8 @@ class RollupAgent(mode.Service):
         for client in (self.consumer, self.producer):
             if client is not None:
                 await client.stop()
+        if self.logs is not None:
+            self.logs.close()
         self.clickhouse.shutdown()
 
     def _stopping(self) -> bool:
@@ -148,7 +169,20 @@ class RollupAgent(mode.Service):
                 for tp, end in (ends.items() if assigned else ()):
                     # The fetch highwater too: Tansu answers ListOffsets with its last batch's base offset + 1.
                     self.health.log_end(tp.partition, max(end, self.consumer.highwater(tp) or 0))
+            self._watch_progress()
             await asyncio.sleep(KAFKA_PROBE_S)
+
+    def _watch_progress(self) -> None:
+        """Freshness and stalls per partition (`Health.progress`), and incidents that stop degrading."""
+        pending: dict[int, int] = {}
+        for rollup in self.flusher.ready:
+            if rollup.first_ms is not None:
+                pending[rollup.partition] = min(pending.get(rollup.partition, rollup.first_ms), rollup.first_ms)
+        for state in self.partitions:
+            oldest = min((ms for ms in (pending.get(state.partition), state.oldest_ms) if ms is not None), default=None)
+            self.health.progress(state.partition, state.cursor, oldest,
+                                 paused=self.partitions.paused or state.poison is not None)
+        self.health.tick()
 
     @mode.Service.task
     async def _refresh_admission(self) -> None:
@@ -192,16 +226,63 @@ class RollupAgent(mode.Service):
         log.info("partitions revoked: %s", sorted(revoked))
 
     async def on_assigned(self, partitions: set[TopicPartition]) -> None:
-        """Resume each partition where its last recorded flush says (`agents/checkpoint.py`, step 5)."""
-        resumptions = {tp: await self._retry("clickhouse", self.checkpoint.resume, tp) for tp in partitions}
-        self.partitions.assign(self.consumer, resumptions)
-        for resumption in resumptions.values():
-            if resumption.rewrite is not None:
-                self.flusher.ready.append(resumption.rewrite)
-                self.flusher.flush_soon()
+        await self._resume(dict.fromkeys(partitions, 0))
         self.health.assigned |= {tp.partition for tp in partitions}
         if partitions:
             log.info("partitions assigned: %s", sorted(tp.partition for tp in partitions))
+
+    async def _resume(self, known_ends: dict[TopicPartition, int]) -> None:
+        """Resume each partition where its last recorded flush says (`agents/checkpoint.py`, step 5);
+        `known_ends`: offsets this worker knows its log had, beyond what the ledger says."""
+        resumptions = {tp: await self._retry("clickhouse", self.checkpoint.resume, tp, end)
+                       for tp, end in known_ends.items()}
+        self.partitions.assign(self.consumer, resumptions)
+        for tp, resumption in resumptions.items():
+            self.health.resumed(tp.partition, resumption.landed_end, resumption.log.generation)
+            if resumption.rewrites:
+                self.flusher.ready += resumption.rewrites
+                self.flusher.flush_soon()
+
+    async def confirm_logs(self) -> None:
+        """Before a flush: whether the topic still has the id its partitions' logs were judged with. A topic
+        recreated under this worker while its position is inside the new log fails no fetch; it is caught
+        here, before any of the new log's records is flushed as the old log's: the unflushed rollups of the
+        partitions are dropped and the partitions resumed from the ledger as on assignment (a new log; the
+        dropped offsets recorded as lost of the old one)."""
+        if not any(state.log.topic_id for state in self.partitions):
+            return
+        try:
+            current = await self.logs.topic_id(self.settings.topic, max_age_s=0)
+        except Exception as exc:  # noqa: BLE001 - the broker does not answer: the probe says so; flush anyway
+            log.debug("topic id not read before a flush: %s", exc)
+            return
+        changed = {state.tp: state.cursor for state in self.partitions
+                   if current and state.log.topic_id and state.log.topic_id != current}
+        if changed:
+            partitions = {tp.partition for tp in changed}
+            self.flusher.drop(partitions)
+            self.partitions.revoke(partitions)
+            await self._resume(changed)
+
+    async def on_out_of_range(self, tp: TopicPartition) -> None:
+        """The broker says the partition's position is out of its log's range: judge the log again, from what
+        this worker has counted (`agents/logs.py`), and count on where the verdict says."""
+        state = self.partitions.get(tp.partition)
+        if state is None:
+            return
+        recorded = Recorded(state.log, state.cursor, state.fingerprint, self.health.log_ends.get(tp.partition, 0))
+        verdict = await self.logs.judge(tp, recorded)
+        if verdict.change != SAME and self.partitions.get(tp.partition) is state:
+            gone = gone_ranges(tp, verdict, recorded, self.settings.window_seconds)
+            if state.replay is not None:
+                self.health.log_changed(tp.partition, verdict.change, f"the replay of offsets "
+                                        f"{state.replay.rollup.start_offset}-{state.replay.end - 1} cannot complete: "
+                                        "the tables it had not landed in miss them (the ledger counts them)")
+            if (folded := state.restart(verdict.log, verdict.cursor, None)) is not None:
+                self.flusher.ready.append(folded)
+            self.flusher.ready += gone
+            self.flusher.flush_soon()
+        state.seek(self.consumer)
 
     async def _retry(self, component: str, function, *args: Any) -> Any:
         return await retry(self.health, component, function, *args, stopping=lambda: self.should_stop)

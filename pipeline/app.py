@@ -33,7 +33,7 @@ def create_app(settings: Settings) -> faust.App:
         autodiscover=False,
     )
     app.boot_strategy = BootStrategy(app, enable_kafka=False)
-    health = Health()
+    health = Health.from_settings(settings)
     app.rollup_agent = RollupAgent(settings, health=health, loop=app.loop, beacon=app.beacon)
     app.service(app.rollup_agent)
 

@@ -65,6 +65,17 @@ class Settings(BaseSettings):
         5.0, gt=0, description="Flush interval while catching up: fewer, larger inserts clear a backlog faster")
     max_pending_rows: int = Field(500_000, ge=1000, description="Pause consumption above this many unflushed rows")
 
+    # Operations
+    stall_seconds: float = Field(
+        10.0, gt=0, description="A partition whose log has records while nothing was consumed for this long is "
+                                "stalled: /health degrades")
+    log_incident_hold_seconds: float = Field(
+        900.0, ge=0, description="How long a partition's log incident (new log, truncated, expired) keeps /health "
+                                 "degraded")
+    dedup_horizon_seconds: float = Field(
+        300.0, gt=0, description="How long after a flush's first attempt a retry may come (a crash, then a "
+                                 "takeover): ClickHouse's deduplication windows must cover it")
+
     # Privacy
     hash_secret: SecretStr | None = Field(
         None, description="Master secret of the keyed hashes of sessions and candidate values (required by the "

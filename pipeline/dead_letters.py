@@ -44,9 +44,11 @@ def dead_letter(rejection: Rejection, message: Any, topic: str, partition: int,
     return DeadLetter(f"{topic}/{partition}/{message.offset}".encode(), msgspec.json.encode(record))
 
 
-def skipped_range(topic: str, partition: int, first_offset: int, last_offset: int, reason: str) -> DeadLetter:
-    """The DLQ record of a range an operator skipped (`kern-telemetry skip`), with the operator's reason."""
-    record = {"reason": Reason.SKIPPED.value, "path": "$", "detail": reason, "kind": "unknown",
+def gone_range(reason: Reason, topic: str, partition: int, first_offset: int, last_offset: int,
+               detail: str) -> DeadLetter:
+    """The DLQ record of a range of offsets not counted (`rejections.GONE`: skipped by an operator, with the
+    operator's reason; expired; lost), so that a consumer of the DLQ sees every offset the worker gave up."""
+    record = {"reason": reason.value, "path": "$", "detail": detail, "kind": "unknown",
               "source": {"topic": topic, "partition": partition, "offset": first_offset,
                          "through_offset": last_offset},
               "size": None, "shape": None}

@@ -1,30 +1,47 @@
 """Worker health: what `/health` reports, and what the logs say on a change.
 
-A component (kafka, clickhouse, backpressure, or a paused partition) is degraded from its first failure
-until its next success; the worker is healthy when no component is degraded. The numbers in the report
-are read from the worker's metrics (`pipeline/metrics.py`), which count them once.
+A component (kafka, clickhouse, backpressure, a paused or stalled partition) is degraded from its first
+failure until its next success; an incident (a partition's log replaced, truncated or expired:
+`agents/logs.py`) degrades its partition's `log` component for `hold_s`, so that an operator and an alert
+see it. The worker is healthy when no component is degraded. The numbers in the report are read from
+the worker's metrics (`pipeline/metrics.py`), which count them once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
+from pipeline.config import Settings
 from pipeline.metrics import Metrics
 
 log = logging.getLogger("pipeline.health")
 
 
 class Health:
-    def __init__(self, metrics: Metrics | None = None) -> None:
+    def __init__(self, metrics: Metrics | None = None, hold_s: float = 900.0, stall_s: float = 10.0) -> None:
         self.metrics = metrics or Metrics()
+        self.hold_s = hold_s
+        self.stall_s = stall_s
         self.degraded: dict[str, str] = {}
+        self._held: dict[str, float] = {}  # component -> when its incident stops degrading (monotonic)
+        self.incidents: list[dict] = []  # the latest log incidents, newest last
+        self._progress: dict[int, tuple[int, float]] = {}  # partition -> (cursor, since when it stands there)
+        self._lag_since: dict[int, float] = {}  # partition -> since when it has records nothing folded yet
         self.assigned: set[int] = set()  # partitions this worker owns now
         self.flushed_offsets: dict[int, int] = {}  # partition -> end offset of its last landed flush
+        self._generations: dict[int, int] = {}  # partition -> the log generation `flushed_offsets` is of
         self.log_ends: dict[int, int] = {}  # partition -> the log end offset the broker last reported
         self.poison: dict[int, dict] = {}  # partition -> what cannot be decoded there, and how to resolve it
         self.last_flush_at: float | None = None
         self.metrics.up.set(1)
+        self.metrics.last_flush_age.set_function(
+            lambda: 0.0 if self.last_flush_at is None else time.time() - self.last_flush_at)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Health:
+        return cls(hold_s=settings.log_incident_hold_seconds, stall_s=settings.stall_seconds)
 
     @property
     def ok(self) -> bool:
@@ -43,6 +60,47 @@ class Health:
             self.metrics.degraded.labels(component).set(0)
             self.metrics.up.set(int(self.ok))
 
+    def log_changed(self, partition: int, change: str, description: str) -> None:
+        """An incident of a partition's log (`agents/logs.py`): degraded for `hold_s`, counted, logged."""
+        component = f"log {partition}"
+        log.error("partition %d: %s: %s", partition, change, description)
+        self.metrics.log_changes.labels(change).inc()
+        self.incidents = [*self.incidents[-9:], {"partition": partition, "change": change,
+                                                  "description": description, "at": time.time()}]
+        self.degrade(component, f"{change}: {description}")
+        self._held[component] = time.monotonic() + self.hold_s
+
+    def progress(self, partition: int, cursor: int, oldest_unflushed_ms: int | None, paused: bool) -> None:
+        """Once per probe, per partition: where folding stands and the Kafka timestamp of the oldest record
+        folded but not flushed. Sets the partition's freshness (the age of the oldest record not flushed:
+        by its timestamp once folded, since the lag was first seen before) and degrades a partition whose
+        log has records while its cursor stood still for `stall_s` (not paused: backpressure and poison
+        say so themselves)."""
+        now, wall = time.monotonic(), time.time()
+        behind = self.log_ends.get(partition, 0) > cursor
+        since = self._lag_since.setdefault(partition, wall) if behind else self._lag_since.pop(partition, None)
+        if oldest_unflushed_ms is not None:
+            age = wall - oldest_unflushed_ms / 1000
+        else:
+            age = wall - since if since is not None else 0.0
+        self.metrics.freshness.labels(str(partition)).set(max(age, 0.0))
+        last_cursor, standing_since = self._progress.get(partition, (None, now))
+        if cursor != last_cursor or not behind or paused:
+            self._progress[partition] = (cursor, now)
+            self.recover(f"partition {partition} stalled")
+        elif now - standing_since >= self.stall_s:
+            lag = self.log_ends[partition] - cursor
+            self.degrade(f"partition {partition} stalled", f"{lag} records in the log after offset {cursor}, "
+                         f"nothing consumed for {now - standing_since:.0f} s")
+
+    def tick(self) -> None:
+        """Let incidents older than `hold_s` stop degrading."""
+        now = time.monotonic()
+        for component, until in list(self._held.items()):
+            if now >= until:
+                del self._held[component]
+                self.recover(component)
+
     def poisoned(self, partition: int, batch, topic: str) -> None:
         """A partition paused before a batch it cannot decode (`agents/poison.py`)."""
         command = (f"kern-telemetry skip --topic {topic} --partition {partition} "
@@ -60,10 +118,17 @@ class Health:
             self.metrics.partition_poisoned.remove(str(partition), poison["error"].split(":")[0])
             self.recover(f"partition {partition}")
 
-    def flushed(self, partition: int, end_offset: int) -> None:
-        self.flushed_offsets[partition] = end_offset
+    def flushed(self, partition: int, end_offset: int, generation: int = 0) -> None:
         self.last_flush_at = time.time()
-        self._lag(partition)
+        self.resumed(partition, end_offset, generation)
+
+    def resumed(self, partition: int, landed_end: int, generation: int = 0) -> None:
+        """Where the partition's landed flushes end, in its log `generation` (a flush of an older log, such as
+        its lost offsets, does not move it)."""
+        if generation >= self._generations.get(partition, 0):
+            self._generations[partition] = generation
+            self.flushed_offsets[partition] = landed_end
+            self._lag(partition)
 
     def log_end(self, partition: int, end_offset: int) -> None:
         self.log_ends[partition] = end_offset
@@ -73,8 +138,13 @@ class Health:
         self.assigned -= partitions
         for partition in partitions:
             self.unpoisoned(partition)
+            self.recover(f"partition {partition} stalled")
+            self._progress.pop(partition, None)
+            self._lag_since.pop(partition, None)
             if self.log_ends.pop(partition, None) is not None:
                 self.metrics.consumer_lag.remove(str(partition))
+            with contextlib.suppress(KeyError):  # never probed
+                self.metrics.freshness.remove(str(partition))
 
     def _lag(self, partition: int) -> None:
         if partition in self.log_ends and partition in self.assigned:
@@ -82,6 +152,7 @@ class Health:
             self.metrics.consumer_lag.labels(str(partition)).set(max(lag, 0))
 
     def report(self) -> dict:
+        self.tick()
         value = self.metrics.value
         return {
             "status": "ok" if self.ok else "degraded",
@@ -105,4 +176,9 @@ class Health:
             "suppressed_values": {s.labels["field"]: int(s.value) for m in self.metrics.values_suppressed.collect()
                                   for s in m.samples if s.name.endswith("_total")},
             "last_flush_age_s": None if self.last_flush_at is None else round(time.time() - self.last_flush_at, 3),
+            "freshness_s": {str(p): round(value("kern_partition_freshness_seconds", {"partition": str(p)}), 3)
+                            for p in sorted(self.assigned)},
+            "log_incidents": list(self.incidents),
+            "offsets_gone": {s.labels["outcome"]: int(s.value) for m in self.metrics.offsets_gone.collect()
+                             for s in m.samples if s.name.endswith("_total")},
         }

@@ -47,12 +47,13 @@ FETCH_OPTIONS = {"fetch_max_bytes": 64 << 20, "max_partition_fetch_bytes": 16 <<
 
 
 def worker_consumer(settings: Settings):
-    """The rollup worker's consumer: manual commits (`ingest_flushes` is the truth), and a short session,
-    so a crashed worker's partitions move within seconds."""
+    """The rollup worker's consumer: manual commits (`ingest_flushes` is the truth), a short session, so a
+    crashed worker's partitions move within seconds, and no reset of a position out of the log's range:
+    the worker judges the log itself (`agents/logs.py`) instead of jumping silently."""
     from aiokafka import AIOKafkaConsumer
 
     return AIOKafkaConsumer(group_id=settings.consumer_group, client_id="kern-telemetry-rollup",
-                            enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=50_000,
+                            enable_auto_commit=False, auto_offset_reset="none", max_poll_records=50_000,
                             session_timeout_ms=10_000, heartbeat_interval_ms=2_000, rebalance_timeout_ms=10_000,
                             **FETCH_OPTIONS, **client_options(settings))
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, disable_created_metrics,
                                generate_latest)
 
+from pipeline.rejections import GONE
+
 disable_created_metrics()  # no `*_created` series: a counter's start time says nothing an operator uses
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -27,14 +29,26 @@ class Metrics:
                                       registry=registry)
         self.dead_letters = Counter("kern_dead_letters", "Events sent to the dead-letter topic, by reason.", ["reason"],
                                     registry=registry)
-        self.offsets_skipped = Counter("kern_offsets_skipped", "Offsets an operator skipped (kern-telemetry skip).",
-                                       registry=registry)
+        self.offsets_gone = Counter("kern_offsets_gone", "Offsets without records counted, by outcome: skipped by "
+                                    "an operator (kern-telemetry skip), expired (removed by retention before they "
+                                    "were consumed), lost (gone from a truncated or replaced log before they were "
+                                    "consumed).", ["outcome"], registry=registry)
+        for outcome in GONE:  # every outcome a series from the start, so that rates and alerts see zeros
+            self.offsets_gone.labels(outcome.value)
+        self.log_changes = Counter("kern_log_changes", "Times a partition's log was not the one the ledger "
+                                   "describes, by change: new log, truncated, diverged, expired.", ["change"],
+                                   registry=registry)
         self.flushes = Counter("kern_flushes", "Flushes that landed in ClickHouse.", registry=registry)
         self.flush_failures = Counter("kern_flush_failures", "Flush attempts that failed (each is retried).",
                                       registry=registry)
         self.flush_duration = Histogram("kern_flush_duration_seconds", "Time to write one flush (intent and rows) to "
                                         "ClickHouse.", registry=registry,
                                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.last_flush_age = Gauge("kern_last_flush_age_seconds", "Seconds since the last flush landed (0 before "
+                                    "the first).", registry=registry)
+        self.freshness = Gauge("kern_partition_freshness_seconds", "Age of the partition's oldest record not "
+                               "flushed yet: by its Kafka timestamp once consumed, since its lag was first seen "
+                               "before; 0 when caught up.", ["partition"], registry=registry)
         self.pending_rows = Gauge("kern_pending_rows", "Rows folded but not flushed yet (backpressure pauses "
                                   "consumption above KERN_MAX_PENDING_ROWS).", registry=registry)
         self.consumer_lag = Gauge("kern_consumer_lag", "Records in the partition's log after its last landed flush "

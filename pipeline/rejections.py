@@ -26,10 +26,14 @@ class Reason(StrEnum):
     REDACTED_VALUE = "redacted_value"  # a dimension value looked like a secret or personal data
     INVALID_VALUE = "invalid_value"  # a dimension value was too long or had disallowed characters
     RARE_VALUE = "rare_value"  # a value seen from fewer than k sessions: stored as (rare)
-    # A range of offsets an operator skipped (`kern-telemetry skip`): counted by offsets, not by events.
-    SKIPPED = "skipped"
+    # Ranges of offsets without records to count, counted by offsets, not by events (`GONE`):
+    SKIPPED = "skipped"  # an operator gave them up (`kern-telemetry skip`)
+    EXPIRED = "expired"  # removed by the topic's retention before they were consumed
+    LOST = "lost"  # gone from a truncated log before they were consumed
 
 
+#: Outcomes of a range of offsets, not of events: each has its own column in the ledger (`ingest_flushes`).
+GONE = (Reason.SKIPPED, Reason.EXPIRED, Reason.LOST)
 QUALITY_ONLY = frozenset({Reason.LATE, Reason.FUTURE_TIMESTAMP, Reason.BAD_TIMESTAMP,
                           Reason.REDACTED_VALUE, Reason.INVALID_VALUE, Reason.RARE_VALUE})
 

@@ -1,9 +1,11 @@
 """Pending aggregates of one source partition, folded batch by batch between two flushes.
 
-A `PartitionRollup` covers the contiguous offsets [start_offset, end_offset) of one partition: its
-runs counts, its quality counts, the sessions and candidate values its events carried (a `Tally`), the
-dead letters of its invalid events, and the ledger's account of the range (counted, dead-lettered, late,
-skipped). It is projected with one admission epoch, recorded with its flush. A flush writes exactly that
+A `PartitionRollup` covers the contiguous offsets [start_offset, end_offset) of one partition's log (one
+`LogIdentity`: a partition may meet a new log under the same name, `agents/logs.py`): its runs counts,
+its quality counts, the sessions and candidate values its events carried (a `Tally`), the dead letters of
+its invalid events, and the ledger's account of the range (counted, dead-lettered, late, skipped, expired,
+lost). It is projected with one admission epoch, recorded with its flush, with the fingerprint of its last
+record (how a later worker recognises the log). A flush writes exactly that
 range (`agents/checkpoint.py`), so rebuilding the rollup from the same offsets gives the same rows, which is what makes a replayed flush
 deduplicate. A batch that does not start where the rollup ends is refused (`OffsetGap`): counting records
 after a hole would let a flush claim offsets that were never counted.
@@ -11,19 +13,39 @@ after a hole would let a flush claim offsets that were never counted.
 
 from __future__ import annotations
 
+import zlib
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from kern_telemetry_client.contract import CLIENT_REPORT, OS
 
-from pipeline.dead_letters import DeadLetter, dead_letter, skipped_range
+from pipeline.dead_letters import DeadLetter, dead_letter, gone_range
 from pipeline.dimensions import NAMES
 from pipeline.projector import EventProjector, Tally
-from pipeline.rejections import Reason, Rejection
-
+from pipeline.rejections import GONE, Reason, Rejection
 
 _RUN_DIMENSIONS = len(NAMES)
+
+
+class LogIdentity(NamedTuple):
+    """Which log of a partition: `generation` counts the logs the ledger has met under the same topic and
+    partition (0 for the first); `topic_id` is the broker's id of the topic ('' when it gives none)."""
+
+    generation: int = 0
+    topic_id: str = ""
+
+
+class Fingerprint(NamedTuple):
+    """A record's identity within its log: its offset and a CRC of its timestamp and value."""
+
+    offset: int
+    crc: int
+
+    @classmethod
+    def of(cls, record: Any) -> Fingerprint:
+        value = record.value or b""
+        return cls(record.offset, zlib.crc32(value, zlib.crc32(str(record.timestamp).encode())))
 
 
 class OffsetGap(Exception):
@@ -36,9 +58,11 @@ class OffsetGap(Exception):
 
 class PartitionRollup(Tally):
     __slots__ = ("topic", "partition", "start_offset", "end_offset", "events", "dead_letters", "replay",
-                 "dead_lettered", "late", "skipped", "epoch")
+                 "dead_lettered", "late", "skipped", "expired", "lost", "epoch", "log", "last", "previous",
+                 "flushed_at", "landed", "first_ms")
 
-    def __init__(self, topic: str, partition: int, start_offset: int, replay: bool = False, epoch: int = 0):
+    def __init__(self, topic: str, partition: int, start_offset: int, replay: bool = False, epoch: int = 0,
+                 log: LogIdentity = LogIdentity(), previous: Fingerprint | None = None):
         super().__init__()
         self.topic = topic
         self.partition = partition
@@ -49,21 +73,44 @@ class PartitionRollup(Tally):
         self.replay = replay  # rebuilt from an already recorded range: its dead letters were sent
         self.dead_lettered = 0
         self.late = 0
-        self.skipped = 0  # offsets an operator skipped (a skip rollup holds nothing else)
+        # offsets without records to count (`rejections.GONE`; such a rollup holds nothing else)
+        self.skipped = self.expired = self.lost = 0
         self.epoch = epoch  # the admission epoch its rows were projected with
+        self.log = log
+        self.last: Any = None  # the last record folded
+        self.previous = previous  # the fingerprint of the last record before the range
+        self.flushed_at: float | None = None  # the time its intent records (a gone range's quality window)
+        self.landed: set[str] = set()  # the tables its flush has written (`agents/checkpoint.py`)
+        self.first_ms: int | None = None  # the Kafka timestamp of its first record (freshness)
 
     @classmethod
-    def skip(cls, topic: str, partition: int, start_offset: int, end_offset: int, window_start: int, reason: str,
-             replay: bool = False) -> PartitionRollup:
-        """The flush of a range an operator decided to skip: counted by offsets in the quality table
-        (`skipped`, in the window of the request) and described by one dead letter, never read."""
-        rollup = cls(topic, partition, start_offset, replay)
+    def gone(cls, reason: Reason, topic: str, partition: int, start_offset: int, end_offset: int, at_s: float,
+             window_seconds: int, detail: str = "", log: LogIdentity = LogIdentity(),
+             previous: Fingerprint | None = None, replay: bool = False) -> PartitionRollup:
+        """The flush of a range of offsets without records to count (`rejections.GONE`): skipped by an
+        operator, expired, or lost. Counted by offsets in the ledger and in the quality table (in the window
+        of `at_s`, recorded with the intent, so that a rewrite is identical) and described by one dead
+        letter."""
+        if reason not in GONE:
+            raise ValueError(f"{reason} is not an outcome of a range")
+        rollup = cls(topic, partition, start_offset, replay, log=log, previous=previous)
         rollup.end_offset = end_offset
-        rollup.skipped = end_offset - start_offset
-        rollup.quality[(window_start, "unknown", Reason.SKIPPED)] = rollup.skipped
+        setattr(rollup, reason.value, end_offset - start_offset)
+        rollup.flushed_at = at_s
+        at = int(at_s)
+        rollup.quality[(at - at % window_seconds, "unknown", reason)] = end_offset - start_offset
         if not replay:
-            rollup.dead_letters.append(skipped_range(topic, partition, start_offset, end_offset - 1, reason))
+            rollup.dead_letters.append(gone_range(reason, topic, partition, start_offset, end_offset - 1, detail))
         return rollup
+
+    @property
+    def offsets_gone(self) -> int:
+        return self.skipped + self.expired + self.lost
+
+    @property
+    def fingerprint(self) -> Fingerprint | None:
+        """Of the last record folded, else of the last record before the range."""
+        return Fingerprint.of(self.last) if self.last is not None else self.previous
 
     @property
     def runs(self) -> dict[tuple, int]:
@@ -125,8 +172,11 @@ class PartitionRollup(Tally):
                 if not self.replay:
                     self.dead_letters.append(dead_letter(rejection, message, self.topic, self.partition,
                                                          projector.admits_flag))
+        if self.first_ms is None:
+            self.first_ms = messages[0].timestamp
         self.events += len(messages)
-        self.end_offset = messages[-1].offset + 1
+        self.last = messages[-1]
+        self.end_offset = self.last.offset + 1
 
     def skip_absent(self, offset: int) -> None:
         """Move the end over offsets the log does not have (compacted, transaction markers, deleted by

@@ -1,4 +1,4 @@
-"""The worker's ClickHouse reads and writes: flush intents, rows, flush ranges and skip requests.
+"""The worker's ClickHouse reads and writes: flush intents, rows, landings, flush ranges and skip requests.
 
 The sink knows tables and columns, not the protocol: each write carries the deduplication token it is
 given (`agents/checkpoint.py` derives tokens from offset ranges and orders the writes). Not thread-safe:
@@ -6,16 +6,18 @@ the worker calls it from its one ClickHouse thread.
 
 On a cluster, deduplication works per shard (every table has a deterministic sharding key, see
 `tables/ddl.py`), inserts into the Distributed tables are synchronous so that tokens reach the shards, and
-the intents are the one thing a read must never see stale: a replica that lags would return an older
-range, the worker would replay it under a different token, and count events twice. So intents are
-inserted with a quorum of replicas (linearized, `insert_quorum_parallel = 0`) and read with
-`select_sequential_consistency`, which only answers from a replica that has every quorum insert.
+the intents and landings are the one thing a read must never see stale: a replica that lags would return
+an older range (the worker would replay it under a different token and count events twice) or miss a
+landing (a table written again). So they are inserted with a quorum of replicas (linearized,
+`insert_quorum_parallel = 0`) and read with `select_sequential_consistency`, which only answers from a
+replica that has every quorum insert.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import math
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 import msgspec
@@ -24,26 +26,30 @@ from kern_telemetry_client.contract import CLIENT_REPORT
 
 from pipeline import dimensions
 from pipeline.admission import DAY_S, Admitted, Keys
-from pipeline.rollup import PartitionRollup
-from tables.ddl import SchemaOptions
-from tables.schema import (ADMITTED_VALUES, CLIENT_DROPS_MINUTE, INGEST_FLUSHES, LAUNCHES_MINUTE, LEDGER_COUNTS,
-                           QUALITY_MINUTE, RUNS_MINUTE, SESSION_SIGHTINGS, SKIP_REQUESTS, VALUE_CANDIDATES,
-                           VALUE_SIGHTINGS)
+from pipeline.rejections import GONE, Reason
+from pipeline.rollup import Fingerprint, LogIdentity, PartitionRollup
+from tables.ddl import SchemaOptions, Table
+from tables.schema import (ADMITTED_VALUES, CLIENT_DROPS_MINUTE, FLUSH_LANDINGS, INGEST_FLUSHES, LAUNCHES_MINUTE,
+                           LEDGER_OUTCOMES, QUALITY_MINUTE, RUNS_MINUTE, SESSION_SIGHTINGS, SKIP_REQUESTS,
+                           VALUE_CANDIDATES, VALUE_SIGHTINGS)
 
 #: The columns each write names (the others take their DEFAULT); rows are built in these orders below.
 RUNS_COLUMNS = ("window_start", *dimensions.NAMES, "runs")
 LAUNCHES_COLUMNS = ("window_start", "sdk_version", *dimensions.LAUNCH_NAMES, "launches")
 QUALITY_COLUMNS = ("window_start", "kind", "reason", "events")
-FLUSH_COLUMNS = ("topic", "partition", "start_offset", "end_offset", "events", *LEDGER_COUNTS, "admission_epoch")
+FLUSH_COLUMNS = ("topic", "partition", "start_offset", "end_offset", "events", *LEDGER_OUTCOMES, "admission_epoch",
+                 "log_generation", "topic_id", "fingerprint_offset", "fingerprint", "log_end_seen", "tables",
+                 "flushed_at")
+LANDING_COLUMNS = ("topic", "partition", "table_name", "log_generation", "start_offset", "end_offset")
 SKIP_COLUMNS = ("topic", "partition", "through_offset", "reason")
 DROPS_COLUMNS = ("window_start", "sdk_version", "reason", "events")
 SESSION_COLUMNS = ("day", *dimensions.SKETCH, "session_hashes")
 SIGHTING_COLUMNS = ("day", "field", "value_hash", "session_hashes")
 ADMITTED_COLUMNS = ("epoch", "field", "value", "value_hash")
-WRITES = {RUNS_MINUTE.name: RUNS_COLUMNS, LAUNCHES_MINUTE.name: LAUNCHES_COLUMNS, QUALITY_MINUTE.name: QUALITY_COLUMNS, INGEST_FLUSHES.name: FLUSH_COLUMNS,
-          SKIP_REQUESTS.name: SKIP_COLUMNS, CLIENT_DROPS_MINUTE.name: DROPS_COLUMNS,
-          SESSION_SIGHTINGS.name: SESSION_COLUMNS, VALUE_SIGHTINGS.name: SIGHTING_COLUMNS,
-          ADMITTED_VALUES.name: ADMITTED_COLUMNS}
+WRITES = {RUNS_MINUTE.name: RUNS_COLUMNS, LAUNCHES_MINUTE.name: LAUNCHES_COLUMNS, QUALITY_MINUTE.name: QUALITY_COLUMNS,
+          INGEST_FLUSHES.name: FLUSH_COLUMNS, FLUSH_LANDINGS.name: LANDING_COLUMNS, SKIP_REQUESTS.name: SKIP_COLUMNS,
+          CLIENT_DROPS_MINUTE.name: DROPS_COLUMNS, SESSION_SIGHTINGS.name: SESSION_COLUMNS,
+          VALUE_SIGHTINGS.name: SIGHTING_COLUMNS, ADMITTED_VALUES.name: ADMITTED_COLUMNS}
 
 _encode_rows = msgspec.json.Encoder().encode_lines
 _DEDUPLICATED = {"insert_deduplicate": 1, "deduplicate_blocks_in_dependent_materialized_views": 1}
@@ -53,16 +59,35 @@ _CLUSTER_INTENT_READS = {"select_sequential_consistency": 1}
 
 
 class FlushRange(NamedTuple):
+    """The last recorded flush of a partition, as its intent and landings say."""
+
     start_offset: int
     end_offset: int
     skipped: int = 0  # offsets an operator skipped: the range is not re-consumed
+    expired: int = 0  # offsets retention removed before they were consumed
+    lost: int = 0  # offsets gone from a truncated log before they were consumed
     admission_epoch: int = 0  # the admission its rows were projected with
+    log: LogIdentity = LogIdentity()
+    fingerprint: Fingerprint | None = None  # of the last record folded up to its end
+    log_end_seen: int = 0  # the highest log end the worker had seen when it flushed
+    tables: tuple[str, ...] = ()  # the summing tables it writes rows to (empty: recorded before version 6)
+    flushed_at: float = 0.0
+    landed: frozenset[str] = frozenset()  # the summing tables whose rows landed
+
+    @property
+    def gone(self) -> Reason | None:
+        """Which outcome a range without records to count records (None for a range of records)."""
+        return next((reason for reason in GONE if getattr(self, reason.value)), None)
+
+    @property
+    def pending(self) -> tuple[str, ...]:
+        """The summing tables its rows have still to land in."""
+        return tuple(table for table in self.tables if table not in self.landed)
 
 
 class SkipRequest(NamedTuple):
     through_offset: int
     reason: str
-    requested_at_s: int
 
 
 class ClickHouseSink:
@@ -75,33 +100,59 @@ class ClickHouseSink:
         self._intent_reads = _CLUSTER_INTENT_READS if cluster else {}
 
     def last_flush(self, topic: str, partition: int) -> FlushRange | None:
+        """The partition's last recorded range (of its newest log) and the summing tables it landed in."""
+        where = "WHERE topic = {topic:String} AND partition = {partition:UInt32}"
+        parameters = {"topic": topic, "partition": partition}
         result = self.client.query(
-            f"SELECT start_offset, end_offset, skipped, admission_epoch FROM {INGEST_FLUSHES.target(self.opts)} "
-            "WHERE topic = {topic:String} AND partition = {partition:UInt32} ORDER BY end_offset DESC LIMIT 1",
-            parameters={"topic": topic, "partition": partition}, settings=self._intent_reads)
-        return FlushRange(*result.result_rows[0]) if result.result_rows else None
+            "SELECT start_offset, end_offset, skipped, expired, lost, admission_epoch, log_generation, topic_id, "
+            "fingerprint_offset, fingerprint, log_end_seen, tables, toUnixTimestamp64Milli(flushed_at) "
+            f"FROM {INGEST_FLUSHES.target(self.opts)} {where} ORDER BY log_generation DESC, end_offset DESC LIMIT 1",
+            parameters=parameters, settings=self._intent_reads)
+        if not result.result_rows:
+            return None
+        (start, end, skipped, expired, lost, epoch, generation, topic_id, fingerprint_offset, fingerprint, seen,
+         tables, flushed_ms) = result.result_rows[0]
+        landed = self.client.query(
+            f"SELECT DISTINCT table_name FROM {FLUSH_LANDINGS.target(self.opts)} {where} "
+            "AND log_generation = {generation:UInt32} AND start_offset = {start:UInt64} AND end_offset = {end:UInt64}",
+            parameters={**parameters, "generation": generation, "start": start, "end": end},
+            settings=self._intent_reads).result_rows
+        return FlushRange(start, end, skipped, expired, lost, epoch, LogIdentity(generation, topic_id),
+                          Fingerprint(fingerprint_offset, fingerprint) if fingerprint_offset >= 0 else None, seen,
+                          tuple(tables), flushed_ms / 1000, frozenset(table for (table,) in landed))
 
-    def record_intent(self, rollup: PartitionRollup, token: str) -> None:
+    def record_intent(self, rollup: PartitionRollup, token: str, tables: Iterable[str], log_end_seen: int) -> None:
+        fingerprint = rollup.fingerprint or Fingerprint(-1, 0)
         row = (rollup.topic, rollup.partition, rollup.start_offset, rollup.end_offset, rollup.events,
-               rollup.counted, rollup.dead_lettered, rollup.late, rollup.skipped, rollup.epoch)
+               rollup.counted, rollup.dead_lettered, rollup.late, rollup.skipped, rollup.expired, rollup.lost,
+               rollup.epoch, rollup.log.generation, rollup.log.topic_id, *fingerprint, log_end_seen, list(tables),
+               rollup.flushed_at)
         self._insert(INGEST_FLUSHES.target(self.opts), [row], FLUSH_COLUMNS, f"{token}/{INGEST_FLUSHES.name}",
                      self._intents)
 
-    def write_rows(self, rollup: PartitionRollup, token: str, keys: Keys) -> None:
-        """The rows of a rollup, one insert per table: usage events to the runs table, launches with their
-        configuration to the launches table, client reports to the drops table, the quality counts, and the
-        keyed hashes of the sessions (per sketch key) and of the candidate values (with their sessions')."""
-        for table, columns, rows in ((RUNS_MINUTE, RUNS_COLUMNS, [(w, *dims, n) for (w, dims), n in
-                                                                   rollup.run_counts().items()]),
-                                     (LAUNCHES_MINUTE, LAUNCHES_COLUMNS, [(*key, n) for key, n in
-                                                                          rollup.launches().items()]),
-                                     (CLIENT_DROPS_MINUTE, DROPS_COLUMNS, [(*key, n) for key, n in
-                                                                            rollup.client_drops().items()]),
-                                     (QUALITY_MINUTE, QUALITY_COLUMNS, [(*key, n) for key, n in
-                                                                         rollup.quality.items()]),
-                                     (SESSION_SIGHTINGS, SESSION_COLUMNS, _session_rows(rollup, keys)),
-                                     (VALUE_SIGHTINGS, SIGHTING_COLUMNS, _sighting_rows(rollup, keys))):
-            self._insert(table.target(self.opts), rows, columns, f"{token}/{table.name}", self._inserts)
+    def rows(self, rollup: PartitionRollup, keys: Keys) -> tuple[list[tuple[Table, tuple[str, ...], list]],
+                                                                 list[tuple[Table, tuple[str, ...], Iterable]]]:
+        """The rows of a rollup, per table: first the summing tables (a row written twice counts twice) with
+        rows, then the sketches (writing a hash twice changes nothing). Summing: usage events to the runs
+        table, launches with their configuration to the launches table, client reports to the drops table,
+        and the quality counts; sketches: the keyed hashes of the sessions (per sketch key) and of the
+        candidate values (with their sessions'), made lazily."""
+        summing = [(RUNS_MINUTE, RUNS_COLUMNS, [(w, *dims, n) for (w, dims), n in rollup.run_counts().items()]),
+                   (LAUNCHES_MINUTE, LAUNCHES_COLUMNS, [(*key, n) for key, n in rollup.launches().items()]),
+                   (CLIENT_DROPS_MINUTE, DROPS_COLUMNS, [(*key, n) for key, n in rollup.client_drops().items()]),
+                   (QUALITY_MINUTE, QUALITY_COLUMNS, [(*key, n) for key, n in rollup.quality.items()])]
+        return ([table for table in summing if table[2]],
+                [(SESSION_SIGHTINGS, SESSION_COLUMNS, _session_rows(rollup, keys)),
+                 (VALUE_SIGHTINGS, SIGHTING_COLUMNS, _sighting_rows(rollup, keys))])
+
+    def insert_rows(self, table: Table, columns: tuple[str, ...], rows: Iterable[tuple], token: str) -> None:
+        self._insert(table.target(self.opts), rows, columns, f"{token}/{table.name}", self._inserts)
+
+    def record_landing(self, rollup: PartitionRollup, table: Table, token: str) -> None:
+        row = (rollup.topic, rollup.partition, table.name, rollup.log.generation, rollup.start_offset,
+               rollup.end_offset)
+        self._insert(FLUSH_LANDINGS.target(self.opts), [row], LANDING_COLUMNS, f"{token}/landed/{table.name}",
+                     self._intents)
 
     def admitted(self) -> list[Admitted]:
         return [Admitted(*row) for row in self.client.query(
@@ -125,20 +176,38 @@ class ClickHouseSink:
         self.client.insert(SKIP_REQUESTS.target(self.opts), [(topic, partition, through_offset, reason)],
                            column_names=SKIP_COLUMNS)
 
-    def skip_request(self, topic: str, partition: int, through_offset: int | None = None,
-                     at_or_after: int = 0) -> SkipRequest | None:
-        """The earliest request to skip `partition` through exactly `through_offset` (a replay rebuilds
-        the skip it recorded) or, without it, the lowest requested end at or after `at_or_after`."""
-        condition = ("through_offset = {through:UInt64}" if through_offset is not None
-                     else "through_offset >= {at_or_after:UInt64}")
+    def skip_request(self, topic: str, partition: int, at_or_after: int) -> SkipRequest | None:
+        """The request to skip `partition` with the lowest end at or after `at_or_after` (its earliest reason)."""
         result = self.client.query(
-            "SELECT through_offset, argMin(reason, requested_at), toUnixTimestamp(min(requested_at)) "
-            f"FROM {SKIP_REQUESTS.target(self.opts)} WHERE topic = {{topic:String}} "
-            f"AND partition = {{partition:UInt32}} AND {condition} GROUP BY through_offset ORDER BY through_offset "
-            "LIMIT 1",
-            parameters={"topic": topic, "partition": partition, "through": through_offset or 0,
-                        "at_or_after": at_or_after})
+            f"SELECT through_offset, argMin(reason, requested_at) FROM {SKIP_REQUESTS.target(self.opts)} "
+            "WHERE topic = {topic:String} AND partition = {partition:UInt32} AND through_offset >= {at:UInt64} "
+            "GROUP BY through_offset ORDER BY through_offset LIMIT 1",
+            parameters={"topic": topic, "partition": partition, "at": at_or_after})
         return SkipRequest(*result.result_rows[0]) if result.result_rows else None
+
+    def dedup_window_problem(self, partitions: int, flush_interval_s: float, horizon_s: float) -> str | None:
+        """Whether every table remembers the blocks of the last `horizon_s` seconds, when `partitions` each
+        flush every `flush_interval_s` (one block per table and flush): what the deduplication tokens must
+        cover (`agents/checkpoint.py`). The reason when a window is too small, else None."""
+        defaults = dict(self.client.query(
+            "SELECT name, value FROM system.merge_tree_settings WHERE name IN ({names:Array(String)})",
+            parameters={"names": list(_WINDOWS)}).result_rows)
+        tables = self.client.query("SELECT name, engine_full FROM system.tables WHERE database = {db:String} "
+                                   "AND engine LIKE '%MergeTree'", parameters={"db": self.opts.database}).result_rows
+        blocks_needed = math.ceil(partitions * horizon_s / flush_interval_s)
+        problems = []
+        blocks_setting, seconds_setting = _WINDOWS[:2] if self.opts.cluster else (_WINDOWS[2], None)
+        for name, engine_full in tables:
+            blocks, seconds = _window(engine_full, blocks_setting, defaults), _window(engine_full, seconds_setting,
+                                                                                      defaults)
+            if blocks < blocks_needed or (seconds is not None and seconds < horizon_s):
+                problems.append(f"{name}: {blocks} blocks" + (f", {seconds} s" if seconds is not None else ""))
+        if not problems:
+            return None
+        return (f"deduplication window too small for {partitions} partitions flushing every {flush_interval_s} s "
+                f"over {horizon_s:.0f} s ({blocks_needed} blocks): {'; '.join(problems[:5])}. A flush retried after "
+                "a crash between a table's insert and its landing may count twice; raise the tables' window "
+                "(README: Guarantees)")
 
     def _insert(self, table: str, rows: Iterable[tuple], columns: tuple[str, ...], token: str, settings: dict) -> None:
         """Rows go as JSONCompactEachRow, encoded by msgspec in C and parsed by ClickHouse: the worker
@@ -149,6 +218,19 @@ class ClickHouseSink:
             return
         self.client.raw_insert(table, columns, body, settings={**settings, "insert_deduplication_token": token},
                                fmt="JSONCompactEachRow")
+
+
+_WINDOWS = ("replicated_deduplication_window", "replicated_deduplication_window_seconds",
+            "non_replicated_deduplication_window")
+
+
+def _window(engine_full: str, setting: str | None, defaults: dict[str, str]) -> int | None:
+    """A table's deduplication setting: its own (`SETTINGS name = N` in its engine), else the server's."""
+    if setting is None:
+        return None
+    _, found, rest = engine_full.partition(f" {setting} = ")
+    digits = rest[:rest.find(",")] if "," in rest else rest
+    return int(digits) if found and digits.strip().isdigit() else int(defaults.get(setting, 0))
 
 
 def _session_rows(rollup: PartitionRollup, keys: Keys) -> Iterator[tuple]:

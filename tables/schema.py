@@ -11,7 +11,9 @@ Tables (database `kern_telemetry` by default):
   counted ones (redacted values, replaced timestamps), per window, kind and reason.
 - `ingest_flushes`: per source partition, the offset range of the latest flush and what it covered.
   Written before the flush's data; the worker replays that range on assignment (`agents/checkpoint.py`).
-- `ingest_ledger`: counted, dead-lettered, late and skipped per partition and day.
+- `ingest_ledger`: counted, dead-lettered, late, skipped, expired and lost offsets per partition, day and
+  log generation.
+- `flush_landings`: per partition and summing table, the last flush range that landed in it.
 - `skip_requests`: ranges an operator decided to skip (`kern-telemetry skip`), with the reason.
 - `client_drops_minute`, `client_drops_daily`: events SDK clients report they could not deliver, per
   reason and SDK version (`client_report` events).
@@ -38,12 +40,17 @@ from tables.migrations.v3_client_reports import CLIENT_DROPS_DAILY, CLIENT_DROPS
 from tables.migrations.v4_privacy import (ADMITTED_VALUES, SESSION_SIGHTINGS, SESSIONS_DAILY, VALUE_CANDIDATES,
                                           VALUE_SIGHTINGS)
 from tables.migrations.v5_launches import LAUNCHES_MINUTE, LAUNCHES_TABLES
+from tables.migrations.v6_every_offset import FLUSH_LANDINGS, NEW_OUTCOMES
 
-__all__ = ["ADMITTED_VALUES", "CLIENT_DROPS_MINUTE", "INGEST_FLUSHES", "INGEST_LEDGER", "LAUNCHES_MINUTE",
-           "LAUNCHES_TABLES", "LEDGER_COUNTS", "QUALITY_MINUTE", "RUNS_MINUTE", "RUNS_TABLES", "SCHEMA_MIGRATIONS", "SESSION_SIGHTINGS", "SESSIONS_DAILY",
+__all__ = ["ADMITTED_VALUES", "CLIENT_DROPS_MINUTE", "FLUSH_LANDINGS", "INGEST_FLUSHES", "INGEST_LEDGER",
+           "LAUNCHES_MINUTE", "LAUNCHES_TABLES", "LEDGER_OUTCOMES", "QUALITY_MINUTE", "RUNS_MINUTE", "RUNS_TABLES", "SCHEMA_MIGRATIONS", "SESSION_SIGHTINGS", "SESSIONS_DAILY",
            "SKIP_REQUESTS", "VALUE_CANDIDATES", "VALUE_SIGHTINGS"]
 
 RUNS_TABLES = (RUNS_MINUTE, *(table for table, _ in RUNS_ROLLUPS))
+
+#: What the ledger says of every offset of a log: counted, dead-lettered, late, skipped by an operator,
+#: expired (removed by retention before it was consumed) or lost (gone from a truncated log).
+LEDGER_OUTCOMES = (*LEDGER_COUNTS, *NEW_OUTCOMES)
 
 #: Tables whose TTL follows the configured retention.
 RETAINED_TABLES: tuple[Table, ...] = (*RUNS_TABLES, *LAUNCHES_TABLES, QUALITY_MINUTE, CLIENT_DROPS_MINUTE, CLIENT_DROPS_DAILY,

@@ -13,7 +13,7 @@ import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError
 from conftest import Record
 
-from agents.checkpoint import token
+from agents.checkpoint import write
 from devstack.broker import EmbeddedBroker
 from devstack.chdb_server import ChdbServerProcess
 from pipeline.admission import Keys
@@ -44,11 +44,11 @@ def test_migrations_flushes_and_deduplication_over_http(server):
     assert [m.version for m in migrate(client, SchemaOptions())] == [m.version for m in MIGRATIONS]
     assert migrate(client, SchemaOptions()) == []
     sink = ClickHouseSink(client, SchemaOptions())
-    first, second = rollup(0, 3), rollup(3, 2)
-    for flush in (first, first, second):  # a retried flush lands once, in the table and its views
-        sink.record_intent(flush, token(flush))
-        sink.write_rows(flush, token(flush), Keys(b"secret"))
-    assert sink.last_flush("events", 0) == (3, 5, 0, 0) and sink.last_flush("events", 1) is None
+    for flush in (rollup(0, 3), rollup(0, 3), rollup(3, 2)):  # a flush written again lands once, by its tokens
+        write(sink, flush, Keys(b"secret"), flush.end_offset)
+    last = sink.last_flush("events", 0)
+    assert (last.start_offset, last.end_offset, last.tables, last.pending) == (3, 5, ("runs_minute",), ())
+    assert last.fingerprint.offset == 4 and sink.last_flush("events", 1) is None
     for table in ("runs_minute", "runs_hourly", "runs_daily"):
         assert client.query(f"SELECT sum(runs) FROM kern_telemetry.{table}").result_rows == [(5,)]
     row = client.query("SELECT window_start, features FROM kern_telemetry.runs_minute LIMIT 1").result_rows[0]

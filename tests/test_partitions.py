@@ -24,6 +24,7 @@ from agents.rollup import RollupAgent
 from pipeline.config import Settings
 from pipeline.projector import EventProjector
 from pipeline.rollup import OffsetGap, PartitionRollup
+from pipeline.sink import FlushRange
 
 TOPIC = "events"
 NOW_MS = int(time.time() * 1000)
@@ -33,6 +34,11 @@ project = EventProjector(60, 3600, 300, 65536)
 
 def records(first: int, count: int) -> list[Record]:
     return [Record(offset, NOW_MS, EVENT) for offset in range(first, first + count)]
+
+
+def replay(start: int, end: int) -> Replay:
+    """The replay of a recorded range [start, end) whose rows landed nowhere but in its intent."""
+    return Replay(TopicPartition(TOPIC, 0), FlushRange(start, end, tables=("runs_minute",)), project)
 
 
 class FakeConsumer:
@@ -90,7 +96,7 @@ def test_a_rollup_refuses_a_batch_that_does_not_start_where_it_ended():
 
 def test_a_partition_accepts_a_later_first_offset_only_right_after_a_seek():
     consumer = FakeConsumer({0: 100})
-    state = PartitionState(TopicPartition(TOPIC, 0), 10)
+    state = PartitionState(TopicPartition(TOPIC, 0), Resumption(10))
     state.fold(records(10, 5), project, [])
     with pytest.raises(OffsetGap):
         state.fold(records(20, 5), project, [])  # records 15-19 were lost on the way
@@ -104,7 +110,7 @@ def test_a_partition_accepts_a_later_first_offset_only_right_after_a_seek():
 
 
 def test_a_replay_closes_exactly_at_its_recorded_end_and_folding_goes_on_after_it():
-    state = PartitionState(TopicPartition(TOPIC, 0), 20, Replay(TOPIC, 0, 10, 20, project))
+    state = PartitionState(TopicPartition(TOPIC, 0), Resumption(20, replay=replay(10, 20)))
     assert state.cursor == 10
     state.fold(records(10, 5), project, [])
     assert state.close() is None  # a replay closes only at its end
@@ -118,7 +124,7 @@ def test_a_replay_closes_exactly_at_its_recorded_end_and_folding_goes_on_after_i
 
 
 def test_a_skip_continues_after_the_skipped_range():
-    state = PartitionState(TopicPartition(TOPIC, 0), 0)
+    state = PartitionState(TopicPartition(TOPIC, 0), Resumption(0))
     state.fold(records(0, 5), project, [])
     assert state.close().end_offset == 5
     state.skip_through(104)
@@ -152,9 +158,10 @@ def worker_over(consumer: FakeConsumer, cursors: dict[int, int], **settings) -> 
     agent.projector = project
     agent.consumer = consumer
     agent.checkpoint = FakeCheckpoint()
-    agent.flusher = Flusher(agent.settings, agent.partitions, agent.checkpoint, consumer, agent.health)
+    agent.flusher = Flusher(agent.settings, agent.partitions, agent.checkpoint, consumer, agent.health,
+                            agent.confirm_logs)
     agent.quarantine = Quarantine(consumer, agent.partitions, agent.checkpoint, agent.flusher, agent.health, 1 << 20)
-    agent.fetcher = Fetcher(consumer, agent.partitions, agent.quarantine, agent.health)
+    agent.fetcher = Fetcher(consumer, agent.partitions, agent.quarantine, agent.health, agent.on_out_of_range)
     agent.partitions.assign(consumer, {TopicPartition(TOPIC, p): Resumption(0) for p in cursors})
     agent.health.assigned = set(cursors)
     for partition, cursor in cursors.items():
@@ -166,7 +173,7 @@ def worker_over(consumer: FakeConsumer, cursors: dict[int, int], **settings) -> 
 def test_assignment_seeks_every_partition_to_its_resumption_and_counts_a_generation():
     consumer = FakeConsumer({0: 100, 1: 100})
     partitions = Partitions()
-    partitions.assign(consumer, {TopicPartition(TOPIC, 0): Resumption(40, Replay(TOPIC, 0, 30, 40, project)),
+    partitions.assign(consumer, {TopicPartition(TOPIC, 0): Resumption(40, replay=replay(30, 40)),
                                  TopicPartition(TOPIC, 1): Resumption(7)})
     assert consumer.seeks == [(0, 30), (1, 7)] and partitions.generation == 1
     assert partitions.get(0).replay.end == 40

@@ -156,11 +156,15 @@ def test_cluster_schema_is_replicated_and_distributed_on_cluster():
         assert f"ENGINE = Distributed(`telemetry`, `kern_telemetry`, `{table.name}_local`, " \
                f"{table.sharding_key})" in distributed
     views = [s for s in statements if "MATERIALIZED VIEW" in s]
-    assert len(views) == 8 and all("_local" in v.split(" AS ", 1)[1] for v in views)
+    assert len(views) == 9 and all("_local" in v.split(" AS ", 1)[1] for v in views)
     assert not any("non_replicated_deduplication_window" in s for s in statements)
     added = [s for s in statements if "ADD COLUMN" in s]
-    assert [s.split(" ON CLUSTER")[0] for s in added] == [
-        "ALTER TABLE `kern_telemetry`.`ingest_flushes_local`", "ALTER TABLE `kern_telemetry`.`ingest_flushes`"] * 2
+
+    def both(name):
+        return [f"ALTER TABLE `kern_telemetry`.`{name}_local`", f"ALTER TABLE `kern_telemetry`.`{name}`"]
+
+    flushes, ledger = (both(name) for name in ("ingest_flushes", "ingest_ledger"))
+    assert [s.split(" ON CLUSTER")[0] for s in added] == flushes * 3 + ledger * 2  # v2, v4, v6 (both)
     for null in (v4_privacy.VALUE_SIGHTINGS, v4_privacy.SESSION_SIGHTINGS):  # no Replicated Null: Null on each node
         assert any(f"`{null.name}_local` ON CLUSTER" in s and s.endswith("ENGINE = Null") for s in statements)
         assert any(f"Distributed(`telemetry`, `kern_telemetry`, `{null.name}_local`" in s for s in statements)
@@ -174,7 +178,7 @@ def test_a_random_sharding_key_is_refused():
 def test_single_node_schema_keeps_a_deduplication_window_on_every_table():
     creates = [s for m in MIGRATIONS for s in m.statements(SchemaOptions())
                if s.startswith("CREATE TABLE") and not s.endswith("ENGINE = Null")]
-    assert len(creates) == len(v1_initial.TABLES) + 10
+    assert len(creates) == len(v1_initial.TABLES) + 11
     assert all("non_replicated_deduplication_window = 10000" in s for s in creates)
 
 

@@ -9,7 +9,7 @@ import time
 
 from conftest import Record
 
-from agents.checkpoint import token
+from agents.checkpoint import token, write
 from pipeline.admission import Keys
 from pipeline.projector import EventProjector
 from pipeline.rollup import PartitionRollup
@@ -43,27 +43,29 @@ def flushed(cluster: str | None) -> RecordingClient:
     rollup.add([Record(10, now_ms, b'{"type":"agent","session_id":"s"}'), Record(11, now_ms, b"not json")],
                EventProjector(60, 3600, 300, 65536))
     sink.last_flush("events", 3)
-    sink.record_intent(rollup, token(rollup))
-    sink.write_rows(rollup, token(rollup), Keys(b"secret"))
+    write(sink, rollup, Keys(b"secret"), 12)
     return client
 
 
-def test_on_a_cluster_intents_need_a_quorum_and_are_read_with_sequential_consistency():
-    read, intent, runs, quality, sessions = flushed("telemetry").calls
+def test_on_a_cluster_intents_and_landings_need_a_quorum_and_are_read_with_sequential_consistency():
+    read, intent, runs, runs_landed, quality, quality_landed, sessions = flushed("telemetry").calls
     assert read == ("query", "`kern_telemetry`.`ingest_flushes`", {"select_sequential_consistency": 1})
+    quorum = {"insert_deduplicate": 1, "deduplicate_blocks_in_dependent_materialized_views": 1,
+              "distributed_foreground_insert": 1, "insert_quorum": "auto", "insert_quorum_parallel": 0}
     assert intent[1] == "`kern_telemetry`.`ingest_flushes`"
-    assert intent[2] == {"insert_deduplicate": 1, "deduplicate_blocks_in_dependent_materialized_views": 1,
-                         "distributed_foreground_insert": 1, "insert_quorum": "auto", "insert_quorum_parallel": 0,
-                         "insert_deduplication_token": "events/3/10-12/ingest_flushes"}
+    assert intent[2] == {**quorum, "insert_deduplication_token": "events/3/10-12/ingest_flushes"}
     for call, table in ((runs, "runs_minute"), (quality, "quality_minute"), (sessions, "session_sightings")):
         assert call[1] == f"`kern_telemetry`.`{table}`" and "insert_quorum" not in call[2]
         assert call[2]["distributed_foreground_insert"] == 1
         assert call[2]["insert_deduplication_token"] == f"events/3/10-12/{table}"
+    for call, table in ((runs_landed, "runs_minute"), (quality_landed, "quality_minute")):
+        assert call[1] == "`kern_telemetry`.`flush_landings`"
+        assert call[2] == {**quorum, "insert_deduplication_token": f"events/3/10-12/landed/{table}"}
 
 
 def test_on_one_node_the_same_writes_carry_only_their_deduplication_tokens():
-    read, intent, runs, quality, sessions = flushed(None).calls
-    assert read[2] == {}
-    for call in (intent, runs, quality, sessions):
+    read, *writes = flushed(None).calls
+    assert read[2] == {} and len(writes) == 6
+    for call in writes:
         assert set(call[2]) == {"insert_deduplicate", "deduplicate_blocks_in_dependent_materialized_views",
                                 "insert_deduplication_token"}

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tables.ddl import SchemaOptions
-from tables.migrations import v1_initial, v2_ledger, v3_client_reports, v4_privacy, v5_launches
+from tables.migrations import v1_initial, v2_ledger, v3_client_reports, v4_privacy, v5_launches, v6_every_offset
 
 
 @dataclass(frozen=True)
@@ -29,4 +29,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "k-anonymous values (admission epochs, candidates) and distinct sessions per day, from keyed hashes",
               v4_privacy.statements),
     Migration(5, "AgentOS launches with their configuration, per minute, hour and day", v5_launches.statements),
+    Migration(6, "every offset accounted for per log (expired, lost, log generations) and the tables each flush "
+              "landed in", v6_every_offset.statements),
 )
