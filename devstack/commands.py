@@ -4,6 +4,8 @@ embedded stack of `make run`, and `produce`, the load generator (to Kafka, or th
 from __future__ import annotations
 
 import contextlib
+import shutil
+import time
 from pathlib import Path
 
 import click
@@ -59,7 +61,9 @@ def dev(rate: int, port: int, clickhouse_port: int, refresh: float, page_port: i
     can post through.
 
     chDB runs behind ClickHouse's HTTP interface in its own process, so `kern-telemetry query` (with the
-    printed KERN_CLICKHOUSE_DSN) works while this runs."""
+    printed KERN_CLICKHOUSE_DSN) works while this runs. The broker keeps its log in memory, so ClickHouse
+    starts empty too: a ledger that describes a log the broker no longer has would be a new log to the
+    worker, and the previous run's data is moved to `<path>.previous`."""
     from devstack.broker import EmbeddedBroker
     from devstack.chdb_server import ChdbServerProcess
     from devstack.dashboard import DevDashboard
@@ -71,11 +75,12 @@ def dev(rate: int, port: int, clickhouse_port: int, refresh: float, page_port: i
     settings = Settings.load()
     if not settings.embedded_clickhouse:
         raise click.UsageError("dev runs its own embedded ClickHouse: unset KERN_CLICKHOUSE_DSN or use chdb://")
+    started = time.time()
+    data = _fresh(Path(settings.clickhouse_dsn.removeprefix("chdb://")))
     with contextlib.ExitStack() as running:
         broker = _first_that_starts(EmbeddedBroker(port=port), EmbeddedBroker(port=free_port()))
         running.callback(broker.stop)
-        clickhouse = _first_that_starts(*(ChdbServerProcess(settings.clickhouse_dsn.removeprefix("chdb://"), port=p)
-                                          for p in (clickhouse_port, free_port())))
+        clickhouse = _first_that_starts(*(ChdbServerProcess(str(data), port=p) for p in (clickhouse_port, free_port())))
         running.callback(clickhouse.stop)
         settings = Settings.load(bootstrap_servers=broker.bootstrap_servers, clickhouse_dsn=clickhouse.url,
                                  hash_secret=settings.hash_secret or _dev_secret())
@@ -95,12 +100,23 @@ def dev(rate: int, port: int, clickhouse_port: int, refresh: float, page_port: i
             ensure_port_free("127.0.0.1", page_port)
         except OSError:
             page_port = free_port()
-        page = PageServer(settings, "127.0.0.1", page_port, loop=app.loop, beacon=app.beacon)
+        page = PageServer(settings, "127.0.0.1", page_port, data_since_s=started, loop=app.loop, beacon=app.beacon)
         console.print(f"[bold]page[/bold]: {page.url} (every panel, live)")
         app.service(page)
         app.service(DevDashboard(settings, rate=rate, refresh=refresh, console=console, loop=app.loop,
                                  beacon=app.beacon))
         run(app)
+
+
+def _fresh(path: Path) -> Path:
+    """An empty data directory at `path`; what a previous run left there moves to `<path>.previous`."""
+    if path.exists():
+        previous = path.with_name(path.name + ".previous")
+        shutil.rmtree(previous, ignore_errors=True)
+        path.rename(previous)
+        console.print(f"ClickHouse starts empty with the broker (its log is in memory): the previous run's data is "
+                      f"in {previous}")
+    return path
 
 
 def _dev_secret() -> str:

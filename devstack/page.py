@@ -31,7 +31,10 @@ def _x(value) -> int | str:
     return calendar.timegm(value.utctimetuple()) * 1000 if isinstance(value, datetime) else value
 
 
-def create_app(settings: Settings, refresh_s: float = PAGE_REFRESH_S) -> web.Application:
+def create_app(settings: Settings, refresh_s: float = PAGE_REFRESH_S, data_since_s: float | None = None
+               ) -> web.Application:
+    """`data_since_s`: when the data began (the embedded stack's start: its ClickHouse starts empty with
+    its broker), said on the page."""
     client = None
     one_at_a_time = asyncio.Lock()  # one ClickHouse session: its queries run in turn
 
@@ -58,7 +61,8 @@ def create_app(settings: Settings, refresh_s: float = PAGE_REFRESH_S) -> web.App
         async with one_at_a_time:
             answers = await asyncio.to_thread(run_panels, range_s)
         return web.json_response({"range_s": range_s, "interval_s": default_interval(range_s),
-                                  "refresh_s": refresh_s, "panels": answers})
+                                  "refresh_s": refresh_s, "panels": answers,
+                                  "data_since_ms": None if data_since_s is None else int(data_since_s * 1000)})
 
     async def index(request: web.Request) -> web.FileResponse:
         return web.FileResponse(WEB / "index.html")
@@ -73,9 +77,11 @@ def create_app(settings: Settings, refresh_s: float = PAGE_REFRESH_S) -> web.App
 class PageServer(mode.Service):
     """The page as a service of the `dev` app (its event loop, started and stopped with it)."""
 
-    def __init__(self, settings: Settings, host: str, port: int, refresh_s: float = PAGE_REFRESH_S, **kwargs):
+    def __init__(self, settings: Settings, host: str, port: int, refresh_s: float = PAGE_REFRESH_S,
+                 data_since_s: float | None = None, **kwargs):
         super().__init__(**kwargs)
         self.settings, self.host, self.port, self.refresh_s = settings, host, port, refresh_s
+        self.data_since_s = data_since_s
         self._runner: web.AppRunner | None = None
 
     @property
@@ -83,7 +89,7 @@ class PageServer(mode.Service):
         return f"http://{self.host}:{self.port}/"
 
     async def on_start(self) -> None:
-        self._runner = web.AppRunner(create_app(self.settings, self.refresh_s))
+        self._runner = web.AppRunner(create_app(self.settings, self.refresh_s, self.data_since_s))
         await self._runner.setup()
         await web.TCPSite(self._runner, self.host, self.port).start()
 

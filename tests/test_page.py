@@ -118,9 +118,14 @@ def test_the_page_charts_every_panel_with_the_numbers_of_its_sql_live_and_only_f
 
 
 def test_dev_prints_the_page_address_and_serves_live_panels(tmp_path):
-    """`kern-telemetry dev` (`make run`): the printed page answers, its panels fill from the load generator."""
+    """`kern-telemetry dev` (`make run`): the printed page answers, its panels fill from the load generator.
+    A previous run's ClickHouse data moves aside (the broker starts empty: both start fresh), and the page
+    says since when its data runs."""
     env = {**os.environ, "KERN_WEB_PORT": str(free_port()), "COLUMNS": "200"}
     env.pop("KERN_CLICKHOUSE_DSN", None)
+    (tmp_path / ".kern" / "chdb").mkdir(parents=True)
+    (tmp_path / ".kern" / "chdb" / "previous-run").write_text("a ledger of a log the broker no longer has")
+    started_ms = time.time() * 1000
     log = tmp_path / "dev.log"
     with open(log, "wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "dev", "--rate", "300",
@@ -145,6 +150,9 @@ def test_dev_prints_the_page_address_and_serves_live_panels(tmp_path):
             assert [p["name"] for p in answer["panels"]] == [panel.name for panel in PANELS]
             assert [p["error"] for p in answer["panels"] if "error" in p] == []
             empty = [p["name"] for p in answer["panels"] if not p["rows"]]
+        assert started_ms <= answer["data_since_ms"] <= time.time() * 1000
+        assert (tmp_path / ".kern" / "chdb.previous" / "previous-run").exists()
+        assert not (tmp_path / ".kern" / "chdb" / "previous-run").exists()
         with urllib.request.urlopen(url, timeout=10) as response:
             assert b"/static/vendor/chart.umd.min.js" in response.read()
     finally:

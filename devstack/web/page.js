@@ -106,8 +106,10 @@ async function refresh() {
     if (refreshing !== latest) return;
     refreshS = body.refresh_s;
     body.panels.forEach((panel) => draw(panel, body.range_s));
+    const since = body.data_since_ms === null ? "" :
+      `, data since ${new Date(body.data_since_ms).toISOString().slice(11, 19)} UTC (this stack's start)`;
     statusLine.textContent = `updated ${new Date().toLocaleTimeString()}, every ${refreshS} s, ` +
-      `${body.interval_s / 60}-minute buckets`;
+      `${body.interval_s / 60}-minute buckets${since}`;
     statusLine.className = "";
     document.body.dataset.refreshes = String(Number(document.body.dataset.refreshes || 0) + 1);
   } catch (error) {
