@@ -89,6 +89,8 @@ def test_every_refusal_is_a_real_answer_with_its_code_reason_and_headers(stack_f
         assert posted(b'[{"data": "' + b"x" * 3000 + b'"}]', token) == (413, "event_too_large")
         assert posted(b'[{"type": "agent"}', token) == (400, "bad_framing")
         assert posted(b'{"type": "agent"}', token) == (400, "bad_framing")  # not an array
+        assert posted(b"[" * 1000 + b"]" * 1000, token) == (400, "bad_framing")  # deeper than msgspec goes
+        assert posted(b"[\xff]", token) == (400, "bad_framing")  # not UTF-8
         assert posted(b"[" + b",".join(events) + b"]", {**token, "Content-Encoding": "gzip"}) == (400, "bad_gzip")
         assert posted(gzip.compress(b"[]")[:-6], {**token, "Content-Encoding": "gzip"}) == (400, "bad_gzip")
         assert posted(b"[]", token) == (400, "no_events")
@@ -103,9 +105,9 @@ def test_every_refusal_is_a_real_answer_with_its_code_reason_and_headers(stack_f
     assert (health.status, health.body["status"], health.body["kafka"]) == (200, "ok", "ok")
     refused = {(code, reason): metric(exposition, "kern_collector_requests_total", code=code, reason=reason)
                for code, reason in (("401", "unauthorized"), ("413", "body_too_large"), ("413", "batch_too_large"),
-                                    ("400", "bad_gzip"), ("429", "rate_limited"))}
+                                    ("400", "bad_gzip"), ("400", "bad_framing"), ("429", "rate_limited"))}
     assert refused == {("401", "unauthorized"): 9, ("413", "body_too_large"): 2, ("413", "batch_too_large"): 1,
-                       ("400", "bad_gzip"): 2, ("429", "rate_limited"): 1}
+                       ("400", "bad_gzip"): 2, ("400", "bad_framing"): 4, ("429", "rate_limited"): 1}
     assert metric(exposition, "kern_collector_events_total") == 3  # only the accepted batch was produced
     stack.read_topic(stack.settings.topic, 3)
 
