@@ -3,7 +3,9 @@ as the load needs, behind any load balancer; each produces to the events topic.
 
 A POST goes through these checks, cheapest first, and is answered by the first that refuses it:
 stop sending (410), rate limit (429), bearer token (401), media type (415), declared size (413), broker
-state (503), then the body is read (413 beyond KERN_COLLECTOR_MAX_BODY_BYTES), gunzipped (400, 413),
+state (503), room for the body in the pending bound (503 `buffer_full`: its declared length, or the
+largest allowed when chunked, counts there while it is read); then the body is read (408 after
+KERN_COLLECTOR_BODY_TIMEOUT_SECONDS, 413 beyond KERN_COLLECTOR_MAX_BODY_BYTES), gunzipped (400, 413),
 split into events (400, 413, `collector/batches.py`) and published as one record batch (503: nothing was
 written; 504: not acknowledged in time, `collector/publisher.py`). 202 only once the broker acknowledged
 it.
@@ -16,6 +18,7 @@ headers.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import hmac
 import logging
@@ -66,6 +69,8 @@ class Collector:
             status, reason = refused.status, refused.reason
             response = web.json_response({"error": reason, "detail": refused.detail}, status=status,
                                          headers=refused.headers)
+            if status == 408:  # the body is still coming: nothing else can follow on this connection
+                response.force_close()
         else:
             status, reason = 202, "accepted"
             response = web.json_response({"accepted": accepted}, status=status)
@@ -90,10 +95,7 @@ class Collector:
             raise self._body_too_large()
         if self.publisher.problem is not None:  # before reading a body it could not publish
             raise Refused(503, "kafka_unavailable", self.publisher.problem, self._retry_after)
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise self._body_too_large() from None
+        body = await self._body(request)
         if encoding == "gzip":
             body = gunzip(body, self.limits.batch_bytes)
         batch = events(body, framing, self.limits)
@@ -108,6 +110,30 @@ class Collector:
                                                    "it may or may not have been written") from None
         self.metrics.events.inc(len(batch))
         return len(batch)
+
+    async def _body(self, request: web.Request) -> bytes:
+        """The body as received, read within the body timeout while its size counts in the pending bound."""
+        size = self.settings.max_body_bytes if request.content_length is None else request.content_length
+        try:
+            self.publisher.admit(size)
+        except BufferFull as full:
+            raise Refused(503, "buffer_full", str(full), self._retry_after) from None
+        self.metrics.bodies.inc()
+        self.metrics.body_bytes.inc(size)
+        timeout = self.settings.body_timeout_seconds
+        try:
+            async with asyncio.timeout(timeout):
+                return await request.read()
+        except TimeoutError:
+            raise Refused(408, "body_timeout", f"the body did not arrive within {timeout:g} s") from None
+        except web.HTTPRequestEntityTooLarge:
+            raise self._body_too_large() from None
+        except ConnectionError:  # no one reads this answer
+            raise Refused(400, "incomplete_body", "the connection closed before the whole body arrived") from None
+        finally:
+            self.publisher.release(size)
+            self.metrics.bodies.dec()
+            self.metrics.body_bytes.dec(size)
 
     def _client(self, request: web.Request) -> str:
         """Who the rate limit counts: the peer, or the last address a trusted proxy put in its header."""

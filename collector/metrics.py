@@ -23,7 +23,12 @@ class CollectorMetrics:
                                           "to its answer.", registry=registry,
                                           buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
         self.pending_bytes = Gauge("kern_collector_pending_bytes", "Bytes handed to the Kafka producer and not "
-                                   "acknowledged yet (503 beyond KERN_COLLECTOR_MAX_PENDING_BYTES).", registry=registry)
+                                   "acknowledged yet, and bytes of the bodies being read (503 beyond "
+                                   "KERN_COLLECTOR_MAX_PENDING_BYTES).", registry=registry)
+        self.bodies = Gauge("kern_collector_bodies", "Request bodies being read.", registry=registry)
+        self.body_bytes = Gauge("kern_collector_body_bytes", "Bytes counted for the bodies being read (their declared "
+                                "length, or KERN_COLLECTOR_MAX_BODY_BYTES when chunked); part of the pending bytes.",
+                                registry=registry)
         self.kafka_up = Gauge("kern_collector_kafka_up", "1 while the broker answers.", registry=registry)
         self.rate_limited_clients = Gauge("kern_collector_rate_limit_clients", "Clients the rate limiter "
                                           "remembers (keyed digests; bounded by KERN_COLLECTOR_RATE_LIMIT_CLIENTS).",

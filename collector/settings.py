@@ -34,6 +34,8 @@ class CollectorSettings(BaseSettings):
     max_pending_bytes: int = Field(32 << 20, ge=1, description="Bytes handed to the producer and not yet "
                                                                  "acknowledged; beyond them: 503")
     retry_after_seconds: int = Field(5, ge=1, description="Retry-After of a 503")
+    body_timeout_seconds: float = Field(30.0, gt=0, description="Longest time for a body to arrive once its headers "
+                                                                "did; then 408 and the connection is closed")
 
     @classmethod
     def load(cls, **overrides: object) -> CollectorSettings:

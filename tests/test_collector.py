@@ -94,6 +94,10 @@ def test_every_refusal_is_a_real_answer_with_its_code_reason_and_headers(stack_f
         assert posted(b"[" + b",".join(events) + b"]", {**token, "Content-Encoding": "gzip"}) == (400, "bad_gzip")
         assert posted(gzip.compress(b"[]")[:-6], {**token, "Content-Encoding": "gzip"}) == (400, "bad_gzip")
         assert posted(b"[]", token) == (400, "no_events")
+        with socket.create_connection(("127.0.0.1", collector.web_port)) as sender:  # gone before its body came
+            sender.sendall(b"POST /v1/events HTTP/1.1\r\nHost: collector\r\nContent-Type: application/json\r\n"
+                           b"Content-Length: 100\r\nAuthorization: Bearer open-sesame\r\n\r\n[")
+            time.sleep(0.2)
 
         limited = [request(collector.url, b"[]", source="127.0.0.9") for _ in range(6)]  # a burst of 5, then 429
         assert [a.status for a in limited] == [401] * 5 + [429]
@@ -105,9 +109,11 @@ def test_every_refusal_is_a_real_answer_with_its_code_reason_and_headers(stack_f
     assert (health.status, health.body["status"], health.body["kafka"]) == (200, "ok", "ok")
     refused = {(code, reason): metric(exposition, "kern_collector_requests_total", code=code, reason=reason)
                for code, reason in (("401", "unauthorized"), ("413", "body_too_large"), ("413", "batch_too_large"),
-                                    ("400", "bad_gzip"), ("400", "bad_framing"), ("429", "rate_limited"))}
+                                    ("400", "bad_gzip"), ("400", "bad_framing"), ("400", "incomplete_body"),
+                                    ("429", "rate_limited"))}
     assert refused == {("401", "unauthorized"): 9, ("413", "body_too_large"): 2, ("413", "batch_too_large"): 1,
-                       ("400", "bad_gzip"): 2, ("400", "bad_framing"): 4, ("429", "rate_limited"): 1}
+                       ("400", "bad_gzip"): 2, ("400", "bad_framing"): 4, ("400", "incomplete_body"): 1,
+                       ("429", "rate_limited"): 1}
     assert metric(exposition, "kern_collector_events_total") == 3  # only the accepted batch was produced
     stack.read_topic(stack.settings.topic, 3)
 
