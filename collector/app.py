@@ -3,28 +3,40 @@ as the load needs, behind any load balancer; each produces to the events topic.
 
 A POST goes through these checks, cheapest first, and is answered by the first that refuses it:
 stop sending (410), rate limit (429), bearer token (401), media type (415), declared size (413), broker
-state (503), then the body is read (413 beyond KERN_COLLECTOR_MAX_BODY_BYTES), gunzipped (400, 413),
-split into events (400, 413, `collector/batches.py`) and published as one record batch (503: nothing was
-written; 504: not acknowledged in time, `collector/publisher.py`). 202 only once the broker acknowledged
-it.
+state (503), connections free of requests (503 `busy`, `collector/connections.py`), room for the body
+in the pending bound (503 `buffer_full`: its declared length, or the largest allowed when chunked, counts
+there while it is read); then the body is read (408 after KERN_COLLECTOR_BODY_TIMEOUT_SECONDS, 413 beyond
+KERN_COLLECTOR_MAX_BODY_BYTES), gunzipped (400, 413), split into events (400, 413,
+`collector/batches.py`) and published as one record batch (503: nothing was written; 504: not
+acknowledged in time, `collector/publisher.py`). 202 only once the broker acknowledged it.
 
-Senders stay unknown: no access log; records logged by aiohttp or asyncio lose their arguments and
-exception text (they can carry the peer's address or a request line); the rate limiter keeps keyed
-digests; metrics carry no label from a request; a Kafka record is the event's bytes, without key or
-headers.
+Every answer but /health's and /metrics' is counted by status and reason, aiohttp's own (400 to
+malformed HTTP, 404, 405) included: aiohttp's access log, per connection, counts instead of logging
+(`Collector.runner`). Connections are closed when their headers are not complete in time
+(KERN_COLLECTOR_IDLE_TIMEOUT_SECONDS, aiohttp's keep-alive timeout) and capped
+(`collector/connections.py`). No answer names the server's software or its versions.
+
+Senders stay unknown: the access log only counts; records logged by aiohttp or asyncio lose their
+arguments and exception text (they can carry the peer's address or a request line); the rate limiter
+keeps keyed digests; metrics carry no label from a request; a Kafka record is the event's bytes, without
+key or headers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import hmac
 import logging
 import math
-import time
+import signal
 
-from aiohttp import web
+from aiohttp import web, web_response
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http import HttpProcessingError
 
 from collector.batches import Limits, Refused, events, gunzip, media_type
+from collector.connections import Connections, connection_cap
 from collector.metrics import CONTENT_TYPE, CollectorMetrics
 from collector.publisher import BufferFull, NotAcknowledged, Publisher, Unavailable
 from collector.ratelimit import RateLimiter
@@ -33,7 +45,9 @@ from pipeline.config import Settings
 
 log = logging.getLogger("collector")
 
-EVENTS_PATH = "/v1/events"
+EVENTS_PATH, HEALTH_PATH, METRICS_PATH = "/v1/events", "/health", "/metrics"
+REASON = web.ResponseKey("reason", str)  # an answer's reason label, when the collector gave one
+SERVER = "kern-collector"  # aiohttp's Server header would name Python's and aiohttp's versions
 
 
 class Collector:
@@ -48,29 +62,49 @@ class Collector:
         self._authorization = f"Bearer {settings.auth_token.get_secret_value()}".encode() \
             if settings.auth_token else None
         self._retry_after = {"Retry-After": str(settings.retry_after_seconds)}
+        self.connections = Connections(connection_cap(settings.max_connections), self.metrics)
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.settings.max_body_bytes)
+        app = web.Application(client_max_size=self.settings.max_body_bytes, middlewares=[self.connections.track])
         app.router.add_post(EVENTS_PATH, self.post_events)
-        app.router.add_get("/health", self.health)
-        app.router.add_get("/metrics", self.exposition)
+        app.router.add_get(HEALTH_PATH, self.health)
+        app.router.add_get(METRICS_PATH, self.exposition)
         app.on_startup.append(lambda _: self.publisher.start())
         app.on_cleanup.append(lambda _: self.publisher.stop())  # after the requests in flight were answered
         return app
 
+    def runner(self) -> web.AppRunner:
+        answered = self._answered
+
+        class Answers(AbstractAccessLogger):
+            """aiohttp's access log (one per connection): counts each answer instead of logging it."""
+
+            def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+                answered(request, response, time)
+
+        settings = self.settings
+        return web.AppRunner(self.app(), access_log=log, access_log_class=Answers,
+                             auto_decompress=False, keepalive_timeout=settings.idle_timeout_seconds,
+                             shutdown_timeout=settings.ack_timeout_seconds + 5)
+
+    def _answered(self, request: web.BaseRequest, response: web.StreamResponse, seconds: float) -> None:
+        if request.path not in (HEALTH_PATH, METRICS_PATH):
+            reason = response.get(REASON) or response.reason.lower().replace(" ", "_")  # aiohttp's own answers
+            self.metrics.requests.labels(str(response.status), reason).inc()
+            self.metrics.request_duration.observe(seconds)
+
     async def post_events(self, request: web.Request) -> web.Response:
-        started = time.perf_counter()
         try:
             accepted = await self._accept(request)
         except Refused as refused:
-            status, reason = refused.status, refused.reason
-            response = web.json_response({"error": reason, "detail": refused.detail}, status=status,
+            response = web.json_response({"error": refused.reason, "detail": refused.detail}, status=refused.status,
                                          headers=refused.headers)
-        else:
-            status, reason = 202, "accepted"
-            response = web.json_response({"accepted": accepted}, status=status)
-        self.metrics.requests.labels(str(status), reason).inc()
-        self.metrics.request_duration.observe(time.perf_counter() - started)
+            response[REASON] = refused.reason
+            if refused.status == 408:  # the body is still coming: nothing else can follow on this connection
+                response.force_close()
+            return response
+        response = web.json_response({"accepted": accepted}, status=202)
+        response[REASON] = "accepted"
         return response
 
     async def _accept(self, request: web.Request) -> int:
@@ -90,10 +124,9 @@ class Collector:
             raise self._body_too_large()
         if self.publisher.problem is not None:  # before reading a body it could not publish
             raise Refused(503, "kafka_unavailable", self.publisher.problem, self._retry_after)
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise self._body_too_large() from None
+        if self.connections.crowded():
+            raise Refused(503, "busy", "too many requests are in progress", self._retry_after)
+        body = await self._body(request)
         if encoding == "gzip":
             body = gunzip(body, self.limits.batch_bytes)
         batch = events(body, framing, self.limits)
@@ -108,6 +141,30 @@ class Collector:
                                                    "it may or may not have been written") from None
         self.metrics.events.inc(len(batch))
         return len(batch)
+
+    async def _body(self, request: web.Request) -> bytes:
+        """The body as received, read within the body timeout while its size counts in the pending bound."""
+        size = self.settings.max_body_bytes if request.content_length is None else request.content_length
+        try:
+            self.publisher.admit(size)
+        except BufferFull as full:
+            raise Refused(503, "buffer_full", str(full), self._retry_after) from None
+        self.metrics.bodies.inc()
+        self.metrics.body_bytes.inc(size)
+        timeout = self.settings.body_timeout_seconds
+        try:
+            async with asyncio.timeout(timeout):
+                return await request.read()
+        except TimeoutError:
+            raise Refused(408, "body_timeout", f"the body did not arrive within {timeout:g} s") from None
+        except web.HTTPRequestEntityTooLarge:
+            raise self._body_too_large() from None
+        except ConnectionError:  # no one reads this answer
+            raise Refused(400, "incomplete_body", "the connection closed before the whole body arrived") from None
+        finally:
+            self.publisher.release(size)
+            self.metrics.bodies.dec()
+            self.metrics.body_bytes.dec(size)
 
     def _client(self, request: web.Request) -> str:
         """Who the rate limit counts: the peer, or the last address a trusted proxy put in its header."""
@@ -134,13 +191,19 @@ class Collector:
 class _WithoutSenders(logging.Filter):
     """aiohttp logs the peer's address ("Error handling request from %s") and exceptions whose text can
     quote a request line or header; asyncio's records can name transports. Their records keep the message
-    template and the exception's type only."""
+    template and the exception's type only. Malformed HTTP is the sender's error, answered 400 and counted
+    (`bad_request`): aiohttp's error record for it drops to debug level, so no sender can fill the log."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.name.startswith(("aiohttp", "asyncio")):
-            if record.exc_info and record.exc_info[0] is not None:
-                record.msg = f"{record.msg} ({record.exc_info[0].__name__})"
-            record.args, record.exc_info, record.exc_text, record.stack_info = (), None, None, None
+        if not record.name.startswith(("aiohttp", "asyncio")):
+            return True
+        error = record.exc_info[0] if record.exc_info else None
+        if error is not None:
+            record.msg = f"{record.msg} ({error.__name__})"
+        record.args, record.exc_info, record.exc_text, record.stack_info = (), None, None, None
+        if error is not None and issubclass(error, HttpProcessingError):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.root.isEnabledFor(logging.DEBUG)
         return True
 
 
@@ -150,9 +213,22 @@ def run(settings: CollectorSettings, shared: Settings) -> None:
     for handler in logging.root.handlers:
         handler.addFilter(_WithoutSenders())
     logging.getLogger("aiokafka").setLevel(max(logging.root.level, logging.INFO))  # its debug records quote events
+    web_response.SERVER_SOFTWARE = SERVER  # aiohttp reads it for every answer, its own error pages' too
     collector = Collector(settings, shared)
-    log.info("collecting on http://%s:%d%s into %s at %s", settings.host, settings.port, EVENTS_PATH, shared.topic,
-             shared.bootstrap_servers)
+    log.info("collecting on http://%s:%d%s into %s at %s (at most %d connections)", settings.host, settings.port,
+             EVENTS_PATH, shared.topic, shared.bootstrap_servers, collector.connections.cap)
     gc.freeze()  # the ~57,000 objects of the imports leave the collector's way: a full collection took 12 ms
-    web.run_app(collector.app(), host=settings.host, port=settings.port, access_log=None, print=None,
-                auto_decompress=False, shutdown_timeout=settings.ack_timeout_seconds + 5)
+    asyncio.run(_serve(collector))
+
+
+async def _serve(collector: Collector) -> None:
+    runner = collector.runner()
+    await runner.setup()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+    try:
+        await collector.connections.site(runner, collector.settings.host, collector.settings.port).start()
+        await stop.wait()
+    finally:
+        await runner.cleanup()  # stop listening, answer the requests in flight, close the producer

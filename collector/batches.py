@@ -70,7 +70,7 @@ def events(body: bytes, framing: str, limits: Limits) -> list:
     if framing == JSON:
         try:
             elements = _elements(body)
-        except msgspec.DecodeError as error:
+        except (msgspec.MsgspecError, RecursionError) as error:  # RecursionError: nested deeper than msgspec goes
             raise Refused(400, "bad_framing", f"the body is not a JSON array: {error}") from None
     else:
         elements = [line for line in body.split(b"\n") if line]

@@ -12,8 +12,8 @@ itself sends one batch per partition per request to a broker); when idle, a requ
 - `Unavailable` (answered 503): nothing of it was handed to the producer. The broker is known to be
   unreachable (a probe asks it for metadata every second; a batch that failed marks it down until the
   next probe succeeds; the batches waiting behind a failed one fail with it), or the producer has not
-  started yet; or `BufferFull`: the bytes waiting for acknowledgement would exceed `max_pending_bytes`
-  (backpressure: no queue grows without bound).
+  started yet; or `BufferFull`: the bytes waiting for acknowledgement, with the bodies being read (`admit`),
+  would exceed `max_pending_bytes` (backpressure: no queue grows without bound).
 - `NotAcknowledged` (answered 504): its batch was handed over and failed, or was not acknowledged in
   time. The broker may or may not have written it.
 """
@@ -99,11 +99,21 @@ class Publisher:
         if self._started:
             await self._producer.stop()
 
+    def admit(self, size: int) -> None:
+        """Count `size` bytes in the pending bound (a batch waiting for the broker, or a body being read), or
+        BufferFull; `release` them when they leave. When nothing waits any size passes, so that a batch larger
+        than the bound is not refused for ever."""
+        if self.pending_bytes and self.pending_bytes + size > self.max_pending_bytes:
+            raise BufferFull(f"{self.pending_bytes} bytes of batches and bodies wait")
+        self._pending(size)
+
+    def release(self, size: int) -> None:
+        self._pending(-size)
+
     async def publish(self, events: list, size: int) -> None:
         if self.problem is not None:
             raise Unavailable(self.problem)
-        if self.pending_bytes and self.pending_bytes + size > self.max_pending_bytes:
-            raise BufferFull(f"{self.pending_bytes} bytes wait for the broker's acknowledgement")
+        self.admit(size)
         lane = self._lanes[next(self._turn) % len(self._lanes)]
         need = size + RECORD_OVERHEAD * len(events)
         if not lane.waiting or lane.waiting[-1].room < need:
@@ -114,13 +124,12 @@ class Publisher:
         for event in events:
             append(key=None, value=event, timestamp=None)
         batch.room -= need
-        self._pending(size)
         try:  # at worst it waits for the batch ahead, then for its own: each fails at the ack timeout
             await asyncio.wait_for(asyncio.shield(batch.acknowledged), 2 * self.ack_timeout_s + 1)
         except asyncio.TimeoutError as error:
             raise NotAcknowledged("timeout") from error
         finally:
-            self._pending(-size)
+            self.release(size)
 
     async def _send(self, lane: _Lane) -> None:
         """A lane's loop: send its oldest batch, wait for the broker, settle the batch's requests."""

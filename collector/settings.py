@@ -32,8 +32,18 @@ class CollectorSettings(BaseSettings):
     stop_sending: bool = Field(False, description="Answer every POST 410: the Kern client turns itself off")
     ack_timeout_seconds: float = Field(5.0, gt=0, description="Longest wait for the broker's acknowledgement")
     max_pending_bytes: int = Field(32 << 20, ge=1, description="Bytes handed to the producer and not yet "
-                                                                 "acknowledged; beyond them: 503")
+                                                                 "acknowledged, with the bodies being read "
+                                                                 "(their declared lengths); beyond them: 503")
     retry_after_seconds: int = Field(5, ge=1, description="Retry-After of a 503")
+    idle_timeout_seconds: float = Field(
+        15.0, gt=0, description="A connection is closed when a request's headers are not complete this long after "
+                                "it opened or after its previous answer: idle keep-alive connections and slow "
+                                "headers alike (aiohttp's keep-alive timeout)")
+    body_timeout_seconds: float = Field(30.0, gt=0, description="Longest time for a body to arrive once its headers "
+                                                                "did; then 408 and the connection is closed")
+    max_connections: int = Field(4096, ge=64, description="Open connections at most (and at most the open-file "
+                                                          "limit less the descriptors `collector/connections.py` "
+                                                          "keeps); at the cap an idle one is closed for a new one")
 
     @classmethod
     def load(cls, **overrides: object) -> CollectorSettings:

@@ -89,9 +89,15 @@ def test_every_refusal_is_a_real_answer_with_its_code_reason_and_headers(stack_f
         assert posted(b'[{"data": "' + b"x" * 3000 + b'"}]', token) == (413, "event_too_large")
         assert posted(b'[{"type": "agent"}', token) == (400, "bad_framing")
         assert posted(b'{"type": "agent"}', token) == (400, "bad_framing")  # not an array
+        assert posted(b"[" * 1000 + b"]" * 1000, token) == (400, "bad_framing")  # deeper than msgspec goes
+        assert posted(b"[\xff]", token) == (400, "bad_framing")  # not UTF-8
         assert posted(b"[" + b",".join(events) + b"]", {**token, "Content-Encoding": "gzip"}) == (400, "bad_gzip")
         assert posted(gzip.compress(b"[]")[:-6], {**token, "Content-Encoding": "gzip"}) == (400, "bad_gzip")
         assert posted(b"[]", token) == (400, "no_events")
+        with socket.create_connection(("127.0.0.1", collector.web_port)) as sender:  # gone before its body came
+            sender.sendall(b"POST /v1/events HTTP/1.1\r\nHost: collector\r\nContent-Type: application/json\r\n"
+                           b"Content-Length: 100\r\nAuthorization: Bearer open-sesame\r\n\r\n[")
+            time.sleep(0.2)
 
         limited = [request(collector.url, b"[]", source="127.0.0.9") for _ in range(6)]  # a burst of 5, then 429
         assert [a.status for a in limited] == [401] * 5 + [429]
@@ -100,12 +106,17 @@ def test_every_refusal_is_a_real_answer_with_its_code_reason_and_headers(stack_f
 
         health = request(collector.url, method="GET", path="/health")
         exposition = collector.metrics()
+        log = collector.log_path.read_text()
     assert (health.status, health.body["status"], health.body["kafka"]) == (200, "ok", "ok")
+    assert health.headers["server"] == limited[-1].headers["server"] == "kern-collector"  # no software, no version
     refused = {(code, reason): metric(exposition, "kern_collector_requests_total", code=code, reason=reason)
                for code, reason in (("401", "unauthorized"), ("413", "body_too_large"), ("413", "batch_too_large"),
-                                    ("400", "bad_gzip"), ("429", "rate_limited"))}
+                                    ("400", "bad_gzip"), ("400", "bad_framing"), ("400", "incomplete_body"),
+                                    ("429", "rate_limited"))}
     assert refused == {("401", "unauthorized"): 9, ("413", "body_too_large"): 2, ("413", "batch_too_large"): 1,
-                       ("400", "bad_gzip"): 2, ("429", "rate_limited"): 1}
+                       ("400", "bad_gzip"): 2, ("400", "bad_framing"): 4, ("400", "incomplete_body"): 1,
+                       ("429", "rate_limited"): 1}
+    assert " ERROR " not in log
     assert metric(exposition, "kern_collector_events_total") == 3  # only the accepted batch was produced
     stack.read_topic(stack.settings.topic, 3)
 
@@ -169,14 +180,17 @@ def test_senders_address_and_headers_are_in_no_log_metric_or_record(stack_factor
             with socket.create_connection(("127.0.0.1", collector.web_port), source_address=("127.0.0.77", 0)) as raw:
                 raw.sendall(line + f"\r\nUser-Agent: {SENTINEL_AGENT}\r\nX-Forwarded-For: {SENTINEL_FORWARDED}"
                                    "\r\n\r\n".encode())
-                assert raw.recv(4096).split(b"\r\n")[0].endswith(b" 400 Bad Request")
+                answer = raw.recv(4096).split(b"\r\n")
+                assert answer[0].endswith(b" 400 Bad Request") and b"Server: kern-collector" in answer
         exposition = collector.metrics()
         collector.stop()
     assert [a.status for a in answers] == [202, 400, 202, 429, 202]
+    assert metric(exposition, "kern_collector_requests_total", code="400", reason="bad_request") == 3  # aiohttp's
     records = records_until_quiet(stack.env["KERN_BOOTSTRAP_SERVERS"], stack.settings.topic, 1.0)
     assert len(records) == 15
     log = collector.log_path.read_text()
     assert "Error handling request" in log and "127.0.0.1" in log  # aiohttp's error path ran; the broker is named
+    assert " ERROR " not in log  # malformed HTTP is logged at debug level
     for sentinel in ("127.0.0.77", SENTINEL_AGENT, "SNTNL7q", SENTINEL_FORWARDED, "192.0.2.8"):
         assert sentinel not in log and sentinel not in exposition
         assert not [r for r in records if sentinel.encode() in r.value + (r.key or b"") + repr(r.headers).encode()]
