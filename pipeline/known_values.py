@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 
 from kern_telemetry_client import contract
+from kern_telemetry_client.values import MAX_VALUE_LENGTH
 
 PROVIDERS = frozenset({
     "openai", "anthropic", "google", "vertexai", "groq", "ollama", "mistral", "aws", "azure", "azure_openai",
@@ -32,11 +33,13 @@ DB_TYPES = frozenset({
     "InMemoryDb", "DynamoDb", "FirestoreDb", "GcsJsonDb", "JsonDb", "SingleStoreDb", "SurrealDb",
 })
 INTERFACES = frozenset({"slack", "whatsapp", "a2a", "agui", "discord", "telegram", "mcp", "webhook"})
+#: Linear: no two quantifiers can match the same characters at the same place (`llama3.1-8b` splits at its
+#: first `-` or `:`, so `llama` followed by 60,000 dashes is not tried 60,000 ways).
 MODEL_FAMILIES = re.compile(r"""(?x)
     (?:ft:)?(?:gpt-[0-9][0-9a-z.]*|o[1-9]|chatgpt-4o|text-embedding|davinci|curie|babbage|codex)(?:-[a-z0-9.]+)*
   | (?:us\.|eu\.|apac\.|global\.)?(?:anthropic\.)?claude-[a-z0-9.-]+(?::[0-9]+)?
   | (?:google/)?gemini-[a-z0-9.-]+ | gemma[0-9.]*(?::[a-z0-9.]+|-[a-z0-9.-]+)?
-  | (?:meta-llama/|meta\.|us\.meta\.)?llama[-0-9.]*(?:[:-][a-z0-9.:-]+)?
+  | (?:meta-llama/|meta\.|us\.meta\.)?llama[0-9.]*(?:-[a-z0-9.:-]*|:[a-z0-9.:-]+)?
   | (?:mistralai/)?(?:mistral|mixtral|codestral|ministral|pixtral|magistral|devstral)[a-z0-9.-]*(?::[a-z0-9.]+)?
   | (?:qwen/)?qwen[0-9.]*(?:[:-][a-z0-9.:-]+)? | qwq[a-z0-9.:-]*
   | (?:deepseek-ai/)?deepseek[a-z0-9.:-]*
@@ -61,6 +64,9 @@ PATTERNS = {"model_id": MODEL_FAMILIES, "sdk_version": SDK_VERSIONS}
 
 
 def known(field: str, value: str) -> bool:
+    """Whether the registry admits `value` (never one longer than a stored value: the patterns never see it)."""
+    if len(value) > MAX_VALUE_LENGTH:
+        return False
     if value in EXACT.get(field, ()):
         return True
     pattern = PATTERNS.get(field)

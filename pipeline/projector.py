@@ -23,7 +23,8 @@ from typing import Annotated, Any
 
 import msgspec
 from kern_telemetry_client import contract
-from kern_telemetry_client.values import INVALID, NONE, REDACTED, clean_flag_name, clean_value
+from kern_telemetry_client.payloads import MAX_NAMES
+from kern_telemetry_client.values import INVALID, MAX_RAW_LENGTH, NONE, REDACTED, clean_flag_name, clean_value
 
 from pipeline.admission import RARE, Admission
 from pipeline.dimensions import DATA_FIELDS, DIMENSIONS, LAUNCH_DIMENSIONS, MODEL_KEYS, NAME_FIELDS, member_bucket
@@ -62,9 +63,10 @@ _NO_DATA = (None,) * len(DATA_FIELDS)
 
 _KIND, _VALUE, _BUCKET, _FLAGS = "kind", "value", "bucket", "flags"
 _NOTES = {RARE: Reason.RARE_VALUE, INVALID: Reason.INVALID_VALUE, REDACTED: Reason.REDACTED_VALUE}
-#: The plain string fields of `data` (index in DATA_FIELDS, name): stored before projecting (see
-#: `_typed_projection`); model references are projected as they are.
+#: The strings of typed `data`, stored before projecting (see `_typed_projection`): the plain string fields
+#: (index in DATA_FIELDS, name) and the model references (index, keys).
 _PLAIN = tuple((i, field) for i, field in enumerate(DATA_FIELDS) if contract.field(field).type == "string")
+_REFS = tuple((i, MODEL_KEYS[field]) for i, field in enumerate(DATA_FIELDS) if field in MODEL_KEYS)
 #: Each dimension compiled for the typed fields: (source, field, index in DATA_FIELDS or None for the
 #: envelope's sdk_version, model reference key or None, kinds, JSON path).
 _PLAN = tuple(
@@ -119,7 +121,10 @@ class _KindOnly(msgspec.Struct):
 
 def _remember(cache: dict, key: object, value: Any) -> Any:
     """Cache `value` (returned) under `key`; a cache at `_CACHE_LIMIT` entries starts over (the projector's
-    caches hold only admitted values, so whatever fills one is real and comes back at once)."""
+    caches hold only admitted values, so whatever fills one is real and comes back at once). Bounded in
+    bytes too: each value in a key is a marker or an admitted raw value of at most MAX_RAW_LENGTH
+    characters (`_store` makes a longer one INVALID before any cache sees it), and a key holds at most 9
+    of them (a projection) or 2 x MAX_NAMES (a configuration)."""
     if len(cache) >= _CACHE_LIMIT:
         cache.clear()
     cache[key] = value
@@ -257,10 +262,11 @@ class EventProjector:
         return key
 
     def _typed_projection(self, key: tuple, window_start: int, tally: Tally) -> tuple:
-        """Cache miss. A value of a plain string field that is not admitted as sent (a rare value, a marker,
-        a value admitted once normalised) is stored first (`_store`: the guard, the candidate); the
-        projection then comes from the key with the stored values, which is cached: a flood of unique
-        values costs a lookup per field, not a projection per event."""
+        """Cache miss. A string (of a plain field or a model reference) that is not admitted as sent (a
+        rare value, a marker, a value admitted once normalised) is stored first (`_store`: the guard, the
+        candidate); the projection then comes from the key with the stored values, which is cached: a flood
+        of unique values costs a lookup per string, not a projection per event, and a cached key holds no
+        string that was not admitted."""
         kind, sdk_version, fields = key
         admitted, rare = self._admitted, []
         if sdk_version is not None and sdk_version not in admitted["sdk_version"]:
@@ -271,6 +277,16 @@ class EventProjector:
             if value is not None and value not in admitted[field]:
                 stored = stored or list(fields)
                 stored[index] = self._store(value, field, [], rare, window_start, tally)
+        for index, keys in _REFS:
+            ref = fields[index]
+            if ref is not None:
+                values = msgspec.structs.astuple(ref)
+                if any(value is not None and value not in admitted[key] for key, value in zip(keys, values)):
+                    stored = stored or list(fields)
+                    stored[index] = type(ref)(*(
+                        value if value is None or value in admitted[key]
+                        else self._store(value, key, [], rare, window_start, tally)
+                        for key, value in zip(keys, values)))
         if stored is None and sdk_version is key[1]:
             return self._projection(key, window_start, tally)
         key = (kind, sdk_version, fields if stored is None else tuple(stored))
@@ -351,7 +367,8 @@ class EventProjector:
     def _launch(self, raw: bytes, window_start: int, tally: Tally) -> tuple[tuple, tuple, tuple]:
         """A launch's configuration in `LAUNCH_DIMENSIONS` order, the reasons for the values it replaced, and
         its rare values. Never rejects the launch (`pipeline/dimensions.py`). A configuration whose every
-        name is admitted (or a marker) is cached."""
+        value is admitted as sent, with at most MAX_NAMES names per list (what the SDK client sends), is
+        cached."""
         try:
             data = self._decode_launch(raw).data
         except msgspec.ValidationError:  # a mistyped field
@@ -362,7 +379,7 @@ class EventProjector:
         stored = self._launches.get(values)
         if stored is None:
             stored = self._configuration(values, window_start, tally)
-            if Reason.RARE_VALUE not in stored[1]:
+            if not stored[1] and all(type(value) is not tuple or len(value) <= MAX_NAMES for value in values):
                 _remember(self._launches, values, stored)
         return stored
 
@@ -413,7 +430,11 @@ class EventProjector:
         or RARE. A rare value becomes a candidate (`rare`), within the cardinality guard: past
         `max_new_values` rare values per window and field in this flush, it is suppressed (not tracked,
         not even cleaned). An admitted value as sent is never suppressed; one admitted only once normalised
-        (an `ft:` model id of an organisation) can be, while a flood fills the guard."""
+        (an `ft:` model id of an organisation) can be, while a flood fills the guard. A value over
+        MAX_RAW_LENGTH is INVALID at once (as `clean_value` has it), before any cache or pattern sees it."""
+        if len(value) > MAX_RAW_LENGTH:
+            bad.append(Reason.INVALID_VALUE)
+            return INVALID
         stored = self._admitted[field].get(value)
         if stored is not None:
             return stored

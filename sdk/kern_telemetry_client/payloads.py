@@ -4,9 +4,10 @@ contract's envelope and `data` keys, and each value is one of
 - a bool (a `has_*` flag: which attributes are set),
 - an int (how many members, agents, teams, workflows),
 - a name: a string attribute (a model's provider, name and id; an interface's type) or a class name (a
-  database), passed through `clean_value` with its field's format rules, so a fine-tuned or cloud model id
-  loses its account or organisation, a secret or personal value becomes `(redacted)` and free text
-  `(invalid)`; a value that is not a string is never turned into one,
+  database), passed through `clean_value`, whose format rules apply to every name alike (`formats.py`), so
+  a fine-tuned or cloud model id loses its account or organisation, a URL, path, host name, address,
+  e-mail, identifier or secret becomes `(redacted)` and free text `(invalid)`; a value that is not a
+  string is never turned into one,
 - an identifier digest (see `Identifiers`).
 
 Objects are duck-typed: only the attributes named here are read, and nothing else an object holds
@@ -21,10 +22,13 @@ import os
 from typing import Any, Callable, Iterable, Optional
 
 from . import contract
-from .values import clean_value
+from .values import MAX_RAW_LENGTH, clean_value
 
 #: Names kept in a list field (interfaces, db_types): a launch payload stays small whatever the OS holds.
 MAX_NAMES = 32
+#: Entries of each cache of host strings (names, identifiers). A cache keeps only strings of at most
+#: MAX_RAW_LENGTH characters (a longer name is INVALID at once; a longer identifier is digested every time),
+#: so each holds at most 4096 x 256 characters of the host's strings: 1 MiB of ASCII, 4 MiB at most.
 _CACHE_LIMIT = 4096
 
 
@@ -54,9 +58,10 @@ class Identifiers:
             hasher = self._keyed.copy()
             hasher.update(text.encode("utf-8", "surrogatepass"))
             digest = hasher.hexdigest()
-            if len(self._digests) >= _CACHE_LIMIT:
-                self._digests.clear()
-            self._digests[text] = digest
+            if len(text) <= MAX_RAW_LENGTH:
+                if len(self._digests) >= _CACHE_LIMIT:
+                    self._digests.clear()
+                self._digests[text] = digest
         return digest
 
 
@@ -76,7 +81,7 @@ def name(value: object, field: str = "") -> Optional[str]:
     cleaned = _names.get((field, value))
     if cleaned is None:
         cleaned = clean_value(value, field)
-        if len(_names) < _CACHE_LIMIT:
+        if len(_names) < _CACHE_LIMIT and len(value) <= MAX_RAW_LENGTH:
             _names[(field, value)] = cleaned
     return cleaned
 

@@ -1,11 +1,12 @@
 """Which strings may be stored as a telemetry value: the rules both the SDK client (before it sends) and
 the pipeline (before it stores) apply. Plain Python without dependencies.
 
-A value is first reduced to its non-identifying part by the format rules of its field (`formats.py`:
-SDK versions, fine-tuned and cloud model ids), then kept as it is or replaced by a marker: `NONE` for
-null or absent, `INVALID` for too long or with characters outside the allowed set, `REDACTED` for what
-looks like a secret or personal data (API keys, provider tokens, bearer tokens, URLs, IP addresses,
-e-mail addresses, long high-entropy tokens).
+A raw value longer than `MAX_RAW_LENGTH` is INVALID at once. A value is then reduced by the format rules
+of its field (`formats.py`, whose table lists every rule: fine-tuned and cloud model ids, namespaces,
+SDK versions; URLs, paths, e-mail and IP addresses, host names and identifiers become REDACTED), then
+kept as it is or replaced by a marker: `NONE` for null or absent, `INVALID` for too long or with
+characters outside the allowed set, `REDACTED` for what looks like a secret (API keys, provider tokens,
+bearer tokens, long high-entropy tokens).
 """
 
 from __future__ import annotations
@@ -13,24 +14,20 @@ from __future__ import annotations
 import math
 import re
 
-from .formats import normalize
+from .formats import INVALID, MAX_RAW_LENGTH, REDACTED, normalize
 
 NONE = "none"  # null or absent: a value of its own
-INVALID = "(invalid)"  # too long, or characters outside the allowed set
-REDACTED = "(redacted)"  # looked like a secret or personal data
 MAX_VALUE_LENGTH = 100
-_MARKERS = {INVALID: INVALID, REDACTED: REDACTED}
-_FORMATTED = frozenset({"sdk_version"})  # a value that passed this field's format holds no secret (2.4.0.1)  # the very objects, which the pipeline compares by identity
+_MARKERS = {INVALID: INVALID, REDACTED: REDACTED}  # the very objects, which the pipeline compares by identity
+_FORMATTED = frozenset({"sdk_version"})  # a value that passed this field's format holds no secret (2.4.0.1)
 
+# Linear: no two quantifiers can match the same characters at the same place.
 _VALUE_CHARS = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._:/@+\-]*")
 _FLAG_NAME = re.compile(r"has_[a-z0-9_]{1,60}")
 _SECRET_PATTERNS = re.compile(
     r"""
-      (?:^|[^a-z])(?:sk|pk|rk|ak)[-_][A-Za-z0-9_\-]{8,}   # API keys: sk-..., pk_live_...
-    | \b(?:bearer|basic|token)\s+(?=\S*\d)\S{12,}          # Authorization headers (a token has digits)
-    | [A-Za-z][A-Za-z0-9+.\-]*://                           # a URL: it names a host (and often a user)
-    | (?:^|[^0-9.])(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?:$|[^0-9.]) # an IPv4 address
-    | [^@\s/]+@[^@\s/]+\.[A-Za-z]{2,}                       # e-mail address
+      (?:^|[^a-z])(?:sk|pk|rk|ak)[-_][A-Za-z0-9_\-]{8,}        # API keys: sk-..., pk_live_...
+    | \b(?:bearer|basic|token)\s+(?=[^\s\d]*\d)\S{12,}        # Authorization headers (a token has digits)
     """,
     re.IGNORECASE | re.VERBOSE,
 )
@@ -41,7 +38,8 @@ _PROVIDER_TOKENS = re.compile(
 _TOKEN_SEPARATORS = re.compile(r"[-_ ./:@+]")
 
 
-def looks_secret(value: str) -> bool:
+def _looks_secret(value: str) -> bool:
+    """Keys and tokens, in a value its callers have capped."""
     if _SECRET_PATTERNS.search(value) or _PROVIDER_TOKENS.search(value):
         return True
     # Long high-entropy tokens (hex digests, base64 keys, JWT parts) are not model or db names.
@@ -63,18 +61,23 @@ def clean_value(value: str, field: str = "") -> str:
     """The value stored for a raw string of `field` (a data field or model reference key, whose format
     rules apply first): itself normalised, INVALID or REDACTED. A marker stays what it is (a client applies
     these rules before it sends, the pipeline again before it stores)."""
-    if value in _MARKERS:
-        return _MARKERS[value]
+    if len(value) > MAX_RAW_LENGTH:
+        return INVALID
+    marker = _MARKERS.get(value)
+    if marker is not None:
+        return marker
     value = normalize(field, value)
+    if value is INVALID or value is REDACTED:
+        return value
     if len(value) > MAX_VALUE_LENGTH or not _VALUE_CHARS.fullmatch(value):
         return INVALID
-    if field not in _FORMATTED and looks_secret(value):
+    if field not in _FORMATTED and _looks_secret(value):
         return REDACTED
     return value
 
 
 def clean_flag_name(name: str) -> str | None:
     """A `has_*` key as a feature name, or None when the key is malformed or secret-looking."""
-    if len(name) > 64 or not _FLAG_NAME.fullmatch(name) or looks_secret(name[4:]):
+    if len(name) > 64 or not _FLAG_NAME.fullmatch(name) or _looks_secret(name[4:]):
         return None
     return name
