@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import subprocess
@@ -158,14 +159,48 @@ def freshness(broker: EmbeddedBroker, workdir: Path, rate: int, seconds: int, se
         worker.stop()
 
 
+#: The free-text fields of an agent run a hostile event fills (`hostile_values`).
+_FREE_TEXT = ("model_provider", "model_name", "model_id", "db_type")
+_MODEL_REFERENCES = ("parser_model", "output_model")
+HOSTILE_CHARS = 1_000  # per value: the rules before their length cap took 6-45 ms on the worst such shapes
+
+
+def hostile_values(generator: EventGenerator, events: int, every: int = 100) -> list[bytes]:
+    """The normal mix in which one event in `every` is an agent run carrying, in every free-text field and
+    the SDK version, a value of HOSTILE_CHARS shaped against the value rules (`bench.value_rules.shapes`: a
+    prefix the rules look for, a long run of one character or unit, one ending character; a different shape
+    per value). At this length the rules before their cap spent ~0.2 s on such an event; with the cap a
+    value is `(invalid)` before any rule runs, and what is left is the event's bytes (~10 KB)."""
+    from bench.value_rules import shaped, shapes
+
+    rotation = itertools.cycle(shapes())
+    values = list(generator.events(events))
+    for i in range(0, events, every):
+        payload = generator.payload()
+        payload["type"] = "agent"
+        texts = [shaped(HOSTILE_CHARS, *next(rotation)) for _ in range(len(_FREE_TEXT) + 2 * len(_MODEL_REFERENCES) + 1)]
+        values[i] = msgspec.json.encode(_filled(payload, texts))
+    return values
+
+
+def _filled(payload: dict, texts: list[str]) -> dict:
+    """`payload` with `texts` in its free-text fields, its model references' and its SDK version."""
+    texts = iter(texts)
+    payload["data"].update({field: next(texts) for field in _FREE_TEXT})
+    payload["data"].update({ref: {"provider": next(texts), "id": next(texts)} for ref in _MODEL_REFERENCES})
+    payload["sdk_version"] = next(texts)
+    return payload
+
+
 def cardinality_flood(broker: EmbeddedBroker, workdir: Path, events: int, seed: int) -> dict:
-    """One worker (ClickHouse over HTTP) drains a backlog of four phases: the normal mix twice (the first
+    """One worker (ClickHouse over HTTP) drains a backlog of five phases: the normal mix twice (the first
     warms the worker up: consumer start, caches, first flushes), a flood of events that each carry a unique
-    model id and a unique session (a buggy or hostile client), and the normal mix again. Per phase: the
-    consumption rate (events consumed, polled every 20 ms), the worker's and ClickHouse's CPU, and the
-    worker's peak resident memory; then the rows in runs_minute and value_candidates. The flood and the
-    normal mix after it are compared with the warm normal mix. Flushes run every second throughout (no
-    catch-up interval), so that each phase pays for its own."""
+    model id and a unique session (a buggy or hostile client), the normal mix with hostile values
+    (`hostile_values`), and the normal mix again. Per phase: the consumption rate (events consumed, polled
+    every 20 ms), the worker's and ClickHouse's CPU, and the worker's peak resident memory; then the rows in
+    runs_minute and value_candidates. The flood, the hostile values and the normal mix after them are
+    compared with the warm normal mix. Flushes run every second throughout (no catch-up interval), so that
+    each phase pays for its own."""
     generator = EventGenerator(seed=seed)
     flood = []
     for i in range(events):
@@ -173,7 +208,8 @@ def cardinality_flood(broker: EmbeddedBroker, workdir: Path, events: int, seed: 
         payload["session_id"], payload["data"]["model_id"] = f"flood-session-{i}", f"flood-model-{i:07d}"
         flood.append(msgspec.json.encode(payload))
     phases = (("warm-up, normal mix", list(generator.events(events))), ("normal mix", list(generator.events(events))),
-              ("flood of unique values", flood), ("normal mix after the flood", list(generator.events(events))))
+              ("flood of unique values", flood), ("hostile values (1 event in 100)", hostile_values(generator, events)),
+              ("normal mix after the flood", list(generator.events(events))))
     topic = Topic(broker, workdir)
     for _, values in phases:
         ends = produce(topic.settings, values)
@@ -207,11 +243,11 @@ def cardinality_flood(broker: EmbeddedBroker, workdir: Path, events: int, seed: 
              "worker_cpu_s_per_1m": (cpu[i + 1][0] - cpu[i][0]) / events * 1e6,
              "clickhouse_cpu_s_per_1m": (cpu[i + 1][1] - cpu[i][1]) / events * 1e6,
              "rss_mb": max(mb for phase, mb in rss if phase == i + 1)} for i, (name, _) in enumerate(phases)]
-    _, normal, flooded, after = rows
+    _, normal, flooded, hostile, after = rows
     return {"events_per_phase": events, "phases": rows, "runs_minute_rows": runs_rows, "rare_rows": rare_rows,
             "candidate_rows": candidate_rows, "suppressed": suppressed,
-            "flood_vs_normal": flooded["rate"] / normal["rate"], "after_vs_before": after["rate"] / normal["rate"],
-            "flood_rss_vs_normal": flooded["rss_mb"] / normal["rss_mb"]}
+            "flood_vs_normal": flooded["rate"] / normal["rate"], "hostile_vs_normal": hostile["rate"] / normal["rate"],
+            "after_vs_before": after["rate"] / normal["rate"], "flood_rss_vs_normal": flooded["rss_mb"] / normal["rss_mb"]}
 
 
 def memory_runs(broker: EmbeddedBroker, workdir: Path, runs: tuple[tuple[int, int], ...], seed: int) -> list[dict]:
@@ -353,7 +389,8 @@ def flood_note(flood: dict) -> str:
                       f"ClickHouse {p['clickhouse_cpu_s_per_1m']:.1f}; peak RSS {p['rss_mb']:.0f} MB)"
                       for p in flood["phases"])
     return (f"cardinality flood, {flood['events_per_phase']:,} events per phase, one worker: {rates}; flood / normal "
-            f"{flood['flood_vs_normal']:.2f} (target >= 0.5), after / before {flood['after_vs_before']:.2f} (target "
+            f"{flood['flood_vs_normal']:.2f} (target >= 0.5), hostile values / normal {flood['hostile_vs_normal']:.2f} "
+            f"(target >= 0.9), after / before {flood['after_vs_before']:.2f} (target "
             f">= 0.9), flood peak RSS / normal {flood['flood_rss_vs_normal']:.3f} (target <= 1.10); runs_minute rows "
             f"{flood['runs_minute_rows']:,} of which (rare) model ids {flood['rare_rows']:,}; candidate rows "
             f"{flood['candidate_rows']:,}; suppressed values {flood['suppressed']}")

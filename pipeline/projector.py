@@ -247,7 +247,7 @@ class EventProjector:
         present, dims, bad, rare = self._projections.get(key) or self._typed_projection(key, window_start, tally)
         # Every `"has_` in the bytes must be a known flag the typed decode saw; otherwise (a new flag, a
         # duplicate key, an escaped key) decode again into a dict, which keeps every key.
-        if raw.count(b'"has_') != present or b"\\u" in raw:
+        if raw.count(b'"has_') != present or (b"\\" in raw and b"\\u" in raw):  # memchr first: no backslash, no scan
             dims, bad, rare = self._dict_projection(raw, kind, event.sdk_version, window_start, tally)
         if kind == _OS:  # the run dimensions, then the configuration
             configuration, config_bad, config_rare = self._launch(raw, window_start, tally)
