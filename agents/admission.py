@@ -1,5 +1,5 @@
 """The worker's side of k-anonymity (`pipeline/admission.py`): it loads the admission epochs, learns which
-candidate values have reached k sessions, and writes the next epoch with those it has seen since.
+candidate values have reached k installations, and writes the next epoch with those it has seen since.
 
 A candidate reaches ClickHouse only as a keyed hash, so a worker can admit a value only when it sees the
 value itself again: each flush looks at its own candidates (raw values still in memory) and proposes those
@@ -28,7 +28,7 @@ class Admitter:
         self.clickhouse = clickhouse
         self.keys = keys
         self.admissions = Admissions()
-        self._ready: set[tuple[str, int]] = set()  # (field, value hash) of candidates with k sessions
+        self._ready: set[tuple[str, int]] = set()  # (field, value hash) of candidates with k installations
         self._proposed: dict[tuple[str, str], int] = {}  # (field, value) -> value hash, seen since
 
     async def refresh(self) -> bool:
@@ -41,7 +41,7 @@ class Admitter:
         self.admissions = Admissions(await self.clickhouse.call(self.sink.admitted))
         admitted = {(row.field, row.value) for row in self.admissions.rows}
         if self._proposed.keys() & admitted:
-            log.info("admitted after %d distinct sessions: %d values (epoch %d)", self.k,
+            log.info("admitted after %d distinct installations: %d values (epoch %d)", self.k,
                      len(self._proposed.keys() & admitted), self.admissions.latest)
         self._proposed = {key: h for key, h in self._proposed.items() if key not in admitted}
         self._ready = await self.clickhouse.call(self.sink.ready_candidates, self.k)

@@ -1,8 +1,9 @@
 """Realistic SDK telemetry: the events the Kern SDKs send, in a plausible mix, plus a share of bad ones.
 
 `EventGenerator` is seeded, so a run is reproducible. Every event carries fresh identifiers, like the
-real SDKs' payloads; the pipeline must drop them. A small share are client reports (what an SDK client
-could not deliver).
+real SDKs' payloads; the pipeline must drop them; and the daily pseudonym of one of a pool of
+installations (but from the oldest SDK, which predates them). A small share are client reports (what an
+SDK client could not deliver).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def _invalid_events(rng: random.Random) -> list[Callable[[], bytes]]:
 
 
 DEFAULT_PROFILES = 12_000  # app configurations: about 10,000 distinct dimension sets
+DEFAULT_INSTALLATIONS = 2_000
 
 
 class EventGenerator:
@@ -68,7 +70,8 @@ class EventGenerator:
     the distinct dimension sets (about 10,000 by default)."""
 
     def __init__(self, seed: int = 7, invalid_share: float = 0.02, profiles: int = DEFAULT_PROFILES,
-                 timestamp_share: float = 0.1, report_share: float = 0.002, private_share: float = 0.005):
+                 timestamp_share: float = 0.1, report_share: float = 0.002, private_share: float = 0.005,
+                 installations: int = DEFAULT_INSTALLATIONS):
         self.rng = random.Random(seed)
         self.private_share = private_share  # runs with a model id or a flag of one user's own (stored as rare)
         self.invalid_share = invalid_share
@@ -80,6 +83,7 @@ class EventGenerator:
         self._kinds = list(KIND_WEIGHTS)
         self._kind_weights = list(KIND_WEIGHTS.values())
         self._profiles = [self._profile() for _ in range(profiles)]
+        self._installations = [self._id() for _ in range(installations)]
         weights = [1 / (rank + 10) for rank in range(profiles)]  # Zipf-like popularity
         self._cum_weights = _cumulative(weights)
 
@@ -101,6 +105,8 @@ class EventGenerator:
         kind, sdk, data, id_field = rng.choices(self._profiles, cum_weights=self._cum_weights)[0]
         event = {"session_id": self._id(), "run_id": self._id(), "sdk_version": sdk, "type": kind,
                  "data": dict(data)}
+        if sdk != SDK_VERSIONS[0]:
+            event["installation"] = self._installations[rng.randrange(len(self._installations))]
         event["data"][id_field] = self._id()
         if kind == "os" and rng.random() < 0.3:
             del event["session_id"]  # older SDKs send launches without a session

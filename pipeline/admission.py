@@ -1,24 +1,28 @@
 """k-anonymous values: which values of the free-text fields are stored as they are.
 
 A value (a model id, a model class, a provider, a db type, an SDK version, a flag name) is stored verbatim
-when the registry knows it (`known_values.py`) or once it has been seen from at least k distinct sessions in
-one day (`KERN_K_ANONYMITY`, default 10); until then its runs count under `RARE`. Totals never change: runs
-move to `RARE`, they do not disappear.
+when the registry knows it (`known_values.py`) or once it has been seen from at least k distinct
+installations in one day (`KERN_K_ANONYMITY`, default 10); until then its runs count under `RARE`. Totals
+never change: runs move to `RARE`, they do not disappear. Installations, not sessions or processes: a
+developer who runs a script ten times a day, or a server with ten workers, is one installation (the SDK
+client sends its installation's pseudonym of the day: `kern_telemetry_client/installation.py`); an event
+of an older SDK, without one, admits nothing.
 
-Admission works without identifiers. Sessions are counted by keyed hashes: BLAKE2b keyed per day with a key
-derived from the operator's master secret (`KERN_HASH_SECRET`, never stored in ClickHouse or Kafka), so every
-worker and every replay derives the same hash, while hashes of different days cannot be linked by anyone
-without the secret. A candidate value reaches ClickHouse only as a keyed hash of itself, with the keyed
-hashes of the sessions that sent it (`value_candidates`, a few days); once k sessions of one day are
-there, the worker that sees the value next writes it in a new admission epoch (`admitted_values`).
+Admission works without identifiers. Sessions and installations are counted by keyed hashes: BLAKE2b keyed
+per day with a key derived from the operator's master secret (`KERN_HASH_SECRET`, never stored in
+ClickHouse or Kafka), so every worker and every replay derives the same hash, while hashes of different
+days cannot be linked by anyone without the secret. A candidate value reaches ClickHouse only as a keyed
+hash of itself, with the keyed hashes of the installations that sent it (`value_candidates`, a few days);
+once k installations of one day are there, the worker that sees the value next writes it in a new
+admission epoch (`admitted_values`).
 
 Admission changes rows, and a replayed flush must give the rows of its first attempt: a rollup uses one
 admission epoch from its first record to its flush, the epoch is recorded with the flush's intent, and a
 replay projects with the admission of that epoch (`Admissions.at`). Epochs are written with a
 deduplication token per epoch number, so two workers that write the same epoch at once cannot both win.
 
-k-anonymity protects against accidental leaks by honest clients. Session ids are chosen by clients, so it
-is no defence against a client that invents sessions; the cardinality guard is (`pipeline/rollup.py`).
+k-anonymity protects against accidental leaks by honest clients. Pseudonyms are chosen by clients, so it
+is no defence against a client that invents installations; the cardinality guard is (`pipeline/rollup.py`).
 """
 
 from __future__ import annotations
@@ -41,20 +45,27 @@ class Keys:
     def __init__(self, secret: bytes):
         self._secret = secret
         self._values = self._keyed(b"kern-telemetry/values")
-        self._days: dict[int, object] = {}
+        self._days: dict[bytes, object] = {}
 
     def _keyed(self, label: bytes):
         return hashlib.blake2b(key=hmac.digest(self._secret, label, "sha256"), digest_size=8)
 
     def sessions(self, window_start: int, sessions: Iterable[str]) -> list[int]:
         """The keyed hashes of sessions seen on the day of `window_start` (the day's own key)."""
-        day = window_start // DAY_S
-        keyed = self._days.get(day)
+        return _digests(self._daily(b"sessions", window_start), sessions)
+
+    def installations(self, window_start: int, installations: Iterable[str]) -> list[int]:
+        """The keyed hashes of installations' pseudonyms seen on the day of `window_start`."""
+        return _digests(self._daily(b"installations", window_start), installations)
+
+    def _daily(self, what: bytes, window_start: int):
+        label = b"kern-telemetry/%s/%d" % (what, window_start // DAY_S)
+        keyed = self._days.get(label)
         if keyed is None:
-            if len(self._days) > 8:
+            if len(self._days) > 16:
                 self._days.clear()
-            keyed = self._days[day] = self._keyed(b"kern-telemetry/sessions/%d" % day)
-        return _digests(keyed, sessions)
+            keyed = self._days[label] = self._keyed(label)
+        return keyed
 
     def value(self, field: str, value: str) -> int:
         return _digests(self._values, (f"{field}\0{value}",))[0]

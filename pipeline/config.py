@@ -80,7 +80,7 @@ class Settings(BaseSettings):
     hash_secret: SecretStr | None = Field(
         None, description="Master secret of the keyed hashes of sessions and candidate values (required by the "
                           "worker; never stored in ClickHouse or Kafka)")
-    k_anonymity: int = Field(10, ge=1, description="Distinct sessions of one day a value needs before it is stored")
+    k_anonymity: int = Field(10, ge=1, description="Distinct installations of one day a value needs before it is stored")
     admission_refresh_seconds: float = Field(5.0, gt=0, description="How often workers load newly admitted values")
     max_new_values_per_flush: int = Field(
         20, ge=1, description="New candidate values a flush tracks per window and field; more are suppressed")

@@ -57,7 +57,7 @@ DIMENSIONS = (
 )
 NAMES = tuple(dimension.name for dimension in DIMENSIONS)
 COLUMNS = tuple((dimension.name, dimension.column_type) for dimension in DIMENSIONS)
-#: The dimensions distinct sessions are counted by (`sessions_daily`, one sketch per flag too).
+#: The dimensions distinct sessions and installations are counted by (`sessions_daily`, one sketch per flag too).
 SKETCH = ("kind", "model_provider", "model_id", "features")
 SKETCH_INDEXES = tuple(NAMES.index(name) for name in SKETCH)
 

@@ -59,7 +59,7 @@ class Metrics:
                                          "tracked as candidates: the cardinality guard was full for their window "
                                          "and field.", ["field"], registry=registry)
         self.admission_epoch = Gauge("kern_admission_epoch", "The admission epoch this worker projects with "
-                                     "(values admitted after k distinct sessions).", registry=registry)
+                                     "(values admitted after k distinct installations).", registry=registry)
         self.fetch_errors = Counter("kern_fetch_errors", "Fetches the Kafka client raised for.", registry=registry)
         self.offset_gaps_refused = Counter("kern_offset_gaps_refused", "Batches refused because they did not start "
                                            "where the partition's folding stood.", registry=registry)

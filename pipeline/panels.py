@@ -139,6 +139,13 @@ GROUP BY label, series ORDER BY series DESC, value DESC, label"""),
 FROM (SELECT day AS window_start, kind, flag, sessions FROM {db}.sessions_daily)
 WHERE {day_range} AND flag = ''
 GROUP BY label, series ORDER BY label, series"""),
+    Panel("active-installations", "Daily active installations", "Installations that sent a usage event, per day "
+          "(a sketch of keyed hashes of the SDK clients' daily pseudonyms: about 1% error; older SDKs send "
+          "none).", BARS, COUNT,
+          """SELECT toString(window_start) AS label, 'installations' AS series, uniqCombined64Merge(installations) AS value
+FROM (SELECT day AS window_start, flag, installations FROM {db}.sessions_daily)
+WHERE {day_range} AND flag = ''
+GROUP BY label, series ORDER BY label"""),
     Panel("quality", "Dead letters and notes by reason", "Events not counted (dead-lettered, late) and notes on "
           "counted ones (redacted or invalid values, replaced timestamps), per reason.", TIME_SERIES, COUNT,
           """SELECT {bucket} AS time, reason AS series, sum(events) AS value

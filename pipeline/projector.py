@@ -97,6 +97,7 @@ def _envelope(name: str, data_type: object) -> type:
         ("type", str | None | msgspec.UnsetType, msgspec.UNSET),
         ("session_id", str | None | msgspec.UnsetType, msgspec.UNSET),
         ("os_id", str | None | msgspec.UnsetType, msgspec.UNSET),
+        ("installation", str | None, None),
         ("sdk_version", str | None, None),
         ("timestamp", int | float | str | None, None),
         ("data", data_type | None, None),
@@ -133,17 +134,22 @@ def _remember(cache: dict, key: object, value: Any) -> Any:
 
 class Tally:
     """What projecting events leaves (a partition's rollup is one): the counted events' sessions per key
-    (their count is the runs; hashed at flush for the distinct-session sketches), the quality counts, the
-    candidate values with their sessions, and the cardinality guard's state, all for one flush."""
+    (their count is the runs; hashed at flush for the distinct-session sketches) and their installations'
+    daily pseudonyms, the quality counts, the candidate values with the installations that sent them, and
+    the cardinality guard's state, all for one flush."""
 
-    __slots__ = ("quality", "sessions", "candidates", "tracked", "suppressed")
+    __slots__ = ("quality", "sessions", "installations", "candidates", "tracked", "suppressed")
 
     def __init__(self) -> None:
         self.quality: dict[tuple, int] = {}  # (window_start, kind, reason) -> events
         # (window_start, dims) -> the session of each counted event with those dims (None: without one), so
         # that counting an event is one dict lookup: its runs are the list's length.
         self.sessions: dict[tuple, list] = defaultdict(list)
-        self.candidates: dict[tuple, list] = {}  # (window_start, field, value) -> session ids, at most k
+        # (window_start, dims) -> the distinct installations of its events (older SDKs send none)
+        self.installations: dict[tuple, set] = defaultdict(set)
+        # (window_start, field, value) -> the installations that sent it, at most k: k-anonymity counts
+        # installations, so an event without one (an older SDK) admits nothing
+        self.candidates: dict[tuple, set] = {}
         self.tracked: dict[tuple, dict] = {}  # (window_start, field) -> {raw value: stored value}: the guard
         self.suppressed: Counter = Counter()  # field -> rare values the guard did not track
 
@@ -160,7 +166,7 @@ class EventProjector:
         self.future_tolerance = future_tolerance_seconds
         self.max_event_bytes = max_event_bytes
         self.admission = admission or Admission()
-        self.k = k  # sessions a candidate needs: more are not kept
+        self.k = k  # installations a candidate needs: more are not kept
         self.max_new_values = max_new_values  # rare values a flush tracks per window and field
         self._decode_typed = msgspec.json.Decoder(_TypedEnvelope).decode
         # Untyped floats (unknown fields) as Decimal: 1e400 there must not reject what the typed decode,
@@ -256,9 +262,11 @@ class EventProjector:
             _count(notes, (window_start, kind, reason))
         key = (window_start, dims)
         tally.sessions[key].append(session)
-        if rare and session is not None:
+        installation = event.installation
+        if installation is not None:
+            tally.installations[key].add(installation)
             for candidate in rare:
-                self._sighting(tally, (window_start, *candidate), session)
+                self._sighting(tally, (window_start, *candidate), installation)
         return key
 
     def _typed_projection(self, key: tuple, window_start: int, tally: Tally) -> tuple:
@@ -461,10 +469,10 @@ class EventProjector:
         rare.append((field, cleaned))
         return RARE
 
-    def _sighting(self, tally: Tally, candidate: tuple, session: str) -> None:
-        sessions = tally.candidates.setdefault(candidate, [])
-        if len(sessions) < self.k:
-            sessions.append(session)
+    def _sighting(self, tally: Tally, candidate: tuple, installation: str) -> None:
+        installations = tally.candidates.setdefault(candidate, set())
+        if len(installations) < self.k:
+            installations.add(installation)
 
     def _window_start(self, timestamp: object, record_ms: int, kind: str, notes: dict) -> int:
         """Event time for a payload that carries a timestamp: that time when valid, else the Kafka

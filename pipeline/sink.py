@@ -43,8 +43,8 @@ FLUSH_COLUMNS = ("topic", "partition", "start_offset", "end_offset", "events", *
 LANDING_COLUMNS = ("topic", "partition", "table_name", "log_generation", "start_offset", "end_offset")
 SKIP_COLUMNS = ("topic", "partition", "through_offset", "reason")
 DROPS_COLUMNS = ("window_start", "sdk_version", "reason", "events")
-SESSION_COLUMNS = ("day", *dimensions.SKETCH, "session_hashes")
-SIGHTING_COLUMNS = ("day", "field", "value_hash", "session_hashes")
+SESSION_COLUMNS = ("day", *dimensions.SKETCH, "session_hashes", "installation_hashes")
+SIGHTING_COLUMNS = ("day", "field", "value_hash", "installation_hashes")
 ADMITTED_COLUMNS = ("epoch", "field", "value", "value_hash")
 WRITES = {RUNS_MINUTE.name: RUNS_COLUMNS, LAUNCHES_MINUTE.name: LAUNCHES_COLUMNS, QUALITY_MINUTE.name: QUALITY_COLUMNS,
           INGEST_FLUSHES.name: FLUSH_COLUMNS, FLUSH_LANDINGS.name: LANDING_COLUMNS, SKIP_REQUESTS.name: SKIP_COLUMNS,
@@ -159,11 +159,11 @@ class ClickHouseSink:
             f"SELECT epoch, field, value FROM {ADMITTED_VALUES.target(self.opts)}").result_rows]
 
     def ready_candidates(self, k: int) -> set[tuple[str, int]]:
-        """(field, value hash) of the candidates seen from k distinct sessions on one day (today or
+        """(field, value hash) of the candidates seen from k distinct installations on one day (today or
         yesterday: older ones expire)."""
         return {(field, value_hash) for field, value_hash in self.client.query(
             f"SELECT field, value_hash FROM {VALUE_CANDIDATES.target(self.opts)} WHERE day >= today() - 1 "
-            "GROUP BY field, value_hash, day HAVING uniqCombined64Merge(sessions) >= {k:UInt32}",
+            "GROUP BY field, value_hash, day HAVING uniqCombined64Merge(installations) >= {k:UInt32}",
             parameters={"k": k}).result_rows}
 
     def admit(self, epoch: int, values: list[tuple[str, str, int]]) -> None:
@@ -235,24 +235,32 @@ def _window(engine_full: str, setting: str | None, defaults: dict[str, str]) -> 
 
 def _session_rows(rollup: PartitionRollup, keys: Keys) -> Iterator[tuple]:
     """Per day and sketch key (`dimensions.SKETCH`), the keyed hashes of the distinct sessions of the rollup's
-    runs (in order of first sight: a replay writes the same rows). One row at a time, each sketch's sessions
-    released once its row is encoded: a catching-up flush holds hundreds of thousands of them."""
+    runs (in order of first sight) and of their installations (sorted: a replay writes the same rows). One
+    row at a time, each sketch's sessions released once its row is encoded: a catching-up flush holds
+    hundreds of thousands of them."""
     sessions: dict[tuple, list] = defaultdict(list)
-    for (window_start, dims), ids in rollup.sessions.items():
+    installations: dict[tuple, set] = defaultdict(set)
+    for key, ids in rollup.sessions.items():
+        window_start, dims = key
         if dims[0] != CLIENT_REPORT:
-            sessions[(window_start // DAY_S, *(dims[i] for i in dimensions.SKETCH_INDEXES))] += ids
+            sketch_key = (window_start // DAY_S, *(dims[i] for i in dimensions.SKETCH_INDEXES))
+            sessions[sketch_key] += ids
+            if found := rollup.installations.get(key):
+                installations[sketch_key] |= found
     for sketch_key in list(sessions):
         distinct = dict.fromkeys(sessions.pop(sketch_key))
         distinct.pop(None, None)  # events without a session
-        if distinct:
-            day = sketch_key[0]
-            yield (*sketch_key, keys.sessions(day * DAY_S, distinct))
+        present = sorted(installations.pop(sketch_key, ()))
+        if distinct or present:
+            day_s = sketch_key[0] * DAY_S
+            yield (*sketch_key, keys.sessions(day_s, distinct), keys.installations(day_s, present))
 
 
 def _sighting_rows(rollup: PartitionRollup, keys: Keys) -> list[tuple]:
-    """Per day, the keyed hash of each candidate value with the keyed hashes of its sessions."""
-    sightings: dict[tuple, list] = defaultdict(list)
-    for (window_start, field, value), ids in rollup.candidates.items():
-        sightings[(window_start // DAY_S, field, keys.value(field, value))] += ids
-    return [(day, field, value_hash, keys.sessions(day * DAY_S, ids))
-            for (day, field, value_hash), ids in sightings.items()]
+    """Per day, the keyed hash of each candidate value with the keyed hashes of the installations that
+    sent it."""
+    sightings: dict[tuple, set] = defaultdict(set)
+    for (window_start, field, value), found in rollup.candidates.items():
+        sightings[(window_start // DAY_S, field, keys.value(field, value))] |= found
+    return [(day, field, value_hash, keys.installations(day * DAY_S, sorted(found)))
+            for (day, field, value_hash), found in sightings.items()]

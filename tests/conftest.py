@@ -152,6 +152,21 @@ class TcpProxy:
 
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _client_files_in_a_temporary_home(tmp_path_factory) -> Iterator[None]:
+    """The SDK client's files (notice marker, installation secret, unreported drops) go to a temporary
+    directory, never to the home of whoever runs the tests; a test that wants its own sets its own."""
+    home = tmp_path_factory.mktemp("client-home")
+    saved = {name: os.environ.get(name) for name in ("XDG_CONFIG_HOME", "XDG_STATE_HOME")}
+    os.environ.update(XDG_CONFIG_HOME=str(home / "config"), XDG_STATE_HOME=str(home / "state"))
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory) -> Iterator[EmbeddedBroker]:
     log = tmp_path_factory.mktemp("broker") / "tansu.log"

@@ -20,9 +20,11 @@ WINDOW_START = NOW_MS // 1000 - NOW_MS // 1000 % 60
 DAY_S = 86_400
 
 
-def event(model_id: str, session: str = "s-1", **data) -> bytes:
-    return json.dumps({"type": "agent", "session_id": session, "sdk_version": "2.4.1",
-                       "data": {"model_provider": "openai", "model_id": model_id, **data}}).encode()
+def event(model_id: str, session: str = "s-1", installation: str | None = "i-1", **data) -> bytes:
+    envelope = {"type": "agent", "session_id": session, "sdk_version": "2.4.1"}
+    if installation is not None:
+        envelope["installation"] = installation
+    return json.dumps({**envelope, "data": {"model_provider": "openai", "model_id": model_id, **data}}).encode()
 
 
 def projector(admission: Admission | None = None, max_new_values: int = 20, k: int = 3) -> EventProjector:
@@ -31,12 +33,15 @@ def projector(admission: Admission | None = None, max_new_values: int = 20, k: i
 
 # --- keyed hashes --------------------------------------------------------------------------------------
 
-def test_session_hashes_are_the_same_for_every_worker_and_unlinkable_across_days():
+def test_session_and_installation_hashes_are_the_same_for_every_worker_and_unlinkable_across_days():
     first, second = Keys(b"master"), Keys(b"master")
     today = WINDOW_START
     assert first.sessions(today, ["s-1", "s-2"]) == second.sessions(today, ["s-1", "s-2"])
     assert first.sessions(today, ["s-1"]) != first.sessions(today + DAY_S, ["s-1"])  # another day, another key
     assert first.sessions(today, ["s-1"]) != Keys(b"other").sessions(today, ["s-1"])  # needs the secret
+    assert first.installations(today, ["i-1"]) == second.installations(today, ["i-1"]) != \
+        first.installations(today + DAY_S, ["i-1"])
+    assert first.installations(today, ["s-1"]) != first.sessions(today, ["s-1"])  # keys of their own
     assert first.value("model_id", "acme-bot") == second.value("model_id", "acme-bot") != \
         first.value("model_name", "acme-bot")
     assert all(0 <= h < 2**64 for h in first.sessions(today, ["s-1", "ünïcode"]))
@@ -55,13 +60,20 @@ def test_an_epoch_admits_what_it_and_the_epochs_before_it_admitted():
 
 # --- projection -----------------------------------------------------------------------------------------
 
-def test_a_rare_value_is_stored_as_rare_and_becomes_a_candidate_with_its_session():
+def test_a_rare_value_is_stored_as_rare_and_becomes_a_candidate_with_its_installation():
     tally = Tally()
-    window, dims = projector().project(event("acme-support-bot", "s-7"), NOW_MS, tally)
+    window, dims = projector().project(event("acme-support-bot", "s-7", "i-7"), NOW_MS, tally)
     assert dims[4] == RARE and dims[2] == "openai"  # model_id is rare, the provider is known
-    assert tally.candidates == {(window, "model_id", "acme-support-bot"): ["s-7"]}
+    assert tally.candidates == {(window, "model_id", "acme-support-bot"): {"i-7"}}
     assert tally.quality == {(window, "agent", Reason.RARE_VALUE): 1}
-    assert tally.sessions == {(window, dims): ["s-7"]}
+    assert tally.sessions == {(window, dims): ["s-7"]} and tally.installations == {(window, dims): {"i-7"}}
+
+
+def test_an_event_without_an_installation_is_counted_and_admits_nothing():
+    tally = Tally()
+    window, dims = projector().project(event("acme-support-bot", "s-7", installation=None), NOW_MS, tally)
+    assert dims[4] == RARE and tally.sessions == {(window, dims): ["s-7"]}
+    assert tally.candidates == {} and tally.installations == {}
 
 
 def test_once_admitted_the_value_is_stored_as_it_is():
@@ -71,12 +83,14 @@ def test_once_admitted_the_value_is_stored_as_it_is():
     assert dims[4] == "acme-support-bot" and tally.candidates == {} and tally.quality == {}
 
 
-def test_a_candidate_keeps_at_most_k_sessions_per_flush():
+def test_a_candidate_keeps_at_most_k_distinct_installations_per_flush():
     tally = Tally()
     rare = projector(k=3)
-    for session in range(5):
-        rare.project(event("acme-support-bot", f"s-{session}"), NOW_MS, tally)
-    assert list(tally.candidates.values()) == [["s-0", "s-1", "s-2"]]
+    for session in range(50):  # one installation's many sessions count once
+        rare.project(event("acme-support-bot", f"s-{session}", "i-0"), NOW_MS, tally)
+    for installation in range(5):
+        rare.project(event("acme-support-bot", "s-x", f"i-{installation}"), NOW_MS, tally)
+    assert list(tally.candidates.values()) == [{"i-0", "i-1", "i-2"}]
 
 
 def test_a_new_flag_from_few_sessions_is_rare_and_a_private_flag_name_is_never_named():
@@ -94,7 +108,7 @@ def test_a_new_flag_from_few_sessions_is_rare_and_a_private_flag_name_is_never_n
 def test_the_guard_tracks_a_bounded_number_of_new_values_and_suppresses_the_rest():
     tally = Tally()
     flood = projector(max_new_values=5)
-    keys = {flood.project(event(f"bot-{i}", f"s-{i}"), NOW_MS, tally) for i in range(1000)}
+    keys = {flood.project(event(f"bot-{i}", f"s-{i}", f"i-{i}"), NOW_MS, tally) for i in range(1000)}
     assert len(keys) == 1  # every one of them is (rare): one row, whatever the input
     assert len(tally.candidates) == 5 and tally.suppressed == {"model_id": 995}
     assert tally.quality == {(WINDOW_START, "agent", Reason.RARE_VALUE): 1000}
@@ -143,15 +157,18 @@ def test_a_full_guard_never_suppresses_a_value_admitted_as_sent():
     assert dims[-1] == (RARE, "has_input_schema")  # a known flag, never seen before in this projector
 
 
-def test_session_rows_hash_each_distinct_session_once_in_order_of_first_sight():
+def test_session_rows_hash_each_distinct_session_and_installation_once():
+    """Sessions in order of first sight, installations sorted: a replay writes the same rows."""
     record = namedtuple("record", "offset timestamp value")
     launch = json.dumps({"type": "os", "sdk_version": "2.4.1", "data": {}}).encode()  # no session
-    values = [event("gpt-5.2", "s-2"), event("gpt-5.2", "s-1"), event("gpt-5.2", "s-2"), launch]
+    values = [event("gpt-5.2", "s-2", "i-9"), event("gpt-5.2", "s-1", "i-3"), event("gpt-5.2", "s-2", "i-9"),
+              event("gpt-5.2", "s-4", None), launch]
     rollup = PartitionRollup("t", 0, 0)
     rollup.add([record(i, NOW_MS, value) for i, value in enumerate(values)], projector())
     keys = Keys(b"secret")
     day = NOW_MS // 1000 // DAY_S
-    ((row_day, kind, provider, model, features, hashes),) = _session_rows(rollup, keys)
+    ((row_day, kind, provider, model, features, hashes, installations),) = _session_rows(rollup, keys)
     assert (row_day, kind, provider, model, features) == (day, "agent", "openai", "gpt-5.2", ())
-    assert hashes == keys.sessions(day * DAY_S, ["s-2", "s-1"])
-    assert sum(rollup.runs.values()) == 4  # the launch counts, without a session
+    assert hashes == keys.sessions(day * DAY_S, ["s-2", "s-1", "s-4"])
+    assert installations == keys.installations(day * DAY_S, ["i-3", "i-9"])
+    assert sum(rollup.runs.values()) == 5  # the launch counts, without a session

@@ -156,7 +156,7 @@ def test_cluster_schema_is_replicated_and_distributed_on_cluster():
         assert f"ENGINE = Distributed(`telemetry`, `kern_telemetry`, `{table.name}_local`, " \
                f"{table.sharding_key})" in distributed
     views = [s for s in statements if "MATERIALIZED VIEW" in s]
-    assert len(views) == 9 and all("_local" in v.split(" AS ", 1)[1] for v in views)
+    assert len(views) == 11 and all("_local" in v.split(" AS ", 1)[1] for v in views)
     assert not any("non_replicated_deduplication_window" in s for s in statements)
     added = [s for s in statements if "ADD COLUMN" in s]
 
@@ -164,7 +164,9 @@ def test_cluster_schema_is_replicated_and_distributed_on_cluster():
         return [f"ALTER TABLE `kern_telemetry`.`{name}_local`", f"ALTER TABLE `kern_telemetry`.`{name}`"]
 
     flushes, ledger = (both(name) for name in ("ingest_flushes", "ingest_ledger"))
-    assert [s.split(" ON CLUSTER")[0] for s in added] == flushes * 3 + ledger * 2  # v2, v4, v6 (both)
+    v7 = [table for name in ("session_sightings", "value_sightings", "sessions_daily", "value_candidates")
+          for table in both(name)]
+    assert [s.split(" ON CLUSTER")[0] for s in added] == flushes * 3 + ledger * 2 + v7  # v2, v4, v6 (both), v7
     for null in (v4_privacy.VALUE_SIGHTINGS, v4_privacy.SESSION_SIGHTINGS):  # no Replicated Null: Null on each node
         assert any(f"`{null.name}_local` ON CLUSTER" in s and s.endswith("ENGINE = Null") for s in statements)
         assert any(f"Distributed(`telemetry`, `kern_telemetry`, `{null.name}_local`" in s for s in statements)

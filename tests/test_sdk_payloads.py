@@ -20,6 +20,7 @@ from test_sdk_standins import (SENTINEL, Agent, AgentOS, Knowledge, MemoryManage
                                Slack, SqliteDb, Team, Tool, Whatsapp, Workflow, sentinel)
 
 from kern_telemetry_client import KafkaSink, Telemetry, contract, environment, ledger, payloads
+from kern_telemetry_client.installation import Installation
 from kern_telemetry_client.values import INVALID, NONE, REDACTED, clean_value
 from pipeline.dimensions import NAMES as DIMENSIONS
 from pipeline.dimensions import LAUNCH_DIMENSIONS, NAME_FIELDS, member_bucket
@@ -27,7 +28,8 @@ from pipeline.admission import RARE, Admission
 from pipeline.projector import EventProjector, Tally
 
 README = Path(__file__).parent.parent / "sdk" / "README.md"
-IDS = payloads.Identifiers(bytes(32))
+# all-zero keys and secret, and a fixed day (2026-12-05): the README's digests and pseudonym
+IDS = payloads.Identifiers(bytes(32), Installation(bytes(32), clock=lambda: 1_796_428_800.0))
 HEX32 = re.compile(r"[0-9a-f]{32}")
 
 

@@ -13,8 +13,10 @@ Field types (JSON):
 - `strings`: null or an array of strings (names, never free text);
 - `counts`: an object mapping a reason to a non-negative integer (client reports only).
 
-Identifier fields (`identifier=True`) name a user's session, run, agent, team, workflow or AgentOS. The
-SDKs send them because the documented payload has them; the pipeline never stores them.
+Identifier fields (`identifier=True`) name a user's session, run, agent, team, workflow or AgentOS, or
+(`installation`) an installation on one day. The SDKs send them because the documented payload has them
+(the installation's pseudonym so that k-anonymity counts installations, not processes); the pipeline never
+stores them: it keeps keyed hashes of sessions and installations per day, in mergeable sketches.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ ENVELOPE = (
     Field("session_id", "string", EVENT_KINDS, identifier=True),
     Field("run_id", "string", RUN_KINDS, identifier=True),
     Field("os_id", "string", (OS,), identifier=True),
+    Field("installation", "string", EVENT_KINDS, identifier=True),  # a daily pseudonym: `installation.py`
     Field("sdk_version", "string", KINDS),
     Field("data", "object", KINDS),
 )

@@ -8,7 +8,7 @@ contract's envelope and `data` keys, and each value is one of
   a fine-tuned or cloud model id loses its account or organisation, a URL, path, host name, address,
   e-mail, identifier or secret becomes `(redacted)` and free text `(invalid)`; a value that is not a
   string is never turned into one,
-- an identifier digest (see `Identifiers`).
+- an identifier digest (see `Identifiers`), or the installation's pseudonym of the day (`installation.py`).
 
 Objects are duck-typed: only the attributes named here are read, and nothing else an object holds
 (prompts, instructions, tool arguments, URLs, keys, user data) can reach a payload. A read that raises
@@ -22,6 +22,7 @@ import os
 from typing import Any, Callable, Iterable, Optional
 
 from . import contract
+from .installation import Installation
 from .values import MAX_RAW_LENGTH, clean_value
 
 #: Names kept in a list field (interfaces, db_types): a launch payload stays small whatever the OS holds.
@@ -32,19 +33,25 @@ MAX_NAMES = 32
 _CACHE_LIMIT = 4096
 
 
+#: This process's installation (`installation.py`): one per process, its secret shared by the installation.
+INSTALLATION = Installation()
+
+
 class Identifiers:
     """Identifiers (session, run, agent, team, workflow and AgentOS ids) as opaque digests: keyed BLAKE2b,
-    16 bytes as 32 hex characters, with a random key made per process and never sent or stored.
+    16 bytes as 32 hex characters, with a random key made per process and never sent or stored; and the
+    installation whose pseudonym of the day each usage event carries.
 
     A host may use an e-mail address as a session id: the raw value never leaves the process, and
     without the key nobody can test a guess against a digest or link digests across processes. Within
     one process the same id gives the same digest (a forked child keeps its parent's key).
     """
 
-    def __init__(self, key: Optional[bytes] = None):
+    def __init__(self, key: Optional[bytes] = None, installation: Optional[Installation] = None):
         # Keyed once; each digest copies this state (cheaper than keying again).
         self._keyed = hashlib.blake2b(key=os.urandom(32) if key is None else key, digest_size=16)
         self._digests: dict = {}  # session and agent ids repeat from run to run; emptied when full
+        self.installation = INSTALLATION if installation is None else installation
 
     def digest(self, value: object) -> Optional[str]:
         if value is None:
@@ -247,7 +254,7 @@ def run_event(kind: str, obj: Any, session_id: object, run_id: object, sdk_versi
     digest = ids.digest
     return _envelope(kind, {
         "type": kind, "session_id": digest(session_id) or digest(""), "run_id": digest(run_id),
-        "sdk_version": sdk_version, "data": _data(kind, obj, ids),
+        "installation": ids.installation.today(), "sdk_version": sdk_version, "data": _data(kind, obj, ids),
     })
 
 
@@ -255,7 +262,7 @@ def launch_event(os_: Any, sdk_version: Optional[str], ids: Identifiers) -> dict
     """An AgentOS launch: its configuration, never its contents. No session exists at launch."""
     return _envelope(contract.OS, {
         "type": contract.OS, "session_id": None, "os_id": _safely(_identifier, os_, ids),
-        "sdk_version": sdk_version, "data": _data(contract.OS, os_, ids),
+        "installation": ids.installation.today(), "sdk_version": sdk_version, "data": _data(contract.OS, os_, ids),
     })
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tables.ddl import SchemaOptions
-from tables.migrations import v1_initial, v2_ledger, v3_client_reports, v4_privacy, v5_launches, v6_every_offset
+from tables.migrations import v1_initial, v2_ledger, v3_client_reports, v4_privacy, v5_launches, v6_every_offset, v7_installations
 
 
 @dataclass(frozen=True)
@@ -31,4 +31,5 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "AgentOS launches with their configuration, per minute, hour and day", v5_launches.statements),
     Migration(6, "every offset accounted for per log (expired, lost, log generations) and the tables each flush "
               "landed in", v6_every_offset.statements),
+    Migration(7, "distinct installations per day; k-anonymity over installations", v7_installations.statements),
 )
