@@ -2,7 +2,9 @@
 
 `EventGenerator` is seeded, so a run is reproducible. Every event carries fresh identifiers, like the
 real SDKs' payloads; the pipeline must drop them; and the daily pseudonym of one of a pool of
-installations (but from the oldest SDK, which predates them). A small share are client reports (what an
+installations (but from the oldest SDK, which predates them). Teams and workflows are stand-in objects of
+realistic shapes (nested teams, coordination modes, steps with parallel branches, conditions, loops and
+routers), turned into payloads by the SDK client's own builders. A small share are client reports (what an
 SDK client could not deliver).
 """
 
@@ -12,8 +14,10 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 
 import msgspec
+from kern_telemetry_client import payloads
 from kern_telemetry_client.contract import DROP_REASONS
 
 # provider -> (model class name, model ids); weights roughly follow public SDK usage.
@@ -40,6 +44,18 @@ NEW_SDK_FLAGS = {"has_learnings": 0.1, "has_culture": 0.05}  # only sent by 2.4.
 TEAM_FLAGS = {"has_knowledge": 0.2, "has_tools": 0.5, "has_learnings": 0.05}
 
 _encode = msgspec.json.encode
+_IDS = payloads.Identifiers(bytes(32))  # the builders' digests of the stand-ins' ids (replaced per event)
+
+
+class Step(SimpleNamespace):
+    """Stand-ins for the SDK's workflow step classes (the client knows them by their class names)."""
+
+
+Steps, Parallel, Condition, Loop, Router = (type(name, (SimpleNamespace,), {})
+                                            for name in ("Steps", "Parallel", "Condition", "Loop", "Router"))
+#: Workflow steps by kind, with their weights: mostly agents, then teams, functions and control flow.
+STEP_WEIGHTS = {"agent": 50, "team": 10, "function": 20, "parallel": 8, "condition": 5, "loop": 4, "router": 2,
+                "steps": 1}
 
 
 def _invalid_events(rng: random.Random) -> list[Callable[[], bytes]]:
@@ -139,17 +155,75 @@ class EventGenerator:
                                "interfaces": sorted(rng.sample(INTERFACES, rng.randint(0, 2))),
                                "db_types": sorted({rng.choices(DB_TYPES[:-1], DB_WEIGHTS[:-1])[0]
                                                    for _ in range(rng.randint(1, 2))})}, "os_id"
+        if kind in ("team", "workflow"):
+            built = payloads.run_event(kind, self._team() if kind == "team" else self._workflow(), None, None, sdk,
+                                       _IDS)["data"]
+            if sdk == SDK_VERSIONS[0]:  # the oldest SDK predates coordination and orchestration patterns
+                for field in ("coordination", "member_team_count", "step_count", "step_kinds", "nesting_depth"):
+                    built.pop(field, None)
+            return kind, sdk, built, f"{kind}_id"
         data: dict = {"db_type": rng.choices(DB_TYPES, DB_WEIGHTS)[0]}
-        if kind != "workflow" or rng.random() < 0.4:
-            data.update(self._model())
-            data["parser_model"] = self._model() if rng.random() < 0.08 else None
-            data["output_model"] = self._model() if rng.random() < 0.05 else None
-        flags = TEAM_FLAGS if kind == "team" else dict(AGENT_FLAGS, **NEW_SDK_FLAGS) if sdk.startswith("2.4") else AGENT_FLAGS
+        data.update(self._model())
+        data["parser_model"] = self._model() if rng.random() < 0.08 else None
+        data["output_model"] = self._model() if rng.random() < 0.05 else None
+        flags = dict(AGENT_FLAGS, **NEW_SDK_FLAGS) if sdk.startswith("2.4") else AGENT_FLAGS
         for flag, share in flags.items():
             data[flag] = rng.random() < share
-        if kind == "team":
-            data["member_count"] = rng.choices([2, 3, 4, 5, 8, 12], [30, 30, 15, 10, 10, 5])[0]
         return kind, sdk, data, f"{kind}_id"
+
+    def _db(self) -> object:
+        name = self.rng.choices(DB_TYPES, DB_WEIGHTS)[0]
+        return None if name is None else type(name, (), {})()
+
+    def _model_object(self) -> SimpleNamespace:
+        model = self._model()
+        return SimpleNamespace(provider=model["model_provider"], name=model["model_name"], id=model["model_id"])
+
+    def _agent(self) -> SimpleNamespace:
+        return SimpleNamespace(model=self._model_object(), tools=[print] if self.rng.random() < 0.6 else None)
+
+    def _team(self, depth: int = 0) -> SimpleNamespace:
+        """A team of 2-12 members, some of them teams (rarely nested deeper); it routes, coordinates or
+        collaborates, through the v2 switches or (older SDKs) a v1 mode."""
+        rng = self.rng
+        members = [self._agent() for _ in range(rng.choices([2, 3, 4, 5, 8, 12], [30, 30, 15, 10, 10, 5])[0])]
+        if depth < 2 and rng.random() < (0.15 if depth == 0 else 0.2):
+            members[0] = self._team(depth + 1)
+        team = SimpleNamespace(members=members, model=self._model_object(), db=self._db(),
+                               tools=[print] if rng.random() < TEAM_FLAGS["has_tools"] else None,
+                               knowledge=object() if rng.random() < TEAM_FLAGS["has_knowledge"] else None,
+                               learning=object() if rng.random() < TEAM_FLAGS["has_learnings"] else None)
+        style = rng.choices(["coordinate", "route", "collaborate", "v1"], [50, 25, 15, 10])[0]
+        if style == "route":
+            team.respond_directly = True
+        elif style == "collaborate":
+            team.delegate_to_all_members = True
+        elif style == "v1":
+            team.mode = rng.choice(["route", "coordinate", "collaborate"])
+        return team
+
+    def _workflow(self) -> SimpleNamespace:
+        """A workflow of 1-8 steps: agents, teams and functions, some inside parallel branches, conditions,
+        loops or routers; a few workflows are one function."""
+        rng = self.rng
+        if rng.random() < 0.05:
+            return SimpleNamespace(db=self._db(), steps=print)
+        return SimpleNamespace(db=self._db(), steps=[self._step(0) for _ in range(rng.choices(
+            range(1, 9), [10, 25, 25, 15, 10, 7, 5, 3])[0])])
+
+    def _step(self, depth: int) -> object:
+        rng = self.rng
+        kind = rng.choices(list(STEP_WEIGHTS), list(STEP_WEIGHTS.values()))[0]
+        if kind == "agent":
+            return Step(agent=self._agent())
+        if kind == "team":
+            return Step(team=self._team(1))
+        if kind == "function" or depth >= 2:
+            return Step(executor=print)
+        inner = [self._step(depth + 1) for _ in range(rng.randint(1, 3))]
+        if kind == "router":
+            return Router(choices=inner)
+        return {"parallel": Parallel, "condition": Condition, "loop": Loop, "steps": Steps}[kind](steps=inner)
 
     def _model(self) -> dict:
         provider = self.rng.choices(self._providers, self._provider_weights)[0]

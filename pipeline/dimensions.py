@@ -12,14 +12,19 @@ Sources:
   "model_provider")`), cleaned by the value rules (`kern_telemetry_client.values`);
 - `bucket`: an integer at `path`, as a bucket label (`member_bucket`);
 - `flags`: the sorted names of every `data.has_*` key that is `true`, including flags never seen before;
-- `names`: an array of strings at `path`, as the sorted set of its cleaned values (launch configurations).
+- `names`: an array of strings at `path`, as the sorted set of its cleaned values (launch configurations);
+- `enum`: a string at `path` that must be one of its contract field's fixed values;
+- `enums`: an array of such strings at `path`, as their sorted set.
 
 A dimension with `kinds` is `none` for every other kind.
 
-An AgentOS launch is counted with these dimensions too (kind `os`), and its configuration, the
-`LAUNCH_DIMENSIONS`, goes to the `launches_*` tables. A configuration field is never a reason to
-dead-letter a launch: missing or null is `none`, a mistyped value (a string count, an array that is not
-one) is `invalid` with a quality note, and fields the contract does not name are ignored.
+Some kinds carry a **pattern** beyond the run dimensions (`PATTERNS`): an AgentOS launch its configuration
+(`LAUNCH_DIMENSIONS`, the `launches_*` tables), a team run how it coordinates (`TEAM_DIMENSIONS`,
+`team_runs_*`), a workflow run its shape (`WORKFLOW_DIMENSIONS`, `workflow_runs_*`). Such an event is counted
+with the run dimensions too. A pattern field is never a reason to dead-letter its event: missing or null
+is `none` (older SDKs send none), a mistyped value (a string count, an array that is not one, a value
+outside an enumeration) is `invalid` with a quality note, and fields the contract does not name are
+ignored.
 """
 
 from __future__ import annotations
@@ -71,6 +76,20 @@ LAUNCH_DIMENSIONS = (
 )
 LAUNCH_NAMES = tuple(dimension.name for dimension in LAUNCH_DIMENSIONS)
 LAUNCH_COLUMNS = tuple((dimension.name, dimension.column_type) for dimension in LAUNCH_DIMENSIONS)
+#: A team run's coordination pattern (the `team_runs_*` tables).
+TEAM_DIMENSIONS = (
+    Dimension("coordination", _TEXT, "enum", ("data", "coordination"), kinds=(contract.TEAM,)),
+    Dimension("member_teams", _TEXT, "bucket", ("data", "member_team_count"), kinds=(contract.TEAM,)),
+    Dimension("nesting", _TEXT, "bucket", ("data", "nesting_depth"), kinds=(contract.TEAM,)),
+)
+#: A workflow run's orchestration pattern (the `workflow_runs_*` tables).
+WORKFLOW_DIMENSIONS = (
+    Dimension("steps", _TEXT, "bucket", ("data", "step_count"), kinds=(contract.WORKFLOW,)),
+    Dimension("step_kinds", _TEXT_SET, "enums", ("data", "step_kinds"), kinds=(contract.WORKFLOW,)),
+    Dimension("nesting", _TEXT, "bucket", ("data", "nesting_depth"), kinds=(contract.WORKFLOW,)),
+)
+#: The kinds whose events carry a pattern, and its dimensions.
+PATTERNS = {contract.OS: LAUNCH_DIMENSIONS, contract.TEAM: TEAM_DIMENSIONS, contract.WORKFLOW: WORKFLOW_DIMENSIONS}
 #: The field whose admitted values a `names` dimension stores (the same registry as the runs' `db_type`).
 NAME_FIELDS = {"interfaces": "interface", "db_types": "db_type"}
 

@@ -118,6 +118,29 @@ GROUP BY time, series ORDER BY time, series"""),
           """SELECT member_bucket AS label, 'runs' AS series, sum(runs) AS value
 FROM {db}.runs_minute WHERE {time_range} AND kind = 'team'
 GROUP BY label ORDER BY toUInt32OrNull(extract(label, '^[0-9]+')), label"""),
+    Panel("team-coordination", "How teams coordinate", "Team runs per coordination mode (route: one member "
+          "answers directly; coordinate: the leader delegates and composes; collaborate: every member gets the "
+          "task; none: an older SDK) and per levels of teams nested below.", BARS, COUNT,
+          """SELECT coordination AS label, concat('nesting ', nesting) AS series, sum(runs) AS value
+FROM {db}.team_runs_minute WHERE {time_range}
+GROUP BY label, series ORDER BY label, series"""),
+    Panel("workflow-steps", "Workflow lengths", "Workflow runs per number of top-level steps, and per levels of "
+          "nested steps (none: an older SDK).", BARS, COUNT,
+          """SELECT steps AS label, concat('nesting ', nesting) AS series, sum(runs) AS value
+FROM {db}.workflow_runs_minute WHERE {time_range}
+GROUP BY label, series ORDER BY toUInt32OrNull(extract(label, '^[0-9]+')), label, series"""),
+    Panel("workflow-step-kinds", "What workflows run", "Workflow runs using each kind of step, at any depth: "
+          "agents, teams, functions, and the control flow around nested steps.", BARS, COUNT,
+          """SELECT step_kind AS label, 'runs' AS series, sum(runs) AS value
+FROM {db}.workflow_step_kinds_minute WHERE {time_range} AND step_kind != 'none'
+GROUP BY label ORDER BY value DESC, label"""),
+    Panel("workflow-control-flow", "Workflows beyond a sequence", "Share of workflow runs (of SDKs that report "
+          "their steps) using parallel branches, conditions, loops or routers.", BARS, SHARE,
+          """SELECT kind AS label, 'share of workflow runs' AS series,
+       round(sumIf(runs, has(step_kinds, kind)) / sum(runs), 4) AS value
+FROM {db}.workflow_runs_minute ARRAY JOIN ['parallel', 'condition', 'loop', 'router'] AS kind
+WHERE {time_range} AND NOT has(step_kinds, 'none')
+GROUP BY label ORDER BY value DESC, label"""),
     Panel("workflow-db", "Workflow runs by database", "Workflow runs per storage backend (db_type).", BARS, COUNT,
           """SELECT db_type AS label, 'runs' AS series, sum(runs) AS value
 FROM {db}.runs_minute WHERE {time_range} AND kind = 'workflow'

@@ -4,8 +4,9 @@
 `(window_start, dimensions)`; anything else raises a `Rejection` (reason code, JSON path, value-free
 detail), already counted in the quality table. The key's first dimension is the kind, and a client report
 (`client_report`: what an SDK client could not deliver) has its own dimensions: `(kind, sdk_version,
-((reason, count), ...))`; the sink writes it to its own table (`pipeline/sink.py`). An AgentOS launch's
-dimensions end with one more: its configuration (`LAUNCH_DIMENSIONS`), for the `launches_*` tables.
+((reason, count), ...))`; the sink writes it to its own table (`pipeline/sink.py`). The dimensions of a
+kind with a pattern (`dimensions.PATTERNS`: an AgentOS launch's configuration, a team's coordination, a
+workflow's shape) end with one more: the pattern, for its own tables.
 
 The typed decoder is derived from the dimensions and the contract (`kern_telemetry_client.contract`):
 msgspec checks the types of exactly the `data` fields the dimensions read, in C, and skips everything
@@ -19,7 +20,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 import msgspec
 from kern_telemetry_client import contract
@@ -27,11 +28,11 @@ from kern_telemetry_client.payloads import MAX_NAMES
 from kern_telemetry_client.values import INVALID, MAX_RAW_LENGTH, NONE, REDACTED, clean_flag_name, clean_value
 
 from pipeline.admission import RARE, Admission
-from pipeline.dimensions import DATA_FIELDS, DIMENSIONS, LAUNCH_DIMENSIONS, MODEL_KEYS, NAME_FIELDS, member_bucket
+from pipeline.dimensions import DATA_FIELDS, DIMENSIONS, MODEL_KEYS, NAME_FIELDS, PATTERNS, Dimension, member_bucket
 from pipeline.rejections import Reason, Rejection
 
 KINDS = frozenset(contract.KINDS)
-_OS, _CLIENT_REPORT = contract.OS, contract.CLIENT_REPORT
+_CLIENT_REPORT = contract.CLIENT_REPORT
 _UNKNOWN_KIND = f"expected one of {', '.join(contract.KINDS)}"
 
 #: Flags the current SDKs send are typed fields; others (`has_*` keys the contract does not name yet) are
@@ -76,18 +77,34 @@ _PLAN = tuple(
     for d in DIMENSIONS)
 
 
-def _launch_type(name: str, count_type: object, names_type: object) -> type:
-    """A launch's configuration fields, nothing else of the event."""
-    data = msgspec.defstruct(f"{name}Data", [
-        (d.path[1], names_type if d.source == "names" else count_type, None) for d in LAUNCH_DIMENSIONS])
-    return msgspec.defstruct(name, [("data", data | None, None)])
+_PATTERN_TYPES = {"bucket": int | None, "enum": str | None, "names": tuple[str, ...] | None,
+                  "enums": tuple[str, ...] | None}  # lists as tuples: a pattern is a cache key
 
 
-_Launch = _launch_type("_Launch", int | None, tuple[str, ...] | None)  # names as tuples: a configuration is a cache key
-_LenientLaunch = _launch_type("_LenientLaunch", Any, Any)  # when a field is mistyped: each field is judged on its own
-#: Per launch dimension: whether it is a set of names, and the field that admits its names.
-_LAUNCH_PLAN = tuple((d.source == "names", NAME_FIELDS.get(d.name, "")) for d in LAUNCH_DIMENSIONS)
-_NO_LAUNCH = (None,) * len(LAUNCH_DIMENSIONS)
+class _PatternReader(NamedTuple):
+    """How a kind's pattern (`dimensions.PATTERNS`) is read: its fields typed, or (when one is mistyped)
+    each as it is, to be judged on its own; and per dimension (source, the field admitting its names, the
+    enumeration of its values)."""
+
+    decode: Callable[[bytes], Any]
+    decode_lenient: Callable[[bytes], Any]
+    plan: tuple[tuple[str, str, frozenset[str]], ...]
+    missing: tuple  # the pattern's values when the event has no `data`
+
+    @classmethod
+    def of(cls, kind: str, dimensions: tuple[Dimension, ...]) -> _PatternReader:
+        def struct(name: str, types: Callable[[Dimension], object]) -> type:
+            data = msgspec.defstruct(f"{name}Data", [(d.path[1], types(d), None) for d in dimensions])
+            return msgspec.defstruct(name, [("data", data | None, None)])
+
+        typed = struct(f"_{kind.title()}Pattern", lambda d: _PATTERN_TYPES[d.source])
+        lenient = struct(f"_{kind.title()}LenientPattern", lambda d: Any)
+        return cls(msgspec.json.Decoder(typed).decode, msgspec.json.Decoder(lenient, float_hook=Decimal).decode,
+                   tuple((d.source, NAME_FIELDS.get(d.name, ""), frozenset(contract.field(d.path[1]).values))
+                         for d in dimensions), (None,) * len(dimensions))
+
+
+_PATTERN_READERS = {kind: _PatternReader.of(kind, dimensions) for kind, dimensions in PATTERNS.items()}
 
 
 def _envelope(name: str, data_type: object) -> type:
@@ -178,9 +195,7 @@ class EventProjector:
         self._projections: dict[tuple, tuple[int, tuple, tuple[Reason, ...]]] = {}
         self._admitted: dict[str, dict[str, str]] = defaultdict(dict)  # field -> raw value -> admitted value
         self._flags: dict[tuple, tuple[int, tuple]] = {}  # typed flags -> (flags present, true flag names)
-        self._launches: dict[tuple, tuple] = {}  # typed configuration -> (stored configuration, reasons, ())
-        self._decode_launch = msgspec.json.Decoder(_Launch).decode
-        self._decode_lenient_launch = msgspec.json.Decoder(_LenientLaunch, float_hook=Decimal).decode
+        self._patterns: dict[tuple, tuple] = {}  # (kind, typed pattern) -> (stored pattern, reasons, ())
         self._notes: dict = {}  # one event's quality notes, kept only if the event is counted (or late)
 
     @classmethod
@@ -255,9 +270,9 @@ class EventProjector:
         # duplicate key, an escaped key) decode again into a dict, which keeps every key.
         if raw.count(b'"has_') != present or (b"\\" in raw and b"\\u" in raw):  # memchr first: no backslash, no scan
             dims, bad, rare = self._dict_projection(raw, kind, event.sdk_version, window_start, tally)
-        if kind == _OS:  # the run dimensions, then the configuration
-            configuration, config_bad, config_rare = self._launch(raw, window_start, tally)
-            dims, bad, rare = (*dims, configuration), bad + config_bad, rare + config_rare
+        if kind in _PATTERN_READERS:  # the run dimensions, then the pattern
+            pattern, pattern_bad, pattern_rare = self._pattern(kind, raw, window_start, tally)
+            dims, bad, rare = (*dims, pattern), bad + pattern_bad, rare + pattern_rare
         for reason in bad:
             _count(notes, (window_start, kind, reason))
         key = (window_start, dims)
@@ -372,50 +387,61 @@ class EventProjector:
                 append(_bucket(fields[index], path, kind, bad))
         return tuple(dims), tuple(bad), tuple(rare)
 
-    def _launch(self, raw: bytes, window_start: int, tally: Tally) -> tuple[tuple, tuple, tuple]:
-        """A launch's configuration in `LAUNCH_DIMENSIONS` order, the reasons for the values it replaced, and
-        its rare values. Never rejects the launch (`pipeline/dimensions.py`). A configuration whose every
-        value is admitted as sent, with at most MAX_NAMES names per list (what the SDK client sends), is
-        cached."""
+    def _pattern(self, kind: str, raw: bytes, window_start: int, tally: Tally) -> tuple[tuple, tuple, tuple]:
+        """The pattern of an event of `kind` in `PATTERNS[kind]` order, the reasons for the values it
+        replaced, and its rare values. Never rejects the event (`pipeline/dimensions.py`). A pattern whose
+        every value is stored as sent, with at most MAX_NAMES elements per list (what the SDK client
+        sends), is cached."""
+        reader = _PATTERN_READERS[kind]
         try:
-            data = self._decode_launch(raw).data
+            data = reader.decode(raw).data
         except msgspec.ValidationError:  # a mistyped field
-            data = self._decode_lenient_launch(raw).data  # as deep as the typed decode allowed: cannot fail
-            return self._configuration(_NO_LAUNCH if data is None else msgspec.structs.astuple(data), window_start,
-                                       tally)
-        values = _NO_LAUNCH if data is None else msgspec.structs.astuple(data)
-        stored = self._launches.get(values)
+            data = reader.decode_lenient(raw).data  # as deep as the typed decode allowed: cannot fail
+            return self._judged(reader, reader.missing if data is None else msgspec.structs.astuple(data),
+                                window_start, tally)
+        values = reader.missing if data is None else msgspec.structs.astuple(data)
+        key = (kind, values)
+        stored = self._patterns.get(key)
         if stored is None:
-            stored = self._configuration(values, window_start, tally)
+            stored = self._judged(reader, values, window_start, tally)
             if not stored[1] and all(type(value) is not tuple or len(value) <= MAX_NAMES for value in values):
-                _remember(self._launches, values, stored)
+                _remember(self._patterns, key, stored)
         return stored
 
-    def _configuration(self, values: tuple, window_start: int, tally: Tally) -> tuple[tuple, tuple, tuple]:
-        """Counts as buckets, names as sorted sets of stored values; null or missing is `none`, a value of
-        the wrong type `invalid` (with a note)."""
-        configuration, bad, rare = [], [], []
-        for (is_names, field), value in zip(_LAUNCH_PLAN, values):
+    def _judged(self, reader: _PatternReader, values: tuple, window_start: int,
+                tally: Tally) -> tuple[tuple, tuple, tuple]:
+        """Counts as buckets, an enumeration's value as it is, names and enumerations' values as sorted sets
+        of stored values; null or missing is `none`, a value of the wrong type or outside its enumeration
+        `invalid` (with a note)."""
+        pattern, bad, rare = [], [], []
+        for (source, field, allowed), value in zip(reader.plan, values):
+            many = source == "names" or source == "enums"
             if value is None:
-                configuration.append((NONE,) if is_names else NONE)
-            elif not is_names:
+                pattern.append((NONE,) if many else NONE)
+            elif source == "bucket":
                 bucket = member_bucket(value) if type(value) is int else INVALID
                 if bucket is INVALID:
                     bad.append(Reason.INVALID_VALUE)
-                configuration.append(bucket)
+                pattern.append(bucket)
+            elif source == "enum":
+                if type(value) is not str or value not in allowed:
+                    bad.append(Reason.INVALID_VALUE)
+                    value = INVALID
+                pattern.append(value)
             elif type(value) is tuple or type(value) is list:
                 names = set()
                 for name in value:
-                    if type(name) is str:
-                        names.add(self._store(name, field, bad, rare, window_start, tally))
-                    else:
+                    if type(name) is not str or (source == "enums" and name not in allowed):
                         bad.append(Reason.INVALID_VALUE)
                         names.add(INVALID)
-                configuration.append(tuple(sorted(names)))
+                    else:
+                        names.add(name if source == "enums" else self._store(name, field, bad, rare, window_start,
+                                                                              tally))
+                pattern.append(tuple(sorted(names)))
             else:
                 bad.append(Reason.INVALID_VALUE)
-                configuration.append((INVALID,))
-        return tuple(configuration), tuple(bad), tuple(rare)
+                pattern.append((INVALID,))
+        return tuple(pattern), tuple(bad), tuple(rare)
 
     def _client_report(self, raw: bytes, sdk_version: str | None, window_start: int, tally: Tally) -> tuple:
         """A client's account of the events it dropped: `data.dropped` maps a reason to a count (reasons
@@ -436,10 +462,12 @@ class EventProjector:
     def _store(self, value: str, field: str, bad: list[Reason], rare: list, window_start: int, tally: Tally) -> str:
         """What is stored for a string of `field`: the admitted value (cached), a marker (INVALID, REDACTED)
         or RARE. A rare value becomes a candidate (`rare`), within the cardinality guard: past
-        `max_new_values` rare values per window and field in this flush, it is suppressed (not tracked,
-        not even cleaned). An admitted value as sent is never suppressed; one admitted only once normalised
-        (an `ft:` model id of an organisation) can be, while a flood fills the guard. A value over
-        MAX_RAW_LENGTH is INVALID at once (as `clean_value` has it), before any cache or pattern sees it."""
+        `max_new_values` values per window and field in this flush, a value is no longer tracked, and a
+        rare one is suppressed (stored as RARE, not a candidate). What is stored never depends on the
+        guard, so never on where flushes cut the log: a value is cleaned first (the rules are linear and
+        capped), so a marker stays a marker and a value admitted once normalised (an `ft:` model id of an
+        organisation) is stored as admitted, however full the guard. A value over MAX_RAW_LENGTH is INVALID
+        at once (as `clean_value` has it), before any cache or pattern sees it."""
         if len(value) > MAX_RAW_LENGTH:
             bad.append(Reason.INVALID_VALUE)
             return INVALID
@@ -454,14 +482,15 @@ class EventProjector:
         tracked = tally.tracked.setdefault((window_start, field), {})
         cleaned = tracked.get(value)
         if cleaned is None:
-            if len(tracked) >= self.max_new_values:
-                tally.suppressed[field] += 1
-                bad.append(Reason.RARE_VALUE)
-                return RARE
             cleaned = (clean_flag_name(value) or INVALID) if field == _FLAG else clean_value(value, field)
             if cleaned is not INVALID and cleaned is not REDACTED and self.admission.admits(field, cleaned):
                 return _remember(self._admitted[field], value, cleaned)
-            tracked[value] = cleaned
+            if len(tracked) < self.max_new_values:
+                tracked[value] = cleaned
+            elif cleaned is not INVALID and cleaned is not REDACTED:
+                tally.suppressed[field] += 1
+                bad.append(Reason.RARE_VALUE)
+                return RARE
         if cleaned is INVALID or cleaned is REDACTED:
             bad.append(_NOTES[cleaned])
             return cleaned

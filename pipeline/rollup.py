@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from kern_telemetry_client.contract import CLIENT_REPORT, OS
+from kern_telemetry_client.contract import CLIENT_REPORT
 
 from pipeline.dead_letters import DeadLetter, dead_letter, gone_range
 from pipeline.dimensions import NAMES
@@ -122,22 +122,22 @@ class PartitionRollup(Tally):
         return len(self.sessions) + len(self.quality)
 
     def run_counts(self) -> Counter:
-        """(window_start, dims) -> usage events: `runs` without the client reports, and launches without
-        their configuration."""
+        """(window_start, dims) -> usage events: `runs` without the client reports, and without the
+        patterns of the kinds that have one."""
         counts: Counter = Counter()
         for (window, dims), sessions in self.sessions.items():
             if dims[0] != CLIENT_REPORT:
                 counts[(window, dims[:_RUN_DIMENSIONS])] += len(sessions)
         return counts
 
-    def launches(self) -> Counter:
-        """(window_start, sdk_version, *configuration) -> AgentOS launches (a launch's dims end with its
-        configuration, `dimensions.LAUNCH_DIMENSIONS`)."""
-        launches: Counter = Counter()
+    def patterns(self, kind: str) -> Counter:
+        """(window_start, sdk_version, *pattern) -> events of `kind` (a kind with a pattern,
+        `dimensions.PATTERNS`: its events' dims end with it)."""
+        counts: Counter = Counter()
         for (window, dims), sessions in self.sessions.items():
-            if dims[0] == OS:
-                launches[(window, dims[1], *dims[_RUN_DIMENSIONS])] += len(sessions)
-        return launches
+            if dims[0] == kind:
+                counts[(window, dims[1], *dims[_RUN_DIMENSIONS])] += len(sessions)
+        return counts
 
     def client_drops(self) -> Counter:
         """(window_start, sdk_version, reason) -> events the clients' reports in this range say they dropped

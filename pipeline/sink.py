@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import msgspec
 from clickhouse_connect.driver.client import Client
-from kern_telemetry_client.contract import CLIENT_REPORT
+from kern_telemetry_client.contract import CLIENT_REPORT, OS, TEAM, WORKFLOW
 
 from pipeline import dimensions
 from pipeline.admission import DAY_S, Admitted, Keys
@@ -31,11 +31,15 @@ from pipeline.rollup import Fingerprint, LogIdentity, PartitionRollup
 from tables.ddl import SchemaOptions, Table
 from tables.schema import (ADMITTED_VALUES, CLIENT_DROPS_MINUTE, FLUSH_LANDINGS, INGEST_FLUSHES, LAUNCHES_MINUTE,
                            LEDGER_OUTCOMES, QUALITY_MINUTE, RUNS_MINUTE, SESSION_SIGHTINGS, SKIP_REQUESTS,
-                           VALUE_CANDIDATES, VALUE_SIGHTINGS)
+                           TEAM_RUNS_MINUTE, VALUE_CANDIDATES, VALUE_SIGHTINGS, WORKFLOW_RUNS_MINUTE)
 
 #: The columns each write names (the others take their DEFAULT); rows are built in these orders below.
 RUNS_COLUMNS = ("window_start", *dimensions.NAMES, "runs")
-LAUNCHES_COLUMNS = ("window_start", "sdk_version", *dimensions.LAUNCH_NAMES, "launches")
+#: Per kind with a pattern (`dimensions.PATTERNS`): its table, and the columns of a row of it.
+PATTERN_WRITES = tuple(
+    (kind, table, ("window_start", "sdk_version", *(d.name for d in dimensions.PATTERNS[kind]), count))
+    for kind, table, count in ((OS, LAUNCHES_MINUTE, "launches"), (TEAM, TEAM_RUNS_MINUTE, "runs"),
+                               (WORKFLOW, WORKFLOW_RUNS_MINUTE, "runs")))
 QUALITY_COLUMNS = ("window_start", "kind", "reason", "events")
 FLUSH_COLUMNS = ("topic", "partition", "start_offset", "end_offset", "events", *LEDGER_OUTCOMES, "admission_epoch",
                  "log_generation", "topic_id", "fingerprint_offset", "fingerprint", "log_end_seen", "tables",
@@ -46,7 +50,8 @@ DROPS_COLUMNS = ("window_start", "sdk_version", "reason", "events")
 SESSION_COLUMNS = ("day", *dimensions.SKETCH, "session_hashes", "installation_hashes")
 SIGHTING_COLUMNS = ("day", "field", "value_hash", "installation_hashes")
 ADMITTED_COLUMNS = ("epoch", "field", "value", "value_hash")
-WRITES = {RUNS_MINUTE.name: RUNS_COLUMNS, LAUNCHES_MINUTE.name: LAUNCHES_COLUMNS, QUALITY_MINUTE.name: QUALITY_COLUMNS,
+WRITES = {RUNS_MINUTE.name: RUNS_COLUMNS, **{table.name: columns for _, table, columns in PATTERN_WRITES},
+          QUALITY_MINUTE.name: QUALITY_COLUMNS,
           INGEST_FLUSHES.name: FLUSH_COLUMNS, FLUSH_LANDINGS.name: LANDING_COLUMNS, SKIP_REQUESTS.name: SKIP_COLUMNS,
           CLIENT_DROPS_MINUTE.name: DROPS_COLUMNS, SESSION_SIGHTINGS.name: SESSION_COLUMNS,
           VALUE_SIGHTINGS.name: SIGHTING_COLUMNS, ADMITTED_VALUES.name: ADMITTED_COLUMNS}
@@ -134,11 +139,12 @@ class ClickHouseSink:
                                                                  list[tuple[Table, tuple[str, ...], Iterable]]]:
         """The rows of a rollup, per table: first the summing tables (a row written twice counts twice) with
         rows, then the sketches (writing a hash twice changes nothing). Summing: usage events to the runs
-        table, launches with their configuration to the launches table, client reports to the drops table,
-        and the quality counts; sketches: the keyed hashes of the sessions (per sketch key) and of the
-        candidate values (with their sessions'), made lazily."""
+        table, launches, team and workflow runs with their patterns to their tables, client reports to the
+        drops table, and the quality counts; sketches: the keyed hashes of the sessions and installations
+        (per sketch key) and of the candidate values (with their installations'), made lazily."""
         summing = [(RUNS_MINUTE, RUNS_COLUMNS, [(w, *dims, n) for (w, dims), n in rollup.run_counts().items()]),
-                   (LAUNCHES_MINUTE, LAUNCHES_COLUMNS, [(*key, n) for key, n in rollup.launches().items()]),
+                   *((table, columns, [(*key, n) for key, n in rollup.patterns(kind).items()])
+                     for kind, table, columns in PATTERN_WRITES),
                    (CLIENT_DROPS_MINUTE, DROPS_COLUMNS, [(*key, n) for key, n in rollup.client_drops().items()]),
                    (QUALITY_MINUTE, QUALITY_COLUMNS, [(*key, n) for key, n in rollup.quality.items()])]
         return ([table for table in summing if table[2]],

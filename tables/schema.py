@@ -22,6 +22,9 @@ Tables (database `kern_telemetry` by default):
 - `launches_minute`, `launches_hourly`, `launches_daily`: AgentOS launches per SDK version and
   configuration (bucketed counts of agents, teams, workflows; sets of interfaces and db types); views
   `launch_names_*` count launches per interface and db type.
+- `team_runs_minute`, `_hourly`, `_daily`: team runs per SDK version, coordination mode, bucketed member
+  teams and nesting depth; `workflow_runs_minute`, `_hourly`, `_daily`: workflow runs per SDK version,
+  bucketed step count, set of step kinds and bucketed nesting depth; views `workflow_step_kinds_*`.
 - views `flag_runs_*` (runs with each flag on) and `feature_combos_*` (runs per sorted flag set).
 
 Why the cluster DDL is safe for exactly-once flushes (see also `pipeline/sink.py`): a retried flush must
@@ -41,10 +44,12 @@ from tables.migrations.v4_privacy import (ADMITTED_VALUES, SESSION_SIGHTINGS, SE
                                           VALUE_SIGHTINGS)
 from tables.migrations.v5_launches import LAUNCHES_MINUTE, LAUNCHES_TABLES
 from tables.migrations.v6_every_offset import FLUSH_LANDINGS, NEW_OUTCOMES
+from tables.migrations.v8_patterns import PATTERN_TABLES, TEAM_RUNS_MINUTE, WORKFLOW_RUNS_MINUTE
 
 __all__ = ["ADMITTED_VALUES", "CLIENT_DROPS_MINUTE", "FLUSH_LANDINGS", "INGEST_FLUSHES", "INGEST_LEDGER",
            "LAUNCHES_MINUTE", "LAUNCHES_TABLES", "LEDGER_OUTCOMES", "QUALITY_MINUTE", "RUNS_MINUTE", "RUNS_TABLES", "SCHEMA_MIGRATIONS", "SESSION_SIGHTINGS", "SESSIONS_DAILY",
-           "SKIP_REQUESTS", "VALUE_CANDIDATES", "VALUE_SIGHTINGS"]
+           "PATTERN_TABLES", "SKIP_REQUESTS", "TEAM_RUNS_MINUTE", "VALUE_CANDIDATES", "VALUE_SIGHTINGS",
+           "WORKFLOW_RUNS_MINUTE"]
 
 RUNS_TABLES = (RUNS_MINUTE, *(table for table, _ in RUNS_ROLLUPS))
 
@@ -53,5 +58,5 @@ RUNS_TABLES = (RUNS_MINUTE, *(table for table, _ in RUNS_ROLLUPS))
 LEDGER_OUTCOMES = (*LEDGER_COUNTS, *NEW_OUTCOMES)
 
 #: Tables whose TTL follows the configured retention.
-RETAINED_TABLES: tuple[Table, ...] = (*RUNS_TABLES, *LAUNCHES_TABLES, QUALITY_MINUTE, CLIENT_DROPS_MINUTE, CLIENT_DROPS_DAILY,
+RETAINED_TABLES: tuple[Table, ...] = (*RUNS_TABLES, *LAUNCHES_TABLES, *PATTERN_TABLES, QUALITY_MINUTE, CLIENT_DROPS_MINUTE, CLIENT_DROPS_DAILY,
                                       SESSIONS_DAILY)

@@ -25,11 +25,11 @@ from devstack.loadgen import EventGenerator
 from devstack.processes import WorkerProcess, free_port
 from pipeline.clickhouse import connect
 from pipeline.config import Settings
-from pipeline.dimensions import LAUNCH_NAMES
 from pipeline.dimensions import NAMES as DIMENSIONS
 from pipeline.kafka import client_options, create_topics, produce
 from pipeline.projector import EventProjector
 from pipeline.rollup import PartitionRollup
+from pipeline.sink import PATTERN_WRITES
 
 
 class Record(NamedTuple):
@@ -64,10 +64,12 @@ def roll(runs: Counter, width: int) -> Counter:
     return rolled
 
 
-def stored_launches(client, table: str) -> Counter:
-    """{(window_start, sdk_version, *configuration): launches} summed over a launches table's rows."""
-    rows = client.query(f"SELECT toUnixTimestamp(window_start), sdk_version, {', '.join(LAUNCH_NAMES)}, "
-                        f"sum(launches) FROM kern_telemetry.{table} GROUP BY ALL").result_rows
+def stored_patterns(client, kind: str, grain: str = "minute") -> Counter:
+    """{(window_start, sdk_version, *pattern): events} summed over the rows of the table of `kind`'s patterns
+    (launches, team runs, workflow runs: `pipeline.sink.PATTERN_WRITES`) at `grain` (minute, hourly, daily)."""
+    table, columns = next((table, columns) for k, table, columns in PATTERN_WRITES if k == kind)
+    rows = client.query(f"SELECT toUnixTimestamp(window_start), {', '.join(columns[1:-1])}, sum({columns[-1]}) "
+                        f"FROM kern_telemetry.{table.name.removesuffix('minute')}{grain} GROUP BY ALL").result_rows
     return Counter({tuple(tuple(v) if type(v) is list else v for v in row[:-1]): row[-1] for row in rows})
 
 

@@ -15,7 +15,7 @@ from kern_telemetry_client.contract import EVENT_KINDS
 from kern_telemetry_client.values import INVALID, NONE, REDACTED, clean_flag_name
 
 from pipeline.admission import RARE, Admission
-from pipeline.dimensions import LAUNCH_NAMES
+from pipeline.dimensions import LAUNCH_NAMES, PATTERNS
 from pipeline.dimensions import NAMES as DIMENSIONS
 from pipeline.projector import KINDS, EventProjector, Tally
 from pipeline.rejections import GONE, QUALITY_ONLY, Reason, Rejection
@@ -119,6 +119,11 @@ def test_window_start_is_the_record_time_floored_to_the_window():
     assert result[0] == WINDOW_START + 60
 
 
+# Teams and workflows of older SDKs send no pattern: every pattern dimension is `none`.
+NO_TEAM_PATTERN = (NONE, NONE, NONE)
+NO_WORKFLOW_PATTERN = (NONE, (NONE,), NONE)
+
+
 @pytest.mark.parametrize(("count", "bucket"), [
     (0, "0"), (1, "1"), (2, "2"), (3, "3-4"), (4, "3-4"), (5, "5-8"), (8, "5-8"), (9, "9-16"), (16, "9-16"),
     (17, "17-32"), (32, "17-32"), (33, "33+"), (40, "33+"), (10**12, "33+"), (None, "none"), (-1, INVALID),
@@ -128,12 +133,12 @@ def test_team_member_count_is_bucketed(count, bucket):
             "has_tools": True, "has_knowledge": False, "has_learnings": None, "parser_model": None}
     result, quality = project(run("team", data))
     assert result == (WINDOW_START, ("team", "1.0.0", "google", NONE, "gemini-2.5-pro", NONE, NONE, NONE, NONE,
-                                     NONE, bucket, ("has_tools",)))
+                                     NONE, bucket, ("has_tools",), NO_TEAM_PATTERN))
     assert quality == ({(WINDOW_START, "team", Reason.INVALID_VALUE): 1} if bucket == INVALID else {})
 
 
 def test_a_team_without_member_count_has_bucket_none():
-    assert dims(run("team", {"team_id": "t"})) == ("team", "1.0.0", *ALL_NONE, ())
+    assert dims(run("team", {"team_id": "t"})) == ("team", "1.0.0", *ALL_NONE, (), NO_TEAM_PATTERN)
 
 
 @pytest.mark.parametrize("kind", ["agent", "workflow", "os"])
@@ -143,7 +148,7 @@ def test_member_count_only_counts_for_teams(kind):
 
 def test_workflow_run_without_a_model():
     assert dims(run("workflow", {"workflow_id": "w", "db_type": "SqliteDb"})) == (
-        "workflow", "1.0.0", NONE, NONE, NONE, "SqliteDb", NONE, NONE, NONE, NONE, NONE, ())
+        "workflow", "1.0.0", NONE, NONE, NONE, "SqliteDb", NONE, NONE, NONE, NONE, NONE, (), NO_WORKFLOW_PATTERN)
 
 
 def test_workflow_run_with_a_model():
@@ -151,7 +156,7 @@ def test_workflow_run_with_a_model():
             "model_id": "claude-sonnet-4-5", "has_tools": True}
     assert dims(run("workflow", data)) == (
         "workflow", "1.0.0", "anthropic", "Claude", "claude-sonnet-4-5", "SqliteDb", NONE, NONE, NONE, NONE, NONE,
-        ("has_tools",))
+        ("has_tools",), NO_WORKFLOW_PATTERN)
 
 
 LAUNCH = {"agent_count": 3, "team_count": 1, "workflow_count": 2, "interfaces": ["slack", "mcp"],
@@ -187,6 +192,30 @@ def test_a_mistyped_configuration_field_is_invalid_and_the_launch_still_counts()
     assert result == (WINDOW_START, ("os", "1.0.0", *ALL_NONE, (), (INVALID, INVALID, INVALID, (INVALID,),
                                                                     (INVALID, "SqliteDb"))))
     assert quality == {(WINDOW_START, "os", Reason.INVALID_VALUE): 6}
+
+
+def test_a_team_run_ends_with_its_coordination_pattern():
+    data = {"team_id": "t", "member_count": 4, "coordination": "route", "member_team_count": 1, "nesting_depth": 2}
+    assert dims(run("team", data)) == ("team", "1.0.0", NONE, NONE, NONE, NONE, NONE, NONE, NONE, NONE, "3-4", (),
+                                       ("route", "1", "2"))
+
+
+def test_a_workflow_run_ends_with_its_orchestration_pattern():
+    data = {"workflow_id": "w", "step_count": 5, "step_kinds": ["parallel", "agent", "loop", "agent"],
+            "nesting_depth": 1}
+    assert dims(run("workflow", data))[-1] == ("5-8", ("agent", "loop", "parallel"), "1")
+
+
+def test_a_mistyped_or_unknown_pattern_value_is_invalid_and_the_run_still_counts():
+    team = {"coordination": "hierarchical", "member_team_count": "1", "nesting_depth": -3}
+    result, quality = project(run("team", team))
+    assert result[1][-1] == (INVALID, INVALID, INVALID) and quality == {(WINDOW_START, "team", Reason.INVALID_VALUE): 3}
+    workflow = {"step_count": 2.5, "step_kinds": ["agent", "acme-private-step", 7], "nesting_depth": None}
+    result, quality = project(run("workflow", workflow))
+    assert result[1][-1] == (INVALID, (INVALID, "agent"), NONE)
+    assert quality == {(WINDOW_START, "workflow", Reason.INVALID_VALUE): 3}
+    result, quality = project(run("workflow", {"step_kinds": "parallel"}))
+    assert result[1][-1] == (NONE, (INVALID,), NONE) and "acme" not in repr(result)
 
 
 def test_configuration_counts_are_bucketed_like_team_sizes():
@@ -394,9 +423,9 @@ def test_identifiers_prompts_and_unknown_fields_never_leave_the_projector(kind, 
     result, quality = project(encode(sentinel_payload(kind, new_flag)))
     assert type(result) is tuple
     features = ("has_brand_new", "has_tools") if new_flag else ("has_tools",)
-    configuration = (NO_CONFIGURATION,) if kind == "os" else ()
+    pattern = {"os": (NO_CONFIGURATION,), "team": (NO_TEAM_PATTERN,), "workflow": (NO_WORKFLOW_PATTERN,)}.get(kind, ())
     assert result == (WINDOW_START, (kind, "2.4.1", NONE, NONE, "gpt-5.2", NONE, NONE, "gpt-5.2", NONE, NONE, NONE,
-                                     features, *configuration))
+                                     features, *pattern))
     assert quality == {}
     assert "SENTINEL" not in repr(result) + repr(quality)
 
@@ -435,7 +464,7 @@ def test_every_value_dimension_is_redacted(field, dim):
     marker, reason = (INVALID, Reason.INVALID_VALUE) if field == "sdk_version" else (REDACTED, Reason.REDACTED_VALUE)
     expected = dict.fromkeys(DIMENSIONS, NONE) | {"kind": "team", "sdk_version": "1.0.0", "features": (),
                                                   dim: marker}
-    assert result == (WINDOW_START, tuple(expected.values()))
+    assert result == (WINDOW_START, (*expected.values(), NO_TEAM_PATTERN))
     assert quality == {(WINDOW_START, "team", reason): 1}
 
 
@@ -627,7 +656,7 @@ ACCEPTED: list[tuple[str, bytes, tuple]] = [
     ("duplicate flag, last false", b'{"type":"agent","session_id":"s","data":{"has_tools":true,"has_tools":false}}',
      ("agent", NONE, *ALL_NONE, ())),
     ("duplicate type: the last wins", b'{"type":"bogus","type":"team","session_id":"s"}',
-     ("team", NONE, *ALL_NONE, ())),
+     ("team", NONE, *ALL_NONE, (), NO_TEAM_PATTERN)),
     ("escaped key spelling a flag", b'{"type":"agent","session_id":"s","data":{"\\u0068as_tools":true}}',
      ("agent", NONE, *ALL_NONE, ("has_tools",))),
     ("escaped value", b'{"type":"agent","session_id":"s","data":{"model_id":"gpt\\u002d5"}}',
@@ -730,7 +759,7 @@ finite_json_values = json_like(st.floats(allow_nan=False, allow_infinity=False))
 
 def is_classified(result: object) -> bool:
     if type(result) is tuple:
-        width = {"client_report": 3, "os": len(DIMENSIONS) + 1}.get(result[1][0], len(DIMENSIONS))
+        width = 3 if result[1][0] == "client_report" else len(DIMENSIONS) + (result[1][0] in PATTERNS)
         return len(result) == 2 and type(result[0]) is int and len(result[1]) == width
     return isinstance(result, Rejection) and isinstance(result.reason, Reason)
 
@@ -758,12 +787,14 @@ def test_any_json_inside_a_valid_envelope_gets_a_classification_and_never_raise(
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.fixed_dictionaries({}, optional={field: finite_json_values for field in LAUNCH}))
-def test_no_configuration_value_dead_letters_a_launch(data):
-    result, _ = project(encode({"type": "os", "session_id": "s", "data": data}))
+@given(st.sampled_from(sorted(PATTERNS)).flatmap(lambda kind: st.tuples(st.just(kind), st.fixed_dictionaries(
+    {}, optional={d.path[1]: finite_json_values for d in PATTERNS[kind]}))))
+def test_no_pattern_value_dead_letters_a_launch_a_team_or_a_workflow(drawn):
+    kind, data = drawn
+    result, _ = project(encode({"type": kind, "session_id": "s", "data": data}))
     assert type(result) is tuple, result
-    configuration = result[1][-1]
-    assert all(type(v) is str for v in configuration[:3]) and all(type(v) is tuple for v in configuration[3:])
+    for dimension, value in zip(PATTERNS[kind], result[1][-1], strict=True):
+        assert type(value) is (tuple if dimension.source in ("names", "enums") else str), (dimension, value)
 
 
 json_number = st.from_regex(r"-?(0|[1-9][0-9]{0,20})(\.[0-9]{1,6})?([eE][+-]?[0-9]{1,4})?", fullmatch=True)
@@ -828,8 +859,8 @@ def test_a_valid_event_projects_only_allow_listed_values(case):
     result, quality = project(encode(event))
     assert type(result) is tuple, result
     window_start, projected = result
-    if event["type"] == "os":
-        projected = projected[:-1]  # the configuration: see the launch tests
+    if event["type"] in PATTERNS:
+        projected = projected[:-1]  # the pattern: see the launch, team and workflow pattern tests
     assert window_start == WINDOW_START and len(projected) == len(DIMENSIONS)
     assert projected[0] == event["type"]
     markers = {NONE, INVALID, REDACTED, RARE} | KINDS | MEMBER_BUCKETS

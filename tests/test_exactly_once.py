@@ -12,10 +12,11 @@ from collections import Counter
 
 import pytest
 
-from conftest import (expected_quality, reference_rollup, roll, stored_drops, stored_launches, stored_quality,
+from conftest import (expected_quality, reference_rollup, roll, stored_drops, stored_patterns, stored_quality,
                       stored_runs)
 
 from devstack.loadgen import EventGenerator
+from pipeline.dimensions import PATTERNS
 from devstack.processes import wait_flushed_together
 
 pytestmark = pytest.mark.integration
@@ -45,9 +46,10 @@ def assert_exact(stack, values, record_ms) -> tuple[int, int]:
     with stack.clickhouse() as client:
         assert stored_runs(client, "runs_minute") == minute
         assert stored_drops(client) == expected.client_drops()
-        launches = expected.launches()
-        assert launches and stored_launches(client, "launches_minute") == launches
-        assert stored_launches(client, "launches_daily") == roll(launches, 86400)
+        for kind in PATTERNS:  # launches, team and workflow runs with their patterns
+            patterns = expected.patterns(kind)
+            assert patterns and stored_patterns(client, kind) == patterns
+            assert stored_patterns(client, kind, "daily") == roll(patterns, 86400)
         assert stored_runs(client, "runs_hourly") == roll(minute, 3600)
         assert stored_runs(client, "runs_daily") == roll(minute, 86400)
         assert stored_quality(client) == expected_quality(expected)

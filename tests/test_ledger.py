@@ -8,7 +8,7 @@ import time
 from collections import Counter
 
 import pytest
-from conftest import (Stack, expected_quality, reference_rollup, stored_drops, stored_launches, stored_quality,
+from conftest import (Stack, expected_quality, reference_rollup, stored_drops, stored_patterns, stored_quality,
                       stored_runs)
 from kafka.admin import KafkaAdminClient
 from kafka_faults import KafkaFaultProxy
@@ -16,6 +16,7 @@ from kafka_faults import KafkaFaultProxy
 from devstack.broker import EmbeddedBroker
 from devstack.loadgen import EventGenerator
 from devstack.processes import free_port
+from pipeline.dimensions import PATTERNS
 from pipeline.kafka import client_options, create_topics
 from pipeline.rollup import PartitionRollup
 
@@ -51,7 +52,8 @@ def assert_counted(stack: Stack, expected: PartitionRollup) -> None:
 
     with stack.clickhouse() as client:
         assert real(stored_runs(client, "runs_minute")) == Counter(expected.run_counts())
-        assert real(stored_launches(client, "launches_minute")) == expected.launches()
+        for kind in PATTERNS:
+            assert real(stored_patterns(client, kind)) == expected.patterns(kind)
         assert real(stored_drops(client)) == expected.client_drops()
         assert stored_quality(client) == expected_quality(expected)
 
@@ -174,7 +176,7 @@ def test_records_removed_before_they_were_consumed_are_recorded_as_expired(tmp_p
         expected = reference(stack, kept, record_ms)
         with stack.clickhouse() as client:
             assert stored_runs(client, "runs_minute") == Counter(expected.run_counts())
-            assert stored_launches(client, "launches_minute") == expected.launches()
+            assert all(stored_patterns(client, kind) == expected.patterns(kind) for kind in PATTERNS)
             quality = stored_quality(client)
         assert quality.pop(("unknown", "expired")) == 500 + half and quality == expected_quality(expected)
         rows = ledger(stack)

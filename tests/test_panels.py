@@ -121,3 +121,35 @@ def test_query_runs_sql_with_the_placeholders_and_refuses_what_it_cannot_do(hist
     for args in (["--report", "nope"], [sql, "--chart"], ["-r", "quality", "--since", "an hour"]):
         result = runner.invoke(cli, ["query", *args], env=history.stack.env)
         assert result.exit_code == 2, (args, result.output)  # a usage error, said before anything runs
+
+
+def test_the_team_and_workflow_pattern_panels_answer_what_was_produced(history):
+    """How teams coordinate and what workflows look like, against the load generator's teams and workflows
+    (stand-ins turned into payloads by the SDK client's builders) folded offline."""
+    reference = reference_rollup(history.stack.settings, history.values, 0)
+    teams, workflows = Counter(), Counter()
+    for (_, _, coordination, _, nesting), runs in reference.patterns("team").items():
+        teams[(coordination, f"nesting {nesting}")] += runs
+    for (_, _, steps, kinds, nesting), runs in reference.patterns("workflow").items():
+        workflows[(steps, nesting, kinds)] += runs
+    lengths, step_kinds, beyond = Counter(), Counter(), Counter()
+    for (steps, nesting, kinds), runs in workflows.items():
+        lengths[(steps, f"nesting {nesting}")] += runs
+        for kind in kinds:
+            step_kinds[kind] += runs if kind != "none" else 0
+        for kind in ("parallel", "condition", "loop", "router"):
+            if "none" not in kinds:
+                beyond[kind] += runs if kind in kinds else 0
+                beyond["total"] += runs / 4
+    with history.stack.clickhouse() as client:
+        def answer(name: str) -> dict:
+            return {(label, series): value for label, series, value in
+                    client.query(BY_NAME[name].plain(history.stack.database)).result_rows}
+
+        assert answer("team-coordination") == teams and {c for c, _ in teams} >= {"route", "coordinate", "collaborate"}
+        assert answer("workflow-steps") == lengths
+        assert answer("workflow-step-kinds") == {(kind, "runs"): runs for kind, runs in step_kinds.items() if runs}
+        shares = answer("workflow-control-flow")
+        assert shares == {(kind, "share of workflow runs"): round(beyond[kind] / beyond["total"], 4)
+                          for kind in ("parallel", "condition", "loop", "router") if beyond[kind]}
+        assert all(0 < share < 1 for share in shares.values()) and len(shares) == 4

@@ -8,8 +8,9 @@ import time
 from collections import Counter
 
 import pytest
-from conftest import (expected_quality, reference_rollup, roll, stored_drops, stored_launches, stored_quality,
+from conftest import (expected_quality, reference_rollup, roll, stored_drops, stored_patterns, stored_quality,
                       stored_runs)
+from kern_telemetry_client.contract import OS
 
 pytestmark = pytest.mark.integration
 
@@ -192,9 +193,9 @@ def test_worker_killed_mid_stream_then_restarted_counts_every_event_once(stack_f
         total = sum(expected.run_counts().values())
         for table in ("runs_hourly", "runs_daily"):
             assert client.query(f"SELECT sum(runs) FROM kern_telemetry.{table}").result_rows == [(total,)]
-        launches = expected.launches()
-        assert launches and stored_launches(client, "launches_minute") == launches
-        assert stored_launches(client, "launches_hourly") == roll(launches, 3600)
+        launches = expected.patterns(OS)
+        assert launches and stored_patterns(client, OS) == launches
+        assert stored_patterns(client, OS, "hourly") == roll(launches, 3600)
         assert stored_quality(client) == expected_quality(expected)
 
 

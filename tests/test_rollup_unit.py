@@ -65,7 +65,8 @@ def fold(values: list[bytes | None], replay: bool = False, batch: int | None = N
 AGENT = event("agent", model_provider="openai", model_id="gpt-5.2", has_tools=True, agent_id="a-1")
 AGENT_DIMS = ("agent", "1.0.0", "openai", NONE, "gpt-5.2", NONE, NONE, NONE, NONE, NONE, NONE, ("has_tools",))
 TEAM = event("team", model_provider="google", member_count=3, has_knowledge=True, team_id="t-1")
-TEAM_DIMS = ("team", "1.0.0", "google", NONE, NONE, NONE, NONE, NONE, NONE, NONE, "3-4", ("has_knowledge",))
+TEAM_DIMS = ("team", "1.0.0", "google", NONE, NONE, NONE, NONE, NONE, NONE, NONE, "3-4", ("has_knowledge",),
+             (NONE, NONE, NONE))  # an older SDK's team run: no coordination pattern
 REDACTED_AGENT = event("agent", model_id="user@example.com", db_type="bad\nvalue")
 REDACTED_DIMS = ("agent", "1.0.0", NONE, NONE, REDACTED, INVALID, NONE, NONE, NONE, NONE, NONE, ())
 LATE = encode({"type": "workflow", "session_id": "s-1", "timestamp": NOW_S - 7200, "data": {}})

@@ -104,6 +104,10 @@ def test_retention_follows_the_settings_and_is_left_alone_when_unchanged(chdb):
         "ALTER TABLE `kern_telemetry`.`quality_minute` MODIFY TTL window_start + INTERVAL 7 DAY",
         "ALTER TABLE `kern_telemetry`.`runs_daily` MODIFY TTL window_start + INTERVAL 3650 DAY",
         "ALTER TABLE `kern_telemetry`.`runs_minute` MODIFY TTL window_start + INTERVAL 7 DAY",
+        "ALTER TABLE `kern_telemetry`.`team_runs_daily` MODIFY TTL window_start + INTERVAL 3650 DAY",
+        "ALTER TABLE `kern_telemetry`.`team_runs_minute` MODIFY TTL window_start + INTERVAL 7 DAY",
+        "ALTER TABLE `kern_telemetry`.`workflow_runs_daily` MODIFY TTL window_start + INTERVAL 3650 DAY",
+        "ALTER TABLE `kern_telemetry`.`workflow_runs_minute` MODIFY TTL window_start + INTERVAL 7 DAY",
     ]
     migrate(chdb, shorter)
     assert retention_changes(chdb, shorter) == []
@@ -156,7 +160,7 @@ def test_cluster_schema_is_replicated_and_distributed_on_cluster():
         assert f"ENGINE = Distributed(`telemetry`, `kern_telemetry`, `{table.name}_local`, " \
                f"{table.sharding_key})" in distributed
     views = [s for s in statements if "MATERIALIZED VIEW" in s]
-    assert len(views) == 11 and all("_local" in v.split(" AS ", 1)[1] for v in views)
+    assert len(views) == 15 and all("_local" in v.split(" AS ", 1)[1] for v in views)
     assert not any("non_replicated_deduplication_window" in s for s in statements)
     added = [s for s in statements if "ADD COLUMN" in s]
 
@@ -180,7 +184,7 @@ def test_a_random_sharding_key_is_refused():
 def test_single_node_schema_keeps_a_deduplication_window_on_every_table():
     creates = [s for m in MIGRATIONS for s in m.statements(SchemaOptions())
                if s.startswith("CREATE TABLE") and not s.endswith("ENGINE = Null")]
-    assert len(creates) == len(v1_initial.TABLES) + 11
+    assert len(creates) == len(v1_initial.TABLES) + 17
     assert all("non_replicated_deduplication_window = 10000" in s for s in creates)
 
 

@@ -23,7 +23,7 @@ from kern_telemetry_client import KafkaSink, Telemetry, contract, environment, l
 from kern_telemetry_client.installation import Installation
 from kern_telemetry_client.values import INVALID, NONE, REDACTED, clean_value
 from pipeline.dimensions import NAMES as DIMENSIONS
-from pipeline.dimensions import LAUNCH_DIMENSIONS, NAME_FIELDS, member_bucket
+from pipeline.dimensions import NAME_FIELDS, PATTERNS, member_bucket
 from pipeline.admission import RARE, Admission
 from pipeline.projector import EventProjector, Tally
 
@@ -70,6 +70,8 @@ def conforms(value: object, field_type: str) -> bool:
             v is None or type(v) is str for v in value.values())
     if field_type == "strings":
         return type(value) is list and all(type(v) is str for v in value)
+    if field_type in ("enum", "enums"):  # checked against the field's enumeration by the caller
+        return type(value) is (str if field_type == "enum" else list)
     if field_type == "counts":
         return type(value) is dict and list(value) == list(contract.DROP_REASONS) and all(
             type(v) is int and v >= 0 for v in value.values())
@@ -155,8 +157,9 @@ READ = {
                      "knowledge", "input_schema", "output_schema", "team_id", "team", "learning", "_learning",
                      "culture_manager", "enable_agentic_culture", "update_cultural_knowledge"},
     contract.TEAM: {"id", "telemetry", "db", "model", "provider", "name", "parser_model", "output_model",
-                    "members", "knowledge", "tools", "learning", "_learning"},
-    contract.WORKFLOW: {"id", "telemetry", "db"},
+                    "members", "knowledge", "tools", "learning", "_learning", "mode", "respond_directly",
+                    "delegate_to_all_members", "delegate_task_to_all_members"},
+    contract.WORKFLOW: {"id", "telemetry", "db", "steps"},
     contract.OS: {"id", "telemetry", "agents", "teams", "workflows", "interfaces", "db"},
 }
 
@@ -289,14 +292,19 @@ def expected_dimensions(event: dict) -> tuple:
             "member_bucket": member_bucket(members) if event["type"] == contract.TEAM and members is not None else NONE,
             "features": tuple(sorted(key for key, value in data.items() if key.startswith("has_") and value is True))}
     run_dimensions = tuple(dims[name] for name in DIMENSIONS)
-    if event["type"] != contract.OS:
+    if event["type"] not in PATTERNS:
         return run_dimensions
-    def configured(dimension, value):
-        if dimension.source == "names":
-            return (NONE,) if value is None else tuple(sorted({stored(n, NAME_FIELDS[dimension.name]) for n in value}))
+
+    def patterned(dimension, value):
+        if dimension.source in ("names", "enums"):
+            if value is None:
+                return (NONE,)
+            return tuple(sorted(set(value) if dimension.source == "enums" else
+                                {stored(n, NAME_FIELDS[dimension.name]) for n in value}))
+        if dimension.source == "enum":
+            return NONE if value is None else value
         return NONE if value is None else member_bucket(value)
-    configuration = tuple(configured(d, data.get(d.path[1])) for d in LAUNCH_DIMENSIONS)
-    return (*run_dimensions, configuration)
+    return (*run_dimensions, tuple(patterned(d, data.get(d.path[1])) for d in PATTERNS[event["type"]]))
 
 
 def client_name(raw: object, field: str = "") -> str | None:
@@ -313,6 +321,29 @@ dbs = st.one_of(st.none(), class_names.map(lambda n: type(n, (), {})()))
 lists = st.one_of(st.none(), st.lists(st.builds(object), max_size=40), st.text(max_size=3), st.tuples(st.none()))
 interfaces = st.lists(st.one_of(st.builds(SimpleNamespace, type=names), class_names.map(lambda n: type(n, (), {})())),
                       max_size=40)
+# Teams whose members are agents, objects, or teams in turn (a few levels deep).
+team_members = st.recursive(
+    st.lists(st.one_of(st.builds(object), st.builds(SimpleNamespace, model=models)), max_size=4),
+    lambda inner: st.lists(st.one_of(st.builds(object), st.builds(SimpleNamespace, members=inner)), max_size=4),
+    max_leaves=12)
+
+
+class Step(SimpleNamespace):
+    """The SDK's workflow step classes, as the client recognises them: by their class names."""
+
+
+Steps, Parallel, Condition, Loop = (type(name, (SimpleNamespace,), {}) for name in ("Steps", "Parallel", "Condition",
+                                                                                     "Loop"))
+Router = type("Router", (SimpleNamespace,), {})
+step_leaves = st.one_of(st.builds(Step, agent=st.builds(object)), st.builds(Step, team=st.builds(object)),
+                        st.builds(Step, executor=st.just(print)), st.builds(Step),
+                        st.builds(SimpleNamespace, model=st.builds(object)), st.just(print), st.builds(object))
+workflow_steps = st.recursive(
+    st.lists(step_leaves, max_size=4),
+    lambda inner: st.lists(st.one_of(step_leaves, *(st.builds(container, steps=inner)
+                                                    for container in (Steps, Parallel, Condition, Loop)),
+                                     st.builds(Router, choices=inner)), max_size=4),
+    max_leaves=16)
 
 
 @st.composite
@@ -320,7 +351,9 @@ def sdk_objects(draw) -> tuple:
     kind = draw(st.sampled_from(contract.EVENT_KINDS))
     attributes = {name: draw(anything) for name in READ[contract.AGENT] | READ[contract.TEAM]}
     attributes.update(model=draw(models), parser_model=draw(models), output_model=draw(models), db=draw(dbs),
-                      members=draw(lists), telemetry=True)
+                      members=draw(st.one_of(lists, team_members)), telemetry=True,
+                      mode=draw(st.one_of(anything, st.sampled_from(["route", "coordinate", "collaborate", "tasks"]))),
+                      steps=draw(st.one_of(lists, workflow_steps, st.just(print))))
     if kind == contract.OS:
         attributes.update(agents=[SimpleNamespace(db=draw(dbs)) for _ in range(draw(st.integers(0, 3)))],
                           teams=draw(lists), workflows=draw(lists), interfaces=draw(st.one_of(st.none(), interfaces)))

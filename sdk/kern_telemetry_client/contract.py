@@ -11,6 +11,8 @@ Field types (JSON):
 - `bool`: true, false or null (the `has_*` feature flags);
 - `model`: null or an object with `model_provider`, `model_name`, `model_id` (strings or null);
 - `strings`: null or an array of strings (names, never free text);
+- `enum`: null or one of the field's `values` (a fixed enumeration the client derives; never free text);
+- `enums`: null or an array of the field's `values` (a set of them);
 - `counts`: an object mapping a reason to a non-negative integer (client reports only).
 
 Identifier fields (`identifier=True`) name a user's session, run, agent, team, workflow or AgentOS, or
@@ -29,9 +31,10 @@ class Field(NamedTuple):
     type: str  # one of FIELD_TYPES
     kinds: tuple[str, ...]  # the kinds whose payload carries the field
     identifier: bool = False
+    values: tuple[str, ...] = ()  # an `enum` or `enums` field's enumeration
 
 
-FIELD_TYPES = ("string", "int", "bool", "model", "strings", "counts")
+FIELD_TYPES = ("string", "int", "bool", "model", "strings", "enum", "enums", "counts")
 
 AGENT, TEAM, WORKFLOW, OS, CLIENT_REPORT = "agent", "team", "workflow", "os", "client_report"
 RUN_KINDS = (AGENT, TEAM, WORKFLOW)
@@ -58,6 +61,14 @@ OPTIONAL_ENVELOPE = ("timestamp",)
 
 _MODEL_KINDS = (AGENT, TEAM)
 
+#: How a team coordinates its members: `route` (one member answers, directly: v1 mode `route`, v2
+#: `respond_directly`), `collaborate` (every member gets the task: v1 `collaborate`, v2
+#: `delegate_to_all_members`), `coordinate` (the leader delegates and composes: the default), `other` (a
+#: mode this client does not know).
+COORDINATION = ("route", "coordinate", "collaborate", "other")
+#: What a workflow's steps run: an agent, a team, a function, or control flow around nested steps.
+STEP_KINDS = ("agent", "team", "function", "steps", "parallel", "condition", "loop", "router", "other")
+
 #: `data` fields of every kind, in the order the SDKs send them.
 DATA = (
     Field("agent_id", "string", (AGENT,), identifier=True),
@@ -70,6 +81,13 @@ DATA = (
     Field("parser_model", "model", _MODEL_KINDS),
     Field("output_model", "model", _MODEL_KINDS),
     Field("member_count", "int", (TEAM,)),
+    # multi-agent coordination patterns: how the team delegates, how many members are teams, how deep
+    Field("coordination", "enum", (TEAM,), values=COORDINATION),
+    Field("member_team_count", "int", (TEAM,)),
+    # orchestration patterns: how many top-level steps, which kinds of step at any depth, how deep
+    Field("step_count", "int", (WORKFLOW,)),
+    Field("step_kinds", "enums", (WORKFLOW,), values=STEP_KINDS),
+    Field("nesting_depth", "int", (TEAM, WORKFLOW)),
     Field("has_tools", "bool", (AGENT, TEAM)),
     Field("has_memory", "bool", (AGENT,)),
     Field("has_reasoning", "bool", (AGENT,)),

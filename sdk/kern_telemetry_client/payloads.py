@@ -2,7 +2,8 @@
 contract's envelope and `data` keys, and each value is one of
 
 - a bool (a `has_*` flag: which attributes are set),
-- an int (how many members, agents, teams, workflows),
+- an int (how many members, agents, teams, workflows, member teams, steps; how deeply nested),
+- one of a fixed enumeration, or a set of them (how a team coordinates, which kinds of workflow step),
 - a name: a string attribute (a model's provider, name and id; an interface's type) or a class name (a
   database), passed through `clean_value`, whose format rules apply to every name alike (`formats.py`), so
   a fine-tuned or cloud model id loses its account or organisation, a URL, path, host name, address,
@@ -190,6 +191,128 @@ def _db_types(os_: Any, ids: Identifiers) -> list:
     return _names_of(type(db).__name__ for db in dbs if db is not None)
 
 
+# --- multi-agent coordination and orchestration patterns ---------------------------------------------
+#: Bounds of the walks through nested teams and workflow steps: an object graph of any shape (cycles
+#: included) costs at most _MAX_NODES visits, and a depth is counted up to _MAX_DEPTH.
+_MAX_DEPTH = 16
+_MAX_NODES = 1000
+_V1_MODES = frozenset({"route", "coordinate", "collaborate"})
+#: Workflow step classes (the SDK's own, by class name) that hold nested steps, and the attribute they do.
+_CONTAINERS = {"Steps": ("steps", "steps"), "Parallel": ("parallel", "steps"), "Condition": ("condition", "steps"),
+               "Loop": ("loop", "steps"), "Router": ("router", "choices")}
+
+
+def _is_team(member: object) -> bool:
+    return isinstance(getattr(member, "members", None), (list, tuple))
+
+
+def _coordination(team: Any, ids: Identifiers) -> Optional[str]:
+    """How a team coordinates (`contract.COORDINATION`): its v1 `mode`, else its v2 switches
+    (`respond_directly` routes, `delegate_to_all_members` collaborates), else a team coordinates."""
+    mode = getattr(team, "mode", None)
+    if isinstance(mode, str):
+        return str.__str__(mode) if mode in _V1_MODES else "other"
+    if getattr(team, "respond_directly", None) is True:
+        return "route"
+    if True in (getattr(team, "delegate_to_all_members", None), getattr(team, "delegate_task_to_all_members", None)):
+        return "collaborate"
+    return "coordinate" if _is_team(team) else None
+
+
+def _member_team_count(team: Any, ids: Identifiers) -> Optional[int]:
+    members = getattr(team, "members", None)
+    return sum(1 for member in members if _is_team(member)) if isinstance(members, (list, tuple)) else None
+
+
+class _Walk:
+    """One bounded walk through nested teams or workflow steps: the deepest level reached, the kinds seen."""
+
+    def __init__(self) -> None:
+        self.seen: set = set()
+        self.kinds: set = set()
+
+    def visit(self, node: object) -> bool:
+        """Whether to look inside `node`: not seen before (cycles) and within the node budget."""
+        if id(node) in self.seen or len(self.seen) >= _MAX_NODES:
+            return False
+        self.seen.add(id(node))
+        return True
+
+    def team_depth(self, team: Any, depth: int = 0) -> int:
+        """Levels of teams below `team`."""
+        deepest = depth
+        if depth < _MAX_DEPTH:
+            for member in _items(getattr(team, "members", None)):
+                if _is_team(member) and self.visit(member):
+                    deepest = max(deepest, self.team_depth(member, depth + 1))
+        return deepest
+
+    def steps_depth(self, steps: tuple, depth: int = 0) -> int:
+        """Levels of nested steps below `steps`, noting each step's kind (`contract.STEP_KINDS`)."""
+        deepest = depth
+        for step in steps:
+            if not self.visit(step):
+                continue
+            container = _CONTAINERS.get(type(step).__name__)
+            if container is not None:
+                kind, attribute = container
+                self.kinds.add(kind)
+                if depth < _MAX_DEPTH:
+                    deepest = max(deepest, self.steps_depth(_items(getattr(step, attribute, None)), depth + 1))
+            else:
+                self.kinds.add(_step_kind(step))
+        return deepest
+
+
+def _step_kind(step: object) -> str:
+    """What a step runs: a `Step`'s agent, team or executor; or an agent, a team or a function as a step."""
+    if type(step).__name__ == "Step":
+        for attribute, kind in (("agent", "agent"), ("team", "team"), ("executor", "function")):
+            if getattr(step, attribute, None) is not None:
+                return kind
+        return "other"
+    if _is_team(step):
+        return "team"
+    if getattr(step, "model", None) is not None:
+        return "agent"
+    return "function" if callable(step) else "other"
+
+
+def _steps(workflow: Any) -> Optional[tuple]:
+    steps = getattr(workflow, "steps", None)
+    return tuple(steps) if isinstance(steps, (list, tuple)) else None
+
+
+def _step_count(workflow: Any, ids: Identifiers) -> Optional[int]:
+    steps = _steps(workflow)
+    return None if steps is None else len(steps)
+
+
+def _step_kinds(workflow: Any, ids: Identifiers) -> Optional[list]:
+    """The kinds of step a workflow uses at any depth; a workflow that is one function: `function`."""
+    steps = _steps(workflow)
+    if steps is None:
+        return ["function"] if callable(getattr(workflow, "steps", None)) else None
+    walk = _Walk()
+    walk.steps_depth(steps)
+    return sorted(walk.kinds)
+
+
+def _team_depth(team: Any, ids: Identifiers) -> Optional[int]:
+    """Levels of teams below a team."""
+    if not _is_team(team):
+        return None
+    walk = _Walk()
+    walk.visit(team)  # a team among its own members is no level below it
+    return walk.team_depth(team)
+
+
+def _steps_depth(workflow: Any, ids: Identifiers) -> Optional[int]:
+    """Levels of nested steps below a workflow's."""
+    steps = _steps(workflow)
+    return None if steps is None else _Walk().steps_depth(steps)
+
+
 def _dropped(counts: Any, ids: Identifiers) -> dict:
     """A client report's counts: every reason of the contract, in its order."""
     return {reason: int(counts.get(reason, 0)) for reason in contract.DROP_REASONS}
@@ -200,16 +323,24 @@ _READERS: dict = {
     **{key: _model_attribute(key, attribute) for key, attribute in _MODEL_KEYS},
     "interfaces": _interfaces,
     "db_types": _db_types,
+    "coordination": _coordination,
+    "member_team_count": _member_team_count,
+    "step_count": _step_count,
+    "step_kinds": _step_kinds,
     "dropped": _dropped,
 }
+#: Fields read differently by kind.
+_KIND_READERS: dict = {(contract.TEAM, "nesting_depth"): _team_depth, (contract.WORKFLOW, "nesting_depth"): _steps_depth}
 
 
 def _identifier(obj: Any, ids: Identifiers) -> Optional[str]:
     return ids.digest(getattr(obj, "id", None))
 
 
-def _reader(field: contract.Field) -> Reader:
-    """How a contract field is read: by its name, else by its kind of value."""
+def _reader(kind: str, field: contract.Field) -> Reader:
+    """How a contract field is read: by its kind and name, its name, else its kind of value."""
+    if (kind, field.name) in _KIND_READERS:
+        return _KIND_READERS[(kind, field.name)]
     if field.name in _READERS:
         return _READERS[field.name]
     if field.identifier:
@@ -223,7 +354,7 @@ def _reader(field: contract.Field) -> Reader:
     raise LookupError(f"the contract's field {field.name!r} has no reader")
 
 
-_PLANS = {kind: tuple((field.name, _reader(field)) for field in contract.data_fields(kind))
+_PLANS = {kind: tuple((field.name, _reader(kind, field)) for field in contract.data_fields(kind))
           for kind in contract.KINDS}
 _ENVELOPE_KEYS = {kind: tuple(field.name for field in contract.envelope_fields(kind)) for kind in contract.KINDS}
 

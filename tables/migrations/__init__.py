@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tables.ddl import SchemaOptions
-from tables.migrations import v1_initial, v2_ledger, v3_client_reports, v4_privacy, v5_launches, v6_every_offset, v7_installations
+from tables.migrations import v1_initial, v2_ledger, v3_client_reports, v4_privacy, v5_launches, v6_every_offset, v7_installations, v8_patterns
 
 
 @dataclass(frozen=True)
@@ -32,4 +32,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "every offset accounted for per log (expired, lost, log generations) and the tables each flush "
               "landed in", v6_every_offset.statements),
     Migration(7, "distinct installations per day; k-anonymity over installations", v7_installations.statements),
+    Migration(8, "team coordination and workflow orchestration patterns, per minute, hour and day",
+              v8_patterns.statements),
 )
