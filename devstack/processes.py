@@ -204,13 +204,14 @@ def reached(reports: list[dict], end_offsets: dict[int, int]) -> bool:
 
 
 def wait_flushed_together(workers: list[WorkerProcess], end_offsets: dict[int, int], timeout: float = 120.0) -> list:
-    """Wait until the workers together have flushed up to `end_offsets`; returns their last reports."""
+    """Wait until every worker answers and together they have flushed up to `end_offsets` (a worker that
+    resumes where the ledger ends has landed it already); returns their last reports."""
     deadline = time.monotonic() + timeout
     while True:
         for worker in workers:
             worker.assert_running()
         reports = [worker.health() for worker in workers]
-        if reached(reports, end_offsets):
+        if all(reports) and reached(reports, end_offsets):
             return reports
         if time.monotonic() > deadline:
             raise TimeoutError(f"flushed {flushed_offsets(reports)}, expected {end_offsets}")
