@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import tomllib
 from pathlib import Path
@@ -11,8 +12,8 @@ from urllib.parse import urlsplit
 import click
 import yaml
 
-from devstack.grafana import CLICKHOUSE, CLICKHOUSE_PLUGIN_VERSION, COLLECTOR_JOB, DASHBOARDS, DATABASE, PROMETHEUS
-from devstack.grafana import WORKER_JOB
+from devstack.grafana import ALERT_RULES, ALERTS, CLICKHOUSE, CLICKHOUSE_PLUGIN_VERSION, COLLECTOR_JOB, DASHBOARDS
+from devstack.grafana import DATABASE, OPERATOR_PANELS, PROMETHEUS, SEVERITY_COLOURS, WORKER_JOB, comparison
 from devstack.grafana import dashboards, render
 from pipeline.cli import main as cli
 from pipeline.config import Settings
@@ -29,7 +30,8 @@ def env(service: str) -> dict[str, str]:
 
 
 def test_the_dev_cluster_has_kafka_clickhouse_init_worker_and_an_optional_producer():
-    assert set(SERVICES) == {"kafka", "clickhouse", "init", "worker", "collector", "producer", "prometheus", "grafana"}
+    assert set(SERVICES) == {"kafka", "clickhouse", "init", "worker", "collector", "producer", "prometheus",
+                             "alertmanager", "grafana"}
     assert SERVICES["kafka"]["image"].startswith("apache/kafka:")
     assert SERVICES["clickhouse"]["image"].startswith("clickhouse/clickhouse-server:")
     assert SERVICES["producer"]["profiles"] == ["load"]
@@ -109,7 +111,8 @@ def mounts(service: str) -> dict[str, Path]:
 
 def test_prometheus_scrapes_every_worker_and_collector_it_finds_by_dns_on_the_service_names():
     assert re.fullmatch(r"prom/prometheus:v\d+\.\d+\.\d+", SERVICES["prometheus"]["image"])  # pinned
-    assert mounts("prometheus") == {"/etc/prometheus/prometheus.yml": PROMETHEUS_YML}
+    assert mounts("prometheus") == {"/etc/prometheus/prometheus.yml": PROMETHEUS_YML,
+                                    "/etc/prometheus/alerts.yml": ALERT_RULES}
     jobs = {job["job_name"]: job for job in yaml.safe_load(PROMETHEUS_YML.read_text())["scrape_configs"]}
     assert list(jobs) == [WORKER_JOB, COLLECTOR_JOB]
     worker_port = int(env("worker").get("KERN_WEB_PORT", Settings.model_fields["web_port"].default))
@@ -121,6 +124,44 @@ def test_prometheus_scrapes_every_worker_and_collector_it_finds_by_dns_on_the_se
         (discovery,) = jobs[name]["dns_sd_configs"]
         assert discovery["names"] == [service] and discovery["type"] == "A"  # every container of the service
         assert discovery["port"] == port, name
+
+
+def test_prometheus_evaluates_the_alerts_and_sends_them_to_the_compose_alertmanager():
+    config = yaml.safe_load(PROMETHEUS_YML.read_text())
+    assert config["rule_files"] == [ALERT_RULES.name]  # next to prometheus.yml, in the repository and the container
+    ((target,),) = [static["targets"] for manager in config["alerting"]["alertmanagers"]
+                    for static in manager["static_configs"]]
+    host, port = target.split(":")
+    assert host == "alertmanager" and SERVICES["alertmanager"]["ports"] == [f"127.0.0.1:{port}:{port}"]
+    assert re.fullmatch(r"prom/alertmanager:v\d+\.\d+\.\d+", SERVICES["alertmanager"]["image"])
+    assert mounts("alertmanager") == {"/etc/alertmanager/alertmanager.yml":
+                                      (ROOT / "deploy" / "alertmanager" / "alertmanager.yml").resolve()}
+    assert SERVICES["prometheus"]["depends_on"] == {"alertmanager": {"condition": "service_healthy"}}
+
+
+def test_the_operators_stat_panels_are_coloured_where_their_alerts_fire():
+    """Each threshold has one home, alerts.yml: a stat of an alert `<measure> > <threshold>` shows that
+    measure and turns its severity's colour just above that threshold; every stat names its alert."""
+    def measured(alert: str) -> tuple[str, float] | None:
+        try:
+            return comparison(alert)
+        except ValueError:  # a state: up, degraded, poisoned
+            return None
+
+    stats = {}
+    for panel in OPERATOR_PANELS:
+        if panel.type == "stat":
+            ((name, severity),) = re.findall(r"Alert (Kern\w+) \((page|ticket)\)", panel.description)
+            stats[name] = panel
+            assert ALERTS[name]["labels"]["severity"] == severity
+            assert {colour for _, colour in panel.thresholds} == {"green", SEVERITY_COLOURS[severity]}
+    assert {name for name in ALERTS if measured(name)} <= set(stats)  # every alert with a threshold has its stat
+    for name, panel in stats.items():
+        if measure := measured(name):
+            expr, threshold = measure
+            assert [query.expr for query in panel.queries] == [expr]
+            colour = SEVERITY_COLOURS[ALERTS[name]["labels"]["severity"]]
+            assert panel.thresholds == ((None, "green"), (math.nextafter(threshold, math.inf), colour))
 
 
 def test_grafana_is_the_official_image_with_the_pinned_clickhouse_plugin_and_files_from_the_repository():
@@ -173,5 +214,6 @@ def test_the_provisioned_dashboards_are_generated_and_their_sql_is_the_tested_pa
     assert DATABASE == env("clickhouse")["CLICKHOUSE_DB"] == env("worker")["KERN_CLICKHOUSE_DATABASE"]
     for dashboard in (analysts, operators):
         ids = [panel["id"] for panel in dashboard["panels"]]
-        assert len(set(ids)) == len(ids)
+        titles = [panel["title"] for panel in dashboard["panels"]]
+        assert len(set(ids)) == len(ids) and len(set(titles)) == len(titles)
         assert all(panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24 for panel in dashboard["panels"])
