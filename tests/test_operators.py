@@ -2,7 +2,8 @@
 metrics`, the compose Prometheus configuration passes `promtool check config`, and a real Prometheus
 (Debian's, on loopback) scraping that worker and that collector answers every query of the operators'
 dashboard (`devstack/grafana.py`) and evaluates every alert (`deploy/prometheus/alerts.yml`) without error,
-the client drop share's alone pending on the healthy pair."""
+the client drop share's alone pending on the healthy pair; the compose healthcheck of both tells a live
+process, degraded or not, from one that does not answer."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import json
 import math
 import re
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -32,6 +34,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).parent.parent
 PROMETHEUS_YML = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 RATE_INTERVAL = "30s"  # what Grafana's $__rate_interval stands for here (scrapes every second)
 # Series a healthy worker never has: degraded components, poisoned partitions and suppressed values appear
 # when they happen.
@@ -188,3 +191,29 @@ def test_the_worker_and_collector_expositions_pass_promtool_and_prometheus_answe
     assert value[("Collector 5xx share", "5xx")] == 0 and value[("Collector 429 share", "429")] == 0
     assert 0 < value[("Collector connections, share of the cap", "{{instance}}")] < 0.8
 
+
+def liveness(service: str, url: str) -> int:
+    """The exit status of a compose service's healthcheck (`python -c SCRIPT URL`) run against `url`."""
+    program, option, script, compose_url = COMPOSE["services"][service]["healthcheck"]["test"][1:]
+    assert (program, option) == ("python", "-c") and compose_url.startswith("http://127.0.0.1:")
+    return subprocess.run([sys.executable, option, script, url], capture_output=True, timeout=30).returncode
+
+
+def test_the_compose_healthchecks_pass_while_health_answers_degraded_or_not_and_fail_when_it_does_not(
+        stack_factory, tmp_path):
+    """The worker's and the collector's healthcheck test liveness: /health answering 200 or 503 (degraded:
+    a restart would not fix it) passes, no answer fails."""
+    stack = stack_factory(partitions=1)
+    worker = stack.worker()
+    worker.wait_flushed(stack.produce(list(EventGenerator(seed=5).events(100))))
+    assert liveness("worker", f"{worker.url}/health") == 0
+    with running_collector(stack.env, tmp_path / "up") as collector:
+        assert liveness("collector", f"{collector.url}/health") == 0
+    with running_collector(stack.env, tmp_path / "no-broker", ready=False,
+                           KERN_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}") as collector:  # nothing listens there
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(f"{collector.url}/health", timeout=5)
+        assert answer.value.code == 503
+        assert liveness("collector", f"{collector.url}/health") == 0
+        assert liveness("collector", f"{collector.url}/no-such-path") == 1  # answers, but not /health's answers
+    assert liveness("collector", f"http://127.0.0.1:{free_port()}/health") == 1  # nothing answers
