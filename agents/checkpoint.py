@@ -183,8 +183,12 @@ class Checkpoint:
         metrics.events_flushed.inc(rollup.events)
         if not rollup.replay:  # a replay's dead letters were counted when they were sent
             for (_, _, reason), events in rollup.quality.items():
-                if reason not in QUALITY_ONLY and reason not in GONE:
+                if reason in QUALITY_ONLY:
+                    metrics.quality_notes.labels(reason).inc(events)
+                elif reason not in GONE:
                     metrics.dead_letters.labels(reason).inc(events)
+            for (_, _, reason), events in rollup.client_drops().items():
+                metrics.client_dropped(reason, events)
             for reason in GONE:
                 if offsets := getattr(rollup, reason.value):
                     metrics.offsets_gone.labels(reason.value).inc(offsets)

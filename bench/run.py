@@ -58,7 +58,7 @@ class Topic:
         self.env = {"KERN_BOOTSTRAP_SERVERS": broker.bootstrap_servers, "KERN_TOPIC": name,
                     "KERN_TOPIC_PARTITIONS": str(PARTITIONS), "KERN_CONSUMER_GROUP": f"rollup-{uuid.uuid4().hex[:8]}",
                     "KERN_CLICKHOUSE_DSN": dsn or f"chdb://{workdir / 'chdb'}", "KERN_LOG_LEVEL": "warn",
-                    "KERN_HASH_SECRET": "bench-secret"}
+                    "KERN_HASH_SECRET": "bench-hash-secret-of-the-benchmarks"}
         self.settings = Settings(**{k.removeprefix("KERN_").lower(): v for k, v in self.env.items()})
         self.name = name
         create_topics(self.settings)

@@ -45,6 +45,7 @@ class Connections:
     def __init__(self, cap: int, metrics: CollectorMetrics):
         self.cap = cap
         self.metrics = metrics
+        metrics.connection_cap.set(cap)
         self.busy: set[web.RequestHandler] = set()  # connections with a request in progress
         self._server: web.Server | None = None
 

@@ -26,12 +26,17 @@ class CollectorMetrics:
         self.pending_bytes = Gauge("kern_collector_pending_bytes", "Bytes handed to the Kafka producer and not "
                                    "acknowledged yet, and bytes of the bodies being read (503 beyond "
                                    "KERN_COLLECTOR_MAX_PENDING_BYTES).", registry=registry)
+        self.max_pending_bytes = Gauge("kern_collector_max_pending_bytes", "The bound of the pending bytes "
+                                       "(KERN_COLLECTOR_MAX_PENDING_BYTES).", registry=registry)
         self.bodies = Gauge("kern_collector_bodies", "Request bodies being read.", registry=registry)
         self.body_bytes = Gauge("kern_collector_body_bytes", "Bytes counted for the bodies being read (their declared "
                                 "length, or KERN_COLLECTOR_MAX_BODY_BYTES when chunked); part of the pending bytes.",
                                 registry=registry)
         self.connections = Gauge("kern_collector_connections", "Open connections (at most the connection cap, "
                                  "but for a burst accepted at once, until the next connection).", registry=registry)
+        self.connection_cap = Gauge("kern_collector_connection_cap", "The connection cap: "
+                                    "KERN_COLLECTOR_MAX_CONNECTIONS, at most the open-file limit less the "
+                                    "descriptors kept for the process.", registry=registry)
         self.connections_evicted = Counter("kern_collector_connections_evicted", "Idle connections (between "
                                            "requests, or headers incomplete) closed at the connection cap to make "
                                            "room for a new one.", registry=registry)

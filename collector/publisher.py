@@ -84,6 +84,7 @@ class Publisher:
         self._turn = itertools.count()
         self._tasks: list[asyncio.Task] = []
         metrics.kafka_up.set(0)
+        metrics.max_pending_bytes.set(max_pending_bytes)
 
     async def start(self) -> None:
         self._producer = collector_producer(self.settings, self.max_batch_bytes, self.ack_timeout_s)

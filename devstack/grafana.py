@@ -5,23 +5,35 @@ Grafana translation) over ClickHouse, and the operators' panels over the Prometh
 
 `make dashboards` (`python -m devstack.grafana`) writes `deploy/grafana/dashboards/`, which Grafana
 provisions from files; a test fails when they differ from what this module generates, so the dashboards
-hold no SQL of their own. Operators' queries use Grafana's `$__rate_interval`."""
+hold no SQL of their own. Operators' queries use Grafana's `$__rate_interval`.
+
+The operators' stat panels are coloured where an alert fires (`deploy/prometheus/alerts.yml`, read here:
+each threshold has that one home). An alert whose expression is `<measure> > <threshold>` is a stat of
+that measure, coloured from the threshold on (red for a page, orange for a ticket); the other stats count
+what their alert watches."""
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
 from typing import NamedTuple
 
+import yaml
+
 from pipeline.panels import PANELS, SHARE, TIME_SERIES, Panel
 
-DASHBOARDS = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "dashboards"
+ROOT = Path(__file__).resolve().parent.parent
+DASHBOARDS = ROOT / "deploy" / "grafana" / "dashboards"
+ALERT_RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
 CLICKHOUSE = {"type": "grafana-clickhouse-datasource", "uid": "kern-clickhouse"}  # provisioned datasources
 PROMETHEUS = {"type": "prometheus", "uid": "kern-prometheus"}
 CLICKHOUSE_PLUGIN_VERSION = "4.20.0"  # docker-compose.yml installs this version
 DATABASE = "kern_telemetry"  # the `database` constant of the analysts' dashboard: KERN_CLICKHOUSE_DATABASE
 WORKER_JOB = "kern-worker"  # the scrape job of the workers
 COLLECTOR_JOB = "kern-collector"  # the scrape job of the HTTP collectors
+SEVERITY_COLOURS = {"page": "red", "ticket": "orange"}  # the `severity` labels of the alerts
 
 
 class Query(NamedTuple):
@@ -35,6 +47,42 @@ class OperatorPanel(NamedTuple):
     unit: str  # a Grafana unit
     queries: tuple[Query, ...]
     type: str = "timeseries"  # or "stat", "heatmap"
+    thresholds: tuple[tuple[float | None, str], ...] = ()  # (from this value, colour); the first from None
+
+
+def alert_rules() -> dict[str, dict]:
+    """The alerting rules of alerts.yml by name."""
+    return {rule["alert"]: rule for group in yaml.safe_load(ALERT_RULES.read_text())["groups"]
+            for rule in group["rules"]}
+
+
+ALERTS = alert_rules()
+
+
+def comparison(alert: str) -> tuple[str, float]:
+    """The measure and the threshold of an alert whose expression is `<measure> > <threshold>`."""
+    match = re.fullmatch(r"(.+) > ([0-9.]+)", " ".join(ALERTS[alert]["expr"].split()))
+    if match is None:
+        raise ValueError(f"{alert}: its expression is not `<measure> > <threshold>`")
+    return match[1], float(match[2])
+
+
+def _stat(alert: str, title: str, description: str, unit: str, query: Query, threshold: float,
+          below: bool = False) -> OperatorPanel:
+    """A stat coloured as `alert` sees it: from `threshold` on (or `below` it) in its severity's colour."""
+    severity = ALERTS[alert]["labels"]["severity"]
+    colour = SEVERITY_COLOURS[severity]
+    steps = ((None, colour), (threshold, "green")) if below else ((None, "green"), (threshold, colour))
+    return OperatorPanel(title, f"{description} Alert {alert} ({severity}): docs/runbooks/{alert}.md.", unit,
+                         (query,), "stat", steps)
+
+
+def _alert_stat(alert: str, title: str, unit: str, legend: str = "") -> OperatorPanel:
+    """The measure of an alert `<measure> > <threshold>`, coloured above its threshold (Grafana colours a
+    value from a step's value on: the step is the next float above the threshold)."""
+    measure, threshold = comparison(alert)
+    return _stat(alert, title, f"Above {threshold:,.10g}: {ALERTS[alert]['annotations']['summary']}.", unit,
+                 Query(measure, legend), math.nextafter(threshold, math.inf))
 
 
 def _rate(metric: str, by: str = "") -> str:
@@ -55,14 +103,21 @@ def _per_instance(metric: str) -> Query:
     return Query(f"sum by (instance) ({metric})", "{{instance}}")
 
 
+RARE_VALUES = 'kern_quality_notes_total{reason="rare_value"}'
+
 WORKER_PANELS: tuple[OperatorPanel, ...] = (
-    OperatorPanel("Workers up", "Workers Prometheus scrapes.", "short", (_up(WORKER_JOB),), "stat"),
-    OperatorPanel("Workers degraded", "Workers with a degraded component (their /health answers 503).", "short",
-                  (Query("count(kern_up == 0) or vector(0)", "degraded"),), "stat"),
-    OperatorPanel("Consumer lag", "Records after the last landed flush, all partitions.", "short",
-                  (Query("sum(kern_consumer_lag) or vector(0)", "lag"),), "stat"),
-    OperatorPanel("Poisoned partitions", "Partitions paused before a batch they cannot decode (kern-telemetry skip).",
-                  "short", (Query("count(kern_partition_poisoned == 1) or vector(0)", "poisoned"),), "stat"),
+    _stat("KernNoWorkerUp", "Workers up", "Workers Prometheus scrapes.", "short", _up(WORKER_JOB), 1, below=True),
+    _stat("KernWorkerDegraded", "Workers degraded", "Workers with a degraded component (their /health answers 503).",
+          "short", Query("count(kern_up == 0) or vector(0)", "degraded"), 1),
+    _alert_stat("KernConsumerNotFresh", "Oldest unflushed record", "s", "partition {{partition}}"),
+    _stat("KernPartitionPoisoned", "Poisoned partitions", "Partitions paused before a batch they cannot decode "
+          "(kern-telemetry skip).", "short", Query("count(kern_partition_poisoned == 1) or vector(0)", "poisoned"), 1),
+    _alert_stat("KernFlushStalled", "Last flush age, rows waiting", "s", "{{instance}}"),
+    _alert_stat("KernFlushesFailing", "Failed flushes, 15 min", "short", "{{instance}}"),
+    _alert_stat("KernOffsetsLost", "Offsets expired or lost, 15 min", "short", "{{outcome}}"),
+    _alert_stat("KernDeadLetterShare", "Dead-letter share", "percentunit", "dead letters"),
+    _alert_stat("KernValuesSuppressed", "Values suppressed", "ops", "{{field}}"),
+    _alert_stat("KernClientDropShare", "Client drop share", "percentunit", "dropped"),
     OperatorPanel("Events per second", "Records consumed (replays included), and records whose rollup landed.", "ops",
                   (Query(_rate("kern_events_consumed_total"), "consumed"),
                    Query(_rate("kern_events_flushed_total"), "flushed"))),
@@ -76,6 +131,15 @@ WORKER_PANELS: tuple[OperatorPanel, ...] = (
                   (Query(_rate("kern_flushes_total"), "landed"), Query(_rate("kern_flush_failures_total"), "failed"))),
     OperatorPanel("Dead letters by reason", "Events sent to the dead-letter topic per second.", "ops",
                   (Query(_rate("kern_dead_letters_total", "reason"), "{{reason}}"),)),
+    OperatorPanel("Dead-letter and rare-value shares", "Dead letters per record consumed, and values stored as "
+                  "(rare) per record consumed (one per field).", "percentunit",
+                  (Query(f"{_rate('kern_dead_letters_total')} / {_rate('kern_events_consumed_total')}", "dead letters"),
+                   Query(f"{_rate(RARE_VALUES)} / {_rate('kern_events_consumed_total')}", "rare values"))),
+    OperatorPanel("Quality notes by reason", "Per second: late events (not counted), replaced timestamps, values "
+                  "stored as (redacted), (invalid) or (rare).", "ops",
+                  (Query(_rate("kern_quality_notes_total", "reason"), "{{reason}}"),)),
+    OperatorPanel("Client drops by reason", "Events SDK clients report they dropped, per second.", "ops",
+                  (Query(_rate("kern_client_drops_total", "reason"), "{{reason}}"),)),
     OperatorPanel("Pending rows", "Rows folded but not flushed, per worker: consumption pauses above "
                   "KERN_MAX_PENDING_ROWS (backpressure).", "short",
                   (_per_instance("kern_pending_rows"),)),
@@ -98,9 +162,17 @@ WORKER_PANELS: tuple[OperatorPanel, ...] = (
 )
 
 COLLECTOR_PANELS: tuple[OperatorPanel, ...] = (
-    OperatorPanel("Collectors up", "HTTP collectors Prometheus scrapes.", "short", (_up(COLLECTOR_JOB),), "stat"),
-    OperatorPanel("Collectors without Kafka", "Collectors whose broker does not answer (their POSTs get 503).",
-                  "short", (Query("count(kern_collector_kafka_up == 0) or vector(0)", "without kafka"),), "stat"),
+    _stat("KernNoCollectorUp", "Collectors up", "HTTP collectors Prometheus scrapes.", "short", _up(COLLECTOR_JOB), 1,
+          below=True),
+    _stat("KernKafkaUnreachable", "Collectors without Kafka", "Collectors whose broker does not answer (their POSTs "
+          "get 503).", "short", Query("count(kern_collector_kafka_up == 0) or vector(0)", "without kafka"), 1),
+    _alert_stat("KernCollectorErrors", "Collector 5xx share", "percentunit", "5xx"),
+    _alert_stat("KernCollectorRateLimited", "Collector 429 share", "percentunit", "429"),
+    _alert_stat("KernCollectorMemoryHigh", "Collector memory", "bytes", "{{instance}}"),
+    _alert_stat("KernCollectorConnectionsNearCap", "Collector connections, share of the cap", "percentunit",
+                "{{instance}}"),
+    _alert_stat("KernCollectorPendingBytesNearBound", "Collector pending bytes, share of the bound", "percentunit",
+                "{{instance}}"),
     OperatorPanel("Collector requests per second", "POSTs answered, by status code and reason (accepted, or why "
                   "refused).", "reqps",
                   (Query(_rate("kern_collector_requests_total", "code, reason"), "{{code}} {{reason}}"),)),
@@ -108,9 +180,19 @@ COLLECTOR_PANELS: tuple[OperatorPanel, ...] = (
                   (Query(_rate("kern_collector_events_total"), "accepted"),)),
     OperatorPanel("Collector request latency", "Time from a POST's headers to its answer.", "s",
                   _quantiles("kern_collector_request_duration_seconds", 0.5, 0.99)),
-    OperatorPanel("Collector pending bytes", "Bytes handed to the Kafka producer and not acknowledged yet, per "
-                  "collector: 503 beyond KERN_COLLECTOR_MAX_PENDING_BYTES.", "bytes",
-                  (_per_instance("kern_collector_pending_bytes"),)),
+    OperatorPanel("Collector pending bytes", "Bytes handed to the Kafka producer and not acknowledged yet, with "
+                  "the bodies being read (their declared bytes), per collector; 503 beyond the bound "
+                  "(KERN_COLLECTOR_MAX_PENDING_BYTES).", "bytes",
+                  (_per_instance("kern_collector_pending_bytes"),
+                   Query("sum by (instance) (kern_collector_body_bytes)", "{{instance}} bodies"),
+                   Query("max by (instance) (kern_collector_max_pending_bytes)", "{{instance}} bound"))),
+    OperatorPanel("Collector connections", "Open connections per collector, and its cap (at the cap idle ones are "
+                  "closed; requests in progress beyond it get 503 busy).", "short",
+                  (_per_instance("kern_collector_connections"),
+                   Query("max by (instance) (kern_collector_connection_cap)", "{{instance}} cap"))),
+    OperatorPanel("Bodies being read", "Request bodies being read, per collector (each counts in the pending bytes "
+                  "until it is read; 408 after KERN_COLLECTOR_BODY_TIMEOUT_SECONDS).", "short",
+                  (_per_instance("kern_collector_bodies"),)),
     OperatorPanel("Rate limiter clients", "Clients the rate limiter remembers, per collector (at most "
                   "KERN_COLLECTOR_RATE_LIMIT_CLIENTS).", "short",
                   (_per_instance("kern_collector_rate_limit_clients"),)),
@@ -163,8 +245,15 @@ def operator_panel(panel: OperatorPanel) -> dict:
     targets = [{"refId": chr(ord("A") + i), "datasource": PROMETHEUS, "expr": query.expr,
                 "legendFormat": query.legend, **({"format": "heatmap"} if panel.type == "heatmap" else {})}
                for i, query in enumerate(panel.queries)]
-    return {"type": panel.type, "title": panel.title, "description": panel.description, "datasource": PROMETHEUS,
-            "targets": targets, "fieldConfig": {"defaults": {"unit": panel.unit}, "overrides": []}}
+    defaults: dict = {"unit": panel.unit}
+    result = {"type": panel.type, "title": panel.title, "description": panel.description, "datasource": PROMETHEUS,
+              "targets": targets, "fieldConfig": {"defaults": defaults, "overrides": []}}
+    if panel.thresholds:
+        defaults["thresholds"] = {"mode": "absolute", "steps": [{"color": colour, "value": value}
+                                                                for value, colour in panel.thresholds]}
+        result["options"] = {"colorMode": "background", "graphMode": "none", "textMode": "value_and_name",
+                             "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}}
+    return result
 
 
 def dashboards() -> dict[str, dict]:

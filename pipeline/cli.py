@@ -100,9 +100,8 @@ def worker() -> None:
     from pipeline.app import create_app, run
 
     settings = Settings.load()
-    if settings.hash_secret is None:
-        raise click.UsageError("KERN_HASH_SECRET is not set: the worker counts sessions and candidate values only by "
-                               "keyed hashes derived from it, and every worker needs the same one (README: Privacy)")
+    if problem := settings.hash_secret_problem():
+        raise click.UsageError(problem)
     run(create_app(settings))
 
 

@@ -17,6 +17,10 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_TOPIC = "kern.telemetry.events"
+#: Hash secrets anyone can read (docker-compose.yml's default): whoever knows the secret can test a guessed
+#: session id or value against the keyed hashes, so the worker refuses them outside development.
+DEV_HASH_SECRETS = frozenset({"kern-dev-hash-secret-change-me"})
+MIN_HASH_SECRET_LENGTH = 16
 
 
 class Settings(BaseSettings):
@@ -80,6 +84,8 @@ class Settings(BaseSettings):
     hash_secret: SecretStr | None = Field(
         None, description="Master secret of the keyed hashes of sessions and candidate values (required by the "
                           "worker; never stored in ClickHouse or Kafka)")
+    dev: bool = Field(False, description="Development: the worker accepts a published or short KERN_HASH_SECRET "
+                                         "(docker-compose.yml sets it; never in production)")
     k_anonymity: int = Field(10, ge=1, description="Distinct installations of one day a value needs before it is stored")
     admission_refresh_seconds: float = Field(5.0, gt=0, description="How often workers load newly admitted values")
     max_new_values_per_flush: int = Field(
@@ -102,6 +108,23 @@ class Settings(BaseSettings):
         if dsn.startswith("chdb://") and not dsn.startswith("chdb:///"):
             return "chdb://" + os.path.abspath(dsn.removeprefix("chdb://"))
         return dsn
+
+    def hash_secret_problem(self) -> str | None:
+        """Why a worker must not start with this hash secret: none, or one anyone can read or guess (unless
+        `dev`)."""
+        if self.hash_secret is None:
+            return ("KERN_HASH_SECRET is not set: the worker counts sessions and candidate values only by keyed "
+                    "hashes derived from it, and every worker needs the same one (README: Privacy)")
+        secret = self.hash_secret.get_secret_value()
+        if self.dev:
+            return None
+        fix = ("set a random one, the same for every worker (`python -c 'import secrets; "
+               "print(secrets.token_urlsafe(32))'`), or KERN_DEV=1 for a development cluster")
+        if secret in DEV_HASH_SECRETS:
+            return f"KERN_HASH_SECRET is the development default of docker-compose.yml, which anyone can read: {fix}"
+        if len(secret) < MIN_HASH_SECRET_LENGTH:
+            return f"KERN_HASH_SECRET has {len(secret)} characters, fewer than {MIN_HASH_SECRET_LENGTH}: {fix}"
+        return None
 
     @property
     def dlq_topic(self) -> str:

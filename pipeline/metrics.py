@@ -7,13 +7,15 @@ batch or per flush, never per event.
 
 from __future__ import annotations
 
+from kern_telemetry_client.contract import DROP_REASONS
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, disable_created_metrics,
                                generate_latest)
 
-from pipeline.rejections import GONE
+from pipeline.rejections import GONE, QUALITY_ONLY
 
 disable_created_metrics()  # no `*_created` series: a counter's start time says nothing an operator uses
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OTHER_DROP = "other"  # the `reason` of client drops the contract does not name (stored values: bounded labels)
 
 
 class Metrics:
@@ -29,6 +31,17 @@ class Metrics:
                                       registry=registry)
         self.dead_letters = Counter("kern_dead_letters", "Events sent to the dead-letter topic, by reason.", ["reason"],
                                     registry=registry)
+        self.quality_notes = Counter("kern_quality_notes", "Notes on events, never dead-lettered, by reason: late "
+                                     "(not counted), future_timestamp and bad_timestamp (the record's time used), "
+                                     "redacted_value, invalid_value and rare_value (one per field stored so).",
+                                     ["reason"], registry=registry)
+        for reason in sorted(QUALITY_ONLY):
+            self.quality_notes.labels(reason.value)
+        self.client_drops = Counter("kern_client_drops", "Events SDK clients report they dropped (their client "
+                                    "reports), by reason; reasons the contract does not name are `other`.",
+                                    ["reason"], registry=registry)
+        for reason in (*DROP_REASONS, OTHER_DROP):
+            self.client_drops.labels(reason)
         self.offsets_gone = Counter("kern_offsets_gone", "Offsets without records counted, by outcome: skipped by "
                                     "an operator (kern-telemetry skip), expired (removed by retention before they "
                                     "were consumed), lost (gone from a truncated or replaced log before they were "
@@ -63,6 +76,9 @@ class Metrics:
         self.fetch_errors = Counter("kern_fetch_errors", "Fetches the Kafka client raised for.", registry=registry)
         self.offset_gaps_refused = Counter("kern_offset_gaps_refused", "Batches refused because they did not start "
                                            "where the partition's folding stood.", registry=registry)
+
+    def client_dropped(self, reason: str, events: int) -> None:
+        self.client_drops.labels(reason if reason in DROP_REASONS else OTHER_DROP).inc(events)
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
         return self.registry.get_sample_value(name, labels) or 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import tomllib
 from pathlib import Path
@@ -10,18 +11,21 @@ from urllib.parse import urlsplit
 
 import click
 import yaml
+from click.testing import CliRunner
 
-from devstack.grafana import CLICKHOUSE, CLICKHOUSE_PLUGIN_VERSION, COLLECTOR_JOB, DASHBOARDS, DATABASE, PROMETHEUS
-from devstack.grafana import WORKER_JOB
+from devstack.grafana import ALERT_RULES, ALERTS, CLICKHOUSE, CLICKHOUSE_PLUGIN_VERSION, COLLECTOR_JOB, DASHBOARDS
+from devstack.grafana import DATABASE, OPERATOR_PANELS, PROMETHEUS, SEVERITY_COLOURS, WORKER_JOB, comparison
 from devstack.grafana import dashboards, render
 from pipeline.cli import main as cli
-from pipeline.config import Settings
+from pipeline.config import DEV_HASH_SECRETS, Settings
 from pipeline.panels import PANELS
 
 ROOT = Path(__file__).parent.parent
-COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
+COMPOSE = yaml.safe_load(COMPOSE_TEXT)
 SERVICES = COMPOSE["services"]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
+ONE_SHOT = {"init", "producer"}  # jobs that exit: their exit status is their health
 
 
 def env(service: str) -> dict[str, str]:
@@ -29,7 +33,8 @@ def env(service: str) -> dict[str, str]:
 
 
 def test_the_dev_cluster_has_kafka_clickhouse_init_worker_and_an_optional_producer():
-    assert set(SERVICES) == {"kafka", "clickhouse", "init", "worker", "collector", "producer", "prometheus", "grafana"}
+    assert set(SERVICES) == {"kafka", "clickhouse", "init", "worker", "collector", "producer", "prometheus",
+                             "alertmanager", "grafana"}
     assert SERVICES["kafka"]["image"].startswith("apache/kafka:")
     assert SERVICES["clickhouse"]["image"].startswith("clickhouse/clickhouse-server:")
     assert SERVICES["producer"]["profiles"] == ["load"]
@@ -53,6 +58,61 @@ def test_every_kern_variable_is_a_setting_and_credentials_agree_with_the_server(
     assert worker["KERN_CLICKHOUSE_USER"] == server["CLICKHOUSE_USER"]
     assert worker["KERN_CLICKHOUSE_PASSWORD"] == server["CLICKHOUSE_PASSWORD"]
     assert worker["KERN_CLICKHOUSE_DATABASE"] == server["CLICKHOUSE_DB"]
+
+
+def test_kafka_and_clickhouse_keep_their_data_in_named_volumes_with_one_lifetime():
+    """The ledger in ClickHouse describes the broker's log: a broker that forgot its log while ClickHouse kept
+    its ledger would make every worker meet a new log (README: Guarantees)."""
+    kafka = env("kafka")
+    assert SERVICES["kafka"]["volumes"] == [f"kafka-data:{kafka['KAFKA_LOG_DIRS']}"]
+    assert SERVICES["clickhouse"]["volumes"] == ["clickhouse-data:/var/lib/clickhouse"]
+    assert {"kafka-data", "clickhouse-data"} <= set(COMPOSE["volumes"])
+    assert re.fullmatch(r"[A-Za-z0-9_-]{22}", kafka["CLUSTER_ID"])  # recorded in the volume: fixed, not generated
+
+
+def test_every_image_is_pinned_to_a_digest_or_an_exact_tag_with_the_reason_stated():
+    """No registry could be reached where this was written, so the digests are not there; each image line
+    says why (README: docker-compose)."""
+    lines = {line.split("image:")[1].split("#")[0].strip(): line for line in COMPOSE_TEXT.splitlines()
+             if line.strip().startswith("image:")}
+    assert set(lines) == {service["image"] for service in SERVICES.values()}
+    for image, line in lines.items():
+        if "@sha256:" in image:
+            assert re.fullmatch(r"[\w./-]+:[\w.-]+@sha256:[0-9a-f]{64}", image), image
+        else:
+            assert re.fullmatch(r"[\w./-]+:v?\d+\.\d+(\.\d+)?|kern-telemetry:dev", image), image
+            assert "no digest" in line, line
+
+
+def test_every_long_running_service_has_a_healthcheck_and_one_shot_jobs_are_the_exception():
+    for name, service in SERVICES.items():
+        if name in ONE_SHOT:
+            assert "healthcheck" not in service and service.get("restart", "no") == "no", name
+            continue
+        check = service["healthcheck"]
+        assert check["test"][0] in ("CMD", "CMD-SHELL") and {"interval", "timeout", "retries"} <= set(check), name
+    for name, path in (("prometheus", "/-/ready"), ("alertmanager", "/-/ready"), ("grafana", "/api/health")):
+        test = SERVICES[name]["healthcheck"]["test"]
+        port = SERVICES[name]["ports"][0].split(":")[-1]
+        assert test == ["CMD", "wget", "-q", "--spider", f"http://127.0.0.1:{port}{path}"], name
+    # the worker's and the collector's: the same liveness script (tests/test_operators.py runs it)
+    assert SERVICES["worker"]["healthcheck"]["test"][:3] == SERVICES["collector"]["healthcheck"]["test"][:3] \
+        == ["CMD", "python", "-c"]
+    assert SERVICES["worker"]["healthcheck"]["test"][3] == SERVICES["collector"]["healthcheck"]["test"][3]
+
+
+def test_the_compose_hash_secret_is_a_published_default_the_worker_refuses_without_kern_dev():
+    worker = env("worker")
+    default = re.fullmatch(r"\$\{KERN_HASH_SECRET:-(.+)\}", worker["KERN_HASH_SECRET"])[1]
+    assert default in DEV_HASH_SECRETS and worker["KERN_DEV"] == "1"
+    assert Settings(hash_secret=default, dev=True, _env_file=None).hash_secret_problem() is None
+    assert "development default" in Settings(hash_secret=default, _env_file=None).hash_secret_problem()
+    assert "fewer than 16" in Settings(hash_secret="too-short", _env_file=None).hash_secret_problem()
+    assert Settings(hash_secret="a-random-secret-of-32-characters", _env_file=None).hash_secret_problem() is None
+    for variables, problem in (({"KERN_HASH_SECRET": default}, "development default"),
+                               ({"KERN_HASH_SECRET": "short"}, "fewer than 16"), ({}, "is not set")):
+        refused = CliRunner().invoke(cli, ["worker"], env={"KERN_HASH_SECRET": None, "KERN_DEV": None, **variables})
+        assert refused.exit_code == 2 and problem in refused.output, refused.output  # before anything starts
 
 
 def test_init_waits_for_healthy_services_and_workers_wait_for_init():
@@ -109,7 +169,8 @@ def mounts(service: str) -> dict[str, Path]:
 
 def test_prometheus_scrapes_every_worker_and_collector_it_finds_by_dns_on_the_service_names():
     assert re.fullmatch(r"prom/prometheus:v\d+\.\d+\.\d+", SERVICES["prometheus"]["image"])  # pinned
-    assert mounts("prometheus") == {"/etc/prometheus/prometheus.yml": PROMETHEUS_YML}
+    assert mounts("prometheus") == {"/etc/prometheus/prometheus.yml": PROMETHEUS_YML,
+                                    "/etc/prometheus/alerts.yml": ALERT_RULES}
     jobs = {job["job_name"]: job for job in yaml.safe_load(PROMETHEUS_YML.read_text())["scrape_configs"]}
     assert list(jobs) == [WORKER_JOB, COLLECTOR_JOB]
     worker_port = int(env("worker").get("KERN_WEB_PORT", Settings.model_fields["web_port"].default))
@@ -123,6 +184,44 @@ def test_prometheus_scrapes_every_worker_and_collector_it_finds_by_dns_on_the_se
         assert discovery["port"] == port, name
 
 
+def test_prometheus_evaluates_the_alerts_and_sends_them_to_the_compose_alertmanager():
+    config = yaml.safe_load(PROMETHEUS_YML.read_text())
+    assert config["rule_files"] == [ALERT_RULES.name]  # next to prometheus.yml, in the repository and the container
+    ((target,),) = [static["targets"] for manager in config["alerting"]["alertmanagers"]
+                    for static in manager["static_configs"]]
+    host, port = target.split(":")
+    assert host == "alertmanager" and SERVICES["alertmanager"]["ports"] == [f"127.0.0.1:{port}:{port}"]
+    assert re.fullmatch(r"prom/alertmanager:v\d+\.\d+\.\d+", SERVICES["alertmanager"]["image"])
+    assert mounts("alertmanager") == {"/etc/alertmanager/alertmanager.yml":
+                                      (ROOT / "deploy" / "alertmanager" / "alertmanager.yml").resolve()}
+    assert SERVICES["prometheus"]["depends_on"] == {"alertmanager": {"condition": "service_healthy"}}
+
+
+def test_the_operators_stat_panels_are_coloured_where_their_alerts_fire():
+    """Each threshold has one home, alerts.yml: a stat of an alert `<measure> > <threshold>` shows that
+    measure and turns its severity's colour just above that threshold; every stat names its alert."""
+    def measured(alert: str) -> tuple[str, float] | None:
+        try:
+            return comparison(alert)
+        except ValueError:  # a state: up, degraded, poisoned
+            return None
+
+    stats = {}
+    for panel in OPERATOR_PANELS:
+        if panel.type == "stat":
+            ((name, severity),) = re.findall(r"Alert (Kern\w+) \((page|ticket)\)", panel.description)
+            stats[name] = panel
+            assert ALERTS[name]["labels"]["severity"] == severity
+            assert {colour for _, colour in panel.thresholds} == {"green", SEVERITY_COLOURS[severity]}
+    assert {name for name in ALERTS if measured(name)} <= set(stats)  # every alert with a threshold has its stat
+    for name, panel in stats.items():
+        if measure := measured(name):
+            expr, threshold = measure
+            assert [query.expr for query in panel.queries] == [expr]
+            colour = SEVERITY_COLOURS[ALERTS[name]["labels"]["severity"]]
+            assert panel.thresholds == ((None, "green"), (math.nextafter(threshold, math.inf), colour))
+
+
 def test_grafana_is_the_official_image_with_the_pinned_clickhouse_plugin_and_files_from_the_repository():
     grafana = SERVICES["grafana"]
     assert re.fullmatch(r"grafana/grafana:\d+\.\d+\.\d+", grafana["image"])
@@ -133,7 +232,7 @@ def test_grafana_is_the_official_image_with_the_pinned_clickhouse_plugin_and_fil
     home = Path(env("grafana")["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"])
     assert home.parent == Path("/etc/grafana/dashboards") and (DASHBOARDS / home.name).is_file()
     assert grafana["depends_on"] == {"clickhouse": {"condition": "service_healthy"},
-                                     "prometheus": {"condition": "service_started"}}
+                                     "prometheus": {"condition": "service_healthy"}}
 
 
 def test_grafana_datasources_reach_the_compose_clickhouse_and_prometheus():
@@ -173,5 +272,6 @@ def test_the_provisioned_dashboards_are_generated_and_their_sql_is_the_tested_pa
     assert DATABASE == env("clickhouse")["CLICKHOUSE_DB"] == env("worker")["KERN_CLICKHOUSE_DATABASE"]
     for dashboard in (analysts, operators):
         ids = [panel["id"] for panel in dashboard["panels"]]
-        assert len(set(ids)) == len(ids)
+        titles = [panel["title"] for panel in dashboard["panels"]]
+        assert len(set(ids)) == len(ids) and len(set(titles)) == len(titles)
         assert all(panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24 for panel in dashboard["panels"])
