@@ -26,11 +26,12 @@ $(ENGINE_STAMP): bench/kafka-engine-requirements.txt
 test: $(STAMP) test-tools
 	$(BIN)/python -m pytest -q
 
-# Debian's packages the tests drive: Chromium (the page test; a browser download cannot work here) and
-# prometheus (promtool and a real Prometheus for the operators' panels)
+# Debian's packages the tests drive: Chromium (the page test; a browser download cannot work here),
+# prometheus (promtool and a real Prometheus for the operators' panels and alerts) and
+# prometheus-alertmanager (amtool checks the Alertmanager configuration and its routes)
 test-tools:
-	@command -v chromium >/dev/null && command -v promtool >/dev/null || \
-		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium prometheus; }
+	@command -v chromium >/dev/null && command -v promtool >/dev/null && command -v amtool >/dev/null || \
+		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium prometheus prometheus-alertmanager; }
 
 # Grafana's dashboards, generated from the panels (pipeline/panels.py, devstack/grafana.py)
 dashboards: $(STAMP)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import yaml
@@ -96,6 +97,19 @@ def test_each_runbook_says_what_the_alert_means_how_to_confirm_it_what_to_do_and
                 assert (RUNBOOKS / link).resolve().exists(), (name, link)
     index = (RUNBOOKS / "README.md").read_text()
     assert all(f"({name}.md)" in index for name in ALERTS)
+
+
+def test_amtool_accepts_the_alertmanager_configuration_and_routes_each_severity_to_its_receiver():
+    config = yaml.safe_load(ALERTMANAGER_YML.read_text())
+    checked = subprocess.run(["amtool", "check-config", str(ALERTMANAGER_YML)], capture_output=True, text=True,
+                             timeout=60)
+    assert checked.returncode == 0 and "SUCCESS" in checked.stdout, checked.stdout + checked.stderr
+    for route in config["route"]["routes"]:
+        severity = re.fullmatch(r'severity="(\w+)"', route["matchers"][0])[1]
+        routed = subprocess.run(["amtool", "config", "routes", "test", f"--config.file={ALERTMANAGER_YML}",
+                                 "alertname=KernProbe", f"severity={severity}"], capture_output=True, text=True,
+                                timeout=60)
+        assert routed.stdout.split() == [route["receiver"]], routed.stdout + routed.stderr
 
 
 def test_alertmanager_routes_every_severity_and_inhibits_only_alerts_that_exist():
