@@ -48,14 +48,29 @@ FETCH_OPTIONS = {"fetch_max_bytes": 64 << 20, "max_partition_fetch_bytes": 16 <<
 
 def worker_consumer(settings: Settings):
     """The rollup worker's consumer: manual commits (`ingest_flushes` is the truth), a short session, so a
-    crashed worker's partitions move within seconds, and no reset of a position out of the log's range:
-    the worker judges the log itself (`agents/logs.py`) instead of jumping silently."""
+    crashed worker's partitions move within seconds, no reset of a position out of the log's range (the
+    worker judges the log itself, `agents/logs.py`, instead of jumping silently), and bare records."""
     from aiokafka import AIOKafkaConsumer
 
+    _bare_records()
     return AIOKafkaConsumer(group_id=settings.consumer_group, client_id="kern-telemetry-rollup",
                             enable_auto_commit=False, auto_offset_reset="none", max_poll_records=50_000,
                             session_timeout_ms=10_000, heartbeat_interval_ms=2_000, rebalance_timeout_ms=10_000,
                             **FETCH_OPTIONS, **client_options(settings))
+
+
+def _bare_records() -> None:
+    """Records as aiokafka's batch decoder makes them (`offset`, `timestamp`, `value`, `key`, `headers`),
+    not wrapped each in a `ConsumerRecord` of eleven fields the worker never reads: measured draining
+    300,000 events from Tansu, 2.9-3.2 CPU-us per record instead of 4.65 (librdkafka: 2.1-2.35). aiokafka
+    is pinned: the tests run the worker on it, so a release that changes this fails them."""
+    from aiokafka.consumer.fetcher import PartitionRecords
+
+    PartitionRecords._consumer_record = _batch_record
+
+
+def _batch_record(partition_records: object, tp: object, record: object) -> object:
+    return record
 
 
 def dead_letter_producer(settings: Settings):
