@@ -153,7 +153,7 @@ class Health:
 
     def report(self) -> dict:
         self.tick()
-        value = self.metrics.value
+        value = self.metrics.values()
         return {
             "status": "ok" if self.ok else "degraded",
             "degraded": dict(self.degraded),

@@ -7,6 +7,8 @@ batch or per flush, never per event.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from kern_telemetry_client.contract import DROP_REASONS
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, disable_created_metrics,
                                generate_latest)
@@ -82,6 +84,17 @@ class Metrics:
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
         return self.registry.get_sample_value(name, labels) or 0
+
+    def values(self) -> Callable[..., float]:
+        """A reader of every sample as the registry holds it now, collected once (`value` collects the whole
+        registry, /proc included, for each sample it reads)."""
+        samples = {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                   for metric in self.registry.collect() for sample in metric.samples}
+
+        def value(name: str, labels: dict[str, str] | None = None) -> float:
+            return samples.get((name, tuple(sorted((labels or {}).items()))), 0)
+
+        return value
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

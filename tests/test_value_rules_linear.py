@@ -167,6 +167,6 @@ def test_the_workers_caches_never_keep_a_string_over_the_cap():
         stored = dict(zip([d.name for d in DIMENSIONS], dims))
         assert {stored[name] for name in ("sdk_version", "model_provider", "model_name", "model_id", "db_type",
                                           "parser_provider", "parser_model_id")} == {INVALID}
-    caches = (worker._projections, worker._admitted, worker._launches, worker._flags, tally.tracked,
+    caches = (worker._projections, worker._admitted, worker._patterns, worker._flags, tally.tracked,
               tally.candidates, dict(tally.sessions))
     assert max(map(len, key_strings(caches))) <= MAX_RAW_LENGTH
