@@ -90,6 +90,32 @@ async def _drain(bootstrap: str, topic: str, expected: int) -> dict:
         await consumer.stop()
 
 
+def _drain_librdkafka(bootstrap: str, topic: str, expected: int) -> dict:
+    """The other ceiling: librdkafka (confluent-kafka) draining the topic, `consume(10000)` at a time, each
+    record's value, offset and timestamp read (as a worker would). Its CPU includes librdkafka's threads."""
+    import confluent_kafka
+
+    consumer = confluent_kafka.Consumer({"bootstrap.servers": bootstrap, "group.id": f"drain-{uuid.uuid4().hex}",
+                                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                                         "fetch.max.bytes": FETCH_OPTIONS["fetch_max_bytes"],
+                                         "max.partition.fetch.bytes": FETCH_OPTIONS["max_partition_fetch_bytes"]})
+    consumer.subscribe([topic])
+    try:
+        count, first, cpu = 0, None, time.process_time()
+        while count < expected:
+            for message in consumer.consume(10_000, 1.0):
+                if message.error() is None:
+                    if first is None:
+                        first, cpu = time.monotonic(), time.process_time()
+                    message.value(), message.offset(), message.timestamp()
+                    count += 1
+        seconds = time.monotonic() - first
+        return {"events": count, "seconds": seconds, "rate": count / seconds,
+                "cpu_s_per_1m": (time.process_time() - cpu) / count * 1e6}
+    finally:
+        consumer.close()
+
+
 def run_workers(topic: Topic, ends: dict[int, int], count: int, events: int) -> dict:
     """Start `count` workers on a filled topic; time them from the first event any of them consumed to
     the last flush that lands the topic's end, from outside (their /health, and /proc for CPU)."""
@@ -320,8 +346,9 @@ def main() -> None:
         results["produce_rate"] = args.events / (time.monotonic() - started)
         empty = values.count(b"")
         del values
-        console.print(f"produced to {topic.name}; measuring the ceiling ...")
+        console.print(f"produced to {topic.name}; measuring the ceilings (bare aiokafka and librdkafka drains) ...")
         results["ceiling"] = asyncio.run(_drain(broker.bootstrap_servers, topic.name, args.events))
+        results["ceiling_librdkafka"] = _drain_librdkafka(broker.bootstrap_servers, topic.name, args.events)
         console.print("measuring the worker ...")
         results["worker"] = run_workers(topic, ends, 1, args.events)
         for key, count in (("worker_http", 1), ("two_workers", 2)):
@@ -331,6 +358,15 @@ def main() -> None:
                 results[key] = run_workers(Topic(broker, workdir / key, name=topic.name, dsn=server.url), ends,
                                            count, args.events)
                 results[key]["clickhouse_cpu_s_per_1m"] = (process_cpu_s(server.process.pid) - cpu) / args.events * 1e6
+        console.print(f"measuring the worker over HTTP on {args.events:,} events of sessions of ~8 runs ...")
+        sessions = Topic(broker, workdir / "sessions")
+        sessions_ends = produce(sessions.settings, EventGenerator(seed=args.seed, runs_per_session=8).events(args.events))
+        with ChdbServerProcess(str(workdir / "sessions" / "chdb")) as server:
+            cpu = process_cpu_s(server.process.pid)
+            results["worker_http_sessions"] = run_workers(
+                Topic(broker, workdir / "sessions", name=sessions.name, dsn=server.url), sessions_ends, 1, args.events)
+            results["worker_http_sessions"]["clickhouse_cpu_s_per_1m"] = \
+                (process_cpu_s(server.process.pid) - cpu) / args.events * 1e6
         console.print("measuring ClickHouse's Kafka engine (its consumer takes ~30 s to join) ...")
         (workdir / "kafka-engine").mkdir()
         results["kafka_engine"] = kafka_engine(broker.bootstrap_servers, topic.name, args.events, empty,
@@ -396,12 +432,32 @@ def flood_note(flood: dict) -> str:
             f"{flood['candidate_rows']:,}; suppressed values {flood['suppressed']}")
 
 
+COLUMNS = ("measurement", "events/s", "× aiokafka drain", "× librdkafka drain", "worker HTTP ×",
+           "CPU s / 1M (+ ClickHouse)", "events / CPU-s", "peak RSS MB")
+
+
+def _cells(name: str, m: dict, results: dict) -> list[str]:
+    """A row: the rate, its ratio to both ceilings and the worker over HTTP's ratio to it, CPU per 1M events
+    (the process's own, plus ClickHouse's where it runs apart) and events per CPU-second of both."""
+    rate, worker = m.get("rate"), results["worker_http"]["rate"]
+    cpu, clickhouse = m.get("cpu_s_per_1m"), m.get("clickhouse_cpu_s_per_1m", 0.0)
+    return [name, f"{rate:,.0f}" if rate else "n/a",
+            *(f"{rate / results[ceiling]['rate']:.2f}" if rate else "n/a"
+              for ceiling in ("ceiling", "ceiling_librdkafka")),
+            f"{worker / rate:.2f}" if rate else "n/a",
+            (f"{cpu:.1f}" + (f" + {clickhouse:.1f}" if clickhouse else "")) if cpu else "n/a",
+            f"{1e6 / (cpu + clickhouse):,.0f}" if cpu else "n/a",
+            f"{m['rss_mb']:.0f}" if m.get("rss_mb") else "n/a"]
+
+
 def report(results: dict) -> None:
-    worker, ceiling = results["worker"], results["ceiling"]
+    worker = results["worker"]
     rows = [
-        ("ceiling: bare aiokafka consumer", ceiling),
+        ("ceiling: bare aiokafka drain", results["ceiling"]),
+        ("ceiling: bare librdkafka drain", results["ceiling_librdkafka"]),
         ("this worker, embedded chDB in process", worker),
         ("this worker -> ClickHouse over HTTP", results["worker_http"]),
+        ("this worker -> over HTTP, sessions of ~8 runs", results["worker_http_sessions"]),
         ("2 workers / 4 partitions -> ClickHouse over HTTP", results["two_workers"]),
         ("ClickHouse Kafka engine + MV (chDB 3.7)", results["kafka_engine"]),
         ("stock Faust, windowed Table per event", results["stock_faust"]),
@@ -409,19 +465,18 @@ def report(results: dict) -> None:
     ]
     table = Table(title=f"{results['events']:,} events, {results['partitions']} partitions, "
                         f"{results['cpus']} CPUs (started {results['started']})", title_justify="left")
-    for column in ("measurement", "events/s", "× ceiling", "worker ×", "CPU s / 1M", "peak RSS MB"):
+    for column in COLUMNS:
         table.add_column(column, justify="left" if column == "measurement" else "right")
-    lines = ["| measurement | events/s | × ceiling | worker × | CPU s / 1M | peak RSS MB |", "|---|---|---|---|---|---|"]
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for name, m in rows:
-        rate = m.get("rate")
-        cells = [name, f"{rate:,.0f}" if rate else "n/a", f"{rate / ceiling['rate']:.2f}" if rate else "n/a",
-                 f"{worker['rate'] / rate:.1f}" if rate else "n/a",
-                 f"{m['cpu_s_per_1m']:.1f}" if m.get("cpu_s_per_1m") else "n/a",
-                 f"{m['rss_mb']:.0f}" if m.get("rss_mb") else "n/a"]
+        cells = _cells(name, m, results)
         table.add_row(*cells)
         lines.append("| " + " | ".join(cells) + " |")
+    engine = results["kafka_engine"]["rate"]
     fresh = results["freshness"]
     notes = [
+        f"worker over HTTP / Kafka engine: {results['worker_http']['rate'] / engine:.2f} (one session per event), "
+        f"{results['worker_http_sessions']['rate'] / engine:.2f} (sessions of ~8 runs); target >= 1.5",
         f"freshness at {fresh['rate']:,} events/s for {fresh['seconds']} s: p50 {fresh['p50_s']:.2f} s, "
         f"p99 {fresh['p99_s']:.2f} s, max {fresh['max_s']:.2f} s (target p99 <= flush interval "
         f"{fresh['flush_interval_s']} s + 2 s)",

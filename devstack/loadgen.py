@@ -78,6 +78,7 @@ def _invalid_events(rng: random.Random) -> list[Callable[[], bytes]]:
 
 DEFAULT_PROFILES = 12_000  # app configurations: about 10,000 distinct dimension sets
 DEFAULT_INSTALLATIONS = 2_000
+_OPEN_SESSIONS = 1_000
 
 
 class EventGenerator:
@@ -87,8 +88,13 @@ class EventGenerator:
 
     def __init__(self, seed: int = 7, invalid_share: float = 0.02, profiles: int = DEFAULT_PROFILES,
                  timestamp_share: float = 0.1, report_share: float = 0.002, private_share: float = 0.005,
-                 installations: int = DEFAULT_INSTALLATIONS):
+                 installations: int = DEFAULT_INSTALLATIONS, runs_per_session: float = 1.0):
+        """`runs_per_session`: 1 gives every event a session of its own (the worst case for distinct
+        sessions); more draws events from a pool of open sessions, each closing after that many runs on
+        average, as SDK sessions (a chat, a job) carry several runs."""
         self.rng = random.Random(seed)
+        self._session_end = 1 / runs_per_session  # the chance a session closes after a run
+        self._open_sessions: list[str] = []
         self.private_share = private_share  # runs with a model id or a flag of one user's own (stored as rare)
         self.invalid_share = invalid_share
         self.report_share = report_share  # client reports of dropped events among the valid events
@@ -119,7 +125,7 @@ class EventGenerator:
         """A valid event with fresh identifiers, from a randomly picked profile."""
         rng = self.rng
         kind, sdk, data, id_field = rng.choices(self._profiles, cum_weights=self._cum_weights)[0]
-        event = {"session_id": self._id(), "run_id": self._id(), "sdk_version": sdk, "type": kind,
+        event = {"session_id": self._session(), "run_id": self._id(), "sdk_version": sdk, "type": kind,
                  "data": dict(data)}
         if sdk != SDK_VERSIONS[0]:
             event["installation"] = self._installations[rng.randrange(len(self._installations))]
@@ -232,6 +238,20 @@ class EventGenerator:
 
     def _id(self) -> str:
         return uuid.UUID(int=self.rng.getrandbits(128)).hex
+
+    def _session(self) -> str:
+        """A session from the pool of open ones (1,000), which closes after this run with probability
+        1 / runs_per_session and is replaced by a new one."""
+        if self._session_end >= 1:
+            return self._id()
+        sessions, rng = self._open_sessions, self.rng
+        if len(sessions) < _OPEN_SESSIONS:
+            sessions.append(self._id())
+        index = rng.randrange(len(sessions))
+        session = sessions[index]
+        if rng.random() < self._session_end:
+            sessions[index] = self._id()
+        return session
 
 
 def _cumulative(weights: list[float]) -> list[float]:
