@@ -7,10 +7,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import random
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from conftest import Stack, TcpProxy
@@ -225,7 +227,59 @@ def test_send_failures_and_oversized_events_are_counted_and_reported(tmp_path, m
         sent = decoded(stack.read_topic(stack.settings.topic, 16))
     assert by_model(sent) == {"delivered": 10, "after": 5}
     [report] = [event for event in sent if event["type"] == contract.CLIENT_REPORT]
-    assert report["data"]["dropped"] == {"queue_full": 0, "send_failed": 20, "oversized": 1, "unsent_at_exit": 0}
+    assert report["data"]["dropped"] == {**dict.fromkeys(contract.DROP_REASONS, 0), "send_failed": 20, "oversized": 1}
+
+
+# A host that warms the client up (connected, metadata known), captures `count` runs and ends; after the
+# client's exit handler it prints what the client counted (an atexit handler registered before the client's
+# runs after it).
+CUT_HOST = r"""
+import atexit, dataclasses, json, sys
+atexit.register(lambda: print(json.dumps(dataclasses.asdict(telemetry.stats())), flush=True))
+from kern_telemetry_client import KafkaSink, Telemetry
+from test_sdk_standins import Agent, Model
+
+bootstrap, topic, tag, exit_timeout, count = sys.argv[1:6]
+telemetry = Telemetry("1.0.0", KafkaSink(bootstrap, topic), exit_timeout=float(exit_timeout))
+telemetry.agent_run(Agent(Model("openai", "OpenAIResponses", "warm-up")), "session", "warm-up")
+assert telemetry.flush(20.0)
+agent = Agent(Model("openai", "OpenAIResponses", tag))
+for i in range(int(count)):
+    telemetry.agent_run(agent, "session", f"run-{i}")
+"""
+
+
+def test_exit_cut_short_counts_each_event_once(stack_factory, tmp_path):
+    """20 fresh interpreters capture 3,000 runs each and exit with a deadline drawn from 0.01-0.3 s, the
+    broker up, so the cut falls anywhere: in the queue, in the worker's hands, in flight. Each event is
+    counted once, the counts add up to what was captured, and the topic agrees: it holds every delivered
+    event and, of those in flight at the cut (unknown_at_exit), any number."""
+    stack = stack_factory(partitions=2)
+    bootstrap, topic, count = stack.env["KERN_BOOTSTRAP_SERVERS"], stack.settings.topic, 3000
+    counted = {}
+    for run in range(20):
+        argv = ["host", bootstrap, topic, f"cut-{run}", str(random.Random(run).uniform(0.01, 0.3)), str(count)]
+        ran = run_python(f"import sys; sys.argv = {argv!r}\n" + CUT_HOST, client_env(tmp_path / str(run)))
+        assert ran.returncode == 0 and ran.stderr == "", ran.stderr
+        stats = counted[f"cut-{run}"] = json.loads(ran.stdout)
+        outcomes = {**stats["dropped"], "unknown_at_exit": stats["unknown_at_exit"]}
+        assert ledger_of(tmp_path / str(run) / "state") == Counter(  # left for a later process to report
+            {("1.0.0", reason): n for reason, n in outcomes.items() if n and reason in contract.DROP_REASONS})
+    arrived = by_model(read_until_quiet(bootstrap, topic))
+    for tag, stats in counted.items():
+        unsent, unknown = stats["dropped"]["unsent_at_exit"], stats["unknown_at_exit"]
+        assert stats["captured"] == count + 1 and stats["pending"] == 0  # the warm-up event, then the runs
+        assert sum(stats["dropped"].values()) == unsent  # the broker was up: nothing else was lost
+        assert stats["delivered"] + unsent + unknown == count + 1
+        assert stats["delivered"] - 1 <= arrived[tag] <= stats["delivered"] - 1 + unknown
+    assert any(stats["unknown_at_exit"] for stats in counted.values())  # some cuts fell on records in flight
+
+
+def ledger_of(state: Path) -> Counter:
+    """The drops a process left in the state directory `state` for a later one to report."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_STATE_HOME", str(state))
+        return ledger.claim()
 
 
 def test_unsent_at_exit_is_reported_by_the_next_process(stack_factory, tmp_path):
@@ -238,7 +292,7 @@ def test_unsent_at_exit_is_reported_by_the_next_process(stack_factory, tmp_path)
     sent = decoded(stack.read_topic(stack.settings.topic, 6))
     assert Counter((e["type"], e["sdk_version"]) for e in sent) == {("agent", "1.0.0"): 5, ("client_report", "0.9.0"): 1}
     [report] = [event for event in sent if event["type"] == contract.CLIENT_REPORT]
-    assert report["data"]["dropped"] == {"queue_full": 0, "send_failed": 0, "oversized": 0, "unsent_at_exit": 1000}
+    assert report["data"]["dropped"] == {**dict.fromkeys(contract.DROP_REASONS, 0), "unsent_at_exit": 1000}
     assert list((tmp_path / "state" / "kern").iterdir()) == []  # the file was claimed
 
 

@@ -6,8 +6,9 @@ import logging
 from .client import Telemetry
 from .http_sink import HttpSink
 from .kafka_sink import KafkaSink
+from .transport import Stats
 
 # A library's logger: silent unless the host configures logging (no "last resort" output on stderr).
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-__all__ = ["HttpSink", "KafkaSink", "Telemetry"]
+__all__ = ["HttpSink", "KafkaSink", "Stats", "Telemetry"]

@@ -19,7 +19,7 @@ from time import monotonic
 from typing import Any, Callable, Optional
 
 from . import contract, environment, notice, payloads
-from .transport import Sink, Transport
+from .transport import Sink, Stats, Transport
 
 log = logging.getLogger(__name__)
 
@@ -93,14 +93,20 @@ class Telemetry:
         return transport is None or transport.flush(timeout)
 
     def close(self, timeout: float = DEFAULT_EXIT_TIMEOUT) -> None:
-        """Stop: deliver what is queued within `timeout` s, count the rest as unsent and keep those counts
-        for a later process to report. Later calls do nothing. Interpreter exit calls it."""
+        """Stop: deliver what is queued within `timeout` s; what is left is counted (`stats()`) and the
+        drops kept for a later process to report. Later calls do nothing. Interpreter exit calls it."""
         with self._lock:
             self._emit = _off
-            transport, self._transport = self._transport, None
         _LIVE.discard(self)
+        transport = self._transport
         if transport is not None:
             transport.close(timeout)
+
+    def stats(self) -> Stats:
+        """What became of the events this process captured so far (`Stats`); all zeros when telemetry is
+        off or in debug mode, or before the first event."""
+        transport = self._transport
+        return Stats() if transport is None else transport.stats()
 
     # --- inside -----------------------------------------------------------------------------------
 

@@ -16,7 +16,8 @@ means (the collector's contract, in the project README's "The HTTP collector") a
 So the client posts an event at most once: only answers that say nothing was written lead to a retry.
 A batch whose answer was lost may still have reached Kafka; it is counted as failed (an over-count of
 drops, never a duplicate). Before reusing an idle connection the sink checks that the server has not
-closed it, so a keep-alive timeout is a reconnect, not a lost answer.
+closed it, so a keep-alive timeout is a reconnect, not a lost answer. A batch leaves (`sending`, for the
+transport's account) once connected, just before the request is written.
 
 `http.client`, `ssl`, `gzip` and `email.utils` are imported on the worker thread, when the channel opens:
 importing the package stays cheap for the host (they cost ~12 ms).
@@ -87,7 +88,7 @@ class _HttpChannel:
         self._not_before = 0.0  # monotonic time before which the collector asked not to be sent to
         self.retry_after = 0.0
 
-    def send(self, records: List[bytes], delivered: Callable[[object], None],
+    def send(self, records: List[bytes], sending: Callable[[], None], delivered: Callable[[object], None],
              failed: Callable[[object], None]) -> int:
         wait = self._not_before - time.monotonic()
         if wait > 0:  # woken early (a flush): the collector's Retry-After still holds
@@ -97,6 +98,7 @@ class _HttpChannel:
         body = self._compress(b"\n".join(records), GZIP_LEVEL)
         try:
             connection = self._connected()
+            sending()
             connection.request("POST", self._path, body, self._headers)
         except self._errors:  # no connection, or the request did not go out: nothing was written
             self.close()
