@@ -16,7 +16,7 @@ from test_collector_support import end_offsets, metric, running_collector
 from test_sdk_delivery import (agent_events, by_model, decoded, isolate, ledger_of, read_until_quiet,
                                records_until_quiet)
 from test_sdk_end_to_end import VERSION, capture
-from test_sdk_standins import SENTINEL, client_env, run_python
+from test_sdk_standins import SENTINEL, WARNING_FLAGS, client_env, run_python, warned_host
 
 from bench.sdk_client import BlackHole, closed_port
 from devstack.processes import CollectorProcess, free_port
@@ -148,6 +148,17 @@ def test_offline_the_host_exits_within_the_deadline_with_empty_stderr(tmp_path, 
     left = {"unsent_at_exit": 1000 - unknown, "unknown_at_exit": unknown}
     assert ledger_of(tmp_path / "state") == Counter({("1.0.0", reason): n for reason, n in left.items()
                                                      if n and reason in contract.DROP_REASONS})
+
+
+@pytest.mark.parametrize("flags", WARNING_FLAGS, ids=" ".join)
+def test_any_warning_filter_leaves_delivery_intact_and_stderr_the_hosts(stack_factory, tmp_path, flags):
+    stack = stack_factory(partitions=2)
+    with running_collector(stack.env, tmp_path) as collector:
+        held, stderr = warned_host(client_env(tmp_path), flags, "http", collector.url, "-", 500, 30.0)
+    own, expected_stderr = WARNING_FLAGS[flags]
+    assert (held["own"], stderr) == (own, expected_stderr)
+    assert held["flushed"] and (held["captured"], held["delivered"]) == (500, 500)
+    assert by_model(decoded(stack.read_topic(stack.settings.topic, 500))) == {"warned": 500}
 
 
 def test_without_a_collector_it_backs_off_warns_once_and_delivers_when_one_answers(stack_factory, tmp_path,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import Stack, TcpProxy
 from kafka import KafkaConsumer
-from test_sdk_standins import Agent, Model, client_env, host, run_python
+from test_sdk_standins import WARNING_FLAGS, Agent, Model, client_env, host, run_python, warned_host
 
 from bench.sdk_client import BlackHole, closed_port
 from kern_telemetry_client import KafkaSink, Telemetry, contract, ledger, payloads
@@ -88,6 +88,26 @@ def test_exit_waits_at_most_the_deadline_with_empty_stderr(tmp_path, monkeypatch
     assert ran.ended - captured <= deadline + 0.5
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     assert ledger.claim() == Counter({("1.0.0", "unsent_at_exit"): 1000})  # left for a later process
+
+
+@pytest.mark.parametrize("flags", WARNING_FLAGS, ids=" ".join)
+@pytest.mark.parametrize("state", ["up", "down"])
+def test_any_warning_filter_leaves_delivery_intact_and_stderr_the_hosts(stack_factory, tmp_path, flags, state):
+    """kafka-python's import raises hundreds of DeprecationWarnings (under `-W error` it failed: nothing
+    was delivered) and, broker down, leaks sockets whose ResourceWarnings showed under `-X dev`. The
+    client's threads ignore their warnings; the host's own still follow its filters."""
+    stack = stack_factory(partitions=2)
+    address = stack.env["KERN_BOOTSTRAP_SERVERS"] if state == "up" else f"127.0.0.1:{closed_port()}"
+    held, stderr = warned_host(client_env(tmp_path), flags, "kafka", address, stack.settings.topic, 500,
+                               30.0 if state == "up" else 2.0)
+    own, expected_stderr = WARNING_FLAGS[flags]
+    assert (held["own"], stderr) == (own, expected_stderr)
+    assert held["captured"] == 500
+    if state == "up":
+        assert held["flushed"] and held["delivered"] == 500
+        assert by_model(decoded(stack.read_topic(stack.settings.topic, 500))) == {"warned": 500}
+    else:  # two or three refused connections, each socket closed
+        assert held["dropped"]["unsent_at_exit"] == 500
 
 
 def test_offline_backs_off_warns_once_and_resumes_when_the_broker_returns(tmp_path, monkeypatch, caplog):

@@ -27,9 +27,13 @@ Keeping kafka-python's noise out of the host:
 
 - its records logged on this client's threads (the worker, and the producer's I/O thread, named after
   the client id) are dropped by a filter on the `kafka.*` loggers; records it logs on any other thread
-  (the host's own kafka-python use) pass untouched;
+  (the host's own kafka-python use) pass untouched; the warnings it raises there (hundreds of
+  DeprecationWarnings at import) are ignored whatever the host's filters (`transport.OwnThreadWarning`);
 - its `atexit` hook (a close that flushes for 1 s and silences its module's logger) is unregistered and
-  its `__del__` (the same close) disabled: the transport's exit deadline decides instead.
+  its `__del__` (the same close) disabled: the transport's exit deadline decides instead;
+- a socket whose connection failed is closed (`_closing_sockets`): kafka-python 3.0.12 leaves it to the
+  garbage collector, whose ResourceWarning, on whatever thread collects it or at exit, reached the host's
+  stderr under `-X dev` while the broker was down.
 """
 
 from __future__ import annotations
@@ -38,9 +42,12 @@ import functools
 import logging
 import os
 import threading
-from typing import Any, Callable, Dict, List
+from typing import TYPE_CHECKING, Any, Callable, Dict, List
 
-from .transport import THREAD_NAME
+from .transport import THREAD_NAME, on_own_thread
+
+if TYPE_CHECKING:
+    import socket
 
 DEFAULT_TOPIC = "kern.telemetry.events"
 
@@ -73,7 +80,7 @@ class _OwnThreads(logging.Filter):
     the thread that logs; `record.threadName` is None when the host turned `logging.logThreads` off.)"""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not threading.current_thread().name.startswith(THREAD_NAME)
+        return not on_own_thread()
 
 
 _OWN_THREADS = _OwnThreads()
@@ -101,6 +108,29 @@ def _producer_class() -> type:
     return Producer
 
 
+@functools.lru_cache(maxsize=None)
+def _closing_sockets() -> Dict[str, Any]:
+    """Producer options under which a socket that failed to connect is closed at once. kafka-python's one
+    hook on how its sockets connect is the scheme registry of `proxy_url`: this client's scheme names a
+    direct connection that closes its socket on failure. A `proxy_url` of the host's own wins."""
+    try:
+        from kafka.net.inet import KafkaNetSocket
+    except ImportError:  # a kafka-python without this layer
+        return {}
+
+    class ClosingSocket(KafkaNetSocket):  # type: ignore[misc]  # kafka-python has no type hints
+        SCHEMES = (THREAD_NAME,)
+
+        async def sock_connect(self, net: Any, sock: socket.socket, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return await super().sock_connect(net, sock, *args, **kwargs)
+            except BaseException:
+                sock.close()
+                raise
+
+    return {"proxy_url": f"{THREAD_NAME}://"}
+
+
 class KafkaSink:
     """Kafka as the transport's sink: `bootstrap_servers` ("host:port,..."), the events topic, and any
     kafka-python producer options (security_protocol, sasl_*, ssl_context, ...) over PRODUCER_DEFAULTS."""
@@ -116,7 +146,7 @@ class KafkaSink:
 
             producer_class = _producer_class()
             loggers = _quiet_kafka_loggers()
-            producer = producer_class(**self.options)
+            producer = producer_class(**{**_closing_sockets(), **self.options})
         producer._unregister_cleanup()  # its atexit close: see the module docstring
         return _KafkaChannel(producer, self.topic, KafkaTimeoutError, loggers)
 

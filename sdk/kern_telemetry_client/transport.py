@@ -28,6 +28,7 @@ import math
 import queue
 import random
 import threading
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from time import monotonic
@@ -54,7 +55,7 @@ REASONS = (QUEUE_FULL, SEND_FAILED, OVERSIZED, UNSENT_AT_EXIT, STOPPED)
 REPORTED = frozenset(contract.DROP_REASONS)
 
 #: Names the worker thread; sinks name their own threads with it too (see `kafka_sink`), which is how
-#: records their libraries log on them are told apart from the host's.
+#: records their libraries log, and warnings they raise, on them are told apart from the host's.
 THREAD_NAME = "kern-telemetry-client"
 BATCH_SIZE = 100  # events per hand-over (and per request for a batching sink)
 MAX_EVENT_BYTES = 64 * 1024  # what the pipeline accepts (KERN_MAX_EVENT_BYTES); ours are ~1 KB
@@ -62,6 +63,35 @@ MAX_IN_FLIGHT = 10_000  # records handed to the channel and not yet settled: its
 _IN_FLIGHT_PAUSE = 0.05
 
 _encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def on_own_thread() -> bool:
+    """Whether the running thread is this client's (its worker, or a thread its sink's library runs)."""
+    return threading.current_thread().name.startswith(THREAD_NAME)
+
+
+class _OwnThreads(type):
+    def __subclasscheck__(cls, subclass: type) -> bool:
+        try:
+            return issubclass(subclass, Warning) and on_own_thread()
+        except Exception:  # noqa: BLE001 - late in interpreter shutdown: never raise from a warning
+            return False
+
+
+class OwnThreadWarning(Warning, metaclass=_OwnThreads):
+    """In a warnings filter, matches every warning raised on this client's threads, and no other.
+
+    kafka-python's import raises hundreds of DeprecationWarnings, so under `-W error` it failed, and under
+    `-X dev` they reached the host's stderr. `warnings.catch_warnings` is process-wide (not thread-safe)
+    and a filter by module misses warnings a library makes the standard library raise; a filter whose
+    category is this class ignores what the client's threads raise, whatever the host's filters say about
+    its own.
+    """
+
+
+def quiet_own_warnings() -> None:
+    """Put the filter first (again: the host may have added filters before it since)."""
+    warnings.filterwarnings("ignore", category=OwnThreadWarning)
 
 
 class Channel(Protocol):
@@ -310,6 +340,7 @@ class Transport:
 
     def _run(self) -> None:
         try:
+            quiet_own_warnings()
             claimed = ledger.claim()
             with self._lock:
                 self._unreported.update(claimed)
