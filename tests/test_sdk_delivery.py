@@ -4,10 +4,12 @@ safety with exact counts, and the accounting of every drop reason, reported as c
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import random
+import threading
 import time
 import uuid
 from collections import Counter
@@ -17,7 +19,8 @@ from pathlib import Path
 import pytest
 from conftest import Stack, TcpProxy
 from kafka import KafkaConsumer
-from test_sdk_standins import WARNING_FLAGS, Agent, Model, client_env, host, run_python, warned_host
+from test_sdk_standins import (WARNING_FLAGS, Agent, Model, PostgresDb, client_env, host, run_python,
+                               warned_host)
 
 from bench.sdk_client import BlackHole, closed_port
 from kern_telemetry_client import KafkaSink, Telemetry, contract, ledger, payloads
@@ -314,6 +317,81 @@ def test_unsent_at_exit_is_reported_by_the_next_process(stack_factory, tmp_path)
     [report] = [event for event in sent if event["type"] == contract.CLIENT_REPORT]
     assert report["data"]["dropped"] == {**dict.fromkeys(contract.DROP_REASONS, 0), "unsent_at_exit": 1000}
     assert list((tmp_path / "state" / "kern").iterdir()) == []  # the file was claimed
+
+
+def test_before_send_scrubs_or_vetoes_on_the_worker_and_a_broken_hook_never_reaches_the_host(
+        stack_factory, tmp_path, monkeypatch, caplog):
+    """The hook runs on the worker thread, never the caller's. What it returns is sent; None vetoes; a hook
+    that raises, returns something else than a dict, or a dict JSON cannot encode drops the event: each
+    counted `before_send`, nothing raised into the host or logged above debug."""
+    isolate(monkeypatch, tmp_path)
+    caplog.set_level(logging.DEBUG)
+    stack = stack_factory(partitions=2)
+    threads = set()
+
+    def before_send(event: dict) -> object:
+        threads.add(threading.current_thread().name)
+        model = event["data"]["model_id"]
+        if model == "keep":
+            return {**event, "data": {**event["data"], "model_id": "scrubbed", "db_type": None}}
+        if model == "raise":
+            raise RuntimeError("a broken hook")
+        return {"veto": None, "list": [event], "unencodable": {**event, "set": {1}}}[model]
+
+    telemetry = Telemetry("1.0.0", KafkaSink(stack.env["KERN_BOOTSTRAP_SERVERS"], stack.settings.topic),
+                          before_send=before_send)
+    for model in ("keep", "veto", "raise", "list", "unencodable"):
+        agent = Agent(Model("openai", "OpenAIResponses", model), db=PostgresDb())
+        for i in range(40):
+            telemetry.agent_run(agent, "session", f"{model}-{i}")
+    assert telemetry.flush(20.0)
+    telemetry.close(10.0)
+    sent = read_until_quiet(stack.env["KERN_BOOTSTRAP_SERVERS"], stack.settings.topic, 1.0)
+    runs = [event for event in sent if event["type"] == contract.AGENT]
+    assert len(runs) == 40 and {(e["data"]["model_id"], e["data"]["db_type"]) for e in runs} == {("scrubbed", None)}
+    stats = telemetry.stats()
+    assert (stats.captured, stats.delivered, stats.dropped["before_send"], stats.pending) == (200, 40, 160, 0)
+    assert threads == {THREAD_NAME}
+    reports = [event["data"]["dropped"] for event in sent if event["type"] == contract.CLIENT_REPORT]
+    assert reports == ([{**dict.fromkeys(contract.DROP_REASONS, 0), "before_send": 160}]
+                       if "before_send" in contract.DROP_REASONS else [])  # when the contract names it
+    assert not [r for r in caplog.records if r.name.startswith("kern_telemetry_client") and r.levelno > logging.DEBUG]
+
+
+def test_aflush_and_aclose_wait_without_blocking_the_event_loop(tmp_path, monkeypatch):
+    """With the broker black-holed, `await aflush(1.0)` waits its second out and `aclose` its deadline,
+    while a task ticking every 10 ms keeps ticking (`flush` would hold the loop for the whole second)."""
+    isolate(monkeypatch, tmp_path)
+    with BlackHole() as hole:
+        telemetry = Telemetry("1.0.0", KafkaSink(f"127.0.0.1:{hole.port}"))
+        agent = Agent(Model("openai", "OpenAIResponses", "gpt-5.2"))
+        for i in range(100):
+            telemetry.agent_run(agent, "session", f"run-{i}")
+
+        async def host() -> tuple:
+            loop, gaps = asyncio.get_running_loop(), []
+
+            async def tick() -> None:
+                last = loop.time()
+                while True:
+                    await asyncio.sleep(0.01)
+                    gaps.append(loop.time() - last)
+                    last = loop.time()
+
+            ticking = asyncio.create_task(tick())
+            started = loop.time()
+            flushed = await telemetry.aflush(1.0)
+            flushing = loop.time() - started
+            await telemetry.aclose(0.5)
+            closing = loop.time() - started - flushing
+            ticking.cancel()
+            return flushed, flushing, closing, gaps
+
+        flushed, flushing, closing, gaps = asyncio.run(host())
+    assert not flushed and 1.0 <= flushing < 1.5 and closing < 0.6
+    assert len(gaps) > 60 and max(gaps) < 0.1  # the loop ran all along
+    stats = telemetry.stats()
+    assert stats.captured == 100 and stats.dropped["unsent_at_exit"] == 100 and stats.pending == 0
 
 
 def test_records_carry_no_key(stack_factory, tmp_path, monkeypatch):

@@ -2,13 +2,13 @@
 of every event, and a pluggable sink that does the sending.
 
 The caller's thread only puts a small dict into the queue (no lock, no I/O, no encoding); a full queue
-drops the event and counts it. The worker takes batches of up to BATCH_SIZE, JSON-encodes them and
-hands them to the sink's channel, which sends on its own terms (Kafka: kafka-python's I/O thread; HTTP:
-one POST per batch) and reports each record delivered or failed. While the sink cannot take records the
-worker keeps its batch, waits with exponential backoff, lengthened to what the channel asks for (an HTTP
-Retry-After), logs one warning per outage, then stays quiet, and lets the queue absorb, then drop and
-count, what comes meanwhile. A channel that asks to wait forever (an HTTP collector's "stop sending")
-turns telemetry off for the rest of the process.
+drops the event and counts it. The worker takes batches of up to BATCH_SIZE, runs the host's `before_send`
+hook on each event (if any), JSON-encodes them and hands them to the sink's channel, which sends on its
+own terms (Kafka: kafka-python's I/O thread; HTTP: one POST per batch) and reports each record delivered
+or failed. While the sink cannot take records the worker keeps its batch, waits with exponential backoff,
+lengthened to what the channel asks for (an HTTP Retry-After), logs one warning per outage, then stays
+quiet, and lets the queue absorb, then drop and count, what comes meanwhile. A channel that asks to wait
+forever (an HTTP collector's "stop sending") turns telemetry off for the rest of the process.
 
 Every event is, at any moment, in exactly one place: the queue, the worker's hands (`_held`), in flight
 (`_in_flight`: from when the channel says a batch is leaving until the sink settles each record), or
@@ -21,6 +21,7 @@ what was captured.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import json
 import logging
@@ -39,6 +40,8 @@ from . import contract, ledger, payloads
 log = logging.getLogger(__name__)
 
 Event = Dict[str, Any]
+#: `before_send(event) -> event or None`: see `Telemetry`.
+BeforeSend = Callable[[Event], Optional[Event]]
 
 # What becomes of an event: delivered, dropped for a reason, or unknown (in flight when close gave up).
 DELIVERED = "delivered"
@@ -46,10 +49,11 @@ QUEUE_FULL = "queue_full"  # captured while the queue was full
 SEND_FAILED = "send_failed"  # refused, unacknowledged, or the sink failed
 OVERSIZED = "oversized"  # larger than MAX_EVENT_BYTES encoded
 UNSENT_AT_EXIT = "unsent_at_exit"  # never left the client before close gave up
+BEFORE_SEND = "before_send"  # the host's hook vetoed it, raised, or returned what cannot be sent
 STOPPED = "stopped"  # discarded when the collector asked this client to stop sending
 UNKNOWN_AT_EXIT = "unknown_at_exit"
 #: Why the client drops events (`Stats.dropped`).
-REASONS = (QUEUE_FULL, SEND_FAILED, OVERSIZED, UNSENT_AT_EXIT, STOPPED)
+REASONS = (QUEUE_FULL, SEND_FAILED, OVERSIZED, UNSENT_AT_EXIT, BEFORE_SEND, STOPPED)
 #: What client reports (and the ledger) carry: the outcomes the contract names. The others are counted in
 #: `stats()` only (`stopped`: the collector wants nothing more, reports included).
 REPORTED = frozenset(contract.DROP_REASONS)
@@ -62,7 +66,7 @@ MAX_EVENT_BYTES = 64 * 1024  # what the pipeline accepts (KERN_MAX_EVENT_BYTES);
 MAX_IN_FLIGHT = 10_000  # records handed to the channel and not yet settled: its buffer is bounded too
 _IN_FLIGHT_PAUSE = 0.05
 
-_encode = json.JSONEncoder(separators=(",", ":")).encode
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
 def on_own_thread() -> bool:
@@ -158,7 +162,7 @@ class Backoff:
 
 class _Marker:
     """A flush or close request, queued behind the events it must see settled. Its future is set once,
-    by the worker (or by whoever empties the queue); threads wait on it."""
+    by the worker (or by whoever empties the queue); threads wait on it, an event loop awaits it."""
 
     __slots__ = ("deadline", "final", "_done")
 
@@ -168,12 +172,22 @@ class _Marker:
         self._done: concurrent.futures.Future[bool] = concurrent.futures.Future()
 
     def settle(self, ok: bool) -> None:
-        self._done.set_result(ok)
+        with contextlib.suppress(concurrent.futures.InvalidStateError):  # an awaiting task gave up on it
+            self._done.set_result(ok)
 
     def wait(self, timeout: float) -> bool:
         try:
             return self._done.result(timeout)
         except concurrent.futures.TimeoutError:
+            return False
+
+    async def wait_async(self, timeout: float) -> bool:
+        """`wait` for a coroutine: the loop runs on while the worker thread does the waiting."""
+        import asyncio  # the host's loop has it imported already; a thread-only host never pays for it
+
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(self._done), timeout)
+        except asyncio.TimeoutError:
             return False
 
 
@@ -183,12 +197,15 @@ def _nothing() -> None:
 
 class Transport:
     def __init__(self, sink: Sink, sdk_version: Optional[str], capacity: int = 10_000,
-                 report_interval: float = 60.0, backoff: Optional[Backoff] = None):
+                 report_interval: float = 60.0, backoff: Optional[Backoff] = None,
+                 before_send: Optional[BeforeSend] = None):
         self._sink = sink
         self._version = sdk_version
         self._capacity = capacity
         self._report_interval = report_interval
         self._backoff = backoff or Backoff(0.5, 30.0)
+        self._encoded: Callable[[Event], Optional[bytes]] = (
+            _encoded if before_send is None else functools.partial(_hooked, before_send))
         self._queue: queue.SimpleQueue[Union[Event, _Marker]] = queue.SimpleQueue()
         self._lock = threading.Lock()  # the state below; never taken on the capture path unless dropping
         self._taking = threading.Lock()  # held while the worker moves events from the queue to its hands
@@ -220,6 +237,9 @@ class Transport:
         """Wait up to `timeout` s until every event put before the call is settled."""
         return self._mark(timeout, final=False).wait(timeout)
 
+    async def aflush(self, timeout: float) -> bool:
+        return await self._mark(timeout, final=False).wait_async(timeout)
+
     def close(self, timeout: float) -> None:
         """Deliver what is queued within `timeout` s (no wait at all during a known outage), then stop
         and count what is left (see `_end`)."""
@@ -227,6 +247,14 @@ class Transport:
         marker = self._mark(timeout, final=True)  # it also wakes a worker waiting for events
         if self._thread.is_alive() and not self._offline and marker.wait(timeout):
             self._thread.join(max(0.0, deadline - monotonic()))  # it closes its channel
+        self._end()
+
+    async def aclose(self, timeout: float) -> None:
+        """`close` for a coroutine: the wait does not block the event loop (the worker closes its channel
+        in the background)."""
+        marker = self._mark(timeout, final=True)
+        if self._thread.is_alive() and not self._offline:
+            await marker.wait_async(timeout)
         self._end()
 
     def stats(self) -> Stats:
@@ -395,15 +423,19 @@ class Transport:
         return events, marker
 
     def _records(self, events: List[Event]) -> List[bytes]:
-        """The events encoded; oversized ones are dropped."""
+        """The events encoded (after the before_send hook); those it vetoes and oversized ones are dropped."""
         records: List[bytes] = []
-        oversized = 0
+        vetoed = oversized = 0
         for event in events:
-            record = _encode(event).encode()
-            if len(record) > MAX_EVENT_BYTES:
+            record = self._encoded(event)
+            if record is None:
+                vetoed += 1
+            elif len(record) > MAX_EVENT_BYTES:
                 oversized += 1
             else:
                 records.append(record)
+        if vetoed:
+            self._settle(vetoed, BEFORE_SEND, held=True)
         if oversized:
             self._settle(oversized, OVERSIZED, held=True)
         return records
@@ -492,3 +524,17 @@ class Transport:
             log.debug("telemetry: flushing the sink failed", exc_info=True)
         marker.settle(ok)
 
+
+def _encoded(event: Event) -> Optional[bytes]:
+    return _encode(event).encode()
+
+
+def _hooked(before_send: BeforeSend, event: Event) -> Optional[bytes]:
+    """The record of what the host's `before_send` made of an event: None when it returned None (a veto),
+    anything but a dict, a dict JSON cannot encode, or raised."""
+    try:
+        changed = before_send(event)
+        return _encode(changed).encode() if isinstance(changed, dict) else None
+    except Exception:  # noqa: BLE001 - the host's hook must never break the client, nor the client the host
+        log.debug("telemetry: before_send raised; the event is dropped", exc_info=True)
+        return None
