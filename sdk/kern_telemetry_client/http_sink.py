@@ -124,8 +124,8 @@ class _HttpChannel:
         self._not_before = 0.0  # monotonic time before which the collector asked not to be sent to
         self.retry_after = 0.0
 
-    def send(self, records: List[bytes], sending: Callable[[], None], delivered: Callable[[object], None],
-             failed: Callable[[object], None]) -> int:
+    def send(self, records: List[bytes], delivered: Callable[[object], None], failed: Callable[[object], None],
+             sending: Callable[[], None] = lambda: None) -> int:
         wait = self._not_before - time.monotonic()
         if wait > 0:  # woken early (a flush): the collector's Retry-After still holds
             self.retry_after = wait

@@ -160,8 +160,8 @@ class _KafkaChannel:
         self._timeout_error = timeout_error
         self._loggers = loggers
 
-    def send(self, records: List[bytes], sending: Callable[[], None], delivered: Callable[[object], None],
-             failed: Callable[[object], None]) -> int:
+    def send(self, records: List[bytes], delivered: Callable[[object], None], failed: Callable[[object], None],
+             sending: Callable[[], None] = lambda: None) -> int:
         if len(logging.root.manager.loggerDict) != self._loggers:  # kafka-python imported a module lazily
             self._loggers = _quiet_kafka_loggers()
         send, topic = self._producer.send, self._topic

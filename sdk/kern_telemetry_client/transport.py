@@ -105,13 +105,14 @@ class Channel(Protocol):
     #: try (an HTTP Retry-After; 0: the transport's backoff decides alone). `math.inf`: never send again.
     retry_after: float
 
-    def send(self, records: List[bytes], sending: Callable[[], None], delivered: Callable[[object], None],
-             failed: Callable[[object], None]) -> int:
+    def send(self, records: List[bytes], delivered: Callable[[object], None], failed: Callable[[object], None],
+             sending: Callable[[], None] = ...) -> int:
         """Take records for sending; return how many were taken (the rest: the sink cannot take them
-        now, try again later). Call `sending()` once before the first record leaves (after connecting,
-        before any other callback): until then, the batch counts as never sent. Each taken record gets
-        exactly one call, from any thread, possibly before `send` returns: `delivered(result)` or
-        `failed(error)`. Raising means no record was taken."""
+        now, try again later). Each taken record gets exactly one call, from any thread, possibly before
+        `send` returns: `delivered(result)` or `failed(error)`. Raising means no record was taken. Call
+        `sending()` once before the first record leaves (after connecting, before any other callback):
+        until then, the batch counts as never sent (the transport always passes it; a caller with no
+        account to keep, as a load generator, need not)."""
 
     def flush(self, timeout: float) -> bool:
         """Wait until every taken record is settled; False on timeout."""
@@ -189,10 +190,6 @@ class _Marker:
             return await asyncio.wait_for(asyncio.wrap_future(self._done), timeout)
         except asyncio.TimeoutError:
             return False
-
-
-def _nothing() -> None:
-    """A client report's `sending`: reports are not events, there is nothing to account."""
 
 
 class Transport:
@@ -460,7 +457,7 @@ class Transport:
 
             try:
                 channel = self._open()
-                taken = channel.send(records, sending, self._delivered, self._failed)
+                taken = channel.send(records, self._delivered, self._failed, sending)
             except Exception:  # noqa: BLE001 - a sink failing in a way it does not classify: drop the batch
                 log.debug("telemetry: the sink failed; %d events dropped", len(records), exc_info=True)
                 self._settle(len(records), SEND_FAILED, held=not left)
@@ -508,8 +505,7 @@ class Transport:
         for version, counts in by_version.items():
             record = _encode(payloads.report_event(counts, version)).encode()
             try:
-                self._open().send([record], _nothing, functools.partial(self._reported, version, counts),
-                                  self._unreachable)
+                self._open().send([record], functools.partial(self._reported, version, counts), self._unreachable)
             except Exception:  # noqa: BLE001 - the counts stay unreported
                 log.debug("telemetry: sending a client report failed", exc_info=True)
 
