@@ -134,7 +134,8 @@ class Stats:
     `captured` = `delivered` + the sum of `dropped` + `unknown_at_exit` + `pending`.
 
     - `delivered`: acknowledged by the broker (Kafka) or the collector (HTTP);
-    - `dropped`: by reason (REASONS), never sent or refused; each is counted once and never arrives;
+    - `dropped`: by reason (REASONS), never sent or refused, each counted once (of these, only a
+      `send_failed` whose acknowledgement was lost may still have arrived);
     - `unknown_at_exit`: in flight when `close` (or interpreter exit) gave up: it may or may not arrive;
     - `pending`: queued or in flight now; 0 once closed.
     """
