@@ -8,7 +8,7 @@ ENGINE_STAMP := .venv-kafka-engine/.installed
 # the chart library of the page of `make run`, vendored in devstack/web/vendor (make vendor-chartjs)
 CHARTJS_VERSION := 4.6.1
 
-.PHONY: test test-tools run dashboards vendor-chartjs bench bench-quick bench-memory bench-ab bench-sdk chaos clean
+.PHONY: test test-tools typecheck-sdk run dashboards vendor-chartjs bench bench-quick bench-memory bench-ab bench-sdk chaos clean
 
 $(STAMP): pyproject.toml sdk/pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"'
@@ -23,8 +23,12 @@ $(ENGINE_STAMP): bench/kafka-engine-requirements.txt
 	$(dir $@)bin/pip install --quiet -r $<
 	touch $@
 
-test: $(STAMP) test-tools
+test: $(STAMP) test-tools typecheck-sdk
 	$(BIN)/python -m pytest -q
+
+# the SDK client's type hints (it ships py.typed): mypy --strict, configured in sdk/pyproject.toml
+typecheck-sdk: $(STAMP)
+	cd sdk && ../$(BIN)/mypy --cache-dir ../$(VENV)/.mypy_cache
 
 # Debian's packages the tests drive: Chromium (the page test; a browser download cannot work here),
 # prometheus (promtool and a real Prometheus for the operators' panels and alerts) and

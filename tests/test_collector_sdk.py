@@ -5,20 +5,29 @@ refused batch counted and reported."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import math
+import socket
+import ssl
+import threading
 import time
 from collections import Counter
+from urllib.parse import urlsplit
 
 import pytest
+from conftest import TcpProxy
 from test_collector_support import end_offsets, metric, running_collector
-from test_sdk_delivery import agent_events, by_model, decoded, isolate, read_until_quiet, records_until_quiet
+from test_sdk_delivery import (agent_events, by_model, decoded, isolate, ledger_of, read_until_quiet,
+                               records_until_quiet)
 from test_sdk_end_to_end import VERSION, capture
-from test_sdk_standins import SENTINEL, client_env, run_python
+from test_sdk_standins import SENTINEL, WARNING_FLAGS, client_env, run_python, warned_host
+from test_security import certificate  # noqa: F401 - the fixture: a self-signed certificate for 127.0.0.1
 
 from bench.sdk_client import BlackHole, closed_port
 from devstack.processes import CollectorProcess, free_port
-from kern_telemetry_client import HttpSink, Telemetry, contract, ledger
+from kern_telemetry_client import HttpSink, Telemetry, contract
 from kern_telemetry_client.transport import BATCH_SIZE, Backoff, Transport
 
 pytestmark = pytest.mark.integration
@@ -114,8 +123,10 @@ def test_the_stop_sending_answer_turns_telemetry_off_for_the_process(stack_facto
     assert not list((tmp_path / "state").glob("**/*.json"))  # nothing left for a later process to report
 
 
+# captures 1,000 runs, prints when; after the client's exit handler (registered after this one), its stats
 HTTP_HOST = r"""
-import sys, time
+import atexit, dataclasses, json, sys, time
+atexit.register(lambda: print(json.dumps(dataclasses.asdict(telemetry.stats())), flush=True))
 from kern_telemetry_client import HttpSink, Telemetry
 from test_sdk_standins import Agent, Model
 
@@ -128,15 +139,121 @@ print(time.monotonic(), flush=True)
 
 
 @pytest.mark.parametrize("state", ["down", "black-holed"])
-def test_offline_the_host_exits_within_the_deadline_with_empty_stderr(tmp_path, monkeypatch, state):
+def test_offline_the_host_exits_within_the_deadline_with_empty_stderr(tmp_path, state):
+    """Down: every batch is refused before it leaves, all unsent. Black-holed: the connection is accepted
+    and the first batch's request written, so at the deadline it may have arrived: unknown_at_exit."""
     with BlackHole() as hole:
         port = closed_port() if state == "down" else hole.port
         ran = run_python(f"import sys; sys.argv = ['host', 'http://127.0.0.1:{port}']\n" + HTTP_HOST,
                          client_env(tmp_path))
     assert ran.returncode == 0 and ran.stderr == ""
-    assert ran.ended - float(ran.stdout.split()[0]) <= 1.0 + 0.5
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-    assert ledger.claim() == Counter({("1.0.0", "unsent_at_exit"): 1000})
+    captured, stats = ran.stdout.splitlines()
+    assert ran.ended - float(captured) <= 1.0 + 0.5
+    stats = json.loads(stats)
+    unknown = 0 if state == "down" else BATCH_SIZE
+    assert (stats["dropped"]["unsent_at_exit"], stats["unknown_at_exit"]) == (1000 - unknown, unknown)
+    left = {"unsent_at_exit": 1000 - unknown, "unknown_at_exit": unknown}
+    assert ledger_of(tmp_path / "state") == Counter({("1.0.0", reason): n for reason, n in left.items()
+                                                     if n and reason in contract.DROP_REASONS})
+
+
+@pytest.mark.parametrize("flags", WARNING_FLAGS, ids=" ".join)
+def test_any_warning_filter_leaves_delivery_intact_and_stderr_the_hosts(stack_factory, tmp_path, flags):
+    stack = stack_factory(partitions=2)
+    with running_collector(stack.env, tmp_path) as collector:
+        held, stderr = warned_host(client_env(tmp_path), flags, "http", collector.url, "-", 500, 30.0)
+    own, expected_stderr = WARNING_FLAGS[flags]
+    assert (held["own"], stderr) == (own, expected_stderr)
+    assert held["flushed"] and (held["captured"], held["delivered"]) == (500, 500)
+    assert by_model(decoded(stack.read_topic(stack.settings.topic, 500))) == {"warned": 500}
+
+
+class ForwardProxy:
+    """An HTTP proxy: CONNECT tunnels, and absolute-form requests forwarded as they are (the collector
+    takes them). Records each connection's request line and Proxy-Authorization, and what it piped."""
+
+    def __init__(self):
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self.requests: list[tuple[str, str | None]] = []
+        self.piped = bytearray()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self._listener.accept()
+                threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        received = b""
+        while b"\r\n\r\n" not in received:
+            chunk = client.recv(65536)
+            if not chunk:
+                return
+            received += chunk
+        head, rest = received.split(b"\r\n\r\n", 1)
+        line, *headers = head.decode().split("\r\n")
+        fields = {name.strip().lower(): value.strip() for name, _, value in (h.partition(":") for h in headers)}
+        self.requests.append((line, fields.get("proxy-authorization")))
+        method, target, _ = line.split()
+        host, port = (target if method == "CONNECT" else urlsplit(target).netloc).rsplit(":", 1)
+        upstream = socket.create_connection((host, int(port)))
+        if method == "CONNECT":
+            client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")  # the client waits for it
+        else:
+            upstream.sendall(head + b"\r\n\r\n" + rest)
+        for source, sink in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                self.piped += data
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+@pytest.mark.parametrize("scheme", ["https", "http"])
+def test_the_http_sink_goes_through_the_environments_proxy_unless_no_proxy_says_not(
+        stack_factory, tmp_path, monkeypatch, certificate, scheme):
+    """HTTPS_PROXY: a CONNECT tunnel, TLS end to end to the collector (the proxy never sees a request);
+    HTTP_PROXY: the absolute URL asked of the proxy; the proxy's credentials sent to it; NO_PROXY bypasses
+    it. A real proxy, collector (behind a TLS front for https) and broker."""
+    stack = stack_factory(partitions=2)
+    isolate(monkeypatch, tmp_path)
+    proxy = ForwardProxy()
+    with running_collector(stack.env, tmp_path) as collector:
+        front = TcpProxy(collector.web_port, tls_certfile=certificate).start() if scheme == "https" else None
+        url = f"https://127.0.0.1:{front.port}" if front else collector.url
+        sink = HttpSink(url, ssl_context=ssl.create_default_context(cafile=certificate))
+        monkeypatch.setenv(f"{scheme.upper()}_PROXY", proxy.url.replace("//", "//kern:s%40cret@"))
+        for bypass, tag in ((False, "proxied"), (True, "direct")):
+            if bypass:
+                monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+            transport = Transport(sink, "1.0.0")
+            for event in agent_events(tag, 250):
+                transport.put(event)
+            assert transport.flush(10.0)
+            transport.close(5.0)
+            assert transport.stats().delivered == 250
+            if not bypass:
+                requests = list(proxy.requests)
+        if front:
+            front.cut()
+    proxy.close()
+    assert by_model(read_until_quiet(stack.env["KERN_BOOTSTRAP_SERVERS"], stack.settings.topic, 1.0)) == {
+        "proxied": 250, "direct": 250}
+    assert proxy.requests == requests and len(requests) >= 1  # nothing more once NO_PROXY named the host
+    target = f"127.0.0.1:{front.port}" if front else f"http://127.0.0.1:{collector.web_port}/v1/events"
+    assert {(line.rsplit(" ", 1)[0], authorization) for line, authorization in requests} == {
+        (f"{'CONNECT' if front else 'POST'} {target}", "Basic a2VybjpzQGNyZXQ=")}  # kern:s@cret
+    if front:
+        assert b"/v1/events" not in proxy.piped and b"warned" not in proxy.piped  # TLS through the tunnel
 
 
 def test_without_a_collector_it_backs_off_warns_once_and_delivers_when_one_answers(stack_factory, tmp_path,

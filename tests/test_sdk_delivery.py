@@ -4,18 +4,23 @@ safety with exact counts, and the accounting of every drop reason, reported as c
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
+import random
+import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from conftest import Stack, TcpProxy
 from kafka import KafkaConsumer
-from test_sdk_standins import Agent, Model, client_env, host, run_python
+from test_sdk_standins import (WARNING_FLAGS, Agent, Model, PostgresDb, client_env, host, run_python,
+                               warned_host)
 
 from bench.sdk_client import BlackHole, closed_port
 from kern_telemetry_client import KafkaSink, Telemetry, contract, ledger, payloads
@@ -86,6 +91,26 @@ def test_exit_waits_at_most_the_deadline_with_empty_stderr(tmp_path, monkeypatch
     assert ran.ended - captured <= deadline + 0.5
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     assert ledger.claim() == Counter({("1.0.0", "unsent_at_exit"): 1000})  # left for a later process
+
+
+@pytest.mark.parametrize("flags", WARNING_FLAGS, ids=" ".join)
+@pytest.mark.parametrize("state", ["up", "down"])
+def test_any_warning_filter_leaves_delivery_intact_and_stderr_the_hosts(stack_factory, tmp_path, flags, state):
+    """kafka-python's import raises hundreds of DeprecationWarnings (under `-W error` it failed: nothing
+    was delivered) and, broker down, leaks sockets whose ResourceWarnings showed under `-X dev`. The
+    client's threads ignore their warnings; the host's own still follow its filters."""
+    stack = stack_factory(partitions=2)
+    address = stack.env["KERN_BOOTSTRAP_SERVERS"] if state == "up" else f"127.0.0.1:{closed_port()}"
+    held, stderr = warned_host(client_env(tmp_path), flags, "kafka", address, stack.settings.topic, 500,
+                               30.0 if state == "up" else 2.0)
+    own, expected_stderr = WARNING_FLAGS[flags]
+    assert (held["own"], stderr) == (own, expected_stderr)
+    assert held["captured"] == 500
+    if state == "up":
+        assert held["flushed"] and held["delivered"] == 500
+        assert by_model(decoded(stack.read_topic(stack.settings.topic, 500))) == {"warned": 500}
+    else:  # two or three refused connections, each socket closed
+        assert held["dropped"]["unsent_at_exit"] == 500
 
 
 def test_offline_backs_off_warns_once_and_resumes_when_the_broker_returns(tmp_path, monkeypatch, caplog):
@@ -225,7 +250,59 @@ def test_send_failures_and_oversized_events_are_counted_and_reported(tmp_path, m
         sent = decoded(stack.read_topic(stack.settings.topic, 16))
     assert by_model(sent) == {"delivered": 10, "after": 5}
     [report] = [event for event in sent if event["type"] == contract.CLIENT_REPORT]
-    assert report["data"]["dropped"] == {"queue_full": 0, "send_failed": 20, "oversized": 1, "unsent_at_exit": 0}
+    assert report["data"]["dropped"] == {**dict.fromkeys(contract.DROP_REASONS, 0), "send_failed": 20, "oversized": 1}
+
+
+# A host that warms the client up (connected, metadata known), captures `count` runs and ends; after the
+# client's exit handler it prints what the client counted (an atexit handler registered before the client's
+# runs after it).
+CUT_HOST = r"""
+import atexit, dataclasses, json, sys
+atexit.register(lambda: print(json.dumps(dataclasses.asdict(telemetry.stats())), flush=True))
+from kern_telemetry_client import KafkaSink, Telemetry
+from test_sdk_standins import Agent, Model
+
+bootstrap, topic, tag, exit_timeout, count = sys.argv[1:6]
+telemetry = Telemetry("1.0.0", KafkaSink(bootstrap, topic), exit_timeout=float(exit_timeout))
+telemetry.agent_run(Agent(Model("openai", "OpenAIResponses", "warm-up")), "session", "warm-up")
+assert telemetry.flush(20.0)
+agent = Agent(Model("openai", "OpenAIResponses", tag))
+for i in range(int(count)):
+    telemetry.agent_run(agent, "session", f"run-{i}")
+"""
+
+
+def test_exit_cut_short_counts_each_event_once(stack_factory, tmp_path):
+    """20 fresh interpreters capture 3,000 runs each and exit with a deadline drawn from 0.01-0.3 s, the
+    broker up, so the cut falls anywhere: in the queue, in the worker's hands, in flight. Each event is
+    counted once, the counts add up to what was captured, and the topic agrees: it holds every delivered
+    event and, of those in flight at the cut (unknown_at_exit), any number."""
+    stack = stack_factory(partitions=2)
+    bootstrap, topic, count = stack.env["KERN_BOOTSTRAP_SERVERS"], stack.settings.topic, 3000
+    counted = {}
+    for run in range(20):
+        argv = ["host", bootstrap, topic, f"cut-{run}", str(random.Random(run).uniform(0.01, 0.3)), str(count)]
+        ran = run_python(f"import sys; sys.argv = {argv!r}\n" + CUT_HOST, client_env(tmp_path / str(run)))
+        assert ran.returncode == 0 and ran.stderr == "", ran.stderr
+        stats = counted[f"cut-{run}"] = json.loads(ran.stdout)
+        outcomes = {**stats["dropped"], "unknown_at_exit": stats["unknown_at_exit"]}
+        assert ledger_of(tmp_path / str(run) / "state") == Counter(  # left for a later process to report
+            {("1.0.0", reason): n for reason, n in outcomes.items() if n and reason in contract.DROP_REASONS})
+    arrived = by_model(read_until_quiet(bootstrap, topic))
+    for tag, stats in counted.items():
+        unsent, unknown = stats["dropped"]["unsent_at_exit"], stats["unknown_at_exit"]
+        assert stats["captured"] == count + 1 and stats["pending"] == 0  # the warm-up event, then the runs
+        assert sum(stats["dropped"].values()) == unsent  # the broker was up: nothing else was lost
+        assert stats["delivered"] + unsent + unknown == count + 1
+        assert stats["delivered"] - 1 <= arrived[tag] <= stats["delivered"] - 1 + unknown
+    assert any(stats["unknown_at_exit"] for stats in counted.values())  # some cuts fell on records in flight
+
+
+def ledger_of(state: Path) -> Counter:
+    """The drops a process left in the state directory `state` for a later one to report."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_STATE_HOME", str(state))
+        return ledger.claim()
 
 
 def test_unsent_at_exit_is_reported_by_the_next_process(stack_factory, tmp_path):
@@ -238,8 +315,83 @@ def test_unsent_at_exit_is_reported_by_the_next_process(stack_factory, tmp_path)
     sent = decoded(stack.read_topic(stack.settings.topic, 6))
     assert Counter((e["type"], e["sdk_version"]) for e in sent) == {("agent", "1.0.0"): 5, ("client_report", "0.9.0"): 1}
     [report] = [event for event in sent if event["type"] == contract.CLIENT_REPORT]
-    assert report["data"]["dropped"] == {"queue_full": 0, "send_failed": 0, "oversized": 0, "unsent_at_exit": 1000}
+    assert report["data"]["dropped"] == {**dict.fromkeys(contract.DROP_REASONS, 0), "unsent_at_exit": 1000}
     assert list((tmp_path / "state" / "kern").iterdir()) == []  # the file was claimed
+
+
+def test_before_send_scrubs_or_vetoes_on_the_worker_and_a_broken_hook_never_reaches_the_host(
+        stack_factory, tmp_path, monkeypatch, caplog):
+    """The hook runs on the worker thread, never the caller's. What it returns is sent; None vetoes; a hook
+    that raises, returns something else than a dict, or a dict JSON cannot encode drops the event: each
+    counted `before_send`, nothing raised into the host or logged above debug."""
+    isolate(monkeypatch, tmp_path)
+    caplog.set_level(logging.DEBUG)
+    stack = stack_factory(partitions=2)
+    threads = set()
+
+    def before_send(event: dict) -> object:
+        threads.add(threading.current_thread().name)
+        model = event["data"]["model_id"]
+        if model == "keep":
+            return {**event, "data": {**event["data"], "model_id": "scrubbed", "db_type": None}}
+        if model == "raise":
+            raise RuntimeError("a broken hook")
+        return {"veto": None, "list": [event], "unencodable": {**event, "set": {1}}}[model]
+
+    telemetry = Telemetry("1.0.0", KafkaSink(stack.env["KERN_BOOTSTRAP_SERVERS"], stack.settings.topic),
+                          before_send=before_send)
+    for model in ("keep", "veto", "raise", "list", "unencodable"):
+        agent = Agent(Model("openai", "OpenAIResponses", model), db=PostgresDb())
+        for i in range(40):
+            telemetry.agent_run(agent, "session", f"{model}-{i}")
+    assert telemetry.flush(20.0)
+    telemetry.close(10.0)
+    sent = read_until_quiet(stack.env["KERN_BOOTSTRAP_SERVERS"], stack.settings.topic, 1.0)
+    runs = [event for event in sent if event["type"] == contract.AGENT]
+    assert len(runs) == 40 and {(e["data"]["model_id"], e["data"]["db_type"]) for e in runs} == {("scrubbed", None)}
+    stats = telemetry.stats()
+    assert (stats.captured, stats.delivered, stats.dropped["before_send"], stats.pending) == (200, 40, 160, 0)
+    assert threads == {THREAD_NAME}
+    reports = [event["data"]["dropped"] for event in sent if event["type"] == contract.CLIENT_REPORT]
+    assert reports == ([{**dict.fromkeys(contract.DROP_REASONS, 0), "before_send": 160}]
+                       if "before_send" in contract.DROP_REASONS else [])  # when the contract names it
+    assert not [r for r in caplog.records if r.name.startswith("kern_telemetry_client") and r.levelno > logging.DEBUG]
+
+
+def test_aflush_and_aclose_wait_without_blocking_the_event_loop(tmp_path, monkeypatch):
+    """With the broker black-holed, `await aflush(1.0)` waits its second out and `aclose` its deadline,
+    while a task ticking every 10 ms keeps ticking (`flush` would hold the loop for the whole second)."""
+    isolate(monkeypatch, tmp_path)
+    with BlackHole() as hole:
+        telemetry = Telemetry("1.0.0", KafkaSink(f"127.0.0.1:{hole.port}"))
+        agent = Agent(Model("openai", "OpenAIResponses", "gpt-5.2"))
+        for i in range(100):
+            telemetry.agent_run(agent, "session", f"run-{i}")
+
+        async def host() -> tuple:
+            loop, gaps = asyncio.get_running_loop(), []
+
+            async def tick() -> None:
+                last = loop.time()
+                while True:
+                    await asyncio.sleep(0.01)
+                    gaps.append(loop.time() - last)
+                    last = loop.time()
+
+            ticking = asyncio.create_task(tick())
+            started = loop.time()
+            flushed = await telemetry.aflush(1.0)
+            flushing = loop.time() - started
+            await telemetry.aclose(0.5)
+            closing = loop.time() - started - flushing
+            ticking.cancel()
+            return flushed, flushing, closing, gaps
+
+        flushed, flushing, closing, gaps = asyncio.run(host())
+    assert not flushed and 1.0 <= flushing < 1.5 and closing < 0.6
+    assert len(gaps) > 60 and max(gaps) < 0.1  # the loop ran all along
+    stats = telemetry.stats()
+    assert stats.captured == 100 and stats.dropped["unsent_at_exit"] == 100 and stats.pending == 0
 
 
 def test_records_carry_no_key(stack_factory, tmp_path, monkeypatch):

@@ -3,13 +3,16 @@ threads, file descriptors and sockets (/proc/self/fd), sys.modules, log records 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 
 import pytest
+from test_sdk_delivery import records_until_quiet
 from test_sdk_standins import client_env, run_python
 
-from kern_telemetry_client import notice
+from kern_telemetry_client import Stats, notice
+from kern_telemetry_client.transport import THREAD_NAME
 
 pytestmark = pytest.mark.integration
 
@@ -34,16 +37,19 @@ def descriptors():
     return found
 
 before = descriptors()
+import kern_telemetry_client
 from kern_telemetry_client import KafkaSink, Telemetry
 from test_sdk_standins import Agent, AgentOS, Model, PostgresDb, Slack, Team, Workflow
 
-on = sys.argv[3] == "on"
+on, switch = sys.argv[3] == "on", sys.argv[4]
+if switch == "disable()":
+    kern_telemetry_client.disable()
 model = Model("openai", "OpenAIResponses", "gpt-5.2")
 agent = Agent(model, db=PostgresDb(), tools=[], telemetry=on)
 team = Team(model, [agent], telemetry=on)
 workflow = Workflow(telemetry=on)
 agent_os = AgentOS([agent], [team], [workflow], [Slack()], telemetry=on)
-telemetry = Telemetry("1.0.0", KafkaSink(sys.argv[1], topic=sys.argv[2]))
+telemetry = Telemetry("1.0.0", KafkaSink(sys.argv[1], topic=sys.argv[2]), enabled=switch != "enabled=False")
 for i in range(40):
     telemetry.agent_run(agent, f"session-{i}", f"run-{i}")
     telemetry.team_run(team, f"session-{i}", f"run-{i}")
@@ -65,10 +71,12 @@ NOTHING = {"threads": ["MainThread"], "new_descriptors": [], "kafka_imported": F
            "records": [], "flushed": True}
 
 
-def probe(broker, env: dict, instance: str = "on") -> tuple[dict, str]:
-    """Run PROBE in a fresh interpreter against the real broker; (what it holds, its stderr)."""
+def probe(broker, env: dict, instance: str = "on", switch: str = "none") -> tuple[dict, str]:
+    """Run PROBE in a fresh interpreter against the real broker, with `switch` ("enabled=False" on the
+    instance, "disable()" before it, or "none"); (what it holds, its stderr)."""
     topic = f"sdk.optout.{uuid.uuid4().hex[:8]}"
-    code = f"import sys; sys.argv = ['probe', {broker.bootstrap_servers!r}, {topic!r}, {instance!r}]\n" + PROBE
+    argv = ["probe", broker.bootstrap_servers, topic, instance, switch]
+    code = f"import sys; sys.argv = {argv!r}\n" + PROBE
     ran = run_python(code, env)
     assert ran.returncode == 0, ran.stderr
     return json.loads(ran.stdout), ran.stderr
@@ -84,13 +92,14 @@ OFF = {
     "DO_NOT_TRACK=true": ({"DO_NOT_TRACK": "true"}, "on"),
     "telemetry=False on every object": ({}, "off"),
 }
+SWITCHES = ("enabled=False", "disable()")  # in code: for tests of the SDK's hosts
 
 
-@pytest.mark.parametrize("case", OFF)
+@pytest.mark.parametrize("case", [*OFF, *SWITCHES])
 def test_off_means_nothing_happens(broker, tmp_path, case):
-    variables, instance = OFF[case]
+    variables, instance = OFF.get(case, ({}, "on"))
     env = client_env(tmp_path, notice_shown=False, **variables)
-    held, stderr = probe(broker, env, instance)
+    held, stderr = probe(broker, env, instance, case if case in SWITCHES else "none")
     assert held == NOTHING
     assert stderr == ""
     assert not (tmp_path / "config").exists() and not (tmp_path / "state").exists()  # no notice, no ledger
@@ -124,3 +133,34 @@ def test_the_first_run_notice_shows_once_per_machine_and_never_when_off(broker, 
     off = tmp_path / "off"
     _, stderr = probe(broker, client_env(off, notice_shown=False, AGNO_TELEMETRY="false"))
     assert stderr == "" and not (off / "config").exists()
+
+
+DISABLED_LATER = r"""
+import dataclasses, json, sys, threading
+import kern_telemetry_client
+from kern_telemetry_client import KafkaSink, Telemetry
+from test_sdk_standins import Agent, Model
+
+before = Telemetry("1.0.0", KafkaSink(sys.argv[1], sys.argv[2]))
+agent = Agent(Model("openai", "OpenAIResponses", "gpt-5.2"))
+for i in range(10):
+    before.agent_run(agent, "session", f"before-{i}")
+kern_telemetry_client.disable()
+after = Telemetry("1.0.0", KafkaSink(sys.argv[1], sys.argv[2]))
+for i in range(10):
+    before.agent_run(agent, "session", f"after-{i}")
+    after.agent_run(agent, "session", f"after-{i}")
+print(json.dumps([dataclasses.asdict(before.stats()), dataclasses.asdict(after.stats()),
+                  sorted(t.name for t in threading.enumerate())]))
+"""
+
+
+def test_disable_stops_capturing_and_what_was_captured_is_still_delivered(broker, tmp_path):
+    topic = f"sdk.optout.{uuid.uuid4().hex[:8]}"
+    code = f"import sys; sys.argv = ['host', {broker.bootstrap_servers!r}, {topic!r}]\n" + DISABLED_LATER
+    ran = run_python(code, client_env(tmp_path))
+    assert ran.returncode == 0 and ran.stderr == ""
+    before, after, threads = json.loads(ran.stdout)
+    assert before["captured"] == 10 and after == dataclasses.asdict(Stats())  # the second never started
+    assert threads.count(THREAD_NAME) == 1
+    assert len(records_until_quiet(broker.bootstrap_servers, topic, 1.0)) == 10  # the first's, sent at exit

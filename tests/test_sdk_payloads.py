@@ -109,7 +109,7 @@ def test_the_rich_objects_give_the_documented_values_and_no_sentinel():
     assert agent_os == {"agent_count": 1, "team_count": 1, "workflow_count": 1,
                         "interfaces": ["slack", "whatsapp"], "db_types": ["PostgresDb", "SqliteDb"]}
     assert events[contract.CLIENT_REPORT]["data"]["dropped"] == {
-        "queue_full": 3, "send_failed": 0, "oversized": 0, "unsent_at_exit": 1}
+        **dict.fromkeys(contract.DROP_REASONS, 0), "queue_full": 3, "unsent_at_exit": 1}
     assert SENTINEL not in json.dumps(events)
 
 

@@ -7,6 +7,7 @@ Kafka record or a ClickHouse table. Identifiers hold sentinels too: they may onl
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -161,8 +162,10 @@ class Ran(NamedTuple):
     ended: float  # time.monotonic() when the process had exited (one clock for every process here)
 
 
-def run_python(code: str, env: dict, timeout: float = 60.0) -> Ran:
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
+def run_python(code: str, env: dict, timeout: float = 60.0, flags: tuple = ()) -> Ran:
+    """`code` in a fresh interpreter, with interpreter `flags` (`-W error`, `-X dev`, ...)."""
+    done = subprocess.run([sys.executable, *flags, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=timeout)
     return Ran(done.stdout, done.stderr, done.returncode, time.monotonic())
 
 
@@ -186,3 +189,39 @@ def host(env: dict, bootstrap: str, topic: str, exit_timeout: str, version: str,
     """HOST in a fresh interpreter (`exit_timeout` "default" or seconds)."""
     argv = ["host", bootstrap, topic, exit_timeout, version, str(count)]
     return run_python(f"import sys; sys.argv = {argv!r}\n" + HOST, env)
+
+
+# A host under interpreter flags (`-W error`, `-X dev`): captures `count` runs through a Kafka or HTTP sink,
+# flushes (`wait` s), closes, then raises a DeprecationWarning of its own (its filters still apply to it);
+# prints the flush's outcome, what became of its own warning, and the client's stats.
+WARNED_HOST = r"""
+import dataclasses, json, sys, warnings
+from kern_telemetry_client import HttpSink, KafkaSink, Telemetry
+from test_sdk_standins import Agent, Model
+
+kind, address, topic, count, wait = sys.argv[1:6]
+telemetry = Telemetry("1.0.0", KafkaSink(address, topic) if kind == "kafka" else HttpSink(address))
+agent = Agent(Model("openai", "OpenAIResponses", "warned"))
+for i in range(int(count)):
+    telemetry.agent_run(agent, "session", f"run-{i}")
+flushed = telemetry.flush(float(wait))
+telemetry.close(0.5)
+try:
+    warnings.warn("the host's own", DeprecationWarning)
+    own = "not raised"
+except DeprecationWarning:
+    own = "raised"
+print(json.dumps({"flushed": flushed, "own": own, **dataclasses.asdict(telemetry.stats())}))
+"""
+
+#: What each interpreter flag makes of the host's own warning: (WARNED_HOST's "own", its stderr)
+WARNING_FLAGS = {("-W", "error"): ("raised", ""),
+                 ("-X", "dev"): ("not raised", "<string>:15: DeprecationWarning: the host's own\n")}
+
+
+def warned_host(env: dict, flags: tuple, kind: str, address: str, topic: str, count: int, wait: float) -> tuple:
+    """WARNED_HOST in a fresh interpreter with `flags`: (what it printed, its stderr)."""
+    argv = ["host", kind, address, topic, str(count), str(wait)]
+    ran = run_python(f"import sys; sys.argv = {argv!r}\n" + WARNED_HOST, env, flags=flags)
+    assert ran.returncode == 0, ran.stderr
+    return json.loads(ran.stdout), ran.stderr

@@ -1,9 +1,9 @@
 """`Telemetry`: the object an SDK holds and calls at each run and launch.
 
 Nothing happens until the first event: then the environment decides (off, debug, on), and only when on
-does the first-run notice show and the transport start its worker thread. Off (an opt-out variable, or
-`telemetry=False` on the object) means nothing at all: no thread, socket, import of kafka-python, queued
-event, output or log record above debug.
+does the first-run notice show and the transport start its worker thread. Off (an opt-out variable,
+`telemetry=False` on the object, `Telemetry(enabled=False)` or `disable()`) means nothing at all: no
+thread, socket, import of kafka-python, queued event, file, output or log record above debug.
 """
 
 from __future__ import annotations
@@ -19,18 +19,18 @@ from time import monotonic
 from typing import Any, Callable, Optional
 
 from . import contract, environment, notice, payloads
-from .transport import Sink, Transport
+from .transport import BeforeSend, Event, Sink, Stats, Transport
 
 log = logging.getLogger(__name__)
 
 DEFAULT_EXIT_TIMEOUT = 1.0
 
 
-def _off(event: dict) -> None:
+def _off(event: Event) -> None:
     """Where events go when telemetry is off: nowhere (never called; compared against)."""
 
 
-def _debug_print(event: dict) -> None:
+def _debug_print(event: Event) -> None:
     """KERN_TELEMETRY_DEBUG: show the payload that would be sent; send nothing."""
     try:
         sys.stderr.write(f"kern-telemetry debug: {json.dumps(event, separators=(',', ':'))}\n")
@@ -49,21 +49,28 @@ def _opted_out(obj: Any) -> bool:
 class Telemetry:
     """Usage telemetry for one SDK in one process: hold one, call it at each run and launch.
 
-    `sdk_version` goes into every event; `sink` sends them (e.g. `KafkaSink("host:9092")`). `queue_size`
-    bounds the events waiting to be sent (more are dropped and counted); `exit_timeout` is the longest
-    interpreter exit waits for queued events; client reports of drops go out every `report_interval` s.
+    `sdk_version` goes into every event; `sink` sends them (`HttpSink(url)`, or `KafkaSink("host:9092")`
+    inside the operator's network). `queue_size` bounds the events waiting to be sent (more are dropped
+    and counted); `exit_timeout` is the longest interpreter exit waits for queued events; client reports
+    of drops go out every `report_interval` s. `before_send(event)` runs on the worker thread, never the
+    caller's, on each usage event before it is encoded: it returns the event to send (changed or not), or
+    None to drop it (counted `before_send`, as when it raises or returns anything but a dict).
+    `enabled=False`: this instance does nothing at all (for tests; `disable()` for the whole process).
     """
 
     def __init__(self, sdk_version: str, sink: Sink, *, queue_size: int = 10_000,
-                 exit_timeout: float = DEFAULT_EXIT_TIMEOUT, report_interval: float = 60.0):
+                 exit_timeout: float = DEFAULT_EXIT_TIMEOUT, report_interval: float = 60.0,
+                 before_send: Optional[BeforeSend] = None, enabled: bool = True):
         self.sdk_version = payloads.name(sdk_version, "sdk_version")
         self.exit_timeout = exit_timeout
         self._sink = sink
         self._queue_size = queue_size
         self._report_interval = report_interval
+        self._before_send = before_send
         self._ids = payloads.IDENTIFIERS
         self._lock = threading.Lock()
-        self._emit: Optional[Callable[[dict], None]] = None  # None until the first event decides
+        # None until the first event decides
+        self._emit: Optional[Callable[[Event], None]] = None if enabled else _off
         self._transport: Optional[Transport] = None
 
     # --- what the SDK calls -------------------------------------------------------------------------
@@ -92,15 +99,29 @@ class Telemetry:
         transport = self._transport
         return transport is None or transport.flush(timeout)
 
+    async def aflush(self, timeout: float = DEFAULT_EXIT_TIMEOUT) -> bool:
+        """`flush` for asyncio code: the event loop runs on while it waits."""
+        transport = self._transport
+        return transport is None or await transport.aflush(timeout)
+
     def close(self, timeout: float = DEFAULT_EXIT_TIMEOUT) -> None:
-        """Stop: deliver what is queued within `timeout` s, count the rest as unsent and keep those counts
-        for a later process to report. Later calls do nothing. Interpreter exit calls it."""
-        with self._lock:
-            self._emit = _off
-            transport, self._transport = self._transport, None
-        _LIVE.discard(self)
+        """Stop: deliver what is queued within `timeout` s; what is left is counted (`stats()`) and the
+        drops kept for a later process to report. Later calls do nothing. Interpreter exit calls it."""
+        transport = self._closing()
         if transport is not None:
             transport.close(timeout)
+
+    async def aclose(self, timeout: float = DEFAULT_EXIT_TIMEOUT) -> None:
+        """`close` for asyncio code: the event loop runs on while it waits."""
+        transport = self._closing()
+        if transport is not None:
+            await transport.aclose(timeout)
+
+    def stats(self) -> Stats:
+        """What became of the events this process captured so far (`Stats`); all zeros when telemetry is
+        off or in debug mode, or before the first event."""
+        transport = self._transport
+        return Stats() if transport is None else transport.stats()
 
     # --- inside -----------------------------------------------------------------------------------
 
@@ -110,7 +131,7 @@ class Telemetry:
             if emit is not _off:
                 emit(payloads.run_event(kind, obj, session_id, run_id, self.sdk_version, self._ids))
 
-    def _decide(self) -> Callable[[dict], None]:
+    def _decide(self) -> Callable[[Event], None]:
         """The first event: read the environment and start (or not)."""
         with self._lock:
             if self._emit is None:
@@ -121,17 +142,31 @@ class Telemetry:
                     self._emit = _off
             return self._emit
 
-    def _start(self) -> Callable[[dict], None]:
+    def _start(self) -> Callable[[Event], None]:
+        if _disabled:
+            log.debug("telemetry off (disable())")
+            return _off
         mode, variable = environment.mode()
         if mode == environment.OFF:
             log.debug("telemetry off (%s)", variable)
             return _off
+        _LIVE.add(self)
         if mode == environment.DEBUG:
             return _debug_print
         notice.show_once()
-        self._transport = Transport(self._sink, self.sdk_version, self._queue_size, self._report_interval)
-        _LIVE.add(self)
+        self._transport = Transport(self._sink, self.sdk_version, self._queue_size, self._report_interval,
+                                    before_send=self._before_send)
         return self._transport.put
+
+    def _mute(self) -> None:
+        with self._lock:
+            self._emit = _off
+
+    def _closing(self) -> Optional[Transport]:
+        """No more events from this instance, nor an exit handler; its transport, to close."""
+        self._mute()
+        _LIVE.discard(self)
+        return self._transport
 
     def _forget_after_fork(self) -> None:
         """In a forked child: the parent's queue (its events are the parent's to send) and thread (gone)
@@ -142,7 +177,18 @@ class Telemetry:
             self._emit = None
 
 
-_LIVE: weakref.WeakSet = weakref.WeakSet()  # instances with a transport
+_LIVE: weakref.WeakSet[Telemetry] = weakref.WeakSet()  # instances that capture (on, or in debug mode)
+_disabled = False
+
+
+def disable() -> None:
+    """Turn telemetry off for the rest of this process, whatever the environment says (e.g. in a test
+    suite's conftest): no instance starts anything from now on, and those that capture stop capturing
+    (what they hold is still delivered, or counted, when they close or at exit)."""
+    global _disabled
+    _disabled = True
+    for telemetry in list(_LIVE):
+        telemetry._mute()
 
 
 def _close_all_at_exit() -> None:

@@ -19,13 +19,21 @@ Producer settings (PRODUCER_DEFAULTS) and why:
   then every `send()` wakes the I/O thread through a socket (measured: 41 -> 15 µs CPU per event).
 - metrics off: per-record sensor updates cost CPU that nobody here reads.
 
+A batch leaves (`sending`, for the transport's account) once the producer knows the topic's partitions:
+while the broker is unreachable, `partitions_for` waits up to `max_block_ms` for them and the batch has
+not left, so a close during that wait counts it unsent, not unknown.
+
 Keeping kafka-python's noise out of the host:
 
 - its records logged on this client's threads (the worker, and the producer's I/O thread, named after
   the client id) are dropped by a filter on the `kafka.*` loggers; records it logs on any other thread
-  (the host's own kafka-python use) pass untouched;
+  (the host's own kafka-python use) pass untouched; the warnings it raises there (hundreds of
+  DeprecationWarnings at import) are ignored whatever the host's filters (`transport.OwnThreadWarning`);
 - its `atexit` hook (a close that flushes for 1 s and silences its module's logger) is unregistered and
-  its `__del__` (the same close) disabled: the transport's exit deadline decides instead.
+  its `__del__` (the same close) disabled: the transport's exit deadline decides instead;
+- a socket whose connection failed is closed (`_closing_sockets`): kafka-python 3.0.12 leaves it to the
+  garbage collector, whose ResourceWarning, on whatever thread collects it or at exit, reached the host's
+  stderr under `-X dev` while the broker was down.
 """
 
 from __future__ import annotations
@@ -34,13 +42,16 @@ import functools
 import logging
 import os
 import threading
-from typing import Callable, List
+from typing import TYPE_CHECKING, Any, Callable, Dict, List
 
-from .transport import THREAD_NAME
+from .transport import THREAD_NAME, on_own_thread
+
+if TYPE_CHECKING:
+    import socket
 
 DEFAULT_TOPIC = "kern.telemetry.events"
 
-PRODUCER_DEFAULTS = {
+PRODUCER_DEFAULTS: Dict[str, Any] = {
     "api_version": (2, 8),
     "max_block_ms": 1_000,
     "request_timeout_ms": 10_000,
@@ -69,7 +80,7 @@ class _OwnThreads(logging.Filter):
     the thread that logs; `record.threadName` is None when the host turned `logging.logThreads` off.)"""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not threading.current_thread().name.startswith(THREAD_NAME)
+        return not on_own_thread()
 
 
 _OWN_THREADS = _OwnThreads()
@@ -89,7 +100,7 @@ def _quiet_kafka_loggers() -> int:
 def _producer_class() -> type:
     from kafka import KafkaProducer
 
-    class Producer(KafkaProducer):
+    class Producer(KafkaProducer):  # type: ignore[misc]  # kafka-python has no type hints
         def __del__(self) -> None:
             """kafka-python's closes with a 1 s flush (raising at exit when the broker is gone) and replaces
             its module's logger for every producer in the process; this client closes explicitly."""
@@ -97,11 +108,34 @@ def _producer_class() -> type:
     return Producer
 
 
+@functools.lru_cache(maxsize=None)
+def _closing_sockets() -> Dict[str, Any]:
+    """Producer options under which a socket that failed to connect is closed at once. kafka-python's one
+    hook on how its sockets connect is the scheme registry of `proxy_url`: this client's scheme names a
+    direct connection that closes its socket on failure. A `proxy_url` of the host's own wins."""
+    try:
+        from kafka.net.inet import KafkaNetSocket
+    except ImportError:  # a kafka-python without this layer
+        return {}
+
+    class ClosingSocket(KafkaNetSocket):  # type: ignore[misc]  # kafka-python has no type hints
+        SCHEMES = (THREAD_NAME,)
+
+        async def sock_connect(self, net: Any, sock: socket.socket, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return await super().sock_connect(net, sock, *args, **kwargs)
+            except BaseException:
+                sock.close()
+                raise
+
+    return {"proxy_url": f"{THREAD_NAME}://"}
+
+
 class KafkaSink:
     """Kafka as the transport's sink: `bootstrap_servers` ("host:port,..."), the events topic, and any
     kafka-python producer options (security_protocol, sasl_*, ssl_context, ...) over PRODUCER_DEFAULTS."""
 
-    def __init__(self, bootstrap_servers: str, topic: str = DEFAULT_TOPIC, **producer_options: object):
+    def __init__(self, bootstrap_servers: str, topic: str = DEFAULT_TOPIC, **producer_options: Any):
         self.topic = topic
         self.options = {**PRODUCER_DEFAULTS, **producer_options,
                         "bootstrap_servers": bootstrap_servers.split(","), "client_id": THREAD_NAME}
@@ -112,7 +146,7 @@ class KafkaSink:
 
             producer_class = _producer_class()
             loggers = _quiet_kafka_loggers()
-            producer = producer_class(**self.options)
+            producer = producer_class(**{**_closing_sockets(), **self.options})
         producer._unregister_cleanup()  # its atexit close: see the module docstring
         return _KafkaChannel(producer, self.topic, KafkaTimeoutError, loggers)
 
@@ -120,17 +154,22 @@ class KafkaSink:
 class _KafkaChannel:
     retry_after = 0.0  # the broker never asks for a pause: the transport's backoff alone decides
 
-    def __init__(self, producer, topic: str, timeout_error: type, loggers: int):
+    def __init__(self, producer: Any, topic: str, timeout_error: type[Exception], loggers: int):
         self._producer = producer
         self._topic = topic
         self._timeout_error = timeout_error
         self._loggers = loggers
 
-    def send(self, records: List[bytes], delivered: Callable[[object], None],
-             failed: Callable[[object], None]) -> int:
+    def send(self, records: List[bytes], delivered: Callable[[object], None], failed: Callable[[object], None],
+             sending: Callable[[], None] = lambda: None) -> int:
         if len(logging.root.manager.loggerDict) != self._loggers:  # kafka-python imported a module lazily
             self._loggers = _quiet_kafka_loggers()
         send, topic = self._producer.send, self._topic
+        try:
+            self._producer.partitions_for(topic)  # the broker's metadata: at once once known
+        except self._timeout_error:  # none within max_block_ms: the broker is unreachable
+            return 0
+        sending()
         for taken, record in enumerate(records):
             try:
                 future = send(topic, record)

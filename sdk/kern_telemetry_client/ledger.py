@@ -14,7 +14,7 @@ import contextlib
 import json
 import os
 from collections import Counter
-from typing import Optional
+from typing import Optional, Tuple
 
 from . import contract
 from .environment import state_dir
@@ -25,8 +25,11 @@ PREFIX = "unreported-"
 CLAIM_LIMIT = 64
 _MAX_COUNT = 2**31
 
+#: (sdk_version, reason) -> count
+Drops = Counter[Tuple[Optional[str], str]]
 
-def save(dropped: Counter) -> None:
+
+def save(dropped: Drops) -> None:
     """Write {(sdk_version, reason): count} to a new file (atomically: a reader never sees half of it)."""
     if not dropped:
         return
@@ -41,9 +44,9 @@ def save(dropped: Counter) -> None:
         pass  # no writable state directory: these drops go unreported
 
 
-def claim() -> Counter:
+def claim() -> Drops:
     """Claim and read up to CLAIM_LIMIT files; their {(sdk_version, reason): count}."""
-    claimed: Counter = Counter()
+    claimed: Drops = Counter()
     try:
         paths = sorted(state_dir().glob(f"{PREFIX}*.json"))[:CLAIM_LIMIT]
     except OSError:
@@ -67,7 +70,7 @@ def claim() -> Counter:
     return claimed
 
 
-def _entry(triple: object) -> Optional[tuple]:
+def _entry(triple: object) -> Optional[Tuple[Optional[str], str, int]]:
     """A (sdk_version, reason, count) triple read back, or None when it is not one the client wrote."""
     if not (isinstance(triple, list) and len(triple) == 3):
         return None
