@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import subprocess
 import ssl
 import threading
 import time
@@ -167,6 +168,18 @@ def _client_files_in_a_temporary_home(tmp_path_factory) -> Iterator[None]:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+
+
+@pytest.fixture
+def certificate(tmp_path) -> str:
+    """A self-signed certificate for 127.0.0.1, with its key, in one PEM file."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    combined = tmp_path / "server.pem"
+    combined.write_text(cert.read_text() + key.read_text())
+    return str(combined)
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,6 @@ from test_sdk_delivery import (agent_events, by_model, decoded, isolate, ledger_
                                records_until_quiet)
 from test_sdk_end_to_end import VERSION, capture
 from test_sdk_standins import SENTINEL, WARNING_FLAGS, client_env, run_python, warned_host
-from test_security import certificate  # noqa: F401 - the fixture: a self-signed certificate for 127.0.0.1
 
 from bench.sdk_client import BlackHole, closed_port
 from devstack.processes import CollectorProcess, free_port

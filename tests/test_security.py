@@ -79,18 +79,6 @@ def test_web_endpoints_listen_on_loopback_by_default(stack_factory):
     assert addresses == {"127.0.0.1"}
 
 
-@pytest.fixture
-def certificate(tmp_path) -> str:
-    """A self-signed certificate for 127.0.0.1, with its key, in one PEM file."""
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
-    combined = tmp_path / "server.pem"
-    combined.write_text(cert.read_text() + key.read_text())
-    return str(combined)
-
-
 def test_worker_speaks_tls_to_kafka_and_clickhouse(tmp_path, certificate):
     """Kafka over SSL (a TLS-terminating proxy in front of Tansu, whose own TLS listener this build lacks) and
     ClickHouse over HTTPS, both verified against the configured CA file."""

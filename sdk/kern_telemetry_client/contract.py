@@ -114,7 +114,7 @@ FLAGS = tuple(field.name for field in DATA if field.type == "bool")
 FLAG_PREFIX = "has_"
 
 #: Why a client dropped an event (the keys of a client report's `dropped`).
-DROP_REASONS = ("queue_full", "send_failed", "oversized", "unsent_at_exit")
+DROP_REASONS = ("queue_full", "send_failed", "oversized", "unsent_at_exit", "unknown_at_exit", "before_send")
 
 
 def data_fields(kind: str) -> tuple[Field, ...]:

@@ -24,7 +24,8 @@ from typing import Any, Callable, Iterable, Optional
 
 from . import contract
 from .installation import Installation
-from .values import MAX_RAW_LENGTH, clean_value
+from .formats import MAX_RAW_LENGTH
+from .values import clean_value
 
 #: Names kept in a list field (interfaces, db_types): a launch payload stays small whatever the OS holds.
 MAX_NAMES = 32
@@ -51,7 +52,7 @@ class Identifiers:
     def __init__(self, key: Optional[bytes] = None, installation: Optional[Installation] = None):
         # Keyed once; each digest copies this state (cheaper than keying again).
         self._keyed = hashlib.blake2b(key=os.urandom(32) if key is None else key, digest_size=16)
-        self._digests: dict = {}  # session and agent ids repeat from run to run; emptied when full
+        self._digests: dict[str, str] = {}  # session and agent ids repeat from run to run; emptied when full
         self.installation = INSTALLATION if installation is None else installation
 
     def digest(self, value: object) -> Optional[str]:
@@ -76,7 +77,7 @@ class Identifiers:
 #: The process's identifiers: its key is made at import and never leaves the process.
 IDENTIFIERS = Identifiers()
 
-_names: dict = {}  # (field, raw string) -> clean_value(raw string, field); names repeat from run to run
+_names: dict[tuple[str, str], str] = {}  # (field, raw string) -> clean_value(raw string, field); names repeat from run to run
 
 
 def name(value: object, field: str = "") -> Optional[str]:
@@ -94,12 +95,12 @@ def name(value: object, field: str = "") -> Optional[str]:
     return cleaned
 
 
-def _names_of(raw: Iterable[object]) -> list:
+def _names_of(raw: Iterable[object]) -> list[str]:
     """Sorted distinct cleaned names, at most MAX_NAMES."""
     return sorted({cleaned for cleaned in map(name, raw) if cleaned is not None})[:MAX_NAMES]
 
 
-def _items(value: object) -> tuple:
+def _items(value: object) -> tuple[Any, ...]:
     """The elements of a list or tuple attribute; nothing for None or anything else."""
     return tuple(value) if isinstance(value, (list, tuple)) else ()
 
@@ -117,7 +118,7 @@ def _set(value: object) -> bool:
 Reader = Callable[[Any, Identifiers], Any]
 
 
-def _flag(*rules: tuple) -> Reader:
+def _flag(*rules: tuple[str, bool]) -> Reader:
     """A `has_*` flag: on when any of the (attribute, strict) rules holds. A strict attribute is a switch
     that counts only when it `is True`; any other counts when set (not None, not False)."""
 
@@ -152,7 +153,7 @@ def _model_attribute(key: str, attribute: str) -> Reader:
 
 
 def _model_ref(field: str) -> Reader:
-    def read(obj: Any, ids: Identifiers) -> Optional[dict]:
+    def read(obj: Any, ids: Identifiers) -> Optional[dict[str, Optional[str]]]:
         model = getattr(obj, field, None)
         if not _set(model):
             return None
@@ -179,11 +180,11 @@ def _interface_name(interface: object) -> object:
     return kind if isinstance(kind, str) else type(interface).__name__
 
 
-def _interfaces(os_: Any, ids: Identifiers) -> list:
+def _interfaces(os_: Any, ids: Identifiers) -> list[str]:
     return _names_of(map(_interface_name, _items(getattr(os_, "interfaces", None))))
 
 
-def _db_types(os_: Any, ids: Identifiers) -> list:
+def _db_types(os_: Any, ids: Identifiers) -> list[str]:
     """Class names of the databases of an AgentOS and of its agents, teams and workflows."""
     dbs = [getattr(os_, "db", None)]
     for group in ("agents", "teams", "workflows"):
@@ -228,8 +229,8 @@ class _Walk:
     """One bounded walk through nested teams or workflow steps: the deepest level reached, the kinds seen."""
 
     def __init__(self) -> None:
-        self.seen: set = set()
-        self.kinds: set = set()
+        self.seen: set[int] = set()
+        self.kinds: set[str] = set()
 
     def visit(self, node: object) -> bool:
         """Whether to look inside `node`: not seen before (cycles) and within the node budget."""
@@ -247,7 +248,7 @@ class _Walk:
                     deepest = max(deepest, self.team_depth(member, depth + 1))
         return deepest
 
-    def steps_depth(self, steps: tuple, depth: int = 0) -> int:
+    def steps_depth(self, steps: tuple[Any, ...], depth: int = 0) -> int:
         """Levels of nested steps below `steps`, noting each step's kind (`contract.STEP_KINDS`)."""
         deepest = depth
         for step in steps:
@@ -278,7 +279,7 @@ def _step_kind(step: object) -> str:
     return "function" if callable(step) else "other"
 
 
-def _steps(workflow: Any) -> Optional[tuple]:
+def _steps(workflow: Any) -> Optional[tuple[Any, ...]]:
     steps = getattr(workflow, "steps", None)
     return tuple(steps) if isinstance(steps, (list, tuple)) else None
 
@@ -288,7 +289,7 @@ def _step_count(workflow: Any, ids: Identifiers) -> Optional[int]:
     return None if steps is None else len(steps)
 
 
-def _step_kinds(workflow: Any, ids: Identifiers) -> Optional[list]:
+def _step_kinds(workflow: Any, ids: Identifiers) -> Optional[list[str]]:
     """The kinds of step a workflow uses at any depth; a workflow that is one function: `function`."""
     steps = _steps(workflow)
     if steps is None:
@@ -313,12 +314,12 @@ def _steps_depth(workflow: Any, ids: Identifiers) -> Optional[int]:
     return None if steps is None else _Walk().steps_depth(steps)
 
 
-def _dropped(counts: Any, ids: Identifiers) -> dict:
+def _dropped(counts: Any, ids: Identifiers) -> dict[str, int]:
     """A client report's counts: every reason of the contract, in its order."""
     return {reason: int(counts.get(reason, 0)) for reason in contract.DROP_REASONS}
 
 
-_READERS: dict = {
+_READERS: dict[str, Reader] = {
     "db_type": lambda obj, ids: _class_name(getattr(obj, "db", None)),
     **{key: _model_attribute(key, attribute) for key, attribute in _MODEL_KEYS},
     "interfaces": _interfaces,
@@ -330,7 +331,7 @@ _READERS: dict = {
     "dropped": _dropped,
 }
 #: Fields read differently by kind.
-_KIND_READERS: dict = {(contract.TEAM, "nesting_depth"): _team_depth, (contract.WORKFLOW, "nesting_depth"): _steps_depth}
+_KIND_READERS: dict[tuple[str, str], Reader] = {(contract.TEAM, "nesting_depth"): _team_depth, (contract.WORKFLOW, "nesting_depth"): _steps_depth}
 
 
 def _identifier(obj: Any, ids: Identifiers) -> Optional[str]:
@@ -366,7 +367,7 @@ def _safely(read: Reader, obj: Any, ids: Identifiers) -> Any:
         return None
 
 
-def _data(kind: str, obj: Any, ids: Identifiers) -> dict:
+def _data(kind: str, obj: Any, ids: Identifiers) -> dict[str, Any]:
     plan = _PLANS[kind]
     try:
         return {key: read(obj, ids) for key, read in plan}
@@ -374,12 +375,12 @@ def _data(kind: str, obj: Any, ids: Identifiers) -> dict:
         return {key: _safely(read, obj, ids) for key, read in plan}
 
 
-def _envelope(kind: str, values: dict) -> dict:
+def _envelope(kind: str, values: dict[str, Any]) -> dict[str, Any]:
     return {key: values[key] for key in _ENVELOPE_KEYS[kind]}
 
 
 def run_event(kind: str, obj: Any, session_id: object, run_id: object, sdk_version: Optional[str],
-              ids: Identifiers) -> dict:
+              ids: Identifiers) -> dict[str, Any]:
     """An agent, team or workflow run. A run without a usable session id gets the digest of "" (the
     pipeline requires one on runs, and the run still happened)."""
     digest = ids.digest
@@ -389,7 +390,7 @@ def run_event(kind: str, obj: Any, session_id: object, run_id: object, sdk_versi
     })
 
 
-def launch_event(os_: Any, sdk_version: Optional[str], ids: Identifiers) -> dict:
+def launch_event(os_: Any, sdk_version: Optional[str], ids: Identifiers) -> dict[str, Any]:
     """An AgentOS launch: its configuration, never its contents. No session exists at launch."""
     return _envelope(contract.OS, {
         "type": contract.OS, "session_id": None, "os_id": _safely(_identifier, os_, ids),
@@ -397,10 +398,10 @@ def launch_event(os_: Any, sdk_version: Optional[str], ids: Identifiers) -> dict
     })
 
 
-def report_event(dropped: dict, sdk_version: Optional[str]) -> dict:
+def report_event(dropped: dict[str, int], sdk_version: Optional[str]) -> dict[str, Any]:
     """A client report: how many events this client (or an earlier process, see `ledger`) dropped, by
     reason. It carries no identifier."""
     return _envelope(contract.CLIENT_REPORT, {
         "type": contract.CLIENT_REPORT, "sdk_version": sdk_version,
-        "data": _data(contract.CLIENT_REPORT, dropped, None),
+        "data": _data(contract.CLIENT_REPORT, dropped, IDENTIFIERS),  # a report reads no identifier
     })
