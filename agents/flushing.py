@@ -83,7 +83,8 @@ class Flusher:
         """Close every rollup being folded and flush everything ready, retrying until it lands."""
         self.partitions.close_all(self.ready)
         self._last = time.monotonic()
-        await self.confirm_logs()
+        if self.ready:
+            await self.confirm_logs()
         delays = backoff()
         while self.ready:
             async with self.lock:
