@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import logging
 from datetime import datetime
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from pipeline.panels import DEFAULT_RANGE_S, PANELS, default_interval
 WEB = Path(__file__).with_name("web")
 MAX_RANGE_S = 30 * 86400  # the minute tables' retention
 PAGE_REFRESH_S = 5.0
+ACCESS_LOG_FORMAT = '%a %t "%r" %s %b %Tf'  # no user agent or referrer
 
 
 def _x(value) -> int | str:
@@ -74,14 +76,24 @@ def create_app(settings: Settings, refresh_s: float = PAGE_REFRESH_S, data_since
     return app
 
 
+def access_logger(path: Path) -> logging.Logger:
+    """The page's access log in a file of its own (not the terminal of `make run`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger("kern.page.access")
+    logger.handlers = [logging.FileHandler(path)]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return logger
+
+
 class PageServer(mode.Service):
     """The page as a service of the `dev` app (its event loop, started and stopped with it)."""
 
     def __init__(self, settings: Settings, host: str, port: int, refresh_s: float = PAGE_REFRESH_S,
-                 data_since_s: float | None = None, **kwargs):
+                 data_since_s: float | None = None, access_log: Path | None = None, **kwargs):
         super().__init__(**kwargs)
         self.settings, self.host, self.port, self.refresh_s = settings, host, port, refresh_s
-        self.data_since_s = data_since_s
+        self.data_since_s, self.access_log = data_since_s, access_log
         self._runner: web.AppRunner | None = None
 
     @property
@@ -89,7 +101,9 @@ class PageServer(mode.Service):
         return f"http://{self.host}:{self.port}/"
 
     async def on_start(self) -> None:
-        self._runner = web.AppRunner(create_app(self.settings, self.refresh_s, self.data_since_s))
+        self._runner = web.AppRunner(create_app(self.settings, self.refresh_s, self.data_since_s),
+                                     access_log=access_logger(self.access_log) if self.access_log else None,
+                                     access_log_format=ACCESS_LOG_FORMAT)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.host, self.port).start()
 
@@ -102,9 +116,11 @@ class PageServer(mode.Service):
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8090, show_default=True)
 @click.option("--refresh", default=PAGE_REFRESH_S, show_default=True, help="Seconds between the page's refreshes")
-def main(host: str, port: int, refresh: float) -> None:
+@click.option("--access-log", type=click.Path(path_type=Path), help="Write the access log to this file")
+def main(host: str, port: int, refresh: float, access_log: Path | None) -> None:
     """Serve the panels page over the ClickHouse of the KERN_* settings."""
     web.run_app(create_app(Settings.load(), refresh), host=host, port=port,
+                access_log=access_logger(access_log) if access_log else None, access_log_format=ACCESS_LOG_FORMAT,
                 print=lambda _: click.echo(f"page: http://{host}:{port}/"))
 
 

@@ -120,7 +120,8 @@ def test_the_page_charts_every_panel_with_the_numbers_of_its_sql_live_and_only_f
 def test_dev_prints_the_page_address_and_serves_live_panels(tmp_path):
     """`kern-telemetry dev` (`make run`): the printed page answers, its panels fill from the load generator.
     A previous run's ClickHouse data moves aside (the broker starts empty: both start fresh), and the page
-    says since when its data runs."""
+    says since when its data runs. The page's access log goes to a file, without user agents, not to the
+    terminal."""
     env = {**os.environ, "KERN_WEB_PORT": str(free_port()), "COLUMNS": "200"}
     env.pop("KERN_CLICKHOUSE_DSN", None)
     (tmp_path / ".kern" / "chdb").mkdir(parents=True)
@@ -155,5 +156,8 @@ def test_dev_prints_the_page_address_and_serves_live_panels(tmp_path):
         assert not (tmp_path / ".kern" / "chdb" / "previous-run").exists()
         with urllib.request.urlopen(url, timeout=10) as response:
             assert b"/static/vendor/chart.umd.min.js" in response.read()
+        access = (tmp_path / ".kern" / "page-access.log").read_text()
+        assert "GET /api/panels?range=900 HTTP/1.1\" 200" in access and "urllib" not in access
+        assert "/api/panels" not in log.read_text()
     finally:
         stop(process, timeout=30)
