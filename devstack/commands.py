@@ -100,8 +100,10 @@ def dev(rate: int, port: int, clickhouse_port: int, refresh: float, page_port: i
             ensure_port_free("127.0.0.1", page_port)
         except OSError:
             page_port = free_port()
-        page = PageServer(settings, "127.0.0.1", page_port, data_since_s=started, loop=app.loop, beacon=app.beacon)
-        console.print(f"[bold]page[/bold]: {page.url} (every panel, live)")
+        access_log = Path(".kern/page-access.log").absolute()
+        page = PageServer(settings, "127.0.0.1", page_port, data_since_s=started, access_log=access_log,
+                          loop=app.loop, beacon=app.beacon)
+        console.print(f"[bold]page[/bold]: {page.url} (every panel, live; access log {access_log})")
         app.service(page)
         app.service(DevDashboard(settings, rate=rate, refresh=refresh, console=console, loop=app.loop,
                                  beacon=app.beacon))

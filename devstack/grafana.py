@@ -1,7 +1,8 @@
 """The dev cluster's Grafana dashboards, generated: the analysts' panels (`pipeline/panels.py`, in their
-Grafana translation) over ClickHouse, and the operators' panels over the Prometheus metrics of the workers
-(`pipeline/metrics.py`) and of the HTTP collectors (`collector/metrics.py`), scraped by the `kern-worker` and
-`kern-collector` jobs of `deploy/prometheus/prometheus.yml`.
+Grafana translation, with a variable per filter and one for the breakdown) over ClickHouse, and the
+operators' panels over the Prometheus metrics of the workers (`pipeline/metrics.py`) and of the HTTP
+collectors (`collector/metrics.py`), scraped by the `kern-worker` and `kern-collector` jobs of
+`deploy/prometheus/prometheus.yml`.
 
 `make dashboards` (`python -m devstack.grafana`) writes `deploy/grafana/dashboards/`, which Grafana
 provisions from files; a test fails when they differ from what this module generates, so the dashboards
@@ -22,7 +23,8 @@ from typing import NamedTuple
 
 import yaml
 
-from pipeline.panels import PANELS, SHARE, TIME_SERIES, Panel
+from pipeline.panels import BREAKDOWNS, FILTERS, PANELS, SHARE, STAT, TIME_SERIES, Grafana, Panel
+from pipeline.panels import render as render_sql
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = ROOT / "deploy" / "grafana" / "dashboards"
@@ -219,24 +221,67 @@ def _dashboard(uid: str, title: str, panels: list[dict], variables: list[dict]) 
             "templating": {"list": variables}, "panels": _layout(panels)}
 
 
+def analyst_variables() -> list[dict]:
+    """The analysts' dashboard's variables: the database, a multi-value variable per filter of the panels
+    (its options: the filter's SQL, most used first; All drops the filter), and the breakdown."""
+    database = {"name": "database", "type": "constant", "query": DATABASE, "hide": 2,
+                "description": "The tables' database (KERN_CLICKHOUSE_DATABASE)"}
+    filters = [{"name": f.name, "label": f.label, "type": "query", "datasource": CLICKHOUSE,
+                "query": render_sql(f.options, Grafana()), "definition": render_sql(f.options, Grafana()),
+                "refresh": 1, "multi": True, "includeAll": True, "sort": 0, "options": [],
+                "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+                "description": "Runs with every chosen flag on" if f.name == "flag" else
+                f"Runs of any chosen {f.label.lower()}"} for f in FILTERS]
+    breakdowns = {"default": "each panel's own", **BREAKDOWNS}
+    by = {"name": "by", "label": "Breakdown", "type": "custom", "multi": False, "includeAll": False,
+          "query": ",".join(f"{label} : {name}" for name, label in breakdowns.items()),
+          "current": {"selected": True, "text": breakdowns["default"], "value": "default"},
+          "options": [{"selected": name == "default", "text": label, "value": name}
+                      for name, label in breakdowns.items()],
+          "description": "The series of the panels that break down by kind, provider, model or SDK version"}
+    return [database, *filters, by]
+
+
+def _drill_link(filter_name: str, value: str) -> dict:
+    """A data link to this dashboard filtered by a clicked value (drill-down), keeping the other variables."""
+    kept = "&".join(f"${{{name}:queryparam}}" for name in (*(f.name for f in FILTERS), "by") if name != filter_name)
+    keep = f"${{{filter_name}:queryparam}}&" if filter_name == "flag" else ""  # flags: all of them, one more
+    return {"title": f"Filter by this {filter_name}", "url": f"/d/kern-analysts/?${{__url_time_range}}&{kept}&"
+            f"{keep}var-{filter_name}=${{{value}:percentencode}}"}
+
+
 def analyst_panel(panel: Panel) -> dict:
     time_series = panel.chart == TIME_SERIES
     format_, query_type = (0, "timeseries") if time_series else (1, "table")  # the plugin's time series, table
-    defaults: dict = {"unit": "percentunit" if panel.unit == SHARE else "short"}
-    result = {"type": "timeseries" if time_series else "barchart", "title": panel.title,
-              "description": panel.description, "datasource": CLICKHOUSE,
+    defaults: dict = {"unit": "percentunit" if panel.unit == SHARE else "short", "links": []}
+    takes = ", ".join(panel.filters) or "none"
+    description = f"{panel.description} Filters: {takes}." + (
+        f" Breakdown: {', '.join(panel.breakdowns)} (default {panel.by})." if panel.breakdowns else "")
+    result = {"type": "timeseries" if time_series else "stat" if panel.chart == STAT else "barchart",
+              "title": panel.title, "description": description, "datasource": CLICKHOUSE,
+              "interval": "1m",  # the windows are a minute wide: no finer buckets
               "targets": [{"refId": "A", "datasource": CLICKHOUSE, "editorType": "sql", "format": format_,
                            "queryType": query_type, "pluginVersion": CLICKHOUSE_PLUGIN_VERSION,
                            "rawSql": panel.grafana()}],
-              "options": {"legend": {"showLegend": True, "displayMode": "list", "placement": "right"},
+              "options": {"legend": {"showLegend": True, "displayMode": "list", "placement": "bottom"},
                           "tooltip": {"mode": "multi", "sort": "desc"}}}
+    drill = panel.drill()
     if time_series:
-        result["interval"] = "1m"  # the windows are a minute wide: no finer buckets
         defaults["displayName"] = "${__field.labels.series}"  # the plugin turns `series` into a label
+        if drill["series"]:
+            defaults["links"].append(_drill_link(drill["series"], "__field.labels.series"))
+    elif panel.chart == STAT:  # current and previous period, side by side
+        defaults["displayName"] = "${__data.fields.label}"
+        result["options"] = {"reduceOptions": {"values": True, "calcs": [], "fields": "/^value$/"},
+                             "textMode": "value_and_name", "colorMode": "none", "graphMode": "none"}
     else:  # rows (label, series, value) -> a column per series
         result["transformations"] = [{"id": "groupingToMatrix", "options": {
             "rowField": "label", "columnField": "series", "valueField": "value"}}]
         result["options"].update(xTickLabelRotation=-30, showValue="never")
+        if drill["label"] and drill["label"] != "flag":  # a combination of flags is several values
+            defaults["links"].append(_drill_link(drill["label"], "__data.fields[0]"))
+        elif drill["series"]:
+            defaults["links"].append(_drill_link(drill["series"], "__field.name"))
     result["fieldConfig"] = {"defaults": defaults, "overrides": []}
     return result
 
@@ -258,11 +303,9 @@ def operator_panel(panel: OperatorPanel) -> dict:
 
 def dashboards() -> dict[str, dict]:
     """File name -> dashboard JSON."""
-    database = {"name": "database", "type": "constant", "query": DATABASE, "hide": 2,
-                "description": "The tables' database (KERN_CLICKHOUSE_DATABASE)"}
     return {
         "kern-analysts.json": _dashboard("kern-analysts", "Kern telemetry: analysts",
-                                         [analyst_panel(panel) for panel in PANELS], [database]),
+                                         [analyst_panel(panel) for panel in PANELS], analyst_variables()),
         "kern-operators.json": _dashboard("kern-operators", "Kern telemetry: operators",
                                           [operator_panel(panel) for panel in OPERATOR_PANELS], []),
     }

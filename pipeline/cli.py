@@ -7,6 +7,8 @@ import importlib
 import re
 import shutil
 import sys
+import time
+from datetime import datetime, timezone
 
 import click
 from rich.console import Console
@@ -105,45 +107,106 @@ def worker() -> None:
     run(create_app(settings))
 
 
-def _seconds(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
-    """A duration option (`90`, `90s`, `15m`, `6h`, `7d`) in seconds."""
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> int | str | None:
+    """A duration with its unit (`90s`, `15m`, `6h`, `7d`) in seconds; `--since` also takes `today`."""
+    if value is None or (param.name == "since" and value.strip() == "today"):
+        return value and value.strip()
+    match = re.fullmatch(r"([1-9][0-9]*)([smhd])", value.strip())
+    if not match:
+        raise click.BadParameter(f"{value!r}: give a duration with its unit, such as 90s, 15m, 6h or 7d")
+    return int(match[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+
+
+def _utc(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """A time in ISO 8601 (`2025-05-12`, `2025-05-12T08:00`), UTC unless it names its zone, in epoch seconds."""
     if value is None:
         return None
-    match = re.fullmatch(r"([1-9][0-9]*)([smhd]?)", value.strip())
-    if not match:
-        raise click.BadParameter(f"{value!r}: give a duration such as 90s, 15m, 6h or 7d")
-    return int(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give a time in ISO 8601, such as 2025-05-12 or 2025-05-12T08:00") \
+            from None
+    return int((moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp())
 
 
 @main.command()
 @click.argument("sql", required=False)
 @click.option("--report", "-r", help="A panel (see --list)")
-@click.option("--list", "list_reports", is_flag=True, help="List the panels")
-@click.option("--since", default="1h", show_default=True, callback=_seconds, help="Time range up to now: 90s, 15m, "
-              "6h, 7d")
-@click.option("--interval", callback=_seconds, help="Time-series bucket (default: whole minutes, at most 120 points)")
+@click.option("--list", "list_reports", is_flag=True, help="List the panels, the filters and breakdowns each takes")
+@click.option("--since", default="1h", show_default=True, callback=_duration,
+              help="Time range up to now: 90s, 15m, 6h, 7d, or today (since midnight UTC)")
+@click.option("--from", "start", callback=_utc, help="Start of a range instead (UTC, ISO 8601: 2025-05-12T08:00)")
+@click.option("--to", "end", callback=_utc, help="End of that range (default: now)")
+@click.option("--interval", callback=_duration, help="Time-series bucket: whole minutes, hours or days (default: "
+              "the finest giving at most 120 points)")
+@click.option("--where", "where", multiple=True, metavar="FILTER=VALUE[,VALUE]",
+              help="Filter: kind, provider, model (gpt-4o or 'openai gpt-4o'), sdk (2.4 or 2.4.1), flag (all of: "
+              "tools,memory); repeat for more. Values of one filter: any of them, flags: all of them")
+@click.option("--by", help="Breakdown of the series: kind, provider, model, sdk (panels whose series is one)")
 @click.option("--format", "output", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
               help="csv and json print plain data (UTC times in ISO 8601), to pipe into other tools")
 @click.option("--chart", is_flag=True, help="Draw the panel in the terminal instead of printing its rows")
-def query(sql: str | None, report: str | None, list_reports: bool, since: int, interval: int | None, output: str,
+def query(sql: str | None, report: str | None, list_reports: bool, since: int | str, start: int | None,
+          end: int | None, interval: int | None, where: tuple[str, ...], by: str | None, output: str,
           chart: bool) -> None:
     """Run a panel or SQL against the configured ClickHouse. SQL may use the panels' placeholders: {db},
-    {time_range}, {day_range}, {bucket} (README, "Panels")."""
+    {from}, {to}, {bucket}, {time_range}, {day_range}, and sources such as {runs}, which --where filters
+    (README, "Panels")."""
     from pipeline import render
     from pipeline.clickhouse import connect
-    from pipeline.panels import BY_NAME, PANELS, plain_sql
+    from pipeline.panels import BY_NAME, PANELS, TIME_SERIES, Selection, Window, interval_problem, sources_filters
+    from pipeline.panels import statement as plain_statement
+    from tables.ddl import SchemaOptions
 
     if list_reports or not (sql or report):
         for panel in PANELS:
-            console.print(f"[bold]{panel.name}[/bold]: {panel.title} ({panel.chart}). {panel.description}")
+            takes = ", ".join(panel.filters) or "no filter"
+            takes += f"; --by {', '.join(panel.breakdowns)}" if panel.breakdowns else ""
+            console.print(f"[bold]{panel.name}[/bold]: {panel.title} ({panel.chart}; {takes}). {panel.description}")
         return
     if report and report not in BY_NAME:
         raise click.BadParameter(f"unknown panel {report!r}; try --list", param_hint="--report")
     if chart and not report:
         raise click.UsageError("--chart draws a panel: name it with --report")
+    ctx = click.get_current_context()
+    if start is None and end is not None:
+        raise click.UsageError("--to ends a range that --from starts")
+    if start is not None and ctx.get_parameter_source("since") is not click.core.ParameterSource.DEFAULT:
+        raise click.UsageError("give --since or --from, not both")
     panel = BY_NAME.get(report)
+    if interval is not None:
+        if problem := interval_problem(interval):
+            raise click.BadParameter(f"{interval} s: {problem}", param_hint="--interval")
+        if panel.chart != TIME_SERIES if panel else "{bucket}" not in sql:
+            raise click.UsageError(f"--interval sets a time series' bucket: {report or 'this SQL'} has none")
+    try:
+        selection = Selection.parse((_pair(text) for text in where), by)
+        if start is not None:
+            window = Window.between(start, end or int(time.time()), interval)
+        elif since == "today":
+            window = Window.today(interval)
+        else:
+            window = Window.last(since, interval)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     settings = Settings.load()
-    statement = plain_sql(panel.sql if panel else sql, settings.clickhouse_database, since, interval)
+    if panel:
+        if refusals := panel.refusals(selection):
+            raise click.UsageError(f"{panel.name} is " + "; ".join(refusals) + " (see --list)")
+        for note in panel.notes(selection, window, SchemaOptions.from_settings(settings)):
+            click.echo(f"note: {note}", err=True)
+        query_statement = panel.statement(settings.clickhouse_database, window, selection)
+    else:
+        missing = [name for name in selection.filters if name not in sources_filters(sql)]
+        if missing:
+            raise click.UsageError(f"--where {', '.join(missing)}: filters apply to the SQL's sources ({{runs}}, "
+                                   "{sessions}, ...), and none of its sources can be filtered so")
+        if by and "{by}" not in sql:
+            raise click.UsageError("--by sets the SQL's {by}: it has none")
+        try:
+            query_statement = plain_statement(sql, settings.clickhouse_database, window, selection, by=by)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
     try:
         client = connect(settings)
     except Exception as exc:
@@ -152,8 +215,11 @@ def query(sql: str | None, report: str | None, list_reports: bool, since: int, i
                 f"cannot open the embedded ClickHouse at {settings.safe_dsn}: {exc}. chDB allows one process "
                 "per path; stop the worker (or `dev`) using it first.") from exc
         raise
-    result = client.query(statement)
+    result = client.query(query_statement.sql, parameters=query_statement.parameters)
     columns, rows = result.column_names, result.result_rows
+    if not columns:  # no rows came back, and with them no column names: ask for the names
+        described = client.query(f"DESCRIBE TABLE ({query_statement.sql})", parameters=query_statement.parameters)
+        columns = tuple(row[0] for row in described.result_rows)
     if chart:
         size = shutil.get_terminal_size()
         click.echo(render.chart(panel, rows, size.columns, max(15, size.lines - 4), color=sys.stdout.isatty()))
@@ -163,6 +229,13 @@ def query(sql: str | None, report: str | None, list_reports: bool, since: int, i
         click.echo(render.to_json(columns, rows))
     else:
         console.print(render.table(panel.title if panel else None, columns, rows))
+
+
+def _pair(text: str) -> tuple[str, str]:
+    name, equals, values = text.partition("=")
+    if not equals or not name.strip() or not values.strip():
+        raise click.BadParameter(f"{text!r}: give FILTER=VALUE[,VALUE], such as provider=openai", param_hint="--where")
+    return name.strip(), values
 
 
 if __name__ == "__main__":

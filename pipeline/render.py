@@ -62,7 +62,7 @@ def chart(panel: Panel, rows: Sequence[Sequence], width: int, height: int, color
     plt.plotsize(width, height)
     plt.title(panel.title)
     if panel.chart == TIME_SERIES:
-        plt.date_form("Y-m-d H:M:S", "d/m H:M")
+        plt.date_form("Y-m-d H:M:S", "Y-m-d H:M")  # ISO 8601, UTC as stored
         for name, points in series.items():
             plt.plot([x.strftime("%Y-%m-%d %H:%M:%S") for x in points], list(points.values()), label=name)
     else:
