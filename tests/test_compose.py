@@ -267,7 +267,8 @@ def test_the_provisioned_dashboards_are_generated_and_their_sql_is_the_tested_pa
     assert all(target["datasource"] == CLICKHOUSE for target in targets)
     assert all(target["datasource"] == PROMETHEUS and target["expr"]
                for panel in operators["panels"] for target in panel["targets"])
-    (database,) = analysts["templating"]["list"]
+    database, *filters = analysts["templating"]["list"]
+    assert [variable["name"] for variable in filters] == ["kind", "provider", "model", "sdk", "flag", "by"]
     assert database["name"] == "database" and database["type"] == "constant" and database["query"] == DATABASE
     assert DATABASE == env("clickhouse")["CLICKHOUSE_DB"] == env("worker")["KERN_CLICKHOUSE_DATABASE"]
     for dashboard in (analysts, operators):
