@@ -8,7 +8,7 @@ ENGINE_STAMP := .venv-kafka-engine/.installed
 # the chart library of the page of `make run`, vendored in devstack/web/vendor (make vendor-chartjs)
 CHARTJS_VERSION := 4.6.1
 
-.PHONY: test test-tools typecheck-sdk run dashboards vendor-chartjs bench bench-quick bench-memory bench-ab bench-sdk chaos clean
+.PHONY: test lint typecheck test-tools run dashboards vendor-chartjs bench bench-quick bench-memory bench-ab bench-sdk chaos clean
 
 $(STAMP): pyproject.toml sdk/pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"'
@@ -23,12 +23,22 @@ $(ENGINE_STAMP): bench/kafka-engine-requirements.txt
 	$(dir $@)bin/pip install --quiet -r $<
 	touch $@
 
-test: $(STAMP) test-tools typecheck-sdk
+test: lint typecheck test-tools
 	$(BIN)/python -m pytest -q
 
-# the SDK client's type hints (it ships py.typed): mypy --strict, configured in sdk/pyproject.toml
-typecheck-sdk: $(STAMP)
-	cd sdk && ../$(BIN)/mypy --cache-dir ../$(VENV)/.mypy_cache
+# ruff's rules and format (pyproject.toml; the SDK client's for Python 3.9: sdk/pyproject.toml), and every
+# `noqa` or `type: ignore` saying why on its own line. .pre-commit-config.yaml runs the same.
+NO_REASON := \# (noqa(: [A-Z0-9, ]+)?|type: ignore(\[[a-z, -]+\])?) *$$
+lint: $(STAMP)
+	$(BIN)/ruff check --no-cache .
+	$(BIN)/ruff format --check --no-cache .
+	@! git grep -nE '$(NO_REASON)' -- '*.py' || \
+		{ echo 'say why on the same line: "# noqa: CODE - why", "# type: ignore[code]  # why"' >&2; exit 1; }
+
+# mypy: the runtime and the dev stack (pyproject.toml), the SDK client under --strict (sdk/pyproject.toml)
+typecheck: $(STAMP)
+	$(BIN)/mypy --cache-dir $(VENV)/.mypy_cache
+	cd sdk && ../$(BIN)/mypy --cache-dir ../$(VENV)/.mypy_cache-sdk
 
 # Debian's packages the tests drive: Chromium (the page test; a browser download cannot work here),
 # prometheus (promtool and a real Prometheus for the operators' panels and alerts) and

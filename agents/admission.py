@@ -41,8 +41,12 @@ class Admitter:
         self.admissions = Admissions(await self.clickhouse.call(self.sink.admitted))
         admitted = {(row.field, row.value) for row in self.admissions.rows}
         if self._proposed.keys() & admitted:
-            log.info("admitted after %d distinct installations: %d values (epoch %d)", self.k,
-                     len(self._proposed.keys() & admitted), self.admissions.latest)
+            log.info(
+                "admitted after %d distinct installations: %d values (epoch %d)",
+                self.k,
+                len(self._proposed.keys() & admitted),
+                self.admissions.latest,
+            )
         self._proposed = {key: h for key, h in self._proposed.items() if key not in admitted}
         self._ready = await self.clickhouse.call(self.sink.ready_candidates, self.k)
         return self.admissions.latest > latest

@@ -85,9 +85,9 @@ def write(sink: ClickHouseSink, rollup: PartitionRollup, keys: Keys, log_end_see
             sink.insert_rows(table, columns, rows, flush)
             sink.record_landing(rollup, table, flush)
             landed.add(table.name)
-    for table, columns, rows in sketches:
+    for table, columns, sketch_rows in sketches:
         if table.name not in landed:
-            sink.insert_rows(table, columns, rows, flush)
+            sink.insert_rows(table, columns, sketch_rows, flush)
             landed.add(table.name)
 
 
@@ -96,12 +96,13 @@ class Replay:
     admission epoch the first attempt recorded, to be written where it has not landed. It closes exactly
     at `end`: flushing part of it under its token would make ClickHouse drop the rest as a duplicate."""
 
-    __slots__ = ("rollup", "end", "projector")
+    __slots__ = ("end", "projector", "rollup")
 
     def __init__(self, tp: TopicPartition, last: FlushRange, projector: EventProjector):
         # its dead letters were sent by the first attempt
-        self.rollup = PartitionRollup(tp.topic, tp.partition, last.start_offset, replay=True, epoch=projector.epoch,
-                                      log=last.log)
+        self.rollup = PartitionRollup(
+            tp.topic, tp.partition, last.start_offset, replay=True, epoch=projector.epoch, log=last.log
+        )
         self.rollup.flushed_at = last.flushed_at
         self.rollup.landed.update((_INTENT, *last.landed))
         self.end = last.end_offset
@@ -136,9 +137,17 @@ class Resumption(NamedTuple):
 
 
 class Checkpoint:
-    def __init__(self, settings: Settings, sink: ClickHouseSink, clickhouse: ClickHouseThread,
-                 producer: AIOKafkaProducer, consumer: AIOKafkaConsumer, health: Health, admitter: Admitter,
-                 logs: Logs):
+    def __init__(
+        self,
+        settings: Settings,
+        sink: ClickHouseSink,
+        clickhouse: ClickHouseThread,
+        producer: AIOKafkaProducer,
+        consumer: AIOKafkaConsumer,
+        health: Health,
+        admitter: Admitter,
+        logs: Logs,
+    ):
         self.settings = settings
         self.sink = sink
         self.admitter = admitter
@@ -152,11 +161,18 @@ class Checkpoint:
     async def flush(self, rollup: PartitionRollup) -> None:
         """Steps 1 to 4 for one closed rollup. Raises when ClickHouse fails: the caller retries the same
         rollup, whose dead letters are not sent again and whose landed tables are not written again."""
-        log.debug("flushing %s: %d events, %d rows, %d dead letters", token(rollup), rollup.events, rollup.rows,
-                  len(rollup.dead_letters))
+        log.debug(
+            "flushing %s: %d events, %d rows, %d dead letters",
+            token(rollup),
+            rollup.events,
+            rollup.rows,
+            len(rollup.dead_letters),
+        )
         if rollup.dead_letters:  # 1.
-            sends = [await self.producer.send(self.settings.dlq_topic, value=letter.value, key=letter.key)
-                     for letter in rollup.dead_letters]
+            sends = [
+                await self.producer.send(self.settings.dlq_topic, value=letter.value, key=letter.key)
+                for letter in rollup.dead_letters
+            ]
             for sent in sends:
                 await sent
             rollup.dead_letters.clear()
@@ -169,8 +185,9 @@ class Checkpoint:
         self._count(rollup)
         self.admitter.consider(rollup)
         try:  # 4.
-            await self.consumer.commit({TopicPartition(rollup.topic, rollup.partition):
-                                        OffsetAndMetadata(rollup.end_offset, "")})
+            await self.consumer.commit(
+                {TopicPartition(rollup.topic, rollup.partition): OffsetAndMetadata(rollup.end_offset, "")}
+            )
         except Exception as exc:  # noqa: BLE001 - informational only; ingest_flushes is the truth
             log.debug("offset commit for partition %d skipped: %s", rollup.partition, exc)
 
@@ -220,18 +237,30 @@ class Checkpoint:
 
     def _rebuilt(self, tp: TopicPartition, last: FlushRange, reason: Reason) -> PartitionRollup:
         """The flush of a recorded range without records, rebuilt from its intent for its missing tables."""
-        rollup = PartitionRollup.gone(reason, tp.topic, tp.partition, last.start_offset, last.end_offset,
-                                      last.flushed_at, self.settings.window_seconds, log=last.log,
-                                      previous=last.fingerprint, replay=True)
+        rollup = PartitionRollup.gone(
+            reason,
+            tp.topic,
+            tp.partition,
+            last.start_offset,
+            last.end_offset,
+            last.flushed_at,
+            self.settings.window_seconds,
+            log=last.log,
+            previous=last.fingerprint,
+            replay=True,
+        )
         rollup.landed.update((_INTENT, *last.landed))
         return rollup
 
     def _unreplayable(self, tp: TopicPartition, last: FlushRange, change: str) -> None:
         """The last range's rows had not landed everywhere and its records are no longer in the log."""
         self.health.log_changed(
-            tp.partition, change, f"the rows of offsets {last.start_offset}-{last.end_offset - 1} (log generation "
+            tp.partition,
+            change,
+            f"the rows of offsets {last.start_offset}-{last.end_offset - 1} (log generation "
             f"{last.log.generation}) had not landed in {', '.join(last.pending)} and their records are gone: "
-            "those tables miss them (the ledger counts them)")
+            "those tables miss them (the ledger counts them)",
+        )
 
     def projector(self, epoch: int) -> EventProjector:
         """A projector with the admission of `epoch`."""
@@ -239,9 +268,18 @@ class Checkpoint:
 
     def skipped(self, state: Any, through_offset: int, reason: str) -> PartitionRollup:
         """The flush of the range an operator asked to skip, from where `state`'s folding stands."""
-        return PartitionRollup.gone(Reason.SKIPPED, state.tp.topic, state.partition, state.cursor,
-                                    through_offset + 1, time.time(), self.settings.window_seconds, reason,
-                                    state.log, state.fingerprint)
+        return PartitionRollup.gone(
+            Reason.SKIPPED,
+            state.tp.topic,
+            state.partition,
+            state.cursor,
+            through_offset + 1,
+            time.time(),
+            self.settings.window_seconds,
+            reason,
+            state.log,
+            state.fingerprint,
+        )
 
 
 def gone_ranges(tp: TopicPartition, verdict: Verdict, recorded: Recorded, window_seconds: int) -> list[PartitionRollup]:
@@ -249,14 +287,34 @@ def gone_ranges(tp: TopicPartition, verdict: Verdict, recorded: Recorded, window
     counting goes on in), in that order."""
     rollups, now = [], time.time()
     if verdict.lost is not None:
-        rollups.append(PartitionRollup.gone(
-            Reason.LOST, tp.topic, tp.partition, *verdict.lost, now, window_seconds,
-            f"{verdict.change}: gone before it was consumed", recorded.log, recorded.fingerprint))
+        rollups.append(
+            PartitionRollup.gone(
+                Reason.LOST,
+                tp.topic,
+                tp.partition,
+                *verdict.lost,
+                now,
+                window_seconds,
+                f"{verdict.change}: gone before it was consumed",
+                recorded.log,
+                recorded.fingerprint,
+            )
+        )
     if verdict.expired_from is not None:
-        rollups.append(PartitionRollup.gone(
-            Reason.EXPIRED, tp.topic, tp.partition, verdict.expired_from, verdict.cursor, now, window_seconds,
-            "removed by retention before it was consumed", verdict.log,
-            recorded.fingerprint if verdict.log == recorded.log else None))
+        rollups.append(
+            PartitionRollup.gone(
+                Reason.EXPIRED,
+                tp.topic,
+                tp.partition,
+                verdict.expired_from,
+                verdict.cursor,
+                now,
+                window_seconds,
+                "removed by retention before it was consumed",
+                verdict.log,
+                recorded.fingerprint if verdict.log == recorded.log else None,
+            )
+        )
     return rollups
 
 

@@ -25,8 +25,14 @@ _FETCHER_TURNS = 4
 
 
 class Fetcher:
-    def __init__(self, consumer: AIOKafkaConsumer, partitions: Partitions, quarantine: Quarantine, health: Health,
-                 out_of_range: Callable[[TopicPartition], Awaitable[None]]):
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        partitions: Partitions,
+        quarantine: Quarantine,
+        health: Health,
+        out_of_range: Callable[[TopicPartition], Awaitable[None]],
+    ):
         self.consumer = consumer
         self.partitions = partitions
         self.quarantine = quarantine
@@ -84,8 +90,11 @@ class Fetcher:
             try:
                 await self.out_of_range(tp)
             except Exception as exc:  # noqa: BLE001 - the broker did not answer: the next fetch asks again
-                self.health.degrade("kafka", f"partition {tp.partition} out of range, its log not readable: "
-                                    f"{type(exc).__name__}: {first_line(exc)}")
+                self.health.degrade(
+                    "kafka",
+                    f"partition {tp.partition} out of range, its log not readable: "
+                    f"{type(exc).__name__}: {first_line(exc)}",
+                )
                 await asyncio.sleep(1)
 
 

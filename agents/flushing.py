@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
@@ -30,8 +31,15 @@ from pipeline.rollup import PartitionRollup
 
 
 class Flusher:
-    def __init__(self, settings: Settings, partitions: Partitions, checkpoint: Checkpoint,
-                 consumer: AIOKafkaConsumer, health: Health, confirm_logs: Callable[[], Awaitable[None]]):
+    def __init__(
+        self,
+        settings: Settings,
+        partitions: Partitions,
+        checkpoint: Checkpoint,
+        consumer: AIOKafkaConsumer,
+        health: Health,
+        confirm_logs: Callable[[], Awaitable[None]],
+    ):
         self.settings = settings
         self.partitions = partitions
         self.checkpoint = checkpoint
@@ -52,8 +60,7 @@ class Flusher:
         settings = self.settings
         catching_up = self.partitions.behind(self.consumer.highwater, settings.catch_up_lag_events)
         interval = settings.catch_up_flush_interval_seconds if catching_up else settings.flush_interval_seconds
-        return (time.monotonic() - self._last >= interval
-                or self.partitions.fullest() >= settings.flush_max_events)
+        return time.monotonic() - self._last >= interval or self.partitions.fullest() >= settings.flush_max_events
 
     def apply_backpressure(self) -> None:
         rows = self.partitions.unflushed_rows() + sum(rollup.rows for rollup in self.ready)
@@ -69,10 +76,8 @@ class Flusher:
     async def run(self, stopping) -> None:
         """The flush loop: wake at the flush interval or when asked, flush what is due."""
         while not stopping():
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._now.wait(), self.settings.flush_interval_seconds)
-            except asyncio.TimeoutError:
-                pass
             self._now.clear()
             if stopping():
                 return

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.protocol.fetch import FetchRequest
@@ -34,16 +34,18 @@ async def fetch_raw(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int,
     node_id = client.cluster.leader_for_partition(tp)
     if node_id is None or node_id < 0:
         return None
-    request = FetchRequest(_MAX_WAIT_MS, 1, max_bytes, _READ_UNCOMMITTED,
-                           [(tp.topic, [(tp.partition, offset, max_bytes)])])
+    request = FetchRequest(
+        _MAX_WAIT_MS, 1, max_bytes, _READ_UNCOMMITTED, [(tp.topic, [(tp.partition, offset, max_bytes)])]
+    )
     response = await client.send(node_id, request)
     for _, partitions in response.topics:
         for partition, error_code, high_watermark, *rest in partitions:
             if partition == tp.partition:
                 # v4: lso, aborted, records; v5-v10: lso, log start, aborted, records; v11: ..., replica, records
                 log_start = rest[1] if len(rest) >= 4 else -1
-                return RawFetch(error_code, high_watermark, log_start,
-                                MemoryRecords(rest[-1]) if error_code == 0 else None)
+                return RawFetch(
+                    error_code, high_watermark, log_start, MemoryRecords(rest[-1]) if error_code == 0 else None
+                )
     return None
 
 
@@ -55,7 +57,7 @@ class TopicIds:
     def __init__(self, settings: Settings, timeout_s: float):
         self.settings = settings
         self.timeout_s = timeout_s
-        self._admin = None
+        self._admin: Any = None  # kafka-python's (no type hints), opened on the first call
         self._lock = threading.Lock()
 
     def __call__(self, topic: str) -> str:
@@ -63,16 +65,19 @@ class TopicIds:
 
         with self._lock:
             if self._admin is None:
-                self._admin = KafkaAdminClient(client_id="kern-telemetry-logs",
-                                               request_timeout_ms=int(self.timeout_s * 1000),
-                                               **client_options(self.settings))
+                self._admin = KafkaAdminClient(
+                    client_id="kern-telemetry-logs",
+                    request_timeout_ms=int(self.timeout_s * 1000),
+                    **client_options(self.settings),
+                )
             try:
                 described = self._admin.describe_topics([topic])
             except Exception:
                 self._close()
                 raise
-        found = next((str(d.get("topic_id") or "") for d in described
-                      if d.get("name") == topic and not d.get("error_code")), "")
+        found = next(
+            (str(d.get("topic_id") or "") for d in described if d.get("name") == topic and not d.get("error_code")), ""
+        )
         return "" if found == _NO_ID else found
 
     def close(self) -> None:

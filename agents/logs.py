@@ -45,7 +45,7 @@ Each generation's ranges are contiguous from where it starts (0 for a new log, t
 truncated one) and every offset in them is counted, dead-lettered, late, skipped, expired or lost. Every
 case but the same log degrades `/health` naming the partition, the offsets and what the worker did, counts
 `kern_log_changes_total{change}` and logs an ERROR line (`Health.log_changed`).
-"""
+"""  # noqa: E501 - the decision table above is Markdown, whose rows cannot wrap
 
 from __future__ import annotations
 
@@ -96,20 +96,27 @@ class Verdict(NamedTuple):
     lost: tuple[int, int] | None = None  # [start, end) of the recorded log, gone before it was consumed
 
     def describe(self, recorded: Recorded) -> str:
-        parts = {NEW_LOG: f"the broker holds a new log (topic id {self.log.topic_id or 'unknown'}, was "
-                          f"{recorded.log.topic_id or 'unknown'}): counted from offset 0 as log generation "
-                          f"{self.log.generation}",
-                 TRUNCATED: f"the log was truncated below the ledger's end {recorded.end}: counted from offset "
-                            f"{self.cursor} as log generation {self.log.generation}",
-                 DIVERGED: f"the log holds another record at offset {self.cursor} than the one counted (truncated, "
-                           f"then refilled): counted from there as log generation {self.log.generation}; records "
-                           "of the refilled log before it may be uncounted",
-                 EXPIRED: "retention removed records before they were consumed"}.get(self.change, "")
-        gone = [f"offsets {self.expired_from}-{self.cursor - 1} recorded as expired"] if self.expired_from is not None \
+        parts = {
+            NEW_LOG: f"the broker holds a new log (topic id {self.log.topic_id or 'unknown'}, was "
+            f"{recorded.log.topic_id or 'unknown'}): counted from offset 0 as log generation "
+            f"{self.log.generation}",
+            TRUNCATED: f"the log was truncated below the ledger's end {recorded.end}: counted from offset "
+            f"{self.cursor} as log generation {self.log.generation}",
+            DIVERGED: f"the log holds another record at offset {self.cursor} than the one counted (truncated, "
+            f"then refilled): counted from there as log generation {self.log.generation}; records "
+            "of the refilled log before it may be uncounted",
+            EXPIRED: "retention removed records before they were consumed",
+        }.get(self.change, "")
+        gone = (
+            [f"offsets {self.expired_from}-{self.cursor - 1} recorded as expired"]
+            if self.expired_from is not None
             else []
+        )
         if self.lost is not None:
-            gone.append(f"offsets {self.lost[0]}-{self.lost[1] - 1} of log generation {recorded.log.generation} "
-                        "recorded as lost (known, never consumed, gone)")
+            gone.append(
+                f"offsets {self.lost[0]}-{self.lost[1] - 1} of log generation {recorded.log.generation} "
+                "recorded as lost (known, never consumed, gone)"
+            )
         return "; ".join([parts, *gone])
 
 
@@ -135,9 +142,9 @@ def judge(recorded: Recorded, facts: Facts) -> Verdict:
         elif change == TRUNCATED:
             cursor = facts.end
         else:  # diverged: the first offset known to hold another record
+            assert fingerprint is not None  # only a fingerprinted record can differ
             cursor = fingerprint.offset
-    lost = ((recorded.end, recorded.log_end_seen) if change != SAME and recorded.log_end_seen > recorded.end
-            else None)
+    lost = (recorded.end, recorded.log_end_seen) if change != SAME and recorded.log_end_seen > recorded.end else None
     expired_from = cursor if facts.start > cursor else None
     if expired_from is not None:
         cursor = facts.start
@@ -167,13 +174,13 @@ class Logs:
         consumer = self.consumer
         start = (await consumer.beginning_offsets([tp]))[tp]
         end = (await consumer.end_offsets([tp]))[tp]
-        crc = None
+        crc = fetched = None
         # The end from a fetch too: Tansu answers ListOffsets with its last batch's base offset + 1.
-        fetched = await fetch_raw(consumer, tp, fingerprint.offset, _FETCH_BYTES) \
-            if fingerprint is not None and fingerprint.offset >= start else None
-        if fetched is not None and fetched.error_code == 0:
-            crc = _crc_at(fetched.records, fingerprint.offset)
-        else:
+        if fingerprint is not None and fingerprint.offset >= start:
+            fetched = await fetch_raw(consumer, tp, fingerprint.offset, _FETCH_BYTES)
+            if fetched is not None and fetched.error_code == 0:
+                crc = _crc_at(fetched.records, fingerprint.offset)
+        if crc is None:
             fetched = await fetch_raw(consumer, tp, start, _FETCH_BYTES)
         if fetched is not None and fetched.error_code == 0:
             end = max(end, fetched.high_watermark)

@@ -26,14 +26,14 @@ from collections.abc import Callable, Iterator
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from agents.checkpoint import Replay, Resumption
+from agents.checkpoint import Resumption
 from agents.poison import UndecodableBatch
 from pipeline.projector import EventProjector
 from pipeline.rollup import Fingerprint, LogIdentity, OffsetGap, PartitionRollup
 
 
 class PartitionState:
-    __slots__ = ("tp", "rollup", "replay", "poison", "log", "_next", "_sought", "_fingerprint")
+    __slots__ = ("_fingerprint", "_next", "_sought", "log", "poison", "replay", "rollup", "tp")
 
     def __init__(self, tp: TopicPartition, resumption: Resumption):
         self.tp = tp
@@ -122,8 +122,14 @@ class PartitionState:
 
     def _current(self, projector: EventProjector) -> PartitionRollup:
         if self.rollup is None:
-            self.rollup = PartitionRollup(self.tp.topic, self.partition, self._next, epoch=projector.epoch,
-                                          log=self.log, previous=self._fingerprint)
+            self.rollup = PartitionRollup(
+                self.tp.topic,
+                self.partition,
+                self._next,
+                epoch=projector.epoch,
+                log=self.log,
+                previous=self._fingerprint,
+            )
         return self.rollup
 
 
@@ -171,8 +177,9 @@ class Partitions:
     def resume(self, consumer: AIOKafkaConsumer) -> None:
         """Resume what backpressure paused; a poisoned partition stays paused."""
         self.paused = False
-        consumer.resume(*(tp for tp in consumer.assignment()
-                          if (state := self.get(tp.partition)) is None or state.poison is None))
+        consumer.resume(
+            *(tp for tp in consumer.assignment() if (state := self.get(tp.partition)) is None or state.poison is None)
+        )
 
     def unflushed_rows(self) -> int:
         return sum(state.rows for state in self)
@@ -184,5 +191,8 @@ class Partitions:
     def behind(self, highwater: Callable[[TopicPartition], int | None], lag: int) -> bool:
         """Whether a partition being folded is more than `lag` records behind its log end (per the last
         fetch). A poisoned one does not count: it is not catching up."""
-        return any((highwater(state.tp) or 0) - state.cursor > lag
-                   for state in self if state.rollup is not None and state.poison is None)
+        return any(
+            (highwater(state.tp) or 0) - state.cursor > lag
+            for state in self
+            if state.rollup is not None and state.poison is None
+        )

@@ -27,12 +27,14 @@ class UndecodableBatch(NamedTuple):
     error: str
 
     def describe(self) -> str:
-        return (f"undecodable record batch at offsets {self.first_offset}-{self.last_offset} "
-                f"({self.codec}): {self.error}")
+        return (
+            f"undecodable record batch at offsets {self.first_offset}-{self.last_offset} ({self.codec}): {self.error}"
+        )
 
 
-async def find_undecodable_batch(consumer: AIOKafkaConsumer, tp: TopicPartition, position: int,
-                                 max_bytes: int) -> UndecodableBatch | None:
+async def find_undecodable_batch(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, position: int, max_bytes: int
+) -> UndecodableBatch | None:
     """The first batch at or after `position` that aiokafka cannot decode, within `max_bytes` of raw
     batches (the consumer's own partition fetch size, so what its fetch saw is covered); None when
     every batch read decodes (the failure was elsewhere, or gone)."""
@@ -56,10 +58,13 @@ def _first_undecodable(records, position: int) -> UndecodableBatch | None:
                     continue
                 before += sum(1 for record in batch if record.offset >= position)
             except Exception as exc:  # noqa: BLE001 - whatever stops aiokafka's fetcher stops here
-                return UndecodableBatch(batch.base_offset, batch.next_offset - 1, before,
-                                        _CODECS.get(batch.compression_type, str(batch.compression_type)),
-                                        f"{type(exc).__name__}: {exc}".strip())
+                return UndecodableBatch(
+                    batch.base_offset,
+                    batch.next_offset - 1,
+                    before,
+                    _CODECS.get(batch.compression_type, str(batch.compression_type)),
+                    f"{type(exc).__name__}: {exc}".strip(),
+                )
     except CorruptRecordException:  # a batch header itself is broken: nothing after it can be read
         return None
     return None
-

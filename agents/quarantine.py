@@ -35,8 +35,15 @@ class Quarantine:
     range flushed like any range (intent, quality rows by offsets, a dead letter with the reason), so that
     it is never consumed again after a crash or a rebalance and the ledger stays whole."""
 
-    def __init__(self, consumer: AIOKafkaConsumer, partitions: Partitions, checkpoint: Checkpoint,
-                 flusher: Flusher, health: Health, max_partition_fetch_bytes: int):
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        partitions: Partitions,
+        checkpoint: Checkpoint,
+        flusher: Flusher,
+        health: Health,
+        max_partition_fetch_bytes: int,
+    ):
         self.consumer = consumer
         self.partitions = partitions
         self.checkpoint = checkpoint
@@ -51,15 +58,21 @@ class Quarantine:
         found = await find_undecodable_batch(self.consumer, state.tp, state.cursor, self.max_bytes)
         state.seek(self.consumer)
         if found is None:
-            log.warning("partition %d: fetch failed (%s: %s) but every batch from offset %d decodes; retrying",
-                        state.partition, type(error).__name__, first_line(error), state.cursor)
+            log.warning(
+                "partition %d: fetch failed (%s: %s) but every batch from offset %d decodes; retrying",
+                state.partition,
+                type(error).__name__,
+                first_line(error),
+                state.cursor,
+            )
             return []
         records: list = []
         deadline = time.monotonic() + _DRAIN_S
         try:
             while len(records) < found.records_before and time.monotonic() < deadline:
-                drained = await self.consumer.getmany(state.tp, timeout_ms=_DRAIN_WAIT_MS,
-                                                      max_records=found.records_before - len(records))
+                drained = await self.consumer.getmany(
+                    state.tp, timeout_ms=_DRAIN_WAIT_MS, max_records=found.records_before - len(records)
+                )
                 records += drained.get(state.tp, [])
         except Exception as exc:  # noqa: BLE001 - the next fetch error examines the partition again
             log.warning("partition %d: draining up to offset %d failed: %s", state.partition, found.first_offset, exc)
@@ -72,8 +85,9 @@ class Quarantine:
     async def apply_skips(self) -> None:
         """Resume every poisoned partition an operator asked to skip through."""
         for state in [s for s in self.partitions if s.poison is not None]:
-            request = await self.checkpoint.clickhouse.call(self.checkpoint.sink.skip_request, state.tp.topic,
-                                                            state.partition, state.cursor)
+            request = await self.checkpoint.clickhouse.call(
+                self.checkpoint.sink.skip_request, state.tp.topic, state.partition, state.cursor
+            )
             if request is not None and self.partitions.get(state.partition) is state and state.poison is not None:
                 self._skip(state, request)
 
@@ -81,8 +95,13 @@ class Quarantine:
         if (pending := state.close()) is not None:
             self.flusher.ready.append(pending)
         self.flusher.ready.append(self.checkpoint.skipped(state, request.through_offset, request.reason))
-        log.warning("partition %d: skipping offsets %d-%d as an operator asked (%s); consumption resumes",
-                    state.partition, state.cursor, request.through_offset, request.reason)
+        log.warning(
+            "partition %d: skipping offsets %d-%d as an operator asked (%s); consumption resumes",
+            state.partition,
+            state.cursor,
+            request.through_offset,
+            request.reason,
+        )
         state.skip_through(request.through_offset)
         self.health.unpoisoned(state.partition)
         state.seek(self.consumer)

@@ -19,8 +19,9 @@ def backoff() -> Iterator[float]:
         delay = min(delay * 2, BACKOFF_MAX_S)
 
 
-async def retry(health: Health, component: str, function: Callable, *args: Any,
-                stopping: Callable[[], bool] = lambda: False) -> Any:
+async def retry(
+    health: Health, component: str, function: Callable, *args: Any, stopping: Callable[[], bool] = lambda: False
+) -> Any:
     """`function(*args)` (awaited when it returns a coroutine) until it succeeds; `component` is degraded
     in the health report meanwhile."""
     for delay in backoff():
@@ -28,7 +29,7 @@ async def retry(health: Health, component: str, function: Callable, *args: Any,
             result = function(*args)
             if asyncio.iscoroutine(result):
                 result = await result
-        except Exception as exc:  # noqa: BLE001 - any failure: report, wait, try again
+        except Exception as exc:
             if stopping():
                 raise
             health.degrade(component, f"{type(exc).__name__}: {first_line(exc)}")

@@ -16,6 +16,7 @@ range, the partition's log is judged again (`agents/logs.py`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 from typing import Any
@@ -46,22 +47,31 @@ _SKIP_POLL_S = 2.0  # how often a worker with a poisoned partition looks for an 
 
 
 class RollupAgent(mode.Service):
+    # made in on_start, once ClickHouse and the broker answer; the loops start after it
+    admitter: Admitter
+    projector: EventProjector  # of the latest admission epoch
+    producer: Any  # aiokafka's (it has no type hints)
+    consumer: Any
+    logs: Logs
+    checkpoint: Checkpoint
+    flusher: Flusher
+    quarantine: Quarantine
+    fetcher: Fetcher
+
     def __init__(self, settings: Settings, health: Health | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         if settings.hash_secret is None:
-            raise ValueError("KERN_HASH_SECRET is not set: the worker counts sessions and candidate values only "
-                             "by keyed hashes, and every worker must use the same secret (see the README)")
+            raise ValueError(
+                "KERN_HASH_SECRET is not set: the worker counts sessions and candidate values only "
+                "by keyed hashes, and every worker must use the same secret (see the README)"
+            )
         self.settings = settings
         self.health = health or Health.from_settings(settings)
         self.keys = Keys(settings.hash_secret.get_secret_value().encode())
-        self.projector: EventProjector | None = None  # of the latest admission epoch, once loaded
         self.clickhouse = ClickHouseThread()
         self.partitions = Partitions()
-        # made in on_start, once ClickHouse and the broker answer
-        self.consumer = self.producer = self.checkpoint = self.flusher = self.quarantine = self.fetcher = None
-        self.logs: Logs | None = None
-        self.admitter: Admitter | None = None
-        self._started = asyncio.Event()
+        self._running = False  # on_start made every part (mode starts the loops only then)
+        self._closers = contextlib.AsyncExitStack()  # what on_start opened, closed by on_stop in reverse
         self._closing = False
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -70,23 +80,29 @@ class RollupAgent(mode.Service):
         settings = self.settings
         sink = await self._retry("clickhouse", self.clickhouse.call, open_sink, settings)
         self.admitter = Admitter(settings, sink, self.clickhouse, self.keys)
-        await self._retry("clickhouse", self._admit)
+        await self._retry("clickhouse", self.admitter.refresh)
+        self.projector = self._projector()
         self.producer = dead_letter_producer(settings)
+        self._closers.push_async_callback(self.producer.stop)
         await self._retry("kafka", self.producer.start)
         self.consumer = consumer = worker_consumer(settings)
+        self._closers.push_async_callback(consumer.stop)
         await self._retry("kafka", consumer.start)
         await self._check_dedup_window(sink)
         self.logs = Logs(settings, consumer, self.health)
-        checkpoint = Checkpoint(settings, sink, self.clickhouse, self.producer, consumer, self.health, self.admitter,
-                                self.logs)
+        self._closers.callback(self.logs.close)
+        checkpoint = Checkpoint(
+            settings, sink, self.clickhouse, self.producer, consumer, self.health, self.admitter, self.logs
+        )
         self.flusher = Flusher(settings, self.partitions, checkpoint, consumer, self.health, self.confirm_logs)
-        self.quarantine = Quarantine(consumer, self.partitions, checkpoint, self.flusher, self.health,
-                                     FETCH_OPTIONS["max_partition_fetch_bytes"])
+        self.quarantine = Quarantine(
+            consumer, self.partitions, checkpoint, self.flusher, self.health, FETCH_OPTIONS["max_partition_fetch_bytes"]
+        )
         self.fetcher = Fetcher(consumer, self.partitions, self.quarantine, self.health, self.on_out_of_range)
         self.checkpoint = checkpoint
         consumer.subscribe([settings.topic], listener=RebalanceListener(self.on_revoked, self.on_assigned))
         _keep_the_cyclic_gc_off_the_hot_path()
-        self._started.set()
+        self._running = True
         log.info("rollup agent started: topic %s, ClickHouse %s", settings.topic, settings.safe_dsn)
 
     async def _check_dedup_window(self, sink) -> None:
@@ -96,25 +112,26 @@ class RollupAgent(mode.Service):
             await asyncio.wait_for(self.consumer.topics(), KAFKA_PROBE_S)
         except Exception as exc:  # noqa: BLE001 - the configured count then stands for the topic's
             log.debug("topic metadata not read: %s", exc)
-        partitions = len(self.consumer.partitions_for_topic(self.settings.topic) or ()) or self.settings.topic_partitions
-        if problem := await self.clickhouse.call(sink.dedup_window_problem, partitions,
-                                                 self.settings.flush_interval_seconds,
-                                                 self.settings.dedup_horizon_seconds):
+        partitions = (
+            len(self.consumer.partitions_for_topic(self.settings.topic) or ()) or self.settings.topic_partitions
+        )
+        if problem := await self.clickhouse.call(
+            sink.dedup_window_problem,
+            partitions,
+            self.settings.flush_interval_seconds,
+            self.settings.dedup_horizon_seconds,
+        ):
             self.health.degrade("dedup window", problem)
 
     async def on_stop(self) -> None:
         """Graceful stop: no more fetches, flush what is pending, commit, close."""
         self._closing = True
-        if self.flusher is not None:
+        if self._running:
             try:
                 await asyncio.wait_for(self.flusher.flush_all(), timeout=self.settings.flush_interval_seconds + 20)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("stopped before the last flush landed; the next worker replays it")
-        for client in (self.consumer, self.producer):
-            if client is not None:
-                await client.stop()
-        if self.logs is not None:
-            self.logs.close()
+        await self._closers.aclose()
         self.clickhouse.shutdown()
 
     def _stopping(self) -> bool:
@@ -124,7 +141,6 @@ class RollupAgent(mode.Service):
 
     @mode.Service.task
     async def _consume(self) -> None:
-        await self._started.wait()
         while not self._stopping():
             for tp, messages in (await self.fetcher.fetch()).items():
                 state = self.partitions.get(tp.partition)
@@ -148,7 +164,6 @@ class RollupAgent(mode.Service):
 
     @mode.Service.task
     async def _flush(self) -> None:
-        await self._started.wait()
         await self.flusher.run(self._stopping)
 
     @mode.Service.task
@@ -156,17 +171,19 @@ class RollupAgent(mode.Service):
         """aiokafka retries a lost broker silently (getmany just returns nothing), so ask the broker for
         the log end offsets every few seconds: the health report says whether it answers, and the lag of
         each partition comes from them (correct while a partition is paused, unlike the fetch highwater)."""
-        await self._started.wait()
         while not self._stopping():
             assigned = [state.tp for state in self.partitions]
             try:
-                ends = await asyncio.wait_for(self.consumer.end_offsets(assigned), timeout=KAFKA_PROBE_S) \
-                    if assigned else await asyncio.wait_for(self.consumer.topics(), timeout=KAFKA_PROBE_S)
+                ends = (
+                    await asyncio.wait_for(self.consumer.end_offsets(assigned), timeout=KAFKA_PROBE_S)
+                    if assigned
+                    else await asyncio.wait_for(self.consumer.topics(), timeout=KAFKA_PROBE_S)
+                )
             except Exception as exc:  # noqa: BLE001 - any failure to reach the broker
                 self.health.degrade("kafka", f"broker unreachable: {type(exc).__name__}")
             else:
                 self.health.recover("kafka")
-                for tp, end in (ends.items() if assigned else ()):
+                for tp, end in ends.items() if assigned else ():
                     # The fetch highwater too: Tansu answers ListOffsets with its last batch's base offset + 1.
                     self.health.log_end(tp.partition, max(end, self.consumer.highwater(tp) or 0))
             self._watch_progress()
@@ -180,13 +197,13 @@ class RollupAgent(mode.Service):
                 pending[rollup.partition] = min(pending.get(rollup.partition, rollup.first_ms), rollup.first_ms)
         for state in self.partitions:
             oldest = min((ms for ms in (pending.get(state.partition), state.oldest_ms) if ms is not None), default=None)
-            self.health.progress(state.partition, state.cursor, oldest,
-                                 paused=self.partitions.paused or state.poison is not None)
+            self.health.progress(
+                state.partition, state.cursor, oldest, paused=self.partitions.paused or state.poison is not None
+            )
         self.health.tick()
 
     @mode.Service.task
     async def _refresh_admission(self) -> None:
-        await self._started.wait()
         while not self._stopping():
             await asyncio.sleep(self.settings.admission_refresh_seconds)
             try:
@@ -197,17 +214,18 @@ class RollupAgent(mode.Service):
     async def _admit(self) -> None:
         """Load the admission epochs (writing this worker's proposals first). On a newer epoch, the rollups
         being folded are closed first, so that no rollup mixes two epochs."""
-        if await self.admitter.refresh() or self.projector is None:
-            if self.flusher is not None:
-                self.partitions.close_all(self.flusher.ready)
-                self.flusher.flush_soon()
-            epoch = self.admitter.admissions.latest
-            self.projector = EventProjector.from_settings(self.settings, self.admitter.admissions.at(epoch))
-            self.health.metrics.admission_epoch.set(epoch)
+        if await self.admitter.refresh():
+            self.partitions.close_all(self.flusher.ready)
+            self.flusher.flush_soon()
+            self.projector = self._projector()
+
+    def _projector(self) -> EventProjector:
+        epoch = self.admitter.admissions.latest
+        self.health.metrics.admission_epoch.set(epoch)
+        return EventProjector.from_settings(self.settings, self.admitter.admissions.at(epoch))
 
     @mode.Service.task
     async def _apply_skips(self) -> None:
-        await self._started.wait()
         while not self._stopping():
             await asyncio.sleep(_SKIP_POLL_S)
             try:
@@ -234,8 +252,9 @@ class RollupAgent(mode.Service):
     async def _resume(self, known_ends: dict[TopicPartition, int]) -> None:
         """Resume each partition where its last recorded flush says (`agents/checkpoint.py`, step 5);
         `known_ends`: offsets this worker knows its log had, beyond what the ledger says."""
-        resumptions = {tp: await self._retry("clickhouse", self.checkpoint.resume, tp, end)
-                       for tp, end in known_ends.items()}
+        resumptions = {
+            tp: await self._retry("clickhouse", self.checkpoint.resume, tp, end) for tp, end in known_ends.items()
+        }
         self.partitions.assign(self.consumer, resumptions)
         for tp, resumption in resumptions.items():
             self.health.resumed(tp.partition, resumption.landed_end, resumption.log.generation)
@@ -256,8 +275,11 @@ class RollupAgent(mode.Service):
         except Exception as exc:  # noqa: BLE001 - the broker does not answer: the probe says so; flush anyway
             log.debug("topic id not read before a flush: %s", exc)
             return
-        changed = {state.tp: state.cursor for state in self.partitions
-                   if current and state.log.topic_id and state.log.topic_id != current}
+        changed = {
+            state.tp: state.cursor
+            for state in self.partitions
+            if current and state.log.topic_id and state.log.topic_id != current
+        }
         if changed:
             partitions = {tp.partition for tp in changed}
             self.flusher.drop(partitions)
@@ -275,9 +297,13 @@ class RollupAgent(mode.Service):
         if verdict.change != SAME and self.partitions.get(tp.partition) is state:
             gone = gone_ranges(tp, verdict, recorded, self.settings.window_seconds)
             if state.replay is not None:
-                self.health.log_changed(tp.partition, verdict.change, f"the replay of offsets "
-                                        f"{state.replay.rollup.start_offset}-{state.replay.end - 1} cannot complete: "
-                                        "the tables it had not landed in miss them (the ledger counts them)")
+                self.health.log_changed(
+                    tp.partition,
+                    verdict.change,
+                    f"the replay of offsets "
+                    f"{state.replay.rollup.start_offset}-{state.replay.end - 1} cannot complete: "
+                    "the tables it had not landed in miss them (the ledger counts them)",
+                )
             if (folded := state.restart(verdict.log, verdict.cursor, None)) is not None:
                 self.flusher.ready.append(folded)
             self.flusher.ready += gone

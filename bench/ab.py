@@ -31,8 +31,9 @@ console = Console()
 
 
 def checkout(revision: str, into: Path) -> tuple[str, Path]:
-    sha = subprocess.run(["git", "rev-parse", "--short", revision], cwd=ROOT, capture_output=True, text=True,
-                         check=True).stdout.strip()
+    sha = subprocess.run(
+        ["git", "rev-parse", "--short", revision], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
     tree = into / sha
     subprocess.run(["git", "worktree", "add", "--detach", str(tree), sha], cwd=ROOT, capture_output=True, check=True)
     return sha, tree
@@ -63,8 +64,10 @@ def main() -> None:
                         reader.env["PYTHONPATH"] = f"{tree}:{tree / 'sdk'}"
                         measured = run_workers(reader, ends, 1, args.events)
                     runs[sha].append(measured)
-                    console.print(f"round {round_ + 1}, {sha}: {measured['rate']:,.0f} events/s, "
-                                  f"{measured['cpu_s_per_1m']:.1f} CPU-s/1M")
+                    console.print(
+                        f"round {round_ + 1}, {sha}: {measured['rate']:,.0f} events/s, "
+                        f"{measured['cpu_s_per_1m']:.1f} CPU-s/1M"
+                    )
             ceilings.append(asyncio.run(_drain(broker.bootstrap_servers, topic.name, args.events)))
     finally:
         for tree in trees.values():
@@ -76,22 +79,32 @@ def report(args, trees: dict, runs: dict[str, list[dict]], ceilings: list[dict])
     ceiling = statistics.median(c["rate"] for c in ceilings)
     before, after = trees
     medians = {sha: statistics.median(r["rate"] for r in rows) for sha, rows in runs.items()}
-    lines = [f"# A/B: {before} ({args.before}) vs {after} ({args.after}), {args.events:,} events, {PARTITIONS} "
-             f"partitions, worker -> ClickHouse over HTTP, {args.rounds} alternating rounds", "",
-             "| revision | events/s per round | median | × ceiling | CPU s / 1M (median) |", "|---|---|---|---|---|"]
+    lines = [
+        f"# A/B: {before} ({args.before}) vs {after} ({args.after}), {args.events:,} events, {PARTITIONS} "
+        f"partitions, worker -> ClickHouse over HTTP, {args.rounds} alternating rounds",
+        "",
+        "| revision | events/s per round | median | × ceiling | CPU s / 1M (median) |",
+        "|---|---|---|---|---|",
+    ]
     for sha, rows in runs.items():
         rates = ", ".join(f"{r['rate']:,.0f}" for r in rows)
-        lines.append(f"| {sha} | {rates} | {medians[sha]:,.0f} | "
-                     f"{medians[sha] / ceiling:.3f} | {statistics.median(r['cpu_s_per_1m'] for r in rows):.1f} |")
+        lines.append(
+            f"| {sha} | {rates} | {medians[sha]:,.0f} | "
+            f"{medians[sha] / ceiling:.3f} | {statistics.median(r['cpu_s_per_1m'] for r in rows):.1f} |"
+        )
     ceiling_rates = ", ".join(f"{c['rate']:,.0f}" for c in ceilings)
-    lines += ["", f"- ceiling (bare aiokafka consumer, before and after the rounds): {ceiling_rates} events/s",
-              f"- {after} relative to {before}: {medians[after] / medians[before]:.3f} (target >= 0.95)"]
+    lines += [
+        "",
+        f"- ceiling (bare aiokafka consumer, before and after the rounds): {ceiling_rates} events/s",
+        f"- {after} relative to {before}: {medians[after] / medians[before]:.3f} (target >= 0.95)",
+    ]
     console.print("\n".join(lines))
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     (RESULTS / f"ab-{stamp}.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / f"ab-{stamp}.json").write_text(json.dumps({"before": before, "after": after, "runs": runs,
-                                                          "ceilings": ceilings}, indent=2))
+    (RESULTS / f"ab-{stamp}.json").write_text(
+        json.dumps({"before": before, "after": after, "runs": runs, "ceilings": ceilings}, indent=2)
+    )
     console.print(f"written: bench/results/ab-{stamp}.md, .json")
 
 

@@ -15,18 +15,19 @@ import os
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 
 def current_rss_mb(pid: int | str = "self") -> float:
-    return int(open(f"/proc/{pid}/status").read().split("VmRSS:")[1].split()[0]) / 1024
+    return int(Path(f"/proc/{pid}/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
 
 
 def peak_rss_mb(pid: int | str = "self") -> float:
-    return int(open(f"/proc/{pid}/status").read().split("VmHWM:")[1].split()[0]) / 1024
+    return int(Path(f"/proc/{pid}/status").read_text().split("VmHWM:")[1].split()[0]) / 1024
 
 
 def process_cpu_s(pid: int | str = "self") -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
@@ -45,8 +46,9 @@ def kafka_engine(bootstrap: str, topic: str, events: int, empty: int, workdir: s
 
     from devstack.chdb_server import ChdbServerProcess
 
-    with ChdbServerProcess(os.path.join(workdir, "chdb"), python=python,
-                           log_path=os.path.join(workdir, "server.log")) as server:
+    with ChdbServerProcess(
+        os.path.join(workdir, "chdb"), python=python, log_path=os.path.join(workdir, "server.log")
+    ) as server:
         client = clickhouse_connect.get_client(dsn=server.url)
         client.command(f"""CREATE TABLE queue (raw String) ENGINE = Kafka SETTINGS
             kafka_broker_list = '{bootstrap}', kafka_topic_list = '{topic}', kafka_group_name = 'ch-{topic}',
@@ -60,15 +62,15 @@ def kafka_engine(bootstrap: str, topic: str, events: int, empty: int, workdir: s
             toStartOfMinute(_timestamp) AS window_start, JSONExtractString(raw, 'type') AS kind,
             JSONExtractString(raw, 'data', 'model_provider') AS model_provider,
             JSONExtractString(raw, 'data', 'model_id') AS model_id, 1 AS runs FROM queue WHERE _error = ''""")
-        client.command("CREATE MATERIALIZED VIEW unparsable TO rejected AS SELECT 1 AS messages FROM queue "
-                       "WHERE _error != ''")
+        client.command(
+            "CREATE MATERIALIZED VIEW unparsable TO rejected AS SELECT 1 AS messages FROM queue WHERE _error != ''"
+        )
         pid = server.process.pid
         started = time.monotonic()
         first_read = cpu_at_first_read = None
         done = 0
         while time.monotonic() - started < 300:
-            if first_read is None and client.command(
-                    "SELECT sum(num_messages_read) FROM system.kafka_consumers"):
+            if first_read is None and client.command("SELECT sum(num_messages_read) FROM system.kafka_consumers"):
                 first_read, cpu_at_first_read = time.monotonic(), process_cpu_s(pid)
             done = client.command("SELECT (SELECT sum(runs) FROM runs) + (SELECT sum(messages) FROM rejected)")
             if done + empty >= events:
@@ -78,18 +80,31 @@ def kafka_engine(bootstrap: str, topic: str, events: int, empty: int, workdir: s
         if done + empty < events:
             raise RuntimeError(f"the Kafka engine accounted for {done + empty:,} of {events:,} messages in 300 s")
         seconds = finished - first_read
-        return {"events": events, "join_s": round(first_read - started, 1), "seconds": seconds,
-                "rate": events / seconds, "cpu_s_per_1m": (process_cpu_s(pid) - cpu_at_first_read) / events * 1e6,
-                "rss_mb": peak_rss_mb(pid)}
+        return {
+            "events": events,
+            "join_s": round(first_read - started, 1),
+            "seconds": seconds,
+            "rate": events / seconds,
+            "cpu_s_per_1m": (process_cpu_s(pid) - cpu_at_first_read) / events * 1e6,
+            "rss_mb": peak_rss_mb(pid),
+        }
 
 
 def stock_faust(bootstrap: str, topic: str, sample: int) -> None:
     """What the Faust documentation shows: an agent that updates a windowed Table for every event."""
     import faust
 
-    app = faust.App(f"stock-{topic}", broker=f"kafka://{bootstrap}", store="memory://", web_enabled=False,
-                    broker_rebalance_timeout=6, broker_session_timeout=6, topic_partitions=4,
-                    consumer_auto_offset_reset="earliest", datadir=tempfile.mkdtemp(prefix="stock-faust-"))
+    app = faust.App(
+        f"stock-{topic}",
+        broker=f"kafka://{bootstrap}",
+        store="memory://",
+        web_enabled=False,
+        broker_rebalance_timeout=6,
+        broker_session_timeout=6,
+        topic_partitions=4,
+        consumer_auto_offset_reset="earliest",
+        datadir=tempfile.mkdtemp(prefix="stock-faust-"),
+    )
     source = app.topic(topic, value_serializer="raw")
     counts = app.Table("runs", default=int).tumbling(60, expires=3600)
     progress = {"n": 0, "first": None}
@@ -109,9 +124,18 @@ def stock_faust(bootstrap: str, topic: str, sample: int) -> None:
             if progress["n"] == sample:
                 wall, cpu = progress["first"]
                 seconds = time.monotonic() - wall
-                sys.__stdout__.write(json.dumps({  # Faust redirects print() into its logging
-                    "events": sample, "seconds": seconds, "rate": sample / seconds,
-                    "cpu_s_per_1m": (time.process_time() - cpu) / sample * 1e6, "rss_mb": peak_rss_mb()}) + "\n")
+                sys.__stdout__.write(
+                    json.dumps(
+                        {  # Faust redirects print() into its logging
+                            "events": sample,
+                            "seconds": seconds,
+                            "rate": sample / seconds,
+                            "cpu_s_per_1m": (time.process_time() - cpu) / sample * 1e6,
+                            "rss_mb": peak_rss_mb(),
+                        }
+                    )
+                    + "\n"
+                )
                 sys.__stdout__.flush()
                 os._exit(0)
 

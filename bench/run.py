@@ -55,10 +55,15 @@ class Topic:
     def __init__(self, broker: EmbeddedBroker, workdir: Path, name: str | None = None, dsn: str | None = None):
         name = name or f"bench.{uuid.uuid4().hex[:8]}"
         self.workdir = workdir
-        self.env = {"KERN_BOOTSTRAP_SERVERS": broker.bootstrap_servers, "KERN_TOPIC": name,
-                    "KERN_TOPIC_PARTITIONS": str(PARTITIONS), "KERN_CONSUMER_GROUP": f"rollup-{uuid.uuid4().hex[:8]}",
-                    "KERN_CLICKHOUSE_DSN": dsn or f"chdb://{workdir / 'chdb'}", "KERN_LOG_LEVEL": "warn",
-                    "KERN_HASH_SECRET": "bench-hash-secret-of-the-benchmarks"}
+        self.env = {
+            "KERN_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+            "KERN_TOPIC": name,
+            "KERN_TOPIC_PARTITIONS": str(PARTITIONS),
+            "KERN_CONSUMER_GROUP": f"rollup-{uuid.uuid4().hex[:8]}",
+            "KERN_CLICKHOUSE_DSN": dsn or f"chdb://{workdir / 'chdb'}",
+            "KERN_LOG_LEVEL": "warn",
+            "KERN_HASH_SECRET": "bench-hash-secret-of-the-benchmarks",
+        }
         self.settings = Settings(**{k.removeprefix("KERN_").lower(): v for k, v in self.env.items()})
         self.name = name
         create_topics(self.settings)
@@ -84,8 +89,12 @@ async def _drain(bootstrap: str, topic: str, expected: int) -> dict:
                     first, cpu = time.monotonic(), time.process_time()
                 count += len(messages)
         seconds = time.monotonic() - first
-        return {"events": count, "seconds": seconds, "rate": count / seconds,
-                "cpu_s_per_1m": (time.process_time() - cpu) / count * 1e6}
+        return {
+            "events": count,
+            "seconds": seconds,
+            "rate": count / seconds,
+            "cpu_s_per_1m": (time.process_time() - cpu) / count * 1e6,
+        }
     finally:
         await consumer.stop()
 
@@ -95,10 +104,16 @@ def _drain_librdkafka(bootstrap: str, topic: str, expected: int) -> dict:
     record's value, offset and timestamp read (as a worker would). Its CPU includes librdkafka's threads."""
     import confluent_kafka
 
-    consumer = confluent_kafka.Consumer({"bootstrap.servers": bootstrap, "group.id": f"drain-{uuid.uuid4().hex}",
-                                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                                         "fetch.max.bytes": FETCH_OPTIONS["fetch_max_bytes"],
-                                         "max.partition.fetch.bytes": FETCH_OPTIONS["max_partition_fetch_bytes"]})
+    consumer = confluent_kafka.Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"drain-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "fetch.max.bytes": FETCH_OPTIONS["fetch_max_bytes"],
+            "max.partition.fetch.bytes": FETCH_OPTIONS["max_partition_fetch_bytes"],
+        }
+    )
     consumer.subscribe([topic])
     try:
         count, first, cpu = 0, None, time.process_time()
@@ -110,8 +125,12 @@ def _drain_librdkafka(bootstrap: str, topic: str, expected: int) -> dict:
                     message.value(), message.offset(), message.timestamp()
                     count += 1
         seconds = time.monotonic() - first
-        return {"events": count, "seconds": seconds, "rate": count / seconds,
-                "cpu_s_per_1m": (time.process_time() - cpu) / count * 1e6}
+        return {
+            "events": count,
+            "seconds": seconds,
+            "rate": count / seconds,
+            "cpu_s_per_1m": (time.process_time() - cpu) / count * 1e6,
+        }
     finally:
         consumer.close()
 
@@ -138,8 +157,13 @@ def run_workers(topic: Topic, ends: dict[int, int], count: int, events: int) -> 
         last = max(now - r["last_flush_age_s"] for r in reports if r.get("last_flush_age_s") is not None)
         cpu = sum(process_cpu_s(w.process.pid) for w in workers) - sum(first[1])
         rss = max(peak_rss_mb(w.process.pid) for w in workers)
-        return {"events": events, "seconds": last - first[0], "rate": events / (last - first[0]),
-                "cpu_s_per_1m": cpu / events * 1e6, "rss_mb": rss}
+        return {
+            "events": events,
+            "seconds": last - first[0],
+            "rate": events / (last - first[0]),
+            "cpu_s_per_1m": cpu / events * 1e6,
+            "rss_mb": rss,
+        }
     finally:
         for w in workers:
             w.stop()
@@ -150,7 +174,7 @@ def freshness(broker: EmbeddedBroker, workdir: Path, rate: int, seconds: int, se
     topic = Topic(broker, workdir)
     worker = topic.worker("freshness")
     try:
-        while not (worker.health() or {}).get("status") == "ok":
+        while (worker.health() or {}).get("status") != "ok":
             time.sleep(0.2)
         warm_up = produce(topic.settings, [b"{}"] * PARTITIONS * 50)  # every partition assigned and flushing
         worker.wait_flushed(warm_up, timeout=120)
@@ -169,18 +193,29 @@ def freshness(broker: EmbeddedBroker, workdir: Path, rate: int, seconds: int, se
         watcher = threading.Thread(target=watch)
         watcher.start()
         try:
-            ends = produce(topic.settings, values, rate=rate,
-                           delivered=lambda partition, offset, at: sent.append((partition, offset, at)))
+            ends = produce(
+                topic.settings,
+                values,
+                rate=rate,
+                delivered=lambda partition, offset, at: sent.append((partition, offset, at)),
+            )
             worker.wait_flushed(ends, 120)
             time.sleep(0.1)
         finally:
             stop.set()
             watcher.join()
-        delays = sorted(next(t for t, flushed in landed if flushed.get(partition, 0) > offset) - at
-                        for partition, offset, at in sent)
-        return {"rate": rate, "seconds": seconds, "p50_s": delays[len(delays) // 2],
-                "p99_s": delays[int(len(delays) * 0.99)], "max_s": delays[-1],
-                "flush_interval_s": topic.settings.flush_interval_seconds}
+        delays = sorted(
+            next(t for t, flushed in landed if flushed.get(partition, 0) > offset) - at
+            for partition, offset, at in sent
+        )
+        return {
+            "rate": rate,
+            "seconds": seconds,
+            "p50_s": delays[len(delays) // 2],
+            "p99_s": delays[int(len(delays) * 0.99)],
+            "max_s": delays[-1],
+            "flush_interval_s": topic.settings.flush_interval_seconds,
+        }
     finally:
         worker.stop()
 
@@ -204,7 +239,9 @@ def hostile_values(generator: EventGenerator, events: int, every: int = 100) -> 
     for i in range(0, events, every):
         payload = generator.payload()
         payload["type"] = "agent"
-        texts = [shaped(HOSTILE_CHARS, *next(rotation)) for _ in range(len(_FREE_TEXT) + 2 * len(_MODEL_REFERENCES) + 1)]
+        texts = [
+            shaped(HOSTILE_CHARS, *next(rotation)) for _ in range(len(_FREE_TEXT) + 2 * len(_MODEL_REFERENCES) + 1)
+        ]
         values[i] = msgspec.json.encode(_filled(payload, texts))
     return values
 
@@ -233,9 +270,13 @@ def cardinality_flood(broker: EmbeddedBroker, workdir: Path, events: int, seed: 
         payload = generator.payload()
         payload["session_id"], payload["data"]["model_id"] = f"flood-session-{i}", f"flood-model-{i:07d}"
         flood.append(msgspec.json.encode(payload))
-    phases = (("warm-up, normal mix", list(generator.events(events))), ("normal mix", list(generator.events(events))),
-              ("flood of unique values", flood), ("hostile values (1 event in 100)", hostile_values(generator, events)),
-              ("normal mix after the flood", list(generator.events(events))))
+    phases = (
+        ("warm-up, normal mix", list(generator.events(events))),
+        ("normal mix", list(generator.events(events))),
+        ("flood of unique values", flood),
+        ("hostile values (1 event in 100)", hostile_values(generator, events)),
+        ("normal mix after the flood", list(generator.events(events))),
+    )
     topic = Topic(broker, workdir)
     for _, values in phases:
         ends = produce(topic.settings, values)
@@ -264,16 +305,31 @@ def cardinality_flood(broker: EmbeddedBroker, workdir: Path, events: int, seed: 
         database = reader.settings.clickhouse_database
         runs_rows, rare_rows, candidate_rows = client.query(
             f"SELECT count(), countIf(model_id = '(rare)'), (SELECT count() FROM {database}.value_candidates) "
-            f"FROM {database}.runs_minute").result_rows[0]
-    rows = [{"phase": name, "rate": events / (marks[i + 1] - marks[i]),
-             "worker_cpu_s_per_1m": (cpu[i + 1][0] - cpu[i][0]) / events * 1e6,
-             "clickhouse_cpu_s_per_1m": (cpu[i + 1][1] - cpu[i][1]) / events * 1e6,
-             "rss_mb": max(mb for phase, mb in rss if phase == i + 1)} for i, (name, _) in enumerate(phases)]
+            f"FROM {database}.runs_minute"
+        ).result_rows[0]
+    rows = [
+        {
+            "phase": name,
+            "rate": events / (marks[i + 1] - marks[i]),
+            "worker_cpu_s_per_1m": (cpu[i + 1][0] - cpu[i][0]) / events * 1e6,
+            "clickhouse_cpu_s_per_1m": (cpu[i + 1][1] - cpu[i][1]) / events * 1e6,
+            "rss_mb": max(mb for phase, mb in rss if phase == i + 1),
+        }
+        for i, (name, _) in enumerate(phases)
+    ]
     _, normal, flooded, hostile, after = rows
-    return {"events_per_phase": events, "phases": rows, "runs_minute_rows": runs_rows, "rare_rows": rare_rows,
-            "candidate_rows": candidate_rows, "suppressed": suppressed,
-            "flood_vs_normal": flooded["rate"] / normal["rate"], "hostile_vs_normal": hostile["rate"] / normal["rate"],
-            "after_vs_before": after["rate"] / normal["rate"], "flood_rss_vs_normal": flooded["rss_mb"] / normal["rss_mb"]}
+    return {
+        "events_per_phase": events,
+        "phases": rows,
+        "runs_minute_rows": runs_rows,
+        "rare_rows": rare_rows,
+        "candidate_rows": candidate_rows,
+        "suppressed": suppressed,
+        "flood_vs_normal": flooded["rate"] / normal["rate"],
+        "hostile_vs_normal": hostile["rate"] / normal["rate"],
+        "after_vs_before": after["rate"] / normal["rate"],
+        "flood_rss_vs_normal": flooded["rss_mb"] / normal["rss_mb"],
+    }
 
 
 def memory_runs(broker: EmbeddedBroker, workdir: Path, runs: tuple[tuple[int, int], ...], seed: int) -> list[dict]:
@@ -294,17 +350,25 @@ def memory_runs(broker: EmbeddedBroker, workdir: Path, runs: tuple[tuple[int, in
             client = clickhouse_connect.get_client(dsn=server.url)
             measured["dimension_sets"], measured["runs_minute_rows"] = client.query(
                 f"SELECT uniqExact({', '.join(dimensions.NAMES)}), count() "
-                f"FROM {reader.settings.clickhouse_database}.runs_minute").result_rows[0]
+                f"FROM {reader.settings.clickhouse_database}.runs_minute"
+            ).result_rows[0]
             client.close()
         rows.append({"events": count, "profiles": profiles, **measured})
-        console.print(f"{count:,} events, {measured['dimension_sets']:,} dimension sets: {measured['rate']:,.0f} ev/s, "
-                      f"{measured['cpu_s_per_1m']:.1f} CPU-s/1M, peak RSS {measured['rss_mb']:.0f} MB")
+        console.print(
+            f"{count:,} events, {measured['dimension_sets']:,} dimension sets: {measured['rate']:,.0f} ev/s, "
+            f"{measured['cpu_s_per_1m']:.1f} CPU-s/1M, peak RSS {measured['rss_mb']:.0f} MB"
+        )
     return rows
 
 
 def subprocess_json(args: list[str], timeout: float) -> dict:
-    result = subprocess.run([sys.executable, "-m", "bench.baselines", *args], capture_output=True, text=True,
-                            timeout=timeout, cwd=Path(__file__).parent.parent)
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.baselines", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=Path(__file__).parent.parent,
+    )
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     if not lines:
         raise RuntimeError(f"{args[0]} printed no result: {result.stderr[-2000:]}")
@@ -319,13 +383,23 @@ def main() -> None:
     parser.add_argument("--freshness-rate", type=int, default=20_000)
     parser.add_argument("--freshness-seconds", type=int, default=60)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--flood-events", type=int, default=500_000,
-                        help="events per phase of the cardinality flood (normal, flood, normal)")
+    parser.add_argument(
+        "--flood-events",
+        type=int,
+        default=500_000,
+        help="events per phase of the cardinality flood (normal, flood, normal)",
+    )
     parser.add_argument("--flood", action="store_true", help="only the cardinality flood")
-    parser.add_argument("--kafka-engine-python", default=str(KAFKA_ENGINE_PYTHON),
-                        help="an interpreter with chDB 3.7 (ClickHouse 25.8), whose Kafka engine works")
-    parser.add_argument("--memory", action="store_true",
-                        help="only the memory check: one worker's peak RSS and CPU by event count and dimension sets")
+    parser.add_argument(
+        "--kafka-engine-python",
+        default=str(KAFKA_ENGINE_PYTHON),
+        help="an interpreter with chDB 3.7 (ClickHouse 25.8), whose Kafka engine works",
+    )
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="only the memory check: one worker's peak RSS and CPU by event count and dimension sets",
+    )
     args = parser.parse_args()
     if args.memory:
         return memory_report(args.seed)
@@ -335,8 +409,12 @@ def main() -> None:
         args.events, args.faust_sample, args.freshness_seconds, args.flood_events = 200_000, 20_000, 15, 100_000
 
     workdir = Path(tempfile.mkdtemp(prefix="kern-bench-"))
-    results: dict = {"events": args.events, "partitions": PARTITIONS, "cpus": os.cpu_count(),
-                     "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    results: dict = {
+        "events": args.events,
+        "partitions": PARTITIONS,
+        "cpus": os.cpu_count(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     with EmbeddedBroker(log_path=workdir / "tansu.log") as broker:
         console.print(f"generating {args.events:,} events ...")
         values = list(EventGenerator(seed=args.seed).events(args.events))
@@ -355,29 +433,42 @@ def main() -> None:
             console.print(f"measuring {count} worker(s) writing to ClickHouse over HTTP ...")
             with ChdbServerProcess(str(workdir / key / "chdb")) as server:
                 cpu = process_cpu_s(server.process.pid)
-                results[key] = run_workers(Topic(broker, workdir / key, name=topic.name, dsn=server.url), ends,
-                                           count, args.events)
+                results[key] = run_workers(
+                    Topic(broker, workdir / key, name=topic.name, dsn=server.url), ends, count, args.events
+                )
                 results[key]["clickhouse_cpu_s_per_1m"] = (process_cpu_s(server.process.pid) - cpu) / args.events * 1e6
         console.print(f"measuring the worker over HTTP on {args.events:,} events of sessions of ~8 runs ...")
         sessions = Topic(broker, workdir / "sessions")
-        sessions_ends = produce(sessions.settings, EventGenerator(seed=args.seed, runs_per_session=8).events(args.events))
+        sessions_ends = produce(
+            sessions.settings, EventGenerator(seed=args.seed, runs_per_session=8).events(args.events)
+        )
         with ChdbServerProcess(str(workdir / "sessions" / "chdb")) as server:
             cpu = process_cpu_s(server.process.pid)
             results["worker_http_sessions"] = run_workers(
-                Topic(broker, workdir / "sessions", name=sessions.name, dsn=server.url), sessions_ends, 1, args.events)
-            results["worker_http_sessions"]["clickhouse_cpu_s_per_1m"] = \
+                Topic(broker, workdir / "sessions", name=sessions.name, dsn=server.url), sessions_ends, 1, args.events
+            )
+            results["worker_http_sessions"]["clickhouse_cpu_s_per_1m"] = (
                 (process_cpu_s(server.process.pid) - cpu) / args.events * 1e6
+            )
         console.print("measuring ClickHouse's Kafka engine (its consumer takes ~30 s to join) ...")
         (workdir / "kafka-engine").mkdir()
-        results["kafka_engine"] = kafka_engine(broker.bootstrap_servers, topic.name, args.events, empty,
-                                               str(workdir / "kafka-engine"), args.kafka_engine_python)
+        results["kafka_engine"] = kafka_engine(
+            broker.bootstrap_servers,
+            topic.name,
+            args.events,
+            empty,
+            str(workdir / "kafka-engine"),
+            args.kafka_engine_python,
+        )
         console.print(f"measuring stock Faust on {args.faust_sample:,} events ...")
-        results["stock_faust"] = subprocess_json(["stock-faust", broker.bootstrap_servers, topic.name,
-                                                  str(args.faust_sample)], timeout=900)
+        results["stock_faust"] = subprocess_json(
+            ["stock-faust", broker.bootstrap_servers, topic.name, str(args.faust_sample)], timeout=900
+        )
         results["chdb_rss"] = subprocess_json(["chdb-rss"], timeout=120)
         console.print(f"measuring freshness at {args.freshness_rate:,} events/s for {args.freshness_seconds} s ...")
-        results["freshness"] = freshness(broker, workdir / "fresh", args.freshness_rate, args.freshness_seconds,
-                                         args.seed)
+        results["freshness"] = freshness(
+            broker, workdir / "fresh", args.freshness_rate, args.freshness_seconds, args.seed
+        )
         console.print(f"measuring a flood of {args.flood_events:,} unique values between two normal mixes ...")
         results["cardinality"] = cardinality_flood(broker, workdir / "flood", args.flood_events, args.seed)
         console.print("measuring the HTTP collector beside a direct aiokafka producer ...")
@@ -405,35 +496,56 @@ def memory_report(seed: int) -> None:
     with EmbeddedBroker(log_path=workdir / "tansu.log") as broker:
         rows = memory_runs(broker, workdir, plan, seed)
     small, large = rows[0], rows[1]
-    lines = ["| events | dimension sets | runs_minute rows | events/s | CPU s / 1M | peak RSS MB |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['events']:,} | {r['dimension_sets']:,} | {r['runs_minute_rows']:,} | {r['rate']:,.0f} | "
-              f"{r['cpu_s_per_1m']:.1f} | {r['rss_mb']:.0f} |" for r in rows]
-    verdict = (f"peak RSS at {large['events']:,} events is {large['rss_mb'] / small['rss_mb']:.3f} x the peak at "
-               f"{small['events']:,} (target: within 1.10); at 1,000,000 events, RSS and CPU follow the "
-               f"dimension sets (the generator's profiles: {default // 10:,}, {default:,}, {default * 10:,})")
+    lines = [
+        "| events | dimension sets | runs_minute rows | events/s | CPU s / 1M | peak RSS MB |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['events']:,} | {r['dimension_sets']:,} | {r['runs_minute_rows']:,} | {r['rate']:,.0f} | "
+        f"{r['cpu_s_per_1m']:.1f} | {r['rss_mb']:.0f} |"
+        for r in rows
+    ]
+    verdict = (
+        f"peak RSS at {large['events']:,} events is {large['rss_mb'] / small['rss_mb']:.3f} x the peak at "
+        f"{small['events']:,} (target: within 1.10); at 1,000,000 events, RSS and CPU follow the "
+        f"dimension sets (the generator's profiles: {default // 10:,}, {default:,}, {default * 10:,})"
+    )
     console.print("\n".join(lines) + "\n" + verdict)
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     (RESULTS / f"memory-{stamp}.json").write_text(json.dumps(rows, indent=2))
-    (RESULTS / f"memory-{stamp}.md").write_text("# Memory vs event count and dimension sets\n\n" + "\n".join(lines)
-                                                + f"\n\n- {verdict}\n")
+    (RESULTS / f"memory-{stamp}.md").write_text(
+        "# Memory vs event count and dimension sets\n\n" + "\n".join(lines) + f"\n\n- {verdict}\n"
+    )
     console.print(f"written: bench/results/memory-{stamp}.json, .md")
 
 
 def flood_note(flood: dict) -> str:
-    rates = ", ".join(f"{p['phase']} {p['rate']:,.0f} events/s (CPU s / 1M: worker {p['worker_cpu_s_per_1m']:.1f}, "
-                      f"ClickHouse {p['clickhouse_cpu_s_per_1m']:.1f}; peak RSS {p['rss_mb']:.0f} MB)"
-                      for p in flood["phases"])
-    return (f"cardinality flood, {flood['events_per_phase']:,} events per phase, one worker: {rates}; flood / normal "
-            f"{flood['flood_vs_normal']:.2f} (target >= 0.5), hostile values / normal {flood['hostile_vs_normal']:.2f} "
-            f"(target >= 0.9), after / before {flood['after_vs_before']:.2f} (target "
-            f">= 0.9), flood peak RSS / normal {flood['flood_rss_vs_normal']:.3f} (target <= 1.10); runs_minute rows "
-            f"{flood['runs_minute_rows']:,} of which (rare) model ids {flood['rare_rows']:,}; candidate rows "
-            f"{flood['candidate_rows']:,}; suppressed values {flood['suppressed']}")
+    rates = ", ".join(
+        f"{p['phase']} {p['rate']:,.0f} events/s (CPU s / 1M: worker {p['worker_cpu_s_per_1m']:.1f}, "
+        f"ClickHouse {p['clickhouse_cpu_s_per_1m']:.1f}; peak RSS {p['rss_mb']:.0f} MB)"
+        for p in flood["phases"]
+    )
+    return (
+        f"cardinality flood, {flood['events_per_phase']:,} events per phase, one worker: {rates}; flood / normal "
+        f"{flood['flood_vs_normal']:.2f} (target >= 0.5), hostile values / normal {flood['hostile_vs_normal']:.2f} "
+        f"(target >= 0.9), after / before {flood['after_vs_before']:.2f} (target "
+        f">= 0.9), flood peak RSS / normal {flood['flood_rss_vs_normal']:.3f} (target <= 1.10); runs_minute rows "
+        f"{flood['runs_minute_rows']:,} of which (rare) model ids {flood['rare_rows']:,}; candidate rows "
+        f"{flood['candidate_rows']:,}; suppressed values {flood['suppressed']}"
+    )
 
 
-COLUMNS = ("measurement", "events/s", "× aiokafka drain", "× librdkafka drain", "worker HTTP ×",
-           "CPU s / 1M (+ ClickHouse)", "events / CPU-s", "peak RSS MB")
+COLUMNS = (
+    "measurement",
+    "events/s",
+    "× aiokafka drain",
+    "× librdkafka drain",
+    "worker HTTP ×",
+    "CPU s / 1M (+ ClickHouse)",
+    "events / CPU-s",
+    "peak RSS MB",
+)
 
 
 def _cells(name: str, m: dict, results: dict) -> list[str]:
@@ -441,13 +553,15 @@ def _cells(name: str, m: dict, results: dict) -> list[str]:
     (the process's own, plus ClickHouse's where it runs apart) and events per CPU-second of both."""
     rate, worker = m.get("rate"), results["worker_http"]["rate"]
     cpu, clickhouse = m.get("cpu_s_per_1m"), m.get("clickhouse_cpu_s_per_1m", 0.0)
-    return [name, f"{rate:,.0f}" if rate else "n/a",
-            *(f"{rate / results[ceiling]['rate']:.2f}" if rate else "n/a"
-              for ceiling in ("ceiling", "ceiling_librdkafka")),
-            f"{worker / rate:.2f}" if rate else "n/a",
-            (f"{cpu:.1f}" + (f" + {clickhouse:.1f}" if clickhouse else "")) if cpu else "n/a",
-            f"{1e6 / (cpu + clickhouse):,.0f}" if cpu else "n/a",
-            f"{m['rss_mb']:.0f}" if m.get("rss_mb") else "n/a"]
+    return [
+        name,
+        f"{rate:,.0f}" if rate else "n/a",
+        *(f"{rate / results[ceiling]['rate']:.2f}" if rate else "n/a" for ceiling in ("ceiling", "ceiling_librdkafka")),
+        f"{worker / rate:.2f}" if rate else "n/a",
+        (f"{cpu:.1f}" + (f" + {clickhouse:.1f}" if clickhouse else "")) if cpu else "n/a",
+        f"{1e6 / (cpu + clickhouse):,.0f}" if cpu else "n/a",
+        f"{m['rss_mb']:.0f}" if m.get("rss_mb") else "n/a",
+    ]
 
 
 def report(results: dict) -> None:
@@ -463,8 +577,11 @@ def report(results: dict) -> None:
         ("stock Faust, windowed Table per event", results["stock_faust"]),
         *http_collector.rows(results["collector"]),
     ]
-    table = Table(title=f"{results['events']:,} events, {results['partitions']} partitions, "
-                        f"{results['cpus']} CPUs (started {results['started']})", title_justify="left")
+    table = Table(
+        title=f"{results['events']:,} events, {results['partitions']} partitions, "
+        f"{results['cpus']} CPUs (started {results['started']})",
+        title_justify="left",
+    )
     for column in COLUMNS:
         table.add_column(column, justify="left" if column == "measurement" else "right")
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
@@ -482,7 +599,8 @@ def report(results: dict) -> None:
         f"{fresh['flush_interval_s']} s + 2 s)",
         f"chDB engine alone (a process that only opens it): {results['chdb_rss']['rss_mb']:.0f} MB RSS; the worker "
         f"above that: {worker['rss_mb'] - results['chdb_rss']['rss_mb']:.0f} MB",
-        f"ClickHouse (chDB server process) CPU per 1M events: {results['worker_http']['clickhouse_cpu_s_per_1m']:.1f} s "
+        "ClickHouse (chDB server process) CPU per 1M events: "
+        f"{results['worker_http']['clickhouse_cpu_s_per_1m']:.1f} s "
         f"with 1 worker, {results['two_workers']['clickhouse_cpu_s_per_1m']:.1f} s with 2 (not in the workers' CPU "
         f"column); all processes share {results['cpus']} CPUs with the broker",
         f"Kafka engine (chDB 3.7 = ClickHouse 25.8, in its own process): consumer joined after "
@@ -498,7 +616,8 @@ def report(results: dict) -> None:
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     (RESULTS / f"bench-{stamp}.json").write_text(json.dumps(results, indent=2))
     (RESULTS / f"bench-{stamp}.md").write_text(
-        f"# Benchmark {results['started']}\n\n" + "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
+        f"# Benchmark {results['started']}\n\n" + "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    )
     console.print(f"written: bench/results/bench-{stamp}.json, .md")
 
 

@@ -82,12 +82,23 @@ def bench_agent() -> SimpleNamespace:
         url = "postgresql://user:secret@db/agents"
 
     model = SimpleNamespace(provider="OpenAI", name="OpenAIResponses", id="gpt-5.2", api_key="sk-not-sent")
-    return SimpleNamespace(id="agent-7", model=model, db=PostgresDb(), tools=[print], memory_manager=object(),
-                           reasoning=True, knowledge=None, parser_model=model, output_model=None,
-                           instructions="You are helpful.", telemetry=True)
+    return SimpleNamespace(
+        id="agent-7",
+        model=model,
+        db=PostgresDb(),
+        tools=[print],
+        memory_manager=object(),
+        reasoning=True,
+        knowledge=None,
+        parser_model=model,
+        output_model=None,
+        instructions="You are helpful.",
+        telemetry=True,
+    )
 
 
 # --- one configuration, in its own process ------------------------------------------------------------
+
 
 def _unchanged(event: dict) -> dict:
     """The trivial before_send hook."""
@@ -96,7 +107,6 @@ def _unchanged(event: dict) -> dict:
 
 def _child(state: str, bootstrap: str, topic: str, captures: int, rate: int, hook: bool) -> dict:
     from kafka.record import util as kafka_crc
-
     from kern_telemetry_client import KafkaSink, Telemetry
 
     telemetry = Telemetry("1.0.0", KafkaSink(bootstrap, topic), before_send=_unchanged if hook else None)
@@ -127,51 +137,82 @@ def _child(state: str, bootstrap: str, topic: str, captures: int, rate: int, hoo
     telemetry.close(0.0 if state != "up" else 10.0)
     ordered = sorted(latencies)
     return {
-        "state": state, "crc32c": kafka_crc.crc32c_c is not None, "before_send": hook, "captures": captures,
+        "state": state,
+        "crc32c": kafka_crc.crc32c_c is not None,
+        "before_send": hook,
+        "captures": captures,
         "rate": rate,
         "caller_median_us": ordered[len(ordered) // 2] / 1000,
         "caller_p99_us": ordered[int(len(ordered) * 0.99)] / 1000,
         "caller_max_us": ordered[-1] / 1000,
         "cpu_us_per_event": cpu / captures * 1e6,
-        "wall_s": wall, "settled": settled,
+        "wall_s": wall,
+        "settled": settled,
         "dropped": {reason: n for reason, n in dropped.items() if n},
     }
 
 
 # --- the parent: broker, black hole, one child per configuration ----------------------------------------
 
+
 def _run_child(state: str, bootstrap: str, topic: str, accelerated: bool, hook: bool, args, workdir: Path) -> dict:
     # Its own state directory: drops a child leaves unreported at exit are not the next child's to claim.
-    env = {**os.environ, "XDG_CONFIG_HOME": str(workdir / "config"),
-           "XDG_STATE_HOME": str(workdir / f"state-{state}-{accelerated}-{hook}")}
+    env = {
+        **os.environ,
+        "XDG_CONFIG_HOME": str(workdir / "config"),
+        "XDG_STATE_HOME": str(workdir / f"state-{state}-{accelerated}-{hook}"),
+    }
     if not accelerated:
         shim = workdir / "no-crc32c"
         shim.mkdir(exist_ok=True)
         (shim / "crc32c.py").write_text('raise ImportError("crc32c hidden by the benchmark")\n')
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(shim), env.get("PYTHONPATH")]))
-    command = [sys.executable, "-m", "bench.sdk_client", "--child", state, "--bootstrap", bootstrap,
-               "--topic", topic, "--captures", str(args.captures), "--rate", str(args.rate),
-               *(["--before-send"] if hook else [])]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600,
-                          cwd=Path(__file__).parent.parent)
+    command = [
+        sys.executable,
+        "-m",
+        "bench.sdk_client",
+        "--child",
+        state,
+        "--bootstrap",
+        bootstrap,
+        "--topic",
+        topic,
+        "--captures",
+        str(args.captures),
+        "--rate",
+        str(args.rate),
+        *(["--before-send"] if hook else []),
+    ]
+    done = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parent.parent
+    )
     if done.returncode != 0:
         raise RuntimeError(f"{state} (crc32c={accelerated}) failed: {done.stderr}")
     return json.loads(done.stdout.splitlines()[-1])
 
 
 def _markdown(results: list[dict], args) -> str:
-    lines = [f"# Telemetry client cost: {args.captures:,} agent-run captures at {args.rate:,}/s per row",
-             "", "| broker | crc32c | before_send | caller median µs | caller p99 µs | caller max µs "
-             "| CPU µs / event | dropped | settled |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Telemetry client cost: {args.captures:,} agent-run captures at {args.rate:,}/s per row",
+        "",
+        "| broker | crc32c | before_send | caller median µs | caller p99 µs | caller max µs "
+        "| CPU µs / event | dropped | settled |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         dropped = ", ".join(f"{k} {v:,}" for k, v in r["dropped"].items()) or "none"
-        lines.append(f"| {r['state']} | {'yes' if r['crc32c'] else 'no'} | {'trivial' if r['before_send'] else '-'} | "
-                     f"{r['caller_median_us']:.2f} | "
-                     f"{r['caller_p99_us']:.2f} | {r['caller_max_us']:.0f} | {r['cpu_us_per_event']:.1f} | "
-                     f"{dropped} | {'yes' if r['settled'] else '-'} |")
+        lines.append(
+            f"| {r['state']} | {'yes' if r['crc32c'] else 'no'} | {'trivial' if r['before_send'] else '-'} | "
+            f"{r['caller_median_us']:.2f} | "
+            f"{r['caller_p99_us']:.2f} | {r['caller_max_us']:.0f} | {r['cpu_us_per_event']:.1f} | "
+            f"{dropped} | {'yes' if r['settled'] else '-'} |"
+        )
     met = all(r["caller_median_us"] <= TARGET_MEDIAN_US and r["caller_p99_us"] <= TARGET_P99_US for r in results)
-    lines += ["", f"Targets (caller median <= {TARGET_MEDIAN_US:g} µs, p99 <= {TARGET_P99_US:g} µs in every "
-              f"state): {'met' if met else 'NOT met'}."]
+    lines += [
+        "",
+        f"Targets (caller median <= {TARGET_MEDIAN_US:g} µs, p99 <= {TARGET_P99_US:g} µs in every "
+        f"state): {'met' if met else 'NOT met'}.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -195,15 +236,22 @@ def main() -> None:
         workdir = Path(tmp)
         (workdir / "config" / "kern").mkdir(parents=True)
         (workdir / "config" / "kern" / "telemetry-notice-shown").touch()  # the notice is not what we measure
-        addresses = {"up": broker.bootstrap_servers, "down": f"127.0.0.1:{closed_port()}",
-                     "black-holed": f"127.0.0.1:{hole.port}"}
+        addresses = {
+            "up": broker.bootstrap_servers,
+            "down": f"127.0.0.1:{closed_port()}",
+            "black-holed": f"127.0.0.1:{hole.port}",
+        }
         for state in STATES:
             for accelerated, hook in ((True, False), (False, False), (True, True)):
-                result = _run_child(state, addresses[state], f"bench.sdk.{int(time.time())}", accelerated, hook,
-                                    args, workdir)
-                print(f"{state:12} crc32c={'yes' if result['crc32c'] else 'no ':3}  before_send="
-                      f"{'trivial' if hook else '-      '}  median {result['caller_median_us']:6.2f} µs  p99 "
-                      f"{result['caller_p99_us']:6.2f} µs  CPU {result['cpu_us_per_event']:6.1f} µs/event", flush=True)
+                result = _run_child(
+                    state, addresses[state], f"bench.sdk.{int(time.time())}", accelerated, hook, args, workdir
+                )
+                print(
+                    f"{state:12} crc32c={'yes' if result['crc32c'] else 'no ':3}  before_send="
+                    f"{'trivial' if hook else '-      '}  median {result['caller_median_us']:6.2f} µs  p99 "
+                    f"{result['caller_p99_us']:6.2f} µs  CPU {result['cpu_us_per_event']:6.1f} µs/event",
+                    flush=True,
+                )
                 results.append(result)
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")

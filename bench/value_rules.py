@@ -32,15 +32,76 @@ from pipeline.rejections import Rejection
 CHARS = ("a", "Z", "f", "0", "9", ".", "-", "_", ":", "/", "@", " ", "+", "~", "\\", "%", "!", "\n", "é")
 #: What the rules look for first: nested prefixes of fine-tunes, ARNs, Google Cloud resources, addresses,
 #: URLs, tokens, flags, versions and model families.
-PREFIXES = ("", "ft:", "ft:a:", "a:ft-", "arn:", "arn:aws:", "arn:aws:b:r:1:", "arn:aws:b:r::foundation-model/",
-            "arn:aws:b:r:1:inference-profile/us.", "projects/", "projects/p/locations/l/",
-            "projects/p/locations/l/publishers/", "projects/p/locations/l/publishers/g/models/", "publishers/",
-            "publishers/g/models/", "a/", "@", "a@", "://", "a://", "bearer ", "token ", "sk-", "ghp_", "glpat-",
-            "xoxb-", "AKIA", "AIza", "hf_", "has_", "v", "1.", "1.2.3-", "1.2.3+", "llama", "gpt-", "qwen", "us.",
-            "::", "fe80::", "10.0.0.", "C:\\", "~/", "/home/", "localhost:")
+PREFIXES = (
+    "",
+    "ft:",
+    "ft:a:",
+    "a:ft-",
+    "arn:",
+    "arn:aws:",
+    "arn:aws:b:r:1:",
+    "arn:aws:b:r::foundation-model/",
+    "arn:aws:b:r:1:inference-profile/us.",
+    "projects/",
+    "projects/p/locations/l/",
+    "projects/p/locations/l/publishers/",
+    "projects/p/locations/l/publishers/g/models/",
+    "publishers/",
+    "publishers/g/models/",
+    "a/",
+    "@",
+    "a@",
+    "://",
+    "a://",
+    "bearer ",
+    "token ",
+    "sk-",
+    "ghp_",
+    "glpat-",
+    "xoxb-",
+    "AKIA",
+    "AIza",
+    "hf_",
+    "has_",
+    "v",
+    "1.",
+    "1.2.3-",
+    "1.2.3+",
+    "llama",
+    "gpt-",
+    "qwen",
+    "us.",
+    "::",
+    "fe80::",
+    "10.0.0.",
+    "C:\\",
+    "~/",
+    "/home/",
+    "localhost:",
+)
 #: Repeated separators and prefixes.
-UNITS = ("a.", "a:", "a/", "a-", "a@", "1.", "a1", "a ", "/a", "::", "a.b", "ft:", "arn:aws:", "projects/",
-         "publishers/", "bearer ", "@a.", "a://", "0:", "f:")
+UNITS = (
+    "a.",
+    "a:",
+    "a/",
+    "a-",
+    "a@",
+    "1.",
+    "a1",
+    "a ",
+    "/a",
+    "::",
+    "a.b",
+    "ft:",
+    "arn:aws:",
+    "projects/",
+    "publishers/",
+    "bearer ",
+    "@a.",
+    "a://",
+    "0:",
+    "f:",
+)
 SCAN_LENGTH = 1000
 REPEAT = 5
 
@@ -93,8 +154,9 @@ def _client_run() -> Callable[[str], object]:
 
     def build(value: str) -> dict:
         model = SimpleNamespace(provider=value, name=value, id=value)
-        return payloads.run_event(contract.AGENT, SimpleNamespace(model=model, parser_model=model), value, value,
-                                  "1.0.0", ids)
+        return payloads.run_event(
+            contract.AGENT, SimpleNamespace(model=model, parser_model=model), value, value, "1.0.0", ids
+        )
 
     return build
 
@@ -102,8 +164,9 @@ def _client_run() -> Callable[[str], object]:
 def _client_launch() -> Callable[[str], object]:
     payloads._names.clear()
     ids = payloads.Identifiers(bytes(32))
-    return lambda value: payloads.launch_event(SimpleNamespace(id=value, interfaces=[SimpleNamespace(type=value)]),
-                                               "1.0.0", ids)
+    return lambda value: payloads.launch_event(
+        SimpleNamespace(id=value, interfaces=[SimpleNamespace(type=value)]), "1.0.0", ids
+    )
 
 
 def _worker(event: Callable[[str], dict]) -> Rule:
@@ -141,8 +204,9 @@ RULES: dict[str, Rule] = {
     "worker: sdk_version": _worker(lambda value: _run({}, sdk_version=value)),
     "worker: flag name": _worker(lambda value: _run({f"has_{value}": True})),
     "worker: launch interface": _worker(lambda value: {"type": contract.OS, "data": {"interfaces": [value]}}),
-    "worker: client report reason": _worker(lambda value: {"type": contract.CLIENT_REPORT, "sdk_version": "1.0.0",
-                                                           "data": {"dropped": {value: 1}}}),
+    "worker: client report reason": _worker(
+        lambda value: {"type": contract.CLIENT_REPORT, "sdk_version": "1.0.0", "data": {"dropped": {value: 1}}}
+    ),
 }
 
 

@@ -55,12 +55,17 @@ class Collector:
         self.settings = settings
         self.metrics = CollectorMetrics()
         self.limits = Limits(settings.max_batch_bytes, settings.max_batch_events, shared.max_event_bytes)
-        self.publisher = Publisher(shared, settings.max_batch_bytes, settings.ack_timeout_seconds,
-                                   settings.max_pending_bytes, self.metrics)
-        self.limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst,
-                                   settings.rate_limit_clients) if settings.rate_limit_per_second else None
-        self._authorization = f"Bearer {settings.auth_token.get_secret_value()}".encode() \
-            if settings.auth_token else None
+        self.publisher = Publisher(
+            shared, settings.max_batch_bytes, settings.ack_timeout_seconds, settings.max_pending_bytes, self.metrics
+        )
+        self.limiter = (
+            RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst, settings.rate_limit_clients)
+            if settings.rate_limit_per_second
+            else None
+        )
+        self._authorization = (
+            f"Bearer {settings.auth_token.get_secret_value()}".encode() if settings.auth_token else None
+        )
         self._retry_after = {"Retry-After": str(settings.retry_after_seconds)}
         self.connections = Connections(connection_cap(settings.max_connections), self.metrics)
 
@@ -83,9 +88,14 @@ class Collector:
                 answered(request, response, time)
 
         settings = self.settings
-        return web.AppRunner(self.app(), access_log=log, access_log_class=Answers,
-                             auto_decompress=False, keepalive_timeout=settings.idle_timeout_seconds,
-                             shutdown_timeout=settings.ack_timeout_seconds + 5)
+        return web.AppRunner(
+            self.app(),
+            access_log=log,
+            access_log_class=Answers,
+            auto_decompress=False,
+            keepalive_timeout=settings.idle_timeout_seconds,
+            shutdown_timeout=settings.ack_timeout_seconds + 5,
+        )
 
     def _answered(self, request: web.BaseRequest, response: web.StreamResponse, seconds: float) -> None:
         if request.path not in (HEALTH_PATH, METRICS_PATH):
@@ -97,8 +107,9 @@ class Collector:
         try:
             accepted = await self._accept(request)
         except Refused as refused:
-            response = web.json_response({"error": refused.reason, "detail": refused.detail}, status=refused.status,
-                                         headers=refused.headers)
+            response = web.json_response(
+                {"error": refused.reason, "detail": refused.detail}, status=refused.status, headers=refused.headers
+            )
             response[REASON] = refused.reason
             if refused.status == 408:  # the body is still coming: nothing else can follow on this connection
                 response.force_close()
@@ -113,10 +124,12 @@ class Collector:
         if settings.stop_sending:
             raise Refused(410, "stop_sending", "this collector takes no more telemetry: stop sending")
         if self.limiter is not None and (wait := self.limiter.wait(self._client(request))):
-            raise Refused(429, "rate_limited", "too many requests from this client",
-                          {"Retry-After": str(math.ceil(wait))})
+            raise Refused(
+                429, "rate_limited", "too many requests from this client", {"Retry-After": str(math.ceil(wait))}
+            )
         if self._authorization is not None and not hmac.compare_digest(
-                request.headers.get("Authorization", "").encode(errors="replace"), self._authorization):
+            request.headers.get("Authorization", "").encode(errors="replace"), self._authorization
+        ):
             raise Refused(401, "unauthorized", "a valid bearer token is required", {"WWW-Authenticate": "Bearer"})
         encoding = request.headers.get("Content-Encoding", "").lower()
         framing = media_type(request.content_type, encoding)
@@ -137,8 +150,11 @@ class Collector:
         except Unavailable as unavailable:
             raise Refused(503, "kafka_unavailable", str(unavailable), self._retry_after) from None
         except NotAcknowledged as error:
-            raise Refused(504, "not_acknowledged", f"the broker did not acknowledge the batch in time ({error}); "
-                                                   "it may or may not have been written") from None
+            raise Refused(
+                504,
+                "not_acknowledged",
+                f"the broker did not acknowledge the batch in time ({error}); it may or may not have been written",
+            ) from None
         self.metrics.events.inc(len(batch))
         return len(batch)
 
@@ -178,9 +194,15 @@ class Collector:
 
     async def health(self, request: web.Request) -> web.Response:
         problem = self.publisher.problem
-        return web.json_response({"status": "degraded" if problem else "ok", "kafka": problem or "ok",
-                                  "pending_bytes": self.publisher.pending_bytes,
-                                  "stop_sending": self.settings.stop_sending}, status=503 if problem else 200)
+        return web.json_response(
+            {
+                "status": "degraded" if problem else "ok",
+                "kafka": problem or "ok",
+                "pending_bytes": self.publisher.pending_bytes,
+                "stop_sending": self.settings.stop_sending,
+            },
+            status=503 if problem else 200,
+        )
 
     async def exposition(self, request: web.Request) -> web.Response:
         if self.limiter is not None:
@@ -215,8 +237,15 @@ def run(settings: CollectorSettings, shared: Settings) -> None:
     logging.getLogger("aiokafka").setLevel(max(logging.root.level, logging.INFO))  # its debug records quote events
     web_response.SERVER_SOFTWARE = SERVER  # aiohttp reads it for every answer, its own error pages' too
     collector = Collector(settings, shared)
-    log.info("collecting on http://%s:%d%s into %s at %s (at most %d connections)", settings.host, settings.port,
-             EVENTS_PATH, shared.topic, shared.bootstrap_servers, collector.connections.cap)
+    log.info(
+        "collecting on http://%s:%d%s into %s at %s (at most %d connections)",
+        settings.host,
+        settings.port,
+        EVENTS_PATH,
+        shared.topic,
+        shared.bootstrap_servers,
+        collector.connections.cap,
+    )
     gc.freeze()  # the ~57,000 objects of the imports leave the collector's way: a full collection took 12 ms
     asyncio.run(_serve(collector))
 

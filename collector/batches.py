@@ -41,11 +41,13 @@ def media_type(content_type: str, content_encoding: str) -> str:
     """The framing of a body from its headers (JSON or NDJSON), or 415."""
     framing = MEDIA_TYPES.get(content_type)
     if framing is None:
-        raise Refused(415, "unsupported_media_type", f"Content-Type must be {JSON} (an array of events) or "
-                                                     f"{NDJSON} (one event per line), not {content_type!r}")
+        raise Refused(
+            415,
+            "unsupported_media_type",
+            f"Content-Type must be {JSON} (an array of events) or {NDJSON} (one event per line), not {content_type!r}",
+        )
     if content_encoding not in ("", "identity", "gzip"):
-        raise Refused(415, "unsupported_media_type", f"Content-Encoding must be gzip or none, not "
-                                                     f"{content_encoding!r}")
+        raise Refused(415, "unsupported_media_type", f"Content-Encoding must be gzip or none, not {content_encoding!r}")
     return framing
 
 
@@ -63,8 +65,9 @@ def gunzip(body: bytes, limit: int) -> bytes:
     return inflated
 
 
-def events(body: bytes, framing: str, limits: Limits) -> list:
+def events(body: bytes, framing: str, limits: Limits) -> list[msgspec.Raw] | list[bytes]:
     """The elements of a (gunzipped) batch: `Raw` slices of a JSON array, or the lines of NDJSON."""
+    elements: list[msgspec.Raw] | list[bytes]
     if len(body) > limits.batch_bytes:
         raise Refused(413, "batch_too_large", f"the batch is larger than {limits.batch_bytes} bytes")
     if framing == JSON:
@@ -80,6 +83,7 @@ def events(body: bytes, framing: str, limits: Limits) -> list:
         raise Refused(413, "too_many_events", f"{len(elements)} events; at most {limits.batch_events} per batch")
     if max(map(len, elements)) > limits.event_bytes:
         index = next(i for i, element in enumerate(elements) if len(element) > limits.event_bytes)
-        raise Refused(413, "event_too_large", f"event {index} is larger than {limits.event_bytes} bytes "
-                                              "(KERN_MAX_EVENT_BYTES)")
+        raise Refused(
+            413, "event_too_large", f"event {index} is larger than {limits.event_bytes} bytes (KERN_MAX_EVENT_BYTES)"
+        )
     return elements

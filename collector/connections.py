@@ -36,21 +36,26 @@ def connection_cap(wanted: int) -> int:
     open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     cap = wanted if open_files == resource.RLIM_INFINITY else min(wanted, open_files - FD_RESERVE)
     if cap <= 2 * ROOM:
-        raise ValueError(f"an open-file limit of {open_files} leaves {cap} connections: raise it (ulimit -n) "
-                         f"above {FD_RESERVE + 2 * ROOM}")
+        raise ValueError(
+            f"an open-file limit of {open_files} leaves {cap} connections: raise it (ulimit -n) "
+            f"above {FD_RESERVE + 2 * ROOM}"
+        )
     return cap
 
 
 class Connections:
+    _server: web.Server  # the runner's, once `site` is asked
+
     def __init__(self, cap: int, metrics: CollectorMetrics):
         self.cap = cap
         self.metrics = metrics
         metrics.connection_cap.set(cap)
         self.busy: set[web.RequestHandler] = set()  # connections with a request in progress
-        self._server: web.Server | None = None
 
     def site(self, runner: web.AppRunner, host: str, port: int) -> web.BaseSite:
         """Where the runner's server takes connections through the cap."""
+        if runner.server is None:
+            raise RuntimeError("set the runner up before asking for its site")
         self._server = runner.server
         self.metrics.connections.set_function(lambda: len(self._open()))
         return _Site(runner, host, port, self._protocol)
@@ -60,8 +65,9 @@ class Connections:
         return len(self.busy) > self.cap - ROOM
 
     @web.middleware
-    async def track(self, request: web.Request,
-                    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    async def track(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         """Marks the connection busy until its answer is written (aiohttp writes it without yielding, once
         the handler returns)."""
         connection = request.protocol
@@ -79,7 +85,7 @@ class Connections:
         under (FD_RESERVE leaves room for that)."""
         if len(self._server.connections) >= self.cap:
             open_ = self._open()
-            idle = [connection for connection in open_ if connection not in self.busy][:len(open_) + 1 - self.cap]
+            idle = [connection for connection in open_ if connection not in self.busy][: len(open_) + 1 - self.cap]
             for connection in idle:
                 connection.force_close()
             self.metrics.connections_evicted.inc(len(idle))
@@ -104,5 +110,6 @@ class _Site(web.BaseSite):
 
     async def start(self) -> None:
         await super().start()
-        self._server = await asyncio.get_running_loop().create_server(self._protocol, self._host, self._port,
-                                                                      backlog=self._backlog)
+        self._server = await asyncio.get_running_loop().create_server(
+            self._protocol, self._host, self._port, backlog=self._backlog
+        )

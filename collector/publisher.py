@@ -25,6 +25,7 @@ import contextlib
 import itertools
 import logging
 from collections import deque
+from typing import Any
 
 from aiokafka.errors import KafkaError
 
@@ -69,8 +70,14 @@ class _Lane:
 
 
 class Publisher:
-    def __init__(self, settings: Settings, max_batch_bytes: int, ack_timeout_s: float, max_pending_bytes: int,
-                 metrics: CollectorMetrics):
+    def __init__(
+        self,
+        settings: Settings,
+        max_batch_bytes: int,
+        ack_timeout_s: float,
+        max_pending_bytes: int,
+        metrics: CollectorMetrics,
+    ):
         self.settings = settings
         self.max_batch_bytes = max_batch_bytes
         self.ack_timeout_s = ack_timeout_s
@@ -78,7 +85,7 @@ class Publisher:
         self.metrics = metrics
         self.pending_bytes = 0
         self.problem: str | None = "starting"  # why the broker cannot take batches now; None: it can
-        self._producer = None  # aiokafka builds it inside the running loop: `start`
+        self._producer: Any = None  # aiokafka's (no type hints), built inside the running loop: `start`
         self._started = False
         self._lanes: list[_Lane] = []
         self._turn = itertools.count()
@@ -127,7 +134,7 @@ class Publisher:
         batch.room -= need
         try:  # at worst it waits for the batch ahead, then for its own: each fails at the ack timeout
             await asyncio.wait_for(asyncio.shield(batch.acknowledged), 2 * self.ack_timeout_s + 1)
-        except asyncio.TimeoutError as error:
+        except TimeoutError as error:
             raise NotAcknowledged("timeout") from error
         finally:
             self.release(size)
@@ -140,8 +147,9 @@ class Publisher:
                 await lane.wake.wait()
             batch = lane.waiting.popleft()
             try:
-                acknowledged = await self._producer.send_batch(batch.builder, self.settings.topic,
-                                                               partition=lane.partition)
+                acknowledged = await self._producer.send_batch(
+                    batch.builder, self.settings.topic, partition=lane.partition
+                )
             except KafkaError as error:  # no metadata or no room within the ack timeout: not handed over
                 self._fail(lane, batch, Unavailable, error)
                 continue
@@ -189,12 +197,13 @@ class Publisher:
                 await asyncio.sleep(START_RETRY_S)
                 continue
             self._lanes = [_Lane(partition) for partition in partitions]
-            self._tasks += [asyncio.create_task(self._send(lane), name=f"lane {lane.partition}")
-                            for lane in self._lanes]
+            self._tasks += [
+                asyncio.create_task(self._send(lane), name=f"lane {lane.partition}") for lane in self._lanes
+            ]
         while True:
             try:
                 await asyncio.wait_for(self._producer.client.fetch_all_metadata(), PROBE_INTERVAL_S * 2)
-            except (KafkaError, asyncio.TimeoutError) as error:
+            except (TimeoutError, KafkaError) as error:
                 self._down(type(error).__name__)
             else:
                 self._up()

@@ -40,10 +40,27 @@ _TRAILING_FORMAT = re.compile(r"\s+FORMAT\s+(\w+)\s*;?\s*$", re.IGNORECASE | re.
 _INSERT = re.compile(r"^\s*(INSERT\s+INTO\s+.+?)\s+FORMAT\s+(\w+)[ \t]*(?:\r?\n|$)", re.IGNORECASE | re.DOTALL)
 _ERROR_CODE = re.compile(r"Code:\s*(\d+)")
 # URL parameters that are protocol, not settings.
-_PROTOCOL_PARAMS = {"query", "database", "session_id", "session_timeout", "session_check", "query_id",
-                    "default_format", "compress", "decompress", "enable_http_compression", "wait_end_of_query",
-                    "client_protocol_version", "send_progress_in_http_headers", "http_headers_progress_interval_ms",
-                    "user", "password", "quota_key", "buffer_size", "http_zlib_compression_level"}
+_PROTOCOL_PARAMS = {
+    "query",
+    "database",
+    "session_id",
+    "session_timeout",
+    "session_check",
+    "query_id",
+    "default_format",
+    "compress",
+    "decompress",
+    "enable_http_compression",
+    "wait_end_of_query",
+    "client_protocol_version",
+    "send_progress_in_http_headers",
+    "http_headers_progress_interval_ms",
+    "user",
+    "password",
+    "quota_key",
+    "buffer_size",
+    "http_zlib_compression_level",
+}
 
 
 def _decode_body(body: bytes, encoding: str | None) -> bytes:
@@ -63,12 +80,20 @@ def _decode_body(body: bytes, encoding: str | None) -> bytes:
 
 
 def _setting_value(value: str) -> str:
-    return value if re.fullmatch(r"-?\d+(\.\d+)?", value) else "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return (
+        value if re.fullmatch(r"-?\d+(\.\d+)?", value) else "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    )
 
 
 class ChdbHttpServer:
-    def __init__(self, path: str, host: str = "127.0.0.1", port: int = 0, insert_delay_s: float = 0.0,
-                 certfile: str | None = None):
+    def __init__(
+        self,
+        path: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        insert_delay_s: float = 0.0,
+        certfile: str | None = None,
+    ):
         import chdb.session
 
         self.insert_delay_s = insert_delay_s  # a slow ClickHouse, for tests of the workers' behaviour
@@ -76,6 +101,7 @@ class ChdbHttpServer:
         self.session = chdb.session.Session(path)
         self.lock = threading.Lock()  # one chDB session: one statement at a time
         self.spool = tempfile.mkdtemp(prefix="chdb-http-")
+        self.host = host
         self.httpd = ThreadingHTTPServer((host, port), self._handler())
         self.scheme = "http"
         if certfile:  # HTTPS, as a ClickHouse server with TLS (certificate and key in one PEM file)
@@ -91,7 +117,7 @@ class ChdbHttpServer:
 
     @property
     def url(self) -> str:
-        return f"{self.scheme}://{self.httpd.server_address[0]}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     def start(self) -> ChdbHttpServer:
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -114,14 +140,18 @@ class ChdbHttpServer:
         with self.lock:
             if insert:
                 statement, fmt = insert.groups()
-                data = text[len(insert.group(0).encode()):]
-                settings = ", ".join(f"{k} = {_setting_value(v)}" for k, v in params.items()
-                                     if k not in _PROTOCOL_PARAMS and not k.startswith("param_"))
+                data = text[len(insert.group(0).encode()) :]
+                settings = ", ".join(
+                    f"{k} = {_setting_value(v)}"
+                    for k, v in params.items()
+                    if k not in _PROTOCOL_PARAMS and not k.startswith("param_")
+                )
                 spool = os.path.join(self.spool, f"insert-{threading.get_ident()}")
                 with open(spool, "wb") as out:
                     out.write(data)
-                self.session.query(f"{statement} FROM INFILE '{spool}'"
-                                   f"{' SETTINGS ' + settings if settings else ''} FORMAT {fmt}")
+                self.session.query(
+                    f"{statement} FROM INFILE '{spool}'{' SETTINGS ' + settings if settings else ''} FORMAT {fmt}"
+                )
                 return b"", fmt
             sql = text.decode()
             match = _TRAILING_FORMAT.search(sql)
@@ -146,8 +176,11 @@ class ChdbHttpServer:
                 self._handle(b"")
 
             def do_POST(self) -> None:
-                body = self._read_chunked() if self.headers.get("Transfer-Encoding", "").lower() == "chunked" \
+                body = (
+                    self._read_chunked()
+                    if self.headers.get("Transfer-Encoding", "").lower() == "chunked"
                     else self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                )
                 try:
                     body = _decode_body(body, self.headers.get("Content-Encoding"))
                 except ValueError as exc:
@@ -170,9 +203,18 @@ class ChdbHttpServer:
                 except Exception as exc:  # noqa: BLE001 - every engine error goes back to the client
                     message = str(exc)
                     code = _ERROR_CODE.search(message)
-                    return self._reply(500, message.encode(), {"X-ClickHouse-Exception-Code": code.group(1) if code else "1000"})
-                self._reply(200, output, {"X-ClickHouse-Format": fmt, "X-ClickHouse-Timezone": "UTC",
-                                          "X-ClickHouse-Summary": json.dumps({"read_rows": "0", "written_rows": "0"})})
+                    return self._reply(
+                        500, message.encode(), {"X-ClickHouse-Exception-Code": code.group(1) if code else "1000"}
+                    )
+                self._reply(
+                    200,
+                    output,
+                    {
+                        "X-ClickHouse-Format": fmt,
+                        "X-ClickHouse-Timezone": "UTC",
+                        "X-ClickHouse-Summary": json.dumps({"read_rows": "0", "written_rows": "0"}),
+                    },
+                )
 
             def _reply(self, status: int, payload: bytes, headers: dict[str, str]) -> None:
                 self.send_response(status)
@@ -205,14 +247,26 @@ class ChdbServerProcess:
     def start(self, timeout: float = 60.0) -> ChdbServerProcess:
         self.port = self.port or free_port()
         ensure_port_free("127.0.0.1", self.port)
-        log = open(self.log_path or os.devnull, "ab")  # noqa: SIM115
-        self.process = subprocess.Popen([self.python, "-m", "devstack.chdb_server", "--path", self.path,
-                                         "--port", str(self.port), "--insert-delay", str(self.insert_delay_s),
-                                         *(["--certfile", self.certfile] if self.certfile else [])],
-                                        stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                        start_new_session=True)  # a terminal's Ctrl-C is for our parent, which
-        # stops the workers first and this server after them
+        with open(self.log_path or os.devnull, "ab") as log:  # the child keeps its own descriptor
+            self.process = subprocess.Popen(
+                [
+                    self.python,
+                    "-m",
+                    "devstack.chdb_server",
+                    "--path",
+                    self.path,
+                    "--port",
+                    str(self.port),
+                    "--insert-delay",
+                    str(self.insert_delay_s),
+                    *(["--certfile", self.certfile] if self.certfile else []),
+                ],
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                start_new_session=True,  # a terminal's Ctrl-C is for our parent, which stops the workers first
+            )
         deadline = time.monotonic() + timeout
         while True:
             try:

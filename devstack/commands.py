@@ -20,8 +20,12 @@ from pipeline.config import Settings
 @click.option("--rate", "-r", default=0, show_default=True, help="Events per second (0: as fast as possible)")
 @click.option("--invalid-share", default=0.02, show_default=True, help="Share of invalid events")
 @click.option("--seed", default=7, show_default=True)
-@click.option("--via-collector", metavar="URL", help="Post the events to the HTTP collector at URL (e.g. "
-              "http://127.0.0.1:8081, what `dev` prints) in batches of 100, instead of producing them to Kafka")
+@click.option(
+    "--via-collector",
+    metavar="URL",
+    help="Post the events to the HTTP collector at URL (e.g. "
+    "http://127.0.0.1:8081, what `dev` prints) in batches of 100, instead of producing them to Kafka",
+)
 def produce(count: int, rate: int, invalid_share: float, seed: int, via_collector: str | None) -> None:
     """Produce realistic SDK telemetry events (the load generator)."""
     from devstack.http_load import post
@@ -30,18 +34,31 @@ def produce(count: int, rate: int, invalid_share: float, seed: int, via_collecto
 
     settings = Settings.load()
     generator = EventGenerator(seed=seed, invalid_share=invalid_share)
-    with Progress(TextColumn("posting" if via_collector else "producing"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.speed} ev/s"), TimeRemainingColumn(), console=console) as progress:
+    with Progress(
+        TextColumn("posting" if via_collector else "producing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.speed} ev/s"),
+        TimeRemainingColumn(),
+        console=console,
+    ) as progress:
         task = progress.add_task("produce", total=count)
         if via_collector:
-            counts = post(via_collector, generator.events(count), max_event_bytes=settings.max_event_bytes, rate=rate,
-                          progress=lambda n: progress.advance(task, n))
+            counts = post(
+                via_collector,
+                generator.events(count),
+                max_event_bytes=settings.max_event_bytes,
+                rate=rate,
+                progress=lambda n: progress.advance(task, n),
+            )
         else:
             ends = send(settings, generator.events(count), rate=rate, progress=lambda n: progress.advance(task, n))
     if via_collector:
-        console.print(f"posted to {via_collector}: {counts['accepted']:,} accepted, {counts['failed']:,} refused or "
-                      f"unanswered, {counts['skipped']:,} not sent (empty or larger than KERN_MAX_EVENT_BYTES: an SDK "
-                      f"client drops those itself)" + (", then told to stop sending" if counts["stopped"] else ""))
+        console.print(
+            f"posted to {via_collector}: {counts['accepted']:,} accepted, {counts['failed']:,} refused or "
+            f"unanswered, {counts['skipped']:,} not sent (empty or larger than KERN_MAX_EVENT_BYTES: an SDK "
+            f"client drops those itself)" + (", then told to stop sending" if counts["stopped"] else "")
+        )
     else:
         console.print(f"produced {sum(ends.values()):,} records to {settings.topic} (partition end offsets {ends})")
 
@@ -51,10 +68,12 @@ def produce(count: int, rate: int, invalid_share: float, seed: int, via_collecto
 @click.option("--port", default=9092, show_default=True, help="Broker port (a free one if taken)")
 @click.option("--clickhouse-port", default=8123, show_default=True, help="ClickHouse HTTP port (a free one if taken)")
 @click.option("--refresh", default=10.0, show_default=True, help="Seconds between dashboard refreshes")
-@click.option("--page-port", default=8090, show_default=True, help="Port of the page of live charts (a free one if "
-              "taken)")
-@click.option("--collector-port", default=8081, show_default=True, help="Port of the HTTP collector (a free one if "
-              "taken)")
+@click.option(
+    "--page-port", default=8090, show_default=True, help="Port of the page of live charts (a free one if taken)"
+)
+@click.option(
+    "--collector-port", default=8081, show_default=True, help="Port of the HTTP collector (a free one if taken)"
+)
 def dev(rate: int, port: int, clickhouse_port: int, refresh: float, page_port: int, collector_port: int) -> None:
     """Everything embedded: Tansu broker, chDB, topics, schema, worker, load generator, dashboard, and a
     page of live charts on loopback; an HTTP collector in its own process that `produce --via-collector`
@@ -69,7 +88,7 @@ def dev(rate: int, port: int, clickhouse_port: int, refresh: float, page_port: i
     from devstack.dashboard import DevDashboard
     from devstack.page import PageServer
     from devstack.processes import CollectorProcess, ensure_port_free, free_port
-    from pipeline.app import create_app, run
+    from pipeline.app import create_app, run, start_with
     from pipeline.kafka import create_topics
 
     settings = Settings.load()
@@ -82,32 +101,51 @@ def dev(rate: int, port: int, clickhouse_port: int, refresh: float, page_port: i
         running.callback(broker.stop)
         clickhouse = _first_that_starts(*(ChdbServerProcess(str(data), port=p) for p in (clickhouse_port, free_port())))
         running.callback(clickhouse.stop)
-        settings = Settings.load(bootstrap_servers=broker.bootstrap_servers, clickhouse_dsn=clickhouse.url,
-                                 hash_secret=settings.hash_secret or _dev_secret())
+        settings = Settings.load(
+            bootstrap_servers=broker.bootstrap_servers,
+            clickhouse_dsn=clickhouse.url,
+            hash_secret=settings.hash_secret or _dev_secret(),
+        )
         create_topics(settings)
-        console.print(f"[bold]embedded stack[/bold]: broker {broker.bootstrap_servers}, ClickHouse {clickhouse.url} "
-                      f"(data in {clickhouse.path}), topic {settings.topic}, "
-                      f"health http://{settings.web_host}:{settings.web_port}/health\n"
-                      f"query it meanwhile: KERN_CLICKHOUSE_DSN={clickhouse.url} kern-telemetry query --report quality")
+        console.print(
+            f"[bold]embedded stack[/bold]: broker {broker.bootstrap_servers}, ClickHouse {clickhouse.url} "
+            f"(data in {clickhouse.path}), topic {settings.topic}, "
+            f"health http://{settings.web_host}:{settings.web_port}/health\n"
+            f"query it meanwhile: KERN_CLICKHOUSE_DSN={clickhouse.url} kern-telemetry query --report quality"
+        )
         collector_env = {"KERN_BOOTSTRAP_SERVERS": settings.bootstrap_servers, "KERN_TOPIC": settings.topic}
-        collector = _first_that_starts(*(CollectorProcess(collector_env, Path(".kern").absolute(), web_port=p)
-                                         for p in (collector_port, free_port())))
+        collector = _first_that_starts(
+            *(
+                CollectorProcess(collector_env, Path(".kern").absolute(), web_port=p)
+                for p in (collector_port, free_port())
+            )
+        )
         running.callback(collector.stop)
-        console.print(f"[bold]collector[/bold]: POST {collector.url}/v1/events (log {collector.log_path}); load "
-                      f"through it: kern-telemetry produce --via-collector {collector.url}")
+        console.print(
+            f"[bold]collector[/bold]: POST {collector.url}/v1/events (log {collector.log_path}); load "
+            f"through it: kern-telemetry produce --via-collector {collector.url}"
+        )
         app = create_app(settings)
         try:
             ensure_port_free("127.0.0.1", page_port)
         except OSError:
             page_port = free_port()
         access_log = Path(".kern/page-access.log").absolute()
-        page = PageServer(settings, "127.0.0.1", page_port, data_since_s=started, access_log=access_log,
-                          loop=app.loop, beacon=app.beacon)
+        page = PageServer(
+            settings,
+            "127.0.0.1",
+            page_port,
+            data_since_s=started,
+            access_log=access_log,
+            loop=app.loop,
+            beacon=app.beacon,
+        )
         console.print(f"[bold]page[/bold]: {page.url} (every panel, live; access log {access_log})")
-        app.service(page)
-        app.service(DevDashboard(settings, rate=rate, refresh=refresh, console=console, loop=app.loop,
-                                 beacon=app.beacon))
-        run(app)
+        start_with(app, page)
+        start_with(
+            app, DevDashboard(settings, rate=rate, refresh=refresh, console=console, loop=app.loop, beacon=app.beacon)
+        )
+        run(app, settings.log_level)
 
 
 def _fresh(path: Path) -> Path:
@@ -116,8 +154,9 @@ def _fresh(path: Path) -> Path:
         previous = path.with_name(path.name + ".previous")
         shutil.rmtree(previous, ignore_errors=True)
         path.rename(previous)
-        console.print(f"ClickHouse starts empty with the broker (its log is in memory): the previous run's data is "
-                      f"in {previous}")
+        console.print(
+            f"ClickHouse starts empty with the broker (its log is in memory): the previous run's data is in {previous}"
+        )
     return path
 
 

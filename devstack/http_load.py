@@ -17,8 +17,16 @@ from kern_telemetry_client.transport import BATCH_SIZE
 RETRY_PAUSE_S = 0.5  # the least pause before posting a batch again (no connection, 429, 503)
 
 
-def post(url: str, values: Iterable[bytes], *, max_event_bytes: int, rate: float = 0, token: str | None = None,
-         stop: threading.Event | None = None, progress: Callable[[int], None] | None = None) -> Counter:
+def post(
+    url: str,
+    values: Iterable[bytes],
+    *,
+    max_event_bytes: int,
+    rate: float = 0,
+    token: str | None = None,
+    stop: threading.Event | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Counter:
     """Post `values` to the collector at `url` in batches of BATCH_SIZE NDJSON lines, each batch posted again
     while the answer says nothing was written. Returns the counts: `accepted`; `failed` (refused, or no
     answer); `skipped`: values a batch cannot carry (empty, holding a newline, or larger than
@@ -31,8 +39,9 @@ def post(url: str, values: Iterable[bytes], *, max_event_bytes: int, rate: float
         while (batch := list(itertools.islice(values, BATCH_SIZE))) and not (stop and stop.is_set()):
             records = [value for value in batch if value and len(value) <= max_event_bytes and b"\n" not in value]
             counts["skipped"] += len(batch) - len(records)
-            while records and not channel.send(records, lambda _: counts.update(("accepted",)),
-                                               lambda _: counts.update(("failed",))):
+            while records and not channel.send(
+                records, lambda _: counts.update(("accepted",)), lambda _: counts.update(("failed",))
+            ):
                 if channel.retry_after == math.inf:
                     counts["stopped"] += len(records)
                     return counts

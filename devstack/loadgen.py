@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from types import SimpleNamespace
+from typing import Any
 
 import msgspec
 from kern_telemetry_client import payloads
@@ -31,15 +32,31 @@ MODELS = {
     "aws": ("AwsBedrock", ["us.anthropic.claude-sonnet-4-5-v1:0", "amazon.nova-pro-v1:0"]),
     "azure": ("AzureOpenAI", ["gpt-4.1", "gpt-4o"]),
 }
-PROVIDER_WEIGHTS = {"openai": 45, "anthropic": 20, "google": 12, "groq": 5, "ollama": 6, "mistral": 3, "aws": 5, "azure": 4}
+PROVIDER_WEIGHTS = {
+    "openai": 45,
+    "anthropic": 20,
+    "google": 12,
+    "groq": 5,
+    "ollama": 6,
+    "mistral": 3,
+    "aws": 5,
+    "azure": 4,
+}
 DB_TYPES = ["PostgresDb", "SqliteDb", "MongoDb", "RedisDb", "InMemoryDb", "DynamoDb", None]
 DB_WEIGHTS = [35, 30, 8, 5, 10, 2, 10]
 SDK_VERSIONS = ["2.0.11", "2.1.4", "2.2.7", "2.3.2", "2.3.9", "2.4.0", "2.4.1"]
 SDK_WEIGHTS = [4, 8, 12, 18, 20, 18, 20]
 KIND_WEIGHTS = {"agent": 72, "team": 14, "workflow": 10, "os": 4}
 INTERFACES = ["slack", "whatsapp", "a2a", "agui"]
-AGENT_FLAGS = {"has_tools": 0.6, "has_memory": 0.3, "has_reasoning": 0.2, "has_knowledge": 0.25,
-               "has_input_schema": 0.05, "has_output_schema": 0.15, "has_team": 0.1}
+AGENT_FLAGS = {
+    "has_tools": 0.6,
+    "has_memory": 0.3,
+    "has_reasoning": 0.2,
+    "has_knowledge": 0.25,
+    "has_input_schema": 0.05,
+    "has_output_schema": 0.15,
+    "has_team": 0.1,
+}
 NEW_SDK_FLAGS = {"has_learnings": 0.1, "has_culture": 0.05}  # only sent by 2.4.x SDKs
 TEAM_FLAGS = {"has_knowledge": 0.2, "has_tools": 0.5, "has_learnings": 0.05}
 
@@ -51,15 +68,25 @@ class Step(SimpleNamespace):
     """Stand-ins for the SDK's workflow step classes (the client knows them by their class names)."""
 
 
-Steps, Parallel, Condition, Loop, Router = (type(name, (SimpleNamespace,), {})
-                                            for name in ("Steps", "Parallel", "Condition", "Loop", "Router"))
+Steps, Parallel, Condition, Loop, Router = (
+    type(name, (SimpleNamespace,), {}) for name in ("Steps", "Parallel", "Condition", "Loop", "Router")
+)
 #: Workflow steps by kind, with their weights: mostly agents, then teams, functions and control flow.
-STEP_WEIGHTS = {"agent": 50, "team": 10, "function": 20, "parallel": 8, "condition": 5, "loop": 4, "router": 2,
-                "steps": 1}
+STEP_WEIGHTS = {
+    "agent": 50,
+    "team": 10,
+    "function": 20,
+    "parallel": 8,
+    "condition": 5,
+    "loop": 4,
+    "router": 2,
+    "steps": 1,
+}
 
 
 def _invalid_events(rng: random.Random) -> list[Callable[[], bytes]]:
     """Makers of invalid events, one per DLQ class the pipeline must catch."""
+
     def sid() -> str:
         return uuid.UUID(int=rng.getrandbits(128)).hex
 
@@ -86,9 +113,17 @@ class EventGenerator:
     skewed popularity: a few configurations send most events, as in real traffic. The pool size bounds
     the distinct dimension sets (about 10,000 by default)."""
 
-    def __init__(self, seed: int = 7, invalid_share: float = 0.02, profiles: int = DEFAULT_PROFILES,
-                 timestamp_share: float = 0.1, report_share: float = 0.002, private_share: float = 0.005,
-                 installations: int = DEFAULT_INSTALLATIONS, runs_per_session: float = 1.0):
+    def __init__(
+        self,
+        seed: int = 7,
+        invalid_share: float = 0.02,
+        profiles: int = DEFAULT_PROFILES,
+        timestamp_share: float = 0.1,
+        report_share: float = 0.002,
+        private_share: float = 0.005,
+        installations: int = DEFAULT_INSTALLATIONS,
+        runs_per_session: float = 1.0,
+    ):
         """`runs_per_session`: 1 gives every event a session of its own (the worst case for distinct
         sessions); more draws events from a pool of open sessions, each closing after that many runs on
         average, as SDK sessions (a chat, a job) carry several runs."""
@@ -125,8 +160,13 @@ class EventGenerator:
         """A valid event with fresh identifiers, from a randomly picked profile."""
         rng = self.rng
         kind, sdk, data, id_field = rng.choices(self._profiles, cum_weights=self._cum_weights)[0]
-        event = {"session_id": self._session(), "run_id": self._id(), "sdk_version": sdk, "type": kind,
-                 "data": dict(data)}
+        event: dict[str, Any] = {
+            "session_id": self._session(),
+            "run_id": self._id(),
+            "sdk_version": sdk,
+            "type": kind,
+            "data": dict(data),
+        }
         if sdk != SDK_VERSIONS[0]:
             event["installation"] = self._installations[rng.randrange(len(self._installations))]
         event["data"][id_field] = self._id()
@@ -146,8 +186,11 @@ class EventGenerator:
         """What a client reports it dropped since its last report (most reports carry one reason)."""
         rng = self.rng
         dropped = {reason: rng.randint(1, 200) for reason in rng.sample(DROP_REASONS, rng.choice((1, 1, 1, 2)))}
-        return {"type": "client_report", "sdk_version": rng.choices(SDK_VERSIONS, SDK_WEIGHTS)[0],
-                "data": {"dropped": dropped}}
+        return {
+            "type": "client_report",
+            "sdk_version": rng.choices(SDK_VERSIONS, SDK_WEIGHTS)[0],
+            "data": {"dropped": dropped},
+        }
 
     def _profile(self) -> tuple[str, str, dict, str]:
         rng = self.rng
@@ -156,14 +199,24 @@ class EventGenerator:
         if kind == "os" and sdk == SDK_VERSIONS[0]:
             return kind, sdk, {}, "os_id"  # the oldest SDK sends no configuration
         if kind == "os":
-            return kind, sdk, {"agent_count": rng.randint(1, 12), "team_count": rng.randint(0, 3),
-                               "workflow_count": rng.randint(0, 2),
-                               "interfaces": sorted(rng.sample(INTERFACES, rng.randint(0, 2))),
-                               "db_types": sorted({rng.choices(DB_TYPES[:-1], DB_WEIGHTS[:-1])[0]
-                                                   for _ in range(rng.randint(1, 2))})}, "os_id"
+            return (
+                kind,
+                sdk,
+                {
+                    "agent_count": rng.randint(1, 12),
+                    "team_count": rng.randint(0, 3),
+                    "workflow_count": rng.randint(0, 2),
+                    "interfaces": sorted(rng.sample(INTERFACES, rng.randint(0, 2))),
+                    "db_types": sorted(
+                        {rng.choices(DB_TYPES[:-1], DB_WEIGHTS[:-1])[0] for _ in range(rng.randint(1, 2))}
+                    ),
+                },
+                "os_id",
+            )
         if kind in ("team", "workflow"):
-            built = payloads.run_event(kind, self._team() if kind == "team" else self._workflow(), None, None, sdk,
-                                       _IDS)["data"]
+            built = payloads.run_event(
+                kind, self._team() if kind == "team" else self._workflow(), None, None, sdk, _IDS
+            )["data"]
             if sdk == SDK_VERSIONS[0]:  # the oldest SDK predates coordination and orchestration patterns
                 for field in ("coordination", "member_team_count", "step_count", "step_kinds", "nesting_depth"):
                     built.pop(field, None)
@@ -195,10 +248,14 @@ class EventGenerator:
         members = [self._agent() for _ in range(rng.choices([2, 3, 4, 5, 8, 12], [30, 30, 15, 10, 10, 5])[0])]
         if depth < 2 and rng.random() < (0.15 if depth == 0 else 0.2):
             members[0] = self._team(depth + 1)
-        team = SimpleNamespace(members=members, model=self._model_object(), db=self._db(),
-                               tools=[print] if rng.random() < TEAM_FLAGS["has_tools"] else None,
-                               knowledge=object() if rng.random() < TEAM_FLAGS["has_knowledge"] else None,
-                               learning=object() if rng.random() < TEAM_FLAGS["has_learnings"] else None)
+        team = SimpleNamespace(
+            members=members,
+            model=self._model_object(),
+            db=self._db(),
+            tools=[print] if rng.random() < TEAM_FLAGS["has_tools"] else None,
+            knowledge=object() if rng.random() < TEAM_FLAGS["has_knowledge"] else None,
+            learning=object() if rng.random() < TEAM_FLAGS["has_learnings"] else None,
+        )
         style = rng.choices(["coordinate", "route", "collaborate", "v1"], [50, 25, 15, 10])[0]
         if style == "route":
             team.respond_directly = True
@@ -214,8 +271,10 @@ class EventGenerator:
         rng = self.rng
         if rng.random() < 0.05:
             return SimpleNamespace(db=self._db(), steps=print)
-        return SimpleNamespace(db=self._db(), steps=[self._step(0) for _ in range(rng.choices(
-            range(1, 9), [10, 25, 25, 15, 10, 7, 5, 3])[0])])
+        return SimpleNamespace(
+            db=self._db(),
+            steps=[self._step(0) for _ in range(rng.choices(range(1, 9), [10, 25, 25, 15, 10, 7, 5, 3])[0])],
+        )
 
     def _step(self, depth: int) -> object:
         rng = self.rng

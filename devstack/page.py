@@ -15,18 +15,33 @@ import asyncio
 import calendar
 import logging
 import time
-from datetime import datetime, timezone
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import click
 import mode
 from aiohttp import web
+from clickhouse_connect.driver.exceptions import Error as ClickHouseError
 
 from pipeline import render
 from pipeline.clickhouse import connect
 from pipeline.config import Settings
-from pipeline.panels import (BREAKDOWNS, BY_NAME, DEFAULT_RANGE_S, FILTERS, PANELS, SHARE, TIME_SERIES, Panel,
-                             Selection, Window, interval_label, options_statement)
+from pipeline.panels import (
+    BREAKDOWNS,
+    BY_NAME,
+    DEFAULT_RANGE_S,
+    FILTERS,
+    PANELS,
+    SHARE,
+    TIME_SERIES,
+    Panel,
+    Selection,
+    Window,
+    interval_label,
+    options_statement,
+)
 from tables.ddl import SchemaOptions
 
 WEB = Path(__file__).with_name("web")
@@ -42,7 +57,7 @@ def _x(value) -> int | str:
 
 def _epoch(text: str) -> int:
     moment = datetime.fromisoformat(text)
-    return int((moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp())
+    return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp())
 
 
 def window_of(query) -> Window:
@@ -59,8 +74,9 @@ def window_of(query) -> Window:
 
 def selection_of(query) -> Selection:
     try:
-        return Selection.parse(((f.name, value) for f in FILTERS for value in query.getall(f.name, ())),
-                               query.get("by"))
+        return Selection.parse(
+            ((f.name, value) for f in FILTERS for value in query.getall(f.name, ())), query.get("by")
+        )
     except ValueError as exc:
         raise web.HTTPBadRequest(text=str(exc)) from None
 
@@ -72,8 +88,9 @@ def axis_title(panel: Panel, window: Window) -> str:
     return f"{panel.measure} per {interval_label(window.interval)}" if panel.chart == TIME_SERIES else panel.measure
 
 
-def create_app(settings: Settings, refresh_s: float = PAGE_REFRESH_S, data_since_s: float | None = None
-               ) -> web.Application:
+def create_app(
+    settings: Settings, refresh_s: float = PAGE_REFRESH_S, data_since_s: float | None = None
+) -> web.Application:
     """`data_since_s`: when the data began (the embedded stack's start: its ClickHouse starts empty with
     its broker), said on the page; its first buckets are partial."""
     client = None
@@ -82,7 +99,7 @@ def create_app(settings: Settings, refresh_s: float = PAGE_REFRESH_S, data_since
     options: dict[str, list] = {}
     options_at = -OPTIONS_TTL_S
 
-    def run(panel: Panel, window: Window, selection: Selection) -> tuple[tuple, list]:
+    def run(panel: Panel, window: Window, selection: Selection) -> tuple[Sequence[str], Sequence[Sequence]]:
         nonlocal client
         client = client or connect(settings)
         statement = panel.statement(database, window, selection)
@@ -96,25 +113,48 @@ def create_app(settings: Settings, refresh_s: float = PAGE_REFRESH_S, data_since
             for f in FILTERS:
                 try:
                     options[f.name] = [row[0] for row in client.query(options_statement(f, database)).result_rows]
-                except Exception:  # no table yet: no options, the filter still works from the address
+                except ClickHouseError:  # no table yet: no options, the filter still works from the address
                     options[f.name] = []
             options_at = time.monotonic()
-        filters = [{"name": f.name, "label": f.label, "options": options[f.name],
-                    "selected": list(selection.filters.get(f.name, ()))} for f in FILTERS]
+        filters = [
+            {
+                "name": f.name,
+                "label": f.label,
+                "options": options[f.name],
+                "selected": list(selection.filters.get(f.name, ())),
+            }
+            for f in FILTERS
+        ]
         answers = []
         for panel in PANELS:
-            answer = {"name": panel.name, "title": panel.title, "description": panel.description,
-                      "chart": panel.chart, "unit": panel.unit, "axis": axis_title(panel, window),
-                      "drill": panel.drill(selection), "notes": panel.notes(selection, window, retention)}
+            answer: dict[str, Any] = {
+                "name": panel.name,
+                "title": panel.title,
+                "description": panel.description,
+                "chart": panel.chart,
+                "unit": panel.unit,
+                "axis": axis_title(panel, window),
+                "drill": panel.drill(selection),
+                "notes": panel.notes(selection, window, retention),
+            }
             try:
                 answer["rows"] = [[_x(x), series, value] for x, series, value in run(panel, window, selection)[1]]
-            except Exception as exc:  # one failing panel says why in its card; the others still draw
+            except ClickHouseError as exc:  # one failing panel says why in its card; the others still draw
                 answer["error"] = str(exc).splitlines()[0]
             answers.append(answer)
-        return {"from_ms": window.start * 1000, "to_ms": window.end * 1000, "now_ms": int(time.time() * 1000),
-                "interval_s": window.interval, "interval": interval_label(window.interval), "refresh_s": refresh_s,
-                "data_since_ms": None if data_since_s is None else int(data_since_s * 1000),
-                "filters": filters, "breakdowns": BREAKDOWNS, "by": selection.by, "panels": answers}
+        return {
+            "from_ms": window.start * 1000,
+            "to_ms": window.end * 1000,
+            "now_ms": int(time.time() * 1000),
+            "interval_s": window.interval,
+            "interval": interval_label(window.interval),
+            "refresh_s": refresh_s,
+            "data_since_ms": None if data_since_s is None else int(data_since_s * 1000),
+            "filters": filters,
+            "breakdowns": BREAKDOWNS,
+            "by": selection.by,
+            "panels": answers,
+        }
 
     async def panels(request: web.Request) -> web.Response:
         window, selection = window_of(request.query), selection_of(request.query)
@@ -131,8 +171,11 @@ def create_app(settings: Settings, refresh_s: float = PAGE_REFRESH_S, data_since
             columns, rows = await asyncio.to_thread(run, panel, window, selection)
         columns = columns or ("time" if panel.chart == TIME_SERIES else "label", "series", "value")
         name = f"kern-{panel.name}-{time.strftime('%Y%m%dT%H%M', time.gmtime(window.start))}.csv"
-        return web.Response(text=render.to_csv(columns, rows), content_type="text/csv",
-                            headers={"Content-Disposition": f'attachment; filename="{name}"'})
+        return web.Response(
+            text=render.to_csv(columns, rows),
+            content_type="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
 
     async def index(request: web.Request) -> web.FileResponse:
         return web.FileResponse(WEB / "index.html")
@@ -158,8 +201,16 @@ def access_logger(path: Path) -> logging.Logger:
 class PageServer(mode.Service):
     """The page as a service of the `dev` app (its event loop, started and stopped with it)."""
 
-    def __init__(self, settings: Settings, host: str, port: int, refresh_s: float = PAGE_REFRESH_S,
-                 data_since_s: float | None = None, access_log: Path | None = None, **kwargs):
+    def __init__(
+        self,
+        settings: Settings,
+        host: str,
+        port: int,
+        refresh_s: float = PAGE_REFRESH_S,
+        data_since_s: float | None = None,
+        access_log: Path | None = None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.settings, self.host, self.port, self.refresh_s = settings, host, port, refresh_s
         self.data_since_s, self.access_log = data_since_s, access_log
@@ -170,9 +221,11 @@ class PageServer(mode.Service):
         return f"http://{self.host}:{self.port}/"
 
     async def on_start(self) -> None:
-        self._runner = web.AppRunner(create_app(self.settings, self.refresh_s, self.data_since_s),
-                                     access_log=access_logger(self.access_log) if self.access_log else None,
-                                     access_log_format=ACCESS_LOG_FORMAT)
+        self._runner = web.AppRunner(
+            create_app(self.settings, self.refresh_s, self.data_since_s),
+            access_log=access_logger(self.access_log) if self.access_log else None,
+            access_log_format=ACCESS_LOG_FORMAT,
+        )
         await self._runner.setup()
         await web.TCPSite(self._runner, self.host, self.port).start()
 
@@ -188,9 +241,14 @@ class PageServer(mode.Service):
 @click.option("--access-log", type=click.Path(path_type=Path), help="Write the access log to this file")
 def main(host: str, port: int, refresh: float, access_log: Path | None) -> None:
     """Serve the panels page over the ClickHouse of the KERN_* settings."""
-    web.run_app(create_app(Settings.load(), refresh), host=host, port=port,
-                access_log=access_logger(access_log) if access_log else None, access_log_format=ACCESS_LOG_FORMAT,
-                print=lambda _: click.echo(f"page: http://{host}:{port}/"))
+    web.run_app(
+        create_app(Settings.load(), refresh),
+        host=host,
+        port=port,
+        access_log=access_logger(access_log) if access_log else None,
+        access_log_format=ACCESS_LOG_FORMAT,
+        print=lambda _: click.echo(f"page: http://{host}:{port}/"),
+    )
 
 
 if __name__ == "__main__":

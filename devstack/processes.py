@@ -100,8 +100,12 @@ class ServiceProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.cli", self.COMMAND], env=env, cwd=self.workdir,
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                [sys.executable, "-m", "pipeline.cli", self.COMMAND],
+                env=env,
+                cwd=self.workdir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
             )
         return self
 
@@ -118,8 +122,9 @@ class ServiceProcess:
         with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as response:
             return response.read().decode()
 
-    def wait_health(self, predicate: Callable[[dict], bool], timeout: float = 60.0,
-                    what: str = "the awaited health") -> dict:
+    def wait_health(
+        self, predicate: Callable[[dict], bool], timeout: float = 60.0, what: str = "the awaited health"
+    ) -> dict:
         """Poll `/health` until `predicate(report)` holds; fails if the process exits or time runs out."""
         deadline = time.monotonic() + timeout
         report = None
@@ -129,8 +134,9 @@ class ServiceProcess:
             if report and predicate(report):
                 return report
             time.sleep(0.05)
-        raise TimeoutError(f"{self.name}: {what} did not come in {timeout:.0f} s; last health {report}; "
-                           f"log {self.log_path}")
+        raise TimeoutError(
+            f"{self.name}: {what} did not come in {timeout:.0f} s; last health {report}; log {self.log_path}"
+        )
 
     def assert_running(self) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -210,8 +216,8 @@ def wait_flushed_together(workers: list[WorkerProcess], end_offsets: dict[int, i
     while True:
         for worker in workers:
             worker.assert_running()
-        reports = [worker.health() for worker in workers]
-        if all(reports) and reached(reports, end_offsets):
+        reports = [report for worker in workers if (report := worker.health())]
+        if len(reports) == len(workers) and reached(reports, end_offsets):
             return reports
         if time.monotonic() > deadline:
             raise TimeoutError(f"flushed {flushed_offsets(reports)}, expected {end_offsets}")

@@ -76,7 +76,8 @@ _U64 = struct.Struct("<Q")
 
 def _digests(keyed, texts: Iterable[str]) -> list[int]:
     """The 64-bit keyed digests of `texts`. Once per session and flush: kept tight."""
-    copy, unpack, digests = keyed.copy, _U64.unpack, []
+    copy, unpack = keyed.copy, _U64.unpack
+    digests: list[int] = []
     append = digests.append
     for text in texts:
         hasher = copy()

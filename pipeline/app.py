@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import faust
+import mode
 from faust.app.base import BootStrategy
 
 from agents.rollup import RollupAgent
@@ -34,8 +35,7 @@ def create_app(settings: Settings) -> faust.App:
     )
     app.boot_strategy = BootStrategy(app, enable_kafka=False)
     health = Health.from_settings(settings)
-    app.rollup_agent = RollupAgent(settings, health=health, loop=app.loop, beacon=app.beacon)
-    app.service(app.rollup_agent)
+    start_with(app, RollupAgent(settings, health=health, loop=app.loop, beacon=app.beacon))
 
     @app.page("/health")
     async def health_view(web, request):
@@ -48,7 +48,12 @@ def create_app(settings: Settings) -> faust.App:
     return app
 
 
-def run(app: faust.App) -> None:
+def start_with(app: faust.App, service: mode.Service) -> None:
+    """Start `service` once the app has started (its web server first: `/health` answers while the service
+    waits for ClickHouse or the broker), and stop it with the app."""
+    app.service(service)  # type: ignore[arg-type]  # annotated for a class; faust starts instances too
+
+
+def run(app: faust.App, log_level: str) -> None:
     """Run the worker in this process until SIGTERM or SIGINT (then it flushes and exits)."""
-    settings = app.rollup_agent.settings
-    faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False).execute_from_commandline()
+    faust.Worker(app, loglevel=log_level, quiet=True, redirect_stdouts=False).execute_from_commandline()

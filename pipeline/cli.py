@@ -8,7 +8,8 @@ import re
 import shutil
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import ClassVar
 
 import click
 from rich.console import Console
@@ -22,8 +23,11 @@ class _Commands(click.Group):
     """The runtime's commands, and the dev tooling's, imported by name when one of them runs, so that the
     runtime never imports the dev tooling."""
 
-    LAZY = {"dev": "devstack.commands:dev", "produce": "devstack.commands:produce",
-            "collect": "collector.cli:collect"}
+    LAZY: ClassVar = {
+        "dev": "devstack.commands:dev",
+        "produce": "devstack.commands:produce",
+        "collect": "collector.cli:collect",
+    }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *self.LAZY})
@@ -61,13 +65,17 @@ def init() -> None:
     settings = Settings.load()
     created = create_topics(settings)
     console.print(f"topics created: {', '.join(created) or 'none (they exist)'}")
-    migrate.callback()
+    click.get_current_context().invoke(migrate)
 
 
 @main.command()
 @click.option("--partition", "-p", type=click.IntRange(min=0), required=True, help="Source partition")
-@click.option("--through-offset", type=click.IntRange(min=0), required=True,
-              help="Last offset to skip (inclusive): the worker's /health names it for an undecodable batch")
+@click.option(
+    "--through-offset",
+    type=click.IntRange(min=0),
+    required=True,
+    help="Last offset to skip (inclusive): the worker's /health names it for an undecodable batch",
+)
 @click.option("--reason", required=True, help="Why these records are given up (kept with the skip)")
 @click.option("--topic", help="Source topic (default: KERN_TOPIC)")
 def skip(partition: int, through_offset: int, reason: str, topic: str | None) -> None:
@@ -88,12 +96,16 @@ def skip(partition: int, through_offset: int, reason: str, topic: str | None) ->
     sink = ClickHouseSink(connect(settings), SchemaOptions.from_settings(settings))
     last = sink.last_flush(topic, partition)
     if last is not None and through_offset < last.end_offset:
-        raise click.ClickException(f"{topic} partition {partition} is recorded up to offset {last.end_offset - 1}; "
-                                   f"offset {through_offset} is behind it: nothing to skip")
+        raise click.ClickException(
+            f"{topic} partition {partition} is recorded up to offset {last.end_offset - 1}; "
+            f"offset {through_offset} is behind it: nothing to skip"
+        )
     sink.request_skip(topic, partition, through_offset, reason.strip())
-    console.print(f"requested: skip {topic} partition {partition} through offset {through_offset}. The worker that "
-                  "owns the partition applies it within seconds if it is paused there; its /health then shows the "
-                  "partition resumed, and ingest_ledger the skipped offsets.")
+    console.print(
+        f"requested: skip {topic} partition {partition} through offset {through_offset}. The worker that "
+        "owns the partition applies it within seconds if it is paused there; its /health then shows the "
+        "partition resumed, and ingest_ledger the skipped offsets."
+    )
 
 
 @main.command()
@@ -104,7 +116,7 @@ def worker() -> None:
     settings = Settings.load()
     if problem := settings.hash_secret_problem():
         raise click.UsageError(problem)
-    run(create_app(settings))
+    run(create_app(settings), settings.log_level)
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> int | str | None:
@@ -124,31 +136,61 @@ def _utc(ctx: click.Context, param: click.Parameter, value: str | None) -> int |
     try:
         moment = datetime.fromisoformat(value.strip())
     except ValueError:
-        raise click.BadParameter(f"{value!r}: give a time in ISO 8601, such as 2025-05-12 or 2025-05-12T08:00") \
-            from None
-    return int((moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp())
+        raise click.BadParameter(
+            f"{value!r}: give a time in ISO 8601, such as 2025-05-12 or 2025-05-12T08:00"
+        ) from None
+    return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp())
 
 
 @main.command()
 @click.argument("sql", required=False)
 @click.option("--report", "-r", help="A panel (see --list)")
 @click.option("--list", "list_reports", is_flag=True, help="List the panels, the filters and breakdowns each takes")
-@click.option("--since", default="1h", show_default=True, callback=_duration,
-              help="Time range up to now: 90s, 15m, 6h, 7d, or today (since midnight UTC)")
+@click.option(
+    "--since",
+    default="1h",
+    show_default=True,
+    callback=_duration,
+    help="Time range up to now: 90s, 15m, 6h, 7d, or today (since midnight UTC)",
+)
 @click.option("--from", "start", callback=_utc, help="Start of a range instead (UTC, ISO 8601: 2025-05-12T08:00)")
 @click.option("--to", "end", callback=_utc, help="End of that range (default: now)")
-@click.option("--interval", callback=_duration, help="Time-series bucket: whole minutes, hours or days (default: "
-              "the finest giving at most 120 points)")
-@click.option("--where", "where", multiple=True, metavar="FILTER=VALUE[,VALUE]",
-              help="Filter: kind, provider, model (gpt-4o or 'openai gpt-4o'), sdk (2.4 or 2.4.1), flag (all of: "
-              "tools,memory); repeat for more. Values of one filter: any of them, flags: all of them")
+@click.option(
+    "--interval",
+    callback=_duration,
+    help="Time-series bucket: whole minutes, hours or days (default: the finest giving at most 120 points)",
+)
+@click.option(
+    "--where",
+    "where",
+    multiple=True,
+    metavar="FILTER=VALUE[,VALUE]",
+    help="Filter: kind, provider, model (gpt-4o or 'openai gpt-4o'), sdk (2.4 or 2.4.1), flag (all of: "
+    "tools,memory); repeat for more. Values of one filter: any of them, flags: all of them",
+)
 @click.option("--by", help="Breakdown of the series: kind, provider, model, sdk (panels whose series is one)")
-@click.option("--format", "output", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
-              help="csv and json print plain data (UTC times in ISO 8601), to pipe into other tools")
+@click.option(
+    "--format",
+    "output",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="csv and json print plain data (UTC times in ISO 8601), to pipe into other tools",
+)
 @click.option("--chart", is_flag=True, help="Draw the panel in the terminal instead of printing its rows")
-def query(sql: str | None, report: str | None, list_reports: bool, since: int | str, start: int | None,
-          end: int | None, interval: int | None, where: tuple[str, ...], by: str | None, output: str,
-          chart: bool) -> None:
+def query(
+    sql: str | None,
+    report: str | None,
+    list_reports: bool,
+    since: int | str,
+    start: int | None,
+    end: int | None,
+    interval: int | None,
+    where: tuple[str, ...],
+    by: str | None,
+    output: str,
+    chart: bool,
+) -> None:
     """Run a panel or SQL against the configured ClickHouse. SQL may use the panels' placeholders: {db},
     {from}, {to}, {bucket}, {time_range}, {day_range}, and sources such as {runs}, which --where filters
     (README, "Panels")."""
@@ -159,10 +201,10 @@ def query(sql: str | None, report: str | None, list_reports: bool, since: int | 
     from tables.ddl import SchemaOptions
 
     if list_reports or not (sql or report):
-        for panel in PANELS:
-            takes = ", ".join(panel.filters) or "no filter"
-            takes += f"; --by {', '.join(panel.breakdowns)}" if panel.breakdowns else ""
-            console.print(f"[bold]{panel.name}[/bold]: {panel.title} ({panel.chart}; {takes}). {panel.description}")
+        for listed in PANELS:
+            takes = ", ".join(listed.filters) or "no filter"
+            takes += f"; --by {', '.join(listed.breakdowns)}" if listed.breakdowns else ""
+            console.print(f"[bold]{listed.name}[/bold]: {listed.title} ({listed.chart}; {takes}). {listed.description}")
         return
     if report and report not in BY_NAME:
         raise click.BadParameter(f"unknown panel {report!r}; try --list", param_hint="--report")
@@ -173,7 +215,8 @@ def query(sql: str | None, report: str | None, list_reports: bool, since: int | 
         raise click.UsageError("--to ends a range that --from starts")
     if start is not None and ctx.get_parameter_source("since") is not click.core.ParameterSource.DEFAULT:
         raise click.UsageError("give --since or --from, not both")
-    panel = BY_NAME.get(report)
+    panel = BY_NAME[report] if report else None
+    sql = sql or ""  # a panel's otherwise
     if interval is not None:
         if problem := interval_problem(interval):
             raise click.BadParameter(f"{interval} s: {problem}", param_hint="--interval")
@@ -183,7 +226,7 @@ def query(sql: str | None, report: str | None, list_reports: bool, since: int | 
         selection = Selection.parse((_pair(text) for text in where), by)
         if start is not None:
             window = Window.between(start, end or int(time.time()), interval)
-        elif since == "today":
+        elif isinstance(since, str):  # today
             window = Window.today(interval)
         else:
             window = Window.last(since, interval)
@@ -199,8 +242,10 @@ def query(sql: str | None, report: str | None, list_reports: bool, since: int | 
     else:
         missing = [name for name in selection.filters if name not in sources_filters(sql)]
         if missing:
-            raise click.UsageError(f"--where {', '.join(missing)}: filters apply to the SQL's sources ({{runs}}, "
-                                   "{sessions}, ...), and none of its sources can be filtered so")
+            raise click.UsageError(
+                f"--where {', '.join(missing)}: filters apply to the SQL's sources ({{runs}}, "
+                "{sessions}, ...), and none of its sources can be filtered so"
+            )
         if by and "{by}" not in sql:
             raise click.UsageError("--by sets the SQL's {by}: it has none")
         try:
@@ -213,14 +258,15 @@ def query(sql: str | None, report: str | None, list_reports: bool, since: int | 
         if settings.embedded_clickhouse:
             raise click.ClickException(
                 f"cannot open the embedded ClickHouse at {settings.safe_dsn}: {exc}. chDB allows one process "
-                "per path; stop the worker (or `dev`) using it first.") from exc
+                "per path; stop the worker (or `dev`) using it first."
+            ) from exc
         raise
     result = client.query(query_statement.sql, parameters=query_statement.parameters)
     columns, rows = result.column_names, result.result_rows
     if not columns:  # no rows came back, and with them no column names: ask for the names
         described = client.query(f"DESCRIBE TABLE ({query_statement.sql})", parameters=query_statement.parameters)
         columns = tuple(row[0] for row in described.result_rows)
-    if chart:
+    if chart and panel:  # --chart needs --report
         size = shutil.get_terminal_size()
         click.echo(render.chart(panel, rows, size.columns, max(15, size.lines - 4), color=sys.stdout.isatty()))
     elif output == "csv":

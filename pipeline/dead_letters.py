@@ -17,8 +17,14 @@ from pipeline.rejections import Reason, Rejection
 
 OTHER_KEYS = "(other keys)"
 #: Keys the contract names, at any depth: the envelope's, `data`'s and a model reference's.
-KNOWN_KEYS = frozenset({*(f.name for f in contract.ENVELOPE), *contract.OPTIONAL_ENVELOPE,
-                        *(f.name for f in contract.DATA), *contract.MODEL_REF_KEYS})
+KNOWN_KEYS = frozenset(
+    {
+        *(f.name for f in contract.ENVELOPE),
+        *contract.OPTIONAL_ENVELOPE,
+        *(f.name for f in contract.DATA),
+        *contract.MODEL_REF_KEYS,
+    }
+)
 
 
 class DeadLetter(NamedTuple):
@@ -26,8 +32,13 @@ class DeadLetter(NamedTuple):
     value: bytes
 
 
-def dead_letter(rejection: Rejection, message: Any, topic: str, partition: int,
-                admitted_flag: Callable[[str], bool] = lambda name: False) -> DeadLetter:
+def dead_letter(
+    rejection: Rejection,
+    message: Any,
+    topic: str,
+    partition: int,
+    admitted_flag: Callable[[str], bool] = lambda name: False,
+) -> DeadLetter:
     """The DLQ record of an invalid event (a consumer record with .offset, .timestamp, .value);
     `admitted_flag(name)` says whether a flag name beyond the contract's may be named."""
     raw = message.value
@@ -36,28 +47,41 @@ def dead_letter(rejection: Rejection, message: Any, topic: str, partition: int,
         "path": rejection.path,
         "detail": rejection.detail,
         "kind": rejection.kind,
-        "source": {"topic": topic, "partition": partition, "offset": message.offset,
-                   "timestamp_ms": message.timestamp},
+        "source": {"topic": topic, "partition": partition, "offset": message.offset, "timestamp_ms": message.timestamp},
         "size": None if raw is None else len(raw),
         "shape": shape_of_bytes(raw, admitted_flag) if raw is not None and len(raw) <= 1 << 20 else None,
     }
     return DeadLetter(f"{topic}/{partition}/{message.offset}".encode(), msgspec.json.encode(record))
 
 
-def gone_range(reason: Reason, topic: str, partition: int, first_offset: int, last_offset: int,
-               detail: str) -> DeadLetter:
+def gone_range(
+    reason: Reason, topic: str, partition: int, first_offset: int, last_offset: int, detail: str
+) -> DeadLetter:
     """The DLQ record of a range of offsets not counted (`rejections.GONE`: skipped by an operator, with the
     operator's reason; expired; lost), so that a consumer of the DLQ sees every offset the worker gave up."""
-    record = {"reason": reason.value, "path": "$", "detail": detail, "kind": "unknown",
-              "source": {"topic": topic, "partition": partition, "offset": first_offset,
-                         "through_offset": last_offset},
-              "size": None, "shape": None}
+    record = {
+        "reason": reason.value,
+        "path": "$",
+        "detail": detail,
+        "kind": "unknown",
+        "source": {"topic": topic, "partition": partition, "offset": first_offset, "through_offset": last_offset},
+        "size": None,
+        "shape": None,
+    }
     return DeadLetter(f"{topic}/{partition}/{first_offset}-{last_offset}".encode(), msgspec.json.encode(record))
 
 
 _SHAPE_MAX_KEYS = 32
 _SHAPE_MAX_DEPTH = 3
-_TYPE_NAMES = {str: "string", bool: "bool", int: "int", float: "float", type(None): "null", list: "array", dict: "object"}
+_TYPE_NAMES = {
+    str: "string",
+    bool: "bool",
+    int: "int",
+    float: "float",
+    type(None): "null",
+    list: "array",
+    dict: "object",
+}
 
 
 def shape_of(value: object, admitted_flag: Callable[[str], bool], depth: int = 0) -> object:

@@ -96,8 +96,11 @@ NAME_FIELDS = {"interfaces": "interface", "db_types": "db_type"}
 #: The `data` fields the dimensions read, in order of first use (the typed decoder's fields).
 DATA_FIELDS = tuple(dict.fromkeys(d.path[1] for d in DIMENSIONS if len(d.path) > 1 and d.path[0] == "data"))
 #: For each `model` field, the keys the dimensions read from it.
-MODEL_KEYS = {field: tuple(d.path[2] for d in DIMENSIONS if len(d.path) == 3 and d.path[1] == field)
-              for field in DATA_FIELDS if contract.field(field).type == "model"}
+MODEL_KEYS = {
+    field: tuple(d.path[2] for d in DIMENSIONS if len(d.path) == 3 and d.path[1] == field)
+    for field in DATA_FIELDS
+    if contract.field(field).type == "model"
+}
 
 _MEMBER_BUCKETS = ((0, "0"), (1, "1"), (2, "2"), (4, "3-4"), (8, "5-8"), (16, "9-16"), (32, "17-32"))
 

@@ -37,7 +37,8 @@ class Health:
         self.last_flush_at: float | None = None
         self.metrics.up.set(1)
         self.metrics.last_flush_age.set_function(
-            lambda: 0.0 if self.last_flush_at is None else time.time() - self.last_flush_at)
+            lambda: 0.0 if self.last_flush_at is None else time.time() - self.last_flush_at
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Health:
@@ -65,8 +66,10 @@ class Health:
         component = f"log {partition}"
         log.error("partition %d: %s: %s", partition, change, description)
         self.metrics.log_changes.labels(change).inc()
-        self.incidents = [*self.incidents[-9:], {"partition": partition, "change": change,
-                                                  "description": description, "at": time.time()}]
+        self.incidents = [
+            *self.incidents[-9:],
+            {"partition": partition, "change": change, "description": description, "at": time.time()},
+        ]
         self.degrade(component, f"{change}: {description}")
         self._held[component] = time.monotonic() + self.hold_s
 
@@ -90,8 +93,10 @@ class Health:
             self.recover(f"partition {partition} stalled")
         elif now - standing_since >= self.stall_s:
             lag = self.log_ends[partition] - cursor
-            self.degrade(f"partition {partition} stalled", f"{lag} records in the log after offset {cursor}, "
-                         f"nothing consumed for {now - standing_since:.0f} s")
+            self.degrade(
+                f"partition {partition} stalled",
+                f"{lag} records in the log after offset {cursor}, nothing consumed for {now - standing_since:.0f} s",
+            )
 
     def tick(self) -> None:
         """Let incidents older than `hold_s` stop degrading."""
@@ -103,13 +108,25 @@ class Health:
 
     def poisoned(self, partition: int, batch, topic: str) -> None:
         """A partition paused before a batch it cannot decode (`agents/poison.py`)."""
-        command = (f"kern-telemetry skip --topic {topic} --partition {partition} "
-                   f"--through-offset {batch.last_offset} --reason '...'")
-        self.poison[partition] = {"first_offset": batch.first_offset, "last_offset": batch.last_offset,
-                                  "codec": batch.codec, "error": batch.error, "since": time.time(),
-                                  "resolve": command}
-        log.error("partition %d paused: %s. Nothing after it is counted until it can be decoded (install the "
-                  "codec, restart) or an operator skips it: %s", partition, batch.describe(), command)
+        command = (
+            f"kern-telemetry skip --topic {topic} --partition {partition} "
+            f"--through-offset {batch.last_offset} --reason '...'"
+        )
+        self.poison[partition] = {
+            "first_offset": batch.first_offset,
+            "last_offset": batch.last_offset,
+            "codec": batch.codec,
+            "error": batch.error,
+            "since": time.time(),
+            "resolve": command,
+        }
+        log.error(
+            "partition %d paused: %s. Nothing after it is counted until it can be decoded (install the "
+            "codec, restart) or an operator skips it: %s",
+            partition,
+            batch.describe(),
+            command,
+        )
         self.metrics.partition_poisoned.labels(str(partition), batch.error.split(":")[0]).set(1)
         self.degrade(f"partition {partition}", f"paused: {batch.describe()}")
 
@@ -159,8 +176,11 @@ class Health:
             "degraded": dict(self.degraded),
             "events_consumed": int(value("kern_events_consumed_total")),
             "events_flushed": int(value("kern_events_flushed_total")),
-            "dead_letters": int(sum(s.value for m in self.metrics.dead_letters.collect() for s in m.samples
-                                    if s.name.endswith("_total"))),
+            "dead_letters": int(
+                sum(
+                    s.value for m in self.metrics.dead_letters.collect() for s in m.samples if s.name.endswith("_total")
+                )
+            ),
             "flushes": int(value("kern_flushes_total")),
             "flush_failures": int(value("kern_flush_failures_total")),
             "fetch_errors": int(value("kern_fetch_errors_total")),
@@ -168,17 +188,30 @@ class Health:
             "pending_rows": int(value("kern_pending_rows")),
             "assigned_partitions": sorted(self.assigned),
             "flushed_offsets": {str(p): o for p, o in sorted(self.flushed_offsets.items())},
-            "consumer_lag": {str(p): int(value("kern_consumer_lag", {"partition": str(p)}))
-                             for p in sorted(self.assigned) if p in self.log_ends},
+            "consumer_lag": {
+                str(p): int(value("kern_consumer_lag", {"partition": str(p)}))
+                for p in sorted(self.assigned)
+                if p in self.log_ends
+            },
             "poisoned_partitions": {str(p): dict(v) for p, v in sorted(self.poison.items())},
             "admission_epoch": int(value("kern_admission_epoch")),
             # rare values the cardinality guard did not track, by field: a flood of new values
-            "suppressed_values": {s.labels["field"]: int(s.value) for m in self.metrics.values_suppressed.collect()
-                                  for s in m.samples if s.name.endswith("_total")},
+            "suppressed_values": {
+                s.labels["field"]: int(s.value)
+                for m in self.metrics.values_suppressed.collect()
+                for s in m.samples
+                if s.name.endswith("_total")
+            },
             "last_flush_age_s": None if self.last_flush_at is None else round(time.time() - self.last_flush_at, 3),
-            "freshness_s": {str(p): round(value("kern_partition_freshness_seconds", {"partition": str(p)}), 3)
-                            for p in sorted(self.assigned)},
+            "freshness_s": {
+                str(p): round(value("kern_partition_freshness_seconds", {"partition": str(p)}), 3)
+                for p in sorted(self.assigned)
+            },
             "log_incidents": list(self.incidents),
-            "offsets_gone": {s.labels["outcome"]: int(s.value) for m in self.metrics.offsets_gone.collect()
-                             for s in m.samples if s.name.endswith("_total")},
+            "offsets_gone": {
+                s.labels["outcome"]: int(s.value)
+                for m in self.metrics.offsets_gone.collect()
+                for s in m.samples
+                if s.name.endswith("_total")
+            },
         }

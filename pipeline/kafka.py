@@ -5,6 +5,7 @@ creation."""
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 import threading
 import time
@@ -18,8 +19,9 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
         return None
     context = ssl.create_default_context(cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None)
     if settings.kafka_ssl_certfile:
-        context.load_cert_chain(str(settings.kafka_ssl_certfile),
-                                str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None)
+        context.load_cert_chain(
+            str(settings.kafka_ssl_certfile), str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None
+        )
     return context
 
 
@@ -29,14 +31,19 @@ def _sasl(settings: Settings) -> dict:
     return {
         "sasl_mechanism": settings.kafka_sasl_mechanism or "PLAIN",
         "sasl_plain_username": settings.kafka_sasl_username,
-        "sasl_plain_password": settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else None,
+        "sasl_plain_password": settings.kafka_sasl_password.get_secret_value()
+        if settings.kafka_sasl_password
+        else None,
     }
 
 
 def client_options(settings: Settings) -> dict:
     """Connection options both aiokafka and kafka-python accept under the same names."""
-    options = {"bootstrap_servers": settings.bootstrap_servers.split(","),
-               "security_protocol": settings.kafka_security_protocol, **_sasl(settings)}
+    options = {
+        "bootstrap_servers": settings.bootstrap_servers.split(","),
+        "security_protocol": settings.kafka_security_protocol,
+        **_sasl(settings),
+    }
     if context := _ssl_context(settings):
         options["ssl_context"] = context
     return options
@@ -53,10 +60,18 @@ def worker_consumer(settings: Settings):
     from aiokafka import AIOKafkaConsumer
 
     _bare_records()
-    return AIOKafkaConsumer(group_id=settings.consumer_group, client_id="kern-telemetry-rollup",
-                            enable_auto_commit=False, auto_offset_reset="none", max_poll_records=50_000,
-                            session_timeout_ms=10_000, heartbeat_interval_ms=2_000, rebalance_timeout_ms=10_000,
-                            **FETCH_OPTIONS, **client_options(settings))
+    return AIOKafkaConsumer(
+        group_id=settings.consumer_group,
+        client_id="kern-telemetry-rollup",
+        enable_auto_commit=False,
+        auto_offset_reset="none",
+        max_poll_records=50_000,
+        session_timeout_ms=10_000,
+        heartbeat_interval_ms=2_000,
+        rebalance_timeout_ms=10_000,
+        **FETCH_OPTIONS,
+        **client_options(settings),
+    )
 
 
 def _bare_records() -> None:
@@ -86,18 +101,32 @@ def collector_producer(settings: Settings, max_batch_bytes: int, ack_timeout_s: 
     from aiokafka import AIOKafkaProducer
 
     size = max_batch_bytes + (64 << 10)  # room for the records' own headers
-    return AIOKafkaProducer(client_id="kern-telemetry-collector", acks="all", linger_ms=0, max_batch_size=size,
-                            max_request_size=size, request_timeout_ms=int(ack_timeout_s * 1000),
-                            **client_options(settings))
+    return AIOKafkaProducer(
+        client_id="kern-telemetry-collector",
+        acks="all",
+        linger_ms=0,
+        max_batch_size=size,
+        max_request_size=size,
+        request_timeout_ms=int(ack_timeout_s * 1000),
+        **client_options(settings),
+    )
 
 
 _PACE_EVERY = 500  # records between two checks of the pace
 
 
-def produce(settings: Settings, values: Iterable[bytes | None], *, rate: float = 0, partition: int | None = None,
-            timestamps_ms: Sequence[int] | None = None, compression: str | None = None,
-            stop: threading.Event | None = None, progress: Callable[[int], None] | None = None,
-            delivered: Callable[[int, int, float], None] | None = None) -> dict[int, int]:
+def produce(
+    settings: Settings,
+    values: Iterable[bytes | None],
+    *,
+    rate: float = 0,
+    partition: int | None = None,
+    timestamps_ms: Sequence[int] | None = None,
+    compression: str | None = None,
+    stop: threading.Event | None = None,
+    progress: Callable[[int], None] | None = None,
+    delivered: Callable[[int, int, float], None] | None = None,
+) -> dict[int, int]:
     """Send records to the events topic with kafka-python. None is a tombstone; `rate` paces the sends to
     that many records per second; `partition` pins them (else the partitioner spreads them); `stop` ends
     the sending early; `progress(n)` reports sends; `delivered(partition, offset, sent_at)` is called for
@@ -105,8 +134,14 @@ def produce(settings: Settings, values: Iterable[bytes | None], *, rate: float =
     from the delivery reports: Tansu's ListOffsets answers the last batch's base offset + 1)."""
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(linger_ms=20, batch_size=512 << 10, max_request_size=16 << 20, acks=1,
-                             compression_type=compression, **client_options(settings))
+    producer = KafkaProducer(
+        linger_ms=20,
+        batch_size=512 << 10,
+        max_request_size=16 << 20,
+        acks=1,
+        compression_type=compression,
+        **client_options(settings),
+    )
     ends: dict[int, int] = {}
     errors: list[Exception] = []
 
@@ -120,8 +155,13 @@ def produce(settings: Settings, values: Iterable[bytes | None], *, rate: float =
     sent = 0
     try:
         for value in values:
-            future = producer.send(settings.topic, value, key=b"tombstone" if value is None else None,
-                                   partition=partition, timestamp_ms=timestamps_ms[sent] if timestamps_ms else None)
+            future = producer.send(
+                settings.topic,
+                value,
+                key=b"tombstone" if value is None else None,
+                partition=partition,
+                timestamp_ms=timestamps_ms[sent] if timestamps_ms else None,
+            )
             future.add_callback(acknowledged, time.time()).add_errback(errors.append)
             sent += 1
             if sent % _PACE_EVERY == 0:
@@ -147,18 +187,20 @@ def create_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    admin = KafkaAdminClient(client_id="kern-telemetry-admin", request_timeout_ms=int(timeout_s * 1000),
-                             **client_options(settings))
+    admin = KafkaAdminClient(
+        client_id="kern-telemetry-admin", request_timeout_ms=int(timeout_s * 1000), **client_options(settings)
+    )
     try:
         existing = set(admin.list_topics())
         retention = {"retention.ms": str(settings.topic_retention_hours * 3_600_000)}
-        wanted = [NewTopic(name, settings.topic_partitions, settings.topic_replication, topic_configs=retention)
-                  for name in (settings.topic, settings.dlq_topic) if name not in existing]
+        wanted = [
+            NewTopic(name, settings.topic_partitions, settings.topic_replication, topic_configs=retention)
+            for name in (settings.topic, settings.dlq_topic)
+            if name not in existing
+        ]
         if wanted:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another worker or the init job won the race
                 admin.create_topics(wanted, timeout_ms=int(timeout_s * 1000))
-            except TopicAlreadyExistsError:
-                pass  # another worker or the init job won the race
         return [topic.name for topic in wanted]
     finally:
         admin.close()

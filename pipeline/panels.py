@@ -41,7 +41,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple, Protocol
 
 from pipeline.rejections import GONE, QUALITY_ONLY, Reason
 from tables.ddl import SchemaOptions, Table, quote_ident
@@ -49,8 +49,12 @@ from tables.migrations.v1_initial import QUALITY_MINUTE, RUNS_MINUTE, RUNS_ROLLU
 from tables.migrations.v3_client_reports import CLIENT_DROPS_DAILY, CLIENT_DROPS_MINUTE
 from tables.migrations.v4_privacy import SESSIONS_DAILY
 from tables.migrations.v5_launches import LAUNCHES_TABLES
-from tables.migrations.v8_patterns import (TEAM_RUNS_MINUTE, TEAM_RUNS_ROLLUPS, WORKFLOW_RUNS_MINUTE,
-                                          WORKFLOW_RUNS_ROLLUPS)
+from tables.migrations.v8_patterns import (
+    TEAM_RUNS_MINUTE,
+    TEAM_RUNS_ROLLUPS,
+    WORKFLOW_RUNS_MINUTE,
+    WORKFLOW_RUNS_ROLLUPS,
+)
 
 TIME_SERIES, BARS, STAT = "timeseries", "bars", "stat"
 COUNT, SHARE = "count", "share"  # units: a share is a fraction of 1
@@ -73,7 +77,7 @@ def interval_problem(interval_s: int) -> str | None:
     """Why a bucket cannot be used, or None: the stored windows are a minute, an hour or a day wide."""
     if interval_s < MINUTE or interval_s % MINUTE:
         return "a bucket is whole minutes: the finest stored window is a minute"
-    if interval_s > HOUR and interval_s % HOUR or interval_s > DAY and interval_s % DAY:
+    if (interval_s > HOUR and interval_s % HOUR) or (interval_s > DAY and interval_s % DAY):
         return "a bucket beyond an hour is whole hours, beyond a day whole days (the hourly and daily tables)"
     return None
 
@@ -112,6 +116,7 @@ class Window(NamedTuple):
 
 # --- filters, breakdowns, sources --------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Filter:
     name: str  # the URL and `--where` key, and the Grafana variable
@@ -126,24 +131,44 @@ MINOR = "arrayStringConcat(arraySlice(splitByChar('.', sdk_version), 1, 2), '.')
 FLAG_NAME = "replaceOne({}, 'has_', '')"  # a flag as shown: `tools` for `has_tools`
 
 FILTERS: tuple[Filter, ...] = (
-    Filter("kind", "Kind", "has({values}, {column})",
-           "SELECT kind FROM {db}.runs_daily GROUP BY kind ORDER BY sum(runs) DESC"),
-    Filter("provider", "Provider", "has({values}, {column})",
-           "SELECT model_provider FROM {db}.runs_daily WHERE model_provider != 'none' GROUP BY model_provider "
-           "ORDER BY sum(runs) DESC"),
+    Filter(
+        "kind",
+        "Kind",
+        "has({values}, {column})",
+        "SELECT kind FROM {db}.runs_daily GROUP BY kind ORDER BY sum(runs) DESC",
+    ),
+    Filter(
+        "provider",
+        "Provider",
+        "has({values}, {column})",
+        "SELECT model_provider FROM {db}.runs_daily WHERE model_provider != 'none' GROUP BY model_provider "
+        "ORDER BY sum(runs) DESC",
+    ),
     # `gpt-4o` (at any provider) or `openai gpt-4o` (a breakdown's and a bar's label)
-    Filter("model", "Model", "hasAny({values}, {column})",
-           f"SELECT {MODEL} AS model FROM {{db}}.runs_daily WHERE model_id != 'none' GROUP BY model "
-           "ORDER BY sum(runs) DESC LIMIT 200"),
+    Filter(
+        "model",
+        "Model",
+        "hasAny({values}, {column})",
+        f"SELECT {MODEL} AS model FROM {{db}}.runs_daily WHERE model_id != 'none' GROUP BY model "
+        "ORDER BY sum(runs) DESC LIMIT 200",
+    ),
     # a minor version (`2.4`) or a full one (`2.4.1`)
-    Filter("sdk", "SDK version", "arrayExists(v -> {column} = v OR startsWith({column}, concat(v, '.')), {values})",
-           f"SELECT {MINOR} AS minor FROM {{db}}.runs_daily GROUP BY minor ORDER BY minor DESC"),
+    Filter(
+        "sdk",
+        "SDK version",
+        "arrayExists(v -> {column} = v OR startsWith({column}, concat(v, '.')), {values})",
+        f"SELECT {MINOR} AS minor FROM {{db}}.runs_daily GROUP BY minor ORDER BY minor DESC",
+    ),
     # runs with every chosen flag on; `tools` and `has_tools` are the same flag
-    Filter("flag", "Flags", "hasAll({column}, {values})",
-           f"SELECT {FLAG_NAME.format('flag')} AS name FROM {{db}}.runs_daily ARRAY JOIN features AS flag "
-           "WHERE startsWith(flag, 'has_') GROUP BY name ORDER BY sum(runs) DESC",
-           # (no parenthesis in a literal: the plugin's $__conditionalAll counts them)
-           "arrayMap(f -> if(match(f, '^[a-z0-9_]+$') AND NOT startsWith(f, 'has_'), concat('has_', f), f), {raw})"),
+    Filter(
+        "flag",
+        "Flags",
+        "hasAll({column}, {values})",
+        f"SELECT {FLAG_NAME.format('flag')} AS name FROM {{db}}.runs_daily ARRAY JOIN features AS flag "
+        "WHERE startsWith(flag, 'has_') GROUP BY name ORDER BY sum(runs) DESC",
+        # (no parenthesis in a literal: the plugin's $__conditionalAll counts them)
+        "arrayMap(f -> if(match(f, '^[a-z0-9_]+$') AND NOT startsWith(f, 'has_'), concat('has_', f), f), {raw})",
+    ),
 )
 FILTER_BY_NAME = {f.name: f for f in FILTERS}
 BREAKDOWNS = {"kind": "Kind", "provider": "Provider", "model": "Model", "sdk": "SDK minor version"}
@@ -189,8 +214,13 @@ class Source:
         return f"{self.time} >= {{from}} AND {self.time} < {{to}}"
 
 
-_RUNS_COLUMNS = {"kind": "kind", "provider": "model_provider", "model": f"[model_id, {MODEL}]",
-                 "sdk": "sdk_version", "flag": "features"}
+_RUNS_COLUMNS = {
+    "kind": "kind",
+    "provider": "model_provider",
+    "model": f"[model_id, {MODEL}]",
+    "sdk": "sdk_version",
+    "flag": "features",
+}
 _RUNS_BREAKDOWNS = {"kind": "kind", "provider": "model_provider", "model": MODEL, "sdk": MINOR}
 _GRAINS = (MINUTE, HOUR, DAY)
 
@@ -200,22 +230,34 @@ def _pattern_source(name: str, kind: str, tables: tuple[Table, ...]) -> Source:
     return Source(name, tables, _GRAINS, {"kind": f"'{kind}'", "sdk": "sdk_version"}, {"sdk": MINOR})
 
 
-SOURCES: dict[str, Source] = {source.name: source for source in (
-    Source("runs", (RUNS_MINUTE, *(table for table, _ in RUNS_ROLLUPS)), _GRAINS, _RUNS_COLUMNS, _RUNS_BREAKDOWNS),
-    Source("quality", (QUALITY_MINUTE,), (MINUTE,), {"kind": "kind"}, {"kind": "kind"}),
-    # one sketch per flag ('' for every run): a flag filter reads one flag's sketch
-    Source("sessions", (SESSIONS_DAILY,), (DAY,), {**{k: v for k, v in _RUNS_COLUMNS.items() if k != "sdk"},
-                                                   "flag": "[flag]"},
-           {k: v for k, v in _RUNS_BREAKDOWNS.items() if k != "sdk"}, time="day"),
-    Source("drops", (CLIENT_DROPS_MINUTE, CLIENT_DROPS_DAILY), (MINUTE, DAY), {"sdk": "sdk_version"}, {"sdk": MINOR}),
-    _pattern_source("launches", "os", LAUNCHES_TABLES),
-    _pattern_source("team_runs", "team", (TEAM_RUNS_MINUTE, *(table for table, _ in TEAM_RUNS_ROLLUPS))),
-    _pattern_source("workflow_runs", "workflow",
-                    (WORKFLOW_RUNS_MINUTE, *(table for table, _ in WORKFLOW_RUNS_ROLLUPS))),
-)}
+SOURCES: dict[str, Source] = {
+    source.name: source
+    for source in (
+        Source("runs", (RUNS_MINUTE, *(table for table, _ in RUNS_ROLLUPS)), _GRAINS, _RUNS_COLUMNS, _RUNS_BREAKDOWNS),
+        Source("quality", (QUALITY_MINUTE,), (MINUTE,), {"kind": "kind"}, {"kind": "kind"}),
+        # one sketch per flag ('' for every run): a flag filter reads one flag's sketch
+        Source(
+            "sessions",
+            (SESSIONS_DAILY,),
+            (DAY,),
+            {**{k: v for k, v in _RUNS_COLUMNS.items() if k != "sdk"}, "flag": "[flag]"},
+            {k: v for k, v in _RUNS_BREAKDOWNS.items() if k != "sdk"},
+            time="day",
+        ),
+        Source(
+            "drops", (CLIENT_DROPS_MINUTE, CLIENT_DROPS_DAILY), (MINUTE, DAY), {"sdk": "sdk_version"}, {"sdk": MINOR}
+        ),
+        _pattern_source("launches", "os", LAUNCHES_TABLES),
+        _pattern_source("team_runs", "team", (TEAM_RUNS_MINUTE, *(table for table, _ in TEAM_RUNS_ROLLUPS))),
+        _pattern_source(
+            "workflow_runs", "workflow", (WORKFLOW_RUNS_MINUTE, *(table for table, _ in WORKFLOW_RUNS_ROLLUPS))
+        ),
+    )
+}
 
 
 # --- what an analyst chose, and its SQL ----------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Selection:
@@ -249,7 +291,7 @@ class Statement(NamedTuple):
     parameters: dict
 
 
-class Translation:
+class Translation(Protocol):
     """How placeholders become SQL for one front end."""
 
     def primitive(self, name: str) -> str: ...  # db, from, to, interval_s
@@ -308,7 +350,12 @@ class Grafana(Translation):
     """The Grafana ClickHouse plugin's macros and the dashboard's variables (`devstack/grafana.py`): a
     filter is a multi-value variable with an All option, `$__conditionalAll` drops its condition on All."""
 
-    PRIMITIVES = {"db": "${database}", "from": "$__fromTime", "to": "$__toTime", "interval_s": "$__interval_s"}
+    PRIMITIVES: ClassVar = {
+        "db": "${database}",
+        "from": "$__fromTime",
+        "to": "$__toTime",
+        "interval_s": "$__interval_s",
+    }
 
     def primitive(self, name: str) -> str:
         return self.PRIMITIVES[name]
@@ -329,10 +376,14 @@ class Grafana(Translation):
         return f"if($__conditionalAll(0, ${f.name}), CAST([], 'Array(String)'), {self.values(f)})"
 
     def breakdown(self, source: Source, default: str) -> str:
-        branches = [f"${{by:singlequote}} = '{name}', {expression}"
-                    for name, expression in source.breakdowns.items() if name != default]
-        return f"multiIf({', '.join(branches)}, {source.breakdowns[default]})" if branches else \
-            source.breakdowns[default]
+        branches = [
+            f"${{by:singlequote}} = '{name}', {expression}"
+            for name, expression in source.breakdowns.items()
+            if name != default
+        ]
+        return (
+            f"multiIf({', '.join(branches)}, {source.breakdowns[default]})" if branches else source.breakdowns[default]
+        )
 
 
 _PLACEHOLDER = re.compile(r"\{([a-z_]+)(?::([a-z_:-]+))?\}")
@@ -368,10 +419,15 @@ def render(sql: str, translation: Translation, filters: Iterable[str] = (), by: 
             source = SOURCES[name]
             conditions = [generic(source.period("previous" in modifiers))]
             for f in FILTERS:
-                if f.name in filters and f.name in source.columns and f"-{f.name}" not in modifiers \
-                        and translation.applies(f):
+                if (
+                    f.name in filters
+                    and f.name in source.columns
+                    and f"-{f.name}" not in modifiers
+                    and translation.applies(f)
+                ):
                     condition = f.condition.replace("{column}", source.columns[f.name]).replace(
-                        "{values}", translation.values(f))
+                        "{values}", translation.values(f)
+                    )
                     conditions.append(translation.condition(f, condition))
             where = " AND ".join(conditions)
             return f"(SELECT * FROM {generic(source.union())} WHERE {where})"
@@ -380,8 +436,14 @@ def render(sql: str, translation: Translation, filters: Iterable[str] = (), by: 
     return _PLACEHOLDER.sub(expand, sql)
 
 
-def statement(sql: str, database: str, window: Window, selection: Selection = Selection(),
-              filters: Iterable[str] | None = None, by: str | None = None) -> Statement:
+def statement(
+    sql: str,
+    database: str,
+    window: Window,
+    selection: Selection = Selection(),
+    filters: Iterable[str] | None = None,
+    by: str | None = None,
+) -> Statement:
     """Plain SQL and its bound parameters; `filters`: those it takes (default: every one its sources have)."""
     plain = Plain(database, window, selection)
     rendered = render(sql, plain, sources_filters(sql) if filters is None else filters, by)
@@ -389,8 +451,9 @@ def statement(sql: str, database: str, window: Window, selection: Selection = Se
 
 
 def sources_of(sql: str) -> tuple[Source, ...]:
-    return tuple(SOURCES[name] for name in dict.fromkeys(name for name, _ in _PLACEHOLDER.findall(sql))
-                 if name in SOURCES)
+    return tuple(
+        SOURCES[name] for name in dict.fromkeys(name for name, _ in _PLACEHOLDER.findall(sql)) if name in SOURCES
+    )
 
 
 def sources_filters(sql: str) -> tuple[str, ...]:
@@ -400,6 +463,7 @@ def sources_filters(sql: str) -> tuple[str, ...]:
 
 
 # --- panels ------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Panel:
@@ -434,8 +498,14 @@ class Panel:
 
     def statement(self, database: str, window: Window, selection: Selection = Selection()) -> Statement:
         by = selection.by if selection.by in self.breakdowns else self.by
-        return statement(self.sql, database, window, Selection(
-            {k: v for k, v in selection.filters.items() if k in self.filters}, by), self.filters, self.by)
+        return statement(
+            self.sql,
+            database,
+            window,
+            Selection({k: v for k, v in selection.filters.items() if k in self.filters}, by),
+            self.filters,
+            self.by,
+        )
 
     def plain(self, database: str, range_s: int = DEFAULT_RANGE_S, interval_s: int | None = None) -> str:
         """The SQL of the last `range_s` seconds without filters (nothing to bind)."""
@@ -450,17 +520,23 @@ class Panel:
         for name in selection.filters:
             if name not in self.filters:
                 lacking = [s.tables[0].name for s in self.sources if name not in s.columns]
-                why = ", ".join(lacking) + (" has" if len(lacking) == 1 else " have") + " none" if lacking else \
-                    "what it measures cannot be told apart by it"
+                why = (
+                    ", ".join(lacking) + (" has" if len(lacking) == 1 else " have") + " none"
+                    if lacking
+                    else "what it measures cannot be told apart by it"
+                )
                 problems.append(f"not filtered by {FILTER_BY_NAME[name].label.lower()} ({why})")
         if selection.by and selection.by not in self.breakdowns:
-            problems.append(f"not broken down by {selection.by} (" + (
-                f"it breaks down by {', '.join(self.breakdowns)}" if self.breakdowns else "its series are its own")
-                + ")")
+            problems.append(
+                f"not broken down by {selection.by} ("
+                + (f"it breaks down by {', '.join(self.breakdowns)}" if self.breakdowns else "its series are its own")
+                + ")"
+            )
         return problems
 
-    def notes(self, selection: Selection, window: Window, retention: SchemaOptions, now: float | None = None
-              ) -> list[str]:
+    def notes(
+        self, selection: Selection, window: Window, retention: SchemaOptions, now: float | None = None
+    ) -> list[str]:
         """What a reader of the panel's answer must know: filters and a breakdown it ignores (but the breakdown
         of a panel whose series are its own: that goes without saying), retention it exceeds."""
         notes = self.refusals(Selection(selection.filters, selection.by if self.breakdowns else None))
@@ -469,9 +545,11 @@ class Panel:
             table = source.table(window.interval)
             days = retention.retention_days(table.retention) if table.retention else 0
             if days and window.start < now - days * DAY:
-                notes.append(f"{table.name} keeps {days} days: the range starts "
-                             f"{(now - window.start) / DAY:.0f} days ago" + (
-                                 "" if table is source.tables[-1] else ", longer buckets read a longer-kept table"))
+                notes.append(
+                    f"{table.name} keeps {days} days: the range starts "
+                    f"{(now - window.start) / DAY:.0f} days ago"
+                    + ("" if table is source.tables[-1] else ", longer buckets read a longer-kept table")
+                )
         if "sessions" in (s.name for s in self.sources) and len(selection.filters.get("flag", ())) > 1:
             notes.append("sessions_daily keeps a sketch per flag: distinct sessions are filtered by one flag at most")
         return notes
@@ -491,7 +569,7 @@ GROUP BY time, series ORDER BY time, series"""
 def _stat(series: str, value: Callable[[str], str]) -> str:
     """A stat: `value` over the range and over the period before it (`value` of a source modifier)."""
     return f"""SELECT label, '{series}' AS series, value FROM (
-  SELECT 'current' AS label, {value('')} AS value UNION ALL SELECT 'previous', {value(':previous')})
+  SELECT 'current' AS label, {value("")} AS value UNION ALL SELECT 'previous', {value(":previous")})
 ORDER BY label"""
 
 
@@ -505,142 +583,320 @@ COMBOS = """if(empty(chosen),
                                                         arrayFilter(f -> NOT has(chosen, f), flags)), chosen), []))"""
 
 PANELS: tuple[Panel, ...] = (
-    Panel("runs-total", "Runs", "Agent, team and workflow runs and AgentOS launches in the range, and in the "
-          "period of the same length before it.", STAT, COUNT, "runs",
-          _stat("runs", lambda p: f"(SELECT sum(runs) FROM {{runs{p}}})")),
-    Panel("sessions-total", "Distinct sessions", "Sessions on the days the range touches (UTC; a sketch of keyed "
-          "hashes: about 1% error, no session identifier stored), and on as many days before.", STAT, COUNT,
-          "sessions", _stat("sessions", lambda p: f"(SELECT uniqCombined64Merge(sessions) FROM {{sessions{p}}})")),
-    Panel("dead-letter-share", "Dead-letter share", "Events dead-lettered (not counted: malformed, oversized...) "
-          "per event consumed, in the range and before it. Dead letters have no model or flag: never filtered.",
-          STAT, SHARE, "events",
-          _stat("dead letters", lambda p: f"(SELECT sum(events) FROM {{quality{p}}} WHERE reason IN ({DEAD_LETTERS})) "
-                f"/ nullIf((SELECT sum(events) FROM {{quality{p}}} WHERE reason IN ({DEAD_LETTERS})) + "
-                f"(SELECT sum(runs) FROM {{runs{p}}}), 0)"),
-          no_filters=True),
-    Panel("client-drop-share", "Client drop share", "Events SDK clients report they could not deliver, per event "
-          "they tried to send (dropped and counted), in the range and before it.", STAT, SHARE, "events",
-          _stat("dropped", lambda p: f"(SELECT sum(events) FROM {{drops{p}}}) / nullIf((SELECT sum(events) FROM "
-                f"{{drops{p}}}) + (SELECT sum(runs) FROM {{runs{p}}}), 0)")),
-    Panel("runs-per-kind", "Runs over time", "Agent, team and workflow runs and AgentOS launches (os), per kind "
-          "or the breakdown chosen.", TIME_SERIES, COUNT, "runs", _over_time("runs", "runs"), by="kind"),
-    Panel("top-models", "Top models", "Agent and team runs per model (with its provider: the same id at two "
-          "providers is two models), the 10 most used.", BARS, COUNT, "runs",
-          f"""SELECT {MODEL} AS label, 'runs' AS series, sum(runs) AS value
+    Panel(
+        "runs-total",
+        "Runs",
+        "Agent, team and workflow runs and AgentOS launches in the range, and in the "
+        "period of the same length before it.",
+        STAT,
+        COUNT,
+        "runs",
+        _stat("runs", lambda p: f"(SELECT sum(runs) FROM {{runs{p}}})"),
+    ),
+    Panel(
+        "sessions-total",
+        "Distinct sessions",
+        "Sessions on the days the range touches (UTC; a sketch of keyed "
+        "hashes: about 1% error, no session identifier stored), and on as many days before.",
+        STAT,
+        COUNT,
+        "sessions",
+        _stat("sessions", lambda p: f"(SELECT uniqCombined64Merge(sessions) FROM {{sessions{p}}})"),
+    ),
+    Panel(
+        "dead-letter-share",
+        "Dead-letter share",
+        "Events dead-lettered (not counted: malformed, oversized...) "
+        "per event consumed, in the range and before it. Dead letters have no model or flag: never filtered.",
+        STAT,
+        SHARE,
+        "events",
+        _stat(
+            "dead letters",
+            lambda p: f"(SELECT sum(events) FROM {{quality{p}}} WHERE reason IN ({DEAD_LETTERS})) "
+            f"/ nullIf((SELECT sum(events) FROM {{quality{p}}} WHERE reason IN ({DEAD_LETTERS})) + "
+            f"(SELECT sum(runs) FROM {{runs{p}}}), 0)",
+        ),
+        no_filters=True,
+    ),
+    Panel(
+        "client-drop-share",
+        "Client drop share",
+        "Events SDK clients report they could not deliver, per event "
+        "they tried to send (dropped and counted), in the range and before it.",
+        STAT,
+        SHARE,
+        "events",
+        _stat(
+            "dropped",
+            lambda p: f"(SELECT sum(events) FROM {{drops{p}}}) / nullIf((SELECT sum(events) FROM "
+            f"{{drops{p}}}) + (SELECT sum(runs) FROM {{runs{p}}}), 0)",
+        ),
+    ),
+    Panel(
+        "runs-per-kind",
+        "Runs over time",
+        "Agent, team and workflow runs and AgentOS launches (os), per kind or the breakdown chosen.",
+        TIME_SERIES,
+        COUNT,
+        "runs",
+        _over_time("runs", "runs"),
+        by="kind",
+    ),
+    Panel(
+        "top-models",
+        "Top models",
+        "Agent and team runs per model (with its provider: the same id at two "
+        "providers is two models), the 10 most used.",
+        BARS,
+        COUNT,
+        "runs",
+        f"""SELECT {MODEL} AS label, 'runs' AS series, sum(runs) AS value
 FROM {{runs}} WHERE {MODEL_KINDS}
-GROUP BY label ORDER BY value DESC, label LIMIT 10""", label_filter="model"),
-    Panel("provider-share", "Model provider share", "Share of agent and team runs per model provider.",
-          TIME_SERIES, SHARE, "agent and team runs", _over_time("runs", "runs", MODEL_KINDS, share=True),
-          by="provider"),
-    Panel("model-share", "Model share", f"Share of agent and team runs per model: the {TOP_SERIES} most used in the "
-          f"range, the rest as {OTHER}.", TIME_SERIES, SHARE, "agent and team runs",
-          _over_time("runs", "runs", MODEL_KINDS, share=True), by="model"),
-    Panel("flag-adoption", "Feature flag adoption", "Share of agent and team runs with each feature flag on "
-          "(flags fewer than k installations sent, stored as (rare), are not flags of their own).",
-          TIME_SERIES, SHARE, "agent and team runs",
-          f"""SELECT time, series, flagged / total AS value
-FROM (SELECT {{bucket}} AS time, {FLAG_NAME.format('flag')} AS series, sum(runs) AS flagged
+GROUP BY label ORDER BY value DESC, label LIMIT 10""",
+        label_filter="model",
+    ),
+    Panel(
+        "provider-share",
+        "Model provider share",
+        "Share of agent and team runs per model provider.",
+        TIME_SERIES,
+        SHARE,
+        "agent and team runs",
+        _over_time("runs", "runs", MODEL_KINDS, share=True),
+        by="provider",
+    ),
+    Panel(
+        "model-share",
+        "Model share",
+        f"Share of agent and team runs per model: the {TOP_SERIES} most used in the range, the rest as {OTHER}.",
+        TIME_SERIES,
+        SHARE,
+        "agent and team runs",
+        _over_time("runs", "runs", MODEL_KINDS, share=True),
+        by="model",
+    ),
+    Panel(
+        "flag-adoption",
+        "Feature flag adoption",
+        "Share of agent and team runs with each feature flag on "
+        "(flags fewer than k installations sent, stored as (rare), are not flags of their own).",
+        TIME_SERIES,
+        SHARE,
+        "agent and team runs",
+        f"""SELECT time, series, flagged / total AS value
+FROM (SELECT {{bucket}} AS time, {FLAG_NAME.format("flag")} AS series, sum(runs) AS flagged
       FROM {{runs}} ARRAY JOIN features AS flag WHERE {MODEL_KINDS} AND startsWith(flag, 'has_')
       GROUP BY time, series) AS flags
 JOIN (SELECT {{bucket}} AS time, sum(runs) AS total FROM {{runs}} WHERE {MODEL_KINDS} GROUP BY time) AS totals
-USING time ORDER BY time, series""", series_filter="flag"),
-    Panel("flag-combinations", "Feature combinations adopted", "Share of agent and team runs with every flag of a "
-          "combination on (whatever else they have): without a flag filter the 10 most adopted pairs; with one, "
-          "the chosen flags and each flag used with them.", BARS, SHARE, "agent and team runs",
-          f"""SELECT arrayStringConcat(arrayMap(f -> {FLAG_NAME.format('f')}, combo), ' + ') AS label,
+USING time ORDER BY time, series""",
+        series_filter="flag",
+    ),
+    Panel(
+        "flag-combinations",
+        "Feature combinations adopted",
+        "Share of agent and team runs with every flag of a "
+        "combination on (whatever else they have): without a flag filter the 10 most adopted pairs; with one, "
+        "the chosen flags and each flag used with them.",
+        BARS,
+        SHARE,
+        "agent and team runs",
+        f"""SELECT arrayStringConcat(arrayMap(f -> {FLAG_NAME.format("f")}, combo), ' + ') AS label,
        'share of runs' AS series,
        sum(runs) / (SELECT sum(runs) FROM {{runs:-flag}} WHERE {MODEL_KINDS}) AS value
 FROM (SELECT runs, arrayFilter(f -> startsWith(f, 'has_'), features) AS flags, {{flags}} AS chosen
       FROM {{runs:-flag}} WHERE {MODEL_KINDS})
 ARRAY JOIN {COMBOS} AS combo
-GROUP BY label ORDER BY value DESC, label LIMIT 10""", label_filter="flag"),
-    Panel("flag-adoption-by-model", "Feature flag adoption per model",
-          "Share of agent and team runs with each flag on, for the 8 most used models.", BARS, SHARE,
-          "agent and team runs",
-          f"""SELECT label, series, flagged / total AS value
-FROM (SELECT {MODEL} AS label, {FLAG_NAME.format('flag')} AS series, sum(runs) AS flagged
+GROUP BY label ORDER BY value DESC, label LIMIT 10""",
+        label_filter="flag",
+    ),
+    Panel(
+        "flag-adoption-by-model",
+        "Feature flag adoption per model",
+        "Share of agent and team runs with each flag on, for the 8 most used models.",
+        BARS,
+        SHARE,
+        "agent and team runs",
+        f"""SELECT label, series, flagged / total AS value
+FROM (SELECT {MODEL} AS label, {FLAG_NAME.format("flag")} AS series, sum(runs) AS flagged
       FROM {{runs}} ARRAY JOIN features AS flag WHERE {MODEL_KINDS} AND startsWith(flag, 'has_')
       GROUP BY label, series) AS flags
 JOIN (SELECT {MODEL} AS label, sum(runs) AS total FROM {{runs}} WHERE {MODEL_KINDS}
       GROUP BY label ORDER BY total DESC, label LIMIT 8) AS top USING label
-ORDER BY total DESC, label, series""", label_filter="model", series_filter="flag"),
-    Panel("feature-combos", "Feature combinations", "The 15 most used sets of flags on agent and team runs "
-          "(exactly these flags on).", BARS, COUNT, "agent and team runs",
-          f"""SELECT if(empty(features), '(no flag)', arrayStringConcat(arrayMap(f -> {FLAG_NAME.format('f')},
+ORDER BY total DESC, label, series""",
+        label_filter="model",
+        series_filter="flag",
+    ),
+    Panel(
+        "feature-combos",
+        "Feature combinations",
+        "The 15 most used sets of flags on agent and team runs (exactly these flags on).",
+        BARS,
+        COUNT,
+        "agent and team runs",
+        f"""SELECT if(empty(features), '(no flag)', arrayStringConcat(arrayMap(f -> {FLAG_NAME.format("f")},
        features), ' + ')) AS label, 'runs' AS series, sum(runs) AS value
 FROM {{runs}} WHERE {MODEL_KINDS}
-GROUP BY label ORDER BY value DESC, label LIMIT 15""", label_filter="flag"),
-    Panel("sdk-adoption", "SDK version adoption", "Share of all runs and launches per SDK minor version.",
-          TIME_SERIES, SHARE, "runs", _over_time("runs", "runs", share=True), by="sdk"),
-    Panel("team-sizes", "Team sizes", "Team runs per number of members.", BARS, COUNT, "team runs",
-          """SELECT member_bucket AS label, 'runs' AS series, sum(runs) AS value
+GROUP BY label ORDER BY value DESC, label LIMIT 15""",
+        label_filter="flag",
+    ),
+    Panel(
+        "sdk-adoption",
+        "SDK version adoption",
+        "Share of all runs and launches per SDK minor version.",
+        TIME_SERIES,
+        SHARE,
+        "runs",
+        _over_time("runs", "runs", share=True),
+        by="sdk",
+    ),
+    Panel(
+        "team-sizes",
+        "Team sizes",
+        "Team runs per number of members.",
+        BARS,
+        COUNT,
+        "team runs",
+        """SELECT member_bucket AS label, 'runs' AS series, sum(runs) AS value
 FROM {runs} WHERE kind = 'team'
-GROUP BY label ORDER BY toUInt32OrNull(extract(label, '^[0-9]+')), label"""),
-    Panel("team-coordination", "How teams coordinate", "Team runs per coordination mode (route: one member "
-          "answers directly; coordinate: the leader delegates and composes; collaborate: every member gets the "
-          "task; none: an older SDK) and per levels of teams nested below.", BARS, COUNT, "team runs",
-          """SELECT coordination AS label, concat('nesting ', nesting) AS series, sum(runs) AS value
+GROUP BY label ORDER BY toUInt32OrNull(extract(label, '^[0-9]+')), label""",
+    ),
+    Panel(
+        "team-coordination",
+        "How teams coordinate",
+        "Team runs per coordination mode (route: one member "
+        "answers directly; coordinate: the leader delegates and composes; collaborate: every member gets the "
+        "task; none: an older SDK) and per levels of teams nested below.",
+        BARS,
+        COUNT,
+        "team runs",
+        """SELECT coordination AS label, concat('nesting ', nesting) AS series, sum(runs) AS value
 FROM {team_runs}
-GROUP BY label, series ORDER BY label, series"""),
-    Panel("workflow-steps", "Workflow lengths", "Workflow runs per number of top-level steps, and per levels of "
-          "nested steps (none: an older SDK).", BARS, COUNT, "workflow runs",
-          """SELECT steps AS label, concat('nesting ', nesting) AS series, sum(runs) AS value
+GROUP BY label, series ORDER BY label, series""",
+    ),
+    Panel(
+        "workflow-steps",
+        "Workflow lengths",
+        "Workflow runs per number of top-level steps, and per levels of nested steps (none: an older SDK).",
+        BARS,
+        COUNT,
+        "workflow runs",
+        """SELECT steps AS label, concat('nesting ', nesting) AS series, sum(runs) AS value
 FROM {workflow_runs}
-GROUP BY label, series ORDER BY toUInt32OrNull(extract(label, '^[0-9]+')), label, series"""),
-    Panel("workflow-step-kinds", "What workflows run", "Workflow runs using each kind of step, at any depth: "
-          "agents, teams, functions, and the control flow around nested steps.", BARS, COUNT, "workflow runs",
-          """SELECT step_kind AS label, 'runs' AS series, sum(runs) AS value
+GROUP BY label, series ORDER BY toUInt32OrNull(extract(label, '^[0-9]+')), label, series""",
+    ),
+    Panel(
+        "workflow-step-kinds",
+        "What workflows run",
+        "Workflow runs using each kind of step, at any depth: "
+        "agents, teams, functions, and the control flow around nested steps.",
+        BARS,
+        COUNT,
+        "workflow runs",
+        """SELECT step_kind AS label, 'runs' AS series, sum(runs) AS value
 FROM {workflow_runs} ARRAY JOIN step_kinds AS step_kind WHERE step_kind != 'none'
-GROUP BY label ORDER BY value DESC, label"""),
-    Panel("workflow-control-flow", "Workflows beyond a sequence", "Share of workflow runs (of SDKs that report "
-          "their steps) using parallel branches, conditions, loops or routers.", BARS, SHARE, "workflow runs",
-          """SELECT kind AS label, 'share of workflow runs' AS series,
+GROUP BY label ORDER BY value DESC, label""",
+    ),
+    Panel(
+        "workflow-control-flow",
+        "Workflows beyond a sequence",
+        "Share of workflow runs (of SDKs that report "
+        "their steps) using parallel branches, conditions, loops or routers.",
+        BARS,
+        SHARE,
+        "workflow runs",
+        """SELECT kind AS label, 'share of workflow runs' AS series,
        sumIf(runs, has(step_kinds, kind)) / sum(runs) AS value
 FROM {workflow_runs} ARRAY JOIN ['parallel', 'condition', 'loop', 'router'] AS kind
 WHERE NOT has(step_kinds, 'none')
-GROUP BY label ORDER BY value DESC, label"""),
-    Panel("workflow-db", "Workflow runs by database", "Workflow runs per storage backend (db_type).", BARS, COUNT,
-          "workflow runs",
-          """SELECT db_type AS label, 'runs' AS series, sum(runs) AS value
+GROUP BY label ORDER BY value DESC, label""",
+    ),
+    Panel(
+        "workflow-db",
+        "Workflow runs by database",
+        "Workflow runs per storage backend (db_type).",
+        BARS,
+        COUNT,
+        "workflow runs",
+        """SELECT db_type AS label, 'runs' AS series, sum(runs) AS value
 FROM {runs} WHERE kind = 'workflow'
-GROUP BY label ORDER BY value DESC, label"""),
-    Panel("agentos-configurations", "AgentOS configurations", "AgentOS launches per number of agents, teams and "
-          "workflows (none: not reported, as by older SDKs).", BARS, COUNT, "launches",
-          """SELECT count.2 AS label, count.1 AS series, sum(launches) AS value
+GROUP BY label ORDER BY value DESC, label""",
+    ),
+    Panel(
+        "agentos-configurations",
+        "AgentOS configurations",
+        "AgentOS launches per number of agents, teams and workflows (none: not reported, as by older SDKs).",
+        BARS,
+        COUNT,
+        "launches",
+        """SELECT count.2 AS label, count.1 AS series, sum(launches) AS value
 FROM {launches} ARRAY JOIN [('agents', agents), ('teams', teams), ('workflows', workflows)] AS count
-GROUP BY label, series ORDER BY toUInt32OrNull(extract(label, '^[0-9]+')), label, series"""),
-    Panel("agentos-names", "AgentOS interfaces and databases", "AgentOS launches serving each interface and using "
-          "each db type.", BARS, COUNT, "launches",
-          """SELECT name AS label, dimension AS series, sum(launches) AS value
+GROUP BY label, series ORDER BY toUInt32OrNull(extract(label, '^[0-9]+')), label, series""",
+    ),
+    Panel(
+        "agentos-names",
+        "AgentOS interfaces and databases",
+        "AgentOS launches serving each interface and using each db type.",
+        BARS,
+        COUNT,
+        "launches",
+        """SELECT name AS label, dimension AS series, sum(launches) AS value
 FROM (SELECT launches, 'interfaces' AS dimension, interfaces AS names FROM {launches}
       UNION ALL SELECT launches, 'db_types', db_types FROM {launches}) ARRAY JOIN names AS name
 WHERE name != 'none'
-GROUP BY label, series ORDER BY series DESC, value DESC, label"""),
-    Panel("distinct-sessions", "Distinct sessions per day", "Sessions per day (UTC) the range touches, per kind or "
-          "the breakdown chosen (a sketch of keyed hashes: about 1% error, no session identifier stored).",
-          BARS, COUNT, "sessions",
-          """SELECT toString(day) AS label, {by} AS series, uniqCombined64Merge(sessions) AS value
+GROUP BY label, series ORDER BY series DESC, value DESC, label""",
+    ),
+    Panel(
+        "distinct-sessions",
+        "Distinct sessions per day",
+        "Sessions per day (UTC) the range touches, per kind or "
+        "the breakdown chosen (a sketch of keyed hashes: about 1% error, no session identifier stored).",
+        BARS,
+        COUNT,
+        "sessions",
+        """SELECT toString(day) AS label, {by} AS series, uniqCombined64Merge(sessions) AS value
 FROM {sessions}
-GROUP BY label, series ORDER BY label, series""", by="kind"),
-    Panel("active-installations", "Daily active installations", "Installations that sent a usage event, per day "
-          "(a sketch of keyed hashes of the SDK clients' daily pseudonyms: about 1% error; older SDKs send "
-          "none).", BARS, COUNT, "installations",
-          """SELECT toString(day) AS label, 'installations' AS series, uniqCombined64Merge(installations) AS value
+GROUP BY label, series ORDER BY label, series""",
+        by="kind",
+    ),
+    Panel(
+        "active-installations",
+        "Daily active installations",
+        "Installations that sent a usage event, per day "
+        "(a sketch of keyed hashes of the SDK clients' daily pseudonyms: about 1% error; older SDKs send "
+        "none).",
+        BARS,
+        COUNT,
+        "installations",
+        """SELECT toString(day) AS label, 'installations' AS series, uniqCombined64Merge(installations) AS value
 FROM {sessions}
-GROUP BY label, series ORDER BY label"""),
-    Panel("quality", "Dead letters and notes by reason", "Events not counted (dead-lettered, late) and notes on "
-          "counted ones (redacted or invalid values, replaced timestamps), per reason.", TIME_SERIES, COUNT,
-          "events",
-          """SELECT {bucket} AS time, reason AS series, sum(events) AS value
+GROUP BY label, series ORDER BY label""",
+    ),
+    Panel(
+        "quality",
+        "Dead letters and notes by reason",
+        "Events not counted (dead-lettered, late) and notes on "
+        "counted ones (redacted or invalid values, replaced timestamps), per reason.",
+        TIME_SERIES,
+        COUNT,
+        "events",
+        """SELECT {bucket} AS time, reason AS series, sum(events) AS value
 FROM {quality}
-GROUP BY time, series ORDER BY time, series"""),
-    Panel("client-drops", "Events SDK clients dropped", "What SDK clients report they could not deliver, per "
-          "reason, as a share of the events they tried to send (dropped and counted).", TIME_SERIES, SHARE,
-          "events sent",
-          """SELECT time, series, dropped / (sum(dropped) OVER (PARTITION BY time) + counted) AS value
+GROUP BY time, series ORDER BY time, series""",
+    ),
+    Panel(
+        "client-drops",
+        "Events SDK clients dropped",
+        "What SDK clients report they could not deliver, per "
+        "reason, as a share of the events they tried to send (dropped and counted).",
+        TIME_SERIES,
+        SHARE,
+        "events sent",
+        """SELECT time, series, dropped / (sum(dropped) OVER (PARTITION BY time) + counted) AS value
 FROM (SELECT {bucket} AS time, reason AS series, sum(events) AS dropped FROM {drops} GROUP BY time, series) AS drops
 LEFT JOIN (SELECT {bucket} AS time, sum(runs) AS counted FROM {runs} GROUP BY time) AS counted USING time
-ORDER BY time, series"""),
+ORDER BY time, series""",
+    ),
 )
 BY_NAME = {panel.name: panel for panel in PANELS}
 

@@ -56,10 +56,13 @@ _FIELD_TYPES: dict[str, Callable[[str], object]] = {
 }
 # `data` with the fields the dimensions read, then every flag the contract names. A flag defaults to UNSET,
 # so that a null flag still counts as present.
-_Data = msgspec.defstruct("_Data", [
-    *((field, _FIELD_TYPES[contract.field(field).type](field), None) for field in DATA_FIELDS),
-    *((flag, bool | None | msgspec.UnsetType, msgspec.UNSET) for flag in KNOWN_FLAGS),
-])
+_Data = msgspec.defstruct(
+    "_Data",
+    [
+        *((field, _FIELD_TYPES[contract.field(field).type](field), None) for field in DATA_FIELDS),
+        *((flag, bool | None | msgspec.UnsetType, msgspec.UNSET) for flag in KNOWN_FLAGS),
+    ],
+)
 _NO_DATA = (None,) * len(DATA_FIELDS)
 
 _KIND, _VALUE, _BUCKET, _FLAGS = "kind", "value", "bucket", "flags"
@@ -70,15 +73,25 @@ _PLAIN = tuple((i, field) for i, field in enumerate(DATA_FIELDS) if contract.fie
 _REFS = tuple((i, MODEL_KEYS[field]) for i, field in enumerate(DATA_FIELDS) if field in MODEL_KEYS)
 #: Each dimension compiled for the typed fields: (source, field, index in DATA_FIELDS or None for the
 #: envelope's sdk_version, model reference key or None, kinds, JSON path).
-_PLAN = tuple(
-    ({"kind": _KIND, "value": _VALUE, "bucket": _BUCKET, "flags": _FLAGS}[d.source], d.path[-1] if d.path else "",
-     DATA_FIELDS.index(d.path[1]) if d.path[:1] == ("data",) and len(d.path) > 1 else None,
-     d.path[2] if len(d.path) == 3 else None, d.kinds, "$." + ".".join(d.path))
-    for d in DIMENSIONS)
+_PLAN: tuple[tuple[Any, ...], ...] = tuple(
+    (
+        {"kind": _KIND, "value": _VALUE, "bucket": _BUCKET, "flags": _FLAGS}[d.source],
+        d.path[-1] if d.path else "",
+        DATA_FIELDS.index(d.path[1]) if d.path[:1] == ("data",) and len(d.path) > 1 else None,
+        d.path[2] if len(d.path) == 3 else None,
+        d.kinds,
+        "$." + ".".join(d.path),
+    )
+    for d in DIMENSIONS
+)
 
 
-_PATTERN_TYPES = {"bucket": int | None, "enum": str | None, "names": tuple[str, ...] | None,
-                  "enums": tuple[str, ...] | None}  # lists as tuples: a pattern is a cache key
+_PATTERN_TYPES = {
+    "bucket": int | None,
+    "enum": str | None,
+    "names": tuple[str, ...] | None,
+    "enums": tuple[str, ...] | None,
+}  # lists as tuples: a pattern is a cache key
 
 
 class _PatternReader(NamedTuple):
@@ -99,26 +112,34 @@ class _PatternReader(NamedTuple):
 
         typed = struct(f"_{kind.title()}Pattern", lambda d: _PATTERN_TYPES[d.source])
         lenient = struct(f"_{kind.title()}LenientPattern", lambda d: Any)
-        return cls(msgspec.json.Decoder(typed).decode, msgspec.json.Decoder(lenient, float_hook=Decimal).decode,
-                   tuple((d.source, NAME_FIELDS.get(d.name, ""), frozenset(contract.field(d.path[1]).values))
-                         for d in dimensions), (None,) * len(dimensions))
+        return cls(
+            msgspec.json.Decoder(typed).decode,
+            msgspec.json.Decoder(lenient, float_hook=Decimal).decode,
+            tuple(
+                (d.source, NAME_FIELDS.get(d.name, ""), frozenset(contract.field(d.path[1]).values)) for d in dimensions
+            ),
+            (None,) * len(dimensions),
+        )
 
 
 _PATTERN_READERS = {kind: _PatternReader.of(kind, dimensions) for kind, dimensions in PATTERNS.items()}
 
 
-def _envelope(name: str, data_type: object) -> type:
+def _envelope(name: str, data_type: Any) -> type:
     """Known top-level fields with their allowed types. Unknown fields (run_id, ...) are skipped by the
     decoder, so they never exist as Python objects."""
-    return msgspec.defstruct(name, [
-        ("type", str | None | msgspec.UnsetType, msgspec.UNSET),
-        ("session_id", str | None | msgspec.UnsetType, msgspec.UNSET),
-        ("os_id", str | None | msgspec.UnsetType, msgspec.UNSET),
-        ("installation", str | None, None),
-        ("sdk_version", str | None, None),
-        ("timestamp", int | float | str | None, None),
-        ("data", data_type | None, None),
-    ])
+    return msgspec.defstruct(
+        name,
+        [
+            ("type", str | None | msgspec.UnsetType, msgspec.UNSET),
+            ("session_id", str | None | msgspec.UnsetType, msgspec.UNSET),
+            ("os_id", str | None | msgspec.UnsetType, msgspec.UNSET),
+            ("installation", str | None, None),
+            ("sdk_version", str | None, None),
+            ("timestamp", int | float | str | None, None),
+            ("data", data_type | None, None),
+        ],
+    )
 
 
 _TypedEnvelope = _envelope("_TypedEnvelope", _Data)
@@ -155,7 +176,7 @@ class Tally:
     daily pseudonyms, the quality counts, the candidate values with the installations that sent them, and
     the cardinality guard's state, all for one flush."""
 
-    __slots__ = ("quality", "sessions", "installations", "candidates", "tracked", "suppressed")
+    __slots__ = ("candidates", "installations", "quality", "sessions", "suppressed", "tracked")
 
     def __init__(self) -> None:
         self.quality: dict[tuple, int] = {}  # (window_start, kind, reason) -> events
@@ -175,9 +196,16 @@ class EventProjector:
     """Validates events and projects them onto rollup keys, with one admission epoch. One per worker and
     epoch; holds only caches (of admitted values: a flood of rare values cannot fill them)."""
 
-    def __init__(self, window_seconds: int, allowed_lateness_seconds: int, future_tolerance_seconds: int,
-                 max_event_bytes: int, admission: Admission | None = None, k: int = 10,
-                 max_new_values: int = 20):
+    def __init__(
+        self,
+        window_seconds: int,
+        allowed_lateness_seconds: int,
+        future_tolerance_seconds: int,
+        max_event_bytes: int,
+        admission: Admission | None = None,
+        k: int = 10,
+        max_new_values: int = 20,
+    ):
         self.window_seconds = window_seconds
         self.allowed_lateness = allowed_lateness_seconds
         self.future_tolerance = future_tolerance_seconds
@@ -185,10 +213,10 @@ class EventProjector:
         self.admission = admission or Admission()
         self.k = k  # installations a candidate needs: more are not kept
         self.max_new_values = max_new_values  # rare values a flush tracks per window and field
-        self._decode_typed = msgspec.json.Decoder(_TypedEnvelope).decode
+        self._decode_typed: Callable[[bytes], Any] = msgspec.json.Decoder(_TypedEnvelope).decode
         # Untyped floats (unknown fields) as Decimal: 1e400 there must not reject what the typed decode,
         # which skips those fields, accepts.
-        self._decode_dict = msgspec.json.Decoder(_Envelope, float_hook=Decimal).decode
+        self._decode_dict: Callable[[bytes], Any] = msgspec.json.Decoder(_Envelope, float_hook=Decimal).decode
         # (kind, sdk_version, typed data fields) -> (flags present, dimensions, reasons of bad values): a
         # hit is one tuple hash, and there are about as many entries as distinct dimension sets. Only
         # projections without a rare value are kept.
@@ -200,8 +228,15 @@ class EventProjector:
 
     @classmethod
     def from_settings(cls, settings: Any, admission: Admission | None = None) -> EventProjector:
-        return cls(settings.window_seconds, settings.allowed_lateness_seconds, settings.future_tolerance_seconds,
-                   settings.max_event_bytes, admission, settings.k_anonymity, settings.max_new_values_per_flush)
+        return cls(
+            settings.window_seconds,
+            settings.allowed_lateness_seconds,
+            settings.future_tolerance_seconds,
+            settings.max_event_bytes,
+            admission,
+            settings.k_anonymity,
+            settings.max_new_values_per_flush,
+        )
 
     @property
     def epoch(self) -> int:
@@ -260,12 +295,12 @@ class EventProjector:
             window_start = self._window_start(event.timestamp, record_ms, kind, notes)
 
         if kind == _CLIENT_REPORT:
-            key = (window_start, self._client_report(raw, event.sdk_version, window_start, tally))
-            tally.sessions[key].append(None)
-            return key
+            report = (window_start, self._client_report(raw, event.sdk_version, window_start, tally))
+            tally.sessions[report].append(None)
+            return report
         data = event.data
-        key = (kind, event.sdk_version, _NO_DATA if data is None else msgspec.structs.astuple(data))
-        present, dims, bad, rare = self._projections.get(key) or self._typed_projection(key, window_start, tally)
+        typed = (kind, event.sdk_version, _NO_DATA if data is None else msgspec.structs.astuple(data))
+        present, dims, bad, rare = self._projections.get(typed) or self._typed_projection(typed, window_start, tally)
         # Every `"has_` in the bytes must be a known flag the typed decode saw; otherwise (a new flag, a
         # duplicate key, an escaped key) decode again into a dict, which keeps every key.
         if raw.count(b'"has_') != present or (b"\\" in raw and b"\\u" in raw):  # memchr first: no backslash, no scan
@@ -291,7 +326,8 @@ class EventProjector:
         of unique values costs a lookup per string, not a projection per event, and a cached key holds no
         string that was not admitted."""
         kind, sdk_version, fields = key
-        admitted, rare = self._admitted, []
+        admitted = self._admitted
+        rare: list[tuple[str, str]] = []
         if sdk_version is not None and sdk_version not in admitted["sdk_version"]:
             sdk_version = self._store(sdk_version, "sdk_version", [], rare, window_start, tally)
         stored = None
@@ -304,12 +340,18 @@ class EventProjector:
             ref = fields[index]
             if ref is not None:
                 values = msgspec.structs.astuple(ref)
-                if any(value is not None and value not in admitted[key] for key, value in zip(keys, values)):
+                if any(
+                    value is not None and value not in admitted[key] for key, value in zip(keys, values, strict=True)
+                ):
                     stored = stored or list(fields)
-                    stored[index] = type(ref)(*(
-                        value if value is None or value in admitted[key]
-                        else self._store(value, key, [], rare, window_start, tally)
-                        for key, value in zip(keys, values)))
+                    stored[index] = type(ref)(
+                        *(
+                            value
+                            if value is None or value in admitted[key]
+                            else self._store(value, key, [], rare, window_start, tally)
+                            for key, value in zip(keys, values, strict=True)
+                        )
+                    )
         if stored is None and sdk_version is key[1]:
             return self._projection(key, window_start, tally)
         key = (kind, sdk_version, fields if stored is None else tuple(stored))
@@ -320,7 +362,7 @@ class EventProjector:
         """The projection of typed `data` fields (`DATA_FIELDS`, then `KNOWN_FLAGS`), cached when it has no
         rare value."""
         kind, sdk_version, fields = key
-        flags = fields[len(DATA_FIELDS):]
+        flags = fields[len(DATA_FIELDS) :]
         present, features = self._flags.get(flags) or self._flag_summary(flags)
         projection = (present, *self._dimensions(kind, sdk_version, fields, features, [], window_start, tally))
         if not projection[3]:  # without a rare value: the same for every event of this epoch
@@ -328,20 +370,26 @@ class EventProjector:
         return projection
 
     def _flag_summary(self, flags: tuple) -> tuple[int, tuple]:
-        """How many known flags are present (null counts), and the sorted names of those that are true."""
-        summary = (sum(value is not msgspec.UNSET for value in flags),
-                   tuple(sorted(flag for flag, value in zip(KNOWN_FLAGS, flags) if value is True)))
+        """How many known flags are present (null counts), and the sorted names of those that are true. No
+        `data` at all: no flags (`_NO_DATA` is shorter than `KNOWN_FLAGS`)."""
+        summary = (
+            sum(value is not msgspec.UNSET for value in flags),
+            tuple(sorted(flag for flag, value in zip(KNOWN_FLAGS, flags, strict=False) if value is True)),
+        )
         self._flags[flags] = summary  # at most 3 ** len(KNOWN_FLAGS) combinations, a few hundred in practice
         return summary
 
-    def _dict_projection(self, raw: bytes, kind: str, sdk_version: str | None, window_start: int,
-                         tally: Tally) -> tuple:
+    def _dict_projection(
+        self, raw: bytes, kind: str, sdk_version: str | None, window_start: int, tally: Tally
+    ) -> tuple:
         """The dimensions of an event whose `data` has flags outside `KNOWN_FLAGS` (not cached)."""
         try:
             data = self._decode_dict(raw).data or {}
         except Exception as exc:  # noqa: BLE001 - classified by `_rejection`
             raise _rejection(exc, raw) from None
-        features, bad, rare = set(), [], []
+        features: set[str] = set()
+        bad: list[Reason] = []
+        rare: list[tuple[str, str]] = []
         for key, value in data.items():
             if key[:4] != contract.FLAG_PREFIX or value is False or value is None:
                 continue
@@ -357,13 +405,22 @@ class EventProjector:
         """The JSON path of a flag: its name when the contract or the admission knows it, never a private one."""
         return f"$.data.{key if self.admits_flag(key) else UNKNOWN_FLAG}"
 
-    def _dimensions(self, kind: str, sdk_version: object, fields: tuple, features: tuple, bad: list[Reason],
-                    window_start: int, tally: Tally, rare: list | None = None) -> tuple:
+    def _dimensions(
+        self,
+        kind: str,
+        sdk_version: object,
+        fields: tuple,
+        features: tuple,
+        bad: list[Reason],
+        window_start: int,
+        tally: Tally,
+        rare: list | None = None,
+    ) -> tuple:
         """The dimensions in `DIMENSIONS` order (from `fields`, the data fields in `DATA_FIELDS` order, model
         references as structs), the reasons for the values it had to replace, and the rare values among
         them ((field, value) pairs)."""
         rare = [] if rare is None else rare
-        dims = []
+        dims: list[object] = []
         append = dims.append
         admitted = self._admitted
         for source, field, index, key, kinds, path in _PLAN:
@@ -397,8 +454,9 @@ class EventProjector:
             data = reader.decode(raw).data
         except msgspec.ValidationError:  # a mistyped field
             data = reader.decode_lenient(raw).data  # as deep as the typed decode allowed: cannot fail
-            return self._judged(reader, reader.missing if data is None else msgspec.structs.astuple(data),
-                                window_start, tally)
+            return self._judged(
+                reader, reader.missing if data is None else msgspec.structs.astuple(data), window_start, tally
+            )
         values = reader.missing if data is None else msgspec.structs.astuple(data)
         key = (kind, values)
         stored = self._patterns.get(key)
@@ -408,13 +466,16 @@ class EventProjector:
                 _remember(self._patterns, key, stored)
         return stored
 
-    def _judged(self, reader: _PatternReader, values: tuple, window_start: int,
-                tally: Tally) -> tuple[tuple, tuple, tuple]:
+    def _judged(
+        self, reader: _PatternReader, values: tuple, window_start: int, tally: Tally
+    ) -> tuple[tuple, tuple, tuple]:
         """Counts as buckets, an enumeration's value as it is, names and enumerations' values as sorted sets
         of stored values; null or missing is `none`, a value of the wrong type or outside its enumeration
         `invalid` (with a note)."""
-        pattern, bad, rare = [], [], []
-        for (source, field, allowed), value in zip(reader.plan, values):
+        pattern: list[object] = []
+        bad: list[Reason] = []
+        rare: list[tuple[str, str]] = []
+        for (source, field, allowed), value in zip(reader.plan, values, strict=True):
             many = source == "names" or source == "enums"
             if value is None:
                 pattern.append((NONE,) if many else NONE)
@@ -435,8 +496,9 @@ class EventProjector:
                         bad.append(Reason.INVALID_VALUE)
                         names.add(INVALID)
                     else:
-                        names.add(name if source == "enums" else self._store(name, field, bad, rare, window_start,
-                                                                              tally))
+                        names.add(
+                            name if source == "enums" else self._store(name, field, bad, rare, window_start, tally)
+                        )
                 pattern.append(tuple(sorted(names)))
             else:
                 bad.append(Reason.INVALID_VALUE)
@@ -503,7 +565,7 @@ class EventProjector:
         if len(installations) < self.k:
             installations.add(installation)
 
-    def _window_start(self, timestamp: object, record_ms: int, kind: str, notes: dict) -> int:
+    def _window_start(self, timestamp: float | str, record_ms: int, kind: str, notes: dict) -> int:
         """Event time for a payload that carries a timestamp: that time when valid, else the Kafka
         record's. Raises a LATE rejection when late.
 
@@ -569,7 +631,7 @@ _MIN_EPOCH_S = 946_684_800  # 2000-01-01: anything earlier is a broken clock, no
 _MAX_EPOCH_S = 4_102_444_800  # 2100-01-01
 
 
-def _epoch_seconds(timestamp: object) -> int | None:
+def _epoch_seconds(timestamp: float | str) -> int | None:
     """Seconds since the epoch from a number (s or ms) or an ISO-8601 string; None when invalid."""
     if type(timestamp) is str:
         try:
@@ -580,7 +642,7 @@ def _epoch_seconds(timestamp: object) -> int | None:
             return None  # a naive time has no defined instant
         seconds = parsed.timestamp()
     else:
-        seconds = float(timestamp)  # type: ignore[arg-type]
+        seconds = float(timestamp)
         if seconds > 1e11:  # milliseconds
             seconds /= 1000
     if not _MIN_EPOCH_S <= seconds < _MAX_EPOCH_S:  # also false for NaN and inf

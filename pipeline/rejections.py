@@ -34,8 +34,16 @@ class Reason(StrEnum):
 
 #: Outcomes of a range of offsets, not of events: each has its own column in the ledger (`ingest_flushes`).
 GONE = (Reason.SKIPPED, Reason.EXPIRED, Reason.LOST)
-QUALITY_ONLY = frozenset({Reason.LATE, Reason.FUTURE_TIMESTAMP, Reason.BAD_TIMESTAMP,
-                          Reason.REDACTED_VALUE, Reason.INVALID_VALUE, Reason.RARE_VALUE})
+QUALITY_ONLY = frozenset(
+    {
+        Reason.LATE,
+        Reason.FUTURE_TIMESTAMP,
+        Reason.BAD_TIMESTAMP,
+        Reason.REDACTED_VALUE,
+        Reason.INVALID_VALUE,
+        Reason.RARE_VALUE,
+    }
+)
 
 
 class Rejection(Exception):

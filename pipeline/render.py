@@ -8,7 +8,7 @@ import csv
 import io
 import json
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from rich.table import Table
 
@@ -18,7 +18,7 @@ from pipeline.panels import TIME_SERIES, Panel
 def _value(value):
     """A cell as plain data: times in ISO 8601 (UTC), everything else as the driver returned it."""
     if isinstance(value, datetime):
-        return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).isoformat()
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
     return value
 
 
@@ -48,7 +48,7 @@ def to_csv(columns: Sequence[str], rows: Sequence[Sequence]) -> str:
 
 def to_json(columns: Sequence[str], rows: Sequence[Sequence]) -> str:
     """A JSON array of objects, one per row."""
-    return json.dumps([{column: _value(value) for column, value in zip(columns, row)} for row in rows])
+    return json.dumps([{column: _value(value) for column, value in zip(columns, row, strict=True)} for row in rows])
 
 
 def chart(panel: Panel, rows: Sequence[Sequence], width: int, height: int, color: bool) -> str:

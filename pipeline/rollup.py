@@ -5,8 +5,8 @@ A `PartitionRollup` covers the contiguous offsets [start_offset, end_offset) of 
 its quality counts, the sessions and candidate values its events carried (a `Tally`), the dead letters of
 its invalid events, and the ledger's account of the range (counted, dead-lettered, late, skipped, expired,
 lost). It is projected with one admission epoch, recorded with its flush, with the fingerprint of its last
-record (how a later worker recognises the log). A flush writes exactly that
-range (`agents/checkpoint.py`), so rebuilding the rollup from the same offsets gives the same rows, which is what makes a replayed flush
+record (how a later worker recognises the log). A flush writes exactly that range (`agents/checkpoint.py`),
+so rebuilding the rollup from the same offsets gives the same rows, which is what makes a replayed flush
 deduplicate. A batch that does not start where the rollup ends is refused (`OffsetGap`): counting records
 after a hole would let a flush claim offsets that were never counted.
 """
@@ -57,12 +57,38 @@ class OffsetGap(Exception):
 
 
 class PartitionRollup(Tally):
-    __slots__ = ("topic", "partition", "start_offset", "end_offset", "events", "dead_letters", "replay",
-                 "dead_lettered", "late", "skipped", "expired", "lost", "epoch", "log", "last", "previous",
-                 "flushed_at", "landed", "first_ms")
+    __slots__ = (
+        "dead_lettered",
+        "dead_letters",
+        "end_offset",
+        "epoch",
+        "events",
+        "expired",
+        "first_ms",
+        "flushed_at",
+        "landed",
+        "last",
+        "late",
+        "log",
+        "lost",
+        "partition",
+        "previous",
+        "replay",
+        "skipped",
+        "start_offset",
+        "topic",
+    )
 
-    def __init__(self, topic: str, partition: int, start_offset: int, replay: bool = False, epoch: int = 0,
-                 log: LogIdentity = LogIdentity(), previous: Fingerprint | None = None):
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        start_offset: int,
+        replay: bool = False,
+        epoch: int = 0,
+        log: LogIdentity = LogIdentity(),
+        previous: Fingerprint | None = None,
+    ):
         super().__init__()
         self.topic = topic
         self.partition = partition
@@ -84,9 +110,20 @@ class PartitionRollup(Tally):
         self.first_ms: int | None = None  # the Kafka timestamp of its first record (freshness)
 
     @classmethod
-    def gone(cls, reason: Reason, topic: str, partition: int, start_offset: int, end_offset: int, at_s: float,
-             window_seconds: int, detail: str = "", log: LogIdentity = LogIdentity(),
-             previous: Fingerprint | None = None, replay: bool = False) -> PartitionRollup:
+    def gone(
+        cls,
+        reason: Reason,
+        topic: str,
+        partition: int,
+        start_offset: int,
+        end_offset: int,
+        at_s: float,
+        window_seconds: int,
+        detail: str = "",
+        log: LogIdentity = LogIdentity(),
+        previous: Fingerprint | None = None,
+        replay: bool = False,
+    ) -> PartitionRollup:
         """The flush of a range of offsets without records to count (`rejections.GONE`): skipped by an
         operator, expired, or lost. Counted by offsets in the ledger and in the quality table (in the window
         of `at_s`, recorded with the intent, so that a rewrite is identical) and described by one dead
@@ -170,8 +207,9 @@ class PartitionRollup(Tally):
                     continue
                 self.dead_lettered += 1
                 if not self.replay:
-                    self.dead_letters.append(dead_letter(rejection, message, self.topic, self.partition,
-                                                         projector.admits_flag))
+                    self.dead_letters.append(
+                        dead_letter(rejection, message, self.topic, self.partition, projector.admits_flag)
+                    )
         if self.first_ms is None:
             self.first_ms = messages[0].timestamp
         self.events += len(messages)

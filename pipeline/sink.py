@@ -29,32 +29,69 @@ from pipeline.admission import DAY_S, Admitted, Keys
 from pipeline.rejections import GONE, Reason
 from pipeline.rollup import Fingerprint, LogIdentity, PartitionRollup
 from tables.ddl import SchemaOptions, Table
-from tables.schema import (ADMITTED_VALUES, CLIENT_DROPS_MINUTE, FLUSH_LANDINGS, INGEST_FLUSHES, LAUNCHES_MINUTE,
-                           LEDGER_OUTCOMES, QUALITY_MINUTE, RUNS_MINUTE, SESSION_SIGHTINGS, SKIP_REQUESTS,
-                           TEAM_RUNS_MINUTE, VALUE_CANDIDATES, VALUE_SIGHTINGS, WORKFLOW_RUNS_MINUTE)
+from tables.schema import (
+    ADMITTED_VALUES,
+    CLIENT_DROPS_MINUTE,
+    FLUSH_LANDINGS,
+    INGEST_FLUSHES,
+    LAUNCHES_MINUTE,
+    LEDGER_OUTCOMES,
+    QUALITY_MINUTE,
+    RUNS_MINUTE,
+    SESSION_SIGHTINGS,
+    SKIP_REQUESTS,
+    TEAM_RUNS_MINUTE,
+    VALUE_CANDIDATES,
+    VALUE_SIGHTINGS,
+    WORKFLOW_RUNS_MINUTE,
+)
 
 #: The columns each write names (the others take their DEFAULT); rows are built in these orders below.
 RUNS_COLUMNS = ("window_start", *dimensions.NAMES, "runs")
 #: Per kind with a pattern (`dimensions.PATTERNS`): its table, and the columns of a row of it.
 PATTERN_WRITES = tuple(
     (kind, table, ("window_start", "sdk_version", *(d.name for d in dimensions.PATTERNS[kind]), count))
-    for kind, table, count in ((OS, LAUNCHES_MINUTE, "launches"), (TEAM, TEAM_RUNS_MINUTE, "runs"),
-                               (WORKFLOW, WORKFLOW_RUNS_MINUTE, "runs")))
+    for kind, table, count in (
+        (OS, LAUNCHES_MINUTE, "launches"),
+        (TEAM, TEAM_RUNS_MINUTE, "runs"),
+        (WORKFLOW, WORKFLOW_RUNS_MINUTE, "runs"),
+    )
+)
 QUALITY_COLUMNS = ("window_start", "kind", "reason", "events")
-FLUSH_COLUMNS = ("topic", "partition", "start_offset", "end_offset", "events", *LEDGER_OUTCOMES, "admission_epoch",
-                 "log_generation", "topic_id", "fingerprint_offset", "fingerprint", "log_end_seen", "tables",
-                 "flushed_at")
+FLUSH_COLUMNS = (
+    "topic",
+    "partition",
+    "start_offset",
+    "end_offset",
+    "events",
+    *LEDGER_OUTCOMES,
+    "admission_epoch",
+    "log_generation",
+    "topic_id",
+    "fingerprint_offset",
+    "fingerprint",
+    "log_end_seen",
+    "tables",
+    "flushed_at",
+)
 LANDING_COLUMNS = ("topic", "partition", "table_name", "log_generation", "start_offset", "end_offset")
 SKIP_COLUMNS = ("topic", "partition", "through_offset", "reason")
 DROPS_COLUMNS = ("window_start", "sdk_version", "reason", "events")
 SESSION_COLUMNS = ("day", *dimensions.SKETCH, "session_hashes", "installation_hashes")
 SIGHTING_COLUMNS = ("day", "field", "value_hash", "installation_hashes")
 ADMITTED_COLUMNS = ("epoch", "field", "value", "value_hash")
-WRITES = {RUNS_MINUTE.name: RUNS_COLUMNS, **{table.name: columns for _, table, columns in PATTERN_WRITES},
-          QUALITY_MINUTE.name: QUALITY_COLUMNS,
-          INGEST_FLUSHES.name: FLUSH_COLUMNS, FLUSH_LANDINGS.name: LANDING_COLUMNS, SKIP_REQUESTS.name: SKIP_COLUMNS,
-          CLIENT_DROPS_MINUTE.name: DROPS_COLUMNS, SESSION_SIGHTINGS.name: SESSION_COLUMNS,
-          VALUE_SIGHTINGS.name: SIGHTING_COLUMNS, ADMITTED_VALUES.name: ADMITTED_COLUMNS}
+WRITES = {
+    RUNS_MINUTE.name: RUNS_COLUMNS,
+    **{table.name: columns for _, table, columns in PATTERN_WRITES},
+    QUALITY_MINUTE.name: QUALITY_COLUMNS,
+    INGEST_FLUSHES.name: FLUSH_COLUMNS,
+    FLUSH_LANDINGS.name: LANDING_COLUMNS,
+    SKIP_REQUESTS.name: SKIP_COLUMNS,
+    CLIENT_DROPS_MINUTE.name: DROPS_COLUMNS,
+    SESSION_SIGHTINGS.name: SESSION_COLUMNS,
+    VALUE_SIGHTINGS.name: SIGHTING_COLUMNS,
+    ADMITTED_VALUES.name: ADMITTED_COLUMNS,
+}
 
 _encode_rows = msgspec.json.Encoder().encode_lines
 _DEDUPLICATED = {"insert_deduplicate": 1, "deduplicate_blocks_in_dependent_materialized_views": 1}
@@ -112,75 +149,149 @@ class ClickHouseSink:
             "SELECT start_offset, end_offset, skipped, expired, lost, admission_epoch, log_generation, topic_id, "
             "fingerprint_offset, fingerprint, log_end_seen, tables, toUnixTimestamp64Milli(flushed_at) "
             f"FROM {INGEST_FLUSHES.target(self.opts)} {where} ORDER BY log_generation DESC, end_offset DESC LIMIT 1",
-            parameters=parameters, settings=self._intent_reads)
+            parameters=parameters,
+            settings=self._intent_reads,
+        )
         if not result.result_rows:
             return None
-        (start, end, skipped, expired, lost, epoch, generation, topic_id, fingerprint_offset, fingerprint, seen,
-         tables, flushed_ms) = result.result_rows[0]
+        (
+            start,
+            end,
+            skipped,
+            expired,
+            lost,
+            epoch,
+            generation,
+            topic_id,
+            fingerprint_offset,
+            fingerprint,
+            seen,
+            tables,
+            flushed_ms,
+        ) = result.result_rows[0]
         landed = self.client.query(
             f"SELECT DISTINCT table_name FROM {FLUSH_LANDINGS.target(self.opts)} {where} "
             "AND log_generation = {generation:UInt32} AND start_offset = {start:UInt64} AND end_offset = {end:UInt64}",
             parameters={**parameters, "generation": generation, "start": start, "end": end},
-            settings=self._intent_reads).result_rows
-        return FlushRange(start, end, skipped, expired, lost, epoch, LogIdentity(generation, topic_id),
-                          Fingerprint(fingerprint_offset, fingerprint) if fingerprint_offset >= 0 else None, seen,
-                          tuple(tables), flushed_ms / 1000, frozenset(table for (table,) in landed))
+            settings=self._intent_reads,
+        ).result_rows
+        return FlushRange(
+            start,
+            end,
+            skipped,
+            expired,
+            lost,
+            epoch,
+            LogIdentity(generation, topic_id),
+            Fingerprint(fingerprint_offset, fingerprint) if fingerprint_offset >= 0 else None,
+            seen,
+            tuple(tables),
+            flushed_ms / 1000,
+            frozenset(table for (table,) in landed),
+        )
 
     def record_intent(self, rollup: PartitionRollup, token: str, tables: Iterable[str], log_end_seen: int) -> None:
         fingerprint = rollup.fingerprint or Fingerprint(-1, 0)
-        row = (rollup.topic, rollup.partition, rollup.start_offset, rollup.end_offset, rollup.events,
-               rollup.counted, rollup.dead_lettered, rollup.late, rollup.skipped, rollup.expired, rollup.lost,
-               rollup.epoch, rollup.log.generation, rollup.log.topic_id, *fingerprint, log_end_seen, list(tables),
-               rollup.flushed_at)
-        self._insert(INGEST_FLUSHES.target(self.opts), [row], FLUSH_COLUMNS, f"{token}/{INGEST_FLUSHES.name}",
-                     self._intents)
+        row = (
+            rollup.topic,
+            rollup.partition,
+            rollup.start_offset,
+            rollup.end_offset,
+            rollup.events,
+            rollup.counted,
+            rollup.dead_lettered,
+            rollup.late,
+            rollup.skipped,
+            rollup.expired,
+            rollup.lost,
+            rollup.epoch,
+            rollup.log.generation,
+            rollup.log.topic_id,
+            *fingerprint,
+            log_end_seen,
+            list(tables),
+            rollup.flushed_at,
+        )
+        self._insert(
+            INGEST_FLUSHES.target(self.opts), [row], FLUSH_COLUMNS, f"{token}/{INGEST_FLUSHES.name}", self._intents
+        )
 
-    def rows(self, rollup: PartitionRollup, keys: Keys) -> tuple[list[tuple[Table, tuple[str, ...], list]],
-                                                                 list[tuple[Table, tuple[str, ...], Iterable]]]:
+    def rows(
+        self, rollup: PartitionRollup, keys: Keys
+    ) -> tuple[list[tuple[Table, tuple[str, ...], list]], list[tuple[Table, tuple[str, ...], Iterable]]]:
         """The rows of a rollup, per table: first the summing tables (a row written twice counts twice) with
         rows, then the sketches (writing a hash twice changes nothing). Summing: usage events to the runs
         table, launches, team and workflow runs with their patterns to their tables, client reports to the
         drops table, and the quality counts; sketches: the keyed hashes of the sessions and installations
         (per sketch key) and of the candidate values (with their installations'), made lazily."""
-        summing = [(RUNS_MINUTE, RUNS_COLUMNS, [(w, *dims, n) for (w, dims), n in rollup.run_counts().items()]),
-                   *((table, columns, [(*key, n) for key, n in rollup.patterns(kind).items()])
-                     for kind, table, columns in PATTERN_WRITES),
-                   (CLIENT_DROPS_MINUTE, DROPS_COLUMNS, [(*key, n) for key, n in rollup.client_drops().items()]),
-                   (QUALITY_MINUTE, QUALITY_COLUMNS, [(*key, n) for key, n in rollup.quality.items()])]
-        return ([table for table in summing if table[2]],
-                [(SESSION_SIGHTINGS, SESSION_COLUMNS, _session_rows(rollup, keys)),
-                 (VALUE_SIGHTINGS, SIGHTING_COLUMNS, _sighting_rows(rollup, keys))])
+        summing = [
+            (RUNS_MINUTE, RUNS_COLUMNS, [(w, *dims, n) for (w, dims), n in rollup.run_counts().items()]),
+            *(
+                (table, columns, [(*key, n) for key, n in rollup.patterns(kind).items()])
+                for kind, table, columns in PATTERN_WRITES
+            ),
+            (CLIENT_DROPS_MINUTE, DROPS_COLUMNS, [(*key, n) for key, n in rollup.client_drops().items()]),
+            (QUALITY_MINUTE, QUALITY_COLUMNS, [(*key, n) for key, n in rollup.quality.items()]),
+        ]
+        return (
+            [table for table in summing if table[2]],
+            [
+                (SESSION_SIGHTINGS, SESSION_COLUMNS, _session_rows(rollup, keys)),
+                (VALUE_SIGHTINGS, SIGHTING_COLUMNS, _sighting_rows(rollup, keys)),
+            ],
+        )
 
     def insert_rows(self, table: Table, columns: tuple[str, ...], rows: Iterable[tuple], token: str) -> None:
         self._insert(table.target(self.opts), rows, columns, f"{token}/{table.name}", self._inserts)
 
     def record_landing(self, rollup: PartitionRollup, table: Table, token: str) -> None:
-        row = (rollup.topic, rollup.partition, table.name, rollup.log.generation, rollup.start_offset,
-               rollup.end_offset)
-        self._insert(FLUSH_LANDINGS.target(self.opts), [row], LANDING_COLUMNS, f"{token}/landed/{table.name}",
-                     self._intents)
+        row = (
+            rollup.topic,
+            rollup.partition,
+            table.name,
+            rollup.log.generation,
+            rollup.start_offset,
+            rollup.end_offset,
+        )
+        self._insert(
+            FLUSH_LANDINGS.target(self.opts), [row], LANDING_COLUMNS, f"{token}/landed/{table.name}", self._intents
+        )
 
     def admitted(self) -> list[Admitted]:
-        return [Admitted(*row) for row in self.client.query(
-            f"SELECT epoch, field, value FROM {ADMITTED_VALUES.target(self.opts)}").result_rows]
+        return [
+            Admitted(*row)
+            for row in self.client.query(
+                f"SELECT epoch, field, value FROM {ADMITTED_VALUES.target(self.opts)}"
+            ).result_rows
+        ]
 
     def ready_candidates(self, k: int) -> set[tuple[str, int]]:
         """(field, value hash) of the candidates seen from k distinct installations on one day (today or
         yesterday: older ones expire)."""
-        return {(field, value_hash) for field, value_hash in self.client.query(
-            f"SELECT field, value_hash FROM {VALUE_CANDIDATES.target(self.opts)} WHERE day >= today() - 1 "
-            "GROUP BY field, value_hash, day HAVING uniqCombined64Merge(installations) >= {k:UInt32}",
-            parameters={"k": k}).result_rows}
+        return {
+            (field, value_hash)
+            for field, value_hash in self.client.query(
+                f"SELECT field, value_hash FROM {VALUE_CANDIDATES.target(self.opts)} WHERE day >= today() - 1 "
+                "GROUP BY field, value_hash, day HAVING uniqCombined64Merge(installations) >= {k:UInt32}",
+                parameters={"k": k},
+            ).result_rows
+        }
 
     def admit(self, epoch: int, values: list[tuple[str, str, int]]) -> None:
         """Write an admission epoch ((field, value, value hash) rows). Deduplicated by the epoch number:
         of two workers writing the same epoch, the first one's rows are the epoch."""
-        self._insert(ADMITTED_VALUES.target(self.opts), [(epoch, *row) for row in values], ADMITTED_COLUMNS,
-                     f"admission/{epoch}", self._intents)
+        self._insert(
+            ADMITTED_VALUES.target(self.opts),
+            [(epoch, *row) for row in values],
+            ADMITTED_COLUMNS,
+            f"admission/{epoch}",
+            self._intents,
+        )
 
     def request_skip(self, topic: str, partition: int, through_offset: int, reason: str) -> None:
-        self.client.insert(SKIP_REQUESTS.target(self.opts), [(topic, partition, through_offset, reason)],
-                           column_names=SKIP_COLUMNS)
+        self.client.insert(
+            SKIP_REQUESTS.target(self.opts), [(topic, partition, through_offset, reason)], column_names=SKIP_COLUMNS
+        )
 
     def skip_request(self, topic: str, partition: int, at_or_after: int) -> SkipRequest | None:
         """The request to skip `partition` with the lowest end at or after `at_or_after` (its earliest reason)."""
@@ -188,32 +299,41 @@ class ClickHouseSink:
             f"SELECT through_offset, argMin(reason, requested_at) FROM {SKIP_REQUESTS.target(self.opts)} "
             "WHERE topic = {topic:String} AND partition = {partition:UInt32} AND through_offset >= {at:UInt64} "
             "GROUP BY through_offset ORDER BY through_offset LIMIT 1",
-            parameters={"topic": topic, "partition": partition, "at": at_or_after})
+            parameters={"topic": topic, "partition": partition, "at": at_or_after},
+        )
         return SkipRequest(*result.result_rows[0]) if result.result_rows else None
 
     def dedup_window_problem(self, partitions: int, flush_interval_s: float, horizon_s: float) -> str | None:
         """Whether every table remembers the blocks of the last `horizon_s` seconds, when `partitions` each
         flush every `flush_interval_s` (one block per table and flush): what the deduplication tokens must
         cover (`agents/checkpoint.py`). The reason when a window is too small, else None."""
-        defaults = dict(self.client.query(
-            "SELECT name, value FROM system.merge_tree_settings WHERE name IN ({names:Array(String)})",
-            parameters={"names": list(_WINDOWS)}).result_rows)
-        tables = self.client.query("SELECT name, engine_full FROM system.tables WHERE database = {db:String} "
-                                   "AND engine LIKE '%MergeTree'", parameters={"db": self.opts.database}).result_rows
+        defaults = {
+            name: value
+            for name, value in self.client.query(
+                "SELECT name, value FROM system.merge_tree_settings WHERE name IN ({names:Array(String)})",
+                parameters={"names": list(_WINDOWS)},
+            ).result_rows
+        }
+        tables = self.client.query(
+            "SELECT name, engine_full FROM system.tables WHERE database = {db:String} AND engine LIKE '%MergeTree'",
+            parameters={"db": self.opts.database},
+        ).result_rows
         blocks_needed = math.ceil(partitions * horizon_s / flush_interval_s)
         problems = []
         blocks_setting, seconds_setting = _WINDOWS[:2] if self.opts.cluster else (_WINDOWS[2], None)
         for name, engine_full in tables:
-            blocks, seconds = _window(engine_full, blocks_setting, defaults), _window(engine_full, seconds_setting,
-                                                                                      defaults)
+            blocks = _window(engine_full, blocks_setting, defaults)
+            seconds = _window(engine_full, seconds_setting, defaults) if seconds_setting else None
             if blocks < blocks_needed or (seconds is not None and seconds < horizon_s):
                 problems.append(f"{name}: {blocks} blocks" + (f", {seconds} s" if seconds is not None else ""))
         if not problems:
             return None
-        return (f"deduplication window too small for {partitions} partitions flushing every {flush_interval_s} s "
-                f"over {horizon_s:.0f} s ({blocks_needed} blocks): {'; '.join(problems[:5])}. A flush retried after "
-                "a crash between a table's insert and its landing may count twice; raise the tables' window "
-                "(README: Guarantees)")
+        return (
+            f"deduplication window too small for {partitions} partitions flushing every {flush_interval_s} s "
+            f"over {horizon_s:.0f} s ({blocks_needed} blocks): {'; '.join(problems[:5])}. A flush retried after "
+            "a crash between a table's insert and its landing may count twice; raise the tables' window "
+            "(README: Guarantees)"
+        )
 
     def _insert(self, table: str, rows: Iterable[tuple], columns: tuple[str, ...], token: str, settings: dict) -> None:
         """Rows go as JSONCompactEachRow, encoded by msgspec in C and parsed by ClickHouse: the worker
@@ -222,20 +342,22 @@ class ClickHouseSink:
         body = _encode_rows(rows)
         if not body:
             return
-        self.client.raw_insert(table, columns, body, settings={**settings, "insert_deduplication_token": token},
-                               fmt="JSONCompactEachRow")
+        self.client.raw_insert(
+            table, columns, body, settings={**settings, "insert_deduplication_token": token}, fmt="JSONCompactEachRow"
+        )
 
 
-_WINDOWS = ("replicated_deduplication_window", "replicated_deduplication_window_seconds",
-            "non_replicated_deduplication_window")
+_WINDOWS = (
+    "replicated_deduplication_window",
+    "replicated_deduplication_window_seconds",
+    "non_replicated_deduplication_window",
+)
 
 
-def _window(engine_full: str, setting: str | None, defaults: dict[str, str]) -> int | None:
+def _window(engine_full: str, setting: str, defaults: dict[str, str]) -> int:
     """A table's deduplication setting: its own (`SETTINGS name = N` in its engine), else the server's."""
-    if setting is None:
-        return None
     _, found, rest = engine_full.partition(f" {setting} = ")
-    digits = rest[:rest.find(",")] if "," in rest else rest
+    digits = rest[: rest.find(",")] if "," in rest else rest
     return int(digits) if found and digits.strip().isdigit() else int(defaults.get(setting, 0))
 
 
@@ -268,5 +390,7 @@ def _sighting_rows(rollup: PartitionRollup, keys: Keys) -> list[tuple]:
     sightings: dict[tuple, set] = defaultdict(set)
     for (window_start, field, value), found in rollup.candidates.items():
         sightings[(window_start // DAY_S, field, keys.value(field, value))] |= found
-    return [(day, field, value_hash, keys.installations(day * DAY_S, sorted(found)))
-            for (day, field, value_hash), found in sightings.items()]
+    return [
+        (day, field, value_hash, keys.installations(day * DAY_S, sorted(found)))
+        for (day, field, value_hash), found in sightings.items()
+    ]

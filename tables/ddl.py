@@ -25,8 +25,13 @@ class SchemaOptions:
 
     @classmethod
     def from_settings(cls, settings) -> SchemaOptions:
-        return cls(settings.clickhouse_database, settings.clickhouse_cluster, settings.retention_minute_days,
-                   settings.retention_hour_days, settings.retention_day_days)
+        return cls(
+            settings.clickhouse_database,
+            settings.clickhouse_cluster,
+            settings.retention_minute_days,
+            settings.retention_hour_days,
+            settings.retention_day_days,
+        )
 
     @property
     def on_cluster(self) -> str:
@@ -37,8 +42,9 @@ class SchemaOptions:
         return quote_ident(self.database)
 
     def retention_days(self, retention: str) -> int:
-        return {"minute": self.retention_minute_days, "hour": self.retention_hour_days,
-                "day": self.retention_day_days}[retention]
+        return {"minute": self.retention_minute_days, "hour": self.retention_hour_days, "day": self.retention_day_days}[
+            retention
+        ]
 
 
 def quote_ident(name: str) -> str:
@@ -86,11 +92,13 @@ class Table:
         if self.engine == "Null":  # a table that only feeds materialized views: nothing stored, no keys
             engine = "Null"
         elif opts.cluster:
-            engine = (f"Replicated{self.engine}('/clickhouse/tables/{{shard}}/{opts.database}/{self.name}', "
-                      f"'{{replica}}')")
+            engine = (
+                f"Replicated{self.engine}('/clickhouse/tables/{{shard}}/{opts.database}/{self.name}', '{{replica}}')"
+            )
         columns = ",\n  ".join(f"{quote_ident(n)} {t}" for n, t in self.columns)
-        parts = [f"CREATE TABLE IF NOT EXISTS {self.local_target(opts)}{opts.on_cluster} (\n"
-                 f"  {columns}\n) ENGINE = {engine}"]
+        parts = [
+            f"CREATE TABLE IF NOT EXISTS {self.local_target(opts)}{opts.on_cluster} (\n  {columns}\n) ENGINE = {engine}"
+        ]
         if engine == "Null":
             return [parts[0], *self._distributed(opts)]
         if self.partition_by:
@@ -107,9 +115,11 @@ class Table:
     def _distributed(self, opts: SchemaOptions) -> list[str]:
         if not opts.cluster:
             return []
-        return [f"CREATE TABLE IF NOT EXISTS {self.target(opts)}{opts.on_cluster} AS {self.local_target(opts)} "
-                f"ENGINE = Distributed({quote_ident(opts.cluster)}, {opts.db}, "
-                f"{quote_ident(self.physical_name(opts))}, {self.sharding_key})"]
+        return [
+            f"CREATE TABLE IF NOT EXISTS {self.target(opts)}{opts.on_cluster} AS {self.local_target(opts)} "
+            f"ENGINE = Distributed({quote_ident(opts.cluster)}, {opts.db}, "
+            f"{quote_ident(self.physical_name(opts))}, {self.sharding_key})"
+        ]
 
     def add_columns(self, columns: tuple[tuple[str, str], ...], opts: SchemaOptions) -> list[str]:
         """ALTERs that add `columns` (with their DEFAULTs) to the table, and to its Distributed table."""
@@ -129,8 +139,10 @@ class Table:
 def materialized_view(name: str, target: Table, select: str, opts: SchemaOptions) -> str:
     """A materialized view into `target`: on a cluster into its local table, and `select` reads local
     tables (`Table.local_target`), so each shard rolls up its own rows."""
-    return (f"CREATE MATERIALIZED VIEW IF NOT EXISTS {opts.db}.{quote_ident(name)}{opts.on_cluster} "
-            f"TO {target.local_target(opts)} AS {select}")
+    return (
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {opts.db}.{quote_ident(name)}{opts.on_cluster} "
+        f"TO {target.local_target(opts)} AS {select}"
+    )
 
 
 def view(name: str, select: str, opts: SchemaOptions) -> str:

@@ -28,8 +28,9 @@ def migrate(client: Client, opts: SchemaOptions, through: int | None = None) -> 
     for migration in new:
         for statement in migration.statements(opts):
             client.command(statement)
-        client.insert(SCHEMA_MIGRATIONS.target(opts), [(migration.version, migration.name)],
-                      column_names=("version", "name"))
+        client.insert(
+            SCHEMA_MIGRATIONS.target(opts), [(migration.version, migration.name)], column_names=("version", "name")
+        )
     for statement in retention_changes(client, opts):
         client.command(statement)
     return new
@@ -43,12 +44,15 @@ def applied_versions(client: Client, opts: SchemaOptions) -> list[int]:
 def retention_changes(client: Client, opts: SchemaOptions) -> list[str]:
     """ALTERs for the tables whose TTL differs from the configured retention."""
     rows = client.query(
-        "SELECT name, engine_full FROM system.tables WHERE database = {db:String}",
-        parameters={"db": opts.database}).result_rows
+        "SELECT name, engine_full FROM system.tables WHERE database = {db:String}", parameters={"db": opts.database}
+    ).result_rows
     current = {name: _ttl_days(engine_full) for name, engine_full in rows}
-    return [table.modify_ttl(opts) for table in RETAINED_TABLES
-            if (name := table.physical_name(opts)) in current
-            and current[name] != opts.retention_days(table.retention)]
+    changes = []
+    for table in RETAINED_TABLES:
+        name, alter = table.physical_name(opts), table.modify_ttl(opts)
+        if table.retention and alter and name in current and current[name] != opts.retention_days(table.retention):
+            changes.append(alter)
+    return changes
 
 
 def _ttl_days(engine_full: str) -> int:

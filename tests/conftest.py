@@ -6,8 +6,8 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import subprocess
 import ssl
+import subprocess
 import threading
 import time
 import uuid
@@ -45,15 +45,16 @@ def reference_rollup(settings: Settings, values: list[bytes], record_ms: int) ->
     """`values` folded offline as one partition by the worker's own projector: the totals a pipeline
     that counts every event once must show, whatever crashed on the way."""
     rollup = PartitionRollup("reference", 0, 0)
-    rollup.add([Record(i, record_ms, value) for i, value in enumerate(values)],
-               EventProjector.from_settings(settings))
+    rollup.add([Record(i, record_ms, value) for i, value in enumerate(values)], EventProjector.from_settings(settings))
     return rollup
 
 
 def stored_runs(client, table: str) -> Counter:
     """{(window_start, dims): runs} summed over the partial rows of a runs table."""
-    rows = client.query(f"SELECT toUnixTimestamp(window_start), {', '.join(DIMENSIONS)}, sum(runs) "
-                        f"FROM kern_telemetry.{table} GROUP BY ALL").result_rows
+    rows = client.query(
+        f"SELECT toUnixTimestamp(window_start), {', '.join(DIMENSIONS)}, sum(runs) "
+        f"FROM kern_telemetry.{table} GROUP BY ALL"
+    ).result_rows
     return Counter({(row[0], (*row[1:-2], tuple(row[-2]))): row[-1] for row in rows})
 
 
@@ -69,15 +70,19 @@ def stored_patterns(client, kind: str, grain: str = "minute") -> Counter:
     """{(window_start, sdk_version, *pattern): events} summed over the rows of the table of `kind`'s patterns
     (launches, team runs, workflow runs: `pipeline.sink.PATTERN_WRITES`) at `grain` (minute, hourly, daily)."""
     table, columns = next((table, columns) for k, table, columns in PATTERN_WRITES if k == kind)
-    rows = client.query(f"SELECT toUnixTimestamp(window_start), {', '.join(columns[1:-1])}, sum({columns[-1]}) "
-                        f"FROM kern_telemetry.{table.name.removesuffix('minute')}{grain} GROUP BY ALL").result_rows
+    rows = client.query(
+        f"SELECT toUnixTimestamp(window_start), {', '.join(columns[1:-1])}, sum({columns[-1]}) "
+        f"FROM kern_telemetry.{table.name.removesuffix('minute')}{grain} GROUP BY ALL"
+    ).result_rows
     return Counter({tuple(tuple(v) if type(v) is list else v for v in row[:-1]): row[-1] for row in rows})
 
 
 def stored_drops(client) -> Counter:
     """{(window_start, sdk_version, reason): events} the clients reported dropped."""
-    rows = client.query("SELECT toUnixTimestamp(window_start), sdk_version, reason, sum(events) "
-                        "FROM kern_telemetry.client_drops_minute GROUP BY ALL").result_rows
+    rows = client.query(
+        "SELECT toUnixTimestamp(window_start), sdk_version, reason, sum(events) "
+        "FROM kern_telemetry.client_drops_minute GROUP BY ALL"
+    ).result_rows
     return Counter({tuple(row[:3]): row[3] for row in rows})
 
 
@@ -154,7 +159,6 @@ class TcpProxy:
             self.connections.clear()
 
 
-
 @pytest.fixture(scope="session", autouse=True)
 def _client_files_in_a_temporary_home(tmp_path_factory) -> Iterator[None]:
     """The SDK client's files (notice marker, installation secret, unreported drops) go to a temporary
@@ -174,9 +178,28 @@ def _client_files_in_a_temporary_home(tmp_path_factory) -> Iterator[None]:
 def certificate(tmp_path) -> str:
     """A self-signed certificate for 127.0.0.1, with its key, in one PEM file."""
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     combined = tmp_path / "server.pem"
     combined.write_text(cert.read_text() + key.read_text())
     return str(combined)
@@ -193,14 +216,22 @@ class Stack:
     """With `shared_clickhouse`, ClickHouse is a chDB behind ClickHouse's HTTP interface in its own process
     (`devstack/chdb_server.py`), so several workers can write to it, over the production code path."""
 
-    def __init__(self, broker: EmbeddedBroker, workdir: Path, partitions: int, shared_clickhouse: bool = False,
-                 insert_delay_s: float = 0.0, **overrides: str):
+    def __init__(
+        self,
+        broker: EmbeddedBroker,
+        workdir: Path,
+        partitions: int,
+        shared_clickhouse: bool = False,
+        insert_delay_s: float = 0.0,
+        **overrides: str,
+    ):
         self.workdir = workdir
         self.server = None
         if shared_clickhouse:
             workdir.mkdir(parents=True, exist_ok=True)
-            self.server = ChdbServerProcess(str(workdir / "chdb"), log_path=str(workdir / "chdb-server.log"),
-                                            insert_delay_s=insert_delay_s).start()
+            self.server = ChdbServerProcess(
+                str(workdir / "chdb"), log_path=str(workdir / "chdb-server.log"), insert_delay_s=insert_delay_s
+            ).start()
             overrides.setdefault("KERN_CLICKHOUSE_DSN", self.server.url)
         name = f"t{uuid.uuid4().hex[:8]}"
         self.env = {
@@ -229,26 +260,43 @@ class Stack:
         self.workers.append(process)
         return process.start()
 
-    def produce(self, values: list[bytes | None], timestamps_ms: list[int] | None = None,
-                partition: int | None = None, compression: str | None = None) -> dict[int, int]:
+    def produce(
+        self,
+        values: list[bytes | None],
+        timestamps_ms: list[int] | None = None,
+        partition: int | None = None,
+        compression: str | None = None,
+    ) -> dict[int, int]:
         """Send records with kafka-python (`pipeline.kafka.produce`); returns the end offset of every
         partition this stack produced to so far."""
-        return self._delivered(produce(self.settings, values, timestamps_ms=timestamps_ms, partition=partition,
-                                       compression=compression))
+        return self._delivered(
+            produce(self.settings, values, timestamps_ms=timestamps_ms, partition=partition, compression=compression)
+        )
 
-    def produce_with_librdkafka(self, values: list[bytes], timestamp_ms: int, compression: str = "none",
-                                partition: int | None = None) -> dict[int, int]:
+    def produce_with_librdkafka(
+        self, values: list[bytes], timestamp_ms: int, compression: str = "none", partition: int | None = None
+    ) -> dict[int, int]:
         """Send records with librdkafka (confluent-kafka), the client under most non-Java SDKs."""
         import confluent_kafka
 
-        producer = confluent_kafka.Producer({"bootstrap.servers": self.settings.bootstrap_servers,
-                                             "compression.type": compression, "linger.ms": 5,
-                                             "enable.idempotence": True, "log_level": 3})
+        producer = confluent_kafka.Producer(
+            {
+                "bootstrap.servers": self.settings.bootstrap_servers,
+                "compression.type": compression,
+                "linger.ms": 5,
+                "enable.idempotence": True,
+                "log_level": 3,
+            }
+        )
         delivered = []
         for value in values:
-            producer.produce(self.settings.topic, value, timestamp=timestamp_ms,
-                             on_delivery=lambda error, message: delivered.append((error, message)),
-                             **({} if partition is None else {"partition": partition}))
+            producer.produce(
+                self.settings.topic,
+                value,
+                timestamp=timestamp_ms,
+                on_delivery=lambda error, message: delivered.append((error, message)),
+                **({} if partition is None else {"partition": partition}),
+            )
             producer.poll(0)
         assert producer.flush(30) == 0
         assert all(error is None for error, _ in delivered) and len(delivered) == len(values)
@@ -261,8 +309,13 @@ class Stack:
 
     def read_topic(self, topic: str, count: int, timeout_s: float = 20.0) -> list:
         """The first `count` records of a topic, in (partition, offset) order; fails on fewer or more."""
-        consumer = KafkaConsumer(topic, enable_auto_commit=False, auto_offset_reset="earliest", group_id=None,
-                                 **client_options(self.settings))
+        consumer = KafkaConsumer(
+            topic,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            group_id=None,
+            **client_options(self.settings),
+        )
         records, deadline = [], time.monotonic() + timeout_s
         try:
             while len(records) < count and time.monotonic() < deadline:
@@ -273,7 +326,8 @@ class Stack:
         finally:
             consumer.close()
         assert len(records) == count, f"{topic}: {len(records)} records, expected {count}: " + str(
-            sorted((r.partition, r.offset, r.key) for r in records))
+            sorted((r.partition, r.offset, r.key) for r in records)
+        )
         return sorted(records, key=lambda r: (r.partition, r.offset))
 
     @contextlib.contextmanager
@@ -297,10 +351,12 @@ class Stack:
 def stack_factory(broker, tmp_path):
     stacks: list[Stack] = []
 
-    def make(partitions: int = 2, shared_clickhouse: bool = False, insert_delay_s: float = 0.0,
-             **overrides: str) -> Stack:
-        stack = Stack(broker, tmp_path / f"stack{len(stacks)}", partitions, shared_clickhouse, insert_delay_s,
-                      **overrides)
+    def make(
+        partitions: int = 2, shared_clickhouse: bool = False, insert_delay_s: float = 0.0, **overrides: str
+    ) -> Stack:
+        stack = Stack(
+            broker, tmp_path / f"stack{len(stacks)}", partitions, shared_clickhouse, insert_delay_s, **overrides
+        )
         stacks.append(stack)
         return stack
 
@@ -324,16 +380,22 @@ def history(broker, tmp_path_factory) -> Iterator[History]:
         worker = stack.worker()
         values = list(EventGenerator(seed=13, timestamp_share=0).events(30_000))
         now_ms, span_ms = int(time.time() * 1000), 30 * 60_000
-        worker.wait_flushed(stack.produce(values, timestamps_ms=[now_ms - span_ms + span_ms * (i + 1) // len(values)
-                                                                 for i in range(len(values))]))
+        worker.wait_flushed(
+            stack.produce(
+                values, timestamps_ms=[now_ms - span_ms + span_ms * (i + 1) // len(values) for i in range(len(values))]
+            )
+        )
         yield History(stack, worker, values)
     finally:
         stack.stop_all()
 
 
 def pytest_addoption(parser):
-    parser.addoption("--chaos-long", action="store_true",
-                     help="exactly-once suite at full length: >= 20 kills over >= 500,000 events (make chaos)")
+    parser.addoption(
+        "--chaos-long",
+        action="store_true",
+        help="exactly-once suite at full length: >= 20 kills over >= 500,000 events (make chaos)",
+    )
 
 
 @pytest.fixture

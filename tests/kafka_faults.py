@@ -28,8 +28,10 @@ from devstack.processes import free_port
 _FETCH, _LIST_OFFSETS = 1, 2
 _EARLIEST = -2
 _OFFSET_OUT_OF_RANGE = 1
-_MODULES = {_FETCH: (fetch, "FetchRequest_v{}", "FetchResponse_v{}"),
-            _LIST_OFFSETS: (offset, "OffsetRequest_v{}", "OffsetResponse_v{}")}
+_MODULES = {
+    _FETCH: (fetch, "FetchRequest_v{}", "FetchResponse_v{}"),
+    _LIST_OFFSETS: (offset, "OffsetRequest_v{}", "OffsetResponse_v{}"),
+}
 
 
 def _classes(api_key: int, version: int):
@@ -104,7 +106,7 @@ class KafkaFaultProxy:
                 api_key, version, correlation = struct.unpack(">hhi", frame[:8])
                 if api_key in _MODULES and (classes := _classes(api_key, version))[0] is not None:
                     client_id_length = struct.unpack(">h", frame[8:10])[0]
-                    body = frame[10 + max(client_id_length, 0):]
+                    body = frame[10 + max(client_id_length, 0) :]
                     asked[correlation] = (api_key, version, classes[1], classes[0].decode(body))
                 sink.sendall(struct.pack(">i", len(frame)) + frame)
 
@@ -122,13 +124,18 @@ class KafkaFaultProxy:
             return body
         if api_key == _LIST_OFFSETS:
             earliest = {(topic, p[0]) for topic, partitions in request.topics for p in partitions if p[-1] == _EARLIEST}
-            response.topics = [(topic, [self._earliest(topic, p) if (topic, p[0]) in earliest else p
-                                        for p in partitions]) for topic, partitions in response.topics]
+            response.topics = [
+                (topic, [self._earliest(topic, p) if (topic, p[0]) in earliest else p for p in partitions])
+                for topic, partitions in response.topics
+            ]
         else:
-            offsets = {(topic, p[0]): _fetch_offset(version, p) for topic, partitions in request.topics
-                       for p in partitions}
-            response.topics = [(topic, [self._fetched(topic, p, offsets.get((topic, p[0]), 0)) for p in partitions])
-                               for topic, partitions in response.topics]
+            offsets = {
+                (topic, p[0]): _fetch_offset(version, p) for topic, partitions in request.topics for p in partitions
+            }
+            response.topics = [
+                (topic, [self._fetched(topic, p, offsets.get((topic, p[0]), 0)) for p in partitions])
+                for topic, partitions in response.topics
+            ]
         return response.encode()
 
     def _earliest(self, topic: str, answer: tuple) -> tuple:

@@ -33,23 +33,31 @@ def projector(admission: Admission | None = None, max_new_values: int = 20, k: i
 
 # --- keyed hashes --------------------------------------------------------------------------------------
 
+
 def test_session_and_installation_hashes_are_the_same_for_every_worker_and_unlinkable_across_days():
     first, second = Keys(b"master"), Keys(b"master")
     today = WINDOW_START
     assert first.sessions(today, ["s-1", "s-2"]) == second.sessions(today, ["s-1", "s-2"])
     assert first.sessions(today, ["s-1"]) != first.sessions(today + DAY_S, ["s-1"])  # another day, another key
     assert first.sessions(today, ["s-1"]) != Keys(b"other").sessions(today, ["s-1"])  # needs the secret
-    assert first.installations(today, ["i-1"]) == second.installations(today, ["i-1"]) != \
-        first.installations(today + DAY_S, ["i-1"])
+    assert (
+        first.installations(today, ["i-1"])
+        == second.installations(today, ["i-1"])
+        != first.installations(today + DAY_S, ["i-1"])
+    )
     assert first.installations(today, ["s-1"]) != first.sessions(today, ["s-1"])  # keys of their own
-    assert first.value("model_id", "acme-bot") == second.value("model_id", "acme-bot") != \
-        first.value("model_name", "acme-bot")
+    assert (
+        first.value("model_id", "acme-bot")
+        == second.value("model_id", "acme-bot")
+        != first.value("model_name", "acme-bot")
+    )
     assert all(0 <= h < 2**64 for h in first.sessions(today, ["s-1", "ünïcode"]))
 
 
 def test_an_epoch_admits_what_it_and_the_epochs_before_it_admitted():
-    admissions = Admissions([Admitted(2, "model_id", "acme-bot"), Admitted(1, "db_type", "AcmeDb"),
-                             Admitted(3, "model_id", "beta-bot")])
+    admissions = Admissions(
+        [Admitted(2, "model_id", "acme-bot"), Admitted(1, "db_type", "AcmeDb"), Admitted(3, "model_id", "beta-bot")]
+    )
     assert admissions.latest == 3
     at_2 = admissions.at(2)
     assert at_2.epoch == 2 and at_2.admits("model_id", "acme-bot") and at_2.admits("db_type", "AcmeDb")
@@ -59,6 +67,7 @@ def test_an_epoch_admits_what_it_and_the_epochs_before_it_admitted():
 
 
 # --- projection -----------------------------------------------------------------------------------------
+
 
 def test_a_rare_value_is_stored_as_rare_and_becomes_a_candidate_with_its_installation():
     tally = Tally()
@@ -142,8 +151,9 @@ def test_launches_count_their_os_as_the_session_and_client_reports_have_none():
     tally = Tally()
     launch = json.dumps({"type": "os", "os_id": "os-9", "sdk_version": "2.4.1", "data": {}}).encode()
     key = projector().project(launch, NOW_MS, tally)
-    report = json.dumps({"type": "client_report", "sdk_version": "2.4.1",
-                         "data": {"dropped": {"queue_full": 3}}}).encode()
+    report = json.dumps(
+        {"type": "client_report", "sdk_version": "2.4.1", "data": {"dropped": {"queue_full": 3}}}
+    ).encode()
     report_key = projector().project(report, NOW_MS, tally)
     assert tally.sessions == {key: ["os-9"], report_key: [None]} and key[1][1] == "2.4.1" and key[1][2] == NONE
 
@@ -161,8 +171,13 @@ def test_session_rows_hash_each_distinct_session_and_installation_once():
     """Sessions in order of first sight, installations sorted: a replay writes the same rows."""
     record = namedtuple("record", "offset timestamp value")
     launch = json.dumps({"type": "os", "sdk_version": "2.4.1", "data": {}}).encode()  # no session
-    values = [event("gpt-5.2", "s-2", "i-9"), event("gpt-5.2", "s-1", "i-3"), event("gpt-5.2", "s-2", "i-9"),
-              event("gpt-5.2", "s-4", None), launch]
+    values = [
+        event("gpt-5.2", "s-2", "i-9"),
+        event("gpt-5.2", "s-1", "i-3"),
+        event("gpt-5.2", "s-2", "i-9"),
+        event("gpt-5.2", "s-4", None),
+        launch,
+    ]
     rollup = PartitionRollup("t", 0, 0)
     rollup.add([record(i, NOW_MS, value) for i, value in enumerate(values)], projector())
     keys = Keys(b"secret")

@@ -101,14 +101,26 @@ def test_each_runbook_says_what_the_alert_means_how_to_confirm_it_what_to_do_and
 
 def test_amtool_accepts_the_alertmanager_configuration_and_routes_each_severity_to_its_receiver():
     config = yaml.safe_load(ALERTMANAGER_YML.read_text())
-    checked = subprocess.run(["amtool", "check-config", str(ALERTMANAGER_YML)], capture_output=True, text=True,
-                             timeout=60)
+    checked = subprocess.run(
+        ["amtool", "check-config", str(ALERTMANAGER_YML)], capture_output=True, text=True, timeout=60
+    )
     assert checked.returncode == 0 and "SUCCESS" in checked.stdout, checked.stdout + checked.stderr
     for route in config["route"]["routes"]:
         severity = re.fullmatch(r'severity="(\w+)"', route["matchers"][0])[1]
-        routed = subprocess.run(["amtool", "config", "routes", "test", f"--config.file={ALERTMANAGER_YML}",
-                                 "alertname=KernProbe", f"severity={severity}"], capture_output=True, text=True,
-                                timeout=60)
+        routed = subprocess.run(
+            [
+                "amtool",
+                "config",
+                "routes",
+                "test",
+                f"--config.file={ALERTMANAGER_YML}",
+                "alertname=KernProbe",
+                f"severity={severity}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert routed.stdout.split() == [route["receiver"]], routed.stdout + routed.stderr
 
 
@@ -143,8 +155,10 @@ def test_alertmanager_routes_every_severity_and_inhibits_only_alerts_that_exist(
 def test_the_readme_lists_every_alert_with_its_severity_condition_and_runbook():
     readme = (ROOT / "README.md").read_text()
     section = readme.split("\n## Operating it\n")[1].split("\n## ")[0]
-    rows = {cells[0].strip("` "): [cell.strip() for cell in cells[1:]]
-            for cells in (line.strip("|").split(" | ") for line in section.splitlines() if line.startswith("| `Kern"))}
+    rows = {
+        cells[0].strip("` "): [cell.strip() for cell in cells[1:]]
+        for cells in (line.strip("|").split(" | ") for line in section.splitlines() if line.startswith("| `Kern"))
+    }
     assert list(rows) == list(ALERTS)
     for name, rule in ALERTS.items():
         severity, condition, runbook = rows[name]

@@ -56,9 +56,11 @@ def test_migrations_flushes_and_deduplication_over_http(server):
 
 
 def test_two_processes_share_one_engine(server):
-    script = ("import clickhouse_connect, sys; c = clickhouse_connect.get_client(dsn=sys.argv[1]); "
-              "c.command('CREATE TABLE IF NOT EXISTS shared (p UInt8, n UInt32) ENGINE = MergeTree ORDER BY p'); "
-              "c.insert('shared', [[int(sys.argv[2]), i] for i in range(1000)], column_names=['p', 'n'])")
+    script = (
+        "import clickhouse_connect, sys; c = clickhouse_connect.get_client(dsn=sys.argv[1]); "
+        "c.command('CREATE TABLE IF NOT EXISTS shared (p UInt8, n UInt32) ENGINE = MergeTree ORDER BY p'); "
+        "c.insert('shared', [[int(sys.argv[2]), i] for i in range(1000)], column_names=['p', 'n'])"
+    )
     writers = [subprocess.Popen([sys.executable, "-c", script, server.url, str(p)]) for p in (1, 2)]
     assert [w.wait(timeout=60) for w in writers] == [0, 0]
     client = clickhouse_connect.get_client(dsn=server.url)

@@ -43,7 +43,8 @@ def test_every_codec_is_counted_exactly(stack_factory, producer):
         stored = stored_runs(client, "runs_minute")
         for i, codec in enumerate(CODECS):
             window = (base_ms + i * 60_000) // 1000
-            assert Counter({k: n for k, n in stored.items() if k[0] == window}) == \
-                Counter({k: n for k, n in expected_runs.items() if k[0] == window}), codec
+            assert Counter({k: n for k, n in stored.items() if k[0] == window}) == Counter(
+                {k: n for k, n in expected_runs.items() if k[0] == window}
+            ), codec
         assert stored == expected_runs
         assert stored_quality(client) == expected_notes

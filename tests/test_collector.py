@@ -24,11 +24,14 @@ def test_posted_events_land_in_clickhouse_with_exact_counts_one_record_batch_per
     stack = stack_factory(partitions=2)
     started_ms = int(time.time() * 1000)
     agents, teams, workflows = run_events("a", 150), run_events("t", 120, "team"), run_events("w", 30, "workflow")
-    not_json, not_objects = [b"this is not json", b"{\"type\": \"agent\"", b"\xff\xfe garbage"], [b"[1, 2]", b"7"]
+    not_json, not_objects = [b"this is not json", b'{"type": "agent"', b"\xff\xfe garbage"], [b"[1, 2]", b"7"]
     with running_collector(stack.env, tmp_path) as collector:
-        answers = [post(collector.url, agents[:100]), post(collector.url, agents[100:], gzipped=True),
-                   post(collector.url, teams + not_json + not_objects[:1], ndjson=True, gzipped=True),
-                   post(collector.url, workflows + not_objects[1:], gzipped=True)]
+        answers = [
+            post(collector.url, agents[:100]),
+            post(collector.url, agents[100:], gzipped=True),
+            post(collector.url, teams + not_json + not_objects[:1], ndjson=True, gzipped=True),
+            post(collector.url, workflows + not_objects[1:], gzipped=True),
+        ]
         exposition = collector.metrics()
     assert [(a.status, a.body) for a in answers] == [(202, {"accepted": n}) for n in (100, 50, 124, 31)]
     assert metric(exposition, "kern_collector_events_total") == 305
@@ -40,8 +43,9 @@ def test_posted_events_land_in_clickhouse_with_exact_counts_one_record_batch_per
     by_value = {r.value: (r.partition, r.offset) for r in records}
     for batch in (agents[:100], agents[100:], teams + not_json + not_objects[:1]):  # one batch, whole, in order
         places = [by_value[value] for value in batch]
-        assert len({p for p, _ in places}) == 1 and [o for _, o in places] == list(range(places[0][1],
-                                                                                         places[0][1] + len(batch)))
+        assert len({p for p, _ in places}) == 1 and [o for _, o in places] == list(
+            range(places[0][1], places[0][1] + len(batch))
+        )
 
     worker = stack.worker()
     worker.wait_flushed(end_offsets(records))
@@ -50,23 +54,32 @@ def test_posted_events_land_in_clickhouse_with_exact_counts_one_record_batch_per
         runs = dict(client.query("SELECT kind, sum(runs) FROM kern_telemetry.runs_minute GROUP BY kind").result_rows)
         quality = stored_quality(client)
     assert runs == {"agent": 150, "team": 120, "workflow": 30}
-    assert {reason: n for (_, reason), n in quality.items() if reason in ("not_json", "not_utf8", "not_object")} \
-        == {"not_json": 2, "not_utf8": 1, "not_object": 2}
+    assert {reason: n for (_, reason), n in quality.items() if reason in ("not_json", "not_utf8", "not_object")} == {
+        "not_json": 2,
+        "not_utf8": 1,
+        "not_object": 2,
+    }
 
 
 def test_every_refusal_is_a_real_answer_with_its_code_reason_and_headers(stack_factory, tmp_path):
     stack = stack_factory(partitions=2)
-    limits = {"KERN_COLLECTOR_MAX_BODY_BYTES": "65536", "KERN_COLLECTOR_MAX_BATCH_BYTES": "200000",
-              "KERN_COLLECTOR_MAX_BATCH_EVENTS": "10", "KERN_MAX_EVENT_BYTES": "2048",
-              "KERN_COLLECTOR_AUTH_TOKEN": "open-sesame", "KERN_COLLECTOR_RATE_LIMIT_PER_SECOND": "0.5",
-              "KERN_COLLECTOR_RATE_LIMIT_BURST": "5"}
+    limits = {
+        "KERN_COLLECTOR_MAX_BODY_BYTES": "65536",
+        "KERN_COLLECTOR_MAX_BATCH_BYTES": "200000",
+        "KERN_COLLECTOR_MAX_BATCH_EVENTS": "10",
+        "KERN_MAX_EVENT_BYTES": "2048",
+        "KERN_COLLECTOR_AUTH_TOKEN": "open-sesame",
+        "KERN_COLLECTOR_RATE_LIMIT_PER_SECOND": "0.5",
+        "KERN_COLLECTOR_RATE_LIMIT_BURST": "5",
+    }
     token = {"Authorization": "Bearer open-sesame"}
     events = run_events("r", 3)
     sources = iter(f"127.0.0.{n}" for n in range(10, 250))  # one client each: the rate limit is per client
 
     def posted(body: bytes, headers: dict[str, str], **kwargs) -> tuple:
-        answer = request(collector.url, body, {"Content-Type": "application/json", **headers}, source=next(sources),
-                         **kwargs)
+        answer = request(
+            collector.url, body, {"Content-Type": "application/json", **headers}, source=next(sources), **kwargs
+        )
         return answer.status, answer.body.get("error")
 
     with running_collector(stack.env, tmp_path, **limits) as collector:
@@ -95,8 +108,10 @@ def test_every_refusal_is_a_real_answer_with_its_code_reason_and_headers(stack_f
         assert posted(gzip.compress(b"[]")[:-6], {**token, "Content-Encoding": "gzip"}) == (400, "bad_gzip")
         assert posted(b"[]", token) == (400, "no_events")
         with socket.create_connection(("127.0.0.1", collector.web_port)) as sender:  # gone before its body came
-            sender.sendall(b"POST /v1/events HTTP/1.1\r\nHost: collector\r\nContent-Type: application/json\r\n"
-                           b"Content-Length: 100\r\nAuthorization: Bearer open-sesame\r\n\r\n[")
+            sender.sendall(
+                b"POST /v1/events HTTP/1.1\r\nHost: collector\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 100\r\nAuthorization: Bearer open-sesame\r\n\r\n["
+            )
             time.sleep(0.2)
 
         limited = [request(collector.url, b"[]", source="127.0.0.9") for _ in range(6)]  # a burst of 5, then 429
@@ -109,13 +124,27 @@ def test_every_refusal_is_a_real_answer_with_its_code_reason_and_headers(stack_f
         log = collector.log_path.read_text()
     assert (health.status, health.body["status"], health.body["kafka"]) == (200, "ok", "ok")
     assert health.headers["server"] == limited[-1].headers["server"] == "kern-collector"  # no software, no version
-    refused = {(code, reason): metric(exposition, "kern_collector_requests_total", code=code, reason=reason)
-               for code, reason in (("401", "unauthorized"), ("413", "body_too_large"), ("413", "batch_too_large"),
-                                    ("400", "bad_gzip"), ("400", "bad_framing"), ("400", "incomplete_body"),
-                                    ("429", "rate_limited"))}
-    assert refused == {("401", "unauthorized"): 9, ("413", "body_too_large"): 2, ("413", "batch_too_large"): 1,
-                       ("400", "bad_gzip"): 2, ("400", "bad_framing"): 4, ("400", "incomplete_body"): 1,
-                       ("429", "rate_limited"): 1}
+    refused = {
+        (code, reason): metric(exposition, "kern_collector_requests_total", code=code, reason=reason)
+        for code, reason in (
+            ("401", "unauthorized"),
+            ("413", "body_too_large"),
+            ("413", "batch_too_large"),
+            ("400", "bad_gzip"),
+            ("400", "bad_framing"),
+            ("400", "incomplete_body"),
+            ("429", "rate_limited"),
+        )
+    }
+    assert refused == {
+        ("401", "unauthorized"): 9,
+        ("413", "body_too_large"): 2,
+        ("413", "batch_too_large"): 1,
+        ("400", "bad_gzip"): 2,
+        ("400", "bad_framing"): 4,
+        ("400", "incomplete_body"): 1,
+        ("429", "rate_limited"): 1,
+    }
     assert " ERROR " not in log
     assert metric(exposition, "kern_collector_events_total") == 3  # only the accepted batch was produced
     stack.read_topic(stack.settings.topic, 3)
@@ -165,21 +194,36 @@ def test_senders_address_and_headers_are_in_no_log_metric_or_record(stack_factor
     logs at debug level."""
     stack = stack_factory(partitions=2)
     headers = {"User-Agent": SENTINEL_AGENT, "X-Forwarded-For": SENTINEL_FORWARDED, "X-Real-IP": SENTINEL_FORWARDED}
-    with running_collector(stack.env, tmp_path, KERN_LOG_LEVEL="debug", KERN_COLLECTOR_RATE_LIMIT_PER_SECOND="0.1",
-                           KERN_COLLECTOR_RATE_LIMIT_BURST="3",
-                           KERN_COLLECTOR_CLIENT_ADDRESS_HEADER="X-Forwarded-For") as collector:
+    with running_collector(
+        stack.env,
+        tmp_path,
+        KERN_LOG_LEVEL="debug",
+        KERN_COLLECTOR_RATE_LIMIT_PER_SECOND="0.1",
+        KERN_COLLECTOR_RATE_LIMIT_BURST="3",
+        KERN_COLLECTOR_CLIENT_ADDRESS_HEADER="X-Forwarded-For",
+    ) as collector:
         sender = {"headers": headers, "source": "127.0.0.77"}
-        answers = [post(collector.url, run_events("private", 5), **sender),
-                   post(collector.url, [b"{broken"], **sender),
-                   post(collector.url, run_events("private-more", 5), ndjson=True, **sender),
-                   post(collector.url, run_events("limited", 5), **sender),
-                   post(collector.url, run_events("proxied", 5), source="127.0.0.77",  # another client, same proxy
-                        headers={**headers, "X-Forwarded-For": f"{SENTINEL_FORWARDED}, 192.0.2.8"})]
-        for line in (b"G@RBAGE /v1/events HTTP/1.1", b"POST /v1/events HTTP/1.1\r\nBad Header\x01: 1",
-                     b"POST /v1/events HTTP/1.1\r\nContent-Length: nope"):
+        answers = [
+            post(collector.url, run_events("private", 5), **sender),
+            post(collector.url, [b"{broken"], **sender),
+            post(collector.url, run_events("private-more", 5), ndjson=True, **sender),
+            post(collector.url, run_events("limited", 5), **sender),
+            post(
+                collector.url,
+                run_events("proxied", 5),
+                source="127.0.0.77",  # another client, same proxy
+                headers={**headers, "X-Forwarded-For": f"{SENTINEL_FORWARDED}, 192.0.2.8"},
+            ),
+        ]
+        for line in (
+            b"G@RBAGE /v1/events HTTP/1.1",
+            b"POST /v1/events HTTP/1.1\r\nBad Header\x01: 1",
+            b"POST /v1/events HTTP/1.1\r\nContent-Length: nope",
+        ):
             with socket.create_connection(("127.0.0.1", collector.web_port), source_address=("127.0.0.77", 0)) as raw:
-                raw.sendall(line + f"\r\nUser-Agent: {SENTINEL_AGENT}\r\nX-Forwarded-For: {SENTINEL_FORWARDED}"
-                                   "\r\n\r\n".encode())
+                raw.sendall(
+                    line + f"\r\nUser-Agent: {SENTINEL_AGENT}\r\nX-Forwarded-For: {SENTINEL_FORWARDED}\r\n\r\n".encode()
+                )
                 answer = raw.recv(4096).split(b"\r\n")
                 assert answer[0].endswith(b" 400 Bad Request") and b"Server: kern-collector" in answer
         exposition = collector.metrics()

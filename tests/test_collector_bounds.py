@@ -53,8 +53,9 @@ def idle_connections(port: int, count: int) -> list[socket.socket]:
     overflows and the kernel's SYN retries add a second each time)."""
     connections: list[socket.socket] = []
     while len(connections) < count:
-        connections += [socket.create_connection(("127.0.0.1", port))
-                        for _ in range(min(100, count - len(connections)))]
+        connections += [
+            socket.create_connection(("127.0.0.1", port)) for _ in range(min(100, count - len(connections)))
+        ]
         time.sleep(0.02)
     return connections
 
@@ -62,8 +63,11 @@ def idle_connections(port: int, count: int) -> list[socket.socket]:
 def withheld_body(port: int, declared: int, sent: int) -> socket.socket:
     """A POST declaring a body of `declared` bytes, of which it sends `sent`."""
     sender = socket.create_connection(("127.0.0.1", port))
-    sender.sendall(b"POST /v1/events HTTP/1.1\r\nHost: collector\r\nContent-Type: application/json\r\n"
-                   + f"Content-Length: {declared}\r\n\r\n[".encode() + b" " * (sent - 1))
+    sender.sendall(
+        b"POST /v1/events HTTP/1.1\r\nHost: collector\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {declared}\r\n\r\n[".encode()
+        + b" " * (sent - 1)
+    )
     return sender
 
 
@@ -113,14 +117,15 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
 
-def test_slow_bodies_and_idle_connections_leave_health_and_posts_answered_in_bounded_memory(stack_factory,
-                                                                                           tmp_path):
+def test_slow_bodies_and_idle_connections_leave_health_and_posts_answered_in_bounded_memory(stack_factory, tmp_path):
     stack = stack_factory(partitions=2)
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     assert hard >= IDLE + SLOW + 200, f"this test opens {IDLE + SLOW} connections: its hard open-file limit is {hard}"
-    timeouts = {"KERN_COLLECTOR_BODY_TIMEOUT_SECONDS": str(TIMEOUT_S),
-                "KERN_COLLECTOR_IDLE_TIMEOUT_SECONDS": str(TIMEOUT_S),
-                "KERN_COLLECTOR_RATE_LIMIT_PER_SECOND": "0"}  # one address plays every sender
+    timeouts = {
+        "KERN_COLLECTOR_BODY_TIMEOUT_SECONDS": str(TIMEOUT_S),
+        "KERN_COLLECTOR_IDLE_TIMEOUT_SECONDS": str(TIMEOUT_S),
+        "KERN_COLLECTOR_RATE_LIMIT_PER_SECOND": "0",
+    }  # one address plays every sender
     with contextlib.ExitStack() as running, open_files(hard):
         with open_files(OPEN_FILES):
             collector = running.enter_context(running_collector(stack.env, tmp_path, **timeouts))
@@ -152,18 +157,24 @@ def test_slow_bodies_and_idle_connections_leave_health_and_posts_answered_in_bou
         log = collector.log_path.read_text()
 
     admitted = int(metric(during, "kern_collector_bodies"))  # the others were refused at once (503)
-    timed_out = [(end, at) for end, at in zip(slow_ends, sent) if end.status == b"HTTP/1.1 408 Request Timeout"]
-    print(f"\n{IDLE} idle connections and {SLOW} withheld 1 MB bodies (set up and measured in {held:.1f} s), "
-          f"cap {CAP}: /health max {ms(max(s for s, _ in health))}, POST max {ms(max(s for s, _ in posts))} "
-          f"(of {len(health)} each); RSS idle {idle_rss >> 20} MiB, under attack {attack_rss >> 20} MiB, "
-          f"after {after_rss >> 20} MiB; {admitted} bodies admitted: 408 "
-          f"{min(e.answered - at for e, at in timed_out):.2f}-{max(e.answered - at for e, at in timed_out):.2f} s "
-          f"after sent, closed {min(e.closed - at for e, at in timed_out):.2f}-"
-          f"{max(e.closed - at for e, at in timed_out):.2f} s after; idle connections closed "
-          f"{max(e.closed for e in idle_ends) - started:.1f} s after the first was opened")
+    timed_out = [
+        (end, at) for end, at in zip(slow_ends, sent, strict=True) if end.status == b"HTTP/1.1 408 Request Timeout"
+    ]
+    print(
+        f"\n{IDLE} idle connections and {SLOW} withheld 1 MB bodies (set up and measured in {held:.1f} s), "
+        f"cap {CAP}: /health max {ms(max(s for s, _ in health))}, POST max {ms(max(s for s, _ in posts))} "
+        f"(of {len(health)} each); RSS idle {idle_rss >> 20} MiB, under attack {attack_rss >> 20} MiB, "
+        f"after {after_rss >> 20} MiB; {admitted} bodies admitted: 408 "
+        f"{min(e.answered - at for e, at in timed_out):.2f}-{max(e.answered - at for e, at in timed_out):.2f} s "
+        f"after sent, closed {min(e.closed - at for e, at in timed_out):.2f}-"
+        f"{max(e.closed - at for e, at in timed_out):.2f} s after; idle connections closed "
+        f"{max(e.closed for e in idle_ends) - started:.1f} s after the first was opened"
+    )
     assert {answer.status for _, answer in health} == {200}
-    assert {(answer.status, answer.body.get("error"), answer.headers.get("retry-after")) for _, answer in posts} \
-        <= {(202, None, None), (503, "buffer_full", "5")}
+    assert {(answer.status, answer.body.get("error"), answer.headers.get("retry-after")) for _, answer in posts} <= {
+        (202, None, None),
+        (503, "buffer_full", "5"),
+    }
     # within 100 ms (about 1-5 ms measured alone; before these bounds they hung 30 s): the median, and every
     # one within a second, so that a loaded machine's scheduling hiccup is no failure
     answered = sorted(seconds for seconds, _ in health + posts)
@@ -182,10 +193,14 @@ def test_slow_bodies_and_idle_connections_leave_health_and_posts_answered_in_bou
     assert max(end.closed for end in idle_ends) - started < TIMEOUT_S + 2
     assert after.status == 202
 
-    requests = {(code, reason): metric(exposition, "kern_collector_requests_total", code=code, reason=reason)
-                for code, reason in (("408", "body_timeout"), ("503", "buffer_full"))}
-    assert requests == {("408", "body_timeout"): admitted,
-                        ("503", "buffer_full"): SLOW - admitted + sum(a.status == 503 for _, a in posts)}
+    requests = {
+        (code, reason): metric(exposition, "kern_collector_requests_total", code=code, reason=reason)
+        for code, reason in (("408", "body_timeout"), ("503", "buffer_full"))
+    }
+    assert requests == {
+        ("408", "body_timeout"): admitted,
+        ("503", "buffer_full"): SLOW - admitted + sum(a.status == 503 for _, a in posts),
+    }
     assert metric(exposition, "kern_collector_connections_evicted_total") >= IDLE + SLOW - CAP
     assert metric(exposition, "kern_collector_connections") <= 2
     assert metric(exposition, "kern_collector_pending_bytes") == metric(exposition, "kern_collector_bodies") == 0
@@ -195,9 +210,13 @@ def test_posts_in_progress_leave_room_for_health_at_the_connection_cap(stack_fac
     """64 connections at most: 60 small bodies that never finish; beyond 64 - ROOM requests in progress a
     POST is answered 503 `busy`, and /health still gets a connection (an idle one is closed for it)."""
     stack = stack_factory(partitions=2)
-    with running_collector(stack.env, tmp_path, KERN_COLLECTOR_MAX_CONNECTIONS="64",
-                           KERN_COLLECTOR_BODY_TIMEOUT_SECONDS="3", KERN_COLLECTOR_RATE_LIMIT_PER_SECOND="0") \
-            as collector:
+    with running_collector(
+        stack.env,
+        tmp_path,
+        KERN_COLLECTOR_MAX_CONNECTIONS="64",
+        KERN_COLLECTOR_BODY_TIMEOUT_SECONDS="3",
+        KERN_COLLECTOR_RATE_LIMIT_PER_SECOND="0",
+    ) as collector:
         started = time.monotonic()
         slow = [withheld_body(collector.web_port, 1000, 10) for _ in range(60)]
         idle = idle_connections(collector.web_port, 10)
@@ -209,8 +228,9 @@ def test_posts_in_progress_leave_room_for_health_at_the_connection_cap(stack_fac
     assert {answer.status for _, answer in health} == {200}
     assert max(seconds for seconds, _ in health) < 0.1
     assert metric(during, "kern_collector_bodies") == 64 - ROOM
-    assert [end.status for end in ends] == [b"HTTP/1.1 408 Request Timeout"] * (64 - ROOM) \
-        + [b"HTTP/1.1 503 Service Unavailable"] * (60 - 64 + ROOM)
+    assert [end.status for end in ends] == [b"HTTP/1.1 408 Request Timeout"] * (64 - ROOM) + [
+        b"HTTP/1.1 503 Service Unavailable"
+    ] * (60 - 64 + ROOM)
     assert metric(exposition, "kern_collector_requests_total", code="503", reason="busy") == 60 - 64 + ROOM
     assert metric(exposition, "kern_collector_requests_total", code="408", reason="body_timeout") == 64 - ROOM
     assert metric(during, "kern_collector_connections") <= 64

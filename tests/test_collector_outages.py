@@ -15,9 +15,16 @@ pytestmark = pytest.mark.integration
 
 def test_a_cut_broker_connection_gives_503s_and_loses_nothing_acknowledged(tmp_path):
     with proxied_stack(tmp_path) as (broker, proxy, stack):
-        with running_collector(stack.env, tmp_path, KERN_COLLECTOR_ACK_TIMEOUT_SECONDS="2",
-                               KERN_COLLECTOR_RETRY_AFTER_SECONDS="1", KERN_COLLECTOR_RATE_LIMIT_PER_SECOND="0") \
-                as collector, Posters(lambda: collector.url) as posters:
+        with (
+            running_collector(
+                stack.env,
+                tmp_path,
+                KERN_COLLECTOR_ACK_TIMEOUT_SECONDS="2",
+                KERN_COLLECTOR_RETRY_AFTER_SECONDS="1",
+                KERN_COLLECTOR_RATE_LIMIT_PER_SECOND="0",
+            ) as collector,
+            Posters(lambda: collector.url) as posters,
+        ):
             posters.wait(202, 20)
             proxy.cut()
             posters.wait(503, 10)

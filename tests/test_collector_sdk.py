@@ -18,16 +18,15 @@ from urllib.parse import urlsplit
 
 import pytest
 from conftest import TcpProxy
+from kern_telemetry_client import HttpSink, Telemetry, contract
+from kern_telemetry_client.transport import BATCH_SIZE, Backoff, Transport
 from test_collector_support import end_offsets, metric, running_collector
-from test_sdk_delivery import (agent_events, by_model, decoded, isolate, ledger_of, read_until_quiet,
-                               records_until_quiet)
+from test_sdk_delivery import agent_events, by_model, decoded, isolate, ledger_of, read_until_quiet, records_until_quiet
 from test_sdk_end_to_end import VERSION, capture
 from test_sdk_standins import SENTINEL, WARNING_FLAGS, client_env, run_python, warned_host
 
 from bench.sdk_client import BlackHole, closed_port
 from devstack.processes import CollectorProcess, free_port
-from kern_telemetry_client import HttpSink, Telemetry, contract
-from kern_telemetry_client.transport import BATCH_SIZE, Backoff, Transport
 
 pytestmark = pytest.mark.integration
 
@@ -35,12 +34,14 @@ KINDS = {"agent_run": "agent", "team_run": "team", "workflow_run": "workflow", "
 
 
 def test_runs_of_every_kind_reach_clickhouse_through_the_collector_gzipped_in_batches_of_100(
-        stack_factory, tmp_path, monkeypatch):
+    stack_factory, tmp_path, monkeypatch
+):
     stack = stack_factory(partitions=2)
     isolate(monkeypatch, tmp_path)
     # 100 of the client's events are ~60 KB as JSON, ~8 KB gzip'd: a 16 KB body limit shows they come gzip'd
-    with running_collector(stack.env, tmp_path, KERN_COLLECTOR_MAX_BODY_BYTES="16384",
-                           KERN_COLLECTOR_MAX_BATCH_EVENTS=str(BATCH_SIZE)) as collector:
+    with running_collector(
+        stack.env, tmp_path, KERN_COLLECTOR_MAX_BODY_BYTES="16384", KERN_COLLECTOR_MAX_BATCH_EVENTS=str(BATCH_SIZE)
+    ) as collector:
         telemetry = Telemetry(VERSION, HttpSink(collector.url))
         expected: Counter = Counter()
         for call, _, runs, _ in capture(telemetry):
@@ -51,7 +52,8 @@ def test_runs_of_every_kind_reach_clickhouse_through_the_collector_gzipped_in_ba
     assert metric(exposition, "kern_collector_events_total") == total
     requests = metric(exposition, "kern_collector_requests_total", code="202", reason="accepted")
     assert requests >= math.ceil(total / BATCH_SIZE) and requests == metric(
-        exposition, "kern_collector_request_duration_seconds_count")  # every request was accepted
+        exposition, "kern_collector_request_duration_seconds_count"
+    )  # every request was accepted
 
     records = stack.read_topic(stack.settings.topic, total)
     assert sum(len(r.value) for r in records) > 16384 * requests  # so some accepted body was gzip'd to fit
@@ -62,8 +64,9 @@ def test_runs_of_every_kind_reach_clickhouse_through_the_collector_gzipped_in_ba
     with stack.clickhouse() as client:
         runs = dict(client.query("SELECT kind, sum(runs) FROM kern_telemetry.runs_minute GROUP BY kind").result_rows)
         tables = client.query("SELECT name FROM system.tables WHERE database = 'kern_telemetry'").result_rows
-        contents = [client.raw_query(f"SELECT * FROM kern_telemetry.`{name}`", fmt="TabSeparated")
-                    for (name,) in tables]  # as bytes: aggregate states too
+        contents = [
+            client.raw_query(f"SELECT * FROM kern_telemetry.`{name}`", fmt="TabSeparated") for (name,) in tables
+        ]  # as bytes: aggregate states too
     assert runs == expected
     assert len(contents) > 5 and not [content for content in contents if SENTINEL.encode() in content]
 
@@ -74,8 +77,9 @@ def test_retry_after_lengthens_the_pause_so_each_limited_batch_is_refused_once(s
     exactly once."""
     stack = stack_factory(partitions=2)
     isolate(monkeypatch, tmp_path)
-    with running_collector(stack.env, tmp_path, KERN_COLLECTOR_RATE_LIMIT_PER_SECOND="0.5",
-                           KERN_COLLECTOR_RATE_LIMIT_BURST="1") as collector:
+    with running_collector(
+        stack.env, tmp_path, KERN_COLLECTOR_RATE_LIMIT_PER_SECOND="0.5", KERN_COLLECTOR_RATE_LIMIT_BURST="1"
+    ) as collector:
         transport = Transport(HttpSink(collector.url), "1.0.0")
         started = time.monotonic()
         for event in agent_events("limited", 250):
@@ -143,8 +147,9 @@ def test_offline_the_host_exits_within_the_deadline_with_empty_stderr(tmp_path, 
     and the first batch's request written, so at the deadline it may have arrived: unknown_at_exit."""
     with BlackHole() as hole:
         port = closed_port() if state == "down" else hole.port
-        ran = run_python(f"import sys; sys.argv = ['host', 'http://127.0.0.1:{port}']\n" + HTTP_HOST,
-                         client_env(tmp_path))
+        ran = run_python(
+            f"import sys; sys.argv = ['host', 'http://127.0.0.1:{port}']\n" + HTTP_HOST, client_env(tmp_path)
+        )
     assert ran.returncode == 0 and ran.stderr == ""
     captured, stats = ran.stdout.splitlines()
     assert ran.ended - float(captured) <= 1.0 + 0.5
@@ -152,8 +157,9 @@ def test_offline_the_host_exits_within_the_deadline_with_empty_stderr(tmp_path, 
     unknown = 0 if state == "down" else BATCH_SIZE
     assert (stats["dropped"]["unsent_at_exit"], stats["unknown_at_exit"]) == (1000 - unknown, unknown)
     left = {"unsent_at_exit": 1000 - unknown, "unknown_at_exit": unknown}
-    assert ledger_of(tmp_path / "state") == Counter({("1.0.0", reason): n for reason, n in left.items()
-                                                     if n and reason in contract.DROP_REASONS})
+    assert ledger_of(tmp_path / "state") == Counter(
+        {("1.0.0", reason): n for reason, n in left.items() if n and reason in contract.DROP_REASONS}
+    )
 
 
 @pytest.mark.parametrize("flags", WARNING_FLAGS, ids=" ".join)
@@ -219,7 +225,8 @@ class ForwardProxy:
 
 @pytest.mark.parametrize("scheme", ["https", "http"])
 def test_the_http_sink_goes_through_the_environments_proxy_unless_no_proxy_says_not(
-        stack_factory, tmp_path, monkeypatch, certificate, scheme):
+    stack_factory, tmp_path, monkeypatch, certificate, scheme
+):
     """HTTPS_PROXY: a CONNECT tunnel, TLS end to end to the collector (the proxy never sees a request);
     HTTP_PROXY: the absolute URL asked of the proxy; the proxy's credentials sent to it; NO_PROXY bypasses
     it. A real proxy, collector (behind a TLS front for https) and broker."""
@@ -246,17 +253,21 @@ def test_the_http_sink_goes_through_the_environments_proxy_unless_no_proxy_says_
             front.cut()
     proxy.close()
     assert by_model(read_until_quiet(stack.env["KERN_BOOTSTRAP_SERVERS"], stack.settings.topic, 1.0)) == {
-        "proxied": 250, "direct": 250}
+        "proxied": 250,
+        "direct": 250,
+    }
     assert proxy.requests == requests and len(requests) >= 1  # nothing more once NO_PROXY named the host
     target = f"127.0.0.1:{front.port}" if front else f"http://127.0.0.1:{collector.web_port}/v1/events"
     assert {(line.rsplit(" ", 1)[0], authorization) for line, authorization in requests} == {
-        (f"{'CONNECT' if front else 'POST'} {target}", "Basic a2VybjpzQGNyZXQ=")}  # kern:s@cret
+        (f"{'CONNECT' if front else 'POST'} {target}", "Basic a2VybjpzQGNyZXQ=")
+    }  # kern:s@cret
     if front:
         assert b"/v1/events" not in proxy.piped and b"warned" not in proxy.piped  # TLS through the tunnel
 
 
-def test_without_a_collector_it_backs_off_warns_once_and_delivers_when_one_answers(stack_factory, tmp_path,
-                                                                                    monkeypatch, caplog):
+def test_without_a_collector_it_backs_off_warns_once_and_delivers_when_one_answers(
+    stack_factory, tmp_path, monkeypatch, caplog
+):
     stack = stack_factory(partitions=2)
     isolate(monkeypatch, tmp_path)
     caplog.set_level(logging.DEBUG)

@@ -23,8 +23,9 @@ from devstack.processes import CollectorProcess
 
 
 @contextlib.contextmanager
-def running_collector(env: dict[str, str], workdir: Path, name: str = "collector", ready: bool = True,
-                      **overrides: str) -> Iterator[CollectorProcess]:
+def running_collector(
+    env: dict[str, str], workdir: Path, name: str = "collector", ready: bool = True, **overrides: str
+) -> Iterator[CollectorProcess]:
     """A `kern-telemetry collect` process with the stack's environment and `overrides`; `ready`: wait until
     the broker takes its batches."""
     collector = CollectorProcess({"KERN_LOG_LEVEL": "info", **env, **overrides}, workdir, name=name).start()
@@ -42,8 +43,16 @@ class Answer(NamedTuple):
     body: dict
 
 
-def request(url: str, body: bytes = b"", headers: dict[str, str] | None = None, *, method: str = "POST",
-            path: str = "/v1/events", source: str = "127.0.0.1", timeout: float = 30.0) -> Answer:
+def request(
+    url: str,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+    *,
+    method: str = "POST",
+    path: str = "/v1/events",
+    source: str = "127.0.0.1",
+    timeout: float = 30.0,
+) -> Answer:
     """One request on a fresh connection from `source` (any 127.x.y.z address on Linux)."""
     parts = urlsplit(url)
     connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout, source_address=(source, 0))
@@ -52,14 +61,24 @@ def request(url: str, body: bytes = b"", headers: dict[str, str] | None = None, 
         response = connection.getresponse()
         raw = response.read()
         content_type = response.getheader("Content-Type", "")
-        return Answer(response.status, {name.lower(): value for name, value in response.getheaders()},
-                      json.loads(raw) if content_type.startswith("application/json") else {"text": raw.decode()})
+        return Answer(
+            response.status,
+            {name.lower(): value for name, value in response.getheaders()},
+            json.loads(raw) if content_type.startswith("application/json") else {"text": raw.decode()},
+        )
     finally:
         connection.close()
 
 
-def post(url: str, events: list[bytes], *, ndjson: bool = False, gzipped: bool = False,
-         headers: dict[str, str] | None = None, source: str = "127.0.0.1") -> Answer:
+def post(
+    url: str,
+    events: list[bytes],
+    *,
+    ndjson: bool = False,
+    gzipped: bool = False,
+    headers: dict[str, str] | None = None,
+    source: str = "127.0.0.1",
+) -> Answer:
     body = b"\n".join(events) if ndjson else b"[" + b",".join(events) + b"]"
     framing = {"Content-Type": "application/x-ndjson" if ndjson else "application/json"}
     if gzipped:
@@ -69,11 +88,15 @@ def post(url: str, events: list[bytes], *, ndjson: bool = False, gzipped: bool =
 
 def run_events(tag: str, count: int, kind: str = "agent") -> list[bytes]:
     """Valid runs whose session id (`<tag>-<i>`) names each one in Kafka (the worker never stores it)."""
-    data = {"agent": {"model_provider": "openai", "model_id": "gpt-5.2", "has_tools": True},
-            "team": {"model_provider": "anthropic", "model_id": "claude-sonnet-4-5", "member_count": 3},
-            "workflow": {"db_type": "PostgresDb"}}[kind]
-    return [json.dumps({"type": kind, "session_id": f"{tag}-{i}", "sdk_version": "2.4.1", "data": data}).encode()
-            for i in range(count)]
+    data = {
+        "agent": {"model_provider": "openai", "model_id": "gpt-5.2", "has_tools": True},
+        "team": {"model_provider": "anthropic", "model_id": "claude-sonnet-4-5", "member_count": 3},
+        "workflow": {"db_type": "PostgresDb"},
+    }[kind]
+    return [
+        json.dumps({"type": kind, "session_id": f"{tag}-{i}", "sdk_version": "2.4.1", "data": data}).encode()
+        for i in range(count)
+    ]
 
 
 _SESSION = re.compile(rb'"session_id": "([^"]+)"')

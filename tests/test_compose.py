@@ -13,9 +13,22 @@ import click
 import yaml
 from click.testing import CliRunner
 
-from devstack.grafana import ALERT_RULES, ALERTS, CLICKHOUSE, CLICKHOUSE_PLUGIN_VERSION, COLLECTOR_JOB, DASHBOARDS
-from devstack.grafana import DATABASE, OPERATOR_PANELS, PROMETHEUS, SEVERITY_COLOURS, WORKER_JOB, comparison
-from devstack.grafana import dashboards, render
+from devstack.grafana import (
+    ALERT_RULES,
+    ALERTS,
+    CLICKHOUSE,
+    CLICKHOUSE_PLUGIN_VERSION,
+    COLLECTOR_JOB,
+    DASHBOARDS,
+    DATABASE,
+    OPERATOR_PANELS,
+    PROMETHEUS,
+    SEVERITY_COLOURS,
+    WORKER_JOB,
+    comparison,
+    dashboards,
+    render,
+)
 from pipeline.cli import main as cli
 from pipeline.config import DEV_HASH_SECRETS, Settings
 from pipeline.panels import PANELS
@@ -33,8 +46,17 @@ def env(service: str) -> dict[str, str]:
 
 
 def test_the_dev_cluster_has_kafka_clickhouse_init_worker_and_an_optional_producer():
-    assert set(SERVICES) == {"kafka", "clickhouse", "init", "worker", "collector", "producer", "prometheus",
-                             "alertmanager", "grafana"}
+    assert set(SERVICES) == {
+        "kafka",
+        "clickhouse",
+        "init",
+        "worker",
+        "collector",
+        "producer",
+        "prometheus",
+        "alertmanager",
+        "grafana",
+    }
     assert SERVICES["kafka"]["image"].startswith("apache/kafka:")
     assert SERVICES["clickhouse"]["image"].startswith("clickhouse/clickhouse-server:")
     assert SERVICES["producer"]["profiles"] == ["load"]
@@ -73,8 +95,11 @@ def test_kafka_and_clickhouse_keep_their_data_in_named_volumes_with_one_lifetime
 def test_every_image_is_pinned_to_a_digest_or_an_exact_tag_with_the_reason_stated():
     """No registry could be reached where this was written, so the digests are not there; each image line
     says why (README: docker-compose)."""
-    lines = {line.split("image:")[1].split("#")[0].strip(): line for line in COMPOSE_TEXT.splitlines()
-             if line.strip().startswith("image:")}
+    lines = {
+        line.split("image:")[1].split("#")[0].strip(): line
+        for line in COMPOSE_TEXT.splitlines()
+        if line.strip().startswith("image:")
+    }
     assert set(lines) == {service["image"] for service in SERVICES.values()}
     for image, line in lines.items():
         if "@sha256:" in image:
@@ -96,8 +121,11 @@ def test_every_long_running_service_has_a_healthcheck_and_one_shot_jobs_are_the_
         port = SERVICES[name]["ports"][0].split(":")[-1]
         assert test == ["CMD", "wget", "-q", "--spider", f"http://127.0.0.1:{port}{path}"], name
     # the worker's and the collector's: the same liveness script (tests/test_operators.py runs it)
-    assert SERVICES["worker"]["healthcheck"]["test"][:3] == SERVICES["collector"]["healthcheck"]["test"][:3] \
+    assert (
+        SERVICES["worker"]["healthcheck"]["test"][:3]
+        == SERVICES["collector"]["healthcheck"]["test"][:3]
         == ["CMD", "python", "-c"]
+    )
     assert SERVICES["worker"]["healthcheck"]["test"][3] == SERVICES["collector"]["healthcheck"]["test"][3]
 
 
@@ -109,16 +137,21 @@ def test_the_compose_hash_secret_is_a_published_default_the_worker_refuses_witho
     assert "development default" in Settings(hash_secret=default, _env_file=None).hash_secret_problem()
     assert "fewer than 16" in Settings(hash_secret="too-short", _env_file=None).hash_secret_problem()
     assert Settings(hash_secret="a-random-secret-of-32-characters", _env_file=None).hash_secret_problem() is None
-    for variables, problem in (({"KERN_HASH_SECRET": default}, "development default"),
-                               ({"KERN_HASH_SECRET": "short"}, "fewer than 16"), ({}, "is not set")):
+    for variables, problem in (
+        ({"KERN_HASH_SECRET": default}, "development default"),
+        ({"KERN_HASH_SECRET": "short"}, "fewer than 16"),
+        ({}, "is not set"),
+    ):
         refused = CliRunner().invoke(cli, ["worker"], env={"KERN_HASH_SECRET": None, "KERN_DEV": None, **variables})
         assert refused.exit_code == 2 and problem in refused.output, refused.output  # before anything starts
 
 
 def test_init_waits_for_healthy_services_and_workers_wait_for_init():
     assert SERVICES["init"]["command"] == ["kern-telemetry", "init"]
-    assert SERVICES["init"]["depends_on"] == {"kafka": {"condition": "service_healthy"},
-                                              "clickhouse": {"condition": "service_healthy"}}
+    assert SERVICES["init"]["depends_on"] == {
+        "kafka": {"condition": "service_healthy"},
+        "clickhouse": {"condition": "service_healthy"},
+    }
     assert SERVICES["worker"]["depends_on"] == {"init": {"condition": "service_completed_successfully"}}
     assert "healthcheck" in SERVICES["kafka"] and "healthcheck" in SERVICES["clickhouse"]
 
@@ -163,21 +196,28 @@ PROMETHEUS_YML = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 
 def mounts(service: str) -> dict[str, Path]:
     """Container path -> the repository path a service mounts there."""
-    return {target: (ROOT / source).resolve() for source, target, *_ in
-            (volume.split(":") for volume in SERVICES[service]["volumes"]) if source.startswith("./")}
+    return {
+        target: (ROOT / source).resolve()
+        for source, target, *_ in (volume.split(":") for volume in SERVICES[service]["volumes"])
+        if source.startswith("./")
+    }
 
 
 def test_prometheus_scrapes_every_worker_and_collector_it_finds_by_dns_on_the_service_names():
     assert re.fullmatch(r"prom/prometheus:v\d+\.\d+\.\d+", SERVICES["prometheus"]["image"])  # pinned
-    assert mounts("prometheus") == {"/etc/prometheus/prometheus.yml": PROMETHEUS_YML,
-                                    "/etc/prometheus/alerts.yml": ALERT_RULES}
+    assert mounts("prometheus") == {
+        "/etc/prometheus/prometheus.yml": PROMETHEUS_YML,
+        "/etc/prometheus/alerts.yml": ALERT_RULES,
+    }
     jobs = {job["job_name"]: job for job in yaml.safe_load(PROMETHEUS_YML.read_text())["scrape_configs"]}
     assert list(jobs) == [WORKER_JOB, COLLECTOR_JOB]
     worker_port = int(env("worker").get("KERN_WEB_PORT", Settings.model_fields["web_port"].default))
     assert str(worker_port) in SERVICES["worker"]["expose"] and env("worker")["KERN_WEB_HOST"] == "0.0.0.0"
     assert env("collector")["KERN_COLLECTOR_HOST"] == "0.0.0.0"
-    for name, service, port in ((WORKER_JOB, "worker", worker_port),
-                                (COLLECTOR_JOB, "collector", int(env("collector")["KERN_COLLECTOR_PORT"]))):
+    for name, service, port in (
+        (WORKER_JOB, "worker", worker_port),
+        (COLLECTOR_JOB, "collector", int(env("collector")["KERN_COLLECTOR_PORT"])),
+    ):
         assert jobs[name]["metrics_path"] == "/metrics"
         (discovery,) = jobs[name]["dns_sd_configs"]
         assert discovery["names"] == [service] and discovery["type"] == "A"  # every container of the service
@@ -187,19 +227,22 @@ def test_prometheus_scrapes_every_worker_and_collector_it_finds_by_dns_on_the_se
 def test_prometheus_evaluates_the_alerts_and_sends_them_to_the_compose_alertmanager():
     config = yaml.safe_load(PROMETHEUS_YML.read_text())
     assert config["rule_files"] == [ALERT_RULES.name]  # next to prometheus.yml, in the repository and the container
-    ((target,),) = [static["targets"] for manager in config["alerting"]["alertmanagers"]
-                    for static in manager["static_configs"]]
+    ((target,),) = [
+        static["targets"] for manager in config["alerting"]["alertmanagers"] for static in manager["static_configs"]
+    ]
     host, port = target.split(":")
     assert host == "alertmanager" and SERVICES["alertmanager"]["ports"] == [f"127.0.0.1:{port}:{port}"]
     assert re.fullmatch(r"prom/alertmanager:v\d+\.\d+\.\d+", SERVICES["alertmanager"]["image"])
-    assert mounts("alertmanager") == {"/etc/alertmanager/alertmanager.yml":
-                                      (ROOT / "deploy" / "alertmanager" / "alertmanager.yml").resolve()}
+    assert mounts("alertmanager") == {
+        "/etc/alertmanager/alertmanager.yml": (ROOT / "deploy" / "alertmanager" / "alertmanager.yml").resolve()
+    }
     assert SERVICES["prometheus"]["depends_on"] == {"alertmanager": {"condition": "service_healthy"}}
 
 
 def test_the_operators_stat_panels_are_coloured_where_their_alerts_fire():
     """Each threshold has one home, alerts.yml: a stat of an alert `<measure> > <threshold>` shows that
     measure and turns its severity's colour just above that threshold; every stat names its alert."""
+
     def measured(alert: str) -> tuple[str, float] | None:
         try:
             return comparison(alert)
@@ -231,26 +274,38 @@ def test_grafana_is_the_official_image_with_the_pinned_clickhouse_plugin_and_fil
     assert provider["type"] == "file" and provider["options"]["path"] == "/etc/grafana/dashboards"
     home = Path(env("grafana")["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"])
     assert home.parent == Path("/etc/grafana/dashboards") and (DASHBOARDS / home.name).is_file()
-    assert grafana["depends_on"] == {"clickhouse": {"condition": "service_healthy"},
-                                     "prometheus": {"condition": "service_healthy"}}
+    assert grafana["depends_on"] == {
+        "clickhouse": {"condition": "service_healthy"},
+        "prometheus": {"condition": "service_healthy"},
+    }
 
 
 def test_grafana_datasources_reach_the_compose_clickhouse_and_prometheus():
-    datasources = {source["uid"]: source for source in
-                   yaml.safe_load((PROVISIONING / "datasources" / "kern.yaml").read_text())["datasources"]}
+    datasources = {
+        source["uid"]: source
+        for source in yaml.safe_load((PROVISIONING / "datasources" / "kern.yaml").read_text())["datasources"]
+    }
     assert set(datasources) == {CLICKHOUSE["uid"], PROMETHEUS["uid"]}
     clickhouse, server = datasources[CLICKHOUSE["uid"]], env("clickhouse")
     dsn = urlsplit(env("worker")["KERN_CLICKHOUSE_DSN"])
     assert clickhouse["type"] == CLICKHOUSE["type"]
-    assert {key: clickhouse["jsonData"][key] for key in ("host", "port", "protocol", "username", "defaultDatabase")} \
-        == {"host": dsn.hostname, "port": dsn.port, "protocol": dsn.scheme, "username": server["CLICKHOUSE_USER"],
-            "defaultDatabase": server["CLICKHOUSE_DB"]}
+    assert {
+        key: clickhouse["jsonData"][key] for key in ("host", "port", "protocol", "username", "defaultDatabase")
+    } == {
+        "host": dsn.hostname,
+        "port": dsn.port,
+        "protocol": dsn.scheme,
+        "username": server["CLICKHOUSE_USER"],
+        "defaultDatabase": server["CLICKHOUSE_DB"],
+    }
     assert clickhouse["secureJsonData"]["password"] == "$KERN_CLICKHOUSE_PASSWORD"  # from Grafana's environment
     assert env("grafana")["KERN_CLICKHOUSE_PASSWORD"] == server["CLICKHOUSE_PASSWORD"]
     prometheus = datasources[PROMETHEUS["uid"]]
     assert prometheus["type"] == PROMETHEUS["type"] and urlsplit(prometheus["url"]).hostname == "prometheus"
-    assert prometheus["jsonData"]["timeInterval"] == yaml.safe_load(PROMETHEUS_YML.read_text())["global"][
-        "scrape_interval"]
+    assert (
+        prometheus["jsonData"]["timeInterval"]
+        == yaml.safe_load(PROMETHEUS_YML.read_text())["global"]["scrape_interval"]
+    )
 
 
 def test_the_provisioned_dashboards_are_generated_and_their_sql_is_the_tested_panels():
@@ -260,13 +315,17 @@ def test_the_provisioned_dashboards_are_generated_and_their_sql_is_the_tested_pa
     assert sorted(path.name for path in DASHBOARDS.glob("*.json")) == sorted(generated)
     for name, dashboard in generated.items():
         assert (DASHBOARDS / name).read_text() == render(dashboard), f"{name} is stale: run make dashboards"
-    analysts, operators = (json.loads((DASHBOARDS / name).read_text())
-                           for name in ("kern-analysts.json", "kern-operators.json"))
+    analysts, operators = (
+        json.loads((DASHBOARDS / name).read_text()) for name in ("kern-analysts.json", "kern-operators.json")
+    )
     targets = [target for panel in analysts["panels"] for target in panel["targets"]]
     assert [target["rawSql"] for target in targets] == [panel.grafana() for panel in PANELS]
     assert all(target["datasource"] == CLICKHOUSE for target in targets)
-    assert all(target["datasource"] == PROMETHEUS and target["expr"]
-               for panel in operators["panels"] for target in panel["targets"])
+    assert all(
+        target["datasource"] == PROMETHEUS and target["expr"]
+        for panel in operators["panels"]
+        for target in panel["targets"]
+    )
     database, *filters = analysts["templating"]["list"]
     assert [variable["name"] for variable in filters] == ["kind", "provider", "model", "sdk", "flag", "by"]
     assert database["name"] == "database" and database["type"] == "constant" and database["query"] == DATABASE

@@ -51,6 +51,11 @@ def test_defaults_match_the_documented_ones(monkeypatch):
         if name.startswith("KERN_"):
             monkeypatch.delenv(name)
     settings = Settings(_env_file=None)
-    assert (settings.bootstrap_servers, settings.topic, settings.dlq_topic, settings.window_seconds,
-            settings.web_host, settings.web_port) == (
-        "127.0.0.1:9092", "kern.telemetry.events", "kern.telemetry.events.dlq", 60, "127.0.0.1", 6066)
+    assert (
+        settings.bootstrap_servers,
+        settings.topic,
+        settings.dlq_topic,
+        settings.window_seconds,
+        settings.web_host,
+        settings.web_port,
+    ) == ("127.0.0.1:9092", "kern.telemetry.events", "kern.telemetry.events.dlq", 60, "127.0.0.1", 6066)

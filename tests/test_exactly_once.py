@@ -11,13 +11,19 @@ import time
 from collections import Counter
 
 import pytest
-
-from conftest import (expected_quality, reference_rollup, roll, stored_drops, stored_patterns, stored_quality,
-                      stored_runs)
+from conftest import (
+    expected_quality,
+    reference_rollup,
+    roll,
+    stored_drops,
+    stored_patterns,
+    stored_quality,
+    stored_runs,
+)
 
 from devstack.loadgen import EventGenerator
-from pipeline.dimensions import PATTERNS
 from devstack.processes import wait_flushed_together
+from pipeline.dimensions import PATTERNS
 
 pytestmark = pytest.mark.integration
 SESSION_TIMEOUT_S = 10  # the worker's Kafka session timeout (agents/rollup.py)
@@ -31,7 +37,7 @@ def stream_in_background(stack, values, record_ms, chunks, pause, rng) -> tuple[
     def produce_stream():
         step = len(values) // chunks + 1
         for start in range(0, len(values), step):
-            chunk = values[start:start + step]
+            chunk = values[start : start + step]
             produced.update(stack.produce(chunk, [record_ms] * len(chunk)))
             time.sleep(rng.uniform(*pause))
 
@@ -63,8 +69,14 @@ def test_random_kills_during_a_stream_lose_nothing_and_count_nothing_twice(stack
     values = list(EventGenerator(seed=21, invalid_share=0.02, profiles=2000).events(events))
     rng = random.Random(21)
 
-    producer, produced = stream_in_background(stack, values, record_ms, chunks=40 if chaos_long else 10,
-                                              pause=(0.5, 3.0) if chaos_long else (0.5, 0.5), rng=rng)
+    producer, produced = stream_in_background(
+        stack,
+        values,
+        record_ms,
+        chunks=40 if chaos_long else 10,
+        pause=(0.5, 3.0) if chaos_long else (0.5, 0.5),
+        rng=rng,
+    )
     kills = 0
     while kills < kills_wanted or producer.is_alive():
         worker = stack.worker(f"victim{kills}")
@@ -83,16 +95,19 @@ def test_random_kills_during_a_stream_lose_nothing_and_count_nothing_twice(stack
     assert survivor.stop() == 0
 
     runs, quality = assert_exact(stack, values, record_ms)
-    print(f"\nchaos: {kills} SIGKILLs over {events:,} events ({sum(produced.values()):,} records in "
-          f"{len(produced)} partitions); exact totals in every table: {runs:,} runs, {quality:,} quality events")
+    print(
+        f"\nchaos: {kills} SIGKILLs over {events:,} events ({sum(produced.values()):,} records in "
+        f"{len(produced)} partitions); exact totals in every table: {runs:,} runs, {quality:,} quality events"
+    )
 
 
 def test_two_workers_killed_in_turn_rebalance_and_count_every_event_once(stack_factory, chaos_long):
     """Two workers share the partitions and one shared ClickHouse; each in turn is SIGKILLed, the survivor
     takes over its partitions (rebalance), then the victim comes back (rebalance again)."""
     events, cycles = (300_000, 8) if chaos_long else (60_000, 2)
-    stack = stack_factory(partitions=4, shared_clickhouse=True, KERN_FLUSH_MAX_EVENTS="2000",
-                          KERN_FLUSH_INTERVAL_SECONDS="0.2")
+    stack = stack_factory(
+        partitions=4, shared_clickhouse=True, KERN_FLUSH_MAX_EVENTS="2000", KERN_FLUSH_INTERVAL_SECONDS="0.2"
+    )
     record_ms = int(time.time() * 1000) - 30_000
     values = list(EventGenerator(seed=31, invalid_share=0.02, profiles=2000).events(events))
     rng = random.Random(31)
@@ -113,6 +128,7 @@ def test_two_workers_killed_in_turn_rebalance_and_count_every_event_once(stack_f
     assert [worker.stop() for worker in workers.values()] == [0, 0]
 
     runs, quality = assert_exact(stack, values, record_ms)
-    print(f"\nchaos, 2 workers: {cycles} SIGKILLs, {takeovers} takeovers of all partitions by the survivor and "
-          f"as many rebalances back, over {events:,} events; exact totals: {runs:,} runs, {quality:,} quality events")
-
+    print(
+        f"\nchaos, 2 workers: {cycles} SIGKILLs, {takeovers} takeovers of all partitions by the survivor and "
+        f"as many rebalances back, over {events:,} events; exact totals: {runs:,} runs, {quality:,} quality events"
+    )

@@ -10,9 +10,15 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).parent.parent
-PACKAGES = {"pipeline": ROOT / "pipeline", "agents": ROOT / "agents", "tables": ROOT / "tables",
-            "devstack": ROOT / "devstack", "bench": ROOT / "bench", "collector": ROOT / "collector",
-            "kern_telemetry_client": ROOT / "sdk" / "kern_telemetry_client"}
+PACKAGES = {
+    "pipeline": ROOT / "pipeline",
+    "agents": ROOT / "agents",
+    "tables": ROOT / "tables",
+    "devstack": ROOT / "devstack",
+    "bench": ROOT / "bench",
+    "collector": ROOT / "collector",
+    "kern_telemetry_client": ROOT / "sdk" / "kern_telemetry_client",
+}
 RUNTIME = ("pipeline", "agents", "tables", "collector")
 
 
@@ -53,7 +59,7 @@ def test_no_module_imports_itself_through_others():
         if module in done:
             return
         if module in visiting:
-            cycles.append(visiting[visiting.index(module):] + [module])
+            cycles.append([*visiting[visiting.index(module) :], module])
             return
         visiting.append(module)
         for target in sorted(GRAPH[module]):
@@ -67,23 +73,31 @@ def test_no_module_imports_itself_through_others():
 
 
 def test_the_runtime_never_imports_dev_tooling_benchmarks_or_tests():
-    offending = {module: sorted(target for target in imports(module)
-                                if target.split(".")[0] in ("devstack", "bench", "tests", "conftest"))
-                 for module in MODULES if module.split(".")[0] in RUNTIME}
+    offending = {
+        module: sorted(
+            target for target in imports(module) if target.split(".")[0] in ("devstack", "bench", "tests", "conftest")
+        )
+        for module in MODULES
+        if module.split(".")[0] in RUNTIME
+    }
     assert {module: targets for module, targets in offending.items() if targets} == {}
 
 
 def test_the_worker_never_imports_the_collector():
     """`kern-telemetry collect` is loaded by name (`pipeline/cli.py`), like the dev tooling's commands."""
     worker = [module for module in MODULES if module.split(".")[0] in ("pipeline", "agents", "tables")]
-    assert {module: sorted(target for target in imports(module) if target.startswith("collector"))
-            for module in worker} == {module: [] for module in worker}
+    assert {
+        module: sorted(target for target in imports(module) if target.startswith("collector")) for module in worker
+    } == {module: [] for module in worker}
 
 
 def test_the_sdk_client_imports_only_the_standard_library_and_kafka_python():
     allowed = set(sys.stdlib_module_names) | {"kafka", "kern_telemetry_client"}
-    foreign = {module: sorted(target for target in imports(module) if target.split(".")[0] not in allowed)
-               for module in MODULES if module.startswith("kern_telemetry_client")}
+    foreign = {
+        module: sorted(target for target in imports(module) if target.split(".")[0] not in allowed)
+        for module in MODULES
+        if module.startswith("kern_telemetry_client")
+    }
     assert {module: targets for module, targets in foreign.items() if targets} == {}
 
 

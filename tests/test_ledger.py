@@ -8,8 +8,15 @@ import time
 from collections import Counter
 
 import pytest
-from conftest import (Stack, expected_quality, reference_rollup, stored_drops, stored_patterns, stored_quality,
-                      stored_runs)
+from conftest import (
+    Stack,
+    expected_quality,
+    reference_rollup,
+    stored_drops,
+    stored_patterns,
+    stored_quality,
+    stored_runs,
+)
 from kafka.admin import KafkaAdminClient
 from kafka_faults import KafkaFaultProxy
 
@@ -27,7 +34,7 @@ PER_PARTITION = 3000
 def load(seed: int, partitions: int = 2) -> list[list[bytes]]:
     """Load-generator events (every kind, some invalid), `PER_PARTITION` for each partition."""
     values = list(EventGenerator(seed=seed, invalid_share=0.02, profiles=500).events(PER_PARTITION * partitions))
-    return [values[p * PER_PARTITION:(p + 1) * PER_PARTITION] for p in range(partitions)]
+    return [values[p * PER_PARTITION : (p + 1) * PER_PARTITION] for p in range(partitions)]
 
 
 def produce(stack: Stack, per_partition: list[list[bytes]], record_ms: int) -> dict[int, int]:
@@ -47,6 +54,7 @@ FILLER_WINDOWS = 4_000_000_000  # and later (2096): rows written only to fill de
 
 def assert_counted(stack: Stack, expected: PartitionRollup) -> None:
     """Every table holds exactly the reference's counts, window by window (filler rows aside)."""
+
     def real(counts: Counter) -> Counter:
         return Counter({key: n for key, n in counts.items() if key[0] < FILLER_WINDOWS})
 
@@ -62,8 +70,10 @@ def ledger(stack: Stack) -> dict[tuple[int, int], dict[str, int]]:
     """(partition, log generation) -> the ledger's outcomes summed, and their total."""
     outcomes = ("counted", "dead_lettered", "late", "skipped", "expired", "lost")
     with stack.clickhouse() as client:
-        rows = client.query(f"SELECT partition, log_generation, {', '.join(f'sum({o})' for o in outcomes)} "
-                            "FROM kern_telemetry.ingest_ledger GROUP BY partition, log_generation").result_rows
+        rows = client.query(
+            f"SELECT partition, log_generation, {', '.join(f'sum({o})' for o in outcomes)} "
+            "FROM kern_telemetry.ingest_ledger GROUP BY partition, log_generation"
+        ).result_rows
     return {(p, g): {**dict(zip(outcomes, sums, strict=True)), "offsets": sum(sums)} for p, g, *sums in rows}
 
 
@@ -81,8 +91,9 @@ def recreate_topic(stack: Stack) -> None:
 
 
 def log_incidents(worker, partitions) -> dict:
-    return worker.wait_health(lambda r: all(f"log {p}" in r["degraded"] for p in partitions), 60,
-                              "a log incident on every partition")
+    return worker.wait_health(
+        lambda r: all(f"log {p}" in r["degraded"] for p in partitions), 60, "a log incident on every partition"
+    )
 
 
 def test_a_broker_replaced_under_a_kept_ledger_is_counted_as_a_new_log_from_its_start(tmp_path):
@@ -118,7 +129,11 @@ def test_a_broker_replaced_under_a_kept_ledger_is_counted_as_a_new_log_from_its_
 
         assert_counted(stack, reference(stack, events, record_ms, times=2))
         assert {key: row["offsets"] for key, row in ledger(stack).items()} == {
-            (0, 0): PER_PARTITION, (1, 0): PER_PARTITION, (0, 1): PER_PARTITION, (1, 1): PER_PARTITION}
+            (0, 0): PER_PARTITION,
+            (1, 0): PER_PARTITION,
+            (0, 1): PER_PARTITION,
+            (1, 1): PER_PARTITION,
+        }
     finally:
         stack.stop_all()
         broker.stop()
@@ -134,8 +149,10 @@ def test_a_topic_recreated_under_a_running_worker_is_counted_exactly(stack_facto
     produce(stack, events, record_ms)
     log_incidents(worker, (0, 1))
     deadline = time.monotonic() + 90
-    while ledger(stack).get((1, 1), {}).get("offsets") != PER_PARTITION or \
-            ledger(stack).get((0, 1), {}).get("offsets") != PER_PARTITION:
+    while (
+        ledger(stack).get((1, 1), {}).get("offsets") != PER_PARTITION
+        or ledger(stack).get((0, 1), {}).get("offsets") != PER_PARTITION
+    ):
         assert time.monotonic() < deadline, ledger(stack)
         time.sleep(0.5)
     assert worker.stop() == 0
@@ -169,10 +186,12 @@ def test_records_removed_before_they_were_consumed_are_recorded_as_expired(tmp_p
         report = worker.wait_flushed(ends)
         assert report["offsets_gone"] == {"skipped": 0, "expired": 500 + half, "lost": 0}
         assert worker.stop() == 0
-        assert any("[ERROR]" in line and f"offsets {half}-{PER_PARTITION - 1} recorded as expired" in line
-                   for line in worker.log_path.read_text().splitlines())
+        assert any(
+            "[ERROR]" in line and f"offsets {half}-{PER_PARTITION - 1} recorded as expired" in line
+            for line in worker.log_path.read_text().splitlines()
+        )
 
-        kept = [events[0][:half] + events[0][half + 500:], events[1][:half]]
+        kept = [events[0][:half] + events[0][half + 500 :], events[1][:half]]
         expected = reference(stack, kept, record_ms)
         with stack.clickhouse() as client:
             assert stored_runs(client, "runs_minute") == Counter(expected.run_counts())
@@ -186,7 +205,8 @@ def test_records_removed_before_they_were_consumed_are_recorded_as_expired(tmp_p
         letters = stack.read_topic(stack.settings.dlq_topic, expected.dead_lettered + 2)
         assert sorted(letter.key for letter in letters if b'"reason":"expired"' in letter.value) == [
             f"{stack.settings.topic}/0/{half}-{half + 499}".encode(),
-            f"{stack.settings.topic}/1/{half}-{PER_PARTITION - 1}".encode()]
+            f"{stack.settings.topic}/1/{half}-{PER_PARTITION - 1}".encode(),
+        ]
     finally:
         stack.stop_all()
         proxy.stop()
@@ -209,8 +229,10 @@ def test_a_partition_whose_fetches_return_nothing_while_its_log_grows_is_stalled
         produced = time.monotonic()
         report = worker.wait_health(lambda r: "partition 1 stalled" in r["degraded"], 30, "partition 1 stalled")
         assert time.monotonic() - produced < 3 + 2 * 5  # the stall time and at most two probes (every 5 s)
-        assert f"{PER_PARTITION} records in the log after offset {PER_PARTITION}" in \
-            report["degraded"]["partition 1 stalled"]
+        assert (
+            f"{PER_PARTITION} records in the log after offset {PER_PARTITION}"
+            in report["degraded"]["partition 1 stalled"]
+        )
         assert "partition 0 stalled" not in report["degraded"] and report["consumer_lag"]["1"] == PER_PARTITION
         assert float(_sample(worker.metrics(), 'kern_partition_freshness_seconds{partition="1"}')) >= 3
         proxy.starved.clear()
@@ -230,9 +252,12 @@ SUMMING = ("runs_minute", "launches_minute", "client_drops_minute")
 
 
 def shrink_deduplication_windows(client, blocks: int) -> None:
-    for (table,) in client.query("SELECT name FROM system.tables WHERE database = 'kern_telemetry' "
-                                 "AND engine LIKE '%MergeTree'").result_rows:
-        client.command(f"ALTER TABLE kern_telemetry.{table} MODIFY SETTING non_replicated_deduplication_window = {blocks}")
+    for (table,) in client.query(
+        "SELECT name FROM system.tables WHERE database = 'kern_telemetry' AND engine LIKE '%MergeTree'"
+    ).result_rows:
+        client.command(
+            f"ALTER TABLE kern_telemetry.{table} MODIFY SETTING non_replicated_deduplication_window = {blocks}"
+        )
 
 
 def push_out_of_the_window(client, round_: int) -> None:
@@ -240,18 +265,28 @@ def push_out_of_the_window(client, round_: int) -> None:
     does not compare: the tables forget the blocks of a flush that landed before them."""
     for block in range(3):
         window = FILLER_WINDOWS + 3600 * (10 * round_ + block)
-        client.insert("kern_telemetry.runs_minute", [(window, "agent", 1)], column_names=("window_start", "kind", "runs"))
-        client.insert("kern_telemetry.launches_minute", [(window, "1.0.0", 1)],
-                      column_names=("window_start", "sdk_version", "launches"))
-        client.insert("kern_telemetry.client_drops_minute", [(window, "1.0.0", "queue_full", 1)],
-                      column_names=("window_start", "sdk_version", "reason", "events"))
+        client.insert(
+            "kern_telemetry.runs_minute", [(window, "agent", 1)], column_names=("window_start", "kind", "runs")
+        )
+        client.insert(
+            "kern_telemetry.launches_minute",
+            [(window, "1.0.0", 1)],
+            column_names=("window_start", "sdk_version", "launches"),
+        )
+        client.insert(
+            "kern_telemetry.client_drops_minute",
+            [(window, "1.0.0", "queue_full", 1)],
+            column_names=("window_start", "sdk_version", "reason", "events"),
+        )
 
 
 def fail_quality_inserts(client, failing: bool) -> None:
     """ClickHouse's own refusal: with `parts_to_throw_insert = 1` every insert into the table fails (Too many
     parts), the inserts into the tables before it in a flush land."""
-    client.command("ALTER TABLE kern_telemetry.quality_minute " + (
-        "MODIFY SETTING parts_to_throw_insert = 1" if failing else "RESET SETTING parts_to_throw_insert"))
+    client.command(
+        "ALTER TABLE kern_telemetry.quality_minute "
+        + ("MODIFY SETTING parts_to_throw_insert = 1" if failing else "RESET SETTING parts_to_throw_insert")
+    )
 
 
 def test_a_flush_rewritten_after_the_deduplication_window_forgot_it_writes_only_what_had_not_landed(stack_factory):

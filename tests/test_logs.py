@@ -29,37 +29,87 @@ LOG = LogIdentity(3, ID)
 AT_99 = Fingerprint(99, 1234)
 
 
-def recorded(end: int = 100, log: LogIdentity = LOG, fingerprint: Fingerprint | None = AT_99,
-             seen: int = 100) -> Recorded:
+def recorded(
+    end: int = 100, log: LogIdentity = LOG, fingerprint: Fingerprint | None = AT_99, seen: int = 100
+) -> Recorded:
     return Recorded(log, end, fingerprint, seen)
 
 
-@pytest.mark.parametrize("case, ledger, facts, verdict", [
-    ("the same log", recorded(), Facts(ID, 0, 150, 1234), Verdict(SAME, LOG, 100)),
-    ("the same log, no topic ids", recorded(log=LogIdentity(3, "")), Facts("", 0, 150, 1234),
-     Verdict(SAME, LogIdentity(3, ""), 100)),
-    ("a broker that starts giving ids", recorded(log=LogIdentity(3, "")), Facts(ID, 0, 150, 1234),
-     Verdict(SAME, LOG, 100)),
-    ("recreated: another topic id", recorded(), Facts(OTHER, 0, 40, None), Verdict(NEW_LOG, LogIdentity(4, OTHER), 0)),
-    ("recreated and longer: another id", recorded(), Facts(OTHER, 0, 500, 777),
-     Verdict(NEW_LOG, LogIdentity(4, OTHER), 0)),
-    ("replaced, no ids: another record", recorded(log=LogIdentity(3, "")), Facts("", 0, 500, 777),
-     Verdict(NEW_LOG, LogIdentity(4, ""), 0)),
-    ("replaced, no ids: shorter", recorded(log=LogIdentity(3, "")), Facts("", 0, 40, None),
-     Verdict(NEW_LOG, LogIdentity(4, ""), 0)),
-    ("replaced by an empty broker", recorded(log=LogIdentity(0, ""), fingerprint=None), Facts("", 0, 0, None),
-     Verdict(NEW_LOG, LogIdentity(1, ""), 0)),
-    ("truncated", recorded(), Facts(ID, 0, 60, None), Verdict(TRUNCATED, LogIdentity(4, ID), 60)),
-    ("diverged: truncated and refilled", recorded(), Facts(ID, 0, 500, 777), Verdict(DIVERGED, LogIdentity(4, ID), 99)),
-    ("expired past the ledger's end", recorded(), Facts(ID, 130, 150, None), Verdict(EXPIRED, LOG, 130, 100)),
-    ("retention passed the fingerprint only", recorded(), Facts(ID, 100, 150, None), Verdict(SAME, LOG, 100)),
-    ("a new log partly expired", recorded(), Facts(OTHER, 20, 40, None),
-     Verdict(NEW_LOG, LogIdentity(4, OTHER), 20, 0)),
-    ("recreated after records were seen, never consumed", recorded(seen=180), Facts(OTHER, 0, 10, None),
-     Verdict(NEW_LOG, LogIdentity(4, OTHER), 0, None, (100, 180))),
-    ("truncated below records seen", recorded(seen=180), Facts(ID, 0, 60, None),
-     Verdict(TRUNCATED, LogIdentity(4, ID), 60, None, (100, 180))),
-])
+@pytest.mark.parametrize(
+    "case, ledger, facts, verdict",
+    [
+        ("the same log", recorded(), Facts(ID, 0, 150, 1234), Verdict(SAME, LOG, 100)),
+        (
+            "the same log, no topic ids",
+            recorded(log=LogIdentity(3, "")),
+            Facts("", 0, 150, 1234),
+            Verdict(SAME, LogIdentity(3, ""), 100),
+        ),
+        (
+            "a broker that starts giving ids",
+            recorded(log=LogIdentity(3, "")),
+            Facts(ID, 0, 150, 1234),
+            Verdict(SAME, LOG, 100),
+        ),
+        (
+            "recreated: another topic id",
+            recorded(),
+            Facts(OTHER, 0, 40, None),
+            Verdict(NEW_LOG, LogIdentity(4, OTHER), 0),
+        ),
+        (
+            "recreated and longer: another id",
+            recorded(),
+            Facts(OTHER, 0, 500, 777),
+            Verdict(NEW_LOG, LogIdentity(4, OTHER), 0),
+        ),
+        (
+            "replaced, no ids: another record",
+            recorded(log=LogIdentity(3, "")),
+            Facts("", 0, 500, 777),
+            Verdict(NEW_LOG, LogIdentity(4, ""), 0),
+        ),
+        (
+            "replaced, no ids: shorter",
+            recorded(log=LogIdentity(3, "")),
+            Facts("", 0, 40, None),
+            Verdict(NEW_LOG, LogIdentity(4, ""), 0),
+        ),
+        (
+            "replaced by an empty broker",
+            recorded(log=LogIdentity(0, ""), fingerprint=None),
+            Facts("", 0, 0, None),
+            Verdict(NEW_LOG, LogIdentity(1, ""), 0),
+        ),
+        ("truncated", recorded(), Facts(ID, 0, 60, None), Verdict(TRUNCATED, LogIdentity(4, ID), 60)),
+        (
+            "diverged: truncated and refilled",
+            recorded(),
+            Facts(ID, 0, 500, 777),
+            Verdict(DIVERGED, LogIdentity(4, ID), 99),
+        ),
+        ("expired past the ledger's end", recorded(), Facts(ID, 130, 150, None), Verdict(EXPIRED, LOG, 130, 100)),
+        ("retention passed the fingerprint only", recorded(), Facts(ID, 100, 150, None), Verdict(SAME, LOG, 100)),
+        (
+            "a new log partly expired",
+            recorded(),
+            Facts(OTHER, 20, 40, None),
+            Verdict(NEW_LOG, LogIdentity(4, OTHER), 20, 0),
+        ),
+        (
+            "recreated after records were seen, never consumed",
+            recorded(seen=180),
+            Facts(OTHER, 0, 10, None),
+            Verdict(NEW_LOG, LogIdentity(4, OTHER), 0, None, (100, 180)),
+        ),
+        (
+            "truncated below records seen",
+            recorded(seen=180),
+            Facts(ID, 0, 60, None),
+            Verdict(TRUNCATED, LogIdentity(4, ID), 60, None, (100, 180)),
+        ),
+    ],
+)
 def test_the_decision_table(case, ledger, facts, verdict):
     assert judge(ledger, facts) == verdict, case
 
@@ -72,12 +122,16 @@ def test_every_verdict_describes_the_offsets_and_what_was_done():
 
 
 def test_a_fingerprint_tells_two_logs_of_identical_payloads_apart_by_their_timestamps():
-    first, again, later = Record(5, 1_000, b'{"type":"agent"}'), Record(5, 1_000, b'{"type":"agent"}'), \
-        Record(5, 2_000, b'{"type":"agent"}')
+    first, again, later = (
+        Record(5, 1_000, b'{"type":"agent"}'),
+        Record(5, 1_000, b'{"type":"agent"}'),
+        Record(5, 2_000, b'{"type":"agent"}'),
+    )
     assert Fingerprint.of(first) == Fingerprint.of(again) != Fingerprint.of(later)
 
 
 # --- tokens and landings ------------------------------------------------------------------------------
+
 
 def test_the_first_log_keeps_the_released_tokens_and_a_later_log_names_its_generation():
     rollup = PartitionRollup(TOPIC, 2, 10)
@@ -154,19 +208,22 @@ class BrokerSays:
 def resumed(last: FlushRange | None, facts: Facts) -> tuple[Resumption, Health]:
     health = Health()
     settings = Settings(topic=TOPIC, hash_secret="t", _env_file=None)
-    checkpoint = Checkpoint(settings, LedgerSink(last), InlineThread(), None, None, health, None,
-                            BrokerSays(facts, health))
+    checkpoint = Checkpoint(
+        settings, LedgerSink(last), InlineThread(), None, None, health, None, BrokerSays(facts, health)
+    )
     checkpoint.projector = lambda epoch: project
     return asyncio.run(checkpoint.resume(TopicPartition(TOPIC, 0))), health
 
 
-RANGE = dict(log=LOG, fingerprint=AT_99, log_end_seen=100, tables=("runs_minute", "quality_minute"),
-             flushed_at=1_800_000_000.0)
+RANGE = dict(
+    log=LOG, fingerprint=AT_99, log_end_seen=100, tables=("runs_minute", "quality_minute"), flushed_at=1_800_000_000.0
+)
 
 
 def test_a_range_that_landed_everywhere_is_not_replayed():
-    resumption, health = resumed(FlushRange(50, 100, landed=frozenset(RANGE["tables"]), **RANGE),
-                                 Facts(ID, 0, 150, 1234))
+    resumption, health = resumed(
+        FlushRange(50, 100, landed=frozenset(RANGE["tables"]), **RANGE), Facts(ID, 0, 150, 1234)
+    )
     assert resumption == Resumption(100, LOG, AT_99) and health.ok
 
 
@@ -183,8 +240,9 @@ def test_a_range_recorded_before_landings_is_replayed_everywhere():
 
 
 def test_a_skipped_range_missing_its_quality_rows_is_rebuilt_from_its_intent():
-    resumption, _ = resumed(FlushRange(100, 120, skipped=20, **{**RANGE, "tables": ("quality_minute",)}),
-                            Facts(ID, 0, 150, 1234))
+    resumption, _ = resumed(
+        FlushRange(100, 120, skipped=20, **{**RANGE, "tables": ("quality_minute",)}), Facts(ID, 0, 150, 1234)
+    )
     [rewrite] = resumption.rewrites
     assert (rewrite.start_offset, rewrite.end_offset, rewrite.skipped, rewrite.replay) == (100, 120, 20, True)
     assert rewrite.quality == {(1_800_000_000 - 1_800_000_000 % 60, "unknown", Reason.SKIPPED): 20}
@@ -192,11 +250,16 @@ def test_a_skipped_range_missing_its_quality_rows_is_rebuilt_from_its_intent():
 
 
 def test_a_new_log_is_counted_from_its_start_in_a_new_generation_and_health_says_so():
-    resumption, health = resumed(FlushRange(50, 100, landed=frozenset(RANGE["tables"]), **{**RANGE,
-                                                                                          "log_end_seen": 130}),
-                                 Facts(OTHER, 0, 30, None))
+    resumption, health = resumed(
+        FlushRange(50, 100, landed=frozenset(RANGE["tables"]), **{**RANGE, "log_end_seen": 130}),
+        Facts(OTHER, 0, 30, None),
+    )
     assert (resumption.cursor, resumption.log, resumption.fingerprint, resumption.replay) == (
-        0, LogIdentity(4, OTHER), None, None)
+        0,
+        LogIdentity(4, OTHER),
+        None,
+        None,
+    )
     [lost] = resumption.rewrites
     assert (lost.log, lost.start_offset, lost.end_offset, lost.lost) == (LOG, 100, 130, 30)
     assert [letter.key for letter in lost.dead_letters] == [f"{TOPIC}/0/100-129".encode()]
@@ -211,14 +274,16 @@ def test_an_unfinished_range_whose_records_are_gone_is_reported():
 
 
 def test_expired_offsets_are_recorded_as_a_range_of_their_own():
-    resumption, health = resumed(FlushRange(50, 100, landed=frozenset(RANGE["tables"]), **RANGE),
-                                 Facts(ID, 140, 150, None))
+    resumption, health = resumed(
+        FlushRange(50, 100, landed=frozenset(RANGE["tables"]), **RANGE), Facts(ID, 140, 150, None)
+    )
     [expired] = resumption.rewrites
     assert (expired.log, expired.start_offset, expired.end_offset, expired.expired) == (LOG, 100, 140, 40)
     assert resumption.cursor == 140 and "log 0" in health.degraded
 
 
 # --- while consuming ----------------------------------------------------------------------------------
+
 
 def test_a_position_out_of_range_restarts_the_partition_where_the_verdict_says():
     consumer = FakeConsumer({0: 100, 1: 100})
@@ -228,6 +293,7 @@ def test_a_position_out_of_range_restarts_the_partition_where_the_verdict_says()
 
     async def out_of_range():
         raise OffsetOutOfRangeError({TopicPartition(TOPIC, 0): 30})
+
     consumer.getmany = lambda *a, **k: out_of_range()
     consumer.seeks.clear()
     assert asyncio.run(agent.fetcher.fetch()) == {}
@@ -241,6 +307,7 @@ def test_a_position_out_of_range_restarts_the_partition_where_the_verdict_says()
 
 
 # --- stalls and freshness -----------------------------------------------------------------------------
+
 
 def test_a_partition_whose_log_grows_while_nothing_is_consumed_stalls_within_the_stall_time():
     health = Health(stall_s=0.2)

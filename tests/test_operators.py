@@ -25,8 +25,15 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from test_collector_support import post, request, run_events, running_collector
 
-from devstack.grafana import ALERT_RULES, ALERTS, COLLECTOR_JOB, COLLECTOR_PANELS, OPERATOR_PANELS, WORKER_JOB
-from devstack.grafana import WORKER_PANELS
+from devstack.grafana import (
+    ALERT_RULES,
+    ALERTS,
+    COLLECTOR_JOB,
+    COLLECTOR_PANELS,
+    OPERATOR_PANELS,
+    WORKER_JOB,
+    WORKER_PANELS,
+)
 from devstack.loadgen import EventGenerator
 from devstack.processes import free_port, stop, wait_for_port
 
@@ -76,7 +83,8 @@ def query(base: str, expr: str) -> list[dict]:
 
 
 def test_the_worker_and_collector_expositions_pass_promtool_and_prometheus_answers_every_operator_panel(
-        stack_factory, tmp_path):
+    stack_factory, tmp_path
+):
     stack = stack_factory(partitions=2)
     worker = stack.worker()
     generator = EventGenerator(seed=21, invalid_share=0.05)
@@ -116,10 +124,17 @@ def test_the_worker_and_collector_expositions_pass_promtool_and_prometheus_answe
         (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
         port = free_port()
         with open(tmp_path / "prometheus.log", "wb") as log:
-            prometheus = subprocess.Popen(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
-                                           f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                                           f"--web.listen-address=127.0.0.1:{port}"],
-                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            prometheus = subprocess.Popen(
+                [
+                    "prometheus",
+                    f"--config.file={tmp_path / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         try:
             wait_for_port("127.0.0.1", port, timeout=30)
             base = f"http://127.0.0.1:{port}"
@@ -133,8 +148,11 @@ def test_the_worker_and_collector_expositions_pass_promtool_and_prometheus_answe
             post_accepted_and_refused("while")  # while Prometheus scrapes
             produce_and_flush(3_000)
             time.sleep(3)
-            answers = {(panel.title, q.legend): query(base, q.expr.replace("$__rate_interval", RATE_INTERVAL))
-                       for panel in OPERATOR_PANELS for q in panel.queries}
+            answers = {
+                (panel.title, q.legend): query(base, q.expr.replace("$__rate_interval", RATE_INTERVAL))
+                for panel in OPERATOR_PANELS
+                for q in panel.queries
+            }
             with urllib.request.urlopen(f"{base}/api/v1/rules?type=alert", timeout=10) as response:
                 rules = [rule for group in json.load(response)["data"]["groups"] for rule in group["rules"]]
             active = query(base, "ALERTS")
@@ -144,15 +162,21 @@ def test_the_worker_and_collector_expositions_pass_promtool_and_prometheus_answe
     assert all(rule["health"] == "ok" and not rule.get("lastError") for rule in rules), rules
     # The load generator's clients report drops (a report every 500 events, up to 200 drops each: about 20%),
     # so the drop share's alert is pending (for 30 minutes); no other alert is active on the healthy pair.
-    assert {(alert["metric"]["alertname"], alert["metric"]["alertstate"]) for alert in active} \
-        == {("KernClientDropShare", "pending")}
+    assert {(alert["metric"]["alertname"], alert["metric"]["alertstate"]) for alert in active} == {
+        ("KernClientDropShare", "pending")
+    }
     reported: Counter = Counter()
     for event in produced:
         with contextlib.suppress(ValueError):  # the invalid events are not all JSON
             if (decoded := json.loads(event)) and isinstance(decoded, dict) and decoded["type"] == "client_report":
                 reported.update(decoded["data"]["dropped"])
-    counted = {sample.labels["reason"]: sample.value for family in text_string_to_metric_families(worker.metrics())
-               if family.name == "kern_client_drops" for sample in family.samples if sample.value}
+    counted = {
+        sample.labels["reason"]: sample.value
+        for family in text_string_to_metric_families(worker.metrics())
+        if family.name == "kern_client_drops"
+        for sample in family.samples
+        if sample.value
+    }
     assert reported and counted == reported  # every drop the reports carried, by reason, once
     for (title, legend), result in answers.items():
         if title in ONLY_WHEN_UNHEALTHY:
@@ -170,22 +194,32 @@ def test_the_worker_and_collector_expositions_pass_promtool_and_prometheus_answe
     assert value[("Poisoned partitions", "poisoned")] == 0
     assert value[("Events per second", "consumed")] > 0 and value[("Events per second", "flushed")] > 0
     assert value[("Flushes", "landed")] > 0 and 0 < value[("Flush latency", "p99")] < 30
-    assert {series["metric"]["partition"] for series in answers[("Consumer lag per partition", "partition {{partition}}")]} \
-        == {"0", "1"}
+    assert {
+        series["metric"]["partition"] for series in answers[("Consumer lag per partition", "partition {{partition}}")]
+    } == {"0", "1"}
     assert {series["metric"]["reason"] for series in answers[("Dead letters by reason", "{{reason}}")]} >= {"not_json"}
-    assert {series["metric"]["instance"] for series in answers[("Worker memory", "{{instance}}")]} \
-        == {f"127.0.0.1:{worker.web_port}"}  # the collector's process_* series are not a worker's
+    assert {series["metric"]["instance"] for series in answers[("Worker memory", "{{instance}}")]} == {
+        f"127.0.0.1:{worker.web_port}"
+    }  # the collector's process_* series are not a worker's
 
     assert value[("Collectors up", "up")] == 1 and value[("Collectors without Kafka", "without kafka")] == 0
     assert value[("Collector events per second", "accepted")] > 0
     assert 0 < value[("Collector request latency", "p50")] <= value[("Collector request latency", "p99")] < 5
-    requests = {(series["metric"]["code"], series["metric"]["reason"]): float(series["value"][1])
-                for series in answers[("Collector requests per second", "{{code}} {{reason}}")]}
+    requests = {
+        (series["metric"]["code"], series["metric"]["reason"]): float(series["value"][1])
+        for series in answers[("Collector requests per second", "{{code}} {{reason}}")]
+    }
     assert set(requests) == {("202", "accepted"), ("400", "bad_framing")} and all(requests.values()), requests
-    for title in ("Collector pending bytes", "Rate limiter clients", "Collector connections", "Bodies being read",
-                  "Collector memory"):
-        assert [series["metric"]["instance"] for series in answers[(title, "{{instance}}")]] \
-            == [f"127.0.0.1:{collector.web_port}"], title
+    for title in (
+        "Collector pending bytes",
+        "Rate limiter clients",
+        "Collector connections",
+        "Bodies being read",
+        "Collector memory",
+    ):
+        assert [series["metric"]["instance"] for series in answers[(title, "{{instance}}")]] == [
+            f"127.0.0.1:{collector.web_port}"
+        ], title
     assert value[("Collector pending bytes", "{{instance}} bound")] == 32 << 20
     assert 353 <= value[("Collector connections", "{{instance}} cap")] <= 4096
     assert value[("Collector 5xx share", "5xx")] == 0 and value[("Collector 429 share", "429")] == 0
@@ -200,7 +234,8 @@ def liveness(service: str, url: str) -> int:
 
 
 def test_the_compose_healthchecks_pass_while_health_answers_degraded_or_not_and_fail_when_it_does_not(
-        stack_factory, tmp_path):
+    stack_factory, tmp_path
+):
     """The worker's and the collector's healthcheck test liveness: /health answering 200 or 503 (degraded:
     a restart would not fix it) passes, no answer fails."""
     stack = stack_factory(partitions=1)
@@ -209,8 +244,9 @@ def test_the_compose_healthchecks_pass_while_health_answers_degraded_or_not_and_
     assert liveness("worker", f"{worker.url}/health") == 0
     with running_collector(stack.env, tmp_path / "up") as collector:
         assert liveness("collector", f"{collector.url}/health") == 0
-    with running_collector(stack.env, tmp_path / "no-broker", ready=False,
-                           KERN_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}") as collector:  # nothing listens there
+    with running_collector(
+        stack.env, tmp_path / "no-broker", ready=False, KERN_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}"
+    ) as collector:  # nothing listens there
         with pytest.raises(urllib.error.HTTPError) as answer:
             urllib.request.urlopen(f"{collector.url}/health", timeout=5)
         assert answer.value.code == 503

@@ -12,8 +12,8 @@ import pytest
 from conftest import Stack, TcpProxy, expected_quality, reference_rollup, stored_quality
 
 from devstack.broker import EmbeddedBroker
-from devstack.processes import free_port
 from devstack.loadgen import EventGenerator
+from devstack.processes import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +49,7 @@ def test_clickhouse_write_outage_degrades_pauses_and_catches_up_exactly(stack_fa
         still = worker.health()
         assert still["events_consumed"] == paused_at
         assert still["events_consumed"] < len(before) + len(during)
-        assert 1000 <= still["pending_rows"]
+        assert still["pending_rows"] >= 1000
     finally:
         set_immutable(store, False)
 
@@ -82,8 +82,9 @@ def test_sigterm_flushes_pending_aggregates_before_exit(stack_factory):
     total, _ = expected_runs(stack, values, record_ms)
     with stack.clickhouse() as client:
         assert client.query("SELECT sum(runs) FROM kern_telemetry.runs_minute").result_rows == [(total,)]
-        flushed = client.query("SELECT partition, max(end_offset) FROM kern_telemetry.ingest_flushes "
-                               "GROUP BY partition ORDER BY partition").result_rows
+        flushed = client.query(
+            "SELECT partition, max(end_offset) FROM kern_telemetry.ingest_flushes GROUP BY partition ORDER BY partition"
+        ).result_rows
         assert dict(flushed) == ends
 
 

@@ -23,9 +23,9 @@ from datetime import datetime
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from conftest import reference_rollup
 from playwright.sync_api import sync_playwright
 
-from conftest import reference_rollup
 from devstack.loadgen import EventGenerator
 from devstack.processes import free_port, stop, wait_for_port
 from pipeline.panels import BY_NAME, PANELS, STAT, TIME_SERIES, Selection, Window
@@ -33,8 +33,14 @@ from pipeline.panels import BY_NAME, PANELS, STAT, TIME_SERIES, Selection, Windo
 pytestmark = pytest.mark.integration
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's; `make test` installs it (a browser download cannot work here)
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 LOOPBACK = {"127.0.0.1", "localhost", "[::1]"}
 CHARTS = [panel for panel in PANELS if panel.chart != STAT]
 STATS = [panel for panel in PANELS if panel.chart == STAT]
@@ -57,18 +63,25 @@ def shown(chart: dict, time_series: bool) -> set[tuple]:
     """(x, series, value) of every point a chart holds: x in epoch ms for time series (the value as counted,
     before a partial bucket's projection), else the bar's label."""
     if time_series:
-        return {(point["x"], dataset["label"], point["value"]) for dataset in chart["datasets"]
-                for point in dataset["data"]}
-    return {(label, dataset["label"], value) for dataset in chart["datasets"]
-            for label, value in zip(chart["labels"], dataset["data"]) if value is not None}
+        return {
+            (point["x"], dataset["label"], point["value"]) for dataset in chart["datasets"] for point in dataset["data"]
+        }
+    return {
+        (label, dataset["label"], value)
+        for dataset in chart["datasets"]
+        for label, value in zip(chart["labels"], dataset["data"], strict=True)
+        if value is not None
+    }
 
 
 def direct(client, panel, database: str, selection: Selection = Selection(), range_s: int = 3600) -> set[tuple]:
     """The panel's SQL run directly, in the same (x, series, value) form."""
     statement = panel.statement(database, Window.last(range_s), selection)
     rows = client.query(statement.sql, parameters=statement.parameters).result_rows
-    return {(calendar.timegm(x.utctimetuple()) * 1000 if isinstance(x, datetime) else x, series, value)
-            for x, series, value in rows}
+    return {
+        (calendar.timegm(x.utctimetuple()) * 1000 if isinstance(x, datetime) else x, series, value)
+        for x, series, value in rows
+    }
 
 
 def stat(client, panel, database: str, selection: Selection = Selection()) -> dict:
@@ -86,9 +99,13 @@ def page_url(history, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("page") / "page.log"
     with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "devstack.page", "--port", str(port), "--refresh", "1"],
-                                   env={**os.environ, **history.stack.env}, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "devstack.page", "--port", str(port), "--refresh", "1"],
+            env={**os.environ, **history.stack.env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         wait_for_port("127.0.0.1", port, timeout=30)
         yield f"http://127.0.0.1:{port}/"
@@ -144,22 +161,34 @@ def test_filters_drill_down_and_the_address_hold_the_view(history, page_url, bro
     # a click on the first bar of the top models filters by that model
     top = page.evaluate(CHART_DATA)["top-models"]["labels"][0]
     box = page.locator("canvas[data-panel='top-models']").bounding_box()
-    bar = page.evaluate("() => { const e = Chart.getChart(document.querySelector(\"canvas[data-panel='top-models']\"))"
-                        ".getDatasetMeta(0).data[0]; return {x: e.x, y: (e.y + e.base) / 2}; }")
+    bar = page.evaluate(
+        "() => { const e = Chart.getChart(document.querySelector(\"canvas[data-panel='top-models']\"))"
+        ".getDatasetMeta(0).data[0]; return {x: e.x, y: (e.y + e.base) / 2}; }"
+    )
     page.mouse.click(box["x"] + bar["x"], box["y"] + bar["y"])
     page.wait_for_function(f"() => new URLSearchParams(location.search).get('model') === {json.dumps(top)}")
     wait_refreshed(page)
-    assert parse_qs(urlsplit(page.url).query) == {"range": ["3600"], "provider": ["openai"], "by": ["model"],
-                                                  "model": [top]}
+    assert parse_qs(urlsplit(page.url).query) == {
+        "range": ["3600"],
+        "provider": ["openai"],
+        "by": ["model"],
+        "model": [top],
+    }
     drilled = Selection({"provider": ("openai",), "model": (top,)}, "model")
     with stack.clickhouse() as client:
         assert shown(page.evaluate(CHART_DATA)["top-models"], False) == direct(
-            client, BY_NAME["top-models"], stack.database, drilled)
-        csv_text = page.evaluate("async () => (await fetch(document.querySelector("
-                                 "'#panel-top-models a.csv').href)).text()")
-        assert list(csv.reader(io.StringIO(csv_text))) == [["label", "series", "value"], *(
-            [label, series, str(value)] for label, series, value in sorted(
-                direct(client, BY_NAME["top-models"], stack.database, drilled)))]
+            client, BY_NAME["top-models"], stack.database, drilled
+        )
+        csv_text = page.evaluate(
+            "async () => (await fetch(document.querySelector('#panel-top-models a.csv').href)).text()"
+        )
+        assert list(csv.reader(io.StringIO(csv_text))) == [
+            ["label", "series", "value"],
+            *(
+                [label, series, str(value)]
+                for label, series, value in sorted(direct(client, BY_NAME["top-models"], stack.database, drilled))
+            ),
+        ]
     page.go_back()  # Back returns to the view before the click
     page.wait_for_function("() => !new URLSearchParams(location.search).has('model')")
 
@@ -168,10 +197,12 @@ def test_filters_drill_down_and_the_address_hold_the_view(history, page_url, bro
     page.wait_for_function(f"() => document.querySelectorAll('canvas[data-panel]').length === {len(CHARTS)}")
     wait_refreshed(page)
     colours = {d["label"]: d["colour"] for d in page.evaluate(CHART_DATA)["runs-per-kind"]["datasets"]}
-    legend = page.evaluate("() => { const c = Chart.getChart(document.querySelector("
-                           "\"canvas[data-panel='runs-per-kind']\"));"
-                           " const i = c.legend.legendItems.findIndex((l) => l.text === 'team');"
-                           " const b = c.legend.legendHitBoxes[i]; return {x: b.left + 4, y: b.top + b.height / 2}; }")
+    legend = page.evaluate(
+        "() => { const c = Chart.getChart(document.querySelector("
+        "\"canvas[data-panel='runs-per-kind']\"));"
+        " const i = c.legend.legendItems.findIndex((l) => l.text === 'team');"
+        " const b = c.legend.legendHitBoxes[i]; return {x: b.left + 4, y: b.top + b.height / 2}; }"
+    )
     box = page.locator("canvas[data-panel='runs-per-kind']").bounding_box()
     page.mouse.click(box["x"] + legend["x"], box["y"] + legend["y"])
     wait_refreshed(page, 2)
@@ -194,13 +225,18 @@ def test_filters_drill_down_and_the_address_hold_the_view(history, page_url, bro
     page.set_viewport_size({"width": 400, "height": 900})  # a phone: nothing wider than the screen
     wait_refreshed(page)
     assert page.evaluate("() => document.documentElement.scrollWidth") <= 400
-    assert page.evaluate("() => Math.max(...[...document.querySelectorAll('canvas')].map((c) => "
-                         "c.getBoundingClientRect().right))") <= 400
+    assert (
+        page.evaluate(
+            "() => Math.max(...[...document.querySelectorAll('canvas')].map((c) => c.getBoundingClientRect().right))"
+        )
+        <= 400
+    )
     assert errors == []
 
 
-def test_the_page_charts_every_panel_with_the_numbers_of_its_sql_live_and_only_from_loopback(history, page_url,
-                                                                                            browser, tmp_path):
+def test_the_page_charts_every_panel_with_the_numbers_of_its_sql_live_and_only_from_loopback(
+    history, page_url, browser, tmp_path
+):
     stack = history.stack
     requests, console, errors = [], [], []
     page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -208,8 +244,10 @@ def test_the_page_charts_every_panel_with_the_numbers_of_its_sql_live_and_only_f
     page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.goto(page_url)
-    page.wait_for_function(f"() => document.querySelectorAll('canvas[data-panel]').length === {len(CHARTS)} && "
-                           f"document.querySelectorAll('[data-stat][data-current]').length === {len(STATS)}")
+    page.wait_for_function(
+        f"() => document.querySelectorAll('canvas[data-panel]').length === {len(CHARTS)} && "
+        f"document.querySelectorAll('[data-stat][data-current]').length === {len(STATS)}"
+    )
     charts, stats = page.evaluate(CHART_DATA), page.evaluate(STAT_DATA)
     with stack.clickhouse() as client:
         for panel in CHARTS:
@@ -221,9 +259,13 @@ def test_the_page_charts_every_panel_with_the_numbers_of_its_sql_live_and_only_f
         for panel in STATS:
             expected = stat(client, panel, stack.database)
             assert (stats[panel.name]["current"], stats[panel.name]["previous"]) == (
-                as_data(expected["current"]), as_data(expected["previous"])), panel.name
-    assert "runs per minute" == charts["runs-per-kind"]["y"] and charts["provider-share"]["y"] == \
-        "share of agent and team runs"
+                as_data(expected["current"]),
+                as_data(expected["previous"]),
+            ), panel.name
+    assert (
+        charts["runs-per-kind"]["y"] == "runs per minute"
+        and charts["provider-share"]["y"] == "share of agent and team runs"
+    )
     ticks = charts["runs-per-kind"]["ticks"]  # on minute boundaries, each label once
     assert len(ticks) >= 4 and all(t["value"] % 60_000 == 0 for t in ticks)
     assert len({json.dumps(t["label"]) for t in ticks}) == len(ticks)
@@ -254,8 +296,11 @@ def test_the_page_charts_every_panel_with_the_numbers_of_its_sql_live_and_only_f
     assert errors == [] and [line for line in console if line.startswith(("error", "warning"))] == []
     assert any(url.endswith("/static/vendor/chart.umd.min.js") for url in requests)
     assert any("/api/panels" in url for url in requests)
-    assert [url for url in requests if urlsplit(url).scheme != "data" and urlsplit(url).netloc.rsplit(":", 1)[0]
-            not in LOOPBACK] == []
+    assert [
+        url
+        for url in requests
+        if urlsplit(url).scheme != "data" and urlsplit(url).netloc.rsplit(":", 1)[0] not in LOOPBACK
+    ] == []
     assert (tmp_path / "page.png").stat().st_size > 50_000
 
 
@@ -271,10 +316,29 @@ def test_dev_prints_the_page_address_and_serves_live_panels(tmp_path):
     started_ms = time.time() * 1000
     log = tmp_path / "dev.log"
     with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "dev", "--rate", "300",
-                                    "--port", str(free_port()), "--clickhouse-port", str(free_port()),
-                                    "--page-port", str(free_port()), "--refresh", "60"],
-                                   cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pipeline.cli",
+                "dev",
+                "--rate",
+                "300",
+                "--port",
+                str(free_port()),
+                "--clickhouse-port",
+                str(free_port()),
+                "--page-port",
+                str(free_port()),
+                "--refresh",
+                "60",
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 90
         while not (match := re.search(r"page: (http://127\.0\.0\.1:\d+/)", log.read_text())):
@@ -292,15 +356,19 @@ def test_dev_prints_the_page_address_and_serves_live_panels(tmp_path):
                 continue
             assert [p["name"] for p in answer["panels"]] == [panel.name for panel in PANELS]
             assert [p["error"] for p in answer["panels"] if "error" in p] == []
-            empty = [p["name"] for p in answer["panels"] if not p["rows"] or p["chart"] == STAT and not dict(
-                (label, value) for label, _, value in p["rows"])["current"]]
+            empty = [
+                p["name"]
+                for p in answer["panels"]
+                if not p["rows"]
+                or (p["chart"] == STAT and not dict((label, value) for label, _, value in p["rows"])["current"])
+            ]
         assert started_ms <= answer["data_since_ms"] <= time.time() * 1000
         assert (tmp_path / ".kern" / "chdb.previous" / "previous-run").exists()
         assert not (tmp_path / ".kern" / "chdb" / "previous-run").exists()
         with urllib.request.urlopen(url, timeout=10) as response:
             assert b"/static/vendor/chart.umd.min.js" in response.read()
         access = (tmp_path / ".kern" / "page-access.log").read_text()
-        assert "GET /api/panels?range=900 HTTP/1.1\" 200" in access and "urllib" not in access
+        assert 'GET /api/panels?range=900 HTTP/1.1" 200' in access and "urllib" not in access
         assert "/api/panels" not in log.read_text()
     finally:
         stop(process, timeout=30)

@@ -18,13 +18,24 @@ from datetime import datetime
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import reference_rollup
+
 from devstack.grafana import analyst_variables
 from pipeline.cli import main as cli
 from pipeline.dimensions import NAMES
-from pipeline.panels import (BY_NAME, DAY, FILTERS, PANELS, SHARE, STAT, TIME_SERIES, Grafana, Selection, Window,
-                             options_statement)
+from pipeline.panels import (
+    BY_NAME,
+    DAY,
+    FILTERS,
+    PANELS,
+    SHARE,
+    STAT,
+    TIME_SERIES,
+    Grafana,
+    Selection,
+    Window,
+    options_statement,
+)
 from pipeline.panels import render as render_sql
 from pipeline.rejections import GONE, QUALITY_ONLY
 from tables.ddl import SchemaOptions
@@ -35,6 +46,7 @@ KIND, PROVIDER, MODEL, FEATURES = NAMES.index("kind"), NAMES.index("model_provid
 
 
 # --- Grafana, as the ClickHouse plugin and Grafana's template service run a panel --------------------------
+
 
 def conditional_all(sql: str, variables: dict) -> str:
     """The plugin's `applyConditionalAll` (grafana/clickhouse-datasource, src/data/CHDatasource.ts): from
@@ -52,7 +64,7 @@ def conditional_all(sql: str, variables: dict) -> str:
             if depth == 0:
                 args.append(sql[last:position])
                 break
-        assert len(args) == 2, sql[index:index + 200]
+        assert len(args) == 2, sql[index : index + 200]
         name = re.search(r"(?<=\$\{)\w+(?=\})|(?<=\$)\w+", args[1].strip())[0]
         phrase = "1=1" if variables.get(name) in (None, []) else args[0]
         sql = sql.replace(f"{macro}{args[0]},{args[1]})", phrase, 1)
@@ -75,24 +87,34 @@ def as_grafana_runs_it(sql: str, database: str, window: Window, variables: dict,
 
     sql = re.sub(r"\$\{(\w+)(?::singlequote)?\}", variable, sql)
     assert "${" not in sql and not re.search(r"\$[a-z]", sql), sql  # every variable interpolated
-    macros = {"fromTime": f"toDateTime({window.start})", "toTime": f"toDateTime({window.end})",
-              "interval_s": str(window.interval)}
-    sql = re.sub(r"\$__timeInterval\((\w+)\)",
-                 lambda m: f"toStartOfInterval(toDateTime({m[1]}), INTERVAL {window.interval} second)", sql)
+    macros = {
+        "fromTime": f"toDateTime({window.start})",
+        "toTime": f"toDateTime({window.end})",
+        "interval_s": str(window.interval),
+    }
+    sql = re.sub(
+        r"\$__timeInterval\((\w+)\)",
+        lambda m: f"toStartOfInterval(toDateTime({m[1]}), INTERVAL {window.interval} second)",
+        sql,
+    )
     sql = re.sub(r"\$__(fromTime|toTime|interval_s)\b", lambda m: macros[m[1]], sql)
     assert "$__" not in sql, sql
     return sql
 
 
-SELECTIONS = (Selection(),
-              Selection({"kind": ("agent",)}, "model"),
-              Selection({"provider": ("openai", "anthropic"), "flag": ("tools", "has_memory")}, "sdk"),
-              Selection({"sdk": ("2.4",), "model": ("gpt-4o",), "flag": ("knowledge",)}, "provider"))
+SELECTIONS = (
+    Selection(),
+    Selection({"kind": ("agent",)}, "model"),
+    Selection({"provider": ("openai", "anthropic"), "flag": ("tools", "has_memory")}, "sdk"),
+    Selection({"sdk": ("2.4",), "model": ("gpt-4o",), "flag": ("knowledge",)}, "provider"),
+)
 
 
 def grafana_variables(selection: Selection) -> dict:
-    return {**{f.name: list(selection.filters[f.name]) if f.name in selection.filters else None for f in FILTERS},
-            "by": [selection.by or "default"]}
+    return {
+        **{f.name: list(selection.filters[f.name]) if f.name in selection.filters else None for f in FILTERS},
+        "by": [selection.by or "default"],
+    }
 
 
 def rows(client, statement) -> list:
@@ -102,19 +124,23 @@ def rows(client, statement) -> list:
 def test_every_panel_returns_rows_of_its_shape_and_both_translations_agree_under_filters(history):
     stack = history.stack
     with stack.clickhouse() as client:
-        options = {f.name: [row[0] for row in client.query(options_statement(f, stack.database)).result_rows]
-                   for f in FILTERS}
+        options = {
+            f.name: [row[0] for row in client.query(options_statement(f, stack.database)).result_rows] for f in FILTERS
+        }
         assert {"agent", "team", "workflow", "os"} == set(options["kind"]) and "openai gpt-4o" in options["model"]
         assert {"tools", "memory"} <= set(options["flag"]) and "2.4" in options["sdk"]
         end = int(time.time())
-        for interval, selection in zip((60, 60, 3600, DAY), SELECTIONS):  # each bucket reads its grain's table
+        for interval, selection in zip(
+            (60, 60, 3600, DAY), SELECTIONS, strict=True
+        ):  # each bucket reads its grain's table
             window = Window.between(end - 3600, end, interval)
             for panel in PANELS:
                 plain = rows(client, panel.statement(stack.database, window, selection))
                 grafana = panel.grafana()
                 assert not re.search(r"\{\w+(:[\w:-]+)?\}", grafana.replace("${", "")), panel.name  # all translated
-                expanded = client.query(as_grafana_runs_it(grafana, stack.database, window,
-                                                           grafana_variables(selection), options)).result_rows
+                expanded = client.query(
+                    as_grafana_runs_it(grafana, stack.database, window, grafana_variables(selection), options)
+                ).result_rows
                 assert expanded == plain, (panel.name, selection)
                 if selection == SELECTIONS[0] and interval == 60:
                     assert plain, f"{panel.name} came back empty"
@@ -142,14 +168,15 @@ def test_filters_change_the_sql_and_its_answer_and_values_are_bound_never_splice
         only_hostile = rows(client, panel.statement(stack.database, window, Selection({"provider": (hostile,)})))
     assert only_hostile == []  # a value is a value: it matches nothing
     assert {series for _, series, _ in every} == {"agent", "team", "workflow", "os"}
-    assert {series for _, series, _ in openai} <= {f"openai {m}" for m in
-                                                    ("gpt-5.2", "gpt-5-mini", "gpt-4.1", "gpt-4o", "gpt-4o-mini",
-                                                     "o3", "o4-mini", "(rare)")} | {"(other)"}
+    assert {series for _, series, _ in openai} <= {
+        f"openai {m}" for m in ("gpt-5.2", "gpt-5-mini", "gpt-4.1", "gpt-4o", "gpt-4o-mini", "o3", "o4-mini", "(rare)")
+    } | {"(other)"}
     assert 0 < sum(v for *_, v in openai) < sum(v for *_, v in every)
     two_flags = Selection({"flag": ("tools", "memory"), "sdk": ("2.4",)})
     assert BY_NAME["sessions-total"].notes(two_flags, window, SchemaOptions()) == [
         "not filtered by sdk version (sessions_daily has none)",
-        "sessions_daily keeps a sketch per flag: distinct sessions are filtered by one flag at most"]
+        "sessions_daily keeps a sketch per flag: distinct sessions are filtered by one flag at most",
+    ]
 
 
 def reference_runs(history) -> Counter:
@@ -196,8 +223,9 @@ def test_a_combination_of_flags_is_adopted_by_the_share_of_runs_that_have_them_a
                 pairs[" + ".join(f.removeprefix("has_") for f in pair)] += count
     with history.stack.clickhouse() as client:
         default = answer(client, history, "flag-combinations")
-        agents = answer(client, history, "flag-combinations", Selection({"kind": ("agent",),
-                                                                         "flag": ("tools", "memory")}))
+        agents = answer(
+            client, history, "flag-combinations", Selection({"kind": ("agent",), "flag": ("tools", "memory")})
+        )
     total = sum(n for dims, n in runs.items() if dims[KIND] in ("agent", "team"))
     top = sorted(pairs.items(), key=lambda item: (-item[1], item[0]))[:10]
     assert list(default) == [(pair, "share of runs") for pair, _ in top]
@@ -229,10 +257,12 @@ def test_headline_numbers_are_what_was_produced_against_the_period_before(histor
     assert total == {("current", "runs"): sum(runs.values()), ("previous", "runs"): 0}
     assert agent_runs[("current", "runs")] == sum(n for dims, n in runs.items() if dims[KIND] == "agent")
     assert dead[("current", "dead letters")] == pytest.approx(
-        reference.dead_lettered / (reference.dead_lettered + sum(runs.values())), rel=1e-12)
+        reference.dead_lettered / (reference.dead_lettered + sum(runs.values())), rel=1e-12
+    )
     assert 0.01 < dead[("current", "dead letters")] < 0.03 and dead[("previous", "dead letters")] is None
-    assert drops > 0 and dropped[("current", "dropped")] == pytest.approx(drops / (drops + sum(runs.values())),
-                                                                         rel=1e-12)
+    assert drops > 0 and dropped[("current", "dropped")] == pytest.approx(
+        drops / (drops + sum(runs.values())), rel=1e-12
+    )
     every = len(set().union(*sessions.values()))
     assert distinct[("current", "sessions")] == pytest.approx(every, rel=0.02)  # a sketch: about 1%
     assert agent_sessions[("current", "sessions")] == pytest.approx(len(sessions["agent"]), rel=0.02)
@@ -267,8 +297,10 @@ def test_runs_add_up_to_what_was_produced_from_the_minute_hourly_and_daily_table
     panel = BY_NAME["runs-per-kind"]
     with history.stack.clickhouse() as client:
         for interval in (60, 3600, DAY):  # each bucket reads the table of its grain
-            assert panel.sources[0].table(interval).name == {60: "runs_minute", 3600: "runs_hourly",
-                                                             DAY: "runs_daily"}[interval]
+            assert (
+                panel.sources[0].table(interval).name
+                == {60: "runs_minute", 3600: "runs_hourly", DAY: "runs_daily"}[interval]
+            )
             shown = Counter()
             for _, kind, runs in rows(client, panel.statement(history.stack.database, Window.last(2 * DAY, interval))):
                 shown[kind] += runs
@@ -308,18 +340,24 @@ def test_query_prints_a_panel_as_json_csv_or_a_table_with_the_rows_of_its_sql(hi
     stack = history.stack
     selection = Selection({"provider": ("openai",)}, "model")
     with stack.clickhouse() as client:
-        for panel, where in ((BY_NAME["runs-per-kind"], selection), (BY_NAME["team-sizes"], Selection()),
-                             (BY_NAME["model-share"], Selection())):
+        for panel, where in (
+            (BY_NAME["runs-per-kind"], selection),
+            (BY_NAME["team-sizes"], Selection()),
+            (BY_NAME["model-share"], Selection()),
+        ):
             window = Window.last(1800, 300 if panel.chart == TIME_SERIES else None)
-            expected = [[iso(x), series, value] for x, series, value in rows(client, panel.statement(
-                stack.database, window, where))]
+            expected = [
+                [iso(x), series, value]
+                for x, series, value in rows(client, panel.statement(stack.database, window, where))
+            ]
             options = ["--where", "provider=openai", "--by", "model"] if where.filters else []
             options += ["--interval", "5m"] if panel.chart == TIME_SERIES else []
             x = "time" if panel.chart == TIME_SERIES else "label"
             as_json = json.loads(query(history, "--report", panel.name, "--since", "30m", *options, "--format", "json"))
             assert [[row[x], row["series"], row["value"]] for row in as_json] == expected
-            as_csv = list(csv.reader(io.StringIO(query(history, "-r", panel.name, "--since", "30m", *options,
-                                                       "--format", "csv"))))
+            as_csv = list(
+                csv.reader(io.StringIO(query(history, "-r", panel.name, "--since", "30m", *options, "--format", "csv")))
+            )
             assert as_csv == [[x, "series", "value"], *([str(value) for value in row] for row in expected)]
             table = query(history, "-r", panel.name, "--since", "30m", *options)
             assert panel.title in table
@@ -332,8 +370,19 @@ def test_query_prints_a_panel_as_json_csv_or_a_table_with_the_rows_of_its_sql(hi
 def test_query_answers_the_usual_questions_without_sql(history):
     top = json.loads(query(history, "-r", "top-models", "--since", "1h", "--format", "json"))
     assert len(top) == 10 and top[0]["value"] >= top[4]["value"] > 0
-    combination = json.loads(query(history, "-r", "flag-combinations", "--where", "kind=agent",
-                                   "--where", "flag=tools,memory", "--format", "json"))
+    combination = json.loads(
+        query(
+            history,
+            "-r",
+            "flag-combinations",
+            "--where",
+            "kind=agent",
+            "--where",
+            "flag=tools,memory",
+            "--format",
+            "json",
+        )
+    )
     assert combination[0]["label"] == "memory + tools" and 0 < combination[0]["value"] < 1
     sessions = json.loads(query(history, "-r", "sessions-total", "--since", "today", "--format", "json"))
     assert sessions[0]["label"] == "current" and sessions[0]["value"] > 15_000
@@ -360,32 +409,48 @@ def test_query_runs_sql_with_the_placeholders_and_refuses_what_it_cannot_do(hist
     sql = "SELECT kind, sum(runs) AS runs FROM {db}.runs_minute WHERE {time_range} GROUP BY kind ORDER BY kind"
     counted = {row["kind"]: row["runs"] for row in json.loads(query(history, sql, "--format", "json"))}
     assert set(counted) == {"agent", "team", "workflow", "os"} and sum(counted.values()) > 25_000
-    filtered = json.loads(query(history, "SELECT kind, sum(runs) AS runs FROM {runs} GROUP BY kind", "--where",
-                                "kind=team", "--format", "json"))
+    filtered = json.loads(
+        query(
+            history,
+            "SELECT kind, sum(runs) AS runs FROM {runs} GROUP BY kind",
+            "--where",
+            "kind=team",
+            "--format",
+            "json",
+        )
+    )
     assert filtered == [{"kind": "team", "runs": counted["team"]}]
     empty = query(history, "-r", "top-models", "--where", "provider=nobody", "--format", "csv")
     assert empty == "label,series,value\n"  # no rows, still the header
     listed = query(history, "--list")
     assert all(panel.name in listed for panel in PANELS)
     runner = CliRunner()
-    for args in (["--report", "nope"], [sql, "--chart"], ["-r", "quality", "--since", "an hour"],
-                 ["-r", "quality", "--since", "5"],  # a duration needs its unit
-                 ["-r", "quality", "--interval", "30s"],  # finer than the stored minute
-                 ["-r", "quality", "--interval", "90m"],  # not whole hours beyond an hour
-                 ["-r", "top-models", "--interval", "5m"],  # bars have no bucket: ignored would be a lie
-                 ["-r", "sessions-total", "--where", "sdk=2.4"],  # sessions_daily has no SDK version
-                 ["-r", "top-models", "--by", "sdk"], ["-r", "quality", "--where", "colour=red"],
-                 ["-r", "quality", "--where", "kind"], [sql, "--where", "kind=agent"],
-                 ["-r", "quality", "--since", "1h", "--from", "2025-01-01"]):
+    for args in (
+        ["--report", "nope"],
+        [sql, "--chart"],
+        ["-r", "quality", "--since", "an hour"],
+        ["-r", "quality", "--since", "5"],  # a duration needs its unit
+        ["-r", "quality", "--interval", "30s"],  # finer than the stored minute
+        ["-r", "quality", "--interval", "90m"],  # not whole hours beyond an hour
+        ["-r", "top-models", "--interval", "5m"],  # bars have no bucket: ignored would be a lie
+        ["-r", "sessions-total", "--where", "sdk=2.4"],  # sessions_daily has no SDK version
+        ["-r", "top-models", "--by", "sdk"],
+        ["-r", "quality", "--where", "colour=red"],
+        ["-r", "quality", "--where", "kind"],
+        [sql, "--where", "kind=agent"],
+        ["-r", "quality", "--since", "1h", "--from", "2025-01-01"],
+    ):
         result = runner.invoke(cli, ["query", *args], env=history.stack.env)
         assert result.exit_code == 2, (args, result.output)  # a usage error, said before anything runs
     beyond = runner.invoke(cli, ["query", "-r", "quality", "--since", "45d", "--format", "csv"], env=history.stack.env)
     assert beyond.exit_code == 0 and "quality_minute keeps 30 days: the range starts 45 days ago" in beyond.stderr
-    hourly = runner.invoke(cli, ["query", "-r", "runs-per-kind", "--since", "45d", "--format", "csv"],
-                           env=history.stack.env)
+    hourly = runner.invoke(
+        cli, ["query", "-r", "runs-per-kind", "--since", "45d", "--format", "csv"], env=history.stack.env
+    )
     assert hourly.exit_code == 0 and hourly.stderr == ""  # 45 days: 12-hour buckets from runs_hourly (400 days)
-    minute = runner.invoke(cli, ["query", "-r", "runs-per-kind", "--since", "45d", "--interval", "30m"],
-                           env=history.stack.env)
+    minute = runner.invoke(
+        cli, ["query", "-r", "runs-per-kind", "--since", "45d", "--interval", "30m"], env=history.stack.env
+    )
     assert "runs_minute keeps 30 days" in minute.stderr and "longer buckets read a longer-kept table" in minute.stderr
 
 
@@ -411,12 +476,18 @@ def test_the_team_and_workflow_pattern_panels_answer_what_was_produced(history):
         assert answer(client, history, "team-coordination") == teams
         assert {c for c, _ in teams} >= {"route", "coordinate", "collaborate"}
         assert answer(client, history, "workflow-steps") == lengths
-        assert answer(client, history, "workflow-step-kinds") == {(kind, "runs"): runs for kind, runs in
-                                                                  step_kinds.items() if runs}
+        assert answer(client, history, "workflow-step-kinds") == {
+            (kind, "runs"): runs for kind, runs in step_kinds.items() if runs
+        }
         shares = answer(client, history, "workflow-control-flow")
-        assert shares == pytest.approx({(kind, "share of workflow runs"): beyond[kind] / beyond["total"]
-                                        for kind in ("parallel", "condition", "loop", "router") if beyond[kind]},
-                                       rel=1e-12)
+        assert shares == pytest.approx(
+            {
+                (kind, "share of workflow runs"): beyond[kind] / beyond["total"]
+                for kind in ("parallel", "condition", "loop", "router")
+                if beyond[kind]
+            },
+            rel=1e-12,
+        )
         assert all(0 < share < 1 for share in shares.values()) and len(shares) == 4
         assert answer(client, history, "team-coordination", Selection({"kind": ("agent",)})) == {}  # teams only
 
@@ -424,5 +495,6 @@ def test_the_team_and_workflow_pattern_panels_answer_what_was_produced(history):
 def test_dead_letters_are_the_reasons_that_dead_letter():
     from pipeline.panels import DEAD_LETTERS
     from pipeline.rejections import Reason
+
     named = set(re.findall(r"'(\w+)'", DEAD_LETTERS))
     assert named == {r.value for r in Reason if r not in QUALITY_ONLY and r not in GONE} and "late" not in named

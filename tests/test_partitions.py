@@ -83,6 +83,7 @@ class FakeConsumer:
 
 # --- the gap check ---------------------------------------------------------------------------------
 
+
 def test_a_rollup_refuses_a_batch_that_does_not_start_where_it_ended():
     rollup = PartitionRollup(TOPIC, 0, 10)
     rollup.add(records(10, 5), project)
@@ -135,6 +136,7 @@ def test_a_skip_continues_after_the_skipped_range():
 
 # --- assignment, revocation, backpressure -----------------------------------------------------------
 
+
 class FakeCheckpoint:
     """Records the flushes; a flush can be held until released, or fail."""
 
@@ -158,8 +160,9 @@ def worker_over(consumer: FakeConsumer, cursors: dict[int, int], **settings) -> 
     agent.projector = project
     agent.consumer = consumer
     agent.checkpoint = FakeCheckpoint()
-    agent.flusher = Flusher(agent.settings, agent.partitions, agent.checkpoint, consumer, agent.health,
-                            agent.confirm_logs)
+    agent.flusher = Flusher(
+        agent.settings, agent.partitions, agent.checkpoint, consumer, agent.health, agent.confirm_logs
+    )
     agent.quarantine = Quarantine(consumer, agent.partitions, agent.checkpoint, agent.flusher, agent.health, 1 << 20)
     agent.fetcher = Fetcher(consumer, agent.partitions, agent.quarantine, agent.health, agent.on_out_of_range)
     agent.partitions.assign(consumer, {TopicPartition(TOPIC, p): Resumption(0) for p in cursors})
@@ -173,8 +176,10 @@ def worker_over(consumer: FakeConsumer, cursors: dict[int, int], **settings) -> 
 def test_assignment_seeks_every_partition_to_its_resumption_and_counts_a_generation():
     consumer = FakeConsumer({0: 100, 1: 100})
     partitions = Partitions()
-    partitions.assign(consumer, {TopicPartition(TOPIC, 0): Resumption(40, replay=replay(30, 40)),
-                                 TopicPartition(TOPIC, 1): Resumption(7)})
+    partitions.assign(
+        consumer,
+        {TopicPartition(TOPIC, 0): Resumption(40, replay=replay(30, 40)), TopicPartition(TOPIC, 1): Resumption(7)},
+    )
     assert consumer.seeks == [(0, 30), (1, 7)] and partitions.generation == 1
     assert partitions.get(0).replay.end == 40
 
@@ -193,6 +198,7 @@ def test_a_revocation_waits_for_the_flush_in_progress_then_drops_the_lost_partit
         agent.checkpoint.release.set()
         await asyncio.gather(flushing, revoking)
         return agent
+
     agent = asyncio.run(scenario())
     assert agent.checkpoint.flushed == [(0, 0, 10), (1, 0, 20)]  # the attempt in progress completes ...
     assert agent.flusher.ready == [] and agent.partitions.get(1) is None and agent.health.assigned == {0}
@@ -209,6 +215,7 @@ def test_a_revocation_between_retries_drops_the_rollups_it_cannot_flush_any_more
         await agent.on_revoked({TopicPartition(TOPIC, 0)})
         await flushing
         return agent
+
     agent = asyncio.run(scenario())
     assert agent.checkpoint.flushed == [(1, 0, 20)] and agent.health.ok
 
@@ -230,6 +237,7 @@ def test_backpressure_pauses_every_partition_and_resumes_below_half_the_bound():
 
 # --- the fetcher after a failed fetch --------------------------------------------------------------
 
+
 async def _undecodable_at_15(consumer, tp, position, max_bytes):
     assert (tp.partition, position) == (0, 10)
     return UndecodableBatch(15, 19, 5, "lz4", "UnsupportedCodecError: Libraries for lz4 compression codec not found")
@@ -248,7 +256,10 @@ def test_after_a_failed_fetch_every_partition_resumes_at_its_cursor_and_only_the
 
     assert consumer.seeks[:3] == [(0, 10), (1, 20), (2, 30)]  # back to where folding stands
     assert {tp.partition: (batch[0].offset, batch[-1].offset) for tp, batch in batches.items()} == {
-        0: (10, 14), 1: (20, 59), 2: (30, 69)}  # partition 0 exactly up to the bad batch
+        0: (10, 14),
+        1: (20, 59),
+        2: (30, 69),
+    }  # partition 0 exactly up to the bad batch
     assert consumer.paused == {TopicPartition(TOPIC, 0)}
     assert agent.partitions.get(0).poison.first_offset == 15
     report = agent.health.report()

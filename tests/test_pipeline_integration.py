@@ -8,8 +8,15 @@ import time
 from collections import Counter
 
 import pytest
-from conftest import (expected_quality, reference_rollup, roll, stored_drops, stored_patterns, stored_quality,
-                      stored_runs)
+from conftest import (
+    expected_quality,
+    reference_rollup,
+    roll,
+    stored_drops,
+    stored_patterns,
+    stored_quality,
+    stored_runs,
+)
 from kern_telemetry_client.contract import OS
 
 pytestmark = pytest.mark.integration
@@ -19,15 +26,35 @@ BASE_S = NOW_S - NOW_S % 60 - 180  # a window start three minutes ago: every win
 SENTINEL = "SENTINEL-d41d8cd9"  # planted in identifiers and unknown fields: must never be stored
 
 DOC_AGENT_DATA = {
-    "agent_id": SENTINEL, "db_type": "PostgresDb", "model_provider": "openai", "model_name": "OpenAIResponses",
+    "agent_id": SENTINEL,
+    "db_type": "PostgresDb",
+    "model_provider": "openai",
+    "model_name": "OpenAIResponses",
     "model_id": "gpt-5.2",
     "parser_model": {"model_provider": "openai", "model_name": "OpenAIResponses", "model_id": "gpt-5.2"},
     "output_model": {"model_provider": "openai", "model_name": "OpenAIResponses", "model_id": "gpt-5.2"},
-    "has_tools": True, "has_memory": False, "has_reasoning": True, "has_knowledge": True,
-    "has_input_schema": False, "has_output_schema": False, "has_team": True,
+    "has_tools": True,
+    "has_memory": False,
+    "has_reasoning": True,
+    "has_knowledge": True,
+    "has_input_schema": False,
+    "has_output_schema": False,
+    "has_team": True,
 }
-DOC_AGENT_DIMS = ("agent", "1.0.0", "openai", "OpenAIResponses", "gpt-5.2", "PostgresDb", "openai", "gpt-5.2",
-                  "openai", "gpt-5.2", "none", ("has_knowledge", "has_reasoning", "has_team", "has_tools"))
+DOC_AGENT_DIMS = (
+    "agent",
+    "1.0.0",
+    "openai",
+    "OpenAIResponses",
+    "gpt-5.2",
+    "PostgresDb",
+    "openai",
+    "gpt-5.2",
+    "openai",
+    "gpt-5.2",
+    "none",
+    ("has_knowledge", "has_reasoning", "has_team", "has_tools"),
+)
 
 
 def event(kind: str | None, data: dict | None = None, sdk: str = "1.0.0", **extra) -> bytes:
@@ -51,45 +78,143 @@ VALID = [
     (event("agent", DOC_AGENT_DATA), BASE_S + 60, (BASE_S + 60, DOC_AGENT_DIMS)),  # next window
     # payload time wins over the record time: counted in the earlier window
     (event("agent", DOC_AGENT_DATA, timestamp=BASE_S + 59.5), BASE_S + 61, (BASE_S, DOC_AGENT_DIMS)),
-    (event("agent", {"agent_id": SENTINEL, "model_provider": "anthropic", "model_name": "Claude",
-                     "model_id": "claude-sonnet-4-5", "db_type": None, "has_tools": True, "has_culture": True,
-                     "has_learnings": True, "has_brand_new_flag": True, "has_memory": None,
-                     "instructions": SENTINEL}, sdk="2.4.1"),
-     BASE_S + 10,
-     (BASE_S, ("agent", "2.4.1", "anthropic", "Claude", "claude-sonnet-4-5", "none", "none", "none", "none", "none",
-               "none", ("(rare)", "has_culture", "has_learnings", "has_tools")))),  # one session's new flag
-    (event("team", {"team_id": SENTINEL, "db_type": "SqliteDb", "model_provider": "google", "model_name": "Gemini",
-                    "model_id": "gemini-2.5-pro", "parser_model": None, "output_model": None, "member_count": 3,
-                    "has_knowledge": False, "has_tools": True, "has_learnings": False}, sdk="2.3.2"),
-     BASE_S + 70,
-     (BASE_S + 60, ("team", "2.3.2", "google", "Gemini", "gemini-2.5-pro", "SqliteDb", "none", "none", "none",
-                    "none", "3-4", ("has_tools",)))),
-    (event("workflow", {"workflow_id": SENTINEL, "db_type": "SqliteDb"}, sdk="2.3.2"), BASE_S + 75,
-     (BASE_S + 60, ("workflow", "2.3.2", "none", "none", "none", "SqliteDb", "none", "none", "none", "none", "none",
-                    ()))),
-    (event("os", {"agents": 3, "interfaces": ["slack"]}, os_id=SENTINEL), BASE_S + 80,
-     (BASE_S + 60, ("os", "1.0.0", *["none"] * 9, ()))),
-    (json.dumps({"os_id": SENTINEL, "sdk_version": "1.9.0", "data": {"teams": 1}}).encode(), BASE_S + 81,
-     (BASE_S + 60, ("os", "1.9.0", *["none"] * 9, ()))),
+    (
+        event(
+            "agent",
+            {
+                "agent_id": SENTINEL,
+                "model_provider": "anthropic",
+                "model_name": "Claude",
+                "model_id": "claude-sonnet-4-5",
+                "db_type": None,
+                "has_tools": True,
+                "has_culture": True,
+                "has_learnings": True,
+                "has_brand_new_flag": True,
+                "has_memory": None,
+                "instructions": SENTINEL,
+            },
+            sdk="2.4.1",
+        ),
+        BASE_S + 10,
+        (
+            BASE_S,
+            (
+                "agent",
+                "2.4.1",
+                "anthropic",
+                "Claude",
+                "claude-sonnet-4-5",
+                "none",
+                "none",
+                "none",
+                "none",
+                "none",
+                "none",
+                ("(rare)", "has_culture", "has_learnings", "has_tools"),
+            ),
+        ),
+    ),  # one session's new flag
+    (
+        event(
+            "team",
+            {
+                "team_id": SENTINEL,
+                "db_type": "SqliteDb",
+                "model_provider": "google",
+                "model_name": "Gemini",
+                "model_id": "gemini-2.5-pro",
+                "parser_model": None,
+                "output_model": None,
+                "member_count": 3,
+                "has_knowledge": False,
+                "has_tools": True,
+                "has_learnings": False,
+            },
+            sdk="2.3.2",
+        ),
+        BASE_S + 70,
+        (
+            BASE_S + 60,
+            (
+                "team",
+                "2.3.2",
+                "google",
+                "Gemini",
+                "gemini-2.5-pro",
+                "SqliteDb",
+                "none",
+                "none",
+                "none",
+                "none",
+                "3-4",
+                ("has_tools",),
+            ),
+        ),
+    ),
+    (
+        event("workflow", {"workflow_id": SENTINEL, "db_type": "SqliteDb"}, sdk="2.3.2"),
+        BASE_S + 75,
+        (
+            BASE_S + 60,
+            ("workflow", "2.3.2", "none", "none", "none", "SqliteDb", "none", "none", "none", "none", "none", ()),
+        ),
+    ),
+    (
+        event("os", {"agents": 3, "interfaces": ["slack"]}, os_id=SENTINEL),
+        BASE_S + 80,
+        (BASE_S + 60, ("os", "1.0.0", *["none"] * 9, ())),
+    ),
+    (
+        json.dumps({"os_id": SENTINEL, "sdk_version": "1.9.0", "data": {"teams": 1}}).encode(),
+        BASE_S + 81,
+        (BASE_S + 60, ("os", "1.9.0", *["none"] * 9, ())),
+    ),
     # a secret in a dimension: counted, value redacted
-    (event("agent", {"agent_id": SENTINEL, "model_provider": "openai", "model_id": "sk-live-" + "a1b2c3d4" * 3}),
-     BASE_S + 90,
-     (BASE_S + 60, ("agent", "1.0.0", "openai", "none", "(redacted)", "none", "none", "none", "none", "none", "none",
-                    ()))),
+    (
+        event("agent", {"agent_id": SENTINEL, "model_provider": "openai", "model_id": "sk-live-" + "a1b2c3d4" * 3}),
+        BASE_S + 90,
+        (
+            BASE_S + 60,
+            ("agent", "1.0.0", "openai", "none", "(redacted)", "none", "none", "none", "none", "none", "none", ()),
+        ),
+    ),
     # payload an hour in the future: record time used
     (event("agent", DOC_AGENT_DATA, timestamp=BASE_S + 3700), BASE_S + 95, (BASE_S + 60, DOC_AGENT_DIMS)),
 ]
 # client reports: what SDK clients could not deliver, summed per window, sdk_version and reason
 REPORTS = [
-    (json.dumps({"type": "client_report", "sdk_version": "2.4.1", "data": {"dropped": {
-        "queue_full": 12, "send_failed": 0, "unsent_at_exit": 3}}}).encode(), BASE_S + 20),
-    (json.dumps({"type": "client_report", "sdk_version": "2.4.1", "session_id": SENTINEL,
-                 "data": {"dropped": {"queue_full": 5}, "note": SENTINEL}}).encode(), BASE_S + 40),
-    (json.dumps({"type": "client_report", "sdk_version": "2.3.2", "data": {"dropped": {"send_failed": 2}}}).encode(),
-     BASE_S + 65),
+    (
+        json.dumps(
+            {
+                "type": "client_report",
+                "sdk_version": "2.4.1",
+                "data": {"dropped": {"queue_full": 12, "send_failed": 0, "unsent_at_exit": 3}},
+            }
+        ).encode(),
+        BASE_S + 20,
+    ),
+    (
+        json.dumps(
+            {
+                "type": "client_report",
+                "sdk_version": "2.4.1",
+                "session_id": SENTINEL,
+                "data": {"dropped": {"queue_full": 5}, "note": SENTINEL},
+            }
+        ).encode(),
+        BASE_S + 40,
+    ),
+    (
+        json.dumps({"type": "client_report", "sdk_version": "2.3.2", "data": {"dropped": {"send_failed": 2}}}).encode(),
+        BASE_S + 65,
+    ),
 ]
-DROPS = {(BASE_S, "2.4.1", "queue_full"): 17, (BASE_S, "2.4.1", "unsent_at_exit"): 3,
-         (BASE_S + 60, "2.3.2", "send_failed"): 2}
+DROPS = {
+    (BASE_S, "2.4.1", "queue_full"): 17,
+    (BASE_S, "2.4.1", "unsent_at_exit"): 3,
+    (BASE_S + 60, "2.3.2", "send_failed"): 2,
+}
 QUALITY_NOTES = {  # (window, kind, reason) -> events, for counted or dropped events
     (BASE_S, "agent", "rare_value"): 1,
     (BASE_S + 60, "agent", "redacted_value"): 1,
@@ -106,8 +231,13 @@ INVALID = [
     (json.dumps([SENTINEL]).encode(), BASE_S + 6, "not_object", "$", "unknown"),
     (event("agent", {}, sdk=24), BASE_S + 7, "wrong_type", "$.sdk_version", "agent"),
     (event("agent", {"has_tools": SENTINEL}), BASE_S + 8, "wrong_type", "$.data.has_tools", "agent"),
-    (json.dumps({"type": "agent", "data": {"model_id": SENTINEL}}).encode(), BASE_S + 9, "missing_field",
-     "$.session_id", "agent"),
+    (
+        json.dumps({"type": "agent", "data": {"model_id": SENTINEL}}).encode(),
+        BASE_S + 9,
+        "missing_field",
+        "$.session_id",
+        "agent",
+    ),
     (event("assistant", {}), BASE_S + 11, "unknown_kind", "$.type", "unknown"),
     (event("agent", {"blob": SENTINEL * 5000}), BASE_S + 12, "oversized", "$", "unknown"),
 ]
@@ -133,42 +263,75 @@ def test_known_mix_lands_exactly_in_every_table_and_the_dlq(stack_factory):
         assert stored_runs(client, "runs_minute") == minute
         assert stored_runs(client, "runs_hourly") == roll(minute, 3600)
         assert stored_runs(client, "runs_daily") == roll(minute, 86400)
-        quality_rows = client.query("SELECT toUnixTimestamp(window_start), kind, reason, sum(events) "
-                                    "FROM kern_telemetry.quality_minute GROUP BY ALL").result_rows
+        quality_rows = client.query(
+            "SELECT toUnixTimestamp(window_start), kind, reason, sum(events) "
+            "FROM kern_telemetry.quality_minute GROUP BY ALL"
+        ).result_rows
         assert Counter({tuple(row[:3]): row[3] for row in quality_rows}) == quality
 
         assert stored_drops(client) == Counter(DROPS)
         flags = client.query("SELECT flag, sum(runs) FROM kern_telemetry.flag_runs_daily GROUP BY flag").result_rows
-        assert dict(flags) == {"has_tools": 8, "has_reasoning": 6, "has_knowledge": 6, "has_team": 6,
-                               "has_culture": 1, "has_learnings": 1, "(rare)": 1}
-        combos = client.query("SELECT model_id, features, sum(runs) FROM kern_telemetry.feature_combos_hourly "
-                              "WHERE model_id = 'gpt-5.2' GROUP BY ALL").result_rows
+        assert dict(flags) == {
+            "has_tools": 8,
+            "has_reasoning": 6,
+            "has_knowledge": 6,
+            "has_team": 6,
+            "has_culture": 1,
+            "has_learnings": 1,
+            "(rare)": 1,
+        }
+        combos = client.query(
+            "SELECT model_id, features, sum(runs) FROM kern_telemetry.feature_combos_hourly "
+            "WHERE model_id = 'gpt-5.2' GROUP BY ALL"
+        ).result_rows
         assert combos == [("gpt-5.2", list(DOC_AGENT_DIMS[-1]), 6)]
-        flushes = client.query("SELECT partition, max(end_offset) FROM kern_telemetry.ingest_flushes "
-                               "GROUP BY partition").result_rows
+        flushes = client.query(
+            "SELECT partition, max(end_offset) FROM kern_telemetry.ingest_flushes GROUP BY partition"
+        ).result_rows
         assert flushes == [(0, len(records))]
 
         stored = "\n".join(
             str(client.query(f"SELECT * FROM kern_telemetry.{table}").result_rows)
-            for table in ("runs_minute", "runs_hourly", "runs_daily", "quality_minute", "ingest_flushes",
-                          "client_drops_minute", "client_drops_daily"))
+            for table in (
+                "runs_minute",
+                "runs_hourly",
+                "runs_daily",
+                "quality_minute",
+                "ingest_flushes",
+                "client_drops_minute",
+                "client_drops_daily",
+            )
+        )
         assert SENTINEL not in stored
 
-    dead_letters = sorted(stack.read_topic(stack.settings.dlq_topic, len(INVALID)),
-                          key=lambda record: json.loads(record.value)["source"]["offset"])
+    dead_letters = sorted(
+        stack.read_topic(stack.settings.dlq_topic, len(INVALID)),
+        key=lambda record: json.loads(record.value)["source"]["offset"],
+    )
     first_invalid = len(VALID) + len(LATE)
-    assert [(json.loads(r.value)["reason"], json.loads(r.value)["path"], json.loads(r.value)["kind"])
-            for r in dead_letters] == [(reason, path, kind) for _, _, reason, path, kind in INVALID]
+    assert [
+        (json.loads(r.value)["reason"], json.loads(r.value)["path"], json.loads(r.value)["kind"]) for r in dead_letters
+    ] == [(reason, path, kind) for _, _, reason, path, kind in INVALID]
     for i, record in enumerate(dead_letters):
         letter = json.loads(record.value)
         offset = first_invalid + i
-        assert letter["source"] == {"topic": stack.settings.topic, "partition": 0, "offset": offset,
-                                    "timestamp_ms": ms(INVALID[i][1])}
+        assert letter["source"] == {
+            "topic": stack.settings.topic,
+            "partition": 0,
+            "offset": offset,
+            "timestamp_ms": ms(INVALID[i][1]),
+        }
         assert record.key == f"{stack.settings.topic}/0/{offset}".encode()
         assert SENTINEL.encode() not in record.value
     wrong_type = json.loads(dead_letters[5].value)
-    assert wrong_type["shape"] == {"session_id": "string", "run_id": "string", "sdk_version": "int",
-                                   "type": "string", "data": {}, "(other keys)": {"string": 1}}  # prompt: unnamed
+    assert wrong_type["shape"] == {
+        "session_id": "string",
+        "run_id": "string",
+        "sdk_version": "int",
+        "type": "string",
+        "data": {},
+        "(other keys)": {"string": 1},
+    }  # prompt: unnamed
     assert json.loads(dead_letters[9].value)["size"] > stack.settings.max_event_bytes
 
 
@@ -225,8 +388,12 @@ def test_backpressure_while_catching_up_flushes_instead_of_waiting_for_the_catch
     not to an hour-long wait for the catch-up interval."""
     from devstack.loadgen import EventGenerator
 
-    stack = stack_factory(partitions=1, KERN_MAX_PENDING_ROWS="1000", KERN_CATCH_UP_LAG_EVENTS="100",
-                          KERN_CATCH_UP_FLUSH_INTERVAL_SECONDS="3600")
+    stack = stack_factory(
+        partitions=1,
+        KERN_MAX_PENDING_ROWS="1000",
+        KERN_CATCH_UP_LAG_EVENTS="100",
+        KERN_CATCH_UP_FLUSH_INTERVAL_SECONDS="3600",
+    )
     backlog = list(EventGenerator(seed=17, invalid_share=0.0, profiles=3000).events(20_000))
     worker = stack.worker()
     report = worker.wait_flushed(stack.produce(backlog), timeout=60)

@@ -21,6 +21,7 @@ from devstack.processes import wait_flushed_together
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 4
+ALL_PARTITIONS = range(PARTITIONS)
 LZ4_EVENTS = 100
 
 
@@ -33,8 +34,9 @@ def without_codecs(tmp_path) -> dict[str, str]:
     return {"PYTHONPATH": str(shim)}
 
 
-def produce_each(stack, generator, per_partition: int, record_ms: int, partitions=range(PARTITIONS),
-                 compression: str | None = None) -> list[bytes]:
+def produce_each(
+    stack, generator, per_partition: int, record_ms: int, partitions=ALL_PARTITIONS, compression: str | None = None
+) -> list[bytes]:
     values = []
     for partition in partitions:
         chunk = list(generator.events(per_partition))
@@ -45,9 +47,25 @@ def produce_each(stack, generator, per_partition: int, record_ms: int, partition
 
 def skip(stack, partition: int, through: int, reason: str) -> subprocess.CompletedProcess:
     env = {**stack.env, "PATH": "/usr/bin:/bin"}
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", "skip", "--partition", str(partition),
-                           "--through-offset", str(through), "--reason", reason],
-                          env=env, capture_output=True, text=True, timeout=60, cwd=stack.workdir)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "skip",
+            "--partition",
+            str(partition),
+            "--through-offset",
+            str(through),
+            "--reason",
+            reason,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=stack.workdir,
+    )
 
 
 def test_a_poison_batch_pauses_only_its_partition_until_an_operator_skips_it(stack_factory, without_codecs):
@@ -89,8 +107,10 @@ def test_a_poison_batch_pauses_only_its_partition_until_an_operator_skips_it(sta
     report = worker.wait_flushed(dict(stack.produced))
     assert report["poisoned_partitions"] == {} and report["status"] == "ok"
     with stack.clickhouse() as client:  # the skip is partition 0's last flush
-        last = client.query("SELECT start_offset, end_offset, skipped FROM kern_telemetry.ingest_flushes "
-                            "WHERE partition = 0 ORDER BY end_offset DESC LIMIT 1").result_rows
+        last = client.query(
+            "SELECT start_offset, end_offset, skipped FROM kern_telemetry.ingest_flushes "
+            "WHERE partition = 0 ORDER BY end_offset DESC LIMIT 1"
+        ).result_rows
     assert last == [(poison_first, poison_last + 1, LZ4_EVENTS)]
     worker.kill()
 
@@ -113,15 +133,30 @@ def test_a_poison_batch_pauses_only_its_partition_until_an_operator_skips_it(sta
         quality = expected_quality(expected)
         quality[("unknown", "skipped")] = LZ4_EVENTS
         assert stored_quality(client) == quality
-        ledger = client.query("SELECT partition, sum(counted), sum(dead_lettered), sum(late), sum(skipped) "
-                              "FROM kern_telemetry.ingest_ledger GROUP BY partition ORDER BY partition").result_rows
-    assert {p: c + d + l + s for p, c, d, l, s in ledger} == stack.produced
+        ledger = client.query(
+            "SELECT partition, sum(counted), sum(dead_lettered), sum(late), sum(skipped) "
+            "FROM kern_telemetry.ingest_ledger GROUP BY partition ORDER BY partition"
+        ).result_rows
+    assert {p: c + d + late + s for p, c, d, late, s in ledger} == stack.produced
     assert sum(row[1] for row in ledger) == sum(expected.runs.values())
     assert [row[4] for row in ledger] == [LZ4_EVENTS, 0, 0, 0]
-    letters = [json.loads(r.value) for r in stack.read_topic(stack.settings.dlq_topic,
-                                                             sum(row[2] for row in ledger) + 1)]
+    letters = [
+        json.loads(r.value) for r in stack.read_topic(stack.settings.dlq_topic, sum(row[2] for row in ledger) + 1)
+    ]
     skipped = [letter for letter in letters if letter["reason"] == "skipped"]
-    assert skipped == [{"reason": "skipped", "path": "$", "detail": "lz4 batch from a producer we cannot decode (test)",
-                        "kind": "unknown", "source": {"topic": stack.settings.topic, "partition": 0,
-                                                     "offset": poison_first, "through_offset": poison_last},
-                        "size": None, "shape": None}]
+    assert skipped == [
+        {
+            "reason": "skipped",
+            "path": "$",
+            "detail": "lz4 batch from a producer we cannot decode (test)",
+            "kind": "unknown",
+            "source": {
+                "topic": stack.settings.topic,
+                "partition": 0,
+                "offset": poison_first,
+                "through_offset": poison_last,
+            },
+            "size": None,
+            "shape": None,
+        }
+    ]

@@ -23,13 +23,25 @@ K = 3
 PLANT = "zq7plant"  # every planted value contains it
 
 
-def agent_run(session: str, model_id: str = "gpt-5.2", sdk: str = "2.4.1", installation: str | None = None,
-              **data) -> bytes:
+def agent_run(
+    session: str, model_id: str = "gpt-5.2", sdk: str = "2.4.1", installation: str | None = None, **data
+) -> bytes:
     """An agent run of `installation` (by default one of the session's own)."""
-    return json.dumps({"type": "agent", "session_id": session, "installation": installation or f"i-{session}",
-                       "sdk_version": sdk,
-                       "data": {"model_provider": "openai", "model_name": "OpenAIResponses", "model_id": model_id,
-                                "db_type": "PostgresDb", **data}}).encode()
+    return json.dumps(
+        {
+            "type": "agent",
+            "session_id": session,
+            "installation": installation or f"i-{session}",
+            "sdk_version": sdk,
+            "data": {
+                "model_provider": "openai",
+                "model_name": "OpenAIResponses",
+                "model_id": model_id,
+                "db_type": "PostgresDb",
+                **data,
+            },
+        }
+    ).encode()
 
 
 def planted(session: str) -> list[bytes]:
@@ -37,27 +49,55 @@ def planted(session: str) -> list[bytes]:
     flag name and unknown key."""
     model = {"model_provider": f"{PLANT}-provider", "model_name": f"{PLANT}-name", "model_id": f"{PLANT}-model"}
     return [
-        json.dumps({"type": "agent", "session_id": session, "installation": f"i-{session}",
-                    "sdk_version": f"9.9.9-{PLANT}.1", f"{PLANT}-top-key": 1,
-                    "data": {"model_provider": f"{PLANT}-provider", "model_name": f"{PLANT}-name",
-                             "model_id": f"{PLANT}-model", "db_type": f"{PLANT}Db", "parser_model": model,
-                             "output_model": model, f"has_{PLANT}_flag": True, f"{PLANT}-key": {"x": 1}}}).encode(),
-        json.dumps({"type": "team", "session_id": session, "installation": f"i-{session}", "sdk_version": "2.4.1",
-                    "data": {"model_id": f"ft:{PLANT}-base:acme-org::abc123", "member_count": 3}}).encode(),
+        json.dumps(
+            {
+                "type": "agent",
+                "session_id": session,
+                "installation": f"i-{session}",
+                "sdk_version": f"9.9.9-{PLANT}.1",
+                f"{PLANT}-top-key": 1,
+                "data": {
+                    "model_provider": f"{PLANT}-provider",
+                    "model_name": f"{PLANT}-name",
+                    "model_id": f"{PLANT}-model",
+                    "db_type": f"{PLANT}Db",
+                    "parser_model": model,
+                    "output_model": model,
+                    f"has_{PLANT}_flag": True,
+                    f"{PLANT}-key": {"x": 1},
+                },
+            }
+        ).encode(),
+        json.dumps(
+            {
+                "type": "team",
+                "session_id": session,
+                "installation": f"i-{session}",
+                "sdk_version": "2.4.1",
+                "data": {"model_id": f"ft:{PLANT}-base:acme-org::abc123", "member_count": 3},
+            }
+        ).encode(),
         # dead-lettered: an unknown flag of the wrong type, and an unknown key named like a customer
-        json.dumps({"type": "agent", "session_id": session, "data": {f"has_{PLANT}_flag": "yes",
-                                                                     f"{PLANT}-customer": 1}}).encode(),
+        json.dumps(
+            {"type": "agent", "session_id": session, "data": {f"has_{PLANT}_flag": "yes", f"{PLANT}-customer": 1}}
+        ).encode(),
         json.dumps({"type": [], f"{PLANT}-customer": 1}).encode(),
     ]
 
 
 def everything_stored(client, database: str) -> str:
-    tables = [name for (name,) in client.query(
-        "SELECT name FROM system.tables WHERE database = {db:String} AND engine != 'Null'",
-        parameters={"db": database}).result_rows]
+    tables = [
+        name
+        for (name,) in client.query(
+            "SELECT name FROM system.tables WHERE database = {db:String} AND engine != 'Null'",
+            parameters={"db": database},
+        ).result_rows
+    ]
     assert {"runs_minute", "value_candidates", "sessions_daily", "admitted_values", "quality_minute"} <= set(tables)
-    return "\n".join(client.raw_query(f"SELECT * FROM {database}.`{table}`", fmt="TabSeparated").decode("latin-1")
-                     for table in tables)  # raw: sketch states come back as their bytes
+    return "\n".join(
+        client.raw_query(f"SELECT * FROM {database}.`{table}`", fmt="TabSeparated").decode("latin-1")
+        for table in tables
+    )  # raw: sketch states come back as their bytes
 
 
 def test_values_from_fewer_than_k_installations_are_stored_nowhere_and_k_installations_admit_them(stack_factory):
@@ -81,12 +121,15 @@ def test_values_from_fewer_than_k_installations_are_stored_nowhere_and_k_install
     deadline = time.monotonic() + 60
     sent = 0
     while True:
-        stack.produce([agent_run(f"b-{sent + i}", f"ft:{PLANT}-base:acme-org::abc", installation=f"b-{i}")
-                       for i in range(K)])
+        stack.produce(
+            [agent_run(f"b-{sent + i}", f"ft:{PLANT}-base:acme-org::abc", installation=f"b-{i}") for i in range(K)]
+        )
         sent += K
         with stack.clickhouse() as client:
-            admitted = client.query("SELECT sum(runs) FROM kern_telemetry.runs_minute WHERE model_id = {m:String}",
-                                    parameters={"m": fine_tune}).result_rows[0][0]
+            admitted = client.query(
+                "SELECT sum(runs) FROM kern_telemetry.runs_minute WHERE model_id = {m:String}",
+                parameters={"m": fine_tune},
+            ).result_rows[0][0]
         if admitted:
             break
         assert time.monotonic() < deadline, "never admitted"
@@ -95,9 +138,13 @@ def test_values_from_fewer_than_k_installations_are_stored_nowhere_and_k_install
     assert report["admission_epoch"] >= 1
     assert worker.stop() == 0
     with stack.clickhouse() as client:
-        by_model = dict(client.query("SELECT model_id, sum(runs) FROM kern_telemetry.runs_minute WHERE kind = 'team' "
-                                     "OR model_id IN ({m:String}, '(rare)') GROUP BY model_id",
-                                     parameters={"m": fine_tune}).result_rows)
+        by_model = dict(
+            client.query(
+                "SELECT model_id, sum(runs) FROM kern_telemetry.runs_minute WHERE kind = 'team' "
+                "OR model_id IN ({m:String}, '(rare)') GROUP BY model_id",
+                parameters={"m": fine_tune},
+            ).result_rows
+        )
         rows = client.query("SELECT epoch, field, value FROM kern_telemetry.admitted_values").result_rows
         stored = everything_stored(client, stack.database).replace(fine_tune, "")
     assert by_model[fine_tune] >= 1 and by_model[fine_tune] + by_model["(rare)"] == sent + 4  # totals stay exact
@@ -113,8 +160,9 @@ def test_a_flood_of_unique_values_adds_a_bounded_number_of_rows(stack_factory):
     assert report["suppressed_values"]["model_id"] > 29_000
     assert 'kern_values_suppressed_total{field="model_id"}' in worker.metrics()
     with stack.clickhouse() as client:
-        runs, flushes = client.query("SELECT count(), uniqExact(window_start) FROM kern_telemetry.runs_minute "
-                                     "WHERE model_id = '(rare)'").result_rows[0]
+        runs, flushes = client.query(
+            "SELECT count(), uniqExact(window_start) FROM kern_telemetry.runs_minute WHERE model_id = '(rare)'"
+        ).result_rows[0]
         intents = client.query("SELECT sum(events) FROM kern_telemetry.ingest_ledger").result_rows[0][0]
         candidates = client.query("SELECT count() FROM kern_telemetry.value_candidates").result_rows[0][0]
         total = client.query("SELECT sum(runs) FROM kern_telemetry.runs_minute").result_rows[0][0]
@@ -140,18 +188,23 @@ telemetry.close(20)
 def run_clients(stack, homes: list[Path], model_id: str) -> None:
     """The SDK client in one process per home (its config directory holds its installation's secret), all
     at once: each sends one agent run with `model_id`."""
-    processes = [subprocess.Popen([sys.executable, "-c", CLIENT, stack.settings.bootstrap_servers,
-                                   stack.settings.topic, model_id],
-                                  env={**os.environ, "XDG_CONFIG_HOME": str(home / "config"),
-                                       "XDG_STATE_HOME": str(home / "state")},
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for home in homes]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", CLIENT, stack.settings.bootstrap_servers, stack.settings.topic, model_id],
+            env={**os.environ, "XDG_CONFIG_HOME": str(home / "config"), "XDG_STATE_HOME": str(home / "state")},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for home in homes
+    ]
     assert [process.wait(timeout=60) for process in processes] == [0] * len(homes)
 
 
 def stored_model_ids(stack) -> dict[str, int]:
     with stack.clickhouse() as client:
-        return dict(client.query("SELECT model_id, sum(runs) FROM kern_telemetry.runs_minute GROUP BY model_id")
-                    .result_rows)
+        return dict(
+            client.query("SELECT model_id, sum(runs) FROM kern_telemetry.runs_minute GROUP BY model_id").result_rows
+        )
 
 
 def test_ten_processes_of_one_installation_never_admit_a_value_and_ten_installations_do(stack_factory, tmp_path):
@@ -182,13 +235,16 @@ SESSIONS = 1_000_000
 
 def sessions_of(stack) -> int:
     with stack.clickhouse() as client:
-        return client.query("SELECT uniqCombined64Merge(sessions) FROM kern_telemetry.sessions_daily "
-                            "WHERE flag = ''").result_rows[0][0]
+        return client.query(
+            "SELECT uniqCombined64Merge(sessions) FROM kern_telemetry.sessions_daily WHERE flag = ''"
+        ).result_rows[0][0]
 
 
 def test_a_million_distinct_sessions_are_estimated_within_one_percent_killed_or_not(stack_factory):
-    template = b'{"type":"agent","session_id":"%d","sdk_version":"2.4.1","data":{"model_provider":"openai",' \
-               b'"model_id":"gpt-5.2","has_tools":true}}'
+    template = (
+        b'{"type":"agent","session_id":"%d","sdk_version":"2.4.1","data":{"model_provider":"openai",'
+        b'"model_id":"gpt-5.2","has_tools":true}}'
+    )
     clean = stack_factory(partitions=4, shared_clickhouse=True, KERN_FLUSH_INTERVAL_SECONDS="1")
     ends = clean.produce([template % i for i in range(SESSIONS)])
     workers = [clean.worker("a"), clean.worker("b")]
@@ -198,16 +254,23 @@ def test_a_million_distinct_sessions_are_estimated_within_one_percent_killed_or_
     assert abs(estimate - SESSIONS) / SESSIONS < 0.01, estimate
 
     # the same topic again, for another group and ClickHouse, killing a worker on the way
-    killed = stack_factory(partitions=4, shared_clickhouse=True, KERN_FLUSH_INTERVAL_SECONDS="0.5",
-                           KERN_FLUSH_MAX_EVENTS="50000", KERN_TOPIC=clean.settings.topic,
-                           KERN_HASH_SECRET=clean.env["KERN_HASH_SECRET"])
+    killed = stack_factory(
+        partitions=4,
+        shared_clickhouse=True,
+        KERN_FLUSH_INTERVAL_SECONDS="0.5",
+        KERN_FLUSH_MAX_EVENTS="50000",
+        KERN_TOPIC=clean.settings.topic,
+        KERN_HASH_SECRET=clean.env["KERN_HASH_SECRET"],
+    )
     victim, survivor = killed.worker("victim"), killed.worker("survivor")
     victim.wait_events(100_000, timeout=300)
     victim.kill()
     wait_flushed_together([survivor], ends, timeout=300)
     assert survivor.stop() == 0
     assert sessions_of(killed) == estimate
-    print(f"\ndistinct sessions: {SESSIONS:,} sent, {estimate:,} estimated ({(estimate - SESSIONS) / SESSIONS:+.3%}), "
-          "the same after a SIGKILL and a takeover")
+    print(
+        f"\ndistinct sessions: {SESSIONS:,} sent, {estimate:,} estimated ({(estimate - SESSIONS) / SESSIONS:+.3%}), "
+        "the same after a SIGKILL and a takeover"
+    )
     with killed.clickhouse() as client:
         assert client.query("SELECT sum(runs) FROM kern_telemetry.runs_daily").result_rows == [(SESSIONS,)]

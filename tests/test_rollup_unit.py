@@ -36,8 +36,7 @@ class Record(NamedTuple):
 
 
 def projector() -> EventProjector:
-    return EventProjector(WINDOW, allowed_lateness_seconds=3600, future_tolerance_seconds=300,
-                          max_event_bytes=65536)
+    return EventProjector(WINDOW, allowed_lateness_seconds=3600, future_tolerance_seconds=300, max_event_bytes=65536)
 
 
 def encode(payload: object) -> bytes:
@@ -58,21 +57,41 @@ def fold(values: list[bytes | None], replay: bool = False, batch: int | None = N
     batch_records = records(values)
     step = batch or len(batch_records)
     for i in range(0, len(batch_records), step):
-        rollup.add(batch_records[i:i + step], project)
+        rollup.add(batch_records[i : i + step], project)
     return rollup
 
 
 AGENT = event("agent", model_provider="openai", model_id="gpt-5.2", has_tools=True, agent_id="a-1")
 AGENT_DIMS = ("agent", "1.0.0", "openai", NONE, "gpt-5.2", NONE, NONE, NONE, NONE, NONE, NONE, ("has_tools",))
 TEAM = event("team", model_provider="google", member_count=3, has_knowledge=True, team_id="t-1")
-TEAM_DIMS = ("team", "1.0.0", "google", NONE, NONE, NONE, NONE, NONE, NONE, NONE, "3-4", ("has_knowledge",),
-             (NONE, NONE, NONE))  # an older SDK's team run: no coordination pattern
+TEAM_DIMS = (
+    "team",
+    "1.0.0",
+    "google",
+    NONE,
+    NONE,
+    NONE,
+    NONE,
+    NONE,
+    NONE,
+    NONE,
+    "3-4",
+    ("has_knowledge",),
+    (NONE, NONE, NONE),
+)  # an older SDK's team run: no coordination pattern
 REDACTED_AGENT = event("agent", model_id="user@example.com", db_type="bad\nvalue")
 REDACTED_DIMS = ("agent", "1.0.0", NONE, NONE, REDACTED, INVALID, NONE, NONE, NONE, NONE, NONE, ())
 LATE = encode({"type": "workflow", "session_id": "s-1", "timestamp": NOW_S - 7200, "data": {}})
-WRONG_TYPED = encode({"type": "agent", "session_id": SENTINEL, "run_id": SENTINEL, "prompt": SENTINEL,
-                      "sdk_version": "1.0.0",
-                      "data": {"model_id": 5, "notes": SENTINEL, SECRET_KEY: 1, "nested": {"deep": {"x": SENTINEL}}}})
+WRONG_TYPED = encode(
+    {
+        "type": "agent",
+        "session_id": SENTINEL,
+        "run_id": SENTINEL,
+        "prompt": SENTINEL,
+        "sdk_version": "1.0.0",
+        "data": {"model_id": 5, "notes": SENTINEL, SECRET_KEY: 1, "nested": {"deep": {"x": SENTINEL}}},
+    }
+)
 NOT_JSON = b"not json"
 
 BATCH = [AGENT, AGENT, TEAM, NOT_JSON, LATE, None, WRONG_TYPED, REDACTED_AGENT, AGENT]
@@ -94,6 +113,7 @@ def dlq_record(letter: DeadLetter) -> dict:
 
 
 # --- folding ------------------------------------------------------------------------------------------
+
 
 def test_add_folds_runs_and_quality_exactly():
     rollup = fold(BATCH)
@@ -123,8 +143,7 @@ def test_end_offset_follows_the_last_record_even_across_an_offset_gap():
 
 def test_records_of_other_windows_are_separate_keys():
     rollup = PartitionRollup(TOPIC, 0, 0)
-    rollup.add([Record(0, NOW_MS, AGENT), Record(1, NOW_MS + 60_000, AGENT), Record(2, NOW_MS, AGENT)],
-               projector())
+    rollup.add([Record(0, NOW_MS, AGENT), Record(1, NOW_MS + 60_000, AGENT), Record(2, NOW_MS, AGENT)], projector())
     assert dict(rollup.runs) == {(WS, AGENT_DIMS): 2, (WS + 60, AGENT_DIMS): 1}
 
 
@@ -149,10 +168,14 @@ def test_a_poison_record_does_not_stop_the_fold():
 
 # --- dead letters -------------------------------------------------------------------------------------
 
+
 def test_every_invalid_record_but_the_late_one_is_dead_lettered_in_order():
     rollup = fold(BATCH)
     assert [letter.key for letter in rollup.dead_letters] == [
-        b"kern.events/3/103", b"kern.events/3/105", b"kern.events/3/106"]
+        b"kern.events/3/103",
+        b"kern.events/3/105",
+        b"kern.events/3/106",
+    ]
     assert [dlq_record(letter)["reason"] for letter in rollup.dead_letters] == ["not_json", "tombstone", "wrong_type"]
 
 
@@ -175,9 +198,14 @@ def test_the_dlq_record_has_reason_path_position_size_and_shape_but_no_values():
         "source": {"topic": TOPIC, "partition": PARTITION, "offset": 106, "timestamp_ms": NOW_MS},
         "size": len(WRONG_TYPED),
         # keys the contract does not name (a prompt, notes, a secret as a key) are counted by type, never named
-        "shape": {"type": "string", "session_id": "string", "run_id": "string", "sdk_version": "string",
-                  "data": {"model_id": "int", OTHER_KEYS: {"string": 1, "int": 1, "object": 1}},
-                  OTHER_KEYS: {"string": 1}},
+        "shape": {
+            "type": "string",
+            "session_id": "string",
+            "run_id": "string",
+            "sdk_version": "string",
+            "data": {"model_id": "int", OTHER_KEYS: {"string": 1, "int": 1, "object": 1}},
+            OTHER_KEYS: {"string": 1},
+        },
     }
 
 
@@ -190,9 +218,13 @@ def test_no_planted_value_reaches_the_dlq():
 def test_a_tombstone_dead_letter_has_no_size_or_shape():
     letter = fold(BATCH).dead_letters[1]
     assert dlq_record(letter) == {
-        "reason": "tombstone", "path": "$", "detail": "", "kind": "unknown",
+        "reason": "tombstone",
+        "path": "$",
+        "detail": "",
+        "kind": "unknown",
         "source": {"topic": TOPIC, "partition": PARTITION, "offset": 105, "timestamp_ms": NOW_MS},
-        "size": None, "shape": None,
+        "size": None,
+        "shape": None,
     }
 
 
@@ -237,13 +269,18 @@ def test_dead_letter_builds_the_record_from_a_rejection():
     letter = dead_letter(rejected.value, message, "t", 0)
     assert letter == DeadLetter(b"t/0/7", letter.value)
     assert dlq_record(letter) == {
-        "reason": "unknown_kind", "path": "$.type", "detail": "expected one of agent, team, workflow, os, client_report",
-        "kind": "unknown", "source": {"topic": "t", "partition": 0, "offset": 7, "timestamp_ms": 1234},
-        "size": len(message.value), "shape": {"type": "string", "session_id": "string"},
+        "reason": "unknown_kind",
+        "path": "$.type",
+        "detail": "expected one of agent, team, workflow, os, client_report",
+        "kind": "unknown",
+        "source": {"topic": "t", "partition": 0, "offset": 7, "timestamp_ms": 1234},
+        "size": len(message.value),
+        "shape": {"type": "string", "session_id": "string"},
     }
 
 
 # --- determinism ----------------------------------------------------------------------------------------
+
 
 def test_folding_the_same_records_twice_gives_identical_rollups():
     first, second = fold(BATCH), fold(BATCH)

@@ -26,9 +26,11 @@ def chdb(tmp_path):
 
 
 def schema_snapshot(client, database: str) -> list[tuple]:
-    return client.query("SELECT name, engine, replaceRegexpAll(create_table_query, 'UUID \\'[^\\']+\\'', '') "
-                        "FROM system.tables WHERE database = {db:String} ORDER BY name",
-                        parameters={"db": database}).result_rows
+    return client.query(
+        "SELECT name, engine, replaceRegexpAll(create_table_query, 'UUID \\'[^\\']+\\'', '') "
+        "FROM system.tables WHERE database = {db:String} ORDER BY name",
+        parameters={"db": database},
+    ).result_rows
 
 
 def test_migrations_apply_once_and_a_second_run_changes_nothing(chdb):
@@ -39,11 +41,24 @@ def test_migrations_apply_once_and_a_second_run_changes_nothing(chdb):
     assert schema_snapshot(chdb, opts.database) == before
     assert chdb.query("SELECT count() FROM kern_telemetry.schema_migrations").result_rows == [(len(MIGRATIONS),)]
     names = {row[0] for row in before}
-    assert {"runs_minute", "runs_hourly", "runs_daily", "quality_minute", "ingest_flushes", "runs_hourly_mv",
-            "runs_daily_mv", "flag_runs_daily", "feature_combos_minute", "ingest_ledger", "skip_requests"} <= names
+    assert {
+        "runs_minute",
+        "runs_hourly",
+        "runs_daily",
+        "quality_minute",
+        "ingest_flushes",
+        "runs_hourly_mv",
+        "runs_daily_mv",
+        "flag_runs_daily",
+        "feature_combos_minute",
+        "ingest_ledger",
+        "skip_requests",
+    } <= names
 
 
-@pytest.mark.parametrize("variant, opts", [("single", SchemaOptions()), ("cluster", SchemaOptions(cluster="telemetry"))])
+@pytest.mark.parametrize(
+    "variant, opts", [("single", SchemaOptions()), ("cluster", SchemaOptions(cluster="telemetry"))]
+)
 def test_the_first_release_ddl_never_changes(variant, opts):
     shipped = (GOLDEN / f"schema-v1-{variant}.sql").read_text()
     assert ";\n\n".join(MIGRATIONS[0].statements(opts)) + ";\n" == shipped
@@ -52,8 +67,10 @@ def test_the_first_release_ddl_never_changes(variant, opts):
 def test_upgrading_from_the_first_release_gives_the_schema_of_a_fresh_install(tmp_path):
     old = clickhouse_connect.get_client(dsn=f"chdb://{tmp_path / 'old'}")
     assert [m.version for m in migrate(old, SchemaOptions(), through=1)] == [1]
-    old.command("INSERT INTO kern_telemetry.ingest_flushes (topic, partition, start_offset, end_offset, events) "
-                "VALUES ('t', 0, 0, 10, 10)")  # a v1 worker's flush
+    old.command(
+        "INSERT INTO kern_telemetry.ingest_flushes (topic, partition, start_offset, end_offset, events) "
+        "VALUES ('t', 0, 0, 10, 10)"
+    )  # a v1 worker's flush
     assert [m.version for m in migrate(old, SchemaOptions())] == [m.version for m in MIGRATIONS[1:]]
     upgraded = schema_snapshot(old, "kern_telemetry")
     assert old.query("SELECT end_offset, skipped FROM kern_telemetry.ingest_flushes").result_rows == [(10, 0)]
@@ -67,29 +84,45 @@ def test_upgrading_from_the_first_release_gives_the_schema_of_a_fresh_install(tm
 def test_every_column_the_code_writes_exists_after_migrating(chdb):
     migrate(chdb, SchemaOptions())
     for table, columns in WRITES.items():
-        stored = {name for (name,) in chdb.query(
-            "SELECT name FROM system.columns WHERE database = 'kern_telemetry' AND table = {t:String}",
-            parameters={"t": table}).result_rows}
+        stored = {
+            name
+            for (name,) in chdb.query(
+                "SELECT name FROM system.columns WHERE database = 'kern_telemetry' AND table = {t:String}",
+                parameters={"t": table},
+            ).result_rows
+        }
         assert set(columns) <= stored, table
 
 
 def test_every_runs_table_has_the_dimensions_in_their_order_and_types(chdb):
     migrate(chdb, SchemaOptions())
     for table in RUNS_TABLES:
-        columns = chdb.query("SELECT name, type FROM system.columns WHERE database = 'kern_telemetry' "
-                             "AND table = {t:String} ORDER BY position", parameters={"t": table.name}).result_rows
-        assert [tuple(c) for c in columns] == [("window_start", "DateTime('UTC')"), *dimensions.COLUMNS,
-                                               ("runs", "UInt64")], table.name
+        columns = chdb.query(
+            "SELECT name, type FROM system.columns WHERE database = 'kern_telemetry' "
+            "AND table = {t:String} ORDER BY position",
+            parameters={"t": table.name},
+        ).result_rows
+        assert [tuple(c) for c in columns] == [
+            ("window_start", "DateTime('UTC')"),
+            *dimensions.COLUMNS,
+            ("runs", "UInt64"),
+        ], table.name
 
 
 def test_every_launches_table_has_the_configuration_in_its_order_and_types(chdb):
     migrate(chdb, SchemaOptions())
     for table in LAUNCHES_TABLES:
-        columns = chdb.query("SELECT name, type FROM system.columns WHERE database = 'kern_telemetry' "
-                             "AND table = {t:String} ORDER BY position", parameters={"t": table.name}).result_rows
-        assert [tuple(c) for c in columns] == [("window_start", "DateTime('UTC')"),
-                                               ("sdk_version", "LowCardinality(String)"), *dimensions.LAUNCH_COLUMNS,
-                                               ("launches", "UInt64")], table.name
+        columns = chdb.query(
+            "SELECT name, type FROM system.columns WHERE database = 'kern_telemetry' "
+            "AND table = {t:String} ORDER BY position",
+            parameters={"t": table.name},
+        ).result_rows
+        assert [tuple(c) for c in columns] == [
+            ("window_start", "DateTime('UTC')"),
+            ("sdk_version", "LowCardinality(String)"),
+            *dimensions.LAUNCH_COLUMNS,
+            ("launches", "UInt64"),
+        ], table.name
 
 
 def test_retention_follows_the_settings_and_is_left_alone_when_unchanged(chdb):
@@ -111,20 +144,51 @@ def test_retention_follows_the_settings_and_is_left_alone_when_unchanged(chdb):
     ]
     migrate(chdb, shorter)
     assert retention_changes(chdb, shorter) == []
-    engine = chdb.query("SELECT engine_full FROM system.tables WHERE database = 'kern_telemetry' "
-                        "AND name = 'runs_minute'").result_rows[0][0]
+    engine = chdb.query(
+        "SELECT engine_full FROM system.tables WHERE database = 'kern_telemetry' AND name = 'runs_minute'"
+    ).result_rows[0][0]
     assert "TTL window_start + toIntervalDay(7)" in engine
 
 
 def test_runs_tables_deduplicate_a_retried_insert_in_the_views_too(chdb):
     migrate(chdb, SchemaOptions())
-    row = [1_800_000_000, "agent", "2.4.1", "openai", "OpenAIResponses", "gpt-5.2", "PostgresDb", "none", "none",
-           "none", "none", "none", ["has_tools"], 5]
-    columns = ["window_start", "kind", "sdk_version", "model_provider", "model_name", "model_id", "db_type",
-               "parser_provider", "parser_model_id", "output_provider", "output_model_id", "member_bucket",
-               "features", "runs"]
-    settings = {"insert_deduplication_token": "t/0/0-10/runs_minute", "insert_deduplicate": 1,
-                "deduplicate_blocks_in_dependent_materialized_views": 1}
+    row = [
+        1_800_000_000,
+        "agent",
+        "2.4.1",
+        "openai",
+        "OpenAIResponses",
+        "gpt-5.2",
+        "PostgresDb",
+        "none",
+        "none",
+        "none",
+        "none",
+        "none",
+        ["has_tools"],
+        5,
+    ]
+    columns = [
+        "window_start",
+        "kind",
+        "sdk_version",
+        "model_provider",
+        "model_name",
+        "model_id",
+        "db_type",
+        "parser_provider",
+        "parser_model_id",
+        "output_provider",
+        "output_model_id",
+        "member_bucket",
+        "features",
+        "runs",
+    ]
+    settings = {
+        "insert_deduplication_token": "t/0/0-10/runs_minute",
+        "insert_deduplicate": 1,
+        "deduplicate_blocks_in_dependent_materialized_views": 1,
+    }
     for _ in range(3):
         chdb.insert("kern_telemetry.runs_minute", [row], column_names=columns, settings=settings)
     for table in ("runs_minute", "runs_hourly", "runs_daily"):
@@ -134,16 +198,31 @@ def test_runs_tables_deduplicate_a_retried_insert_in_the_views_too(chdb):
 def test_the_ledger_sums_flush_intents_once_each_per_partition(chdb):
     migrate(chdb, SchemaOptions())
     settings = {"insert_deduplicate": 1, "deduplicate_blocks_in_dependent_materialized_views": 1}
-    columns = ["topic", "partition", "start_offset", "end_offset", "events", "counted", "dead_lettered", "late",
-               "skipped"]
+    columns = [
+        "topic",
+        "partition",
+        "start_offset",
+        "end_offset",
+        "events",
+        "counted",
+        "dead_lettered",
+        "late",
+        "skipped",
+    ]
     flushes = [("t", 0, 0, 10, 10, 7, 2, 1, 0), ("t", 0, 10, 15, 0, 0, 0, 0, 5), ("t", 1, 0, 4, 4, 4, 0, 0, 0)]
     for _ in range(2):  # a retried intent counts once
         for row in flushes:
             token = f"{row[0]}/{row[1]}/{row[2]}-{row[3]}/ingest_flushes"
-            chdb.insert("kern_telemetry.ingest_flushes", [row], column_names=columns,
-                        settings={**settings, "insert_deduplication_token": token})
-    ledger = chdb.query("SELECT partition, sum(events), sum(counted), sum(dead_lettered), sum(late), sum(skipped) "
-                        "FROM kern_telemetry.ingest_ledger GROUP BY partition ORDER BY partition").result_rows
+            chdb.insert(
+                "kern_telemetry.ingest_flushes",
+                [row],
+                column_names=columns,
+                settings={**settings, "insert_deduplication_token": token},
+            )
+    ledger = chdb.query(
+        "SELECT partition, sum(events), sum(counted), sum(dead_lettered), sum(late), sum(skipped) "
+        "FROM kern_telemetry.ingest_ledger GROUP BY partition ORDER BY partition"
+    ).result_rows
     assert ledger == [(0, 10, 7, 2, 1, 5), (1, 4, 4, 0, 0, 0)]
 
 
@@ -154,11 +233,15 @@ def test_cluster_schema_is_replicated_and_distributed_on_cluster():
     for table in (*v1_initial.TABLES, *RETAINED_TABLES):
         local = f"`kern_telemetry`.`{table.name}_local` ON CLUSTER"
         create_local = next(s for s in statements if local in s and "ENGINE = Replicated" in s)
-        assert f"Replicated{table.engine}('/clickhouse/tables/{{shard}}/kern_telemetry/{table.name}', " \
-               "'{replica}')" in create_local
+        assert (
+            f"Replicated{table.engine}('/clickhouse/tables/{{shard}}/kern_telemetry/{table.name}', "
+            "'{replica}')" in create_local
+        )
         distributed = next(s for s in statements if f"`kern_telemetry`.`{table.name}` ON CLUSTER" in s)
-        assert f"ENGINE = Distributed(`telemetry`, `kern_telemetry`, `{table.name}_local`, " \
-               f"{table.sharding_key})" in distributed
+        assert (
+            f"ENGINE = Distributed(`telemetry`, `kern_telemetry`, `{table.name}_local`, "
+            f"{table.sharding_key})" in distributed
+        )
     views = [s for s in statements if "MATERIALIZED VIEW" in s]
     assert len(views) == 15 and all("_local" in v.split(" AS ", 1)[1] for v in views)
     assert not any("non_replicated_deduplication_window" in s for s in statements)
@@ -168,8 +251,11 @@ def test_cluster_schema_is_replicated_and_distributed_on_cluster():
         return [f"ALTER TABLE `kern_telemetry`.`{name}_local`", f"ALTER TABLE `kern_telemetry`.`{name}`"]
 
     flushes, ledger = (both(name) for name in ("ingest_flushes", "ingest_ledger"))
-    v7 = [table for name in ("session_sightings", "value_sightings", "sessions_daily", "value_candidates")
-          for table in both(name)]
+    v7 = [
+        table
+        for name in ("session_sightings", "value_sightings", "sessions_daily", "value_candidates")
+        for table in both(name)
+    ]
     assert [s.split(" ON CLUSTER")[0] for s in added] == flushes * 3 + ledger * 2 + v7  # v2, v4, v6 (both), v7
     for null in (v4_privacy.VALUE_SIGHTINGS, v4_privacy.SESSION_SIGHTINGS):  # no Replicated Null: Null on each node
         assert any(f"`{null.name}_local` ON CLUSTER" in s and s.endswith("ENGINE = Null") for s in statements)
@@ -182,8 +268,12 @@ def test_a_random_sharding_key_is_refused():
 
 
 def test_single_node_schema_keeps_a_deduplication_window_on_every_table():
-    creates = [s for m in MIGRATIONS for s in m.statements(SchemaOptions())
-               if s.startswith("CREATE TABLE") and not s.endswith("ENGINE = Null")]
+    creates = [
+        s
+        for m in MIGRATIONS
+        for s in m.statements(SchemaOptions())
+        if s.startswith("CREATE TABLE") and not s.endswith("ENGINE = Null")
+    ]
     assert len(creates) == len(v1_initial.TABLES) + 17
     assert all("non_replicated_deduplication_window = 10000" in s for s in creates)
 

@@ -19,21 +19,23 @@ from pathlib import Path
 import pytest
 from conftest import Stack, TcpProxy
 from kafka import KafkaConsumer
-from test_sdk_standins import (WARNING_FLAGS, Agent, Model, PostgresDb, client_env, host, run_python,
-                               warned_host)
-
-from bench.sdk_client import BlackHole, closed_port
 from kern_telemetry_client import KafkaSink, Telemetry, contract, ledger, payloads
 from kern_telemetry_client.transport import THREAD_NAME, Backoff, Transport
+from test_sdk_standins import WARNING_FLAGS, Agent, Model, PostgresDb, client_env, host, run_python, warned_host
+
+from bench.sdk_client import BlackHole, closed_port
 from devstack.broker import EmbeddedBroker
 from devstack.processes import free_port
 
 pytestmark = pytest.mark.integration
 
+
 def agent_events(tag: str, count: int) -> list:
     agent = Agent(Model("openai", "OpenAIResponses", tag))
-    return [payloads.run_event(contract.AGENT, agent, "session", f"{tag}-{i}", "1.0.0", payloads.IDENTIFIERS)
-            for i in range(count)]
+    return [
+        payloads.run_event(contract.AGENT, agent, "session", f"{tag}-{i}", "1.0.0", payloads.IDENTIFIERS)
+        for i in range(count)
+    ]
 
 
 def decoded(records) -> list:
@@ -46,8 +48,9 @@ def by_model(events: list) -> Counter:
 
 def records_until_quiet(bootstrap: str, topic: str, quiet_s: float = 2.0) -> list:
     """Every record of a topic, for when the count is what the test wants to learn."""
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None,
-                             enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None, enable_auto_commit=False
+    )
     records, last = [], time.monotonic()
     try:
         while time.monotonic() - last < quiet_s:
@@ -80,8 +83,10 @@ def isolate(monkeypatch, tmp_path) -> None:
         monkeypatch.setenv(name, value)
 
 
-@pytest.mark.parametrize(("state", "exit_timeout", "deadline"),
-                         [("down", "default", 1.0), ("black-holed", "default", 1.0), ("down", "0.25", 0.25)])
+@pytest.mark.parametrize(
+    ("state", "exit_timeout", "deadline"),
+    [("down", "default", 1.0), ("black-holed", "default", 1.0), ("down", "0.25", 0.25)],
+)
 def test_exit_waits_at_most_the_deadline_with_empty_stderr(tmp_path, monkeypatch, state, exit_timeout, deadline):
     with BlackHole() as hole:
         port = closed_port() if state == "down" else hole.port
@@ -101,8 +106,9 @@ def test_any_warning_filter_leaves_delivery_intact_and_stderr_the_hosts(stack_fa
     client's threads ignore their warnings; the host's own still follow its filters."""
     stack = stack_factory(partitions=2)
     address = stack.env["KERN_BOOTSTRAP_SERVERS"] if state == "up" else f"127.0.0.1:{closed_port()}"
-    held, stderr = warned_host(client_env(tmp_path), flags, "kafka", address, stack.settings.topic, 500,
-                               30.0 if state == "up" else 2.0)
+    held, stderr = warned_host(
+        client_env(tmp_path), flags, "kafka", address, stack.settings.topic, 500, 30.0 if state == "up" else 2.0
+    )
     own, expected_stderr = WARNING_FLAGS[flags]
     assert (held["own"], stderr) == (own, expected_stderr)
     assert held["captured"] == 500
@@ -205,8 +211,9 @@ def test_queue_full_drops_are_counted_and_reported(stack_factory, tmp_path, monk
     worker.wait_events(len(sent))
     assert worker.stop() == 0
     with stack.clickhouse() as client:
-        drops = client.query("SELECT sdk_version, reason, sum(events) FROM kern_telemetry.client_drops_daily "
-                             "GROUP BY ALL").result_rows
+        drops = client.query(
+            "SELECT sdk_version, reason, sum(events) FROM kern_telemetry.client_drops_daily GROUP BY ALL"
+        ).result_rows
         runs = client.query("SELECT sum(runs) FROM kern_telemetry.runs_daily WHERE sdk_version = '1.0.0'").result_rows
     assert drops == [("1.0.0", "queue_full", dropped["queue_full"])]
     assert runs[0][0] + dropped["queue_full"] == 2000
@@ -231,8 +238,14 @@ def test_drops_are_reported_periodically_while_the_host_runs(stack_factory, tmp_
 def test_send_failures_and_oversized_events_are_counted_and_reported(tmp_path, monkeypatch):
     isolate(monkeypatch, tmp_path)
     with proxied_stack(tmp_path) as (broker, proxy, stack):
-        sink = KafkaSink(broker.bootstrap_servers, stack.settings.topic, delivery_timeout_ms=2_000,
-                         request_timeout_ms=1_000, linger_ms=0, reconnect_backoff_max_ms=200)
+        sink = KafkaSink(
+            broker.bootstrap_servers,
+            stack.settings.topic,
+            delivery_timeout_ms=2_000,
+            request_timeout_ms=1_000,
+            linger_ms=0,
+            reconnect_backoff_max_ms=200,
+        )
         transport = Transport(sink, "1.0.0", report_interval=3600)
         for event in agent_events("delivered", 10):
             transport.put(event)
@@ -287,7 +300,8 @@ def test_exit_cut_short_counts_each_event_once(stack_factory, tmp_path):
         stats = counted[f"cut-{run}"] = json.loads(ran.stdout)
         outcomes = {**stats["dropped"], "unknown_at_exit": stats["unknown_at_exit"]}
         assert ledger_of(tmp_path / str(run) / "state") == Counter(  # left for a later process to report
-            {("1.0.0", reason): n for reason, n in outcomes.items() if n and reason in contract.DROP_REASONS})
+            {("1.0.0", reason): n for reason, n in outcomes.items() if n and reason in contract.DROP_REASONS}
+        )
     arrived = by_model(read_until_quiet(bootstrap, topic))
     for tag, stats in counted.items():
         unsent, unknown = stats["dropped"]["unsent_at_exit"], stats["unknown_at_exit"]
@@ -313,14 +327,18 @@ def test_unsent_at_exit_is_reported_by_the_next_process(stack_factory, tmp_path)
     online = host(env, stack.env["KERN_BOOTSTRAP_SERVERS"], stack.settings.topic, "default", "1.0.0", 5)
     assert online.returncode == 0 and online.stderr == ""
     sent = decoded(stack.read_topic(stack.settings.topic, 6))
-    assert Counter((e["type"], e["sdk_version"]) for e in sent) == {("agent", "1.0.0"): 5, ("client_report", "0.9.0"): 1}
+    assert Counter((e["type"], e["sdk_version"]) for e in sent) == {
+        ("agent", "1.0.0"): 5,
+        ("client_report", "0.9.0"): 1,
+    }
     [report] = [event for event in sent if event["type"] == contract.CLIENT_REPORT]
     assert report["data"]["dropped"] == {**dict.fromkeys(contract.DROP_REASONS, 0), "unsent_at_exit": 1000}
     assert list((tmp_path / "state" / "kern").iterdir()) == []  # the file was claimed
 
 
 def test_before_send_scrubs_or_vetoes_on_the_worker_and_a_broken_hook_never_reaches_the_host(
-        stack_factory, tmp_path, monkeypatch, caplog):
+    stack_factory, tmp_path, monkeypatch, caplog
+):
     """The hook runs on the worker thread, never the caller's. What it returns is sent; None vetoes; a hook
     that raises, returns something else than a dict, or a dict JSON cannot encode drops the event: each
     counted `before_send`, nothing raised into the host or logged above debug."""
@@ -338,8 +356,9 @@ def test_before_send_scrubs_or_vetoes_on_the_worker_and_a_broken_hook_never_reac
             raise RuntimeError("a broken hook")
         return {"veto": None, "list": [event], "unencodable": {**event, "set": {1}}}[model]
 
-    telemetry = Telemetry("1.0.0", KafkaSink(stack.env["KERN_BOOTSTRAP_SERVERS"], stack.settings.topic),
-                          before_send=before_send)
+    telemetry = Telemetry(
+        "1.0.0", KafkaSink(stack.env["KERN_BOOTSTRAP_SERVERS"], stack.settings.topic), before_send=before_send
+    )
     for model in ("keep", "veto", "raise", "list", "unencodable"):
         agent = Agent(Model("openai", "OpenAIResponses", model), db=PostgresDb())
         for i in range(40):
@@ -353,8 +372,11 @@ def test_before_send_scrubs_or_vetoes_on_the_worker_and_a_broken_hook_never_reac
     assert (stats.captured, stats.delivered, stats.dropped["before_send"], stats.pending) == (200, 40, 160, 0)
     assert threads == {THREAD_NAME}
     reports = [event["data"]["dropped"] for event in sent if event["type"] == contract.CLIENT_REPORT]
-    assert reports == ([{**dict.fromkeys(contract.DROP_REASONS, 0), "before_send": 160}]
-                       if "before_send" in contract.DROP_REASONS else [])  # when the contract names it
+    assert reports == (
+        [{**dict.fromkeys(contract.DROP_REASONS, 0), "before_send": 160}]
+        if "before_send" in contract.DROP_REASONS
+        else []
+    )  # when the contract names it
     assert not [r for r in caplog.records if r.name.startswith("kern_telemetry_client") and r.levelno > logging.DEBUG]
 
 
@@ -405,4 +427,3 @@ def test_records_carry_no_key(stack_factory, tmp_path, monkeypatch):
     telemetry.close(10.0)
     records = stack.read_topic(stack.settings.topic, 20)
     assert {record.key for record in records} == {None}
-

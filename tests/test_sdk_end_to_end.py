@@ -8,11 +8,27 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from test_sdk_standins import (SENTINEL, Agent, AgentOS, Knowledge, MemoryManager, Model, PostgresDb, Slack,
-                               SqliteDb, Team, Tool, Whatsapp, Workflow, client_env, host, sentinel)
-
 from kern_telemetry_client import KafkaSink, Telemetry
 from kern_telemetry_client.values import NONE
+from test_sdk_standins import (
+    SENTINEL,
+    Agent,
+    AgentOS,
+    Knowledge,
+    MemoryManager,
+    Model,
+    PostgresDb,
+    Slack,
+    SqliteDb,
+    Team,
+    Tool,
+    Whatsapp,
+    Workflow,
+    client_env,
+    host,
+    sentinel,
+)
+
 from pipeline.dimensions import NAMES as DIMENSIONS
 
 pytestmark = pytest.mark.integration
@@ -23,21 +39,42 @@ CLAUDE = ("anthropic", "Claude", "claude-sonnet-4-5")
 GEMINI = ("google", "Gemini", "gemini-2.5-flash")
 
 
-def dims(kind: str, model=(NONE,) * 3, db=NONE, parser=(NONE, NONE), output=(NONE, NONE), members=NONE,
-         features=()) -> tuple:
-    values = {"kind": kind, "sdk_version": VERSION, "model_provider": model[0], "model_name": model[1],
-              "model_id": model[2], "db_type": db, "parser_provider": parser[0], "parser_model_id": parser[1],
-              "output_provider": output[0], "output_model_id": output[1], "member_bucket": members,
-              "features": tuple(sorted(features))}
+def dims(
+    kind: str, model=(NONE,) * 3, db=NONE, parser=(NONE, NONE), output=(NONE, NONE), members=NONE, features=()
+) -> tuple:
+    values = {
+        "kind": kind,
+        "sdk_version": VERSION,
+        "model_provider": model[0],
+        "model_name": model[1],
+        "model_id": model[2],
+        "db_type": db,
+        "parser_provider": parser[0],
+        "parser_model_id": parser[1],
+        "output_provider": output[0],
+        "output_model_id": output[1],
+        "member_bucket": members,
+        "features": tuple(sorted(features)),
+    }
     return tuple(values[name] for name in DIMENSIONS)
 
 
 def scenario() -> list:
     """(call, object, runs, the dimensions the pipeline must count them under)."""
     plain = Agent(Model(*GPT), db=PostgresDb(), tools=[Tool()], memory_manager=MemoryManager())
-    loaded = Agent(Model(*CLAUDE), db=SqliteDb(), reasoning=True, knowledge=Knowledge(), input_schema=dict,
-                   output_schema=dict, team_id=sentinel("team"), parser_model=Model("openai", "OpenAIResponses",
-                   "gpt-5-mini"), output_model=Model(*GPT), learning=True, culture_manager=object())
+    loaded = Agent(
+        Model(*CLAUDE),
+        db=SqliteDb(),
+        reasoning=True,
+        knowledge=Knowledge(),
+        input_schema=dict,
+        output_schema=dict,
+        team_id=sentinel("team"),
+        parser_model=Model("openai", "OpenAIResponses", "gpt-5-mini"),
+        output_model=Model(*GPT),
+        learning=True,
+        culture_manager=object(),
+    )
     bare = Agent(Model(*GEMINI))
     small = Team(Model(*GPT), members=[plain, bare], db=PostgresDb(), tools=[Tool()])
     large = Team(Model(*CLAUDE), members=[plain] * 6, knowledge=Knowledge(), learning=True)
@@ -45,9 +82,27 @@ def scenario() -> list:
     agent_os = AgentOS([plain, loaded], [small], [stored], [Slack(), Whatsapp()], db=SqliteDb())
     return [
         ("agent_run", plain, 40, dims("agent", GPT, "PostgresDb", features=("has_memory", "has_tools"))),
-        ("agent_run", loaded, 25, dims("agent", CLAUDE, "SqliteDb", ("openai", "gpt-5-mini"), ("openai", "gpt-5.2"),
-                                       features=("has_reasoning", "has_knowledge", "has_input_schema",
-                                                 "has_output_schema", "has_team", "has_learnings", "has_culture"))),
+        (
+            "agent_run",
+            loaded,
+            25,
+            dims(
+                "agent",
+                CLAUDE,
+                "SqliteDb",
+                ("openai", "gpt-5-mini"),
+                ("openai", "gpt-5.2"),
+                features=(
+                    "has_reasoning",
+                    "has_knowledge",
+                    "has_input_schema",
+                    "has_output_schema",
+                    "has_team",
+                    "has_learnings",
+                    "has_culture",
+                ),
+            ),
+        ),
         ("agent_run", bare, 15, dims("agent", GEMINI)),
         ("team_run", small, 20, dims("team", GPT, "PostgresDb", members="2", features=("has_tools",))),
         ("team_run", large, 10, dims("team", CLAUDE, members="5-8", features=("has_knowledge", "has_learnings"))),
@@ -70,8 +125,7 @@ def capture(telemetry: Telemetry) -> list:
     return calls
 
 
-def test_runs_of_every_kind_land_in_clickhouse_with_exact_counts_and_no_sentinel(stack_factory, tmp_path,
-                                                                                 monkeypatch):
+def test_runs_of_every_kind_land_in_clickhouse_with_exact_counts_and_no_sentinel(stack_factory, tmp_path, monkeypatch):
     stack = stack_factory(partitions=2)
     bootstrap, topic = stack.env["KERN_BOOTSTRAP_SERVERS"], stack.settings.topic
     off = host(client_env(tmp_path / "off", AGNO_TELEMETRY="false"), bootstrap, topic, "default", VERSION, 200)
@@ -96,11 +150,13 @@ def test_runs_of_every_kind_land_in_clickhouse_with_exact_counts_and_no_sentinel
     stack.read_topic(stack.settings.dlq_topic, 0)  # nothing dead-lettered
 
     with stack.clickhouse() as client:
-        rows = client.query(f"SELECT {', '.join(DIMENSIONS)}, sum(runs) FROM kern_telemetry.runs_minute "
-                            "GROUP BY ALL").result_rows
+        rows = client.query(
+            f"SELECT {', '.join(DIMENSIONS)}, sum(runs) FROM kern_telemetry.runs_minute GROUP BY ALL"
+        ).result_rows
         assert Counter({(*row[:-2], tuple(row[-2])): row[-1] for row in rows}) == expected
-        flags = client.query("SELECT flag, sum(runs) FROM kern_telemetry.runs_minute ARRAY JOIN features AS flag "
-                             "GROUP BY flag").result_rows
+        flags = client.query(
+            "SELECT flag, sum(runs) FROM kern_telemetry.runs_minute ARRAY JOIN features AS flag GROUP BY flag"
+        ).result_rows
         expected_flags = Counter()
         for dimensions, runs in expected.items():
             for flag in dimensions[-1]:

@@ -8,11 +8,10 @@ import json
 import uuid
 
 import pytest
-from test_sdk_delivery import records_until_quiet
-from test_sdk_standins import client_env, run_python
-
 from kern_telemetry_client import Stats, notice
 from kern_telemetry_client.transport import THREAD_NAME
+from test_sdk_delivery import records_until_quiet
+from test_sdk_standins import client_env, run_python
 
 pytestmark = pytest.mark.integration
 
@@ -67,8 +66,14 @@ print(json.dumps({
 }))
 """
 
-NOTHING = {"threads": ["MainThread"], "new_descriptors": [], "kafka_imported": False, "queued": False,
-           "records": [], "flushed": True}
+NOTHING = {
+    "threads": ["MainThread"],
+    "new_descriptors": [],
+    "kafka_imported": False,
+    "queued": False,
+    "records": [],
+    "flushed": True,
+}
 
 
 def probe(broker, env: dict, instance: str = "on", switch: str = "none") -> tuple[dict, str]:

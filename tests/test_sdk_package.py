@@ -16,8 +16,12 @@ SDK = Path(__file__).parent.parent / "sdk"
 def test_the_wheel_ships_the_type_hints_marker_and_depends_on_kafka_python_only(tmp_path):
     source = tmp_path / "sdk"
     shutil.copytree(SDK, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp_path / "dist"),
-                    str(source)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp_path / "dist"), str(source)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     [wheel] = (tmp_path / "dist").glob("kern_telemetry_client-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()

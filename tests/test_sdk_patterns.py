@@ -35,8 +35,9 @@ class Step(Obj):
     pass
 
 
-Steps, Parallel, Condition, Loop, Router = (type(name, (Obj,), {}) for name in ("Steps", "Parallel", "Condition",
-                                                                                 "Loop", "Router"))
+Steps, Parallel, Condition, Loop, Router = (
+    type(name, (Obj,), {}) for name in ("Steps", "Parallel", "Condition", "Loop", "Router")
+)
 
 
 class Raising:
@@ -46,21 +47,24 @@ class Raising:
         raise RuntimeError(f"{name} is not loaded")
 
 
-@pytest.mark.parametrize(("shape", "obj", "expected"), [
-    ("flat, the default", team(agent(), agent()), ("coordinate", 0, 0)),
-    ("v2: responds directly", team(agent(), respond_directly=True), ("route", 0, 0)),
-    ("v2: delegates to all", team(agent(), delegate_to_all_members=True), ("collaborate", 0, 0)),
-    ("v2.0's name for it", team(agent(), delegate_task_to_all_members=True), ("collaborate", 0, 0)),
-    ("v1 mode", team(agent(), mode="collaborate"), ("collaborate", 0, 0)),
-    ("v1 mode as a str enum", team(agent(), mode=Mode.ROUTE), ("route", 0, 0)),
-    ("a mode this client does not know", team(agent(), mode="hierarchical"), ("other", 0, 0)),
-    ("a switch that is not True", team(agent(), respond_directly="yes"), ("coordinate", 0, 0)),
-    ("nested three levels", team(agent(), team(team(team(agent())))), ("coordinate", 1, 3)),
-    ("two sub-teams", team(team(agent()), team(team(agent())), agent()), ("coordinate", 2, 2)),
-    ("empty", team(), ("coordinate", 0, 0)),
-    ("members not a list", Obj(members="agent-1,agent-2"), (None, None, None)),
-    ("no members at all", Obj(), (None, None, None)),
-])
+@pytest.mark.parametrize(
+    ("shape", "obj", "expected"),
+    [
+        ("flat, the default", team(agent(), agent()), ("coordinate", 0, 0)),
+        ("v2: responds directly", team(agent(), respond_directly=True), ("route", 0, 0)),
+        ("v2: delegates to all", team(agent(), delegate_to_all_members=True), ("collaborate", 0, 0)),
+        ("v2.0's name for it", team(agent(), delegate_task_to_all_members=True), ("collaborate", 0, 0)),
+        ("v1 mode", team(agent(), mode="collaborate"), ("collaborate", 0, 0)),
+        ("v1 mode as a str enum", team(agent(), mode=Mode.ROUTE), ("route", 0, 0)),
+        ("a mode this client does not know", team(agent(), mode="hierarchical"), ("other", 0, 0)),
+        ("a switch that is not True", team(agent(), respond_directly="yes"), ("coordinate", 0, 0)),
+        ("nested three levels", team(agent(), team(team(team(agent())))), ("coordinate", 1, 3)),
+        ("two sub-teams", team(team(agent()), team(team(agent())), agent()), ("coordinate", 2, 2)),
+        ("empty", team(), ("coordinate", 0, 0)),
+        ("members not a list", Obj(members="agent-1,agent-2"), (None, None, None)),
+        ("no members at all", Obj(), (None, None, None)),
+    ],
+)
 def test_a_team_is_reduced_to_its_coordination_its_member_teams_and_its_depth(shape, obj, expected):
     found = pattern(contract.TEAM, obj)
     assert (found["coordination"], found["member_team_count"], found["nesting_depth"]) == expected, shape
@@ -98,45 +102,68 @@ def test_a_huge_or_deep_team_costs_a_bounded_walk():
 
 
 def test_a_team_whose_reads_raise_loses_those_fields_only():
-    assert pattern(contract.TEAM, Raising()) == {"coordination": None, "member_team_count": None,
-                                                 "nesting_depth": None}
+    assert pattern(contract.TEAM, Raising()) == {"coordination": None, "member_team_count": None, "nesting_depth": None}
     broken = team(agent(), Raising())
-    assert pattern(contract.TEAM, broken) == {"coordination": "coordinate", "member_team_count": None,
-                                              "nesting_depth": None}
+    assert pattern(contract.TEAM, broken) == {
+        "coordination": "coordinate",
+        "member_team_count": None,
+        "nesting_depth": None,
+    }
 
 
-@pytest.mark.parametrize(("shape", "obj", "expected"), [
-    ("a sequence", Obj(steps=[Step(agent=agent()), Step(executor=print)]), (2, ["agent", "function"], 0)),
-    ("agents, teams and functions as steps", Obj(steps=[agent(), team(agent()), print, object()]),
-     (4, ["agent", "function", "other", "team"], 0)),
-    ("nested control flow", Obj(steps=[Parallel(steps=[Condition(steps=[Loop(steps=[Step(team=team())])])])]),
-     (1, ["condition", "loop", "parallel", "team"], 3)),
-    ("a router and nested steps", Obj(steps=[Router(choices=[Step(agent=agent()), Steps(steps=[print])]), print]),
-     (2, ["function", "router", "steps", "agent"], 2)),
-    ("a step that runs nothing", Obj(steps=[Step()]), (1, ["other"], 0)),
-    ("empty", Obj(steps=[]), (0, [], 0)),
-    ("one function", Obj(steps=print), (None, ["function"], None)),
-    ("no steps", Obj(steps=None), (None, None, None)),
-    ("steps not a list", Obj(steps="classify, answer"), (None, None, None)),
-])
+@pytest.mark.parametrize(
+    ("shape", "obj", "expected"),
+    [
+        ("a sequence", Obj(steps=[Step(agent=agent()), Step(executor=print)]), (2, ["agent", "function"], 0)),
+        (
+            "agents, teams and functions as steps",
+            Obj(steps=[agent(), team(agent()), print, object()]),
+            (4, ["agent", "function", "other", "team"], 0),
+        ),
+        (
+            "nested control flow",
+            Obj(steps=[Parallel(steps=[Condition(steps=[Loop(steps=[Step(team=team())])])])]),
+            (1, ["condition", "loop", "parallel", "team"], 3),
+        ),
+        (
+            "a router and nested steps",
+            Obj(steps=[Router(choices=[Step(agent=agent()), Steps(steps=[print])]), print]),
+            (2, ["function", "router", "steps", "agent"], 2),
+        ),
+        ("a step that runs nothing", Obj(steps=[Step()]), (1, ["other"], 0)),
+        ("empty", Obj(steps=[]), (0, [], 0)),
+        ("one function", Obj(steps=print), (None, ["function"], None)),
+        ("no steps", Obj(steps=None), (None, None, None)),
+        ("steps not a list", Obj(steps="classify, answer"), (None, None, None)),
+    ],
+)
 def test_a_workflow_is_reduced_to_its_length_its_step_kinds_and_its_depth(shape, obj, expected):
     found = pattern(contract.WORKFLOW, obj)
     count, kinds, depth = expected
     assert (found["step_count"], found["step_kinds"], found["nesting_depth"]) == (
-        count, None if kinds is None else sorted(kinds), depth), shape
+        count,
+        None if kinds is None else sorted(kinds),
+        depth,
+    ), shape
     assert set(found["step_kinds"] or ()) <= set(contract.STEP_KINDS)
 
 
 def test_cyclic_deep_or_hostile_steps_cost_a_bounded_walk_and_never_raise():
     loop = Loop(steps=[Step(agent=agent())])
     loop.steps.append(loop)
-    assert pattern(contract.WORKFLOW, Obj(steps=[loop])) == {"step_count": 1, "step_kinds": ["agent", "loop"],
-                                                             "nesting_depth": 1}
+    assert pattern(contract.WORKFLOW, Obj(steps=[loop])) == {
+        "step_count": 1,
+        "step_kinds": ["agent", "loop"],
+        "nesting_depth": 1,
+    }
     deep: object = Step(executor=print)
     for _ in range(100):
         deep = Steps(steps=[deep])
     assert pattern(contract.WORKFLOW, Obj(steps=[deep]))["nesting_depth"] == payloads._MAX_DEPTH
     wide = Obj(steps=[Parallel(steps=[Step(agent=agent()) for _ in range(50_000)])])
     assert pattern(contract.WORKFLOW, wide)["step_kinds"] == ["agent", "parallel"]
-    assert pattern(contract.WORKFLOW, Obj(steps=[Raising()])) == {"step_count": 1, "step_kinds": None,
-                                                                  "nesting_depth": None}
+    assert pattern(contract.WORKFLOW, Obj(steps=[Raising()])) == {
+        "step_count": 1,
+        "step_kinds": None,
+        "nesting_depth": None,
+    }

@@ -16,15 +16,30 @@ from types import SimpleNamespace
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_sdk_standins import (SENTINEL, Agent, AgentOS, Knowledge, MemoryManager, Model, PostgresDb, Raising,
-                               Slack, SqliteDb, Team, Tool, Whatsapp, Workflow, sentinel)
-
 from kern_telemetry_client import KafkaSink, Telemetry, contract, environment, ledger, payloads
 from kern_telemetry_client.installation import Installation
 from kern_telemetry_client.values import INVALID, NONE, REDACTED, clean_value
-from pipeline.dimensions import NAMES as DIMENSIONS
-from pipeline.dimensions import NAME_FIELDS, PATTERNS, member_bucket
+from test_sdk_standins import (
+    SENTINEL,
+    Agent,
+    AgentOS,
+    Knowledge,
+    MemoryManager,
+    Model,
+    PostgresDb,
+    Raising,
+    Slack,
+    SqliteDb,
+    Team,
+    Tool,
+    Whatsapp,
+    Workflow,
+    sentinel,
+)
+
 from pipeline.admission import RARE, Admission
+from pipeline.dimensions import NAME_FIELDS, PATTERNS, member_bucket
+from pipeline.dimensions import NAMES as DIMENSIONS
 from pipeline.projector import EventProjector, Tally
 
 README = Path(__file__).parent.parent / "sdk" / "README.md"
@@ -33,8 +48,13 @@ IDS = payloads.Identifiers(bytes(32), Installation(bytes(32), clock=lambda: 1_79
 HEX32 = re.compile(r"[0-9a-f]{32}")
 
 
-def build(kind: str, obj: object, session_id: object = "session-1", run_id: object = "run-1",
-          sdk_version: str | None = "1.0.0") -> dict:
+def build(
+    kind: str,
+    obj: object,
+    session_id: object = "session-1",
+    run_id: object = "run-1",
+    sdk_version: str | None = "1.0.0",
+) -> dict:
     if kind == contract.OS:
         return payloads.launch_event(obj, sdk_version, IDS)
     if kind == contract.CLIENT_REPORT:
@@ -45,16 +65,33 @@ def build(kind: str, obj: object, session_id: object = "session-1", run_id: obje
 def rich_objects() -> dict:
     """One object of each kind with every feature on (and sentinels in everything else)."""
     openai = Model("openai", "OpenAIResponses", "gpt-5.2")
-    agent = Agent(openai, db=PostgresDb(), tools=[Tool()], memory_manager=MemoryManager(), reasoning=True,
-                  knowledge=Knowledge(), input_schema=dict, output_schema=dict, team_id=sentinel("team-id"),
-                  parser_model=Model("anthropic", "Claude", "claude-sonnet-4"), output_model=openai,
-                  learning=True, culture_manager=object())
-    team = Team(openai, members=[agent, Agent(None)], db=SqliteDb(), tools=[Tool()], knowledge=Knowledge(),
-                learning=True)
+    agent = Agent(
+        openai,
+        db=PostgresDb(),
+        tools=[Tool()],
+        memory_manager=MemoryManager(),
+        reasoning=True,
+        knowledge=Knowledge(),
+        input_schema=dict,
+        output_schema=dict,
+        team_id=sentinel("team-id"),
+        parser_model=Model("anthropic", "Claude", "claude-sonnet-4"),
+        output_model=openai,
+        learning=True,
+        culture_manager=object(),
+    )
+    team = Team(
+        openai, members=[agent, Agent(None)], db=SqliteDb(), tools=[Tool()], knowledge=Knowledge(), learning=True
+    )
     workflow = Workflow(db=PostgresDb())
     agent_os = AgentOS([agent], [team], [workflow], [Slack(), Whatsapp()], db=SqliteDb())
-    return {contract.AGENT: agent, contract.TEAM: team, contract.WORKFLOW: workflow, contract.OS: agent_os,
-            contract.CLIENT_REPORT: {"queue_full": 3, "unsent_at_exit": 1}}
+    return {
+        contract.AGENT: agent,
+        contract.TEAM: team,
+        contract.WORKFLOW: workflow,
+        contract.OS: agent_os,
+        contract.CLIENT_REPORT: {"queue_full": 3, "unsent_at_exit": 1},
+    }
 
 
 def conforms(value: object, field_type: str) -> bool:
@@ -66,23 +103,32 @@ def conforms(value: object, field_type: str) -> bool:
     if field_type in ("int", "bool"):
         return type(value) is {"int": int, "bool": bool}[field_type]
     if field_type == "model":
-        return type(value) is dict and list(value) == list(contract.MODEL_REF_KEYS) and all(
-            v is None or type(v) is str for v in value.values())
+        return (
+            type(value) is dict
+            and list(value) == list(contract.MODEL_REF_KEYS)
+            and all(v is None or type(v) is str for v in value.values())
+        )
     if field_type == "strings":
         return type(value) is list and all(type(v) is str for v in value)
     if field_type in ("enum", "enums"):  # checked against the field's enumeration by the caller
         return type(value) is (str if field_type == "enum" else list)
     if field_type == "counts":
-        return type(value) is dict and list(value) == list(contract.DROP_REASONS) and all(
-            type(v) is int and v >= 0 for v in value.values())
+        return (
+            type(value) is dict
+            and list(value) == list(contract.DROP_REASONS)
+            and all(type(v) is int and v >= 0 for v in value.values())
+        )
     return field_type == "object" and type(value) is dict
 
 
 @pytest.mark.parametrize("kind", contract.KINDS)
 @pytest.mark.parametrize("variant", ["rich", "bare", "raising"])
 def test_each_kind_carries_exactly_the_contracts_keys_with_the_contracts_types(kind, variant):
-    obj = {"rich": rich_objects()[kind], "bare": {} if kind == contract.CLIENT_REPORT else object(),
-           "raising": Raising()}[variant]
+    obj = {
+        "rich": rich_objects()[kind],
+        "bare": {} if kind == contract.CLIENT_REPORT else object(),
+        "raising": Raising(),
+    }[variant]
     event = build(kind, obj)
     envelope = contract.envelope_fields(kind)
     assert list(event) == [field.name for field in envelope]
@@ -99,17 +145,36 @@ def test_the_rich_objects_give_the_documented_values_and_no_sentinel():
     events = {kind: build(kind, obj) for kind, obj in rich_objects().items()}
     agent, team, workflow, agent_os = (events[k]["data"] for k in contract.EVENT_KINDS)
     assert (agent["model_provider"], agent["model_name"], agent["model_id"], agent["db_type"]) == (
-        "openai", "OpenAIResponses", "gpt-5.2", "PostgresDb")
-    assert agent["parser_model"] == {"model_provider": "anthropic", "model_name": "Claude",
-                                     "model_id": "claude-sonnet-4"}
+        "openai",
+        "OpenAIResponses",
+        "gpt-5.2",
+        "PostgresDb",
+    )
+    assert agent["parser_model"] == {
+        "model_provider": "anthropic",
+        "model_name": "Claude",
+        "model_id": "claude-sonnet-4",
+    }
     assert all(agent[flag] is True for flag in contract.FLAGS if flag in agent)
     assert (team["member_count"], team["db_type"], team["has_tools"], team["has_learnings"]) == (
-        2, "SqliteDb", True, True)
+        2,
+        "SqliteDb",
+        True,
+        True,
+    )
     assert workflow["db_type"] == "PostgresDb"
-    assert agent_os == {"agent_count": 1, "team_count": 1, "workflow_count": 1,
-                        "interfaces": ["slack", "whatsapp"], "db_types": ["PostgresDb", "SqliteDb"]}
+    assert agent_os == {
+        "agent_count": 1,
+        "team_count": 1,
+        "workflow_count": 1,
+        "interfaces": ["slack", "whatsapp"],
+        "db_types": ["PostgresDb", "SqliteDb"],
+    }
     assert events[contract.CLIENT_REPORT]["data"]["dropped"] == {
-        **dict.fromkeys(contract.DROP_REASONS, 0), "queue_full": 3, "unsent_at_exit": 1}
+        **dict.fromkeys(contract.DROP_REASONS, 0),
+        "queue_full": 3,
+        "unsent_at_exit": 1,
+    }
     assert SENTINEL not in json.dumps(events)
 
 
@@ -117,14 +182,26 @@ def test_flags_follow_the_sdk_attributes():
     bare = build(contract.AGENT, Agent(None))["data"]
     assert not any(bare[flag] for flag in contract.FLAGS if flag in bare)
     # switches count only when they are True; other attributes when set (not None, not False)
-    cases = {"has_memory": [("enable_agentic_memory", True), ("update_memory_on_run", True),
-                            ("memory_manager", object()), ("memory", object())],
-             "has_reasoning": [("reasoning", True)], "has_team": [("team_id", "t-1"), ("team", object())],
-             "has_learnings": [("learning", True), ("_learning", object())],
-             "has_culture": [("culture_manager", object()), ("enable_agentic_culture", True),
-                             ("update_cultural_knowledge", True)],
-             "has_tools": [("tools", [])], "has_knowledge": [("knowledge", object())],
-             "has_input_schema": [("input_schema", dict)], "has_output_schema": [("output_schema", dict)]}
+    cases = {
+        "has_memory": [
+            ("enable_agentic_memory", True),
+            ("update_memory_on_run", True),
+            ("memory_manager", object()),
+            ("memory", object()),
+        ],
+        "has_reasoning": [("reasoning", True)],
+        "has_team": [("team_id", "t-1"), ("team", object())],
+        "has_learnings": [("learning", True), ("_learning", object())],
+        "has_culture": [
+            ("culture_manager", object()),
+            ("enable_agentic_culture", True),
+            ("update_cultural_knowledge", True),
+        ],
+        "has_tools": [("tools", [])],
+        "has_knowledge": [("knowledge", object())],
+        "has_input_schema": [("input_schema", dict)],
+        "has_output_schema": [("output_schema", dict)],
+    }
     for flag, settings_ in cases.items():
         for attribute, value in settings_:
             agent = Agent(None)
@@ -152,13 +229,51 @@ class Recorder:
 
 #: Every attribute the client reads, per kind (sdk/README.md lists the same).
 READ = {
-    contract.AGENT: {"id", "telemetry", "db", "model", "provider", "name", "parser_model", "output_model", "tools",
-                     "memory", "memory_manager", "enable_agentic_memory", "update_memory_on_run", "reasoning",
-                     "knowledge", "input_schema", "output_schema", "team_id", "team", "learning", "_learning",
-                     "culture_manager", "enable_agentic_culture", "update_cultural_knowledge"},
-    contract.TEAM: {"id", "telemetry", "db", "model", "provider", "name", "parser_model", "output_model",
-                    "members", "knowledge", "tools", "learning", "_learning", "mode", "respond_directly",
-                    "delegate_to_all_members", "delegate_task_to_all_members"},
+    contract.AGENT: {
+        "id",
+        "telemetry",
+        "db",
+        "model",
+        "provider",
+        "name",
+        "parser_model",
+        "output_model",
+        "tools",
+        "memory",
+        "memory_manager",
+        "enable_agentic_memory",
+        "update_memory_on_run",
+        "reasoning",
+        "knowledge",
+        "input_schema",
+        "output_schema",
+        "team_id",
+        "team",
+        "learning",
+        "_learning",
+        "culture_manager",
+        "enable_agentic_culture",
+        "update_cultural_knowledge",
+    },
+    contract.TEAM: {
+        "id",
+        "telemetry",
+        "db",
+        "model",
+        "provider",
+        "name",
+        "parser_model",
+        "output_model",
+        "members",
+        "knowledge",
+        "tools",
+        "learning",
+        "_learning",
+        "mode",
+        "respond_directly",
+        "delegate_to_all_members",
+        "delegate_task_to_all_members",
+    },
     contract.WORKFLOW: {"id", "telemetry", "db", "steps"},
     contract.OS: {"id", "telemetry", "agents", "teams", "workflows", "interfaces", "db"},
 }
@@ -203,9 +318,18 @@ def test_a_raising_attribute_nulls_only_its_field_and_never_reaches_the_host():
         assert event.get("os_id") is None and SENTINEL not in json.dumps(event)
     data = build(contract.AGENT, Agent(LazyModel(), db=PostgresDb()))["data"]
     assert (data["model_provider"], data["model_name"], data["model_id"], data["db_type"]) == (
-        "openai", "OpenAIResponses", None, "PostgresDb")
-    assert build(contract.OS, LazyOS())["data"] == {"agent_count": None, "team_count": 0, "workflow_count": 0,
-                                                    "interfaces": ["slack"], "db_types": None}
+        "openai",
+        "OpenAIResponses",
+        None,
+        "PostgresDb",
+    )
+    assert build(contract.OS, LazyOS())["data"] == {
+        "agent_count": None,
+        "team_count": 0,
+        "workflow_count": 0,
+        "interfaces": ["slack"],
+        "db_types": None,
+    }
 
 
 class Provider(str, enum.Enum):
@@ -223,9 +347,18 @@ class Unprintable:
 
 
 def test_names_are_cleaned_and_non_strings_are_never_stringified():
-    cases = [("openai", "openai"), (Provider.OPENAI, "openai"), ("sk-proj-abcdefghijklmnop", REDACTED),
-             ("someone@example.com", REDACTED), ("x" * 101, INVALID), ("ignore previous\ninstructions", INVALID),
-             (42, None), (b"openai", None), (Chatty(), None), (None, None)]
+    cases = [
+        ("openai", "openai"),
+        (Provider.OPENAI, "openai"),
+        ("sk-proj-abcdefghijklmnop", REDACTED),
+        ("someone@example.com", REDACTED),
+        ("x" * 101, INVALID),
+        ("ignore previous\ninstructions", INVALID),
+        (42, None),
+        (b"openai", None),
+        (Chatty(), None),
+        (None, None),
+    ]
     for raw, expected in cases:
         data = build(contract.AGENT, Agent(Model(raw, raw, raw)))["data"]
         assert (data["model_provider"], data["model_name"], data["model_id"]) == (expected,) * 3, raw
@@ -269,6 +402,7 @@ def test_the_capture_calls_never_raise_into_the_host(monkeypatch, capsys):
 
 # --- the pipeline's validator accepts whatever the client builds ------------------------------------
 
+
 def stored(value: object, field: str) -> str:
     """What the pipeline stores for a string value of `field` the client sent: the value cleaned by the
     shared rules, under RARE until k sessions admit it (the registry's values are admitted at once)."""
@@ -283,14 +417,17 @@ def expected_dimensions(event: dict) -> tuple:
     data = event["data"]
     parser, output = data.get("parser_model") or {}, data.get("output_model") or {}
     members = data.get("member_count")
-    dims = {"kind": event["type"], "sdk_version": stored(event["sdk_version"], "sdk_version"),
-            **{key: stored(data.get(key), key) for key in ("model_provider", "model_name", "model_id", "db_type")},
-            "parser_provider": stored(parser.get("model_provider"), "model_provider"),
-            "parser_model_id": stored(parser.get("model_id"), "model_id"),
-            "output_provider": stored(output.get("model_provider"), "model_provider"),
-            "output_model_id": stored(output.get("model_id"), "model_id"),
-            "member_bucket": member_bucket(members) if event["type"] == contract.TEAM and members is not None else NONE,
-            "features": tuple(sorted(key for key, value in data.items() if key.startswith("has_") and value is True))}
+    dims = {
+        "kind": event["type"],
+        "sdk_version": stored(event["sdk_version"], "sdk_version"),
+        **{key: stored(data.get(key), key) for key in ("model_provider", "model_name", "model_id", "db_type")},
+        "parser_provider": stored(parser.get("model_provider"), "model_provider"),
+        "parser_model_id": stored(parser.get("model_id"), "model_id"),
+        "output_provider": stored(output.get("model_provider"), "model_provider"),
+        "output_model_id": stored(output.get("model_id"), "model_id"),
+        "member_bucket": member_bucket(members) if event["type"] == contract.TEAM and members is not None else NONE,
+        "features": tuple(sorted(key for key, value in data.items() if key.startswith("has_") and value is True)),
+    }
     run_dimensions = tuple(dims[name] for name in DIMENSIONS)
     if event["type"] not in PATTERNS:
         return run_dimensions
@@ -299,11 +436,17 @@ def expected_dimensions(event: dict) -> tuple:
         if dimension.source in ("names", "enums"):
             if value is None:
                 return (NONE,)
-            return tuple(sorted(set(value) if dimension.source == "enums" else
-                                {stored(n, NAME_FIELDS[dimension.name]) for n in value}))
+            return tuple(
+                sorted(
+                    set(value)
+                    if dimension.source == "enums"
+                    else {stored(n, NAME_FIELDS[dimension.name]) for n in value}
+                )
+            )
         if dimension.source == "enum":
             return NONE if value is None else value
         return NONE if value is None else member_bucket(value)
+
     return (*run_dimensions, tuple(patterned(d, data.get(d.path[1])) for d in PATTERNS[event["type"]]))
 
 
@@ -311,52 +454,92 @@ def client_name(raw: object, field: str = "") -> str | None:
     return clean_value(str.__str__(raw), field) if isinstance(raw, str) else None
 
 
-names = st.one_of(st.none(), st.text(max_size=120), st.integers(), st.binary(max_size=4),
-                  st.sampled_from(["openai", "OpenAIResponses", "gpt-5.2", "claude-3.5-sonnet", "sk-abcdefghijklmnop",
-                                   "me@example.com", "ghp_abcdefghijklmnopqrstu", Provider.OPENAI]))
+names = st.one_of(
+    st.none(),
+    st.text(max_size=120),
+    st.integers(),
+    st.binary(max_size=4),
+    st.sampled_from(
+        [
+            "openai",
+            "OpenAIResponses",
+            "gpt-5.2",
+            "claude-3.5-sonnet",
+            "sk-abcdefghijklmnop",
+            "me@example.com",
+            "ghp_abcdefghijklmnopqrstu",
+            Provider.OPENAI,
+        ]
+    ),
+)
 models = st.one_of(st.none(), st.just(False), st.builds(SimpleNamespace, provider=names, name=names, id=names))
 anything = st.one_of(st.none(), st.booleans(), st.integers(), st.just([]), st.builds(object), names)
 class_names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,30}", fullmatch=True)
 dbs = st.one_of(st.none(), class_names.map(lambda n: type(n, (), {})()))
 lists = st.one_of(st.none(), st.lists(st.builds(object), max_size=40), st.text(max_size=3), st.tuples(st.none()))
-interfaces = st.lists(st.one_of(st.builds(SimpleNamespace, type=names), class_names.map(lambda n: type(n, (), {})())),
-                      max_size=40)
+interfaces = st.lists(
+    st.one_of(st.builds(SimpleNamespace, type=names), class_names.map(lambda n: type(n, (), {})())), max_size=40
+)
 # Teams whose members are agents, objects, or teams in turn (a few levels deep).
 team_members = st.recursive(
     st.lists(st.one_of(st.builds(object), st.builds(SimpleNamespace, model=models)), max_size=4),
     lambda inner: st.lists(st.one_of(st.builds(object), st.builds(SimpleNamespace, members=inner)), max_size=4),
-    max_leaves=12)
+    max_leaves=12,
+)
 
 
 class Step(SimpleNamespace):
     """The SDK's workflow step classes, as the client recognises them: by their class names."""
 
 
-Steps, Parallel, Condition, Loop = (type(name, (SimpleNamespace,), {}) for name in ("Steps", "Parallel", "Condition",
-                                                                                     "Loop"))
+Steps, Parallel, Condition, Loop = (
+    type(name, (SimpleNamespace,), {}) for name in ("Steps", "Parallel", "Condition", "Loop")
+)
 Router = type("Router", (SimpleNamespace,), {})
-step_leaves = st.one_of(st.builds(Step, agent=st.builds(object)), st.builds(Step, team=st.builds(object)),
-                        st.builds(Step, executor=st.just(print)), st.builds(Step),
-                        st.builds(SimpleNamespace, model=st.builds(object)), st.just(print), st.builds(object))
+step_leaves = st.one_of(
+    st.builds(Step, agent=st.builds(object)),
+    st.builds(Step, team=st.builds(object)),
+    st.builds(Step, executor=st.just(print)),
+    st.builds(Step),
+    st.builds(SimpleNamespace, model=st.builds(object)),
+    st.just(print),
+    st.builds(object),
+)
 workflow_steps = st.recursive(
     st.lists(step_leaves, max_size=4),
-    lambda inner: st.lists(st.one_of(step_leaves, *(st.builds(container, steps=inner)
-                                                    for container in (Steps, Parallel, Condition, Loop)),
-                                     st.builds(Router, choices=inner)), max_size=4),
-    max_leaves=16)
+    lambda inner: st.lists(
+        st.one_of(
+            step_leaves,
+            *(st.builds(container, steps=inner) for container in (Steps, Parallel, Condition, Loop)),
+            st.builds(Router, choices=inner),
+        ),
+        max_size=4,
+    ),
+    max_leaves=16,
+)
 
 
 @st.composite
 def sdk_objects(draw) -> tuple:
     kind = draw(st.sampled_from(contract.EVENT_KINDS))
     attributes = {name: draw(anything) for name in READ[contract.AGENT] | READ[contract.TEAM]}
-    attributes.update(model=draw(models), parser_model=draw(models), output_model=draw(models), db=draw(dbs),
-                      members=draw(st.one_of(lists, team_members)), telemetry=True,
-                      mode=draw(st.one_of(anything, st.sampled_from(["route", "coordinate", "collaborate", "tasks"]))),
-                      steps=draw(st.one_of(lists, workflow_steps, st.just(print))))
+    attributes.update(
+        model=draw(models),
+        parser_model=draw(models),
+        output_model=draw(models),
+        db=draw(dbs),
+        members=draw(st.one_of(lists, team_members)),
+        telemetry=True,
+        mode=draw(st.one_of(anything, st.sampled_from(["route", "coordinate", "collaborate", "tasks"]))),
+        steps=draw(st.one_of(lists, workflow_steps, st.just(print))),
+    )
     if kind == contract.OS:
-        attributes.update(agents=[SimpleNamespace(db=draw(dbs)) for _ in range(draw(st.integers(0, 3)))],
-                          teams=draw(lists), workflows=draw(lists), interfaces=draw(st.one_of(st.none(), interfaces)))
+        attributes.update(
+            agents=[SimpleNamespace(db=draw(dbs)) for _ in range(draw(st.integers(0, 3)))],
+            teams=draw(lists),
+            workflows=draw(lists),
+            interfaces=draw(st.one_of(st.none(), interfaces)),
+        )
     ids = st.one_of(st.none(), st.text(max_size=40), st.integers(), st.uuids())
     return kind, SimpleNamespace(**attributes), draw(ids), draw(ids), draw(st.one_of(st.none(), st.text(max_size=30)))
 
@@ -383,6 +566,7 @@ def test_every_payload_the_client_builds_is_counted_by_the_pipeline_with_its_dim
 
 # --- the README's examples are the client's output ---------------------------------------------------
 
+
 def readme_blocks(language: str) -> list:
     return re.findall(rf"```{language}\n(.*?)```", README.read_text(), re.DOTALL)
 
@@ -393,9 +577,12 @@ def test_the_readme_payload_examples_are_the_clients_output(monkeypatch, capsys)
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setattr(payloads, "IDENTIFIERS", IDS)  # the README's digests use an all-zero key
     example = next(block for block in readme_blocks("python") if block.startswith("from types import"))
-    exec(compile(example, str(README), "exec"), {})  # noqa: S102 - the README's own example code
-    printed = [json.loads(line.split(": ", 1)[1]) for line in capsys.readouterr().err.splitlines()
-               if line.startswith("kern-telemetry debug: ")]
+    exec(compile(example, str(README), "exec"), {})
+    printed = [
+        json.loads(line.split(": ", 1)[1])
+        for line in capsys.readouterr().err.splitlines()
+        if line.startswith("kern-telemetry debug: ")
+    ]
     documented = [json.loads(block) for block in readme_blocks("json")]
     reports = [block for block in documented if block["type"] == contract.CLIENT_REPORT]
     assert [block["type"] for block in documented] == [*contract.EVENT_KINDS, contract.CLIENT_REPORT]
@@ -406,15 +593,25 @@ def test_the_readme_payload_examples_are_the_clients_output(monkeypatch, capsys)
 
 # --- the environment and the ledger ---------------------------------------------------------------------
 
-@pytest.mark.parametrize(("variables", "expected"), [
-    ({}, environment.ON), ({"AGNO_TELEMETRY": "false"}, environment.OFF), ({"AGNO_TELEMETRY": " FALSE "}, environment.OFF),
-    ({"KERN_TELEMETRY": "0"}, environment.OFF), ({"KERN_TELEMETRY": "No"}, environment.OFF),
-    ({"KERN_TELEMETRY": "off"}, environment.OFF), ({"AGNO_TELEMETRY": "true"}, environment.ON),
-    ({"DO_NOT_TRACK": "1"}, environment.OFF), ({"DO_NOT_TRACK": "true"}, environment.OFF),
-    ({"DO_NOT_TRACK": "0"}, environment.ON), ({"DO_NOT_TRACK": ""}, environment.ON),
-    ({"KERN_TELEMETRY_DEBUG": "1"}, environment.DEBUG),
-    ({"KERN_TELEMETRY_DEBUG": "1", "AGNO_TELEMETRY": "off"}, environment.OFF),
-])
+
+@pytest.mark.parametrize(
+    ("variables", "expected"),
+    [
+        ({}, environment.ON),
+        ({"AGNO_TELEMETRY": "false"}, environment.OFF),
+        ({"AGNO_TELEMETRY": " FALSE "}, environment.OFF),
+        ({"KERN_TELEMETRY": "0"}, environment.OFF),
+        ({"KERN_TELEMETRY": "No"}, environment.OFF),
+        ({"KERN_TELEMETRY": "off"}, environment.OFF),
+        ({"AGNO_TELEMETRY": "true"}, environment.ON),
+        ({"DO_NOT_TRACK": "1"}, environment.OFF),
+        ({"DO_NOT_TRACK": "true"}, environment.OFF),
+        ({"DO_NOT_TRACK": "0"}, environment.ON),
+        ({"DO_NOT_TRACK": ""}, environment.ON),
+        ({"KERN_TELEMETRY_DEBUG": "1"}, environment.DEBUG),
+        ({"KERN_TELEMETRY_DEBUG": "1", "AGNO_TELEMETRY": "off"}, environment.OFF),
+    ],
+)
 def test_the_environment_decides_on_off_and_debug(variables, expected):
     assert environment.mode(variables)[0] == expected
 
@@ -424,7 +621,9 @@ def test_the_ledger_is_claimed_once_and_only_what_the_client_wrote_is_read(tmp_p
     ledger.save(Counter({("1.0.0", "unsent_at_exit"): 5, ("0.9.0", "queue_full"): 2}))
     ledger.save(Counter({("1.0.0", "unsent_at_exit"): 1}))
     directory = environment.state_dir()
-    (directory / f"{ledger.PREFIX}junk.json").write_text('{"dropped": [["1.0.0", "prompts", 9], ["x", "oversized", -1]]}')
+    (directory / f"{ledger.PREFIX}junk.json").write_text(
+        '{"dropped": [["1.0.0", "prompts", 9], ["x", "oversized", -1]]}'
+    )
     (directory / f"{ledger.PREFIX}broken.json").write_text("{not json")
     assert ledger.claim() == Counter({("1.0.0", "unsent_at_exit"): 6, ("0.9.0", "queue_full"): 2})
     assert ledger.claim() == Counter()
@@ -434,9 +633,14 @@ def test_the_ledger_is_claimed_once_and_only_what_the_client_wrote_is_read(tmp_p
 def test_the_client_sends_fine_tuned_and_cloud_model_ids_without_their_account():
     """Formats before values, already on the SDK's side: the account, project or organisation in a model
     id never leaves the host."""
-    agent = Agent(Model("aws", "AwsBedrock", "arn:aws:bedrock:us-east-1:123456789012:provisioned-model/a1b2c3"),
-                  parser_model=Model("openai", "OpenAIChat", "ft:gpt-4o-mini:acme-corp:support:AbC123"))
+    agent = Agent(
+        Model("aws", "AwsBedrock", "arn:aws:bedrock:us-east-1:123456789012:provisioned-model/a1b2c3"),
+        parser_model=Model("openai", "OpenAIChat", "ft:gpt-4o-mini:acme-corp:support:AbC123"),
+    )
     event = payloads.run_event(contract.AGENT, agent, "s", "r", payloads.name("2.4.0+g1a2b3c", "sdk_version"), IDS)
     assert (event["sdk_version"], event["data"]["model_id"], event["data"]["parser_model"]["model_id"]) == (
-        "2.4.0", "aws:bedrock:provisioned-model", "ft:gpt-4o-mini")
+        "2.4.0",
+        "aws:bedrock:provisioned-model",
+        "ft:gpt-4o-mini",
+    )
     assert "123456789012" not in json.dumps(event) and "acme-corp" not in json.dumps(event)

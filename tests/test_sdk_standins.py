@@ -61,11 +61,23 @@ class MemoryManager:
 
 
 class Agent:
-    def __init__(self, model: Model | None, db: object = None, tools: list | None = None,
-                 memory_manager: object = None, reasoning: bool = False, knowledge: object = None,
-                 input_schema: object = None, output_schema: object = None, team_id: str | None = None,
-                 parser_model: Model | None = None, output_model: Model | None = None,
-                 learning: object = None, culture_manager: object = None, telemetry: bool = True):
+    def __init__(
+        self,
+        model: Model | None,
+        db: object = None,
+        tools: list | None = None,
+        memory_manager: object = None,
+        reasoning: bool = False,
+        knowledge: object = None,
+        input_schema: object = None,
+        output_schema: object = None,
+        team_id: str | None = None,
+        parser_model: Model | None = None,
+        output_model: Model | None = None,
+        learning: object = None,
+        culture_manager: object = None,
+        telemetry: bool = True,
+    ):
         self.id = sentinel("agent-id")
         self.name = sentinel("agent-name")
         self.model, self.db, self.tools = model, db, tools
@@ -85,8 +97,16 @@ class Agent:
 
 
 class Team:
-    def __init__(self, model: Model | None, members: list, db: object = None, tools: list | None = None,
-                 knowledge: object = None, learning: object = None, telemetry: bool = True):
+    def __init__(
+        self,
+        model: Model | None,
+        members: list,
+        db: object = None,
+        tools: list | None = None,
+        knowledge: object = None,
+        learning: object = None,
+        telemetry: bool = True,
+    ):
         self.id = sentinel("team-id")
         self.name = sentinel("team-name")
         self.model, self.members, self.db, self.tools = model, members, db, tools
@@ -120,8 +140,9 @@ class Whatsapp:
 
 
 class AgentOS:
-    def __init__(self, agents: list, teams: list, workflows: list, interfaces: list, db: object = None,
-                 telemetry: bool = True):
+    def __init__(
+        self, agents: list, teams: list, workflows: list, interfaces: list, db: object = None, telemetry: bool = True
+    ):
         self.id = sentinel("os-id")
         self.name = sentinel("os-name")
         self.description = sentinel("os-description")
@@ -146,8 +167,11 @@ def client_env(tmp: Path, notice_shown: bool = True, **variables: str) -> dict:
     """The environment of a host process: no telemetry variable but `variables`, its own config and state
     directories (the notice already shown unless `notice_shown` is False), these stand-ins importable."""
     env = {k: v for k, v in os.environ.items() if k not in TELEMETRY_VARIABLES}
-    env.update(XDG_CONFIG_HOME=str(tmp / "config"), XDG_STATE_HOME=str(tmp / "state"),
-               PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")]))
+    env.update(
+        XDG_CONFIG_HOME=str(tmp / "config"),
+        XDG_STATE_HOME=str(tmp / "state"),
+        PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")]),
+    )
     if notice_shown:
         (tmp / "config" / "kern").mkdir(parents=True, exist_ok=True)
         (tmp / "config" / "kern" / "telemetry-notice-shown").touch()
@@ -164,8 +188,9 @@ class Ran(NamedTuple):
 
 def run_python(code: str, env: dict, timeout: float = 60.0, flags: tuple = ()) -> Ran:
     """`code` in a fresh interpreter, with interpreter `flags` (`-W error`, `-X dev`, ...)."""
-    done = subprocess.run([sys.executable, *flags, "-c", code], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, *flags, "-c", code], env=env, capture_output=True, text=True, timeout=timeout
+    )
     return Ran(done.stdout, done.stderr, done.returncode, time.monotonic())
 
 
@@ -215,8 +240,10 @@ print(json.dumps({"flushed": flushed, "own": own, **dataclasses.asdict(telemetry
 """
 
 #: What each interpreter flag makes of the host's own warning: (WARNED_HOST's "own", its stderr)
-WARNING_FLAGS = {("-W", "error"): ("raised", ""),
-                 ("-X", "dev"): ("not raised", "<string>:15: DeprecationWarning: the host's own\n")}
+WARNING_FLAGS = {
+    ("-W", "error"): ("raised", ""),
+    ("-X", "dev"): ("not raised", "<string>:15: DeprecationWarning: the host's own\n"),
+}
 
 
 def warned_host(env: dict, flags: tuple, kind: str, address: str, topic: str, count: int, wait: float) -> tuple:

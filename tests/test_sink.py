@@ -6,10 +6,11 @@ flush range is read with sequential consistency, so a lagging replica can never 
 from __future__ import annotations
 
 import time
+from typing import ClassVar
 
 from conftest import Record
 
-from agents.checkpoint import token, write
+from agents.checkpoint import write
 from pipeline.admission import Keys
 from pipeline.projector import EventProjector
 from pipeline.rollup import PartitionRollup
@@ -18,7 +19,7 @@ from tables.ddl import SchemaOptions
 
 
 class _Result:
-    result_rows: list = []
+    result_rows: ClassVar[list] = []
 
 
 class RecordingClient:
@@ -40,8 +41,10 @@ def flushed(cluster: str | None) -> RecordingClient:
     sink = ClickHouseSink(client, SchemaOptions(cluster=cluster))
     rollup = PartitionRollup("events", 3, 10)
     now_ms = int(time.time() * 1000)
-    rollup.add([Record(10, now_ms, b'{"type":"agent","session_id":"s"}'), Record(11, now_ms, b"not json")],
-               EventProjector(60, 3600, 300, 65536))
+    rollup.add(
+        [Record(10, now_ms, b'{"type":"agent","session_id":"s"}'), Record(11, now_ms, b"not json")],
+        EventProjector(60, 3600, 300, 65536),
+    )
     sink.last_flush("events", 3)
     write(sink, rollup, Keys(b"secret"), 12)
     return client
@@ -50,8 +53,13 @@ def flushed(cluster: str | None) -> RecordingClient:
 def test_on_a_cluster_intents_and_landings_need_a_quorum_and_are_read_with_sequential_consistency():
     read, intent, runs, runs_landed, quality, quality_landed, sessions = flushed("telemetry").calls
     assert read == ("query", "`kern_telemetry`.`ingest_flushes`", {"select_sequential_consistency": 1})
-    quorum = {"insert_deduplicate": 1, "deduplicate_blocks_in_dependent_materialized_views": 1,
-              "distributed_foreground_insert": 1, "insert_quorum": "auto", "insert_quorum_parallel": 0}
+    quorum = {
+        "insert_deduplicate": 1,
+        "deduplicate_blocks_in_dependent_materialized_views": 1,
+        "distributed_foreground_insert": 1,
+        "insert_quorum": "auto",
+        "insert_quorum_parallel": 0,
+    }
     assert intent[1] == "`kern_telemetry`.`ingest_flushes`"
     assert intent[2] == {**quorum, "insert_deduplication_token": "events/3/10-12/ingest_flushes"}
     for call, table in ((runs, "runs_minute"), (quality, "quality_minute"), (sessions, "session_sightings")):
@@ -67,5 +75,8 @@ def test_on_one_node_the_same_writes_carry_only_their_deduplication_tokens():
     read, *writes = flushed(None).calls
     assert read[2] == {} and len(writes) == 6
     for call in writes:
-        assert set(call[2]) == {"insert_deduplicate", "deduplicate_blocks_in_dependent_materialized_views",
-                                "insert_deduplication_token"}
+        assert set(call[2]) == {
+            "insert_deduplicate",
+            "deduplicate_blocks_in_dependent_materialized_views",
+            "insert_deduplication_token",
+        }

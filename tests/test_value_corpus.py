@@ -11,31 +11,88 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from test_value_rules_linear import key_strings
-
 from kern_telemetry_client import contract, payloads
 from kern_telemetry_client.values import clean_value
+from test_value_rules_linear import key_strings
+
 from pipeline.admission import Admission
 from pipeline.dimensions import NAMES
 from pipeline.projector import EventProjector, Tally
 
 PUBLIC = [
-    "gpt-4.1", "gpt-4o-mini", "gpt-5.2", "gpt-4o-2024-08-06", "o3-mini", "o1-preview", "chatgpt-4o-latest",
-    "text-embedding-3-small", "text-embedding-ada-002", "whisper-1", "dall-e-3", "claude-3.5-sonnet",
-    "claude-3-5-sonnet-20241022", "claude-sonnet-4-5", "claude-opus-4-1-20250805", "claude-3-7-sonnet-latest",
-    "claude-3-5-sonnet-v2@20241022", "anthropic.claude-3-5-sonnet-20240620-v1:0",
-    "us.anthropic.claude-3-5-sonnet-20241022-v2:0", "global.anthropic.claude-sonnet-4-5-20250929-v1:0",
-    "gemini-2.5-pro", "gemini-1.5-flash-002", "gemini-2.0-flash-exp", "gemini-2.5-flash-lite", "gemma3:27b",
-    "gemma-2-9b-it", "llama3.1:8b", "llama3.2", "llama-3.3-70b-versatile", "meta-llama/Llama-3.1-8B-Instruct",
-    "meta.llama3-1-70b-instruct-v1:0", "mistral-large-2411", "mistral-small-latest", "codestral-2501",
-    "mixtral-8x7b-32768", "mistralai/Mistral-7B-Instruct-v0.3", "mistral.mistral-large-2407-v1:0", "qwen2.5:7b",
-    "qwen3-coder:480b-a35b-instruct", "Qwen/Qwen2.5-72B-Instruct", "deepseek-r1:14b", "deepseek-chat",
-    "deepseek-ai/DeepSeek-R1", "openai/gpt-oss-120b", "gpt-oss:20b", "amazon.nova-pro-v1:0",
-    "amazon.titan-embed-text-v2:0", "cohere.command-r-plus-v1:0", "ai21.jamba-1-5-large-v1:0",
-    "command-r-plus-08-2024", "grok-4", "grok-3-mini", "x-ai/grok-4", "kimi-k2-instruct", "glm-4.5-air",
-    "sonar-pro", "phi-3.5-mini", "phi4-mini:3.8b", "microsoft/Phi-3.5-mini-instruct", "granite3.3:8b",
-    "nemotron-mini", "nomic-embed-text:v1.5", "mxbai-embed-large", "all-MiniLM-L6-v2", "tiny.en",
-    "openai", "azure_openai", "aws", "OpenAIResponses", "AzureOpenAI", "AwsBedrock", "PostgresDb", "slack",
+    "gpt-4.1",
+    "gpt-4o-mini",
+    "gpt-5.2",
+    "gpt-4o-2024-08-06",
+    "o3-mini",
+    "o1-preview",
+    "chatgpt-4o-latest",
+    "text-embedding-3-small",
+    "text-embedding-ada-002",
+    "whisper-1",
+    "dall-e-3",
+    "claude-3.5-sonnet",
+    "claude-3-5-sonnet-20241022",
+    "claude-sonnet-4-5",
+    "claude-opus-4-1-20250805",
+    "claude-3-7-sonnet-latest",
+    "claude-3-5-sonnet-v2@20241022",
+    "anthropic.claude-3-5-sonnet-20240620-v1:0",
+    "us.anthropic.claude-3-5-sonnet-20241022-v2:0",
+    "global.anthropic.claude-sonnet-4-5-20250929-v1:0",
+    "gemini-2.5-pro",
+    "gemini-1.5-flash-002",
+    "gemini-2.0-flash-exp",
+    "gemini-2.5-flash-lite",
+    "gemma3:27b",
+    "gemma-2-9b-it",
+    "llama3.1:8b",
+    "llama3.2",
+    "llama-3.3-70b-versatile",
+    "meta-llama/Llama-3.1-8B-Instruct",
+    "meta.llama3-1-70b-instruct-v1:0",
+    "mistral-large-2411",
+    "mistral-small-latest",
+    "codestral-2501",
+    "mixtral-8x7b-32768",
+    "mistralai/Mistral-7B-Instruct-v0.3",
+    "mistral.mistral-large-2407-v1:0",
+    "qwen2.5:7b",
+    "qwen3-coder:480b-a35b-instruct",
+    "Qwen/Qwen2.5-72B-Instruct",
+    "deepseek-r1:14b",
+    "deepseek-chat",
+    "deepseek-ai/DeepSeek-R1",
+    "openai/gpt-oss-120b",
+    "gpt-oss:20b",
+    "amazon.nova-pro-v1:0",
+    "amazon.titan-embed-text-v2:0",
+    "cohere.command-r-plus-v1:0",
+    "ai21.jamba-1-5-large-v1:0",
+    "command-r-plus-08-2024",
+    "grok-4",
+    "grok-3-mini",
+    "x-ai/grok-4",
+    "kimi-k2-instruct",
+    "glm-4.5-air",
+    "sonar-pro",
+    "phi-3.5-mini",
+    "phi4-mini:3.8b",
+    "microsoft/Phi-3.5-mini-instruct",
+    "granite3.3:8b",
+    "nemotron-mini",
+    "nomic-embed-text:v1.5",
+    "mxbai-embed-large",
+    "all-MiniLM-L6-v2",
+    "tiny.en",
+    "openai",
+    "azure_openai",
+    "aws",
+    "OpenAIResponses",
+    "AzureOpenAI",
+    "AwsBedrock",
+    "PostgresDb",
+    "slack",
 ]
 
 #: Private shapes, each with the part of it that must never be stored (its organisation, user, address...).
@@ -103,10 +160,12 @@ def client_events(value: str) -> list[dict]:
     model = SimpleNamespace(provider=value, name=value, id=value)
     db = type(value, (), {})()  # a database class named `value`
     agent = SimpleNamespace(model=model, parser_model=model, output_model=model, db=db)
-    return [payloads.run_event(contract.AGENT, agent, "s", "r", "1.0.0", ids),
-            payloads.run_event(contract.TEAM, agent, "s", "r", "1.0.0", ids),
-            payloads.run_event(contract.WORKFLOW, agent, "s", "r", "1.0.0", ids),
-            payloads.launch_event(SimpleNamespace(interfaces=[SimpleNamespace(type=value), db], db=db), "1.0.0", ids)]
+    return [
+        payloads.run_event(contract.AGENT, agent, "s", "r", "1.0.0", ids),
+        payloads.run_event(contract.TEAM, agent, "s", "r", "1.0.0", ids),
+        payloads.run_event(contract.WORKFLOW, agent, "s", "r", "1.0.0", ids),
+        payloads.launch_event(SimpleNamespace(interfaces=[SimpleNamespace(type=value), db], db=db), "1.0.0", ids),
+    ]
 
 
 def client_values(value: str) -> list[str]:
@@ -123,17 +182,28 @@ def worker_events(value: str) -> list[dict]:
     never stored), and a client report with `value` as a reason. (An SDK version is no free text: a version
     or `(invalid)`, and `10.0.0.7` is a version; `tests/test_formats.py`.)"""
     filled = {"string": value, "model": dict.fromkeys(contract.MODEL_REF_KEYS, value), "strings": [value]}
-    events = [{"type": kind, "session_id": "s", "sdk_version": "1.0.0",
-               "data": {field.name: filled[field.type] for field in contract.data_fields(kind)
-                        if field.type in filled and not field.identifier}} for kind in contract.EVENT_KINDS]
+    events = [
+        {
+            "type": kind,
+            "session_id": "s",
+            "sdk_version": "1.0.0",
+            "data": {
+                field.name: filled[field.type]
+                for field in contract.data_fields(kind)
+                if field.type in filled and not field.identifier
+            },
+        }
+        for kind in contract.EVENT_KINDS
+    ]
     return [*events, {"type": contract.CLIENT_REPORT, "sdk_version": "1.0.0", "data": {"dropped": {value: 1}}}]
 
 
 def worker_dims(value: str, admission: Admission) -> tuple[list[tuple], Tally]:
     """What the worker counts the events of `value` under, and the tally with its candidates."""
     worker, tally = EventProjector(60, 3600, 300, 65536, admission), Tally()
-    return [worker.project(json.dumps(event).encode(), int(time.time() * 1000), tally)[1]
-            for event in worker_events(value)], tally
+    return [
+        worker.project(json.dumps(event).encode(), int(time.time() * 1000), tally)[1] for event in worker_events(value)
+    ], tally
 
 
 #: What the worker stores besides the values of the free-text fields: kinds, `none`, `(rare)`, the version.
@@ -147,9 +217,10 @@ def test_public_model_ids_and_names_survive_every_field_byte_for_byte(public):
     assert launch["data"]["interfaces"] == launch["data"]["db_types"] == [public]
     assert set(client_values(public)) == {public}  # the models' keys, the team's and the workflow's too
     dims, _ = worker_dims(public, Everything())
-    stored = dict(zip(NAMES, dims[0]))  # the agent run
-    assert [stored[name] for name in NAMES if name not in ("kind", "sdk_version", "member_bucket", "features")
-            ] == [public] * 8
+    stored = dict(zip(NAMES, dims[0], strict=True))  # the agent run
+    assert [stored[name] for name in NAMES if name not in ("kind", "sdk_version", "member_bucket", "features")] == [
+        public
+    ] * 8
     assert dims[3][-1][3:] == ((public,), (public,)) and dims[4][2] == ((public, 1),)  # a launch, a report
     assert set(key_strings(dims)) <= {public} | STRUCTURAL
 

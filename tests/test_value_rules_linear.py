@@ -18,11 +18,11 @@ from types import SimpleNamespace
 
 import msgspec
 import pytest
-
-from bench.value_rules import RULES, best_time, shaped, slowest_shapes
 from kern_telemetry_client import contract, formats, payloads, values
 from kern_telemetry_client.formats import free_text, normalize, sdk_version
 from kern_telemetry_client.values import INVALID, MAX_RAW_LENGTH, clean_flag_name, clean_value
+
+from bench.value_rules import RULES, best_time, shaped, slowest_shapes
 from pipeline import known_values, projector
 from pipeline.admission import Admission
 from pipeline.dimensions import DIMENSIONS
@@ -49,12 +49,21 @@ ALL_RULES = {
 #: How each compiled pattern of the value rules is applied to client text. Every pattern of these modules
 #: is listed (see the test below), so a new one is timed too.
 APPLIED = {
-    formats._PEP440: "fullmatch", formats._SEMVER: "fullmatch", formats._ARN_RESOURCE_TYPE: "match",
-    formats._SYSTEM_PROFILE: "fullmatch", formats._NUMBER_RUNS: "findall", formats._IPV6_RUNS: "findall",
-    formats._HOST_RUNS: "findall", formats._UUID: "search",
-    values._VALUE_CHARS: "fullmatch", values._FLAG_NAME: "fullmatch", values._SECRET_PATTERNS: "search",
-    values._PROVIDER_TOKENS: "search", values._TOKEN_SEPARATORS: "split",
-    known_values.MODEL_FAMILIES: "fullmatch", known_values.SDK_VERSIONS: "fullmatch",
+    formats._PEP440: "fullmatch",
+    formats._SEMVER: "fullmatch",
+    formats._ARN_RESOURCE_TYPE: "match",
+    formats._SYSTEM_PROFILE: "fullmatch",
+    formats._NUMBER_RUNS: "findall",
+    formats._IPV6_RUNS: "findall",
+    formats._HOST_RUNS: "findall",
+    formats._UUID: "search",
+    values._VALUE_CHARS: "fullmatch",
+    values._FLAG_NAME: "fullmatch",
+    values._SECRET_PATTERNS: "search",
+    values._PROVIDER_TOKENS: "search",
+    values._TOKEN_SEPARATORS: "split",
+    known_values.MODEL_FAMILIES: "fullmatch",
+    known_values.SDK_VERSIONS: "fullmatch",
     projector._MSGSPEC_PATH: "search",  # msgspec's messages, which name paths and types, never values
 }
 
@@ -69,8 +78,12 @@ def test_every_rule_takes_at_most_the_budget_on_its_worst_shape_at_the_cap(name)
 
 
 def test_every_pattern_of_the_value_rules_is_timed():
-    compiled = {obj for module in (formats, values, known_values, projector) for obj in vars(module).values()
-                if isinstance(obj, re.Pattern)}
+    compiled = {
+        obj
+        for module in (formats, values, known_values, projector)
+        for obj in vars(module).values()
+        if isinstance(obj, re.Pattern)
+    }
     assert compiled == set(APPLIED)
 
 
@@ -78,17 +91,26 @@ def test_every_pattern_of_the_value_rules_is_timed():
 def test_every_pattern_is_linear_far_past_the_cap(pattern):
     apply = getattr(pattern, APPLIED[pattern])
     length = GROWTH * MAX_RAW_LENGTH
-    worst = max((best_time(lambda: apply, shaped(length, *shape)), shape)
-                for shape in slowest_shapes(apply, MAX_RAW_LENGTH, 20))
-    print(f"\n{pattern.pattern[:40]!r}.{APPLIED[pattern]}: {worst[0] * 1e6:.0f} µs at {length} characters, {worst[1]!r}")
+    worst = max(
+        (best_time(lambda: apply, shaped(length, *shape)), shape) for shape in slowest_shapes(apply, MAX_RAW_LENGTH, 20)
+    )
+    print(
+        f"\n{pattern.pattern[:40]!r}.{APPLIED[pattern]}: {worst[0] * 1e6:.0f} µs at {length} characters, {worst[1]!r}"
+    )
     assert worst[0] <= BUDGET, worst
 
 
-OVER_CAP = [shaped(MEGABYTE, "arn:aws:b:r:1:", "a", "\n"), shaped(MEGABYTE, "llama", "-", "\n"),
-            shaped(MEGABYTE, "ft:gpt-4o-mini:", "a", ""), "has_" + "a" * MEGABYTE]
+OVER_CAP = [
+    shaped(MEGABYTE, "arn:aws:b:r:1:", "a", "\n"),
+    shaped(MEGABYTE, "llama", "-", "\n"),
+    shaped(MEGABYTE, "ft:gpt-4o-mini:", "a", ""),
+    "has_" + "a" * MEGABYTE,
+]
 CAPPED = {
-    **{f"clean_value ({field})": (lambda field: lambda: lambda value: clean_value(value, field))(field)
-       for field in ("model_id", "model_provider", "sdk_version", "interface", "reason", "")},
+    **{
+        f"clean_value ({field})": (lambda field: lambda: lambda value: clean_value(value, field))(field)
+        for field in ("model_id", "model_provider", "sdk_version", "interface", "reason", "")
+    },
     "clean_flag_name": lambda: clean_flag_name,
     "formats.free_text": lambda: free_text,
     "formats.sdk_version": lambda: sdk_version,
@@ -128,12 +150,13 @@ def test_the_clients_caches_never_keep_a_string_over_the_cap(monkeypatch):
     ids = payloads.Identifiers(bytes(32))
     for value in OVER_CAP:
         model = SimpleNamespace(provider=value, name=value, id=value)
-        db = type(value[:MEGABYTE // 2], (), {})()
+        db = type(value[: MEGABYTE // 2], (), {})()
         agent = SimpleNamespace(model=model, parser_model=model, output_model=model, db=db)
         event = payloads.run_event(contract.AGENT, agent, value, value, payloads.name(value, "sdk_version"), ids)
         assert {event["data"][key] for key in ("model_provider", "model_name", "model_id", "db_type")} == {INVALID}
-        launch = payloads.launch_event(SimpleNamespace(id=value, interfaces=[SimpleNamespace(type=value)], db=db),
-                                       None, ids)
+        launch = payloads.launch_event(
+            SimpleNamespace(id=value, interfaces=[SimpleNamespace(type=value)], db=db), None, ids
+        )
         assert launch["data"]["interfaces"] == launch["data"]["db_types"] == [INVALID]
     for i in range(payloads._CACHE_LIMIT + 100):
         name = f"{i:08d}-" + "n" * (MAX_RAW_LENGTH - 9)
@@ -153,8 +176,12 @@ def test_the_workers_caches_never_keep_a_string_over_the_cap():
     for value in OVER_CAP:
         model = {"model_provider": value, "model_name": value, "model_id": value}
         events = [
-            {"type": "agent", "session_id": "s", "sdk_version": value, "data": {
-                **model, "db_type": value, "parser_model": model, "output_model": model, f"has_{value}": True}},
+            {
+                "type": "agent",
+                "session_id": "s",
+                "sdk_version": value,
+                "data": {**model, "db_type": value, "parser_model": model, "output_model": model, f"has_{value}": True},
+            },
             {"type": "team", "session_id": "s", "sdk_version": "1.0.0", "data": {"parser_model": model}},
             {"type": "os", "data": {"interfaces": [value, "slack"], "db_types": [value]}},
             {"type": "client_report", "sdk_version": value, "data": {"dropped": {value: 1}}},
@@ -164,9 +191,26 @@ def test_the_workers_caches_never_keep_a_string_over_the_cap():
                 _, dims = worker.project(json.dumps(event).encode(), now_ms, tally)
                 assert value not in key_strings(dims)
         _, dims = worker.project(json.dumps(events[0]).encode(), now_ms, tally)
-        stored = dict(zip([d.name for d in DIMENSIONS], dims))
-        assert {stored[name] for name in ("sdk_version", "model_provider", "model_name", "model_id", "db_type",
-                                          "parser_provider", "parser_model_id")} == {INVALID}
-    caches = (worker._projections, worker._admitted, worker._patterns, worker._flags, tally.tracked,
-              tally.candidates, dict(tally.sessions))
+        stored = dict(zip([d.name for d in DIMENSIONS], dims, strict=True))
+        assert {
+            stored[name]
+            for name in (
+                "sdk_version",
+                "model_provider",
+                "model_name",
+                "model_id",
+                "db_type",
+                "parser_provider",
+                "parser_model_id",
+            )
+        } == {INVALID}
+    caches = (
+        worker._projections,
+        worker._admitted,
+        worker._patterns,
+        worker._flags,
+        tally.tracked,
+        tally.candidates,
+        dict(tally.sessions),
+    )
     assert max(map(len, key_strings(caches))) <= MAX_RAW_LENGTH

@@ -9,6 +9,7 @@ thread, socket, import of kafka-python, queued event, file, output or log record
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ import sys
 import threading
 import weakref
 from time import monotonic
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from . import contract, environment, notice, payloads
 from .transport import BeforeSend, Event, Sink, Stats, Transport
@@ -32,17 +33,15 @@ def _off(event: Event) -> None:
 
 def _debug_print(event: Event) -> None:
     """KERN_TELEMETRY_DEBUG: show the payload that would be sent; send nothing."""
-    try:
+    with contextlib.suppress(Exception):  # a broken stderr is the host's business
         sys.stderr.write(f"kern-telemetry debug: {json.dumps(event, separators=(',', ':'))}\n")
-    except Exception:  # noqa: BLE001 - a broken stderr is the host's business
-        pass
 
 
 def _opted_out(obj: Any) -> bool:
     """`telemetry=False` on the object. An object whose `telemetry` attribute raises is left alone."""
     try:
         return getattr(obj, "telemetry", True) is False
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - a property that raises anything: this object is not reported
         return True
 
 
@@ -58,9 +57,17 @@ class Telemetry:
     `enabled=False`: this instance does nothing at all (for tests; `disable()` for the whole process).
     """
 
-    def __init__(self, sdk_version: str, sink: Sink, *, queue_size: int = 10_000,
-                 exit_timeout: float = DEFAULT_EXIT_TIMEOUT, report_interval: float = 60.0,
-                 before_send: Optional[BeforeSend] = None, enabled: bool = True):
+    def __init__(
+        self,
+        sdk_version: str,
+        sink: Sink,
+        *,
+        queue_size: int = 10_000,
+        exit_timeout: float = DEFAULT_EXIT_TIMEOUT,
+        report_interval: float = 60.0,
+        before_send: BeforeSend | None = None,
+        enabled: bool = True,
+    ):
         self.sdk_version = payloads.name(sdk_version, "sdk_version")
         self.exit_timeout = exit_timeout
         self._sink = sink
@@ -70,8 +77,8 @@ class Telemetry:
         self._ids = payloads.IDENTIFIERS
         self._lock = threading.Lock()
         # None until the first event decides
-        self._emit: Optional[Callable[[Event], None]] = None if enabled else _off
-        self._transport: Optional[Transport] = None
+        self._emit: Callable[[Event], None] | None = None if enabled else _off
+        self._transport: Transport | None = None
 
     # --- what the SDK calls -------------------------------------------------------------------------
 
@@ -154,15 +161,16 @@ class Telemetry:
         if mode == environment.DEBUG:
             return _debug_print
         notice.show_once()
-        self._transport = Transport(self._sink, self.sdk_version, self._queue_size, self._report_interval,
-                                    before_send=self._before_send)
+        self._transport = Transport(
+            self._sink, self.sdk_version, self._queue_size, self._report_interval, before_send=self._before_send
+        )
         return self._transport.put
 
     def _mute(self) -> None:
         with self._lock:
             self._emit = _off
 
-    def _closing(self) -> Optional[Transport]:
+    def _closing(self) -> Transport | None:
         """No more events from this instance, nor an exit handler; its transport, to close."""
         self._mute()
         _LIVE.discard(self)

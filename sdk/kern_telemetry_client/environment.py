@@ -8,8 +8,8 @@ still counts.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 ON, OFF, DEBUG = "on", "off", "debug"
 

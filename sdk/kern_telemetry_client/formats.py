@@ -33,7 +33,7 @@ the `@`) is not an e-mail address.
 Cost is bounded by size, never by shape: a value over `MAX_RAW_LENGTH` is `(invalid)` before any rule
 runs, and every rule is linear in its input (string operations, or patterns whose quantifiers cannot
 overlap; `tests/test_value_rules_linear.py`).
-"""
+"""  # noqa: E501 - the rules table above is Markdown, whose rows cannot wrap
 
 from __future__ import annotations
 
@@ -46,11 +46,35 @@ REDACTED = "(redacted)"  # looked like a secret or personal data
 MAX_RAW_LENGTH = 256
 
 #: Publishers whose namespace in a model id names the model's maker, not a user of it.
-PUBLIC_NAMESPACES = frozenset({
-    "openai", "meta-llama", "meta", "mistralai", "google", "anthropic", "microsoft", "qwen", "deepseek-ai",
-    "nvidia", "ibm-granite", "cohere", "cohereforai", "tiiuae", "01-ai", "moonshotai", "x-ai", "xai",
-    "amazon", "allenai", "huggingfaceh4", "bigcode", "stabilityai", "nousresearch", "library",
-})
+PUBLIC_NAMESPACES = frozenset(
+    {
+        "openai",
+        "meta-llama",
+        "meta",
+        "mistralai",
+        "google",
+        "anthropic",
+        "microsoft",
+        "qwen",
+        "deepseek-ai",
+        "nvidia",
+        "ibm-granite",
+        "cohere",
+        "cohereforai",
+        "tiiuae",
+        "01-ai",
+        "moonshotai",
+        "x-ai",
+        "xai",
+        "amazon",
+        "allenai",
+        "huggingfaceh4",
+        "bigcode",
+        "stabilityai",
+        "nousresearch",
+        "library",
+    }
+)
 
 #: The last label of a host name: common generic and country-code top-level domains, and the suffixes of
 #: private networks and clusters. Cloud endpoints are `.com` names (`acme-corp.openai.azure.com`,
@@ -63,26 +87,119 @@ PUBLIC_NAMESPACES = frozenset({
 #: `anthropic.claude-3-5-sonnet-20240620-v1:0` -> `claude-3-5-sonnet-20240620-v1`. Words that end model
 #: artifacts' file names (`gguf`, `bin`, `pt`, `onnx`, `safetensors`) or a Whisper model's (`base.en`) are
 #: not in the list.
-HOST_SUFFIXES = frozenset({
-    "com", "net", "org", "edu", "gov", "mil", "int", "info", "biz", "io", "ai", "co", "dev", "app", "cloud",
-    "tech", "xyz", "site", "online", "store", "host", "network", "systems", "services", "solutions", "digital",
-    "company", "group", "page", "link", "me", "tv", "cc", "ly", "gg", "to", "sh",
-    "us", "uk", "eu", "de", "fr", "nl", "be", "ch", "at", "it", "es", "se", "no", "dk", "fi", "pl", "cz", "ie",
-    "ca", "au", "nz", "jp", "cn", "kr", "in", "sg", "hk", "tw", "br", "mx", "ar", "za", "ru", "ua", "il", "tr",
-    "ae", "id", "vn", "th", "my", "ph",
-    "internal", "local", "localdomain", "localhost", "corp", "lan", "home", "intranet", "intra", "private",
-    "priv", "svc", "test", "example", "invalid", "arpa", "onion",
-})
+HOST_SUFFIXES = frozenset(
+    {
+        "com",
+        "net",
+        "org",
+        "edu",
+        "gov",
+        "mil",
+        "int",
+        "info",
+        "biz",
+        "io",
+        "ai",
+        "co",
+        "dev",
+        "app",
+        "cloud",
+        "tech",
+        "xyz",
+        "site",
+        "online",
+        "store",
+        "host",
+        "network",
+        "systems",
+        "services",
+        "solutions",
+        "digital",
+        "company",
+        "group",
+        "page",
+        "link",
+        "me",
+        "tv",
+        "cc",
+        "ly",
+        "gg",
+        "to",
+        "sh",
+        "us",
+        "uk",
+        "eu",
+        "de",
+        "fr",
+        "nl",
+        "be",
+        "ch",
+        "at",
+        "it",
+        "es",
+        "se",
+        "no",
+        "dk",
+        "fi",
+        "pl",
+        "cz",
+        "ie",
+        "ca",
+        "au",
+        "nz",
+        "jp",
+        "cn",
+        "kr",
+        "in",
+        "sg",
+        "hk",
+        "tw",
+        "br",
+        "mx",
+        "ar",
+        "za",
+        "ru",
+        "ua",
+        "il",
+        "tr",
+        "ae",
+        "id",
+        "vn",
+        "th",
+        "my",
+        "ph",
+        "internal",
+        "local",
+        "localdomain",
+        "localhost",
+        "corp",
+        "lan",
+        "home",
+        "intranet",
+        "intra",
+        "private",
+        "priv",
+        "svc",
+        "test",
+        "example",
+        "invalid",
+        "arpa",
+        "onion",
+    }
+)
 
 # PEP 440 (the specification's own pattern) and semver 2.0, both without their local / build segment (`+...`,
 # dropped before matching, whatever it holds). Applied with fullmatch to at most _MAX_VERSION_LENGTH
 # characters; anchored, they are linear.
 _PEP440 = re.compile(
     r"v?(?:[0-9]+!)?[0-9]+(?:\.[0-9]+)*(?:[-_.]?(?:a|b|c|rc|alpha|beta|pre|preview)[-_.]?[0-9]*)?"
-    r"(?:-[0-9]+|[-_.]?(?:post|rev|r)[-_.]?[0-9]*)?(?:[-_.]?dev[-_.]?[0-9]*)?", re.IGNORECASE)
+    r"(?:-[0-9]+|[-_.]?(?:post|rev|r)[-_.]?[0-9]*)?(?:[-_.]?dev[-_.]?[0-9]*)?",
+    re.IGNORECASE,
+)
 _SEMVER = re.compile(
     r"v?(?:0|[1-9][0-9]*)\.(?:0|[1-9][0-9]*)\.(?:0|[1-9][0-9]*)"
-    r"(?:-(?:0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*))*)?")
+    r"(?:-(?:0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*))*)?"
+)
 _MAX_VERSION_LENGTH = 40
 
 _LOWER = "abcdefghijklmnopqrstuvwxyz"
@@ -120,8 +237,12 @@ def free_text(value: str) -> str:
     carry: reduced to its model (the table above), REDACTED, INVALID when too long, or itself."""
     if len(value) > MAX_RAW_LENGTH:
         return INVALID
-    if "://" in value or "\\" in value or value.startswith(_LOCAL_PATH_PREFIXES) or (
-            value[1:3] == ":/" and value[:1].isalpha()):
+    if (
+        "://" in value
+        or "\\" in value
+        or value.startswith(_LOCAL_PATH_PREFIXES)
+        or (value[1:3] == ":/" and value[:1].isalpha())
+    ):
         return REDACTED  # a URL or a local path, whose last segment may name a user as well
     value = _model(value)
     return REDACTED if _identifies(value) else value
@@ -137,7 +258,7 @@ def _model(value: str) -> str:
     if value.startswith("projects/"):
         return _gcp(value)
     if value.startswith("publishers/"):
-        return _publisher_model(value[len("publishers/"):]) or value
+        return _publisher_model(value[len("publishers/") :]) or value
     base, legacy, _ = value.partition(":ft-")
     if legacy and base and _only(base, _LOWER + _DIGITS + ".-"):
         return f"ft:{base}"
@@ -160,11 +281,17 @@ def _arn(value: str) -> str:
         return "aws:arn"
     _, partition, service, region, account, resource = parts
     kind = _ARN_RESOURCE_TYPE.match(resource)
-    if not (kind and partition.startswith("aws") and _only(partition, _LOWER + "-") and service
-            and _only(service, _LOWER + _DIGITS + "-") and _only(region, _LOWER + _DIGITS + "-")
-            and _only(account, _DIGITS)):
+    if not (
+        kind
+        and partition.startswith("aws")
+        and _only(partition, _LOWER + "-")
+        and service
+        and _only(service, _LOWER + _DIGITS + "-")
+        and _only(region, _LOWER + _DIGITS + "-")
+        and _only(account, _DIGITS)
+    ):
         return "aws:arn"
-    resource_type, resource_id = kind.group(), resource[kind.end():]
+    resource_type, resource_id = kind.group(), resource[kind.end() :]
     if resource_id[:1] in ("/", ":"):
         resource_id = resource_id[1:]
     if resource_type in _PUBLIC_ARN_RESOURCES and not account:
@@ -182,7 +309,7 @@ def _gcp(value: str) -> str:
         return "gcp:resource"
     rest = parts[4]
     if rest.startswith("publishers/"):
-        model = _publisher_model(rest[len("publishers/"):])
+        model = _publisher_model(rest[len("publishers/") :])
         if model:
             return model
     collection, slash, _ = rest.partition("/")

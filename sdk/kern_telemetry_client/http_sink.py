@@ -30,10 +30,11 @@ the channel opens: importing the package stays cheap for the host.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import urllib.parse
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     import http.client
@@ -52,8 +53,9 @@ class HttpSink:
     KERN_COLLECTOR_ACK_TIMEOUT_SECONDS, 5 s by default) and an `ssl_context` for https (default: the system's
     CA store, verified). Proxies: see the module's docstring."""
 
-    def __init__(self, url: str, *, token: Optional[str] = None, timeout: float = 10.0,
-                 ssl_context: Optional[ssl.SSLContext] = None):
+    def __init__(
+        self, url: str, *, token: str | None = None, timeout: float = 10.0, ssl_context: ssl.SSLContext | None = None
+    ):
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"an http:// or https:// URL is needed, not {url!r}")
@@ -72,9 +74,12 @@ class HttpSink:
 
         path, headers = self._path, self._headers
         address = (self._host, self._port)
-        tunnel: Optional[Tuple[str, int, Dict[str, str]]] = None
-        proxy = None if urllib.request.proxy_bypass(self._host) else urllib.request.getproxies().get(
-            "https" if self._https else "http")
+        tunnel: tuple[str, int, dict[str, str]] | None = None
+        proxy = (
+            None
+            if urllib.request.proxy_bypass(self._host)
+            else urllib.request.getproxies().get("https" if self._https else "http")
+        )
         if proxy:
             address, authorization = _proxy(proxy)
             if self._https:  # CONNECT: the proxy sees the collector's host and port, never the requests
@@ -86,7 +91,8 @@ class HttpSink:
         def connect() -> http.client.HTTPConnection:
             if self._https:
                 connection: http.client.HTTPConnection = http.client.HTTPSConnection(
-                    *address, timeout=CONNECT_TIMEOUT, context=self._ssl_context)
+                    *address, timeout=CONNECT_TIMEOUT, context=self._ssl_context
+                )
             else:
                 connection = http.client.HTTPConnection(*address, timeout=CONNECT_TIMEOUT)
             if tunnel is not None:
@@ -96,7 +102,7 @@ class HttpSink:
         return _HttpChannel(connect, path, headers, self.timeout)
 
 
-def _proxy(url: str) -> Tuple[Tuple[str, int], Dict[str, str]]:
+def _proxy(url: str) -> tuple[tuple[str, int], dict[str, str]]:
     """A proxy URL's (host, port) (port 80 unless given) and the header of its credentials, if any."""
     import base64
 
@@ -109,8 +115,9 @@ def _proxy(url: str) -> Tuple[Tuple[str, int], Dict[str, str]]:
 
 
 class _HttpChannel:
-    def __init__(self, connection: Callable[[], http.client.HTTPConnection], path: str, headers: Dict[str, str],
-                 timeout: float):
+    def __init__(
+        self, connection: Callable[[], http.client.HTTPConnection], path: str, headers: dict[str, str], timeout: float
+    ):
         import gzip
         import http.client
 
@@ -120,12 +127,17 @@ class _HttpChannel:
         self._path = path
         self._headers = headers
         self._timeout = timeout
-        self._connection: Optional[http.client.HTTPConnection] = None
+        self._connection: http.client.HTTPConnection | None = None
         self._not_before = 0.0  # monotonic time before which the collector asked not to be sent to
         self.retry_after = 0.0
 
-    def send(self, records: List[bytes], delivered: Callable[[object], None], failed: Callable[[object], None],
-             sending: Callable[[], None] = lambda: None) -> int:
+    def send(
+        self,
+        records: list[bytes],
+        delivered: Callable[[object], None],
+        failed: Callable[[object], None],
+        sending: Callable[[], None] = lambda: None,
+    ) -> int:
         wait = self._not_before - time.monotonic()
         if wait > 0:  # woken early (a flush): the collector's Retry-After still holds
             self.retry_after = wait
@@ -180,7 +192,7 @@ class _HttpChannel:
             self._connection = connection
         return connection
 
-    def _wait(self, retry_after: Optional[str]) -> None:
+    def _wait(self, retry_after: str | None) -> None:
         """Seconds or an HTTP date, capped; absent or unreadable: the transport's backoff alone."""
         import email.utils
 
@@ -189,15 +201,13 @@ class _HttpChannel:
             try:
                 seconds = float(retry_after)
             except ValueError:
-                try:
+                with contextlib.suppress(TypeError, ValueError):
                     seconds = email.utils.parsedate_to_datetime(retry_after).timestamp() - time.time()
-                except (TypeError, ValueError):
-                    pass
         self.retry_after = min(max(seconds, 0.0), MAX_RETRY_AFTER) if math.isfinite(seconds) else 0.0
         self._not_before = time.monotonic() + self.retry_after
 
 
-def _settle(records: List[bytes], callback: Callable[[object], None], result: object) -> int:
+def _settle(records: list[bytes], callback: Callable[[object], None], result: object) -> int:
     for _ in records:
         callback(result)
     return len(records)

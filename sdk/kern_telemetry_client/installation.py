@@ -23,7 +23,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 from .environment import ON, config_dir, mode
 
@@ -40,8 +40,12 @@ class Installation:
     """Today's pseudonym of this installation. Without `secret`, the installation's is read (or made) at the
     first call."""
 
-    def __init__(self, secret: Optional[bytes] = None, clock: Callable[[], float] = time.time,
-                 secret_path: Callable[[], Path] = _secret_path):
+    def __init__(
+        self,
+        secret: bytes | None = None,
+        clock: Callable[[], float] = time.time,
+        secret_path: Callable[[], Path] = _secret_path,
+    ):
         self._secret = secret
         self._clock = clock
         self._secret_path = secret_path
@@ -56,8 +60,9 @@ class Installation:
             with self._lock:
                 if self._secret is None:
                     self._secret = _load_or_make(self._secret_path)
-                self._pseudonym = hmac.new(self._secret, b"kern-telemetry/installation/%d" % day,
-                                           hashlib.sha256).hexdigest()[:32]
+                self._pseudonym = hmac.new(
+                    self._secret, b"kern-telemetry/installation/%d" % day, hashlib.sha256
+                ).hexdigest()[:32]
                 self._day = day
         return self._pseudonym
 

@@ -42,7 +42,7 @@ import functools
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Dict, List
+from typing import TYPE_CHECKING, Any, Callable
 
 from .transport import THREAD_NAME, on_own_thread
 
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
 DEFAULT_TOPIC = "kern.telemetry.events"
 
-PRODUCER_DEFAULTS: Dict[str, Any] = {
+PRODUCER_DEFAULTS: dict[str, Any] = {
     "api_version": (2, 8),
     "max_block_ms": 1_000,
     "request_timeout_ms": 10_000,
@@ -71,8 +71,9 @@ PRODUCER_DEFAULTS: Dict[str, Any] = {
 # worker would wait for them forever.
 _IMPORTING = threading.Lock()
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_IMPORTING.acquire, after_in_parent=_IMPORTING.release,
-                        after_in_child=_IMPORTING.release)
+    os.register_at_fork(
+        before=_IMPORTING.acquire, after_in_parent=_IMPORTING.release, after_in_child=_IMPORTING.release
+    )
 
 
 class _OwnThreads(logging.Filter):
@@ -96,7 +97,7 @@ def _quiet_kafka_loggers() -> int:
     return len(loggers)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _producer_class() -> type:
     from kafka import KafkaProducer
 
@@ -108,8 +109,8 @@ def _producer_class() -> type:
     return Producer
 
 
-@functools.lru_cache(maxsize=None)
-def _closing_sockets() -> Dict[str, Any]:
+@functools.cache
+def _closing_sockets() -> dict[str, Any]:
     """Producer options under which a socket that failed to connect is closed at once. kafka-python's one
     hook on how its sockets connect is the scheme registry of `proxy_url`: this client's scheme names a
     direct connection that closes its socket on failure. A `proxy_url` of the host's own wins."""
@@ -137,8 +138,12 @@ class KafkaSink:
 
     def __init__(self, bootstrap_servers: str, topic: str = DEFAULT_TOPIC, **producer_options: Any):
         self.topic = topic
-        self.options = {**PRODUCER_DEFAULTS, **producer_options,
-                        "bootstrap_servers": bootstrap_servers.split(","), "client_id": THREAD_NAME}
+        self.options = {
+            **PRODUCER_DEFAULTS,
+            **producer_options,
+            "bootstrap_servers": bootstrap_servers.split(","),
+            "client_id": THREAD_NAME,
+        }
 
     def open(self) -> _KafkaChannel:
         with _IMPORTING:
@@ -160,8 +165,13 @@ class _KafkaChannel:
         self._timeout_error = timeout_error
         self._loggers = loggers
 
-    def send(self, records: List[bytes], delivered: Callable[[object], None], failed: Callable[[object], None],
-             sending: Callable[[], None] = lambda: None) -> int:
+    def send(
+        self,
+        records: list[bytes],
+        delivered: Callable[[object], None],
+        failed: Callable[[object], None],
+        sending: Callable[[], None] = lambda: None,
+    ) -> int:
         if len(logging.root.manager.loggerDict) != self._loggers:  # kafka-python imported a module lazily
             self._loggers = _quiet_kafka_loggers()
         send, topic = self._producer.send, self._topic

@@ -14,7 +14,7 @@ import contextlib
 import json
 import os
 from collections import Counter
-from typing import Optional, Tuple
+from typing import Optional
 
 from . import contract
 from .environment import state_dir
@@ -26,7 +26,7 @@ CLAIM_LIMIT = 64
 _MAX_COUNT = 2**31
 
 #: (sdk_version, reason) -> count
-Drops = Counter[Tuple[Optional[str], str]]
+Drops = Counter[tuple[Optional[str], str]]
 
 
 def save(dropped: Drops) -> None:
@@ -70,7 +70,7 @@ def claim() -> Drops:
     return claimed
 
 
-def _entry(triple: object) -> Optional[Tuple[Optional[str], str, int]]:
+def _entry(triple: object) -> tuple[str | None, str, int] | None:
     """A (sdk_version, reason, count) triple read back, or None when it is not one the client wrote."""
     if not (isinstance(triple, list) and len(triple) == 3):
         return None

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any, Callable, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any, Callable
 
 from . import contract
-from .installation import Installation
 from .formats import MAX_RAW_LENGTH
+from .installation import Installation
 from .values import clean_value
 
 #: Names kept in a list field (interfaces, db_types): a launch payload stays small whatever the OS holds.
@@ -49,13 +50,13 @@ class Identifiers:
     one process the same id gives the same digest (a forked child keeps its parent's key).
     """
 
-    def __init__(self, key: Optional[bytes] = None, installation: Optional[Installation] = None):
+    def __init__(self, key: bytes | None = None, installation: Installation | None = None):
         # Keyed once; each digest copies this state (cheaper than keying again).
         self._keyed = hashlib.blake2b(key=os.urandom(32) if key is None else key, digest_size=16)
         self._digests: dict[str, str] = {}  # session and agent ids repeat from run to run; emptied when full
         self.installation = INSTALLATION if installation is None else installation
 
-    def digest(self, value: object) -> Optional[str]:
+    def digest(self, value: object) -> str | None:
         if value is None:
             return None
         try:
@@ -77,10 +78,12 @@ class Identifiers:
 #: The process's identifiers: its key is made at import and never leaves the process.
 IDENTIFIERS = Identifiers()
 
-_names: dict[tuple[str, str], str] = {}  # (field, raw string) -> clean_value(raw string, field); names repeat from run to run
+_names: dict[
+    tuple[str, str], str
+] = {}  # (field, raw string) -> clean_value(raw string, field); names repeat from run to run
 
 
-def name(value: object, field: str = "") -> Optional[str]:
+def name(value: object, field: str = "") -> str | None:
     """A string of `field` as the pipeline would clean it (formats, then values); None for anything that
     is not a string."""
     if type(value) is not str:
@@ -105,7 +108,7 @@ def _items(value: object) -> tuple[Any, ...]:
     return tuple(value) if isinstance(value, (list, tuple)) else ()
 
 
-def _class_name(value: object) -> Optional[str]:
+def _class_name(value: object) -> str | None:
     return None if value is None else name(type(value).__name__)
 
 
@@ -135,17 +138,20 @@ def _flag(*rules: tuple[str, bool]) -> Reader:
 #: Flags read from more than the attribute their name gives (`has_tools` <- `tools`): what the SDK's
 #: objects call these features, after agno's `get_telemetry_data`.
 _FLAG_RULES = {
-    "has_memory": (("memory", False), ("memory_manager", False), ("enable_agentic_memory", True),
-                   ("update_memory_on_run", True)),
+    "has_memory": (
+        ("memory", False),
+        ("memory_manager", False),
+        ("enable_agentic_memory", True),
+        ("update_memory_on_run", True),
+    ),
     "has_reasoning": (("reasoning", True),),
     "has_team": (("team_id", False), ("team", False)),
     "has_learnings": (("learning", False), ("_learning", False)),
-    "has_culture": (("culture_manager", False), ("enable_agentic_culture", True),
-                    ("update_cultural_knowledge", True)),
+    "has_culture": (("culture_manager", False), ("enable_agentic_culture", True), ("update_cultural_knowledge", True)),
 }
 
 #: A model reference's keys and the model attributes they come from: `model_provider` <- `provider`.
-_MODEL_KEYS = tuple((key, key[len("model_"):]) for key in contract.MODEL_REF_KEYS)
+_MODEL_KEYS = tuple((key, key[len("model_") :]) for key in contract.MODEL_REF_KEYS)
 
 
 def _model_attribute(key: str, attribute: str) -> Reader:
@@ -153,7 +159,7 @@ def _model_attribute(key: str, attribute: str) -> Reader:
 
 
 def _model_ref(field: str) -> Reader:
-    def read(obj: Any, ids: Identifiers) -> Optional[dict[str, Optional[str]]]:
+    def read(obj: Any, ids: Identifiers) -> dict[str, str | None] | None:
         model = getattr(obj, field, None)
         if not _set(model):
             return None
@@ -165,7 +171,7 @@ def _model_ref(field: str) -> Reader:
 def _count_of(attribute: str) -> Reader:
     """How many elements a list attribute has: 0 when it is None, null when it is not a list."""
 
-    def read(obj: Any, ids: Identifiers) -> Optional[int]:
+    def read(obj: Any, ids: Identifiers) -> int | None:
         value = getattr(obj, attribute, None)
         if value is None:
             return 0
@@ -199,15 +205,20 @@ _MAX_DEPTH = 16
 _MAX_NODES = 1000
 _V1_MODES = frozenset({"route", "coordinate", "collaborate"})
 #: Workflow step classes (the SDK's own, by class name) that hold nested steps, and the attribute they do.
-_CONTAINERS = {"Steps": ("steps", "steps"), "Parallel": ("parallel", "steps"), "Condition": ("condition", "steps"),
-               "Loop": ("loop", "steps"), "Router": ("router", "choices")}
+_CONTAINERS = {
+    "Steps": ("steps", "steps"),
+    "Parallel": ("parallel", "steps"),
+    "Condition": ("condition", "steps"),
+    "Loop": ("loop", "steps"),
+    "Router": ("router", "choices"),
+}
 
 
 def _is_team(member: object) -> bool:
     return isinstance(getattr(member, "members", None), (list, tuple))
 
 
-def _coordination(team: Any, ids: Identifiers) -> Optional[str]:
+def _coordination(team: Any, ids: Identifiers) -> str | None:
     """How a team coordinates (`contract.COORDINATION`): its v1 `mode`, else its v2 switches
     (`respond_directly` routes, `delegate_to_all_members` collaborates), else a team coordinates."""
     mode = getattr(team, "mode", None)
@@ -220,7 +231,7 @@ def _coordination(team: Any, ids: Identifiers) -> Optional[str]:
     return "coordinate" if _is_team(team) else None
 
 
-def _member_team_count(team: Any, ids: Identifiers) -> Optional[int]:
+def _member_team_count(team: Any, ids: Identifiers) -> int | None:
     members = getattr(team, "members", None)
     return sum(1 for member in members if _is_team(member)) if isinstance(members, (list, tuple)) else None
 
@@ -279,17 +290,17 @@ def _step_kind(step: object) -> str:
     return "function" if callable(step) else "other"
 
 
-def _steps(workflow: Any) -> Optional[tuple[Any, ...]]:
+def _steps(workflow: Any) -> tuple[Any, ...] | None:
     steps = getattr(workflow, "steps", None)
     return tuple(steps) if isinstance(steps, (list, tuple)) else None
 
 
-def _step_count(workflow: Any, ids: Identifiers) -> Optional[int]:
+def _step_count(workflow: Any, ids: Identifiers) -> int | None:
     steps = _steps(workflow)
     return None if steps is None else len(steps)
 
 
-def _step_kinds(workflow: Any, ids: Identifiers) -> Optional[list[str]]:
+def _step_kinds(workflow: Any, ids: Identifiers) -> list[str] | None:
     """The kinds of step a workflow uses at any depth; a workflow that is one function: `function`."""
     steps = _steps(workflow)
     if steps is None:
@@ -299,7 +310,7 @@ def _step_kinds(workflow: Any, ids: Identifiers) -> Optional[list[str]]:
     return sorted(walk.kinds)
 
 
-def _team_depth(team: Any, ids: Identifiers) -> Optional[int]:
+def _team_depth(team: Any, ids: Identifiers) -> int | None:
     """Levels of teams below a team."""
     if not _is_team(team):
         return None
@@ -308,7 +319,7 @@ def _team_depth(team: Any, ids: Identifiers) -> Optional[int]:
     return walk.team_depth(team)
 
 
-def _steps_depth(workflow: Any, ids: Identifiers) -> Optional[int]:
+def _steps_depth(workflow: Any, ids: Identifiers) -> int | None:
     """Levels of nested steps below a workflow's."""
     steps = _steps(workflow)
     return None if steps is None else _Walk().steps_depth(steps)
@@ -331,10 +342,13 @@ _READERS: dict[str, Reader] = {
     "dropped": _dropped,
 }
 #: Fields read differently by kind.
-_KIND_READERS: dict[tuple[str, str], Reader] = {(contract.TEAM, "nesting_depth"): _team_depth, (contract.WORKFLOW, "nesting_depth"): _steps_depth}
+_KIND_READERS: dict[tuple[str, str], Reader] = {
+    (contract.TEAM, "nesting_depth"): _team_depth,
+    (contract.WORKFLOW, "nesting_depth"): _steps_depth,
+}
 
 
-def _identifier(obj: Any, ids: Identifiers) -> Optional[str]:
+def _identifier(obj: Any, ids: Identifiers) -> str | None:
     return ids.digest(getattr(obj, "id", None))
 
 
@@ -347,7 +361,7 @@ def _reader(kind: str, field: contract.Field) -> Reader:
     if field.identifier:
         return _identifier
     if field.type == "bool":
-        return _flag(*_FLAG_RULES.get(field.name, ((field.name[len(contract.FLAG_PREFIX):], False),)))
+        return _flag(*_FLAG_RULES.get(field.name, ((field.name[len(contract.FLAG_PREFIX) :], False),)))
     if field.type == "model":
         return _model_ref(field.name)
     if field.type == "int" and field.name.endswith("_count"):
@@ -355,8 +369,9 @@ def _reader(kind: str, field: contract.Field) -> Reader:
     raise LookupError(f"the contract's field {field.name!r} has no reader")
 
 
-_PLANS = {kind: tuple((field.name, _reader(kind, field)) for field in contract.data_fields(kind))
-          for kind in contract.KINDS}
+_PLANS = {
+    kind: tuple((field.name, _reader(kind, field)) for field in contract.data_fields(kind)) for kind in contract.KINDS
+}
 _ENVELOPE_KEYS = {kind: tuple(field.name for field in contract.envelope_fields(kind)) for kind in contract.KINDS}
 
 
@@ -379,29 +394,48 @@ def _envelope(kind: str, values: dict[str, Any]) -> dict[str, Any]:
     return {key: values[key] for key in _ENVELOPE_KEYS[kind]}
 
 
-def run_event(kind: str, obj: Any, session_id: object, run_id: object, sdk_version: Optional[str],
-              ids: Identifiers) -> dict[str, Any]:
+def run_event(
+    kind: str, obj: Any, session_id: object, run_id: object, sdk_version: str | None, ids: Identifiers
+) -> dict[str, Any]:
     """An agent, team or workflow run. A run without a usable session id gets the digest of "" (the
     pipeline requires one on runs, and the run still happened)."""
     digest = ids.digest
-    return _envelope(kind, {
-        "type": kind, "session_id": digest(session_id) or digest(""), "run_id": digest(run_id),
-        "installation": ids.installation.today(), "sdk_version": sdk_version, "data": _data(kind, obj, ids),
-    })
+    return _envelope(
+        kind,
+        {
+            "type": kind,
+            "session_id": digest(session_id) or digest(""),
+            "run_id": digest(run_id),
+            "installation": ids.installation.today(),
+            "sdk_version": sdk_version,
+            "data": _data(kind, obj, ids),
+        },
+    )
 
 
-def launch_event(os_: Any, sdk_version: Optional[str], ids: Identifiers) -> dict[str, Any]:
+def launch_event(os_: Any, sdk_version: str | None, ids: Identifiers) -> dict[str, Any]:
     """An AgentOS launch: its configuration, never its contents. No session exists at launch."""
-    return _envelope(contract.OS, {
-        "type": contract.OS, "session_id": None, "os_id": _safely(_identifier, os_, ids),
-        "installation": ids.installation.today(), "sdk_version": sdk_version, "data": _data(contract.OS, os_, ids),
-    })
+    return _envelope(
+        contract.OS,
+        {
+            "type": contract.OS,
+            "session_id": None,
+            "os_id": _safely(_identifier, os_, ids),
+            "installation": ids.installation.today(),
+            "sdk_version": sdk_version,
+            "data": _data(contract.OS, os_, ids),
+        },
+    )
 
 
-def report_event(dropped: dict[str, int], sdk_version: Optional[str]) -> dict[str, Any]:
+def report_event(dropped: dict[str, int], sdk_version: str | None) -> dict[str, Any]:
     """A client report: how many events this client (or an earlier process, see `ledger`) dropped, by
     reason. It carries no identifier."""
-    return _envelope(contract.CLIENT_REPORT, {
-        "type": contract.CLIENT_REPORT, "sdk_version": sdk_version,
-        "data": _data(contract.CLIENT_REPORT, dropped, IDENTIFIERS),  # a report reads no identifier
-    })
+    return _envelope(
+        contract.CLIENT_REPORT,
+        {
+            "type": contract.CLIENT_REPORT,
+            "sdk_version": sdk_version,
+            "data": _data(contract.CLIENT_REPORT, dropped, IDENTIFIERS),  # a report reads no identifier
+        },
+    )

@@ -33,13 +33,13 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from time import monotonic
-from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple, Union
+from typing import Any, Callable, Optional, Protocol
 
 from . import contract, ledger, payloads
 
 log = logging.getLogger(__name__)
 
-Event = Dict[str, Any]
+Event = dict[str, Any]
 #: `before_send(event) -> event or None`: see `Telemetry`.
 BeforeSend = Callable[[Event], Optional[Event]]
 
@@ -105,8 +105,13 @@ class Channel(Protocol):
     #: try (an HTTP Retry-After; 0: the transport's backoff decides alone). `math.inf`: never send again.
     retry_after: float
 
-    def send(self, records: List[bytes], delivered: Callable[[object], None], failed: Callable[[object], None],
-             sending: Callable[[], None] = ...) -> int:
+    def send(
+        self,
+        records: list[bytes],
+        delivered: Callable[[object], None],
+        failed: Callable[[object], None],
+        sending: Callable[[], None] = ...,
+    ) -> int:
         """Take records for sending; return how many were taken (the rest: the sink cannot take them
         now, try again later). Each taken record gets exactly one call, from any thread, possibly before
         `send` returns: `delivered(result)` or `failed(error)`. Raising means no record was taken. Call
@@ -142,7 +147,7 @@ class Stats:
 
     captured: int = 0
     delivered: int = 0
-    dropped: Dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
+    dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
     unknown_at_exit: int = 0
     pending: int = 0
 
@@ -166,7 +171,7 @@ class _Marker:
     """A flush or close request, queued behind the events it must see settled. Its future is set once,
     by the worker (or by whoever empties the queue); threads wait on it, an event loop awaits it."""
 
-    __slots__ = ("deadline", "final", "_done")
+    __slots__ = ("_done", "deadline", "final")
 
     def __init__(self, timeout: float, final: bool):
         self.deadline = monotonic() + timeout
@@ -194,28 +199,35 @@ class _Marker:
 
 
 class Transport:
-    def __init__(self, sink: Sink, sdk_version: Optional[str], capacity: int = 10_000,
-                 report_interval: float = 60.0, backoff: Optional[Backoff] = None,
-                 before_send: Optional[BeforeSend] = None):
+    def __init__(
+        self,
+        sink: Sink,
+        sdk_version: str | None,
+        capacity: int = 10_000,
+        report_interval: float = 60.0,
+        backoff: Backoff | None = None,
+        before_send: BeforeSend | None = None,
+    ):
         self._sink = sink
         self._version = sdk_version
         self._capacity = capacity
         self._report_interval = report_interval
         self._backoff = backoff or Backoff(0.5, 30.0)
-        self._encoded: Callable[[Event], Optional[bytes]] = (
-            _encoded if before_send is None else functools.partial(_hooked, before_send))
-        self._queue: queue.SimpleQueue[Union[Event, _Marker]] = queue.SimpleQueue()
+        self._encoded: Callable[[Event], bytes | None] = (
+            _encoded if before_send is None else functools.partial(_hooked, before_send)
+        )
+        self._queue: queue.SimpleQueue[Event | _Marker] = queue.SimpleQueue()
         self._lock = threading.Lock()  # the state below; never taken on the capture path unless dropping
         self._taking = threading.Lock()  # held while the worker moves events from the queue to its hands
         self._wake = threading.Event()  # cuts a backoff pause short (flush, close)
         self._outcomes: Counter[str] = Counter()  # delivered, each drop reason, unknown_at_exit
-        self._unreported: Counter[Tuple[Optional[str], str]] = Counter()  # (sdk_version, reason) -> drops
+        self._unreported: Counter[tuple[str | None, str]] = Counter()  # (sdk_version, reason) -> drops
         self._markers = 0  # markers in the queue (its size counts them too)
         self._held = 0
         self._in_flight = 0
         self._offline = False
         self._closed = False  # by close, or the sink said stop sending: nothing moves any more
-        self._channel: Optional[Channel] = None
+        self._channel: Channel | None = None
         self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
         self._thread.start()
 
@@ -351,12 +363,14 @@ class Transport:
         with self._lock:
             first, self._offline = not self._offline, True
         if first:
-            log.warning("Kern telemetry cannot deliver to its collector; it retries quietly in the background "
-                        "and drops (and counts) what does not fit its queue. KERN_TELEMETRY=false turns "
-                        "telemetry off.")
+            log.warning(
+                "Kern telemetry cannot deliver to its collector; it retries quietly in the background "
+                "and drops (and counts) what does not fit its queue. KERN_TELEMETRY=false turns "
+                "telemetry off."
+            )
             log.debug("telemetry: the sink is unavailable: %r", error)
 
-    def _reported(self, version: Optional[str], counts: Dict[str, int], _result: object = None) -> None:
+    def _reported(self, version: str | None, counts: dict[str, int], _result: object = None) -> None:
         with self._lock:
             self._unreported.subtract({(version, reason): n for reason, n in counts.items()})
             for key in [key for key, n in self._unreported.items() if n <= 0]:
@@ -378,7 +392,7 @@ class Transport:
             if channel is not None:
                 try:
                     channel.close()
-                except Exception:  # noqa: BLE001
+                except Exception:  # noqa: BLE001 - whatever a sink raises on close stays here
                     log.debug("telemetry: closing the sink failed", exc_info=True)
 
     def _serve(self) -> None:
@@ -395,9 +409,9 @@ class Transport:
                 if marker.final:
                     return
 
-    def _take(self, timeout: float) -> Tuple[List[Event], Optional[_Marker]]:
+    def _take(self, timeout: float) -> tuple[list[Event], _Marker | None]:
         """Up to BATCH_SIZE events, waiting up to `timeout` for the first; stops at a marker."""
-        events: List[Event] = []
+        events: list[Event] = []
         marker = None
         with self._taking:
             if self._closed:
@@ -420,9 +434,9 @@ class Transport:
                     self._markers -= 1
         return events, marker
 
-    def _records(self, events: List[Event]) -> List[bytes]:
+    def _records(self, events: list[Event]) -> list[bytes]:
         """The events encoded (after the before_send hook); those it vetoes and oversized ones are dropped."""
-        records: List[bytes] = []
+        records: list[bytes] = []
         vetoed = oversized = 0
         for event in events:
             record = self._encoded(event)
@@ -443,7 +457,7 @@ class Transport:
             self._channel = self._sink.open()
         return self._channel
 
-    def _deliver(self, records: List[bytes]) -> None:
+    def _deliver(self, records: list[bytes]) -> None:
         """Hand records to the channel; while it cannot take them, pause with backoff and try again."""
         while records and not self._closed:
             if self._in_flight >= MAX_IN_FLIGHT:  # let the channel drain first
@@ -479,8 +493,10 @@ class Transport:
         queued or unreported is discarded (counted `stopped` in `stats()` only: the collector wants nothing
         more, client reports included), nothing is left for a later process, and captures from now on do
         nothing."""
-        log.info("Kern telemetry: the collector asked this client to stop sending; telemetry is off for "
-                 "the rest of this process")
+        log.info(
+            "Kern telemetry: the collector asked this client to stop sending; telemetry is off for "
+            "the rest of this process"
+        )
         with self._lock:
             if self._closed:
                 return
@@ -500,7 +516,7 @@ class Transport:
             unreported = list(self._unreported.items())
         if not unreported or self._offline or self._closed:
             return
-        by_version: Dict[Optional[str], Dict[str, int]] = {}
+        by_version: dict[str | None, dict[str, int]] = {}
         for (version, reason), n in unreported:
             by_version.setdefault(version, {})[reason] = n
         for version, counts in by_version.items():
@@ -517,16 +533,16 @@ class Transport:
         ok = False
         try:
             ok = self._channel is None or self._channel.flush(max(0.0, marker.deadline - monotonic()))
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - whatever a sink raises on flush: the flush reports failure
             log.debug("telemetry: flushing the sink failed", exc_info=True)
         marker.settle(ok)
 
 
-def _encoded(event: Event) -> Optional[bytes]:
+def _encoded(event: Event) -> bytes | None:
     return _encode(event).encode()
 
 
-def _hooked(before_send: BeforeSend, event: Event) -> Optional[bytes]:
+def _hooked(before_send: BeforeSend, event: Event) -> bytes | None:
     """The record of what the host's `before_send` made of an event: None when it returned None (a veto),
     anything but a dict, a dict JSON cannot encode, or raised."""
     try:

@@ -34,7 +34,8 @@ _SECRET_PATTERNS = re.compile(
 # Provider token formats, case-sensitive and exact, so names like "ghost-writer" or "hf_internal_model" pass.
 _PROVIDER_TOKENS = re.compile(
     r"(?:gh[pousr]_[A-Za-z0-9]{16,}|glpat-[A-Za-z0-9_\-]{16,}|xox[abprs]-[A-Za-z0-9\-]{10,}|AKIA[0-9A-Z]{16}"
-    r"|AIza[0-9A-Za-z_\-]{30,}|hf_[A-Za-z0-9]{20,})")
+    r"|AIza[0-9A-Za-z_\-]{30,}|hf_[A-Za-z0-9]{20,})"
+)
 _TOKEN_SEPARATORS = re.compile(r"[-_ ./:@+]")
 
 

@@ -11,7 +11,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tables.ddl import SchemaOptions
-from tables.migrations import v1_initial, v2_ledger, v3_client_reports, v4_privacy, v5_launches, v6_every_offset, v7_installations, v8_patterns
+from tables.migrations import (
+    v1_initial,
+    v2_ledger,
+    v3_client_reports,
+    v4_privacy,
+    v5_launches,
+    v6_every_offset,
+    v7_installations,
+    v8_patterns,
+)
 
 
 @dataclass(frozen=True)
@@ -23,15 +32,25 @@ class Migration:
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "runs, quality and flush tables; hourly/daily rollups; analyst views", v1_initial.statements),
-    Migration(2, "per-partition ledger of counted, dead-lettered, late and skipped offsets; skip requests",
-              v2_ledger.statements),
+    Migration(
+        2,
+        "per-partition ledger of counted, dead-lettered, late and skipped offsets; skip requests",
+        v2_ledger.statements,
+    ),
     Migration(3, "drops SDK clients report, per reason and SDK version", v3_client_reports.statements),
-    Migration(4, "k-anonymous values (admission epochs, candidates) and distinct sessions per day, from keyed hashes",
-              v4_privacy.statements),
+    Migration(
+        4,
+        "k-anonymous values (admission epochs, candidates) and distinct sessions per day, from keyed hashes",
+        v4_privacy.statements,
+    ),
     Migration(5, "AgentOS launches with their configuration, per minute, hour and day", v5_launches.statements),
-    Migration(6, "every offset accounted for per log (expired, lost, log generations) and the tables each flush "
-              "landed in", v6_every_offset.statements),
+    Migration(
+        6,
+        "every offset accounted for per log (expired, lost, log generations) and the tables each flush landed in",
+        v6_every_offset.statements,
+    ),
     Migration(7, "distinct installations per day; k-anonymity over installations", v7_installations.statements),
-    Migration(8, "team coordination and workflow orchestration patterns, per minute, hour and day",
-              v8_patterns.statements),
+    Migration(
+        8, "team coordination and workflow orchestration patterns, per minute, hour and day", v8_patterns.statements
+    ),
 )

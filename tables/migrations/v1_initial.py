@@ -44,8 +44,12 @@ RUNS_MINUTE = _runs("minute", "minute")
 RUNS_ROLLUPS = ((_runs("hourly", "hour"), "toStartOfHour"), (_runs("daily", "day"), "toStartOfDay"))
 QUALITY_MINUTE = Table(
     name="quality_minute",
-    columns=(("window_start", "DateTime('UTC')"), ("kind", "LowCardinality(String)"),
-             ("reason", "LowCardinality(String)"), ("events", "UInt64")),
+    columns=(
+        ("window_start", "DateTime('UTC')"),
+        ("kind", "LowCardinality(String)"),
+        ("reason", "LowCardinality(String)"),
+        ("events", "UInt64"),
+    ),
     engine="SummingMergeTree",
     partition_by="toYYYYMM(window_start)",
     order_by=("reason", "kind", "window_start"),
@@ -55,8 +59,14 @@ QUALITY_MINUTE = Table(
 )
 INGEST_FLUSHES = Table(
     name="ingest_flushes",
-    columns=(("topic", "String"), ("partition", "UInt32"), ("start_offset", "UInt64"), ("end_offset", "UInt64"),
-             ("events", "UInt64"), ("flushed_at", "DateTime64(3, 'UTC') DEFAULT now64(3)")),
+    columns=(
+        ("topic", "String"),
+        ("partition", "UInt32"),
+        ("start_offset", "UInt64"),
+        ("end_offset", "UInt64"),
+        ("events", "UInt64"),
+        ("flushed_at", "DateTime64(3, 'UTC') DEFAULT now64(3)"),
+    ),
     engine="ReplacingMergeTree",
     order_by=("topic", "partition"),
     sharding_key="partition",
@@ -77,18 +87,29 @@ def statements(opts: SchemaOptions) -> list[str]:
         statements += table.create(opts)
     dims = ", ".join(_NAMES)
     for table, function in RUNS_ROLLUPS:
-        statements.append(materialized_view(
-            f"{table.name}_mv", table,
-            f"SELECT {function}(window_start) AS window_start, {dims}, sum(runs) AS runs "
-            f"FROM {RUNS_MINUTE.local_target(opts)} GROUP BY window_start, {dims}", opts))
+        statements.append(
+            materialized_view(
+                f"{table.name}_mv",
+                table,
+                f"SELECT {function}(window_start) AS window_start, {dims}, sum(runs) AS runs "
+                f"FROM {RUNS_MINUTE.local_target(opts)} GROUP BY window_start, {dims}",
+                opts,
+            )
+        )
     for table in (RUNS_MINUTE, *(t for t, _ in RUNS_ROLLUPS)):
         suffix = table.name.removeprefix("runs_")
         statements += [
-            view(f"flag_runs_{suffix}",
-                 f"SELECT window_start, kind, model_provider, model_id, arrayJoin(features) AS flag, sum(runs) AS runs "
-                 f"FROM {table.target(opts)} GROUP BY window_start, kind, model_provider, model_id, flag", opts),
-            view(f"feature_combos_{suffix}",
-                 f"SELECT window_start, kind, model_provider, model_id, features, sum(runs) AS runs "
-                 f"FROM {table.target(opts)} GROUP BY window_start, kind, model_provider, model_id, features", opts),
+            view(
+                f"flag_runs_{suffix}",
+                f"SELECT window_start, kind, model_provider, model_id, arrayJoin(features) AS flag, sum(runs) AS runs "
+                f"FROM {table.target(opts)} GROUP BY window_start, kind, model_provider, model_id, flag",
+                opts,
+            ),
+            view(
+                f"feature_combos_{suffix}",
+                f"SELECT window_start, kind, model_provider, model_id, features, sum(runs) AS runs "
+                f"FROM {table.target(opts)} GROUP BY window_start, kind, model_provider, model_id, features",
+                opts,
+            ),
         ]
     return statements

@@ -17,16 +17,26 @@ LEDGER_COUNTS = ("counted", "dead_lettered", "late", "skipped")
 
 INGEST_LEDGER = Table(
     name="ingest_ledger",
-    columns=(("topic", "String"), ("partition", "UInt32"), ("day", "Date"), ("events", "UInt64"),
-             *((name, "UInt64") for name in LEDGER_COUNTS)),
+    columns=(
+        ("topic", "String"),
+        ("partition", "UInt32"),
+        ("day", "Date"),
+        ("events", "UInt64"),
+        *((name, "UInt64") for name in LEDGER_COUNTS),
+    ),
     engine="SummingMergeTree",
     order_by=("topic", "partition", "day"),
     sharding_key="partition",
 )
 SKIP_REQUESTS = Table(
     name="skip_requests",
-    columns=(("topic", "String"), ("partition", "UInt32"), ("through_offset", "UInt64"), ("reason", "String"),
-             ("requested_at", "DateTime64(3, 'UTC') DEFAULT now64(3)")),
+    columns=(
+        ("topic", "String"),
+        ("partition", "UInt32"),
+        ("through_offset", "UInt64"),
+        ("reason", "String"),
+        ("requested_at", "DateTime64(3, 'UTC') DEFAULT now64(3)"),
+    ),
     engine="MergeTree",  # every request is kept: a replay reads the earliest, whatever merges did
     order_by=("topic", "partition", "through_offset"),
     sharding_key="partition",
@@ -38,8 +48,12 @@ def statements(opts: SchemaOptions) -> list[str]:
     return [
         *INGEST_FLUSHES.add_columns(tuple((name, "UInt64 DEFAULT 0") for name in LEDGER_COUNTS), opts),
         *INGEST_LEDGER.create(opts),
-        materialized_view("ingest_ledger_mv", INGEST_LEDGER,
-                          f"SELECT topic, partition, toDate(flushed_at) AS day, events, {counts} "
-                          f"FROM {INGEST_FLUSHES.local_target(opts)}", opts),
+        materialized_view(
+            "ingest_ledger_mv",
+            INGEST_LEDGER,
+            f"SELECT topic, partition, toDate(flushed_at) AS day, events, {counts} "
+            f"FROM {INGEST_FLUSHES.local_target(opts)}",
+            opts,
+        ),
         *SKIP_REQUESTS.create(opts),
     ]

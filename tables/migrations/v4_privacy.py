@@ -21,8 +21,13 @@ _SKETCH = "AggregateFunction(uniqCombined64, UInt64)"
 
 ADMITTED_VALUES = Table(
     name="admitted_values",
-    columns=(("epoch", "UInt32"), ("field", _TEXT), ("value", "String"), ("value_hash", "UInt64"),
-             ("admitted_at", "DateTime64(3, 'UTC') DEFAULT now64(3)")),
+    columns=(
+        ("epoch", "UInt32"),
+        ("field", _TEXT),
+        ("value", "String"),
+        ("value_hash", "UInt64"),
+        ("admitted_at", "DateTime64(3, 'UTC') DEFAULT now64(3)"),
+    ),
     engine="MergeTree",
     order_by=("epoch", "field", "value"),
     sharding_key="epoch",
@@ -45,16 +50,28 @@ VALUE_CANDIDATES = Table(
 )
 SESSION_SIGHTINGS = Table(
     name="session_sightings",
-    columns=(("day", "Date"), ("kind", _TEXT), ("model_provider", _TEXT), ("model_id", _TEXT),
-             ("features", f"Array({_TEXT})"), ("session_hashes", "Array(UInt64)")),
+    columns=(
+        ("day", "Date"),
+        ("kind", _TEXT),
+        ("model_provider", _TEXT),
+        ("model_id", _TEXT),
+        ("features", f"Array({_TEXT})"),
+        ("session_hashes", "Array(UInt64)"),
+    ),
     engine="Null",
     order_by=(),
     sharding_key="cityHash64(kind, model_provider, model_id)",
 )
 SESSIONS_DAILY = Table(
     name="sessions_daily",
-    columns=(("day", "Date"), ("kind", _TEXT), ("model_provider", _TEXT), ("model_id", _TEXT), ("flag", _TEXT),
-             ("sessions", _SKETCH)),
+    columns=(
+        ("day", "Date"),
+        ("kind", _TEXT),
+        ("model_provider", _TEXT),
+        ("model_id", _TEXT),
+        ("flag", _TEXT),
+        ("sessions", _SKETCH),
+    ),
     engine="AggregatingMergeTree",
     order_by=("kind", "model_provider", "model_id", "flag", "day"),
     ttl_column="day",
@@ -69,14 +86,22 @@ def statements(opts: SchemaOptions) -> list[str]:
         *ADMITTED_VALUES.create(opts),
         *VALUE_SIGHTINGS.create(opts),
         *VALUE_CANDIDATES.create(opts),
-        materialized_view("value_candidates_mv", VALUE_CANDIDATES,
-                          "SELECT day, field, value_hash, uniqCombined64State(session) AS sessions "
-                          f"FROM {VALUE_SIGHTINGS.local_target(opts)} ARRAY JOIN session_hashes AS session "
-                          "GROUP BY day, field, value_hash", opts),
+        materialized_view(
+            "value_candidates_mv",
+            VALUE_CANDIDATES,
+            "SELECT day, field, value_hash, uniqCombined64State(session) AS sessions "
+            f"FROM {VALUE_SIGHTINGS.local_target(opts)} ARRAY JOIN session_hashes AS session "
+            "GROUP BY day, field, value_hash",
+            opts,
+        ),
         *SESSION_SIGHTINGS.create(opts),
         *SESSIONS_DAILY.create(opts),
-        materialized_view("sessions_daily_mv", SESSIONS_DAILY,
-                          "SELECT day, kind, model_provider, model_id, flag, uniqCombined64State(session) AS sessions "
-                          f"FROM {SESSION_SIGHTINGS.local_target(opts)} ARRAY JOIN arrayConcat([''], features) AS flag "
-                          "ARRAY JOIN session_hashes AS session GROUP BY day, kind, model_provider, model_id, flag", opts),
+        materialized_view(
+            "sessions_daily_mv",
+            SESSIONS_DAILY,
+            "SELECT day, kind, model_provider, model_id, flag, uniqCombined64State(session) AS sessions "
+            f"FROM {SESSION_SIGHTINGS.local_target(opts)} ARRAY JOIN arrayConcat([''], features) AS flag "
+            "ARRAY JOIN session_hashes AS session GROUP BY day, kind, model_provider, model_id, flag",
+            opts,
+        ),
     ]

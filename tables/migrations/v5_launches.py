@@ -11,8 +11,13 @@ from __future__ import annotations
 from tables.ddl import SchemaOptions, Table, materialized_view, view
 
 _TEXT = "LowCardinality(String)"
-_CONFIGURATION = (("agents", _TEXT), ("teams", _TEXT), ("workflows", _TEXT),
-                  ("interfaces", f"Array({_TEXT})"), ("db_types", f"Array({_TEXT})"))
+_CONFIGURATION = (
+    ("agents", _TEXT),
+    ("teams", _TEXT),
+    ("workflows", _TEXT),
+    ("interfaces", f"Array({_TEXT})"),
+    ("db_types", f"Array({_TEXT})"),
+)
 _NAMES = ", ".join(name for name, _ in _CONFIGURATION)
 
 
@@ -37,16 +42,25 @@ LAUNCHES_TABLES = (LAUNCHES_MINUTE, *(table for table, _ in LAUNCHES_ROLLUPS))
 def statements(opts: SchemaOptions) -> list[str]:
     statements = [statement for table in LAUNCHES_TABLES for statement in table.create(opts)]
     for table, function in LAUNCHES_ROLLUPS:
-        statements.append(materialized_view(
-            f"{table.name}_mv", table,
-            f"SELECT {function}(window_start) AS window_start, sdk_version, {_NAMES}, sum(launches) AS launches "
-            f"FROM {LAUNCHES_MINUTE.local_target(opts)} GROUP BY window_start, sdk_version, {_NAMES}", opts))
+        statements.append(
+            materialized_view(
+                f"{table.name}_mv",
+                table,
+                f"SELECT {function}(window_start) AS window_start, sdk_version, {_NAMES}, sum(launches) AS launches "
+                f"FROM {LAUNCHES_MINUTE.local_target(opts)} GROUP BY window_start, sdk_version, {_NAMES}",
+                opts,
+            )
+        )
     for table in LAUNCHES_TABLES:
-        statements.append(view(
-            f"launch_names_{table.name.removeprefix('launches_')}",
-            "SELECT window_start, sdk_version, dimension, name, sum(launches) AS launches FROM ("
-            "SELECT window_start, sdk_version, 'interfaces' AS dimension, arrayJoin(interfaces) AS name, launches "
-            f"FROM {table.target(opts)} UNION ALL "
-            "SELECT window_start, sdk_version, 'db_types' AS dimension, arrayJoin(db_types) AS name, launches "
-            f"FROM {table.target(opts)}) GROUP BY window_start, sdk_version, dimension, name", opts))
+        statements.append(
+            view(
+                f"launch_names_{table.name.removeprefix('launches_')}",
+                "SELECT window_start, sdk_version, dimension, name, sum(launches) AS launches FROM ("
+                "SELECT window_start, sdk_version, 'interfaces' AS dimension, arrayJoin(interfaces) AS name, launches "
+                f"FROM {table.target(opts)} UNION ALL "
+                "SELECT window_start, sdk_version, 'db_types' AS dimension, arrayJoin(db_types) AS name, launches "
+                f"FROM {table.target(opts)}) GROUP BY window_start, sdk_version, dimension, name",
+                opts,
+            )
+        )
     return statements

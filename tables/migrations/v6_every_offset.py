@@ -21,15 +21,26 @@ from tables.migrations.v1_initial import INGEST_FLUSHES
 from tables.migrations.v2_ledger import INGEST_LEDGER, LEDGER_COUNTS
 
 NEW_OUTCOMES = ("expired", "lost")
-_LOG_COLUMNS = (("log_generation", "UInt32 DEFAULT 0"), ("topic_id", "String DEFAULT ''"),
-                ("fingerprint_offset", "Int64 DEFAULT -1"), ("fingerprint", "UInt32 DEFAULT 0"),
-                ("log_end_seen", "UInt64 DEFAULT 0"), ("tables", "Array(LowCardinality(String)) DEFAULT []"))
+_LOG_COLUMNS = (
+    ("log_generation", "UInt32 DEFAULT 0"),
+    ("topic_id", "String DEFAULT ''"),
+    ("fingerprint_offset", "Int64 DEFAULT -1"),
+    ("fingerprint", "UInt32 DEFAULT 0"),
+    ("log_end_seen", "UInt64 DEFAULT 0"),
+    ("tables", "Array(LowCardinality(String)) DEFAULT []"),
+)
 
 FLUSH_LANDINGS = Table(
     name="flush_landings",
-    columns=(("topic", "String"), ("partition", "UInt32"), ("table_name", "LowCardinality(String)"),
-             ("log_generation", "UInt32"), ("start_offset", "UInt64"), ("end_offset", "UInt64"),
-             ("landed_at", "DateTime64(3, 'UTC') DEFAULT now64(3)")),
+    columns=(
+        ("topic", "String"),
+        ("partition", "UInt32"),
+        ("table_name", "LowCardinality(String)"),
+        ("log_generation", "UInt32"),
+        ("start_offset", "UInt64"),
+        ("end_offset", "UInt64"),
+        ("landed_at", "DateTime64(3, 'UTC') DEFAULT now64(3)"),
+    ),
     engine="ReplacingMergeTree",  # one row per partition and table survives merges: the latest landing
     order_by=("topic", "partition", "table_name"),
     sharding_key="partition",  # with the intents: one partition's protocol state on one shard
@@ -45,11 +56,21 @@ def statements(opts: SchemaOptions) -> list[str]:
         *INGEST_LEDGER.add_columns(outcomes, opts),
         f"ALTER TABLE {ledger}{opts.on_cluster} ADD COLUMN IF NOT EXISTS log_generation UInt32, "
         "MODIFY ORDER BY (topic, partition, day, log_generation)",
-        *([f"ALTER TABLE {INGEST_LEDGER.target(opts)}{opts.on_cluster} ADD COLUMN IF NOT EXISTS log_generation "
-           "UInt32"] if opts.cluster else []),
+        *(
+            [
+                f"ALTER TABLE {INGEST_LEDGER.target(opts)}{opts.on_cluster} ADD COLUMN IF NOT EXISTS log_generation "
+                "UInt32"
+            ]
+            if opts.cluster
+            else []
+        ),
         f"DROP VIEW IF EXISTS {opts.db}.{quote_ident('ingest_ledger_mv')}{opts.on_cluster}",
-        materialized_view("ingest_ledger_by_log_mv", INGEST_LEDGER,
-                          f"SELECT topic, partition, toDate(flushed_at) AS day, log_generation, events, {counts} "
-                          f"FROM {INGEST_FLUSHES.local_target(opts)}", opts),
+        materialized_view(
+            "ingest_ledger_by_log_mv",
+            INGEST_LEDGER,
+            f"SELECT topic, partition, toDate(flushed_at) AS day, log_generation, events, {counts} "
+            f"FROM {INGEST_FLUSHES.local_target(opts)}",
+            opts,
+        ),
         *FLUSH_LANDINGS.create(opts),
     ]

@@ -26,13 +26,19 @@ def statements(opts: SchemaOptions) -> list[str]:
         *SESSIONS_DAILY.add_columns((("installations", _SKETCH),), opts),
         *VALUE_CANDIDATES.add_columns((("installations", _SKETCH),), opts),
         materialized_view(
-            "sessions_daily_installations_mv", SESSIONS_DAILY,
+            "sessions_daily_installations_mv",
+            SESSIONS_DAILY,
             "SELECT day, kind, model_provider, model_id, flag, uniqCombined64State(installation) AS installations "
             f"FROM {SESSION_SIGHTINGS.local_target(opts)} ARRAY JOIN arrayConcat([''], features) AS flag "
-            "ARRAY JOIN installation_hashes AS installation GROUP BY day, kind, model_provider, model_id, flag", opts),
+            "ARRAY JOIN installation_hashes AS installation GROUP BY day, kind, model_provider, model_id, flag",
+            opts,
+        ),
         materialized_view(
-            "value_candidates_installations_mv", VALUE_CANDIDATES,
+            "value_candidates_installations_mv",
+            VALUE_CANDIDATES,
             "SELECT day, field, value_hash, uniqCombined64State(installation) AS installations "
             f"FROM {VALUE_SIGHTINGS.local_target(opts)} ARRAY JOIN installation_hashes AS installation "
-            "GROUP BY day, field, value_hash", opts),
+            "GROUP BY day, field, value_hash",
+            opts,
+        ),
     ]

@@ -33,28 +33,46 @@ def _pattern_tables(prefix: str, pattern: tuple[tuple[str, str], ...]) -> tuple[
             sharding_key=f"cityHash64({', '.join(n for n, t in pattern if not t.startswith('Array'))}, sdk_version)",
         )
 
-    return table("minute", "minute"), ((table("hourly", "hour"), "toStartOfHour"), (table("daily", "day"), "toStartOfDay"))
+    return table("minute", "minute"), (
+        (table("hourly", "hour"), "toStartOfHour"),
+        (table("daily", "day"), "toStartOfDay"),
+    )
 
 
 TEAM_RUNS_MINUTE, TEAM_RUNS_ROLLUPS = _pattern_tables("team_runs", TEAM_PATTERN)
 WORKFLOW_RUNS_MINUTE, WORKFLOW_RUNS_ROLLUPS = _pattern_tables("workflow_runs", WORKFLOW_PATTERN)
-PATTERN_TABLES = (TEAM_RUNS_MINUTE, *(t for t, _ in TEAM_RUNS_ROLLUPS), WORKFLOW_RUNS_MINUTE,
-                  *(t for t, _ in WORKFLOW_RUNS_ROLLUPS))
+PATTERN_TABLES = (
+    TEAM_RUNS_MINUTE,
+    *(t for t, _ in TEAM_RUNS_ROLLUPS),
+    WORKFLOW_RUNS_MINUTE,
+    *(t for t, _ in WORKFLOW_RUNS_ROLLUPS),
+)
 
 
 def statements(opts: SchemaOptions) -> list[str]:
     statements = [statement for table in PATTERN_TABLES for statement in table.create(opts)]
-    for minute, rollups, pattern in ((TEAM_RUNS_MINUTE, TEAM_RUNS_ROLLUPS, TEAM_PATTERN),
-                                     (WORKFLOW_RUNS_MINUTE, WORKFLOW_RUNS_ROLLUPS, WORKFLOW_PATTERN)):
+    for minute, rollups, pattern in (
+        (TEAM_RUNS_MINUTE, TEAM_RUNS_ROLLUPS, TEAM_PATTERN),
+        (WORKFLOW_RUNS_MINUTE, WORKFLOW_RUNS_ROLLUPS, WORKFLOW_PATTERN),
+    ):
         names = ", ".join(name for name, _ in pattern)
         for table, function in rollups:
-            statements.append(materialized_view(
-                f"{table.name}_mv", table,
-                f"SELECT {function}(window_start) AS window_start, sdk_version, {names}, sum(runs) AS runs "
-                f"FROM {minute.local_target(opts)} GROUP BY window_start, sdk_version, {names}", opts))
+            statements.append(
+                materialized_view(
+                    f"{table.name}_mv",
+                    table,
+                    f"SELECT {function}(window_start) AS window_start, sdk_version, {names}, sum(runs) AS runs "
+                    f"FROM {minute.local_target(opts)} GROUP BY window_start, sdk_version, {names}",
+                    opts,
+                )
+            )
     for table in (WORKFLOW_RUNS_MINUTE, *(t for t, _ in WORKFLOW_RUNS_ROLLUPS)):
-        statements.append(view(
-            f"workflow_step_kinds_{table.name.removeprefix('workflow_runs_')}",
-            "SELECT window_start, sdk_version, arrayJoin(step_kinds) AS step_kind, sum(runs) AS runs "
-            f"FROM {table.target(opts)} GROUP BY window_start, sdk_version, step_kind", opts))
+        statements.append(
+            view(
+                f"workflow_step_kinds_{table.name.removeprefix('workflow_runs_')}",
+                "SELECT window_start, sdk_version, arrayJoin(step_kinds) AS step_kind, sum(runs) AS runs "
+                f"FROM {table.target(opts)} GROUP BY window_start, sdk_version, step_kind",
+                opts,
+            )
+        )
     return statements
