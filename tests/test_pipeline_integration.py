@@ -18,6 +18,7 @@ from conftest import (
     stored_runs,
 )
 from kern_telemetry_client.contract import OS
+from test_events import DOC_DATA, DOC_DIMS
 
 pytestmark = pytest.mark.integration
 
@@ -25,36 +26,8 @@ NOW_S = int(time.time())
 BASE_S = NOW_S - NOW_S % 60 - 180  # a window start three minutes ago: every window below is complete
 SENTINEL = "SENTINEL-d41d8cd9"  # planted in identifiers and unknown fields: must never be stored
 
-DOC_AGENT_DATA = {
-    "agent_id": SENTINEL,
-    "db_type": "PostgresDb",
-    "model_provider": "openai",
-    "model_name": "OpenAIResponses",
-    "model_id": "gpt-5.2",
-    "parser_model": {"model_provider": "openai", "model_name": "OpenAIResponses", "model_id": "gpt-5.2"},
-    "output_model": {"model_provider": "openai", "model_name": "OpenAIResponses", "model_id": "gpt-5.2"},
-    "has_tools": True,
-    "has_memory": False,
-    "has_reasoning": True,
-    "has_knowledge": True,
-    "has_input_schema": False,
-    "has_output_schema": False,
-    "has_team": True,
-}
-DOC_AGENT_DIMS = (
-    "agent",
-    "1.0.0",
-    "openai",
-    "OpenAIResponses",
-    "gpt-5.2",
-    "PostgresDb",
-    "openai",
-    "gpt-5.2",
-    "openai",
-    "gpt-5.2",
-    "none",
-    ("has_knowledge", "has_reasoning", "has_team", "has_tools"),
-)
+DOC_AGENT_DATA = {**DOC_DATA, "agent_id": SENTINEL}
+DOC_AGENT_DIMS = DOC_DIMS
 
 
 def event(kind: str | None, data: dict | None = None, sdk: str = "1.0.0", **extra) -> bytes:
