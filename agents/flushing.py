@@ -38,7 +38,7 @@ class Flusher:
         checkpoint: Checkpoint,
         consumer: AIOKafkaConsumer,
         health: Health,
-        confirm_logs: Callable[[], Awaitable[None]],
+        confirm_logs: Callable[[bool], Awaitable[None]],
     ):
         self.settings = settings
         self.partitions = partitions
@@ -88,8 +88,7 @@ class Flusher:
         """Close every rollup being folded and flush everything ready, retrying until it lands."""
         self.partitions.close_all(self.ready)
         self._last = time.monotonic()
-        if self.ready:
-            await self.confirm_logs()
+        await self.confirm_logs(bool(self.ready))
         delays = backoff()
         while self.ready:
             async with self.lock:

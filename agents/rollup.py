@@ -262,16 +262,17 @@ class RollupAgent(mode.Service):
                 self.flusher.ready += resumption.rewrites
                 self.flusher.flush_soon()
 
-    async def confirm_logs(self) -> None:
+    async def confirm_logs(self, writing: bool) -> None:
         """Before a flush: whether the topic still has the id its partitions' logs were judged with. A topic
-        recreated under this worker while its position is inside the new log fails no fetch; it is caught
-        here, before any of the new log's records is flushed as the old log's: the unflushed rollups of the
-        partitions are dropped and the partitions resumed from the ledger as on assignment (a new log; the
-        dropped offsets recorded as lost of the old one)."""
+        recreated under this worker while its position is inside the new log (or at its end) fails no fetch;
+        it is caught here, before any of the new log's records is flushed as the old log's: the unflushed
+        rollups of the partitions are dropped and the partitions resumed from the ledger as on assignment (a
+        new log; the dropped offsets recorded as lost of the old one). Asked afresh before a flush that
+        writes; an idle worker asks at most every `KAFKA_PROBE_S`."""
         if not any(state.log.topic_id for state in self.partitions):
             return
         try:
-            current = await self.logs.topic_id(self.settings.topic, max_age_s=0)
+            current = await self.logs.topic_id(self.settings.topic, max_age_s=0 if writing else KAFKA_PROBE_S)
         except Exception as exc:  # noqa: BLE001 - the broker does not answer: the probe says so; flush anyway
             log.debug("topic id not read before a flush: %s", exc)
             return
