@@ -72,6 +72,17 @@ class Topic:
         return WorkerProcess(dict(self.env), self.workdir, name=name).start()
 
 
+def _drained(count: int, first: float, cpu: float) -> dict:
+    """A drain's figures, from its first record's monotonic time and the process time then."""
+    seconds = time.monotonic() - first
+    return {
+        "events": count,
+        "seconds": seconds,
+        "rate": count / seconds,
+        "cpu_s_per_1m": (time.process_time() - cpu) / count * 1e6,
+    }
+
+
 async def _drain(bootstrap: str, topic: str, expected: int) -> dict:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -88,13 +99,7 @@ async def _drain(bootstrap: str, topic: str, expected: int) -> dict:
                 if first is None:
                     first, cpu = time.monotonic(), time.process_time()
                 count += len(messages)
-        seconds = time.monotonic() - first
-        return {
-            "events": count,
-            "seconds": seconds,
-            "rate": count / seconds,
-            "cpu_s_per_1m": (time.process_time() - cpu) / count * 1e6,
-        }
+        return _drained(count, first, cpu)
     finally:
         await consumer.stop()
 
@@ -124,13 +129,7 @@ def _drain_librdkafka(bootstrap: str, topic: str, expected: int) -> dict:
                         first, cpu = time.monotonic(), time.process_time()
                     message.value(), message.offset(), message.timestamp()
                     count += 1
-        seconds = time.monotonic() - first
-        return {
-            "events": count,
-            "seconds": seconds,
-            "rate": count / seconds,
-            "cpu_s_per_1m": (time.process_time() - cpu) / count * 1e6,
-        }
+        return _drained(count, first, cpu)
     finally:
         consumer.close()
 

@@ -94,15 +94,20 @@ def test_every_column_the_code_writes_exists_after_migrating(chdb):
         assert set(columns) <= stored, table
 
 
+def typed_columns(chdb, table: str) -> list[tuple[str, str]]:
+    """A table's (name, type) columns, in their order."""
+    rows = chdb.query(
+        "SELECT name, type FROM system.columns WHERE database = 'kern_telemetry' "
+        "AND table = {t:String} ORDER BY position",
+        parameters={"t": table},
+    ).result_rows
+    return [tuple(row) for row in rows]
+
+
 def test_every_runs_table_has_the_dimensions_in_their_order_and_types(chdb):
     migrate(chdb, SchemaOptions())
     for table in RUNS_TABLES:
-        columns = chdb.query(
-            "SELECT name, type FROM system.columns WHERE database = 'kern_telemetry' "
-            "AND table = {t:String} ORDER BY position",
-            parameters={"t": table.name},
-        ).result_rows
-        assert [tuple(c) for c in columns] == [
+        assert typed_columns(chdb, table.name) == [
             ("window_start", "DateTime('UTC')"),
             *dimensions.COLUMNS,
             ("runs", "UInt64"),
@@ -112,12 +117,7 @@ def test_every_runs_table_has_the_dimensions_in_their_order_and_types(chdb):
 def test_every_launches_table_has_the_configuration_in_its_order_and_types(chdb):
     migrate(chdb, SchemaOptions())
     for table in LAUNCHES_TABLES:
-        columns = chdb.query(
-            "SELECT name, type FROM system.columns WHERE database = 'kern_telemetry' "
-            "AND table = {t:String} ORDER BY position",
-            parameters={"t": table.name},
-        ).result_rows
-        assert [tuple(c) for c in columns] == [
+        assert typed_columns(chdb, table.name) == [
             ("window_start", "DateTime('UTC')"),
             ("sdk_version", "LowCardinality(String)"),
             *dimensions.LAUNCH_COLUMNS,
