@@ -6,12 +6,14 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import clickhouse_connect
+from clickhouse_connect.driver import options
 from clickhouse_connect.driver.client import Client
 
 from pipeline.config import Settings
 
 
 def connect(settings: Settings) -> Client:
+    _without_dataframes()
     dsn = settings.clickhouse_dsn
     if settings.embedded_clickhouse:
         Path(dsn.removeprefix("chdb://")).mkdir(parents=True, exist_ok=True)
@@ -25,3 +27,10 @@ def connect(settings: Settings) -> Client:
     if settings.clickhouse_ca_cert:
         options["ca_cert"] = str(settings.clickhouse_ca_cert)
     return clickhouse_connect.get_client(**options)
+
+
+def _without_dataframes() -> None:
+    """clickhouse-connect imports pandas (and with it numpy and pyarrow) on a process's first insert, only to
+    ask whether the rows are a DataFrame; ours are lists, and those libraries cost a worker writing over
+    HTTP ~100 MB of its RSS (chDB installs them). Resolved as absent, they are never imported."""
+    options.pd = options.pd_time_test = options.np = None
