@@ -83,14 +83,15 @@ def report(args, trees: dict, runs: dict[str, list[dict]], ceilings: list[dict])
         f"# A/B: {before} ({args.before}) vs {after} ({args.after}), {args.events:,} events, {PARTITIONS} "
         f"partitions, worker -> ClickHouse over HTTP, {args.rounds} alternating rounds",
         "",
-        "| revision | events/s per round | median | × ceiling | CPU s / 1M (median) |",
-        "|---|---|---|---|---|",
+        "| revision | events/s per round | median | × ceiling | CPU s / 1M (median) | peak RSS MB (median) |",
+        "|---|---|---|---|---|---|",
     ]
     for sha, rows in runs.items():
         rates = ", ".join(f"{r['rate']:,.0f}" for r in rows)
         lines.append(
             f"| {sha} | {rates} | {medians[sha]:,.0f} | "
-            f"{medians[sha] / ceiling:.3f} | {statistics.median(r['cpu_s_per_1m'] for r in rows):.1f} |"
+            f"{medians[sha] / ceiling:.3f} | {statistics.median(r['cpu_s_per_1m'] for r in rows):.1f} | "
+            f"{statistics.median(r['rss_mb'] for r in rows):.0f} |"
         )
     ceiling_rates = ", ".join(f"{c['rate']:,.0f}" for c in ceilings)
     lines += [
