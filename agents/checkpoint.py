@@ -264,7 +264,7 @@ class Checkpoint:
 
     def projector(self, epoch: int) -> EventProjector:
         """A projector with the admission of `epoch`."""
-        return EventProjector.from_settings(self.settings, self.admitter.admissions.at(epoch))
+        return EventProjector.from_settings(self.settings, self.admitter.keys, self.admitter.admissions.at(epoch))
 
     def skipped(self, state: Any, through_offset: int, reason: str) -> PartitionRollup:
         """The flush of the range an operator asked to skip, from where `state`'s folding stands."""

@@ -222,7 +222,7 @@ class RollupAgent(mode.Service):
     def _projector(self) -> EventProjector:
         epoch = self.admitter.admissions.latest
         self.health.metrics.admission_epoch.set(epoch)
-        return EventProjector.from_settings(self.settings, self.admitter.admissions.at(epoch))
+        return EventProjector.from_settings(self.settings, self.admitter.keys, self.admitter.admissions.at(epoch))
 
     @mode.Service.task
     async def _apply_skips(self) -> None:

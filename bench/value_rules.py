@@ -24,6 +24,7 @@ from types import SimpleNamespace
 from kern_telemetry_client import contract, payloads
 from kern_telemetry_client.values import clean_flag_name, clean_value
 
+from pipeline.admission import Keys
 from pipeline.projector import EventProjector, Tally
 from pipeline.rejections import Rejection
 
@@ -173,7 +174,7 @@ def _worker(event: Callable[[str], dict]) -> Rule:
     """The worker's projector on one event carrying the string where `event` puts it."""
 
     def make() -> Callable[[str], object]:
-        projector = EventProjector(60, 3600, 300, 1 << 22)
+        projector = EventProjector(60, 3600, 300, 1 << 22, keys=Keys(b"bench"))
         now_ms = int(time.time() * 1000)
 
         def project(value: str) -> object:

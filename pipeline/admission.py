@@ -31,7 +31,7 @@ import hashlib
 import hmac
 import struct
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from pipeline import known_values
 
@@ -46,13 +46,23 @@ class Keys:
         self._secret = secret
         self._values = self._keyed(b"kern-telemetry/values")
         self._days: dict[bytes, object] = {}
+        self._session_days: dict[int, Any] = {}  # day -> its sessions' key: `session` runs per event
 
     def _keyed(self, label: bytes):
         return hashlib.blake2b(key=hmac.digest(self._secret, label, "sha256"), digest_size=8)
 
-    def sessions(self, window_start: int, sessions: Iterable[str]) -> list[int]:
-        """The keyed hashes of sessions seen on the day of `window_start` (the day's own key)."""
-        return _digests(self._daily(b"sessions", window_start), sessions)
+    def session(self, window_start: int, session: str) -> int:
+        """The keyed hash of a session seen on the day of `window_start` (the day's own key). Once per
+        counted event, as the fold meets it (the raw id is never kept): one dict lookup and one digest."""
+        day = window_start // DAY_S
+        keyed = self._session_days.get(day)
+        if keyed is None:
+            if len(self._session_days) > 16:
+                self._session_days.clear()
+            keyed = self._session_days[day] = self._daily(b"sessions", window_start)
+        hasher = keyed.copy()
+        hasher.update(session.encode("utf-8", "surrogatepass"))
+        return _U64.unpack(hasher.digest())[0]
 
     def installations(self, window_start: int, installations: Iterable[str]) -> list[int]:
         """The keyed hashes of installations' pseudonyms seen on the day of `window_start`."""

@@ -16,10 +16,12 @@ else (identifiers, prompts) without creating it.
 from __future__ import annotations
 
 import re
+from array import array
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
+from functools import partial
 from typing import Annotated, Any, NamedTuple
 
 import msgspec
@@ -27,7 +29,7 @@ from kern_telemetry_client import contract
 from kern_telemetry_client.payloads import MAX_NAMES
 from kern_telemetry_client.values import INVALID, MAX_RAW_LENGTH, NONE, REDACTED, clean_flag_name, clean_value
 
-from pipeline.admission import RARE, Admission
+from pipeline.admission import RARE, Admission, Keys
 from pipeline.dimensions import DATA_FIELDS, DIMENSIONS, MODEL_KEYS, NAME_FIELDS, PATTERNS, Dimension, member_bucket
 from pipeline.rejections import Reason, Rejection
 
@@ -170,19 +172,26 @@ def _remember(cache: dict, key: object, value: Any) -> Any:
     return value
 
 
+#: The session hash of a counted event without a session (a client report, a launch without one).
+NO_SESSION = 0
+SESSION_HASHES = partial(array, "Q")  # a new key's session hashes (unsigned 64-bit)
+
+
 class Tally:
-    """What projecting events leaves (a partition's rollup is one): the counted events' sessions per key
-    (their count is the runs; hashed at flush for the distinct-session sketches) and their installations'
-    daily pseudonyms, the quality counts, the candidate values with the installations that sent them, and
-    the cardinality guard's state, all for one flush."""
+    """What projecting events leaves (a partition's rollup is one): the keyed hashes of the counted events'
+    sessions per key (their count is the runs; the distinct ones go to the session sketches) and their
+    installations' daily pseudonyms, the quality counts, the candidate values with the installations that
+    sent them, and the cardinality guard's state, all for one flush."""
 
     __slots__ = ("candidates", "installations", "quality", "sessions", "suppressed", "tracked")
 
     def __init__(self) -> None:
         self.quality: dict[tuple, int] = {}  # (window_start, kind, reason) -> events
-        # (window_start, dims) -> the session of each counted event with those dims (None: without one), so
-        # that counting an event is one dict lookup: its runs are the list's length.
-        self.sessions: dict[tuple, list] = defaultdict(list)
+        # (window_start, dims) -> the session hash of each counted event with those dims (`NO_SESSION`:
+        # without one), so that counting an event is one dict lookup: its runs are the array's length. Hashed
+        # as folded, 8 bytes an event: a catching-up flush holds hundreds of thousands, and raw ids kept until
+        # the flush cost the worker ~70 MB of peak RSS (`make bench`, 1M events of one session each).
+        self.sessions: dict[tuple, array] = defaultdict(SESSION_HASHES)
         # (window_start, dims) -> the distinct installations of its events (older SDKs send none)
         self.installations: dict[tuple, set] = defaultdict(set)
         # (window_start, field, value) -> the installations that sent it, at most k: k-anonymity counts
@@ -205,6 +214,8 @@ class EventProjector:
         admission: Admission | None = None,
         k: int = 10,
         max_new_values: int = 20,
+        *,
+        keys: Keys,
     ):
         self.window_seconds = window_seconds
         self.allowed_lateness = allowed_lateness_seconds
@@ -213,6 +224,7 @@ class EventProjector:
         self.admission = admission or Admission()
         self.k = k  # installations a candidate needs: more are not kept
         self.max_new_values = max_new_values  # rare values a flush tracks per window and field
+        self._session_hash = keys.session
         self._decode_typed: Callable[[bytes], Any] = msgspec.json.Decoder(_TypedEnvelope).decode
         # Untyped floats (unknown fields) as Decimal: 1e400 there must not reject what the typed decode,
         # which skips those fields, accepts.
@@ -227,7 +239,7 @@ class EventProjector:
         self._notes: dict = {}  # one event's quality notes, kept only if the event is counted (or late)
 
     @classmethod
-    def from_settings(cls, settings: Any, admission: Admission | None = None) -> EventProjector:
+    def from_settings(cls, settings: Any, keys: Keys, admission: Admission | None = None) -> EventProjector:
         return cls(
             settings.window_seconds,
             settings.allowed_lateness_seconds,
@@ -236,6 +248,7 @@ class EventProjector:
             admission,
             settings.k_anonymity,
             settings.max_new_values_per_flush,
+            keys=keys,
         )
 
     @property
@@ -296,7 +309,7 @@ class EventProjector:
 
         if kind == _CLIENT_REPORT:
             report = (window_start, self._client_report(raw, event.sdk_version, window_start, tally))
-            tally.sessions[report].append(None)
+            tally.sessions[report].append(NO_SESSION)
             return report
         data = event.data
         typed = (kind, event.sdk_version, _NO_DATA if data is None else msgspec.structs.astuple(data))
@@ -311,7 +324,7 @@ class EventProjector:
         for reason in bad:
             _count(notes, (window_start, kind, reason))
         key = (window_start, dims)
-        tally.sessions[key].append(session)
+        tally.sessions[key].append(NO_SESSION if session is None else self._session_hash(window_start, session))
         installation = event.installation
         if installation is not None:
             tally.installations[key].add(installation)

@@ -16,6 +16,7 @@ replica that has every quorum insert.
 from __future__ import annotations
 
 import math
+from array import array
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
@@ -26,6 +27,7 @@ from kern_telemetry_client.contract import CLIENT_REPORT, OS, TEAM, WORKFLOW
 
 from pipeline import dimensions
 from pipeline.admission import DAY_S, Admitted, Keys
+from pipeline.projector import NO_SESSION, SESSION_HASHES
 from pipeline.rejections import GONE, Reason
 from pipeline.rollup import Fingerprint, LogIdentity, PartitionRollup
 from tables.ddl import SchemaOptions, Table
@@ -363,10 +365,10 @@ def _window(engine_full: str, setting: str, defaults: dict[str, str]) -> int:
 
 def _session_rows(rollup: PartitionRollup, keys: Keys) -> Iterator[tuple]:
     """Per day and sketch key (`dimensions.SKETCH`), the keyed hashes of the distinct sessions of the rollup's
-    runs (in order of first sight) and of their installations (sorted: a replay writes the same rows). One
-    row at a time, each sketch's sessions released once its row is encoded: a catching-up flush holds
-    hundreds of thousands of them."""
-    sessions: dict[tuple, list] = defaultdict(list)
+    runs (in order of first sight; hashed as folded) and of their installations (sorted: a replay writes the
+    same rows). One row at a time, each sketch's hashes released once its row is encoded: a catching-up
+    flush holds hundreds of thousands of them."""
+    sessions: dict[tuple, array] = defaultdict(SESSION_HASHES)
     installations: dict[tuple, set] = defaultdict(set)
     for key, ids in rollup.sessions.items():
         window_start, dims = key
@@ -377,11 +379,10 @@ def _session_rows(rollup: PartitionRollup, keys: Keys) -> Iterator[tuple]:
                 installations[sketch_key] |= found
     for sketch_key in list(sessions):
         distinct = dict.fromkeys(sessions.pop(sketch_key))
-        distinct.pop(None, None)  # events without a session
+        distinct.pop(NO_SESSION, None)  # events without a session
         present = sorted(installations.pop(sketch_key, ()))
         if distinct or present:
-            day_s = sketch_key[0] * DAY_S
-            yield (*sketch_key, keys.sessions(day_s, distinct), keys.installations(day_s, present))
+            yield (*sketch_key, list(distinct), keys.installations(sketch_key[0] * DAY_S, present))
 
 
 def _sighting_rows(rollup: PartitionRollup, keys: Keys) -> list[tuple]:

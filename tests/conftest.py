@@ -24,6 +24,7 @@ from devstack.broker import EmbeddedBroker
 from devstack.chdb_server import ChdbServerProcess
 from devstack.loadgen import EventGenerator
 from devstack.processes import WorkerProcess, free_port
+from pipeline.admission import Keys
 from pipeline.clickhouse import connect
 from pipeline.config import Settings
 from pipeline.dimensions import NAMES as DIMENSIONS
@@ -45,7 +46,10 @@ def reference_rollup(settings: Settings, values: list[bytes], record_ms: int) ->
     """`values` folded offline as one partition by the worker's own projector: the totals a pipeline
     that counts every event once must show, whatever crashed on the way."""
     rollup = PartitionRollup("reference", 0, 0)
-    rollup.add([Record(i, record_ms, value) for i, value in enumerate(values)], EventProjector.from_settings(settings))
+    rollup.add(
+        [Record(i, record_ms, value) for i, value in enumerate(values)],
+        EventProjector.from_settings(settings, Keys(b"reference")),
+    )
     return rollup
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import time
+from array import array
 from collections import namedtuple
 
 from kern_telemetry_client.values import NONE
 
 from pipeline.admission import RARE, Admission, Admissions, Admitted, Keys
-from pipeline.projector import EventProjector, Tally
+from pipeline.projector import NO_SESSION, EventProjector, Tally
 from pipeline.rejections import Reason, Rejection
 from pipeline.rollup import PartitionRollup
 from pipeline.sink import _session_rows
@@ -27,8 +28,16 @@ def event(model_id: str, session: str = "s-1", installation: str | None = "i-1",
     return json.dumps({**envelope, "data": {"model_provider": "openai", "model_id": model_id, **data}}).encode()
 
 
+KEYS = Keys(b"secret")
+
+
 def projector(admission: Admission | None = None, max_new_values: int = 20, k: int = 3) -> EventProjector:
-    return EventProjector(60, 3600, 300, 65536, admission=admission, k=k, max_new_values=max_new_values)
+    return EventProjector(60, 3600, 300, 65536, admission=admission, k=k, max_new_values=max_new_values, keys=KEYS)
+
+
+def hashed(window_start: int, *sessions: str | None) -> array:
+    """The session hashes a tally keeps for `sessions` (None: an event without one)."""
+    return array("Q", (NO_SESSION if s is None else KEYS.session(window_start, s) for s in sessions))
 
 
 # --- keyed hashes --------------------------------------------------------------------------------------
@@ -37,21 +46,21 @@ def projector(admission: Admission | None = None, max_new_values: int = 20, k: i
 def test_session_and_installation_hashes_are_the_same_for_every_worker_and_unlinkable_across_days():
     first, second = Keys(b"master"), Keys(b"master")
     today = WINDOW_START
-    assert first.sessions(today, ["s-1", "s-2"]) == second.sessions(today, ["s-1", "s-2"])
-    assert first.sessions(today, ["s-1"]) != first.sessions(today + DAY_S, ["s-1"])  # another day, another key
-    assert first.sessions(today, ["s-1"]) != Keys(b"other").sessions(today, ["s-1"])  # needs the secret
+    assert first.session(today, "s-1") == second.session(today + 59, "s-1") != first.session(today, "s-2")
+    assert first.session(today, "s-1") != first.session(today + DAY_S, "s-1")  # another day, another key
+    assert first.session(today, "s-1") != Keys(b"other").session(today, "s-1")  # needs the secret
     assert (
         first.installations(today, ["i-1"])
         == second.installations(today, ["i-1"])
         != first.installations(today + DAY_S, ["i-1"])
     )
-    assert first.installations(today, ["s-1"]) != first.sessions(today, ["s-1"])  # keys of their own
+    assert first.installations(today, ["s-1"]) != [first.session(today, "s-1")]  # keys of their own
     assert (
         first.value("model_id", "acme-bot")
         == second.value("model_id", "acme-bot")
         != first.value("model_name", "acme-bot")
     )
-    assert all(0 <= h < 2**64 for h in first.sessions(today, ["s-1", "ünïcode"]))
+    assert all(0 <= first.session(today, s) < 2**64 for s in ("s-1", "ünïcode", "\udcff"))
 
 
 def test_an_epoch_admits_what_it_and_the_epochs_before_it_admitted():
@@ -75,13 +84,15 @@ def test_a_rare_value_is_stored_as_rare_and_becomes_a_candidate_with_its_install
     assert dims[4] == RARE and dims[2] == "openai"  # model_id is rare, the provider is known
     assert tally.candidates == {(window, "model_id", "acme-support-bot"): {"i-7"}}
     assert tally.quality == {(window, "agent", Reason.RARE_VALUE): 1}
-    assert tally.sessions == {(window, dims): ["s-7"]} and tally.installations == {(window, dims): {"i-7"}}
+    assert tally.sessions == {(window, dims): hashed(window, "s-7")} and tally.installations == {
+        (window, dims): {"i-7"}
+    }
 
 
 def test_an_event_without_an_installation_is_counted_and_admits_nothing():
     tally = Tally()
     window, dims = projector().project(event("acme-support-bot", "s-7", installation=None), NOW_MS, tally)
-    assert dims[4] == RARE and tally.sessions == {(window, dims): ["s-7"]}
+    assert dims[4] == RARE and tally.sessions == {(window, dims): hashed(window, "s-7")}
     assert tally.candidates == {} and tally.installations == {}
 
 
@@ -155,7 +166,8 @@ def test_launches_count_their_os_as_the_session_and_client_reports_have_none():
         {"type": "client_report", "sdk_version": "2.4.1", "data": {"dropped": {"queue_full": 3}}}
     ).encode()
     report_key = projector().project(report, NOW_MS, tally)
-    assert tally.sessions == {key: ["os-9"], report_key: [None]} and key[1][1] == "2.4.1" and key[1][2] == NONE
+    assert tally.sessions == {key: hashed(key[0], "os-9"), report_key: hashed(key[0], None)}
+    assert key[1][1] == "2.4.1" and key[1][2] == NONE
 
 
 def test_a_full_guard_never_suppresses_a_value_admitted_as_sent():
@@ -180,10 +192,9 @@ def test_session_rows_hash_each_distinct_session_and_installation_once():
     ]
     rollup = PartitionRollup("t", 0, 0)
     rollup.add([record(i, NOW_MS, value) for i, value in enumerate(values)], projector())
-    keys = Keys(b"secret")
     day = NOW_MS // 1000 // DAY_S
-    ((row_day, kind, provider, model, features, hashes, installations),) = _session_rows(rollup, keys)
+    ((row_day, kind, provider, model, features, hashes, installations),) = _session_rows(rollup, KEYS)
     assert (row_day, kind, provider, model, features) == (day, "agent", "openai", "gpt-5.2", ())
-    assert hashes == keys.sessions(day * DAY_S, ["s-2", "s-1", "s-4"])
-    assert installations == keys.installations(day * DAY_S, ["i-3", "i-9"])
+    assert hashes == list(hashed(day * DAY_S, "s-2", "s-1", "s-4"))
+    assert installations == KEYS.installations(day * DAY_S, ["i-3", "i-9"])
     assert sum(rollup.runs.values()) == 5  # the launch counts, without a session

@@ -29,7 +29,10 @@ def rollup(start: int, events: int) -> PartitionRollup:
     folded = PartitionRollup("events", 0, start)
     value = b'{"type":"agent","session_id":"s","data":{"model_id":"gpt-5.2","has_tools":true}}'
     now_ms = int(time.time() * 1000)
-    folded.add([Record(start + i, now_ms, value) for i in range(events)], EventProjector(60, 3600, 300, 65536))
+    folded.add(
+        [Record(start + i, now_ms, value) for i in range(events)],
+        EventProjector(60, 3600, 300, 65536, keys=Keys(b"secret")),
+    )
     return folded
 
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from kern_telemetry_client.contract import EVENT_KINDS
 from kern_telemetry_client.values import INVALID, NONE, REDACTED, clean_flag_name
 
-from pipeline.admission import RARE, Admission
+from pipeline.admission import RARE, Admission, Keys
 from pipeline.dimensions import LAUNCH_NAMES, PATTERNS
 from pipeline.dimensions import NAMES as DIMENSIONS
 from pipeline.projector import KINDS, EventProjector, Tally
@@ -95,6 +95,7 @@ def projector(
         max_event_bytes=max_event_bytes,
         admission=admission,
         max_new_values=max_new_values,
+        keys=Keys(b"k"),
     )
 
 

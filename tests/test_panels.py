@@ -37,6 +37,7 @@ from pipeline.panels import (
     options_statement,
 )
 from pipeline.panels import render as render_sql
+from pipeline.projector import NO_SESSION
 from pipeline.rejections import GONE, QUALITY_ONLY
 from tables.ddl import SchemaOptions
 
@@ -246,7 +247,7 @@ def test_headline_numbers_are_what_was_produced_against_the_period_before(histor
     sessions = {kind: set() for kind in ("agent", "team", "workflow", "os")}
     for (_, dims), seen in reference.sessions.items():
         if dims[0] in sessions:
-            sessions[dims[0]].update(s for s in seen if s is not None)
+            sessions[dims[0]].update(s for s in seen if s != NO_SESSION)
     with history.stack.clickhouse() as client:
         total = answer(client, history, "runs-total")
         agent_runs = answer(client, history, "runs-total", Selection({"kind": ("agent",)}))

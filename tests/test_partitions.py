@@ -21,6 +21,7 @@ from agents.partitions import Partitions, PartitionState
 from agents.poison import UndecodableBatch
 from agents.quarantine import Quarantine
 from agents.rollup import RollupAgent
+from pipeline.admission import Keys
 from pipeline.config import Settings
 from pipeline.projector import EventProjector
 from pipeline.rollup import OffsetGap, PartitionRollup
@@ -29,7 +30,7 @@ from pipeline.sink import FlushRange
 TOPIC = "events"
 NOW_MS = int(time.time() * 1000)
 EVENT = b'{"type":"agent","session_id":"s","data":{"model_id":"gpt-5.2","has_tools":true}}'
-project = EventProjector(60, 3600, 300, 65536)
+project = EventProjector(60, 3600, 300, 65536, keys=Keys(b"k"))
 
 
 def records(first: int, count: int) -> list[Record]:

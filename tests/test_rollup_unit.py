@@ -11,6 +11,7 @@ import pytest
 from kern_telemetry_client.values import INVALID, NONE, REDACTED
 
 from agents.checkpoint import token
+from pipeline.admission import Keys
 from pipeline.dead_letters import OTHER_KEYS, DeadLetter, dead_letter
 from pipeline.projector import EventProjector, Tally
 from pipeline.rejections import Reason, Rejection
@@ -36,7 +37,9 @@ class Record(NamedTuple):
 
 
 def projector() -> EventProjector:
-    return EventProjector(WINDOW, allowed_lateness_seconds=3600, future_tolerance_seconds=300, max_event_bytes=65536)
+    return EventProjector(
+        WINDOW, allowed_lateness_seconds=3600, future_tolerance_seconds=300, max_event_bytes=65536, keys=Keys(b"k")
+    )
 
 
 def encode(payload: object) -> bytes:

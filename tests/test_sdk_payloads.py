@@ -37,7 +37,7 @@ from test_sdk_standins import (
     sentinel,
 )
 
-from pipeline.admission import RARE, Admission
+from pipeline.admission import RARE, Admission, Keys
 from pipeline.dimensions import NAME_FIELDS, PATTERNS, member_bucket
 from pipeline.dimensions import NAMES as DIMENSIONS
 from pipeline.projector import EventProjector, Tally
@@ -557,7 +557,9 @@ def test_every_payload_the_client_builds_is_counted_by_the_pipeline_with_its_dim
     if "db_type" in data:
         assert data["db_type"] == (None if obj.db is None else client_name(type(obj.db).__name__))
     tally = Tally()
-    projected = EventProjector(60, 3600, 300, 65536).project(json.dumps(event).encode(), 1_764_000_000_000, tally)
+    projected = EventProjector(60, 3600, 300, 65536, keys=Keys(b"k")).project(
+        json.dumps(event).encode(), 1_764_000_000_000, tally
+    )
     quality = tally.quality
     assert type(projected) is tuple, (projected, event)
     assert projected[1] == expected_dimensions(event)

@@ -43,7 +43,7 @@ def flushed(cluster: str | None) -> RecordingClient:
     now_ms = int(time.time() * 1000)
     rollup.add(
         [Record(10, now_ms, b'{"type":"agent","session_id":"s"}'), Record(11, now_ms, b"not json")],
-        EventProjector(60, 3600, 300, 65536),
+        EventProjector(60, 3600, 300, 65536, keys=Keys(b"secret")),
     )
     sink.last_flush("events", 3)
     write(sink, rollup, Keys(b"secret"), 12)

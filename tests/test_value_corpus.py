@@ -15,7 +15,7 @@ from kern_telemetry_client import contract, payloads
 from kern_telemetry_client.values import clean_value
 from test_value_rules_linear import key_strings
 
-from pipeline.admission import Admission
+from pipeline.admission import Admission, Keys
 from pipeline.dimensions import NAMES
 from pipeline.projector import EventProjector, Tally
 
@@ -200,7 +200,7 @@ def worker_events(value: str) -> list[dict]:
 
 def worker_dims(value: str, admission: Admission) -> tuple[list[tuple], Tally]:
     """What the worker counts the events of `value` under, and the tally with its candidates."""
-    worker, tally = EventProjector(60, 3600, 300, 65536, admission), Tally()
+    worker, tally = EventProjector(60, 3600, 300, 65536, admission, keys=Keys(b"k")), Tally()
     return [
         worker.project(json.dumps(event).encode(), int(time.time() * 1000), tally)[1] for event in worker_events(value)
     ], tally

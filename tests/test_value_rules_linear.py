@@ -24,7 +24,7 @@ from kern_telemetry_client.values import INVALID, MAX_RAW_LENGTH, clean_flag_nam
 
 from bench.value_rules import RULES, best_time, shaped, slowest_shapes
 from pipeline import known_values, projector
-from pipeline.admission import Admission
+from pipeline.admission import Admission, Keys
 from pipeline.dimensions import DIMENSIONS
 from pipeline.known_values import known
 from pipeline.projector import EventProjector, Tally
@@ -170,7 +170,7 @@ def test_the_clients_caches_never_keep_a_string_over_the_cap(monkeypatch):
 def test_the_workers_caches_never_keep_a_string_over_the_cap():
     """Events with a 1 MB string in every free-text field, flag name, launch name and client report reason:
     stored as INVALID, and no cache or candidate of the projector holds it."""
-    worker = EventProjector(60, 3600, 300, 16 * MEGABYTE)
+    worker = EventProjector(60, 3600, 300, 16 * MEGABYTE, keys=Keys(b"k"))
     tally = Tally()
     now_ms = int(time.time() * 1000)
     for value in OVER_CAP:
