@@ -105,7 +105,8 @@ def expected_quality(rollup: PartitionRollup) -> Counter:
 
 class TcpProxy:
     """A TCP proxy to a local port. `cut()` drops every connection and refuses new ones (a lost broker);
-    with `tls_certfile` it terminates TLS, so clients speak SSL to a broker that does not."""
+    `hold()` keeps every connection open and forwards nothing more (a broker that never answers); with
+    `tls_certfile` it terminates TLS, so clients speak SSL to a broker that does not."""
 
     def __init__(self, target_port: int, tls_certfile: str | None = None):
         self.target_port = target_port
@@ -117,6 +118,8 @@ class TcpProxy:
         self.connections: list[socket.socket] = []
         self.listener: socket.socket | None = None
         self.lock = threading.Lock()
+        self.forwarding = threading.Event()
+        self.forwarding.set()
 
     def start(self) -> TcpProxy:
         self.listener = socket.create_server(("127.0.0.1", self.port))
@@ -139,10 +142,10 @@ class TcpProxy:
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
 
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
+                self.forwarding.wait()
                 sink.sendall(data)
         except OSError:
             pass
@@ -150,6 +153,9 @@ class TcpProxy:
             for end in (source, sink):
                 with contextlib.suppress(OSError):
                     end.shutdown(socket.SHUT_RDWR)
+
+    def hold(self) -> None:
+        self.forwarding.clear()
 
     def cut(self) -> None:
         with contextlib.suppress(OSError):  # wakes the blocked accept(); close() alone would not free the port

@@ -266,6 +266,33 @@ def test_send_failures_and_oversized_events_are_counted_and_reported(tmp_path, m
     assert report["data"]["dropped"] == {**dict.fromkeys(contract.DROP_REASONS, 0), "send_failed": 20, "oversized": 1}
 
 
+def test_records_in_flight_when_close_gives_up_are_unknown_at_exit_not_failed(tmp_path, monkeypatch):
+    """The broker stops answering with records in flight: `close` gives up at its deadline, and closing the
+    producer then fails those records; they were counted unknown_at_exit (they may have arrived), so the
+    producer's errbacks must not count them again, nor as send_failed (a CI run counted 1,041 so)."""
+    isolate(monkeypatch, tmp_path)
+    end = Transport._end
+
+    def descheduled_end(transport: Transport) -> None:  # the host's thread descheduled on a busy machine
+        time.sleep(0.5)  # (as in that CI run): the producer's errbacks come before close's account
+        end(transport)
+
+    monkeypatch.setattr(Transport, "_end", descheduled_end)
+    with proxied_stack(tmp_path) as (broker, proxy, stack):
+        transport = Transport(KafkaSink(broker.bootstrap_servers, stack.settings.topic), "1.0.0", report_interval=3600)
+        for event in agent_events("warm-up", 1):
+            transport.put(event)
+        assert transport.flush(10.0)  # connected, the topic's metadata known
+        proxy.hold()
+        for event in agent_events("held", 20):
+            transport.put(event)
+        time.sleep(1.0)  # the worker hands them to the producer at once: in flight, never acknowledged
+        transport.close(0.3)
+        stats = transport.stats()
+    assert (stats.delivered, stats.unknown_at_exit, stats.pending) == (1, 20, 0)
+    assert sum(stats.dropped.values()) == 0, stats.dropped
+
+
 # A host that warms the client up (connected, metadata known), captures `count` runs and ends; after the
 # client's exit handler it prints what the client counted (an atexit handler registered before the client's
 # runs after it).

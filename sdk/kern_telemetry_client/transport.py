@@ -227,6 +227,9 @@ class Transport:
         self._in_flight = 0
         self._offline = False
         self._closed = False  # by close, or the sink said stop sending: nothing moves any more
+        # the final marker is done: the worker closes its channel, and closing kafka-python's producer fails
+        # what is still in flight; those are unknown_at_exit (`_end`), not send_failed
+        self._exiting = False
         self._channel: Channel | None = None
         self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
         self._thread.start()
@@ -355,7 +358,7 @@ class Transport:
             log.debug("telemetry: the sink is reachable again")
 
     def _failed(self, error: object = None) -> None:
-        if self._settle(1, SEND_FAILED):
+        if not self._exiting and self._settle(1, SEND_FAILED):
             self._unreachable(error)
 
     def _unreachable(self, error: object = None) -> None:
@@ -407,6 +410,7 @@ class Transport:
             if marker is not None:
                 self._complete(marker)
                 if marker.final:
+                    self._exiting = True
                     return
 
     def _take(self, timeout: float) -> tuple[list[Event], _Marker | None]:
