@@ -60,13 +60,12 @@ class Keys:
             if len(self._session_days) > 16:
                 self._session_days.clear()
             keyed = self._session_days[day] = self._daily(b"sessions", window_start)
-        hasher = keyed.copy()
-        hasher.update(session.encode("utf-8", "surrogatepass"))
-        return _U64.unpack(hasher.digest())[0]
+        return _digest(keyed, session)
 
     def installations(self, window_start: int, installations: Iterable[str]) -> list[int]:
         """The keyed hashes of installations' pseudonyms seen on the day of `window_start`."""
-        return _digests(self._daily(b"installations", window_start), installations)
+        keyed = self._daily(b"installations", window_start)
+        return [_digest(keyed, installation) for installation in installations]
 
     def _daily(self, what: bytes, window_start: int):
         label = b"kern-telemetry/%s/%d" % (what, window_start // DAY_S)
@@ -78,22 +77,17 @@ class Keys:
         return keyed
 
     def value(self, field: str, value: str) -> int:
-        return _digests(self._values, (f"{field}\0{value}",))[0]
+        return _digest(self._values, f"{field}\0{value}")
 
 
 _U64 = struct.Struct("<Q")
 
 
-def _digests(keyed, texts: Iterable[str]) -> list[int]:
-    """The 64-bit keyed digests of `texts`. Once per session and flush: kept tight."""
-    copy, unpack = keyed.copy, _U64.unpack
-    digests: list[int] = []
-    append = digests.append
-    for text in texts:
-        hasher = copy()
-        hasher.update(text.encode("utf-8", "surrogatepass"))
-        append(unpack(hasher.digest())[0])
-    return digests
+def _digest(keyed, text: str) -> int:
+    """The 64-bit keyed digest of `text` (a session's on the fold's per-event path)."""
+    hasher = keyed.copy()
+    hasher.update(text.encode("utf-8", "surrogatepass"))
+    return _U64.unpack(hasher.digest())[0]
 
 
 class Admitted(NamedTuple):
