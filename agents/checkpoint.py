@@ -3,7 +3,9 @@
 A flush covers one source partition's contiguous offset range [start, end) of one log (`LogIdentity`: a
 partition meets a new log when its topic is recreated or its cluster replaced, `agents/logs.py`). Its
 rollup (`pipeline/rollup.py`) is a pure function of the records in the range, so rebuilding it from the
-same offsets gives the same rows. The protocol, per source partition:
+same offsets gives the same rows. The protocol, per source partition (the worker flushes a batch of
+rollups of distinct partitions at once, `batch_of`: each step then serves the whole batch, with one insert
+where the rows of several flushes can share one):
 
 1. **Dead letters** of the range go to the DLQ topic, keyed by their source position (at-least-once:
    a crash before step 2 sends them again; a consumer of the DLQ drops duplicates by key).
@@ -12,8 +14,9 @@ same offsets gives the same rows. The protocol, per source partition:
    rows were projected with, and the summing tables it writes rows to go to `ingest_flushes`, before any
    of its data.
 3. **Rows, table by table.** Each summing table (runs, launches, client drops, quality: a row written
-   twice counts twice) gets the range's rows, then `flush_landings` records that the range landed
-   there. Then the sketches (sessions, candidate values: a hash written twice changes nothing). A retry
+   twice counts twice) gets the range's rows under the range's token, then `flush_landings` records
+   that the range landed there (the batch's landings in one insert after its summing inserts, and at
+   once when an insert fails). Then the sketches (sessions, candidate values: a hash written twice changes nothing). A retry
    writes only what has not landed: in this process from the rollup's memory (`landed`), after a crash
    from the landings (step 5).
 4. **Offsets** are committed to Kafka, for lag monitoring only: `ingest_flushes` is the truth.
@@ -42,8 +45,11 @@ in `/health` when they do not.
 from __future__ import annotations
 
 import bisect
+import contextlib
+import hashlib
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -58,7 +64,8 @@ from pipeline.health import Health
 from pipeline.projector import EventProjector
 from pipeline.rejections import GONE, QUALITY_ONLY, Reason
 from pipeline.rollup import Fingerprint, LogIdentity, PartitionRollup
-from pipeline.sink import ClickHouseSink, FlushRange
+from pipeline.sink import SKETCHES, ClickHouseSink, FlushRange, Intent
+from tables.ddl import Table
 from tables.schema import INGEST_FLUSHES
 
 log = logging.getLogger(__name__)
@@ -73,22 +80,69 @@ def token(rollup: PartitionRollup) -> str:
     return f"{rollup.topic}/{rollup.partition}/{generation}{rollup.start_offset}-{rollup.end_offset}"
 
 
-def write(sink: ClickHouseSink, rollup: PartitionRollup, keys: Keys, log_end_seen: int) -> None:
-    """Steps 2 and 3: what of the rollup has not landed yet (`rollup.landed`), in the protocol's order."""
-    flush, landed = token(rollup), rollup.landed
-    summing, sketches = sink.rows(rollup, keys)
-    if _INTENT not in landed:  # 2.
-        sink.record_intent(rollup, flush, [table.name for table, _, _ in summing], log_end_seen)
-        landed.add(_INTENT)
-    for table, columns, rows in summing:  # 3.
-        if table.name not in landed:
-            sink.insert_rows(table, columns, rows, flush)
-            sink.record_landing(rollup, table, flush)
-            landed.add(table.name)
-    for table, columns, sketch_rows in sketches:
-        if table.name not in landed:
-            sink.insert_rows(table, columns, sketch_rows, flush)
-            landed.add(table.name)
+def write(sink: ClickHouseSink, batch: list[PartitionRollup], keys: Keys, log_ends_seen: list[int]) -> None:
+    """Steps 2 and 3 for a batch of rollups of distinct partitions (`batch_of`): what of each has not
+    landed yet (`rollup.landed`), in the protocol's order. The intents go in one insert, each summing table
+    gets each rollup's rows under that rollup's token, and the landings of the batch go in one insert
+    after them (also when an insert fails, for the tables that got their rows before it), then one insert
+    per sketch table. A crash between a table's insert and the landings leaves a gap of seconds that the
+    tokens cover, as before; an insert that keeps failing has its predecessors' landings recorded."""
+    summing = [sink.summing_rows(rollup) for rollup in batch]
+    intents = [
+        Intent(rollup, tuple(table.name for table, _, _ in tables), log_end)
+        for rollup, tables, log_end in zip(batch, summing, log_ends_seen, strict=True)
+        if _INTENT not in rollup.landed
+    ]
+    if intents:  # 2.
+        sink.record_intents(intents, _joint(f"{token(intent.rollup)}/{_INTENT}" for intent in intents))
+        for intent in intents:
+            intent.rollup.landed.add(_INTENT)
+    landings: list[tuple[PartitionRollup, Table]] = []
+    try:
+        for rollup, tables in zip(batch, summing, strict=True):  # 3.
+            for table, columns, rows in tables:
+                if table.name not in rollup.landed:
+                    sink.insert_rows(table, columns, rows, f"{token(rollup)}/{table.name}")
+                    landings.append((rollup, table))
+    except Exception:
+        with contextlib.suppress(Exception):  # ClickHouse may be away: the retry records them first
+            _land(sink, landings)
+        raise
+    _land(sink, landings)
+    for table, columns, rows_of in SKETCHES:
+        if pending := [rollup for rollup in batch if table.name not in rollup.landed]:
+            sink.insert_rows(table, columns, rows_of(pending, keys), _joint(f"{token(r)}/{table.name}" for r in pending))
+            for rollup in pending:
+                rollup.landed.add(table.name)
+
+
+def _land(sink: ClickHouseSink, landings: list[tuple[PartitionRollup, Table]]) -> None:
+    if landings:
+        sink.record_landings(landings, _joint(f"{token(rollup)}/landed/{table.name}" for rollup, table in landings))
+        for rollup, table in landings:
+            rollup.landed.add(table.name)
+        landings.clear()
+
+
+def _joint(tokens: Iterable[str]) -> str:
+    """The deduplication token of an insert of several flushes' rows: a digest of theirs (the same batch
+    retried gets the same token), or the one flush's own token."""
+    tokens = list(tokens)
+    if len(tokens) == 1:
+        return tokens[0]
+    return "batch/" + hashlib.blake2b("\n".join(tokens).encode(), digest_size=16).hexdigest()
+
+
+def batch_of(ready: list[PartitionRollup]) -> list[PartitionRollup]:
+    """The rollups at the head of `ready` that flush together: one per partition at most. A partition's
+    last recorded intent is where it resumes, so a later range's intent must never land before an earlier
+    range's rows (`Checkpoint.resume` would replay only the later one)."""
+    partitions: set[int] = set()
+    for count, rollup in enumerate(ready):
+        if rollup.partition in partitions:
+            return ready[:count]
+        partitions.add(rollup.partition)
+    return list(ready)
 
 
 class Replay:
@@ -158,41 +212,37 @@ class Checkpoint:
         self.logs = logs
         self.metrics = health.metrics
 
-    async def flush(self, rollup: PartitionRollup) -> None:
-        """Steps 1 to 4 for one closed rollup. Raises when ClickHouse fails: the caller retries the same
-        rollup, whose dead letters are not sent again and whose landed tables are not written again."""
-        log.debug(
-            "flushing %s: %d events, %d rows, %d dead letters",
-            token(rollup),
-            rollup.events,
-            rollup.rows,
-            len(rollup.dead_letters),
-        )
-        if rollup.dead_letters:  # 1.
-            sends = [
-                await self.producer.send(self.settings.dlq_topic, value=letter.value, key=letter.key)
-                for letter in rollup.dead_letters
-            ]
+    async def flush(self, batch: list[PartitionRollup]) -> None:
+        """Steps 1 to 4 for closed rollups of distinct partitions (`batch_of`). Raises when ClickHouse fails:
+        the caller retries the same batch, whose dead letters are not sent again and whose landed tables are
+        not written again."""
+        log.debug("flushing %s", ", ".join(f"{token(r)}: {r.events} events, {r.rows} rows" for r in batch))
+        if sends := [  # 1.
+            await self.producer.send(self.settings.dlq_topic, value=letter.value, key=letter.key)
+            for rollup in batch
+            for letter in rollup.dead_letters
+        ]:
             for sent in sends:
                 await sent
-            rollup.dead_letters.clear()
-        if rollup.flushed_at is None:
-            rollup.flushed_at = time.time()
-        log_end_seen = max(self.health.log_ends.get(rollup.partition, 0), rollup.end_offset)
+            for rollup in batch:
+                rollup.dead_letters.clear()
+        now = time.time()
+        for rollup in batch:
+            if rollup.flushed_at is None:
+                rollup.flushed_at = now
+        log_ends_seen = [max(self.health.log_ends.get(r.partition, 0), r.end_offset) for r in batch]
         started = time.perf_counter()
-        await self.clickhouse.call(self._write, rollup, log_end_seen)  # 2. and 3.
+        await self.clickhouse.call(write, self.sink, batch, self.admitter.keys, log_ends_seen)  # 2. and 3.
         self.metrics.flush_duration.observe(time.perf_counter() - started)
-        self._count(rollup)
-        self.admitter.consider(rollup)
+        for rollup in batch:
+            self._count(rollup)
+            self.admitter.consider(rollup)
         try:  # 4.
             await self.consumer.commit(
-                {TopicPartition(rollup.topic, rollup.partition): OffsetAndMetadata(rollup.end_offset, "")}
+                {TopicPartition(r.topic, r.partition): OffsetAndMetadata(r.end_offset, "") for r in batch}
             )
         except Exception as exc:  # noqa: BLE001 - informational only; ingest_flushes is the truth
-            log.debug("offset commit for partition %d skipped: %s", rollup.partition, exc)
-
-    def _write(self, rollup: PartitionRollup, log_end_seen: int) -> None:
-        write(self.sink, rollup, self.admitter.keys, log_end_seen)
+            log.debug("offset commit for partitions %s skipped: %s", [r.partition for r in batch], exc)
 
     def _count(self, rollup: PartitionRollup) -> None:
         metrics = self.metrics

@@ -6,8 +6,9 @@
   rollup holds `KERN_FLUSH_MAX_EVENTS`, a replayed range completes, or backpressure paused consumption.
 - **The log first**: before rollups are written, the agent confirms their log is still the broker's
   (`RollupAgent.confirm_logs`): a recreated topic's records never flush as the old log's.
-- **Order and retries**: closed rollups wait in `ready` and flush in order (`agents/checkpoint.py`),
-  retried with backoff until they land; between attempts the lock is free, so a revocation can drop the
+- **Order and retries**: closed rollups wait in `ready` and flush in order (`agents/checkpoint.py`), a
+  batch of one per partition at a time (one intent insert, one landings insert, one insert per sketch
+  table for the whole batch), retried with backoff until they land; between attempts the lock is free, so a revocation can drop the
   rollups of partitions this worker lost.
 - **Backpressure**: above `KERN_MAX_PENDING_ROWS` unflushed rows every partition is paused; below half of
   it they resume (but a poisoned one).
@@ -22,7 +23,7 @@ from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer
 
-from agents.checkpoint import Checkpoint
+from agents.checkpoint import Checkpoint, batch_of
 from agents.partitions import Partitions
 from agents.retry import backoff, first_line
 from pipeline.config import Settings
@@ -74,7 +75,8 @@ class Flusher:
             self.health.recover("backpressure")
 
     async def run(self, stopping) -> None:
-        """The flush loop: wake at the flush interval or when asked, flush what is due."""
+        """The flush loop: wake a flush interval after the last flush started, or when asked, and flush what
+        is due."""
         while not stopping():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._now.wait(), self.settings.flush_interval_seconds)
@@ -94,8 +96,9 @@ class Flusher:
             async with self.lock:
                 try:
                     while self.ready:
-                        await self.checkpoint.flush(self.ready[0])
-                        self.ready.pop(0)
+                        batch = batch_of(self.ready)
+                        await self.checkpoint.flush(batch)
+                        del self.ready[: len(batch)]
                 except Exception as exc:  # noqa: BLE001 - any failure: keep the rollup, retry later
                     self.health.metrics.flush_failures.inc()
                     self.health.degrade("clickhouse", f"flush failed: {type(exc).__name__}: {first_line(exc)}")

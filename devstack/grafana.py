@@ -156,7 +156,7 @@ WORKER_PANELS: tuple[OperatorPanel, ...] = (
     ),
     OperatorPanel(
         "Flush latency",
-        "Time to write one flush (intent and rows) to ClickHouse.",
+        "Time to write one batch of flushes (intents, rows, landings, sketches) to ClickHouse.",
         "s",
         _quantiles("kern_flush_duration_seconds", 0.5, 0.9, 0.99),
     ),

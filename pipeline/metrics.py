@@ -90,7 +90,7 @@ class Metrics:
         )
         self.flush_duration = Histogram(
             "kern_flush_duration_seconds",
-            "Time to write one flush (intent and rows) to ClickHouse.",
+            "Time to write one batch of flushes (intents, rows, landings, sketches) to ClickHouse.",
             registry=registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )

@@ -129,6 +129,14 @@ class FlushRange(NamedTuple):
         return tuple(table for table in self.tables if table not in self.landed)
 
 
+class Intent(NamedTuple):
+    """What a flush's intent records beside its rollup."""
+
+    rollup: PartitionRollup
+    tables: tuple[str, ...]  # the summing tables it writes rows to
+    log_end_seen: int  # the highest log end the worker had seen
+
+
 class SkipRequest(NamedTuple):
     through_offset: int
     reason: str
@@ -192,40 +200,39 @@ class ClickHouseSink:
             frozenset(table for (table,) in landed),
         )
 
-    def record_intent(self, rollup: PartitionRollup, token: str, tables: Iterable[str], log_end_seen: int) -> None:
-        fingerprint = rollup.fingerprint or Fingerprint(-1, 0)
-        row = (
-            rollup.topic,
-            rollup.partition,
-            rollup.start_offset,
-            rollup.end_offset,
-            rollup.events,
-            rollup.counted,
-            rollup.dead_lettered,
-            rollup.late,
-            rollup.skipped,
-            rollup.expired,
-            rollup.lost,
-            rollup.epoch,
-            rollup.log.generation,
-            rollup.log.topic_id,
-            *fingerprint,
-            log_end_seen,
-            list(tables),
-            rollup.flushed_at,
-        )
-        self._insert(
-            INGEST_FLUSHES.target(self.opts), [row], FLUSH_COLUMNS, f"{token}/{INGEST_FLUSHES.name}", self._intents
-        )
+    def record_intents(self, intents: list[Intent], token: str) -> None:
+        """The intents of a batch of flushes, in one insert (one row per rollup)."""
+        rows = []
+        for rollup, tables, log_end_seen in intents:
+            fingerprint = rollup.fingerprint or Fingerprint(-1, 0)
+            rows.append(
+                (
+                    rollup.topic,
+                    rollup.partition,
+                    rollup.start_offset,
+                    rollup.end_offset,
+                    rollup.events,
+                    rollup.counted,
+                    rollup.dead_lettered,
+                    rollup.late,
+                    rollup.skipped,
+                    rollup.expired,
+                    rollup.lost,
+                    rollup.epoch,
+                    rollup.log.generation,
+                    rollup.log.topic_id,
+                    *fingerprint,
+                    log_end_seen,
+                    list(tables),
+                    rollup.flushed_at,
+                )
+            )
+        self._insert(INGEST_FLUSHES.target(self.opts), rows, FLUSH_COLUMNS, token, self._intents)
 
-    def rows(
-        self, rollup: PartitionRollup, keys: Keys
-    ) -> tuple[list[tuple[Table, tuple[str, ...], list]], list[tuple[Table, tuple[str, ...], Iterable]]]:
-        """The rows of a rollup, per table: first the summing tables (a row written twice counts twice) with
-        rows, then the sketches (writing a hash twice changes nothing). Summing: usage events to the runs
-        table, launches, team and workflow runs with their patterns to their tables, client reports to the
-        drops table, and the quality counts; sketches: the keyed hashes of the sessions and installations
-        (per sketch key) and of the candidate values (with their installations'), made lazily."""
+    def summing_rows(self, rollup: PartitionRollup) -> list[tuple[Table, tuple[str, ...], list]]:
+        """The rows of a rollup for the summing tables (a row written twice counts twice) that get any:
+        usage events to the runs table, launches, team and workflow runs with their patterns to their
+        tables, client reports to the drops table, and the quality counts."""
         summing = [
             (RUNS_MINUTE, RUNS_COLUMNS, [(w, *dims, n) for (w, dims), n in rollup.run_counts().items()]),
             *(
@@ -235,29 +242,18 @@ class ClickHouseSink:
             (CLIENT_DROPS_MINUTE, DROPS_COLUMNS, [(*key, n) for key, n in rollup.client_drops().items()]),
             (QUALITY_MINUTE, QUALITY_COLUMNS, [(*key, n) for key, n in rollup.quality.items()]),
         ]
-        return (
-            [table for table in summing if table[2]],
-            [
-                (SESSION_SIGHTINGS, SESSION_COLUMNS, _session_rows(rollup, keys)),
-                (VALUE_SIGHTINGS, SIGHTING_COLUMNS, _sighting_rows(rollup, keys)),
-            ],
-        )
+        return [table for table in summing if table[2]]
 
     def insert_rows(self, table: Table, columns: tuple[str, ...], rows: Iterable[tuple], token: str) -> None:
-        self._insert(table.target(self.opts), rows, columns, f"{token}/{table.name}", self._inserts)
+        self._insert(table.target(self.opts), rows, columns, token, self._inserts)
 
-    def record_landing(self, rollup: PartitionRollup, table: Table, token: str) -> None:
-        row = (
-            rollup.topic,
-            rollup.partition,
-            table.name,
-            rollup.log.generation,
-            rollup.start_offset,
-            rollup.end_offset,
-        )
-        self._insert(
-            FLUSH_LANDINGS.target(self.opts), [row], LANDING_COLUMNS, f"{token}/landed/{table.name}", self._intents
-        )
+    def record_landings(self, landings: list[tuple[PartitionRollup, Table]], token: str) -> None:
+        """That each (rollup, summing table) landed, in one insert."""
+        rows = [
+            (rollup.topic, rollup.partition, table.name, rollup.log.generation, rollup.start_offset, rollup.end_offset)
+            for rollup, table in landings
+        ]
+        self._insert(FLUSH_LANDINGS.target(self.opts), rows, LANDING_COLUMNS, token, self._intents)
 
     def admitted(self) -> list[Admitted]:
         return [
@@ -363,20 +359,21 @@ def _window(engine_full: str, setting: str, defaults: dict[str, str]) -> int:
     return int(digits) if found and digits.strip().isdigit() else int(defaults.get(setting, 0))
 
 
-def _session_rows(rollup: PartitionRollup, keys: Keys) -> Iterator[tuple]:
-    """Per day and sketch key (`dimensions.SKETCH`), the keyed hashes of the distinct sessions of the rollup's
+def _session_rows(rollups: Iterable[PartitionRollup], keys: Keys) -> Iterator[tuple]:
+    """Per day and sketch key (`dimensions.SKETCH`), the keyed hashes of the distinct sessions of the rollups'
     runs (in order of first sight; hashed as folded) and of their installations (sorted: a replay writes the
     same rows). One row at a time, each sketch's hashes released once its row is encoded: a catching-up
     flush holds hundreds of thousands of them."""
     sessions: dict[tuple, array] = defaultdict(SESSION_HASHES)
     installations: dict[tuple, set] = defaultdict(set)
-    for key, ids in rollup.sessions.items():
-        window_start, dims = key
-        if dims[0] != CLIENT_REPORT:
-            sketch_key = (window_start // DAY_S, *(dims[i] for i in dimensions.SKETCH_INDEXES))
-            sessions[sketch_key] += ids
-            if found := rollup.installations.get(key):
-                installations[sketch_key] |= found
+    for rollup in rollups:
+        for key, ids in rollup.sessions.items():
+            window_start, dims = key
+            if dims[0] != CLIENT_REPORT:
+                sketch_key = (window_start // DAY_S, *(dims[i] for i in dimensions.SKETCH_INDEXES))
+                sessions[sketch_key] += ids
+                if found := rollup.installations.get(key):
+                    installations[sketch_key] |= found
     for sketch_key in list(sessions):
         distinct = dict.fromkeys(sessions.pop(sketch_key))
         distinct.pop(NO_SESSION, None)  # events without a session
@@ -385,13 +382,23 @@ def _session_rows(rollup: PartitionRollup, keys: Keys) -> Iterator[tuple]:
             yield (*sketch_key, list(distinct), keys.installations(sketch_key[0] * DAY_S, present))
 
 
-def _sighting_rows(rollup: PartitionRollup, keys: Keys) -> list[tuple]:
-    """Per day, the keyed hash of each candidate value with the keyed hashes of the installations that
-    sent it."""
+def _sighting_rows(rollups: Iterable[PartitionRollup], keys: Keys) -> list[tuple]:
+    """Per day, the keyed hash of each candidate value of the rollups with the keyed hashes of the
+    installations that sent it."""
     sightings: dict[tuple, set] = defaultdict(set)
-    for (window_start, field, value), found in rollup.candidates.items():
-        sightings[(window_start // DAY_S, field, keys.value(field, value))] |= found
+    for rollup in rollups:
+        for (window_start, field, value), found in rollup.candidates.items():
+            sightings[(window_start // DAY_S, field, keys.value(field, value))] |= found
     return [
         (day, field, value_hash, keys.installations(day * DAY_S, sorted(found)))
         for (day, field, value_hash), found in sightings.items()
     ]
+
+
+#: The sketch tables with their columns and their rows for several rollups (writing a hash twice changes
+#: nothing, so one insert serves a batch of flushes): the keyed hashes of the sessions and installations
+#: per sketch key, and of the candidate values with their installations'.
+SKETCHES = (
+    (SESSION_SIGHTINGS, SESSION_COLUMNS, _session_rows),
+    (VALUE_SIGHTINGS, SIGHTING_COLUMNS, _sighting_rows),
+)

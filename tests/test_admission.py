@@ -193,7 +193,7 @@ def test_session_rows_hash_each_distinct_session_and_installation_once():
     rollup = PartitionRollup("t", 0, 0)
     rollup.add([record(i, NOW_MS, value) for i, value in enumerate(values)], projector())
     day = NOW_MS // 1000 // DAY_S
-    ((row_day, kind, provider, model, features, hashes, installations),) = _session_rows(rollup, KEYS)
+    ((row_day, kind, provider, model, features, hashes, installations),) = _session_rows([rollup], KEYS)
     assert (row_day, kind, provider, model, features) == (day, "agent", "openai", "gpt-5.2", ())
     assert hashes == list(hashed(day * DAY_S, "s-2", "s-1", "s-4"))
     assert installations == KEYS.installations(day * DAY_S, ["i-3", "i-9"])

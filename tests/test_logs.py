@@ -14,7 +14,7 @@ from conftest import Record
 from test_partitions import TOPIC, FakeConsumer, project, records, worker_over
 from test_sink import RecordingClient
 
-from agents.checkpoint import Checkpoint, Resumption, token, write
+from agents.checkpoint import Checkpoint, Resumption, batch_of, token, write
 from agents.logs import DIVERGED, EXPIRED, NEW_LOG, SAME, TRUNCATED, Facts, Recorded, Verdict, judge
 from pipeline.admission import Keys
 from pipeline.config import Settings
@@ -165,13 +165,47 @@ def test_a_retried_flush_writes_only_the_tables_it_had_not_landed_in():
     rollup = PartitionRollup(TOPIC, 0, 0)
     rollup.add([*records(0, 3), Record(3, records(0, 1)[0].timestamp, b"not json")], project)
     with pytest.raises(ConnectionError):
-        write(sink, rollup, Keys(b"k"), 4)
+        write(sink, [rollup], Keys(b"k"), [4])
     assert written(client) == ["ingest_flushes", "runs_minute", "landed/runs_minute"]
     client.failing = False
-    write(sink, rollup, Keys(b"k"), 4)
+    write(sink, [rollup], Keys(b"k"), [4])
     assert written(client)[3:] == ["quality_minute", "landed/quality_minute", "session_sightings"]
-    write(sink, rollup, Keys(b"k"), 4)
+    write(sink, [rollup], Keys(b"k"), [4])
     assert len(client.calls) == 6  # everything landed: nothing is written again
+
+
+def test_a_batch_of_partitions_shares_its_intent_landings_and_sketch_inserts_and_keeps_each_range_token():
+    client = FailingClient("quality_minute")
+    sink = ClickHouseSink(client, SchemaOptions())
+    batch = [PartitionRollup(TOPIC, partition, 0) for partition in (0, 1)]
+    for rollup in batch:
+        rollup.add([*records(0, 3), Record(3, records(0, 1)[0].timestamp, b"not json")], project)
+    with pytest.raises(ConnectionError):
+        write(sink, batch, Keys(b"k"), [4, 4])
+    intent, runs_0, landed = client.calls  # the landing of what landed before the failure is recorded
+    assert written(client)[1] == "runs_minute" and client.calls[1][2]["insert_deduplication_token"].startswith(
+        f"{TOPIC}/0/0-4/"
+    )
+    assert intent[2]["insert_deduplication_token"].startswith("batch/")
+    assert landed[2]["insert_deduplication_token"] == f"{TOPIC}/0/0-4/landed/runs_minute"
+    client.failing = False
+    write(sink, batch, Keys(b"k"), [4, 4])
+    tokens = [call[2]["insert_deduplication_token"] for call in client.calls[3:]]
+    assert tokens[:3] == [f"{TOPIC}/0/0-4/quality_minute", f"{TOPIC}/1/0-4/runs_minute", f"{TOPIC}/1/0-4/quality_minute"]
+    assert [call[1].split(".")[-1] for call in client.calls[6:]] == ["`flush_landings`", "`session_sightings`"]
+    assert all(token.startswith("batch/") for token in tokens[3:])  # both rollups' landings, both their sketches
+    retried = FailingClient("none")
+    again = [PartitionRollup(TOPIC, partition, 0) for partition in (0, 1)]
+    for rollup in again:
+        rollup.add([*records(0, 3), Record(3, records(0, 1)[0].timestamp, b"not json")], project)
+    write(ClickHouseSink(retried, SchemaOptions()), again, Keys(b"k"), [4, 4])
+    assert retried.calls[0][2] == intent[2]  # the same batch gets the same intent token
+
+
+def test_a_batch_holds_at_most_one_rollup_per_partition_in_the_order_they_are_ready():
+    first, second, later_first = (PartitionRollup(TOPIC, p, start) for p, start in ((0, 0), (1, 0), (0, 10)))
+    assert batch_of([first, second, later_first]) == [first, second]
+    assert batch_of([later_first]) == [later_first] and batch_of([]) == []
 
 
 class LedgerSink:

@@ -147,12 +147,12 @@ class FakeCheckpoint:
         self.release.set()
         self.failures = 0
 
-    async def flush(self, rollup: PartitionRollup) -> None:
+    async def flush(self, batch: list[PartitionRollup]) -> None:
         await self.release.wait()
         if self.failures:
             self.failures -= 1
             raise ConnectionError("ClickHouse is away")
-        self.flushed.append((rollup.partition, rollup.start_offset, rollup.end_offset))
+        self.flushed += [(rollup.partition, rollup.start_offset, rollup.end_offset) for rollup in batch]
 
 
 def worker_over(consumer: FakeConsumer, cursors: dict[int, int], **settings) -> RollupAgent:

@@ -46,12 +46,12 @@ def flushed(cluster: str | None) -> RecordingClient:
         EventProjector(60, 3600, 300, 65536, keys=Keys(b"secret")),
     )
     sink.last_flush("events", 3)
-    write(sink, rollup, Keys(b"secret"), 12)
+    write(sink, [rollup], Keys(b"secret"), [12])
     return client
 
 
 def test_on_a_cluster_intents_and_landings_need_a_quorum_and_are_read_with_sequential_consistency():
-    read, intent, runs, runs_landed, quality, quality_landed, sessions = flushed("telemetry").calls
+    read, intent, runs, quality, landed, sessions = flushed("telemetry").calls
     assert read == ("query", "`kern_telemetry`.`ingest_flushes`", {"select_sequential_consistency": 1})
     quorum = {
         "insert_deduplicate": 1,
@@ -66,14 +66,14 @@ def test_on_a_cluster_intents_and_landings_need_a_quorum_and_are_read_with_seque
         assert call[1] == f"`kern_telemetry`.`{table}`" and "insert_quorum" not in call[2]
         assert call[2]["distributed_foreground_insert"] == 1
         assert call[2]["insert_deduplication_token"] == f"events/3/10-12/{table}"
-    for call, table in ((runs_landed, "runs_minute"), (quality_landed, "quality_minute")):
-        assert call[1] == "`kern_telemetry`.`flush_landings`"
-        assert call[2] == {**quorum, "insert_deduplication_token": f"events/3/10-12/landed/{table}"}
+    assert landed[1] == "`kern_telemetry`.`flush_landings`"  # both tables' landings in one insert
+    assert landed[2]["insert_deduplication_token"].startswith("batch/")
+    assert landed[2] == {**quorum, "insert_deduplication_token": landed[2]["insert_deduplication_token"]}
 
 
 def test_on_one_node_the_same_writes_carry_only_their_deduplication_tokens():
     read, *writes = flushed(None).calls
-    assert read[2] == {} and len(writes) == 6
+    assert read[2] == {} and len(writes) == 5
     for call in writes:
         assert set(call[2]) == {
             "insert_deduplicate",
