@@ -84,8 +84,8 @@ def write(sink: ClickHouseSink, batch: list[PartitionRollup], keys: Keys, log_en
     """Steps 2 and 3 for a batch of rollups of distinct partitions (`batch_of`): what of each has not
     landed yet (`rollup.landed`), in the protocol's order. The intents go in one insert, each summing table
     gets each rollup's rows under that rollup's token, and the landings of the batch go in one insert
-    after them (also when an insert fails, for the tables that got their rows before it), then one insert
-    per sketch table. A crash between a table's insert and the landings leaves a gap of seconds that the
+    after them (also when an insert fails, for the tables that got their rows before it), then the sketches
+    (`SKETCHES`: one insert for the batch where it is shared). A crash between a table's insert and the landings leaves a gap of seconds that the
     tokens cover, as before; an insert that keeps failing has its predecessors' landings recorded."""
     summing = [sink.summing_rows(rollup) for rollup in batch]
     intents = [
@@ -109,10 +109,11 @@ def write(sink: ClickHouseSink, batch: list[PartitionRollup], keys: Keys, log_en
             _land(sink, landings)
         raise
     _land(sink, landings)
-    for table, columns, rows_of in SKETCHES:
-        if pending := [rollup for rollup in batch if table.name not in rollup.landed]:
-            sink.insert_rows(table, columns, rows_of(pending, keys), _joint(f"{token(r)}/{table.name}" for r in pending))
-            for rollup in pending:
+    for table, columns, rows_of, shared in SKETCHES:
+        pending = [rollup for rollup in batch if table.name not in rollup.landed]
+        for group in [pending] if shared and pending else [[rollup] for rollup in pending]:
+            sink.insert_rows(table, columns, rows_of(group, keys), _joint(f"{token(r)}/{table.name}" for r in group))
+            for rollup in group:
                 rollup.landed.add(table.name)
 
 

@@ -362,10 +362,8 @@ def _window(engine_full: str, setting: str, defaults: dict[str, str]) -> int:
 def _session_rows(rollups: Iterable[PartitionRollup], keys: Keys) -> Iterator[tuple]:
     """Per rollup, day and sketch key (`dimensions.SKETCH`), the keyed hashes of the distinct sessions of
     the rollup's runs (in order of first sight; hashed as folded) and of their installations (sorted: a
-    replay writes the same rows). A rollup at a time and one row at a time, each sketch's hashes released
-    once its row is encoded: a catching-up flush holds hundreds of thousands of them per rollup (merging a
-    batch's rollups first cost the worker ~70 MB of peak RSS in `make bench`; a session in two rollups
-    is in two rows, which the sketch merges)."""
+    replay writes the same rows). One row at a time, each sketch's hashes released once its row is
+    encoded: a catching-up flush holds hundreds of thousands of them per rollup."""
     for rollup in rollups:
         sessions: dict[tuple, array] = defaultdict(SESSION_HASHES)
         installations: dict[tuple, set] = defaultdict(set)
@@ -397,10 +395,11 @@ def _sighting_rows(rollups: Iterable[PartitionRollup], keys: Keys) -> list[tuple
     ]
 
 
-#: The sketch tables with their columns and their rows for several rollups (writing a hash twice changes
-#: nothing, so one insert serves a batch of flushes): the keyed hashes of the sessions and installations
-#: per sketch key, and of the candidate values with their installations'.
+#: The sketch tables with their columns, their rows for some rollups, and whether a batch of flushes shares
+#: one insert (writing a hash twice changes nothing, so it may): the candidate values' do; the sessions' go
+#: a rollup at a time, as a catching-up rollup holds hundreds of thousands of hashes (one insert for a batch
+#: of four raised the worker's peak RSS from ~267 to ~342 MB in `make bench-ab`).
 SKETCHES = (
-    (SESSION_SIGHTINGS, SESSION_COLUMNS, _session_rows),
-    (VALUE_SIGHTINGS, SIGHTING_COLUMNS, _sighting_rows),
+    (SESSION_SIGHTINGS, SESSION_COLUMNS, _session_rows, False),
+    (VALUE_SIGHTINGS, SIGHTING_COLUMNS, _sighting_rows, True),
 )

@@ -174,7 +174,7 @@ def test_a_retried_flush_writes_only_the_tables_it_had_not_landed_in():
     assert len(client.calls) == 6  # everything landed: nothing is written again
 
 
-def test_a_batch_of_partitions_shares_its_intent_landings_and_sketch_inserts_and_keeps_each_range_token():
+def test_a_batch_of_partitions_shares_its_intent_and_landings_inserts_and_keeps_each_range_token():
     client = FailingClient("quality_minute")
     sink = ClickHouseSink(client, SchemaOptions())
     batch = [PartitionRollup(TOPIC, partition, 0) for partition in (0, 1)]
@@ -192,8 +192,10 @@ def test_a_batch_of_partitions_shares_its_intent_landings_and_sketch_inserts_and
     write(sink, batch, Keys(b"k"), [4, 4])
     tokens = [call[2]["insert_deduplication_token"] for call in client.calls[3:]]
     assert tokens[:3] == [f"{TOPIC}/0/0-4/quality_minute", f"{TOPIC}/1/0-4/runs_minute", f"{TOPIC}/1/0-4/quality_minute"]
-    assert [call[1].split(".")[-1] for call in client.calls[6:]] == ["`flush_landings`", "`session_sightings`"]
-    assert all(token.startswith("batch/") for token in tokens[3:])  # both rollups' landings, both their sketches
+    assert [call[1].split(".")[-1] for call in client.calls[6:]] == ["`flush_landings`", *["`session_sightings`"] * 2]
+    assert tokens[3].startswith("batch/")  # both rollups' landings in one insert
+    # a rollup's session sketch holds up to hundreds of thousands of hashes: one insert each
+    assert tokens[4:] == [f"{TOPIC}/{partition}/0-4/session_sightings" for partition in (0, 1)]
     retried = FailingClient("none")
     again = [PartitionRollup(TOPIC, partition, 0) for partition in (0, 1)]
     for rollup in again:
