@@ -84,8 +84,8 @@ def write(sink: ClickHouseSink, batch: list[PartitionRollup], keys: Keys, log_en
     """Steps 2 and 3 for a batch of rollups of distinct partitions (`batch_of`): what of each has not
     landed yet (`rollup.landed`), in the protocol's order. The intents go in one insert, each summing table
     gets each rollup's rows under that rollup's token, and the landings of the batch go in one insert
-    after them (also when an insert fails, for the tables that got their rows before it), then the sketches
-    (`SKETCHES`: one insert for the batch where it is shared). A crash between a table's insert and the landings leaves a gap of seconds that the
+    after them (also when an insert fails, for the tables that got their rows before it), then one insert
+    per sketch table. A crash between a table's insert and the landings leaves a gap of seconds that the
     tokens cover, as before; an insert that keeps failing has its predecessors' landings recorded."""
     summing = [sink.summing_rows(rollup) for rollup in batch]
     intents = [
@@ -109,11 +109,10 @@ def write(sink: ClickHouseSink, batch: list[PartitionRollup], keys: Keys, log_en
             _land(sink, landings)
         raise
     _land(sink, landings)
-    for table, columns, rows_of, shared in SKETCHES:
-        pending = [rollup for rollup in batch if table.name not in rollup.landed]
-        for group in [pending] if shared and pending else [[rollup] for rollup in pending]:
-            sink.insert_rows(table, columns, rows_of(group, keys), _joint(f"{token(r)}/{table.name}" for r in group))
-            for rollup in group:
+    for table, columns, rows_of in SKETCHES:
+        if pending := [rollup for rollup in batch if table.name not in rollup.landed]:
+            sink.insert_rows(table, columns, rows_of(pending, keys), _joint(f"{token(r)}/{table.name}" for r in pending))
+            for rollup in pending:
                 rollup.landed.add(table.name)
 
 
@@ -134,13 +133,22 @@ def _joint(tokens: Iterable[str]) -> str:
     return "batch/" + hashlib.blake2b("\n".join(tokens).encode(), digest_size=16).hexdigest()
 
 
+#: The events a batch of flushes holds at most (but one rollup, however large). Its rollups stay in memory
+#: until the whole batch has landed, ~200 bytes an event: batching the large rollups of a catching-up worker
+#: raised its peak RSS from ~297 to ~350 MB (`make bench-ab`), while a caught-up worker's small ones share
+#: their inserts at no such cost.
+BATCH_MAX_EVENTS = 50_000
+
+
 def batch_of(ready: list[PartitionRollup]) -> list[PartitionRollup]:
-    """The rollups at the head of `ready` that flush together: one per partition at most. A partition's
-    last recorded intent is where it resumes, so a later range's intent must never land before an earlier
-    range's rows (`Checkpoint.resume` would replay only the later one)."""
+    """The rollups at the head of `ready` that flush together: one per partition at most (a partition
+    resumes at its last recorded intent, so a later range's intent must never land before an earlier
+    range's rows: `Checkpoint.resume` would replay only the later one), `BATCH_MAX_EVENTS` at most."""
     partitions: set[int] = set()
+    events = 0
     for count, rollup in enumerate(ready):
-        if rollup.partition in partitions:
+        events += rollup.events
+        if rollup.partition in partitions or (count and events > BATCH_MAX_EVENTS):
             return ready[:count]
         partitions.add(rollup.partition)
     return list(ready)

@@ -395,11 +395,10 @@ def _sighting_rows(rollups: Iterable[PartitionRollup], keys: Keys) -> list[tuple
     ]
 
 
-#: The sketch tables with their columns, their rows for some rollups, and whether a batch of flushes shares
-#: one insert (writing a hash twice changes nothing, so it may): the candidate values' do; the sessions' go
-#: a rollup at a time, as a catching-up rollup holds hundreds of thousands of hashes (one insert for a batch
-#: of four raised the worker's peak RSS from ~267 to ~342 MB in `make bench-ab`).
+#: The sketch tables with their columns and their rows for some rollups (writing a hash twice changes
+#: nothing, so one insert serves a batch of flushes): the keyed hashes of the sessions and installations
+#: per sketch key, and of the candidate values with their installations'.
 SKETCHES = (
-    (SESSION_SIGHTINGS, SESSION_COLUMNS, _session_rows, False),
-    (VALUE_SIGHTINGS, SIGHTING_COLUMNS, _sighting_rows, True),
+    (SESSION_SIGHTINGS, SESSION_COLUMNS, _session_rows),
+    (VALUE_SIGHTINGS, SIGHTING_COLUMNS, _sighting_rows),
 )

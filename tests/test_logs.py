@@ -14,7 +14,7 @@ from conftest import Record
 from test_partitions import TOPIC, FakeConsumer, project, records, worker_over
 from test_sink import RecordingClient
 
-from agents.checkpoint import Checkpoint, Resumption, batch_of, token, write
+from agents.checkpoint import BATCH_MAX_EVENTS, Checkpoint, Resumption, batch_of, token, write
 from agents.logs import DIVERGED, EXPIRED, NEW_LOG, SAME, TRUNCATED, Facts, Recorded, Verdict, judge
 from pipeline.admission import Keys
 from pipeline.config import Settings
@@ -174,7 +174,7 @@ def test_a_retried_flush_writes_only_the_tables_it_had_not_landed_in():
     assert len(client.calls) == 6  # everything landed: nothing is written again
 
 
-def test_a_batch_of_partitions_shares_its_intent_and_landings_inserts_and_keeps_each_range_token():
+def test_a_batch_of_partitions_shares_its_intent_landings_and_sketch_inserts_and_keeps_each_range_token():
     client = FailingClient("quality_minute")
     sink = ClickHouseSink(client, SchemaOptions())
     batch = [PartitionRollup(TOPIC, partition, 0) for partition in (0, 1)]
@@ -192,10 +192,8 @@ def test_a_batch_of_partitions_shares_its_intent_and_landings_inserts_and_keeps_
     write(sink, batch, Keys(b"k"), [4, 4])
     tokens = [call[2]["insert_deduplication_token"] for call in client.calls[3:]]
     assert tokens[:3] == [f"{TOPIC}/0/0-4/quality_minute", f"{TOPIC}/1/0-4/runs_minute", f"{TOPIC}/1/0-4/quality_minute"]
-    assert [call[1].split(".")[-1] for call in client.calls[6:]] == ["`flush_landings`", *["`session_sightings`"] * 2]
-    assert tokens[3].startswith("batch/")  # both rollups' landings in one insert
-    # a rollup's session sketch holds up to hundreds of thousands of hashes: one insert each
-    assert tokens[4:] == [f"{TOPIC}/{partition}/0-4/session_sightings" for partition in (0, 1)]
+    assert [call[1].split(".")[-1] for call in client.calls[6:]] == ["`flush_landings`", "`session_sightings`"]
+    assert all(token.startswith("batch/") for token in tokens[3:])  # both rollups' landings, both their sketches
     retried = FailingClient("none")
     again = [PartitionRollup(TOPIC, partition, 0) for partition in (0, 1)]
     for rollup in again:
@@ -204,10 +202,16 @@ def test_a_batch_of_partitions_shares_its_intent_and_landings_inserts_and_keeps_
     assert retried.calls[0][2] == intent[2]  # the same batch gets the same intent token
 
 
-def test_a_batch_holds_at_most_one_rollup_per_partition_in_the_order_they_are_ready():
-    first, second, later_first = (PartitionRollup(TOPIC, p, start) for p, start in ((0, 0), (1, 0), (0, 10)))
+def test_a_batch_holds_at_most_one_rollup_per_partition_in_the_order_they_are_ready_and_a_bounded_number_of_events():
+    first, second, later_first, third = (
+        PartitionRollup(TOPIC, p, start) for p, start in ((0, 0), (1, 0), (0, 10), (2, 0))
+    )
     assert batch_of([first, second, later_first]) == [first, second]
     assert batch_of([later_first]) == [later_first] and batch_of([]) == []
+    first.events, second.events, third.events = BATCH_MAX_EVENTS - 1, 1, 1
+    assert batch_of([first, second, third]) == [first, second]  # the batch's rollups stay until it lands
+    first.events = BATCH_MAX_EVENTS * 3
+    assert batch_of([first, second]) == [first]  # a large rollup flushes alone, as before batches
 
 
 class LedgerSink:
