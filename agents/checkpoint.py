@@ -16,9 +16,9 @@ where the rows of several flushes can share one):
 3. **Rows, table by table.** Each summing table (runs, launches, client drops, quality: a row written
    twice counts twice) gets the range's rows under the range's token, then `flush_landings` records
    that the range landed there (the batch's landings in one insert after its summing inserts, and at
-   once when an insert fails). Then the sketches (sessions, candidate values: a hash written twice changes nothing). A retry
-   writes only what has not landed: in this process from the rollup's memory (`landed`), after a crash
-   from the landings (step 5).
+   once when an insert fails). Then the sketches (sessions, candidate values: a hash written twice
+   changes nothing). A retry writes only what has not landed: in this process from the rollup's memory
+   (`landed`), after a crash from the landings (step 5).
 4. **Offsets** are committed to Kafka, for lag monitoring only: `ingest_flushes` is the truth.
 5. **Resume**, when a worker gets a partition (start, restart after a crash, rebalance): it reads the
    partition's last recorded range and the tables it landed in, and checks that the broker's log is the
@@ -111,7 +111,9 @@ def write(sink: ClickHouseSink, batch: list[PartitionRollup], keys: Keys, log_en
     _land(sink, landings)
     for table, columns, rows_of in SKETCHES:
         if pending := [rollup for rollup in batch if table.name not in rollup.landed]:
-            sink.insert_rows(table, columns, rows_of(pending, keys), _joint(f"{token(r)}/{table.name}" for r in pending))
+            sink.insert_rows(
+                table, columns, rows_of(pending, keys), _joint(f"{token(r)}/{table.name}" for r in pending)
+            )
             for rollup in pending:
                 rollup.landed.add(table.name)
 

@@ -6,10 +6,10 @@
   rollup holds `KERN_FLUSH_MAX_EVENTS`, a replayed range completes, or backpressure paused consumption.
 - **The log first**: before rollups are written, the agent confirms their log is still the broker's
   (`RollupAgent.confirm_logs`): a recreated topic's records never flush as the old log's.
-- **Order and retries**: closed rollups wait in `ready` and flush in order (`agents/checkpoint.py`), a
-  batch of one per partition at a time (one intent insert, one landings insert, one insert per sketch
-  table for the whole batch), retried with backoff until they land; between attempts the lock is free, so a revocation can drop the
-  rollups of partitions this worker lost.
+- **Order and retries**: closed rollups wait in `ready` and flush in order (`agents/checkpoint.py`), in
+  batches of at most one per partition and `BATCH_MAX_EVENTS` (one intent insert, one landings insert and
+  one insert per sketch table for the whole batch), retried with backoff until they land; between
+  attempts the lock is free, so a revocation can drop the rollups of partitions this worker lost.
 - **Backpressure**: above `KERN_MAX_PENDING_ROWS` unflushed rows every partition is paused; below half of
   it they resume (but a poisoned one).
 """
@@ -75,8 +75,7 @@ class Flusher:
             self.health.recover("backpressure")
 
     async def run(self, stopping) -> None:
-        """The flush loop: wake a flush interval after the last flush started, or when asked, and flush what
-        is due."""
+        """The flush loop: wake at the flush interval or when asked, flush what is due."""
         while not stopping():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._now.wait(), self.settings.flush_interval_seconds)
