@@ -5,7 +5,7 @@ partition meets a new log when its topic is recreated or its cluster replaced, `
 rollup (`pipeline/rollup.py`) is a pure function of the records in the range, so rebuilding it from the
 same offsets gives the same rows. The protocol, per source partition (the worker flushes a batch of
 rollups of distinct partitions at once, `batch_of`: each step then serves the whole batch, with one insert
-where the rows of several flushes can share one):
+for several flushes' landings and for their sketches):
 
 1. **Dead letters** of the range go to the DLQ topic, keyed by their source position (at-least-once:
    a crash before step 2 sends them again; a consumer of the DLQ drops duplicates by key).
@@ -82,21 +82,24 @@ def token(rollup: PartitionRollup) -> str:
 
 def write(sink: ClickHouseSink, batch: list[PartitionRollup], keys: Keys, log_ends_seen: list[int]) -> None:
     """Steps 2 and 3 for a batch of rollups of distinct partitions (`batch_of`): what of each has not
-    landed yet (`rollup.landed`), in the protocol's order. The intents go in one insert, each summing table
-    gets each rollup's rows under that rollup's token, and the landings of the batch go in one insert
-    after them (also when an insert fails, for the tables that got their rows before it), then one insert
-    per sketch table. A crash between a table's insert and the landings leaves a gap of seconds that the
-    tokens cover, as before; an insert that keeps failing has its predecessors' landings recorded."""
+    landed yet (`rollup.landed`), in the protocol's order. Each intent goes in an insert of its own, under
+    its rollup's token: the ledger sums the intents (`ingest_ledger`), so an intent that landed though its
+    insert failed must be dropped as a duplicate when it is retried in a batch made up differently (after a
+    revocation, or with rollups that became ready meanwhile). Each summing table gets each rollup's rows
+    under that rollup's token, and the landings of the batch go in one insert after them (also when an
+    insert fails, for the tables that got their rows before it), then one insert per sketch table. A crash
+    between a table's insert and the landings leaves a gap of seconds that the tokens cover, as before;
+    an insert that keeps failing has its predecessors' landings recorded. Landings and sketches written
+    twice change nothing."""
     summing = [sink.summing_rows(rollup) for rollup in batch]
     intents = [
         Intent(rollup, tuple(table.name for table, _, _ in tables), log_end)
         for rollup, tables, log_end in zip(batch, summing, log_ends_seen, strict=True)
         if _INTENT not in rollup.landed
     ]
-    if intents:  # 2.
-        sink.record_intents(intents, _joint(f"{token(intent.rollup)}/{_INTENT}" for intent in intents))
-        for intent in intents:
-            intent.rollup.landed.add(_INTENT)
+    for intent in intents:  # 2. one insert each (the ledger sums them: see above)
+        sink.record_intent(intent, f"{token(intent.rollup)}/{_INTENT}")
+        intent.rollup.landed.add(_INTENT)
     landings: list[tuple[PartitionRollup, Table]] = []
     try:
         for rollup, tables in zip(batch, summing, strict=True):  # 3.

@@ -7,9 +7,9 @@
 - **The log first**: before rollups are written, the agent confirms their log is still the broker's
   (`RollupAgent.confirm_logs`): a recreated topic's records never flush as the old log's.
 - **Order and retries**: closed rollups wait in `ready` and flush in order (`agents/checkpoint.py`), in
-  batches of at most one per partition and `BATCH_MAX_EVENTS` (one intent insert, one landings insert and
-  one insert per sketch table for the whole batch), retried with backoff until they land; between
-  attempts the lock is free, so a revocation can drop the rollups of partitions this worker lost.
+  batches of at most one per partition and `BATCH_MAX_EVENTS` (one landings insert and one insert per
+  sketch table for the whole batch), retried with backoff until they land; between attempts the lock is
+  free, so a revocation can drop the rollups of partitions this worker lost.
 - **Backpressure**: above `KERN_MAX_PENDING_ROWS` unflushed rows every partition is paused; below half of
   it they resume (but a poisoned one).
 """

@@ -200,34 +200,30 @@ class ClickHouseSink:
             frozenset(table for (table,) in landed),
         )
 
-    def record_intents(self, intents: list[Intent], token: str) -> None:
-        """The intents of a batch of flushes, in one insert (one row per rollup)."""
-        rows = []
-        for rollup, tables, log_end_seen in intents:
-            fingerprint = rollup.fingerprint or Fingerprint(-1, 0)
-            rows.append(
-                (
-                    rollup.topic,
-                    rollup.partition,
-                    rollup.start_offset,
-                    rollup.end_offset,
-                    rollup.events,
-                    rollup.counted,
-                    rollup.dead_lettered,
-                    rollup.late,
-                    rollup.skipped,
-                    rollup.expired,
-                    rollup.lost,
-                    rollup.epoch,
-                    rollup.log.generation,
-                    rollup.log.topic_id,
-                    *fingerprint,
-                    log_end_seen,
-                    list(tables),
-                    rollup.flushed_at,
-                )
-            )
-        self._insert(INGEST_FLUSHES.target(self.opts), rows, FLUSH_COLUMNS, token, self._intents)
+    def record_intent(self, intent: Intent, token: str) -> None:
+        rollup = intent.rollup
+        fingerprint = rollup.fingerprint or Fingerprint(-1, 0)
+        row = (
+            rollup.topic,
+            rollup.partition,
+            rollup.start_offset,
+            rollup.end_offset,
+            rollup.events,
+            rollup.counted,
+            rollup.dead_lettered,
+            rollup.late,
+            rollup.skipped,
+            rollup.expired,
+            rollup.lost,
+            rollup.epoch,
+            rollup.log.generation,
+            rollup.log.topic_id,
+            *fingerprint,
+            intent.log_end_seen,
+            list(intent.tables),
+            rollup.flushed_at,
+        )
+        self._insert(INGEST_FLUSHES.target(self.opts), [row], FLUSH_COLUMNS, token, self._intents)
 
     def summing_rows(self, rollup: PartitionRollup) -> list[tuple[Table, tuple[str, ...], list]]:
         """The rows of a rollup for the summing tables (a row written twice counts twice) that get any:

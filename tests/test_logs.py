@@ -174,32 +174,63 @@ def test_a_retried_flush_writes_only_the_tables_it_had_not_landed_in():
     assert len(client.calls) == 6  # everything landed: nothing is written again
 
 
-def test_a_batch_of_partitions_shares_its_intent_landings_and_sketch_inserts_and_keeps_each_range_token():
+def rollups(*partitions: int) -> list[PartitionRollup]:
+    """A rollup of offsets 0-3 (three events and one dead letter) per partition."""
+    made = [PartitionRollup(TOPIC, partition, 0) for partition in partitions]
+    for rollup in made:
+        rollup.add([*records(0, 3), Record(3, records(0, 1)[0].timestamp, b"not json")], project)
+    return made
+
+
+def tokens(calls: list) -> list[str]:
+    return [call[2]["insert_deduplication_token"] for call in calls]
+
+
+def test_a_batch_of_partitions_shares_its_landings_and_sketch_inserts_and_keeps_each_range_token():
     client = FailingClient("quality_minute")
     sink = ClickHouseSink(client, SchemaOptions())
-    batch = [PartitionRollup(TOPIC, partition, 0) for partition in (0, 1)]
-    for rollup in batch:
-        rollup.add([*records(0, 3), Record(3, records(0, 1)[0].timestamp, b"not json")], project)
+    batch = rollups(0, 1)
     with pytest.raises(ConnectionError):
         write(sink, batch, Keys(b"k"), [4, 4])
-    intent, runs, landed = client.calls  # the landing of what landed before the failure is recorded
-    assert runs[2]["insert_deduplication_token"] == f"{TOPIC}/0/0-4/runs_minute"
-    assert intent[2]["insert_deduplication_token"].startswith("batch/")
-    assert landed[2]["insert_deduplication_token"] == f"{TOPIC}/0/0-4/landed/runs_minute"
+    assert tokens(client.calls) == [
+        f"{TOPIC}/0/0-4/ingest_flushes",
+        f"{TOPIC}/1/0-4/ingest_flushes",
+        f"{TOPIC}/0/0-4/runs_minute",
+        f"{TOPIC}/0/0-4/landed/runs_minute",  # what landed before the failure is recorded at once
+    ]
     client.failing = False
     write(sink, batch, Keys(b"k"), [4, 4])
-    tokens = [call[2]["insert_deduplication_token"] for call in client.calls[3:]]
-    assert tokens[:3] == [
+    retried = client.calls[4:]
+    assert tokens(retried)[:3] == [
         f"{TOPIC}/{p}/0-4/{table}_minute" for p, table in ((0, "quality"), (1, "runs"), (1, "quality"))
     ]
-    assert [call[1].split(".")[-1] for call in client.calls[6:]] == ["`flush_landings`", "`session_sightings`"]
-    assert all(token.startswith("batch/") for token in tokens[3:])  # both rollups' landings, both their sketches
-    retried = FailingClient("none")
-    again = [PartitionRollup(TOPIC, partition, 0) for partition in (0, 1)]
-    for rollup in again:
-        rollup.add([*records(0, 3), Record(3, records(0, 1)[0].timestamp, b"not json")], project)
-    write(ClickHouseSink(retried, SchemaOptions()), again, Keys(b"k"), [4, 4])
-    assert retried.calls[0][2] == intent[2]  # the same batch gets the same intent token
+    assert [call[1].split(".")[-1] for call in retried[3:]] == ["`flush_landings`", "`session_sightings`"]
+    assert all(token.startswith("batch/") for token in tokens(retried[3:]))  # both rollups' landings, sketches
+
+
+class LostResponse(RecordingClient):
+    """ClickHouse applies the first insert into `table`, and its answer is lost."""
+
+    def __init__(self, table: str):
+        super().__init__()
+        self.table, self.lost = table, False
+
+    def raw_insert(self, table, columns, body, settings, fmt):
+        super().raw_insert(table, columns, body, settings, fmt)
+        if self.table in table and not self.lost:
+            self.lost = True
+            raise ConnectionError("connection reset")
+
+
+def test_an_intent_retried_in_a_batch_made_up_differently_keeps_its_token_so_the_ledger_counts_it_once():
+    client = LostResponse("ingest_flushes")
+    sink = ClickHouseSink(client, SchemaOptions())
+    first, second = rollups(0, 1)
+    with pytest.raises(ConnectionError):
+        write(sink, [first, second], Keys(b"k"), [4, 4])
+    write(sink, [first], Keys(b"k"), [4])  # partition 1 was revoked meanwhile
+    intents = [call for call in client.calls if "ingest_flushes" in call[1]]
+    assert tokens(intents) == [f"{TOPIC}/0/0-4/ingest_flushes"] * 2  # ClickHouse drops the second
 
 
 def test_a_batch_holds_at_most_one_rollup_per_partition_in_the_order_they_are_ready_and_a_bounded_number_of_events():
