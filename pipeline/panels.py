@@ -122,7 +122,7 @@ class Filter:
     name: str  # the URL and `--where` key, and the Grafana variable
     label: str
     condition: str  # over `{column}` (the source's) and `{values}` (an Array(String))
-    options: str  # the values to offer, most used first (the page's controls, Grafana's variable)
+    options: str  # the values to offer, most used first, ties by value (the page's controls, Grafana's variable)
     values: str = "{raw}"  # the chosen values as the condition reads them
 
 
@@ -135,14 +135,14 @@ FILTERS: tuple[Filter, ...] = (
         "kind",
         "Kind",
         "has({values}, {column})",
-        "SELECT kind FROM {db}.runs_daily GROUP BY kind ORDER BY sum(runs) DESC",
+        "SELECT kind FROM {db}.runs_daily GROUP BY kind ORDER BY sum(runs) DESC, kind",
     ),
     Filter(
         "provider",
         "Provider",
         "has({values}, {column})",
         "SELECT model_provider FROM {db}.runs_daily WHERE model_provider != 'none' GROUP BY model_provider "
-        "ORDER BY sum(runs) DESC",
+        "ORDER BY sum(runs) DESC, model_provider",
     ),
     # `gpt-4o` (at any provider) or `openai gpt-4o` (a breakdown's and a bar's label)
     Filter(
@@ -150,7 +150,7 @@ FILTERS: tuple[Filter, ...] = (
         "Model",
         "hasAny({values}, {column})",
         f"SELECT {MODEL} AS model FROM {{db}}.runs_daily WHERE model_id != 'none' GROUP BY model "
-        "ORDER BY sum(runs) DESC LIMIT 200",
+        "ORDER BY sum(runs) DESC, model LIMIT 200",
     ),
     # a minor version (`2.4`) or a full one (`2.4.1`)
     Filter(
@@ -165,7 +165,7 @@ FILTERS: tuple[Filter, ...] = (
         "Flags",
         "hasAll({column}, {values})",
         f"SELECT {FLAG_NAME.format('flag')} AS name FROM {{db}}.runs_daily ARRAY JOIN features AS flag "
-        "WHERE startsWith(flag, 'has_') GROUP BY name ORDER BY sum(runs) DESC",
+        "WHERE startsWith(flag, 'has_') GROUP BY name ORDER BY sum(runs) DESC, name",
         # (no parenthesis in a literal: the plugin's $__conditionalAll counts them)
         "arrayMap(f -> if(match(f, '^[a-z0-9_]+$') AND NOT startsWith(f, 'has_'), concat('has_', f), f), {raw})",
     ),
