@@ -64,7 +64,7 @@ from pipeline.health import Health
 from pipeline.projector import EventProjector
 from pipeline.rejections import GONE, QUALITY_ONLY, Reason
 from pipeline.rollup import Fingerprint, LogIdentity, PartitionRollup
-from pipeline.sink import SKETCHES, ClickHouseSink, FlushRange, Intent
+from pipeline.sink import SKETCHES, ClickHouseSink, FlushRange
 from tables.ddl import Table
 from tables.schema import INGEST_FLUSHES
 
@@ -92,14 +92,12 @@ def write(sink: ClickHouseSink, batch: list[PartitionRollup], keys: Keys, log_en
     an insert that keeps failing has its predecessors' landings recorded. Landings and sketches written
     twice change nothing."""
     summing = [sink.summing_rows(rollup) for rollup in batch]
-    intents = [
-        Intent(rollup, tuple(table.name for table, _, _ in tables), log_end)
-        for rollup, tables, log_end in zip(batch, summing, log_ends_seen, strict=True)
-        if _INTENT not in rollup.landed
-    ]
-    for intent in intents:  # 2. one insert each (the ledger sums them: see above)
-        sink.record_intent(intent, f"{token(intent.rollup)}/{_INTENT}")
-        intent.rollup.landed.add(_INTENT)
+    for rollup, tables, log_end_seen in zip(batch, summing, log_ends_seen, strict=True):  # 2. one insert each
+        if _INTENT not in rollup.landed:
+            sink.record_intent(
+                rollup, f"{token(rollup)}/{_INTENT}", [table.name for table, _, _ in tables], log_end_seen
+            )
+            rollup.landed.add(_INTENT)
     landings: list[tuple[PartitionRollup, Table]] = []
     try:
         for rollup, tables in zip(batch, summing, strict=True):  # 3.

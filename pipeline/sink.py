@@ -129,14 +129,6 @@ class FlushRange(NamedTuple):
         return tuple(table for table in self.tables if table not in self.landed)
 
 
-class Intent(NamedTuple):
-    """What a flush's intent records beside its rollup."""
-
-    rollup: PartitionRollup
-    tables: tuple[str, ...]  # the summing tables it writes rows to
-    log_end_seen: int  # the highest log end the worker had seen
-
-
 class SkipRequest(NamedTuple):
     through_offset: int
     reason: str
@@ -200,8 +192,7 @@ class ClickHouseSink:
             frozenset(table for (table,) in landed),
         )
 
-    def record_intent(self, intent: Intent, token: str) -> None:
-        rollup = intent.rollup
+    def record_intent(self, rollup: PartitionRollup, token: str, tables: Iterable[str], log_end_seen: int) -> None:
         fingerprint = rollup.fingerprint or Fingerprint(-1, 0)
         row = (
             rollup.topic,
@@ -219,8 +210,8 @@ class ClickHouseSink:
             rollup.log.generation,
             rollup.log.topic_id,
             *fingerprint,
-            intent.log_end_seen,
-            list(intent.tables),
+            log_end_seen,
+            list(tables),
             rollup.flushed_at,
         )
         self._insert(INGEST_FLUSHES.target(self.opts), [row], FLUSH_COLUMNS, token, self._intents)
