@@ -7,9 +7,10 @@ inside the Faust worker (lifecycle, signals, web endpoints, logging) but reads `
 from aiokafka, the client Faust itself uses, and keeps no per-event changelog: ClickHouse sums the partial
 aggregates that each flush writes.
 
-It wires the parts and runs five loops: consume (fetch, fold, backpressure), flush, probe the broker (log
-ends, freshness, stalls), load the admission of k-anonymous values (`agents/admission.py`), and look for
-an operator's skip while a partition is poisoned. When the broker says a position is out of its log's
+It wires the parts and runs six loops: consume (fetch, fold, backpressure), flush, probe the broker (log
+ends, freshness, stalls), load the admission of k-anonymous values (`agents/admission.py`), look for
+an operator's skip while a partition is poisoned, and check the hourly and daily grains against the minute
+grain (`pipeline/grains.py`). When the broker says a position is out of its log's
 range, the partition's log is judged again (`agents/logs.py`).
 """
 
@@ -19,6 +20,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import time
 from typing import Any
 
 import mode
@@ -33,12 +35,15 @@ from agents.logs import SAME, Logs, Recorded
 from agents.partitions import Partitions, PartitionState
 from agents.quarantine import Quarantine
 from agents.retry import retry
+from pipeline import grains
 from pipeline.admission import Keys
 from pipeline.config import Settings
 from pipeline.health import Health
 from pipeline.kafka import FETCH_OPTIONS, dead_letter_producer, worker_consumer
 from pipeline.projector import EventProjector
 from pipeline.rollup import OffsetGap
+from pipeline.sink import ClickHouseSink
+from tables.schema import ROLLUP_VIEWS
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,7 @@ _SKIP_POLL_S = 2.0  # how often a worker with a poisoned partition looks for an 
 
 class RollupAgent(mode.Service):
     # made in on_start, once ClickHouse and the broker answer; the loops start after it
+    sink: ClickHouseSink
     admitter: Admitter
     projector: EventProjector  # of the latest admission epoch
     producer: Any  # aiokafka's (it has no type hints)
@@ -78,7 +84,7 @@ class RollupAgent(mode.Service):
 
     async def on_start(self) -> None:
         settings = self.settings
-        sink = await self._retry("clickhouse", self.clickhouse.call, open_sink, settings)
+        self.sink = sink = await self._retry("clickhouse", self.clickhouse.call, open_sink, settings)
         self.admitter = Admitter(settings, sink, self.clickhouse, self.keys)
         await self._retry("clickhouse", self.admitter.refresh)
         self.projector = self._projector()
@@ -223,6 +229,29 @@ class RollupAgent(mode.Service):
         epoch = self.admitter.admissions.latest
         self.health.metrics.admission_epoch.set(epoch)
         return EventProjector.from_settings(self.settings, self.admitter.keys, self.admitter.admissions.at(epoch))
+
+    @mode.Service.task
+    async def _check_grains(self) -> None:
+        """The hourly and daily grains against the minute grain, over closed periods (`pipeline/grains.py`):
+        a ClickHouse that died in the middle of an insert may have kept a view's block out of its table."""
+        tables = [view.target.name for view in ROLLUP_VIEWS]
+        horizon = grains.worker_horizon_s(self.settings.topic_retention_hours, self.settings.allowed_lateness_seconds)
+        while not self._stopping():
+            await asyncio.sleep(self.settings.grain_check_seconds)
+            try:
+                disagreements = await self.clickhouse.call(
+                    grains.check_all,
+                    self.sink.client,
+                    self.sink.opts,
+                    self.settings.allowed_lateness_seconds,
+                    time.time(),
+                    False,
+                    horizon,
+                )
+            except Exception as exc:  # noqa: BLE001 - ClickHouse unreachable: the flusher's health says so
+                log.debug("grains not checked: %s", exc)
+            else:
+                self.health.grains_checked(tables, ((d.view.target.name, d.period_label) for d in disagreements))
 
     @mode.Service.task
     async def _apply_skips(self) -> None:

@@ -109,6 +109,58 @@ def skip(partition: int, through_offset: int, reason: str, topic: str | None) ->
 
 
 @main.command()
+@click.option("--repair", is_flag=True, help="Rebuild each period that disagrees from the minute grain")
+@click.option(
+    "--open-periods",
+    is_flag=True,
+    help="Also periods live records can still reach (younger than the allowed lateness): only while no worker "
+    "writes, or a repair races its inserts",
+)
+def grains(repair: bool, open_periods: bool) -> None:
+    """Check the hourly and daily grains against the minute grain they are kept from.
+
+    Each period's total in runs_hourly, runs_daily, launches_*, team_runs_*, workflow_runs_* and
+    client_drops_daily must be its minute table's. A single-node ClickHouse killed in the middle of an
+    insert can keep a view's block out of its table for good (pipeline/grains.py); workers report such a
+    period on /health (`grains`). Exits 1 while a period disagrees."""
+    from rich.table import Table
+
+    from pipeline import grains as grain_checks
+    from pipeline.clickhouse import connect
+    from tables.ddl import SchemaOptions
+
+    settings = Settings.load()
+    client, opts = connect(settings), SchemaOptions.from_settings(settings)
+
+    def disagreements() -> list:
+        return grain_checks.check_all(client, opts, settings.allowed_lateness_seconds, time.time(), open_periods)
+
+    found = disagreements()
+    table = Table("table", "period (UTC)", "minute grain", "kept", title="periods that disagree")
+    for disagreement in found:
+        table.add_row(
+            disagreement.view.target.name,
+            disagreement.period_label,
+            f"{disagreement.minute:,}",
+            f"{disagreement.kept:,}",
+        )
+    if not found:
+        console.print("every checked period of the hourly and daily grains agrees with the minute grain")
+        return
+    console.print(table)
+    if not repair:
+        raise click.ClickException(f"{len(found)} period(s) disagree; rebuild them with --repair")
+    for disagreement in found:
+        grain_checks.repair(client, opts, disagreement)
+    if left := disagreements():
+        raise click.ClickException(
+            f"rebuilt {len(found)} period(s), and {len(left)} still disagree: a worker wrote into them meanwhile? "
+            "Run the command again once the workers are caught up"
+        )
+    console.print(f"rebuilt {len(found)} period(s) from the minute grain; every checked period agrees now")
+
+
+@main.command()
 def worker() -> None:
     """Run a rollup worker (scale out by running more; Kafka partitions are the unit)."""
     from pipeline.app import create_app, run

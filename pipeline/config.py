@@ -104,6 +104,12 @@ class Settings(KernSettings):
         ge=0,
         description="How long a partition's log incident (new log, truncated, expired) keeps /health degraded",
     )
+    grain_check_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="How often the worker checks the hourly and daily grains against the minute grain "
+        "(`kern-telemetry grains`): a disagreement seen twice in a row degrades /health",
+    )
     dedup_horizon_seconds: float = Field(
         300.0,
         gt=0,

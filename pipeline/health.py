@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Iterable
 
 from pipeline.config import Settings
 from pipeline.metrics import Metrics
@@ -35,6 +36,7 @@ class Health:
         self.log_ends: dict[int, int] = {}  # partition -> the log end offset the broker last reported
         self.poison: dict[int, dict] = {}  # partition -> what cannot be decoded there, and how to resolve it
         self.last_flush_at: float | None = None
+        self._grain_suspects: set[tuple[str, str]] = set()  # disagreements the last grain check saw
         self.metrics.up.set(1)
         self.metrics.last_flush_age.set_function(
             lambda: 0.0 if self.last_flush_at is None else time.time() - self.last_flush_at
@@ -167,6 +169,26 @@ class Health:
         if partition in self.log_ends and partition in self.assigned:
             lag = self.log_ends[partition] - self.flushed_offsets.get(partition, 0)
             self.metrics.consumer_lag.labels(str(partition)).set(max(lag, 0))
+
+    def grains_checked(self, tables: Iterable[str], disagreeing: Iterable[tuple[str, str]]) -> None:
+        """A check of the coarse grains `tables` (`pipeline/grains.py`): `disagreeing` (table, period) pairs
+        that the check before saw too degrade `grains` and count per table. A pair seen once may be an
+        insert that landed between the check's two reads."""
+        seen = set(disagreeing)
+        confirmed = sorted(seen & self._grain_suspects)
+        self._grain_suspects = seen
+        for table in tables:
+            self.metrics.grain_disagreements.labels(table).set(sum(t == table for t, _ in confirmed))
+        if confirmed:
+            periods = ", ".join(f"{table} {period}" for table, period in confirmed[:5])
+            more = f" and {len(confirmed) - 5} more" if len(confirmed) > 5 else ""
+            self.degrade(
+                "grains",
+                f"{len(confirmed)} period(s) disagree with the minute grain: {periods}{more}; "
+                "rebuild them with `kern-telemetry grains --repair`",
+            )
+        else:
+            self.recover("grains")
 
     def report(self) -> dict:
         self.tick()

@@ -137,6 +137,13 @@ class Metrics:
             "The admission epoch this worker projects with (values admitted after k distinct installations).",
             registry=registry,
         )
+        self.grain_disagreements = Gauge(
+            "kern_grain_disagreements",
+            "Closed periods of an hourly or daily grain whose total is not the minute grain's, seen in two "
+            "checks in a row (`kern-telemetry grains --repair` rebuilds them).",
+            ["table"],
+            registry=registry,
+        )
         self.fetch_errors = Counter("kern_fetch_errors", "Fetches the Kafka client raised for.", registry=registry)
         self.offset_gaps_refused = Counter(
             "kern_offset_gaps_refused",

@@ -36,6 +36,8 @@ the ledger and the skip requests by `partition`, so one partition's intents live
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from tables.ddl import Table
 from tables.migrations.v1_initial import INGEST_FLUSHES, QUALITY_MINUTE, RUNS_MINUTE, RUNS_ROLLUPS, SCHEMA_MIGRATIONS
 from tables.migrations.v2_ledger import INGEST_LEDGER, LEDGER_COUNTS, SKIP_REQUESTS
@@ -47,9 +49,15 @@ from tables.migrations.v4_privacy import (
     VALUE_CANDIDATES,
     VALUE_SIGHTINGS,
 )
-from tables.migrations.v5_launches import LAUNCHES_MINUTE, LAUNCHES_TABLES
+from tables.migrations.v5_launches import LAUNCHES_MINUTE, LAUNCHES_ROLLUPS, LAUNCHES_TABLES
 from tables.migrations.v6_every_offset import FLUSH_LANDINGS, NEW_OUTCOMES
-from tables.migrations.v8_patterns import PATTERN_TABLES, TEAM_RUNS_MINUTE, WORKFLOW_RUNS_MINUTE
+from tables.migrations.v8_patterns import (
+    PATTERN_TABLES,
+    TEAM_RUNS_MINUTE,
+    TEAM_RUNS_ROLLUPS,
+    WORKFLOW_RUNS_MINUTE,
+    WORKFLOW_RUNS_ROLLUPS,
+)
 
 __all__ = [
     "ADMITTED_VALUES",
@@ -62,6 +70,7 @@ __all__ = [
     "LEDGER_OUTCOMES",
     "PATTERN_TABLES",
     "QUALITY_MINUTE",
+    "ROLLUP_VIEWS",
     "RUNS_MINUTE",
     "RUNS_TABLES",
     "SCHEMA_MIGRATIONS",
@@ -72,6 +81,7 @@ __all__ = [
     "VALUE_CANDIDATES",
     "VALUE_SIGHTINGS",
     "WORKFLOW_RUNS_MINUTE",
+    "RollupView",
 ]
 
 RUNS_TABLES = (RUNS_MINUTE, *(table for table, _ in RUNS_ROLLUPS))
@@ -89,4 +99,39 @@ RETAINED_TABLES: tuple[Table, ...] = (
     CLIENT_DROPS_MINUTE,
     CLIENT_DROPS_DAILY,
     SESSIONS_DAILY,
+)
+
+
+class RollupView(NamedTuple):
+    """A coarser grain that a materialized view keeps from a minute table the worker writes:
+    `SELECT {function}(window_start) AS window_start, <dimensions>, sum(<measure>) ... GROUP BY` all but the
+    measure (`pipeline/grains.py` checks it against its source and rebuilds it)."""
+
+    source: Table
+    target: Table
+    function: str  # toStartOfHour or toStartOfDay
+
+    @property
+    def measure(self) -> str:
+        return self.target.columns[-1][0]
+
+    @property
+    def dimensions(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.target.columns[1:-1])
+
+    @property
+    def period_seconds(self) -> int:
+        return 3600 if self.function == "toStartOfHour" else 86400
+
+
+ROLLUP_VIEWS: tuple[RollupView, ...] = tuple(
+    RollupView(source, target, function)
+    for source, rollups in (
+        (RUNS_MINUTE, RUNS_ROLLUPS),
+        (LAUNCHES_MINUTE, LAUNCHES_ROLLUPS),
+        (TEAM_RUNS_MINUTE, TEAM_RUNS_ROLLUPS),
+        (WORKFLOW_RUNS_MINUTE, WORKFLOW_RUNS_ROLLUPS),
+        (CLIENT_DROPS_MINUTE, ((CLIENT_DROPS_DAILY, "toStartOfDay"),)),
+    )
+    for target, function in rollups
 )
