@@ -121,8 +121,9 @@ def grains(repair: bool, open_periods: bool) -> None:
 
     Each period's total in runs_hourly, runs_daily, launches_*, team_runs_*, workflow_runs_* and
     client_drops_daily must be its minute table's. A single-node ClickHouse killed in the middle of an
-    insert can keep a view's block out of its table for good (pipeline/grains.py); workers report such a
-    period on /health (`grains`). Exits 1 while a period disagrees."""
+    insert can keep a block out of a table for good, the minute table's or a view's (pipeline/grains.py);
+    workers report such a period on /health (`grains`). A short hourly or daily period is rebuilt from the
+    minute table; a short minute period cannot be. Exits 1 while a period disagrees."""
     from rich.table import Table
 
     from pipeline import grains as grain_checks
@@ -136,28 +137,42 @@ def grains(repair: bool, open_periods: bool) -> None:
         return grain_checks.check_all(client, opts, settings.allowed_lateness_seconds, time.time(), open_periods)
 
     found = disagreements()
-    table = Table("table", "period (UTC)", "minute grain", "kept", title="periods that disagree")
+    table = Table("table", "period (UTC)", "minute grain", "kept", "short", title="periods that disagree")
     for disagreement in found:
         table.add_row(
             disagreement.view.target.name,
             disagreement.period_label,
             f"{disagreement.minute:,}",
             f"{disagreement.kept:,}",
+            disagreement.view.target.name if disagreement.rebuildable else disagreement.view.source.name,
         )
     if not found:
         console.print("every checked period of the hourly and daily grains agrees with the minute grain")
         return
     console.print(table)
-    if not repair:
-        raise click.ClickException(f"{len(found)} period(s) disagree; rebuild them with --repair")
-    for disagreement in found:
-        grain_checks.repair(client, opts, disagreement)
-    if left := disagreements():
-        raise click.ClickException(
-            f"rebuilt {len(found)} period(s), and {len(left)} still disagree: a worker wrote into them meanwhile? "
-            "Run the command again once the workers are caught up"
+    lost = [disagreement for disagreement in found if not disagreement.rebuildable]
+    if lost:
+        console.print(
+            f"{len(lost)} period(s) of a minute table hold less than their hourly or daily grain: the minute "
+            "table lost a block (a ClickHouse killed in the middle of an insert), and the coarse grain is the "
+            "one that holds it; nothing rebuilds a minute table"
         )
-    console.print(f"rebuilt {len(found)} period(s) from the minute grain; every checked period agrees now")
+    if not repair:
+        raise click.ClickException(
+            f"{len(found)} period(s) disagree; --repair rebuilds the short hourly and daily ones"
+        )
+    rebuildable = [disagreement for disagreement in found if disagreement.rebuildable]
+    for disagreement in rebuildable:
+        grain_checks.repair(client, opts, disagreement)
+    left = [disagreement for disagreement in disagreements() if disagreement.rebuildable]
+    if left:
+        raise click.ClickException(
+            f"rebuilt {len(rebuildable)} period(s), and {len(left)} still disagree: a worker wrote into them "
+            "meanwhile? Run the command again once the workers are caught up"
+        )
+    console.print(f"rebuilt {len(rebuildable)} period(s) from the minute grain")
+    if lost:
+        raise click.ClickException(f"{len(lost)} period(s) of a minute table are short and stay so")
 
 
 @main.command()

@@ -185,7 +185,7 @@ class Health:
             self.degrade(
                 "grains",
                 f"{len(confirmed)} period(s) disagree with the minute grain: {periods}{more}; "
-                "rebuild them with `kern-telemetry grains --repair`",
+                "`kern-telemetry grains` says which grain is short, and --repair rebuilds a short hourly or daily one",
             )
         else:
             self.recover("grains")

@@ -1,10 +1,11 @@
 """The hourly and daily grains checked against the minute grain, and rebuilt from it (`pipeline/grains.py`).
 
 What is simulated is what a single-node ClickHouse killed in the middle of an insert leaves: a block in a
-minute table whose view never put it into the coarse grain. The experiment that showed it (not a test: it
-is ClickHouse's behaviour, and rare): a process inserting 200-row blocks under tokens into a table with a
-materialized view was SIGKILLed 100 times, each time followed by a retry of the last blocks under the same
-tokens; twice the view ended one block short while the table was exact.
+minute table that its view never put into the coarse grain, or the other way round. The experiment that
+showed both (not a test: it is ClickHouse's behaviour, and rare): a process inserting 200-row blocks under
+tokens into a table with a materialized view was SIGKILLed 200 times, each time followed by a retry
+of its last blocks under the same tokens; the view ended one block short twice (the table exact), the
+table once (the view holding the block).
 """
 
 from __future__ import annotations
@@ -120,6 +121,39 @@ def test_a_repair_rebuilds_the_period_as_its_view_would_have_and_a_second_repair
     assert _disagreements(stack) == []
 
 
+def test_a_minute_table_that_lost_a_block_is_reported_and_never_rebuilt_over_the_grain_that_holds_it(damaged):
+    """The minute table's block lost and the views' kept (ClickHouse killed between them): rebuilding the
+    coarse grains from the minute table would lose the block there too."""
+    stack, day = damaged
+    start, end = day + 10 * HOUR, day + 10 * HOUR + 20 * 60
+    with stack.clickhouse() as client:
+        client.insert("kern_telemetry.runs_minute", _runs(start, 20, 7), column_names=_RUNS_COLUMNS)
+        client.command(
+            "ALTER TABLE kern_telemetry.runs_minute DELETE WHERE window_start >= {start:DateTime} "
+            "AND window_start < {end:DateTime}",
+            parameters={"start": start, "end": end},
+            settings={"mutations_sync": 2},
+        )
+        hourly_before = stored_runs(client, "runs_hourly")
+        lost = [d for d in _disagreements(stack) if not d.rebuildable]
+        assert {(d.view.target.name, int(d.period.timestamp())) for d in lost} == {
+            ("runs_hourly", start),
+            ("runs_daily", day),
+        }
+        with pytest.raises(ValueError, match="holds more than its minute table"):
+            grains.repair(client, SchemaOptions(), lost[0])
+
+    repaired = _cli(stack, "--repair")
+    assert repaired.returncode == 1
+    assert "rebuilt 2 period(s)" in repaired.stdout and "2 period(s) of a minute table" in repaired.stderr
+    with stack.clickhouse() as client:
+        hourly = stored_runs(client, "runs_hourly")
+    assert {key: n for key, n in hourly.items() if key[0] == start} == {
+        key: n for key, n in hourly_before.items() if key[0] == start
+    }
+    assert [d.rebuildable for d in _disagreements(stack)] == [False, False]
+
+
 def test_periods_live_records_can_still_reach_are_checked_only_when_asked(stack_factory):
     stack = stack_factory(shared_clickhouse=True)
     hour = int(time.time()) // HOUR * HOUR
@@ -142,7 +176,7 @@ def test_a_worker_reports_a_disagreement_it_saw_twice_and_the_cli_repairs_it(dam
     report = worker.wait_health(lambda r: "grains" in r["degraded"], 60, "grains degraded")
     period = datetime.fromtimestamp(day + 5 * HOUR, UTC).strftime("%Y-%m-%d %H:%M")
     assert f"runs_hourly {period}" in report["degraded"]["grains"]
-    assert "kern-telemetry grains --repair" in report["degraded"]["grains"]
+    assert "kern-telemetry grains" in report["degraded"]["grains"] and "--repair" in report["degraded"]["grains"]
     metrics = worker.metrics()
     assert 'kern_grain_disagreements{table="runs_hourly"} 1.0' in metrics
     assert 'kern_grain_disagreements{table="client_drops_daily"} 1.0' in metrics
