@@ -236,6 +236,7 @@ class RollupAgent(mode.Service):
         a ClickHouse that died in the middle of an insert may have kept a view's block out of its table."""
         tables = [view.target.name for view in ROLLUP_VIEWS]
         horizon = grains.worker_horizon_s(self.settings.topic_retention_hours, self.settings.allowed_lateness_seconds)
+        self.health.grains_checked(tables, ())  # every table's series from the start, at 0
         while not self._stopping():
             await asyncio.sleep(self.settings.grain_check_seconds)
             try:
