@@ -133,7 +133,7 @@ def grains(repair: bool, open_periods: bool) -> None:
     settings = Settings.load()
     client, opts = connect(settings), SchemaOptions.from_settings(settings)
 
-    def disagreements() -> list:
+    def disagreements() -> list[grain_checks.Disagreement]:
         return grain_checks.check_all(client, opts, settings.allowed_lateness_seconds, time.time(), open_periods)
 
     found = disagreements()

@@ -112,9 +112,11 @@ def check_all(
         since = checkable_since(view, opts, now)
         if horizon_s is not None:
             since = max(since, (int(now) - horizon_s) // view.period_seconds * view.period_seconds)
-        until = closed_until(view, allowed_lateness_s, now)
-        if open_periods:
-            until = (int(now) // view.period_seconds + 2) * view.period_seconds
+        until = (
+            (int(now) // view.period_seconds + 2) * view.period_seconds  # past the current period
+            if open_periods
+            else closed_until(view, allowed_lateness_s, now)
+        )
         found += check(client, opts, view, since, until)
     return found
 
