@@ -10,9 +10,10 @@ for several flushes' landings and for their sketches):
 1. **Dead letters** of the range go to the DLQ topic, keyed by their source position (at-least-once:
    a crash before step 2 sends them again; a consumer of the DLQ drops duplicates by key).
 2. **Intent**: the range, its log (generation, topic id, the fingerprint of its last record), what it
-   covered (the ledger: counted, dead-lettered, late, skipped, expired, lost), the admission epoch its
-   rows were projected with, and the summing tables it writes rows to go to `ingest_flushes`, before any
-   of its data.
+   covered (the ledger: counted, dead-lettered, late, skipped, expired, lost) and the running total of
+   its log's ledger through it (`pipeline/ledger.py` checks the ledger against it), the admission epoch
+   its rows were projected with, and the summing tables it writes rows to go to `ingest_flushes`, before
+   any of its data.
 3. **Rows, table by table.** Each summing table (runs, launches, client drops, quality: a row written
    twice counts twice) gets the range's rows under the range's token, then `flush_landings` records
    that the range landed there (the batch's landings in one insert after its summing inserts, and at
@@ -80,23 +81,38 @@ def token(rollup: PartitionRollup) -> str:
     return f"{rollup.topic}/{rollup.partition}/{generation}{rollup.start_offset}-{rollup.end_offset}"
 
 
-def write(sink: ClickHouseSink, batch: list[PartitionRollup], keys: Keys, log_ends_seen: list[int]) -> None:
+#: (partition, log generation) -> the running ledger total of the last intent recorded in that log
+LedgerTotals = dict[tuple[int, int], int]
+
+
+def write(
+    sink: ClickHouseSink,
+    batch: list[PartitionRollup],
+    keys: Keys,
+    log_ends_seen: list[int],
+    ledger_totals: LedgerTotals,
+) -> None:
     """Steps 2 and 3 for a batch of rollups of distinct partitions (`batch_of`): what of each has not
     landed yet (`rollup.landed`), in the protocol's order. Each intent goes in an insert of its own, under
     its rollup's token: the ledger sums the intents (`ingest_ledger`), so an intent that landed though its
     insert failed must be dropped as a duplicate when it is retried in a batch made up differently (after a
     revocation, or with rollups that became ready meanwhile). Each summing table gets each rollup's rows
     under that rollup's token, and the landings of the batch go in one insert after them (also when an
-    insert fails, for the tables that got their rows before it), then one insert per sketch table. A crash
+    insert fails, for the tables that got their rows before it), then one insert per sketch table. Each
+    intent carries its log's running ledger total, raised in `ledger_totals` once the intent is in (a retry
+    computes the same total). A crash
     between a table's insert and the landings leaves a gap of seconds that the tokens cover, as before;
     an insert that keeps failing has its predecessors' landings recorded. Landings and sketches written
     twice change nothing."""
     summing = [sink.summing_rows(rollup) for rollup in batch]
     for rollup, tables, log_end_seen in zip(batch, summing, log_ends_seen, strict=True):  # 2. one insert each
         if _INTENT not in rollup.landed:
+            ledger = (rollup.partition, rollup.log.generation)
+            total = ledger_totals.get(ledger, 0) + rollup.accounted
             sink.record_intent(
-                rollup, f"{token(rollup)}/{_INTENT}", [table.name for table, _, _ in tables], log_end_seen
+                rollup, f"{token(rollup)}/{_INTENT}", [table.name for table, _, _ in tables], log_end_seen, total
             )
+            ledger_totals[ledger] = total
             rollup.landed.add(_INTENT)
     landings: list[tuple[PartitionRollup, Table]] = []
     try:
@@ -223,6 +239,7 @@ class Checkpoint:
         self.health = health
         self.logs = logs
         self.metrics = health.metrics
+        self.ledger_totals: LedgerTotals = {}  # of the partitions assigned, set by `resume`
 
     async def flush(self, batch: list[PartitionRollup]) -> None:
         """Steps 1 to 4 for closed rollups of distinct partitions (`batch_of`). Raises when ClickHouse fails:
@@ -244,7 +261,9 @@ class Checkpoint:
                 rollup.flushed_at = now
         log_ends_seen = [max(self.health.log_ends.get(r.partition, 0), r.end_offset) for r in batch]
         started = time.perf_counter()
-        await self.clickhouse.call(write, self.sink, batch, self.admitter.keys, log_ends_seen)  # 2. and 3.
+        await self.clickhouse.call(  # 2. and 3.
+            write, self.sink, batch, self.admitter.keys, log_ends_seen, self.ledger_totals
+        )
         self.metrics.flush_duration.observe(time.perf_counter() - started)
         for rollup in batch:
             self._count(rollup)
@@ -279,6 +298,13 @@ class Checkpoint:
         """Step 5 for one assigned partition (blocking calls on the ClickHouse thread); `known_end`: an offset
         this worker knows the log had, beyond what the ledger says."""
         last: FlushRange | None = await self.clickhouse.call(self.sink.last_flush, tp.topic, tp.partition)
+        for ledger in [ledger for ledger in self.ledger_totals if ledger[0] == tp.partition]:
+            del self.ledger_totals[ledger]
+        if last is not None:
+            total = last.ledger_total
+            if total < 0:  # recorded before version 9: the running total starts from the ledger
+                total = await self.clickhouse.call(self.sink.ledger_sum, tp.topic, tp.partition, last.log.generation)
+            self.ledger_totals[tp.partition, last.log.generation] = total
         if last is None:
             facts = await self.logs.facts(tp, None)
             return Resumption(facts.start, LogIdentity(0, facts.topic_id))

@@ -35,7 +35,7 @@ from agents.logs import SAME, Logs, Recorded
 from agents.partitions import Partitions, PartitionState
 from agents.quarantine import Quarantine
 from agents.retry import retry
-from pipeline import grains
+from pipeline import grains, ledger
 from pipeline.admission import Keys
 from pipeline.config import Settings
 from pipeline.health import Health
@@ -231,28 +231,32 @@ class RollupAgent(mode.Service):
         return EventProjector.from_settings(self.settings, self.admitter.keys, self.admitter.admissions.at(epoch))
 
     @mode.Service.task
-    async def _check_grains(self) -> None:
-        """The hourly and daily grains against the minute grain, over closed periods (`pipeline/grains.py`):
-        a ClickHouse that died in the middle of an insert may have kept a view's block out of its table."""
+    async def _audit(self) -> None:
+        """What a ClickHouse that died in the middle of an insert may have kept out of a table for good: the
+        hourly and daily grains against the minute grain, over closed periods (`pipeline/grains.py`), and
+        the ledger against its intents' running totals (`pipeline/ledger.py`). A check that fails degrades
+        /health until it runs again: what it looks for would go unseen."""
         tables = [view.target.name for view in ROLLUP_VIEWS]
         horizon = grains.worker_horizon_s(self.settings.topic_retention_hours, self.settings.allowed_lateness_seconds)
-        self.health.grains_checked(tables, ())  # every table's series from the start, at 0
+        client, opts, lateness = self.sink.client, self.sink.opts, self.settings.allowed_lateness_seconds
+        checks = {
+            "grains": (
+                lambda: grains.check_all(client, opts, lateness, time.time(), False, horizon),
+                lambda found: self.health.grains_checked(tables, ((d.view.target.name, d.period_label) for d in found)),
+            ),
+            "ledger": (lambda: ledger.check(client, opts), self.health.ledger_checked),
+        }
+        for _, report in checks.values():
+            report(())  # every series from the start, at 0
         while not self._stopping():
-            await asyncio.sleep(self.settings.grain_check_seconds)
-            try:
-                disagreements = await self.clickhouse.call(
-                    grains.check_all,
-                    self.sink.client,
-                    self.sink.opts,
-                    self.settings.allowed_lateness_seconds,
-                    time.time(),
-                    False,
-                    horizon,
-                )
-            except Exception as exc:  # noqa: BLE001 - ClickHouse unreachable: the flusher's health says so
-                log.debug("grains not checked: %s", exc)
-            else:
-                self.health.grains_checked(tables, ((d.view.target.name, d.period_label) for d in disagreements))
+            await asyncio.sleep(self.settings.audit_seconds)
+            for name, (check, report) in checks.items():
+                try:
+                    found = await self.clickhouse.call(check)
+                except Exception as exc:  # noqa: BLE001 - reported, and the next run tries again
+                    self.health.check_failed(name, exc)
+                else:
+                    report(found)
 
     @mode.Service.task
     async def _apply_skips(self) -> None:

@@ -1,7 +1,7 @@
 """What a worker's grain check costs ClickHouse (`pipeline/grains.py`): `python -m bench.grain_check
 [--keys 1000]` fills runs_minute with 5 closed days of rows, `--keys` dimension sets a minute (the views
 fill the hourly and daily grains), merges them, and times the check a worker runs every
-KERN_GRAIN_CHECK_SECONDS over its horizon, in-process chDB (median of 5)."""
+KERN_AUDIT_SECONDS over its horizon, in-process chDB (median of 5)."""
 
 from __future__ import annotations
 

@@ -140,6 +140,7 @@ WORKER_PANELS: tuple[OperatorPanel, ...] = (
     _alert_stat("KernFlushesFailing", "Failed flushes, 15 min", "short", "{{instance}}"),
     _alert_stat("KernOffsetsLost", "Offsets expired or lost, 15 min", "short", "{{outcome}}"),
     _alert_stat("KernGrainsDisagree", "Grain periods that disagree", "short", "{{table}}"),
+    _alert_stat("KernLedgerDisagrees", "Ledgers that disagree", "short", "partitions"),
     _alert_stat("KernDeadLetterShare", "Dead-letter share", "percentunit", "dead letters"),
     _alert_stat("KernValuesSuppressed", "Values suppressed", "ops", "{{field}}"),
     _alert_stat("KernClientDropShare", "Client drop share", "percentunit", "dropped"),

@@ -176,6 +176,57 @@ def grains(repair: bool, open_periods: bool) -> None:
 
 
 @main.command()
+@click.option(
+    "--acknowledge",
+    metavar="REASON",
+    help="Accept the differences found (in two checks a second apart), saying what you found; the check counts "
+    "them from then on",
+)
+def ledger(acknowledge: str | None) -> None:
+    """Check each partition's ledger against its latest intent's running total.
+
+    Every intent records the offsets its log's ledger accounts for through its range (ingest_flushes'
+    ledger_total); ingest_ledger's sum for that log generation, plus what was acknowledged, must be the
+    latest intent's total. A single-node ClickHouse killed in the middle of an insert can lose an intent's
+    ledger block for good (pipeline/ledger.py): the ledger then misses offsets. Workers report such a
+    partition on /health (`ledger`). Nothing rebuilds the ledger: the earlier intents are merged away, so
+    nothing says which range the block covered. Exits 1 while one disagrees."""
+    from rich.table import Table
+
+    from pipeline import ledger as ledger_checks
+    from pipeline.clickhouse import connect
+    from tables.ddl import SchemaOptions
+
+    settings = Settings.load()
+    client, opts = connect(settings), SchemaOptions.from_settings(settings)
+    found = ledger_checks.check(client, opts)
+    if not found:
+        console.print("every partition's ledger adds up to its latest intent's running total")
+        return
+    columns = ("topic", "partition", "log generation", "intents' total", "ledger", "acknowledged", "missing")
+    table = Table(*columns, title="ledgers that disagree")
+    for d in found:
+        counts = (d.recorded, d.ledger, d.acknowledged, d.missing)
+        table.add_row(d.topic, str(d.partition), str(d.generation), *(f"{n:,}" for n in counts))
+    console.print(table)
+    if acknowledge is None:
+        raise click.ClickException(
+            f"{len(found)} partition(s) disagree (a negative `missing` is offsets the ledger holds twice); "
+            "--acknowledge REASON accepts the differences once you know why"
+        )
+    time.sleep(1)  # a difference seen a second apart is no insert in flight
+    again = {(d.topic, d.partition, d.generation, d.missing) for d in ledger_checks.check(client, opts)}
+    confirmed = [d for d in found if (d.topic, d.partition, d.generation, d.missing) in again]
+    ledger_checks.acknowledge(client, opts, confirmed, acknowledge)
+    console.print(f"acknowledged {len(confirmed)} partition(s)' differences: {acknowledge}")
+    if len(confirmed) < len(found):
+        raise click.ClickException(
+            f"{len(found) - len(confirmed)} partition(s) changed between the two checks: run it again once the "
+            "workers are caught up"
+        )
+
+
+@main.command()
 def worker() -> None:
     """Run a rollup worker (scale out by running more; Kafka partitions are the unit)."""
     from pipeline.app import create_app, run

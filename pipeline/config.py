@@ -104,11 +104,12 @@ class Settings(KernSettings):
         ge=0,
         description="How long a partition's log incident (new log, truncated, expired) keeps /health degraded",
     )
-    grain_check_seconds: float = Field(
+    audit_seconds: float = Field(
         600.0,
         gt=0,
         description="How often the worker checks the hourly and daily grains against the minute grain "
-        "(`kern-telemetry grains`): a disagreement seen twice in a row degrades /health",
+        "(`kern-telemetry grains`) and the ledger against its intents' running totals (`kern-telemetry "
+        "ledger`): a disagreement seen twice in a row degrades /health, and so does a check that fails",
     )
     dedup_horizon_seconds: float = Field(
         300.0,

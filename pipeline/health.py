@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterable
 
 from pipeline.config import Settings
+from pipeline.ledger import Disagreement as LedgerDisagreement
 from pipeline.metrics import Metrics
 
 log = logging.getLogger("pipeline.health")
@@ -36,7 +37,7 @@ class Health:
         self.log_ends: dict[int, int] = {}  # partition -> the log end offset the broker last reported
         self.poison: dict[int, dict] = {}  # partition -> what cannot be decoded there, and how to resolve it
         self.last_flush_at: float | None = None
-        self._grain_suspects: set[tuple[str, str]] = set()  # disagreements the last grain check saw
+        self._suspects: dict[str, set] = {}  # check -> the disagreements its last run saw
         self.metrics.up.set(1)
         self.metrics.last_flush_age.set_function(
             lambda: 0.0 if self.last_flush_at is None else time.time() - self.last_flush_at
@@ -170,13 +171,23 @@ class Health:
             lag = self.log_ends[partition] - self.flushed_offsets.get(partition, 0)
             self.metrics.consumer_lag.labels(str(partition)).set(max(lag, 0))
 
+    def _confirmed(self, check: str, disagreements: Iterable) -> list:
+        """The disagreements `check` saw in its run before too: one seen once may be an insert that landed
+        between the check's reads."""
+        seen = set(disagreements)
+        confirmed = sorted(seen & self._suspects.get(check, set()))
+        self._suspects[check] = seen
+        return confirmed
+
+    def check_failed(self, check: str, error: Exception) -> None:
+        """A periodic check of ClickHouse's tables that could not run: what it looks for goes unseen."""
+        self.degrade(f"{check} unchecked", f"the check failed: {str(error)[:300]}")
+
     def grains_checked(self, tables: Iterable[str], disagreeing: Iterable[tuple[str, str]]) -> None:
         """A check of the coarse grains `tables` (`pipeline/grains.py`): `disagreeing` (table, period) pairs
-        that the check before saw too degrade `grains` and count per table. A pair seen once may be an
-        insert that landed between the check's two reads."""
-        seen = set(disagreeing)
-        confirmed = sorted(seen & self._grain_suspects)
-        self._grain_suspects = seen
+        that the check before saw too degrade `grains` and count per table."""
+        self.recover("grains unchecked")
+        confirmed = self._confirmed("grains", disagreeing)
         for table in tables:
             self.metrics.grain_disagreements.labels(table).set(sum(t == table for t, _ in confirmed))
         if confirmed:
@@ -189,6 +200,24 @@ class Health:
             )
         else:
             self.recover("grains")
+
+    def ledger_checked(self, disagreements: Iterable[LedgerDisagreement]) -> None:
+        """A check of the ledger against its intents' running totals (`pipeline/ledger.py`): a partition
+        found short (or over) by the same offsets in the check before too degrades `ledger`."""
+        self.recover("ledger unchecked")
+        found = {(d.topic, d.partition, d.generation, d.missing): d for d in disagreements}
+        confirmed = [found[key] for key in self._confirmed("ledger", found)]
+        self.metrics.ledger_disagreements.set(len(confirmed))
+        if confirmed:
+            self.degrade(
+                "ledger",
+                "; ".join(d.describe() for d in confirmed[:5])
+                + (f" and {len(confirmed) - 5} more" if len(confirmed) > 5 else "")
+                + " of the offsets its latest intent's running total accounts for: a ClickHouse killed in the "
+                "middle of an insert lost an intent or ledger block (`kern-telemetry ledger`)",
+            )
+        else:
+            self.recover("ledger")
 
     def report(self) -> dict:
         self.tick()

@@ -144,6 +144,12 @@ class Metrics:
             ["table"],
             registry=registry,
         )
+        self.ledger_disagreements = Gauge(
+            "kern_ledger_disagreements",
+            "Partitions whose ledger does not add up to their latest intent's running total, seen in two checks "
+            "in a row (`kern-telemetry ledger`).",
+            registry=registry,
+        )
         self.fetch_errors = Counter("kern_fetch_errors", "Fetches the Kafka client raised for.", registry=registry)
         self.offset_gaps_refused = Counter(
             "kern_offset_gaps_refused",

@@ -145,6 +145,11 @@ class PartitionRollup(Tally):
         return self.skipped + self.expired + self.lost
 
     @property
+    def accounted(self) -> int:
+        """What the range adds to its log's ledger total (`ledger.ACCOUNTED`)."""
+        return self.events + self.offsets_gone
+
+    @property
     def fingerprint(self) -> Fingerprint | None:
         """Of the last record folded, else of the last record before the range."""
         return Fingerprint.of(self.last) if self.last is not None else self.previous

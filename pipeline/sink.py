@@ -25,7 +25,7 @@ import msgspec
 from clickhouse_connect.driver.client import Client
 from kern_telemetry_client.contract import CLIENT_REPORT, OS, TEAM, WORKFLOW
 
-from pipeline import dimensions
+from pipeline import dimensions, ledger
 from pipeline.admission import DAY_S, Admitted, Keys
 from pipeline.projector import NO_SESSION, SESSION_HASHES
 from pipeline.rejections import GONE, Reason
@@ -36,6 +36,7 @@ from tables.schema import (
     CLIENT_DROPS_MINUTE,
     FLUSH_LANDINGS,
     INGEST_FLUSHES,
+    INGEST_LEDGER,
     LAUNCHES_MINUTE,
     LEDGER_OUTCOMES,
     QUALITY_MINUTE,
@@ -75,6 +76,7 @@ FLUSH_COLUMNS = (
     "log_end_seen",
     "tables",
     "flushed_at",
+    "ledger_total",
 )
 LANDING_COLUMNS = ("topic", "partition", "table_name", "log_generation", "start_offset", "end_offset")
 SKIP_COLUMNS = ("topic", "partition", "through_offset", "reason")
@@ -117,6 +119,7 @@ class FlushRange(NamedTuple):
     tables: tuple[str, ...] = ()  # the summing tables it writes rows to (empty: recorded before version 6)
     flushed_at: float = 0.0
     landed: frozenset[str] = frozenset()  # the summing tables whose rows landed
+    ledger_total: int = -1  # its log's running ledger total through its end (-1: recorded before version 9)
 
     @property
     def gone(self) -> Reason | None:
@@ -149,7 +152,7 @@ class ClickHouseSink:
         parameters = {"topic": topic, "partition": partition}
         result = self.client.query(
             "SELECT start_offset, end_offset, skipped, expired, lost, admission_epoch, log_generation, topic_id, "
-            "fingerprint_offset, fingerprint, log_end_seen, tables, toUnixTimestamp64Milli(flushed_at) "
+            "fingerprint_offset, fingerprint, log_end_seen, tables, toUnixTimestamp64Milli(flushed_at), ledger_total "
             f"FROM {INGEST_FLUSHES.target(self.opts)} {where} ORDER BY log_generation DESC, end_offset DESC LIMIT 1",
             parameters=parameters,
             settings=self._intent_reads,
@@ -170,6 +173,7 @@ class ClickHouseSink:
             seen,
             tables,
             flushed_ms,
+            ledger_total,
         ) = result.result_rows[0]
         landed = self.client.query(
             f"SELECT DISTINCT table_name FROM {FLUSH_LANDINGS.target(self.opts)} {where} "
@@ -190,9 +194,24 @@ class ClickHouseSink:
             tuple(tables),
             flushed_ms / 1000,
             frozenset(table for (table,) in landed),
+            ledger_total,
         )
 
-    def record_intent(self, rollup: PartitionRollup, token: str, tables: Iterable[str], log_end_seen: int) -> None:
+    def ledger_sum(self, topic: str, partition: int, generation: int) -> int:
+        """What `ingest_ledger` accounts for in a log generation of a partition (`ledger.ACCOUNTED`): where
+        the running total starts when the last intent was recorded before version 9."""
+        return int(
+            self.client.query(
+                f"SELECT sum({ledger.ACCOUNTED}) FROM {INGEST_LEDGER.target(self.opts)} WHERE topic = {{topic:String}} "
+                "AND partition = {partition:UInt32} AND log_generation = {generation:UInt32}",
+                parameters={"topic": topic, "partition": partition, "generation": generation},
+                settings=self._intent_reads,
+            ).result_rows[0][0]
+        )
+
+    def record_intent(
+        self, rollup: PartitionRollup, token: str, tables: Iterable[str], log_end_seen: int, ledger_total: int
+    ) -> None:
         fingerprint = rollup.fingerprint or Fingerprint(-1, 0)
         row = (
             rollup.topic,
@@ -213,6 +232,7 @@ class ClickHouseSink:
             log_end_seen,
             list(tables),
             rollup.flushed_at,
+            ledger_total,
         )
         self._insert(INGEST_FLUSHES.target(self.opts), [row], FLUSH_COLUMNS, token, self._intents)
 

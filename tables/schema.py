@@ -58,6 +58,7 @@ from tables.migrations.v8_patterns import (
     WORKFLOW_RUNS_MINUTE,
     WORKFLOW_RUNS_ROLLUPS,
 )
+from tables.migrations.v9_ledger_totals import LEDGER_ACKNOWLEDGEMENTS
 
 __all__ = [
     "ADMITTED_VALUES",
@@ -67,6 +68,7 @@ __all__ = [
     "INGEST_LEDGER",
     "LAUNCHES_MINUTE",
     "LAUNCHES_TABLES",
+    "LEDGER_ACKNOWLEDGEMENTS",
     "LEDGER_OUTCOMES",
     "PATTERN_TABLES",
     "QUALITY_MINUTE",

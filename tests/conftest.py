@@ -8,6 +8,7 @@ import os
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -339,6 +340,17 @@ class Stack:
             sorted((r.partition, r.offset, r.key) for r in records)
         )
         return sorted(records, key=lambda r: (r.partition, r.offset))
+
+    def command(self, *arguments: str) -> subprocess.CompletedProcess:
+        """`kern-telemetry <arguments>` on this stack, as an operator runs it (wide output, its exit status)."""
+        return subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", *arguments],
+            env={**os.environ, **self.env, "COLUMNS": "200"},
+            cwd=self.workdir,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     @contextlib.contextmanager
     def clickhouse(self) -> Iterator[clickhouse_connect.driver.Client]:

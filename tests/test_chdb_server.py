@@ -48,7 +48,7 @@ def test_migrations_flushes_and_deduplication_over_http(server):
     assert migrate(client, SchemaOptions()) == []
     sink = ClickHouseSink(client, SchemaOptions())
     for flush in (rollup(0, 3), rollup(0, 3), rollup(3, 2)):  # a flush written again lands once, by its tokens
-        write(sink, [flush], Keys(b"secret"), [flush.end_offset])
+        write(sink, [flush], Keys(b"secret"), [flush.end_offset], {})
     last = sink.last_flush("events", 0)
     assert (last.start_offset, last.end_offset, last.tables, last.pending) == (3, 5, ("runs_minute",), ())
     assert last.fingerprint.offset == 4 and sink.last_flush("events", 1) is None

@@ -26,7 +26,7 @@ from conftest import (
 
 from devstack.loadgen import EventGenerator
 from devstack.processes import wait_flushed_together
-from pipeline import grains
+from pipeline import grains, ledger
 from pipeline.dimensions import PATTERNS
 from tables.ddl import SchemaOptions
 
@@ -68,6 +68,7 @@ def assert_exact(stack, values, record_ms) -> tuple[int, int]:
         assert stored_quality(client) == expected_quality(expected)
         opts = SchemaOptions.from_settings(stack.settings)
         assert grains.check_all(client, opts, 0, time.time(), open_periods=True) == []
+        assert ledger.check(client, opts) == []
     return sum(minute.values()), sum(expected.quality.values())
 
 

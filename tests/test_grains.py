@@ -10,9 +10,6 @@ table once (the view holding the block).
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 
@@ -47,23 +44,12 @@ def _without_its_view(client, view: str, insert) -> None:
         client.command(f"ATTACH TABLE kern_telemetry.{view}")
 
 
-def _cli(stack, *arguments: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "grains", *arguments],
-        env={**os.environ, **stack.env, "COLUMNS": "200"},
-        cwd=stack.workdir,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 @pytest.fixture
 def damaged(stack_factory):
     """A shared ClickHouse holding three closed days of runs and client drops, in which one block of
     runs_minute never reached runs_hourly and one block of client_drops_minute never reached
     client_drops_daily."""
-    stack = stack_factory(shared_clickhouse=True, KERN_GRAIN_CHECK_SECONDS="0.5")
+    stack = stack_factory(shared_clickhouse=True, KERN_AUDIT_SECONDS="0.5")
     day = int(time.time()) // 86400 * 86400 - 3 * 86400
     with stack.clickhouse() as client:
         migrate(client, SchemaOptions())
@@ -143,7 +129,7 @@ def test_a_minute_table_that_lost_a_block_is_reported_and_never_rebuilt_over_the
         with pytest.raises(ValueError, match="holds more than its minute table"):
             grains.repair(client, SchemaOptions(), lost[0])
 
-    repaired = _cli(stack, "--repair")
+    repaired = stack.command("grains", "--repair")
     assert repaired.returncode == 1
     assert "rebuilt 2 period(s)" in repaired.stdout and "2 period(s) of a minute table" in repaired.stderr
     with stack.clickhouse() as client:
@@ -182,16 +168,16 @@ def test_a_worker_reports_a_disagreement_it_saw_twice_and_the_cli_repairs_it(dam
     assert 'kern_grain_disagreements{table="client_drops_daily"} 1.0' in metrics
     assert 'kern_grain_disagreements{table="runs_daily"} 0.0' in metrics
 
-    checked = _cli(stack)
+    checked = stack.command("grains")
     assert checked.returncode == 1, checked.stdout + checked.stderr
     assert "runs_hourly" in checked.stdout and period in checked.stdout and "--repair" in checked.stderr
 
-    repaired = _cli(stack, "--repair")
+    repaired = stack.command("grains", "--repair")
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
     assert "rebuilt 2 period(s)" in repaired.stdout
 
     worker.wait_health(lambda r: "grains" not in r["degraded"], 60, "grains recovered")
-    assert _cli(stack).returncode == 0
+    assert stack.command("grains").returncode == 0
 
 
 def test_the_checked_periods_are_those_both_tables_retain_in_full_and_no_live_record_reaches():

@@ -23,9 +23,11 @@ from kafka_faults import KafkaFaultProxy
 from devstack.broker import EmbeddedBroker
 from devstack.loadgen import EventGenerator
 from devstack.processes import free_port
+from pipeline import ledger as ledger_checks
 from pipeline.dimensions import PATTERNS
 from pipeline.kafka import client_options, create_topics
 from pipeline.rollup import PartitionRollup
+from tables.ddl import SchemaOptions
 
 pytestmark = pytest.mark.integration
 PER_PARTITION = 3000
@@ -75,6 +77,12 @@ def ledger(stack: Stack) -> dict[tuple[int, int], dict[str, int]]:
             "FROM kern_telemetry.ingest_ledger GROUP BY partition, log_generation"
         ).result_rows
     return {(p, g): {**dict(zip(outcomes, sums, strict=True)), "offsets": sum(sums)} for p, g, *sums in rows}
+
+
+def assert_ledger_adds_up(stack: Stack) -> None:
+    """Each partition's ledger equals its latest intent's running total (`pipeline/ledger.py`)."""
+    with stack.clickhouse() as client:
+        assert ledger_checks.check(client, SchemaOptions.from_settings(stack.settings)) == []
 
 
 def recreate_topic(stack: Stack) -> None:
@@ -134,6 +142,7 @@ def test_a_broker_replaced_under_a_kept_ledger_is_counted_as_a_new_log_from_its_
             (0, 1): PER_PARTITION,
             (1, 1): PER_PARTITION,
         }
+        assert_ledger_adds_up(stack)
     finally:
         stack.stop_all()
         broker.stop()
@@ -158,6 +167,7 @@ def test_a_topic_recreated_under_a_running_worker_is_counted_exactly(stack_facto
     assert worker.stop() == 0
     assert_counted(stack, reference(stack, events, record_ms, times=2))
     assert all(row["offsets"] == PER_PARTITION for row in ledger(stack).values())
+    assert_ledger_adds_up(stack)
 
 
 def test_records_removed_before_they_were_consumed_are_recorded_as_expired(tmp_path):
@@ -202,6 +212,7 @@ def test_records_removed_before_they_were_consumed_are_recorded_as_expired(tmp_p
         assert set(rows) == {(0, 0), (1, 0)}
         assert (rows[(0, 0)]["expired"], rows[(1, 0)]["expired"]) == (500, half)
         assert (rows[(0, 0)]["offsets"], rows[(1, 0)]["offsets"]) == (ends[0], ends[1])
+        assert_ledger_adds_up(stack)
         letters = stack.read_topic(stack.settings.dlq_topic, expected.dead_lettered + 2)
         assert sorted(letter.key for letter in letters if b'"reason":"expired"' in letter.value) == [
             f"{stack.settings.topic}/0/{half}-{half + 499}".encode(),

@@ -165,12 +165,12 @@ def test_a_retried_flush_writes_only_the_tables_it_had_not_landed_in():
     rollup = PartitionRollup(TOPIC, 0, 0)
     rollup.add([*records(0, 3), Record(3, records(0, 1)[0].timestamp, b"not json")], project)
     with pytest.raises(ConnectionError):
-        write(sink, [rollup], Keys(b"k"), [4])
+        write(sink, [rollup], Keys(b"k"), [4], {})
     assert written(client) == ["ingest_flushes", "runs_minute", "landed/runs_minute"]
     client.failing = False
-    write(sink, [rollup], Keys(b"k"), [4])
+    write(sink, [rollup], Keys(b"k"), [4], {})
     assert written(client)[3:] == ["quality_minute", "landed/quality_minute", "session_sightings"]
-    write(sink, [rollup], Keys(b"k"), [4])
+    write(sink, [rollup], Keys(b"k"), [4], {})
     assert len(client.calls) == 6  # everything landed: nothing is written again
 
 
@@ -191,7 +191,7 @@ def test_a_batch_of_partitions_shares_its_landings_and_sketch_inserts_and_keeps_
     sink = ClickHouseSink(client, SchemaOptions())
     batch = rollups(0, 1)
     with pytest.raises(ConnectionError):
-        write(sink, batch, Keys(b"k"), [4, 4])
+        write(sink, batch, Keys(b"k"), [4, 4], {})
     assert tokens(client.calls) == [
         f"{TOPIC}/0/0-4/ingest_flushes",
         f"{TOPIC}/1/0-4/ingest_flushes",
@@ -199,7 +199,7 @@ def test_a_batch_of_partitions_shares_its_landings_and_sketch_inserts_and_keeps_
         f"{TOPIC}/0/0-4/landed/runs_minute",  # what landed before the failure is recorded at once
     ]
     client.failing = False
-    write(sink, batch, Keys(b"k"), [4, 4])
+    write(sink, batch, Keys(b"k"), [4, 4], {})
     retried = client.calls[4:]
     assert tokens(retried)[:3] == [
         f"{TOPIC}/{p}/0-4/{table}_minute" for p, table in ((0, "quality"), (1, "runs"), (1, "quality"))
@@ -227,8 +227,8 @@ def test_an_intent_retried_in_a_batch_made_up_differently_keeps_its_token_so_the
     sink = ClickHouseSink(client, SchemaOptions())
     first, second = rollups(0, 1)
     with pytest.raises(ConnectionError):
-        write(sink, [first, second], Keys(b"k"), [4, 4])
-    write(sink, [first], Keys(b"k"), [4])  # partition 1 was revoked meanwhile
+        write(sink, [first, second], Keys(b"k"), [4, 4], {})
+    write(sink, [first], Keys(b"k"), [4], {})  # partition 1 was revoked meanwhile
     intents = [call for call in client.calls if "ingest_flushes" in call[1]]
     assert tokens(intents) == [f"{TOPIC}/0/0-4/ingest_flushes"] * 2  # ClickHouse drops the second
 
@@ -246,13 +246,16 @@ def test_a_batch_holds_at_most_one_rollup_per_partition_in_the_order_they_are_re
 
 
 class LedgerSink:
-    """What `Checkpoint.resume` reads: one recorded flush."""
+    """What `Checkpoint.resume` reads: one recorded flush, and a ledger that sums to `ledger`."""
 
-    def __init__(self, last: FlushRange | None):
-        self.last = last
+    def __init__(self, last: FlushRange | None, ledger: int = 0):
+        self.last, self.ledger = last, ledger
 
     def last_flush(self, topic, partition):
         return self.last
+
+    def ledger_sum(self, topic, partition, generation):
+        return self.ledger
 
 
 class InlineThread:
@@ -276,19 +279,36 @@ class BrokerSays:
         return verdict
 
 
-def resumed(last: FlushRange | None, facts: Facts) -> tuple[Resumption, Health]:
+def checkpoint_over(last: FlushRange | None, facts: Facts, ledger: int = 0) -> Checkpoint:
     health = Health()
     settings = Settings(topic=TOPIC, hash_secret="t", _env_file=None)
     checkpoint = Checkpoint(
-        settings, LedgerSink(last), InlineThread(), None, None, health, None, BrokerSays(facts, health)
+        settings, LedgerSink(last, ledger), InlineThread(), None, None, health, None, BrokerSays(facts, health)
     )
     checkpoint.projector = lambda epoch: project
-    return asyncio.run(checkpoint.resume(TopicPartition(TOPIC, 0))), health
+    return checkpoint
+
+
+def resumed(last: FlushRange | None, facts: Facts) -> tuple[Resumption, Health]:
+    checkpoint = checkpoint_over(last, facts)
+    return asyncio.run(checkpoint.resume(TopicPartition(TOPIC, 0))), checkpoint.health
 
 
 RANGE = dict(
     log=LOG, fingerprint=AT_99, log_end_seen=100, tables=("runs_minute", "quality_minute"), flushed_at=1_800_000_000.0
 )
+
+
+def test_the_running_ledger_total_goes_on_from_the_last_intent_or_from_the_ledger_when_it_had_none():
+    landed = frozenset(RANGE["tables"])
+    for recorded, expected in ((140, 140), (-1, 97)):  # -1: the intent was recorded before version 9
+        checkpoint = checkpoint_over(
+            FlushRange(50, 100, landed=landed, ledger_total=recorded, **RANGE), Facts(ID, 0, 150, 1234), ledger=97
+        )
+        checkpoint.ledger_totals[(0, 0)] = checkpoint.ledger_totals[(0, 5)] = 1  # of an earlier assignment
+        checkpoint.ledger_totals[(1, 0)] = 7  # another partition's
+        asyncio.run(checkpoint.resume(TopicPartition(TOPIC, 0)))
+        assert checkpoint.ledger_totals == {(0, LOG.generation): expected, (1, 0): 7}
 
 
 def test_a_range_that_landed_everywhere_is_not_replayed():

@@ -256,7 +256,7 @@ def test_cluster_schema_is_replicated_and_distributed_on_cluster():
         for name in ("session_sightings", "value_sightings", "sessions_daily", "value_candidates")
         for table in both(name)
     ]
-    assert [s.split(" ON CLUSTER")[0] for s in added] == flushes * 3 + ledger * 2 + v7  # v2, v4, v6 (both), v7
+    assert [s.split(" ON CLUSTER")[0] for s in added] == flushes * 3 + ledger * 2 + v7 + flushes  # v2, v4, v6, v7, v9
     for null in (v4_privacy.VALUE_SIGHTINGS, v4_privacy.SESSION_SIGHTINGS):  # no Replicated Null: Null on each node
         assert any(f"`{null.name}_local` ON CLUSTER" in s and s.endswith("ENGINE = Null") for s in statements)
         assert any(f"Distributed(`telemetry`, `kern_telemetry`, `{null.name}_local`" in s for s in statements)
@@ -274,7 +274,7 @@ def test_single_node_schema_keeps_a_deduplication_window_on_every_table():
         for s in m.statements(SchemaOptions())
         if s.startswith("CREATE TABLE") and not s.endswith("ENGINE = Null")
     ]
-    assert len(creates) == len(v1_initial.TABLES) + 17
+    assert len(creates) == len(v1_initial.TABLES) + 18
     assert all("non_replicated_deduplication_window = 10000" in s for s in creates)
 
 

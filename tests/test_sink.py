@@ -46,7 +46,7 @@ def flushed(cluster: str | None) -> RecordingClient:
         EventProjector(60, 3600, 300, 65536, keys=Keys(b"secret")),
     )
     sink.last_flush("events", 3)
-    write(sink, [rollup], Keys(b"secret"), [12])
+    write(sink, [rollup], Keys(b"secret"), [12], {})
     return client
 
 

@@ -20,6 +20,7 @@ from tables.migrations import (
     v6_every_offset,
     v7_installations,
     v8_patterns,
+    v9_ledger_totals,
 )
 
 
@@ -52,5 +53,10 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(7, "distinct installations per day; k-anonymity over installations", v7_installations.statements),
     Migration(
         8, "team coordination and workflow orchestration patterns, per minute, hour and day", v8_patterns.statements
+    ),
+    Migration(
+        9,
+        "each intent carries its log's running ledger total (a lost ledger or intent block shows)",
+        v9_ledger_totals.statements,
     ),
 )
