@@ -98,12 +98,11 @@ def write(
     insert failed must be dropped as a duplicate when it is retried in a batch made up differently (after a
     revocation, or with rollups that became ready meanwhile). Each summing table gets each rollup's rows
     under that rollup's token, and the landings of the batch go in one insert after them (also when an
-    insert fails, for the tables that got their rows before it), then one insert per sketch table. Each
-    intent carries its log's running ledger total, raised in `ledger_totals` once the intent is in (a retry
-    computes the same total). A crash
+    insert fails, for the tables that got their rows before it), then one insert per sketch table. A crash
     between a table's insert and the landings leaves a gap of seconds that the tokens cover, as before;
     an insert that keeps failing has its predecessors' landings recorded. Landings and sketches written
-    twice change nothing."""
+    twice change nothing. Each intent carries its log's running ledger total, raised in `ledger_totals`
+    once the intent is in (a retry computes the same total)."""
     summing = [sink.summing_rows(rollup) for rollup in batch]
     for rollup, tables, log_end_seen in zip(batch, summing, log_ends_seen, strict=True):  # 2. one insert each
         if _INTENT not in rollup.landed:

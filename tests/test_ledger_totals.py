@@ -190,3 +190,25 @@ def test_a_worker_reports_a_short_ledger_and_a_check_it_cannot_run(stack_factory
     with stack.clickhouse() as client:
         rows = client.query("SELECT partition, offsets, reason FROM kern_telemetry.ledger_acknowledgements").result_rows
     assert rows == [(0, 1, "ClickHouse OOM-killed at 03:12, ticket OPS-1")]
+
+
+def test_a_worker_upgraded_from_intents_without_totals_starts_the_total_from_the_ledger(stack_factory):
+    stack = stack_factory(partitions=1, shared_clickhouse=True)
+    event = b'{"type":"agent","session_id":"s"}'
+    worker = stack.worker()
+    worker.wait_flushed(stack.produce([event] * 30))
+    assert worker.stop() == 0
+    with stack.clickhouse() as client:  # as a worker before version 9 recorded them
+        client.command(
+            "ALTER TABLE kern_telemetry.ingest_flushes UPDATE ledger_total = -1 WHERE 1", settings={"mutations_sync": 2}
+        )
+        assert ledger.check(client, SchemaOptions()) == []  # nothing to check against yet
+
+    worker = stack.worker("upgraded")
+    ends = stack.produce([event] * 12 + [b"not json"])
+    worker.wait_flushed(ends)
+    assert worker.stop() == 0
+    with stack.clickhouse() as client:
+        sink = ClickHouseSink(client, SchemaOptions())
+        assert sink.last_flush(stack.settings.topic, 0).ledger_total == ends[0] == 43
+        assert ledger.check(client, SchemaOptions()) == []
