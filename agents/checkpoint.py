@@ -5,7 +5,8 @@ partition meets a new log when its topic is recreated or its cluster replaced, `
 rollup (`pipeline/rollup.py`) is a pure function of the records in the range, so rebuilding it from the
 same offsets gives the same rows. The protocol, per source partition (the worker flushes a batch of
 rollups of distinct partitions at once, `batch_of`: each step then serves the whole batch, with one insert
-for several flushes' landings and for their sketches):
+for several flushes' landings and for their sketches, and nothing ordering one partition's inserts against
+another's, so they run at once on several ClickHouse clients, `write`):
 
 1. **Dead letters** of the range go to the DLQ topic, keyed by their source position (at-least-once:
    a crash before step 2 sends them again; a consumer of the DLQ drops duplicates by key).
@@ -17,9 +18,9 @@ for several flushes' landings and for their sketches):
 3. **Rows, table by table.** Each summing table (runs, launches, client drops, quality: a row written
    twice counts twice) gets the range's rows under the range's token, then `flush_landings` records
    that the range landed there (the batch's landings in one insert after its summing inserts, and at
-   once when an insert fails). Then the sketches (sessions, candidate values: a hash written twice
-   changes nothing). A retry writes only what has not landed: in this process from the rollup's memory
-   (`landed`), after a crash from the landings (step 5).
+   once when an insert fails). The sketches (sessions, candidate values: a hash written twice changes
+   nothing) go with the rows, in any order. A retry writes only what has not landed: in this process
+   from the rollup's memory (`landed`), after a crash from the landings (step 5).
 4. **Offsets** are committed to Kafka, for lag monitoring only: `ingest_flushes` is the truth.
 5. **Resume**, when a worker gets a partition (start, restart after a crash, rebalance): it reads the
    partition's last recorded range and the tables it landed in, and checks that the broker's log is the
@@ -50,14 +51,15 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
 from agents.admission import Admitter
-from agents.clickhouse import ClickHouseThread
+from agents.clickhouse import ClickHouseThread, Lanes
 from agents.logs import SAME, Logs, Recorded, Verdict
 from pipeline.admission import Keys
 from pipeline.config import Settings
@@ -91,51 +93,66 @@ def write(
     keys: Keys,
     log_ends_seen: list[int],
     ledger_totals: LedgerTotals,
+    lanes: Lanes | None = None,
 ) -> None:
     """Steps 2 and 3 for a batch of rollups of distinct partitions (`batch_of`): what of each has not
-    landed yet (`rollup.landed`), in the protocol's order. Each intent goes in an insert of its own, under
-    its rollup's token: the ledger sums the intents (`ingest_ledger`), so an intent that landed though its
-    insert failed must be dropped as a duplicate when it is retried in a batch made up differently (after a
-    revocation, or with rollups that became ready meanwhile). Each summing table gets each rollup's rows
-    under that rollup's token, and the landings of the batch go in one insert after them (also when an
-    insert fails, for the tables that got their rows before it), then one insert per sketch table. A crash
-    between a table's insert and the landings leaves a gap of seconds that the tokens cover, as before;
-    an insert that keeps failing has its predecessors' landings recorded. Landings and sketches written
-    twice change nothing. Each intent carries its log's running ledger total, raised in `ledger_totals`
-    once the intent is in (a retry computes the same total)."""
-    summing = [sink.summing_rows(rollup) for rollup in batch]
-    for rollup, tables, log_end_seen in zip(batch, summing, log_ends_seen, strict=True):  # 2. one insert each
-        if _INTENT not in rollup.landed:
-            ledger = (rollup.partition, rollup.log.generation)
+    landed yet (`rollup.landed`). Nothing orders one partition's inserts against another's, so each
+    rollup's intent and then its rows, and each sketch table's insert, go on the `lanes` at once (default:
+    `sink` alone, in that order); the landings of the batch go in one insert after them all (also when an
+    insert fails, for the tables that got their rows before it).
+    Each intent goes in an insert of its own, under its rollup's token: the ledger sums the intents
+    (`ingest_ledger`), so an intent that landed though its insert failed must be dropped as a duplicate
+    when it is retried in a batch made up differently (after a revocation, or with rollups that became
+    ready meanwhile). Each summing table gets each rollup's rows under that rollup's token; each sketch
+    table one insert for the batch. A crash between a table's insert and the landings leaves a gap of
+    seconds that the tokens cover, as before; an insert that keeps failing has its predecessors' landings
+    recorded. Landings and sketches written twice change nothing. Each intent carries its log's running
+    ledger total, raised in `ledger_totals` once the intent is in (a retry computes the same total)."""
+    lanes = lanes or Lanes([sink])
+    landings: list[tuple[PartitionRollup, Table]] = []
+
+    def flush(rollup: PartitionRollup, log_end_seen: int, lane: ClickHouseSink) -> None:
+        tables = lane.summing_rows(rollup)
+        if _INTENT not in rollup.landed:  # 2. an insert of its own
+            ledger = (rollup.partition, rollup.log.generation)  # a batch's are distinct: no race
             total = ledger_totals.get(ledger, 0) + rollup.accounted
-            sink.record_intent(
+            lane.record_intent(
                 rollup, f"{token(rollup)}/{_INTENT}", [table.name for table, _, _ in tables], log_end_seen, total
             )
             ledger_totals[ledger] = total
             rollup.landed.add(_INTENT)
-    landings: list[tuple[PartitionRollup, Table]] = []
-    try:
-        for rollup, tables in zip(batch, summing, strict=True):  # 3.
-            for table, columns, rows in tables:
-                if table.name not in rollup.landed:
-                    sink.insert_rows(table, columns, rows, f"{token(rollup)}/{table.name}")
-                    landings.append((rollup, table))
-    except Exception:
-        with contextlib.suppress(Exception):  # ClickHouse may be away: the retry records them first
-            _land(sink, landings)
-        raise
-    _land(sink, landings)
-    for table, columns, rows_of in SKETCHES:
+        for table, columns, rows in tables:  # 3.
+            if table.name not in rollup.landed:
+                lane.insert_rows(table, columns, rows, f"{token(rollup)}/{table.name}")
+                landings.append((rollup, table))
+
+    def sketch(table: Table, columns: tuple[str, ...], rows_of: Callable, lane: ClickHouseSink) -> None:
         if pending := [rollup for rollup in batch if table.name not in rollup.landed]:
-            sink.insert_rows(
+            lane.insert_rows(
                 table, columns, rows_of(pending, keys), _joint(f"{token(r)}/{table.name}" for r in pending)
             )
             for rollup in pending:
                 rollup.landed.add(table.name)
 
+    try:
+        lanes.each(
+            [
+                *(partial(flush, rollup, end) for rollup, end in zip(batch, log_ends_seen, strict=True)),
+                *(partial(sketch, *sketch_table) for sketch_table in SKETCHES),
+            ]
+        )
+    except Exception:
+        with contextlib.suppress(Exception):  # ClickHouse may be away: the retry records them first
+            _land(sink, landings)
+        raise
+    _land(sink, landings)
+
 
 def _land(sink: ClickHouseSink, landings: list[tuple[PartitionRollup, Table]]) -> None:
+    """Record the landings in one insert, in a fixed order (the lanes append them as they land): the same
+    landings retried get the same token."""
     if landings:
+        landings.sort(key=lambda landing: (landing[0].partition, landing[1].name))
         sink.record_landings(landings, _joint(f"{token(rollup)}/landed/{table.name}" for rollup, table in landings))
         for rollup, table in landings:
             rollup.landed.add(table.name)
@@ -228,9 +245,11 @@ class Checkpoint:
         health: Health,
         admitter: Admitter,
         logs: Logs,
+        lanes: Lanes | None = None,
     ):
         self.settings = settings
         self.sink = sink
+        self.lanes = lanes  # the clients a flush's inserts run on at once (`write`)
         self.admitter = admitter
         self.clickhouse = clickhouse
         self.producer = producer
@@ -261,7 +280,7 @@ class Checkpoint:
         log_ends_seen = [max(self.health.log_ends.get(r.partition, 0), r.end_offset) for r in batch]
         started = time.perf_counter()
         await self.clickhouse.call(  # 2. and 3.
-            write, self.sink, batch, self.admitter.keys, log_ends_seen, self.ledger_totals
+            write, self.sink, batch, self.admitter.keys, log_ends_seen, self.ledger_totals, self.lanes
         )
         self.metrics.flush_duration.observe(time.perf_counter() - started)
         for rollup in batch:

@@ -28,7 +28,7 @@ from aiokafka import TopicPartition
 
 from agents.admission import Admitter
 from agents.checkpoint import Checkpoint, gone_ranges
-from agents.clickhouse import ClickHouseThread, open_sink
+from agents.clickhouse import ClickHouseThread, open_lanes, open_sink
 from agents.fetching import Fetcher, RebalanceListener
 from agents.flushing import Flusher
 from agents.logs import SAME, Logs, Recorded
@@ -85,6 +85,8 @@ class RollupAgent(mode.Service):
     async def on_start(self) -> None:
         settings = self.settings
         self.sink = sink = await self._retry("clickhouse", self.clickhouse.call, open_sink, settings)
+        lanes = await self._retry("clickhouse", self.clickhouse.call, open_lanes, settings, sink)
+        self._closers.callback(lanes.shutdown)
         self.admitter = Admitter(settings, sink, self.clickhouse, self.keys)
         await self._retry("clickhouse", self.admitter.refresh)
         self.projector = self._projector()
@@ -98,7 +100,7 @@ class RollupAgent(mode.Service):
         self.logs = Logs(settings, consumer, self.health)
         self._closers.callback(self.logs.close)
         checkpoint = Checkpoint(
-            settings, sink, self.clickhouse, self.producer, consumer, self.health, self.admitter, self.logs
+            settings, sink, self.clickhouse, self.producer, consumer, self.health, self.admitter, self.logs, lanes
         )
         self.flusher = Flusher(settings, self.partitions, checkpoint, consumer, self.health, self.confirm_logs)
         self.quarantine = Quarantine(

@@ -74,6 +74,13 @@ class Settings(KernSettings):
         None, description="Cluster name: generate Replicated/Distributed DDL ON CLUSTER"
     )
     clickhouse_ca_cert: Path | None = None
+    clickhouse_insert_lanes: int = Field(
+        4,
+        ge=1,
+        le=8,
+        description="ClickHouse clients a flush writes on at once: each of a batch's rollups (distinct "
+        "partitions) has its inserts on one of them",
+    )
 
     # Rollup
     window_seconds: int = Field(60, ge=1, le=3600, description="Tumbling window size (event time)")

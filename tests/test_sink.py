@@ -51,7 +51,7 @@ def flushed(cluster: str | None) -> RecordingClient:
 
 
 def test_on_a_cluster_intents_and_landings_need_a_quorum_and_are_read_with_sequential_consistency():
-    read, intent, runs, quality, landed, sessions = flushed("telemetry").calls
+    read, intent, runs, quality, sessions, landed = flushed("telemetry").calls
     assert read == ("query", "`kern_telemetry`.`ingest_flushes`", {"select_sequential_consistency": 1})
     quorum = {
         "insert_deduplicate": 1,
