@@ -19,8 +19,9 @@ another's, so they run at once on several ClickHouse clients, `write`):
    twice counts twice) gets the range's rows under the range's token, then `flush_landings` records
    that the range landed there (the batch's landings in one insert after its summing inserts, and at
    once when an insert fails). The sketches (sessions, candidate values: a hash written twice changes
-   nothing) go with the rows, in any order. A retry writes only what has not landed: in this process
-   from the rollup's memory (`landed`), after a crash from the landings (step 5).
+   nothing) go with the rows, in any order (after the landings for a batch of one large rollup). A
+   retry writes only what has not landed: in this process from the rollup's memory (`landed`), after a
+   crash from the landings (step 5).
 4. **Offsets** are committed to Kafka, for lag monitoring only: `ingest_flushes` is the truth.
 5. **Resume**, when a worker gets a partition (start, restart after a crash, rebalance): it reads the
    partition's last recorded range and the tables it landed in, and checks that the broker's log is the
@@ -87,6 +88,13 @@ def token(rollup: PartitionRollup) -> str:
 LedgerTotals = dict[tuple[int, int], int]
 
 
+#: The events a batch of flushes holds at most (but one rollup, however large). Its rollups stay in memory
+#: until the whole batch has landed, ~200 bytes an event: batching the large rollups of a catching-up worker
+#: raised its peak RSS from ~297 to ~350 MB (`make bench-ab`), while a caught-up worker's small ones share
+#: their inserts at no such cost.
+BATCH_MAX_EVENTS = 50_000
+
+
 def write(
     sink: ClickHouseSink,
     batch: list[PartitionRollup],
@@ -99,7 +107,8 @@ def write(
     landed yet (`rollup.landed`). Nothing orders one partition's inserts against another's, so each
     rollup's intent and then its rows, and each sketch table's insert, go on the `lanes` at once (default:
     `sink` alone, in that order); the landings of the batch go in one insert after them all (also when an
-    insert fails, for the tables that got their rows before it).
+    insert fails, for the tables that got their rows before it), and the sketches of a batch of one large
+    rollup after those.
     Each intent goes in an insert of its own, under its rollup's token: the ledger sums the intents
     (`ingest_ledger`), so an intent that landed though its insert failed must be dropped as a duplicate
     when it is retried in a batch made up differently (after a revocation, or with rollups that became
@@ -134,18 +143,20 @@ def write(
             for rollup in pending:
                 rollup.landed.add(table.name)
 
+    rows = [partial(flush, rollup, end) for rollup, end in zip(batch, log_ends_seen, strict=True)]
+    sketches = [partial(sketch, *sketch_table) for sketch_table in SKETCHES]
+    # A batch over BATCH_MAX_EVENTS is one large rollup (catching up): its sketches wait for its rows, whose
+    # transient rows and bodies would otherwise be in memory with theirs (peak RSS +8-30 MB, `make bench-ab`).
+    alongside = sum(rollup.events for rollup in batch) <= BATCH_MAX_EVENTS
     try:
-        lanes.each(
-            [
-                *(partial(flush, rollup, end) for rollup, end in zip(batch, log_ends_seen, strict=True)),
-                *(partial(sketch, *sketch_table) for sketch_table in SKETCHES),
-            ]
-        )
+        lanes.each(rows + sketches if alongside else rows)
     except Exception:
         with contextlib.suppress(Exception):  # ClickHouse may be away: the retry records them first
             _land(sink, landings)
         raise
     _land(sink, landings)
+    if not alongside:
+        lanes.each(sketches)
 
 
 def _land(sink: ClickHouseSink, landings: list[tuple[PartitionRollup, Table]]) -> None:
@@ -166,13 +177,6 @@ def _joint(tokens: Iterable[str]) -> str:
     if len(tokens) == 1:
         return tokens[0]
     return "batch/" + hashlib.blake2b("\n".join(tokens).encode(), digest_size=16).hexdigest()
-
-
-#: The events a batch of flushes holds at most (but one rollup, however large). Its rollups stay in memory
-#: until the whole batch has landed, ~200 bytes an event: batching the large rollups of a catching-up worker
-#: raised its peak RSS from ~297 to ~350 MB (`make bench-ab`), while a caught-up worker's small ones share
-#: their inserts at no such cost.
-BATCH_MAX_EVENTS = 50_000
 
 
 def batch_of(ready: list[PartitionRollup]) -> list[PartitionRollup]:

@@ -13,6 +13,7 @@ from conftest import Record
 from test_chdb_server import server  # noqa: F401 - the ClickHouse HTTP front over chDB, a fixture
 from test_sink import RecordingClient
 
+from agents import checkpoint
 from agents.checkpoint import write
 from agents.clickhouse import Lanes
 from devstack.loadgen import EventGenerator
@@ -114,6 +115,19 @@ def test_a_failing_lane_leaves_what_the_others_wrote_landed_and_the_retry_writes
     assert sorted(token for token in summing if not token.startswith("batch/")) == sorted(expected)  # once each
     assert {table for table, _ in shared if table.endswith("_sightings")} == {"session_sightings", "value_sightings"}
     assert shared[-1][0] == "flush_landings"
+
+
+def test_a_batch_of_one_large_rollup_writes_its_sketches_after_its_rows_and_landings(monkeypatch):
+    monkeypatch.setattr(checkpoint, "BATCH_MAX_EVENTS", 100)  # a catching-up partition's rollup is larger
+    shared, busy = [], {"now": 0, "most": 0}
+    sink, lanes = lanes_over([SlowClient(shared, busy), SlowClient(shared, busy)])
+    write(sink, batch(partitions=1), KEYS, [200], {}, lanes)
+    lanes.shutdown()
+    tables = [table for table, _ in shared]
+    landed = tables.index("flush_landings")
+    after = tables[landed + 1 :]
+    assert "session_sightings" in after and all(table.endswith("_sightings") for table in after) and landed > 2
+    assert not any(table.endswith("_sightings") for table in tables[:landed])
 
 
 def test_two_lanes_over_http_count_every_event_once_in_every_grain_and_a_retried_batch_changes_nothing(server):  # noqa: F811
