@@ -68,7 +68,7 @@ from pipeline.health import Health
 from pipeline.projector import EventProjector
 from pipeline.rejections import GONE, QUALITY_ONLY, Reason
 from pipeline.rollup import Fingerprint, LogIdentity, PartitionRollup
-from pipeline.sink import SKETCHES, ClickHouseSink, FlushRange, encode_rows
+from pipeline.sink import SKETCHES, ClickHouseSink, FlushRange
 from tables.ddl import Table
 from tables.schema import INGEST_FLUSHES
 
@@ -120,7 +120,8 @@ def write(
     lanes = lanes or Lanes([sink])
     landings: list[tuple[PartitionRollup, Table]] = []
 
-    def flush(rollup: PartitionRollup, log_end_seen: int, tables: list[tuple], lane: ClickHouseSink) -> None:
+    def flush(rollup: PartitionRollup, log_end_seen: int, lane: ClickHouseSink) -> None:
+        tables = lane.summing_rows(rollup)
         if _INTENT not in rollup.landed:  # 2. an insert of its own
             ledger = (rollup.partition, rollup.log.generation)  # a batch's are distinct: no race
             total = ledger_totals.get(ledger, 0) + rollup.accounted
@@ -129,41 +130,33 @@ def write(
             )
             ledger_totals[ledger] = total
             rollup.landed.add(_INTENT)
-        for table, columns, body in tables:  # 3.
+        for table, columns, rows in tables:  # 3.
             if table.name not in rollup.landed:
-                lane.insert_encoded(table, columns, body, f"{token(rollup)}/{table.name}")
+                lane.insert_rows(table, columns, rows, f"{token(rollup)}/{table.name}")
                 landings.append((rollup, table))
 
-    def sketch(table: Table, columns: tuple[str, ...], body: bytes, pending: list, lane: ClickHouseSink) -> None:
-        lane.insert_encoded(table, columns, body, _joint(f"{token(r)}/{table.name}" for r in pending))
-        for rollup in pending:
-            rollup.landed.add(table.name)
+    def sketch(table: Table, columns: tuple[str, ...], rows_of: Callable, lane: ClickHouseSink) -> None:
+        if pending := [rollup for rollup in batch if table.name not in rollup.landed]:
+            lane.insert_rows(
+                table, columns, rows_of(pending, keys), _joint(f"{token(r)}/{table.name}" for r in pending)
+            )
+            for rollup in pending:
+                rollup.landed.add(table.name)
 
-    def sketches() -> list[Callable[[ClickHouseSink], None]]:
-        return [
-            partial(sketch, table, columns, encode_rows(rows_of(pending, keys)), pending)
-            for table, columns, rows_of in SKETCHES
-            if (pending := [rollup for rollup in batch if table.name not in rollup.landed])
-        ]
-
-    # Everything is encoded here, on one thread, and the lanes only send it: the bodies of inserts encoded on
-    # several threads stay in each thread's malloc arena once freed (peak RSS +10 MB over HTTP, `make bench-ab`).
-    # A batch over BATCH_MAX_EVENTS is one large rollup (catching up): its sketches are encoded and written
-    # once its rows have landed, so that the two sets of bodies are never in memory at once.
+    rows = [partial(flush, rollup, end) for rollup, end in zip(batch, log_ends_seen, strict=True)]
+    sketches = [partial(sketch, *sketch_table) for sketch_table in SKETCHES]
+    # A batch over BATCH_MAX_EVENTS is one large rollup (catching up): its sketches wait for its rows, whose
+    # transient rows and bodies would otherwise be in memory with theirs (peak RSS +8-30 MB, `make bench-ab`).
     alongside = sum(rollup.events for rollup in batch) <= BATCH_MAX_EVENTS
-    calls = [
-        partial(flush, rollup, end, [(t, c, encode_rows(rows)) for t, c, rows in sink.summing_rows(rollup)])
-        for rollup, end in zip(batch, log_ends_seen, strict=True)
-    ]
     try:
-        lanes.each(calls + sketches() if alongside else calls)
+        lanes.each(rows + sketches if alongside else rows)
     except Exception:
         with contextlib.suppress(Exception):  # ClickHouse may be away: the retry records them first
             _land(sink, landings)
         raise
     _land(sink, landings)
     if not alongside:
-        lanes.each(sketches())
+        lanes.each(sketches)
 
 
 def _land(sink: ClickHouseSink, landings: list[tuple[PartitionRollup, Table]]) -> None:

@@ -97,9 +97,7 @@ WRITES = {
     ADMITTED_VALUES.name: ADMITTED_COLUMNS,
 }
 
-#: Rows as JSONCompactEachRow, encoded by msgspec in C and parsed by ClickHouse: the worker spends no Python
-#: time per column value (clickhouse-connect's Native encoder is pure Python).
-encode_rows = msgspec.json.Encoder().encode_lines
+_encode_rows = msgspec.json.Encoder().encode_lines
 _DEDUPLICATED = {"insert_deduplicate": 1, "deduplicate_blocks_in_dependent_materialized_views": 1}
 _CLUSTER_INSERTS = {"distributed_foreground_insert": 1}  # tokens reach the shards only synchronously
 _CLUSTER_INTENTS = {"insert_quorum": "auto", "insert_quorum_parallel": 0}
@@ -254,11 +252,7 @@ class ClickHouseSink:
         return [table for table in summing if table[2]]
 
     def insert_rows(self, table: Table, columns: tuple[str, ...], rows: Iterable[tuple], token: str) -> None:
-        self.insert_encoded(table, columns, encode_rows(rows), token)
-
-    def insert_encoded(self, table: Table, columns: tuple[str, ...], body: bytes, token: str) -> None:
-        """Rows `encode_rows` encoded (a flush encodes on one thread, then inserts on several: `Lanes`)."""
-        self._send(table.target(self.opts), body, columns, token, self._inserts)
+        self._insert(table.target(self.opts), rows, columns, token, self._inserts)
 
     def record_landings(self, landings: list[tuple[PartitionRollup, Table]], token: str) -> None:
         """That each (rollup, summing table) landed, in one insert."""
@@ -347,10 +341,10 @@ class ClickHouseSink:
         )
 
     def _insert(self, table: str, rows: Iterable[tuple], columns: tuple[str, ...], token: str, settings: dict) -> None:
-        self._send(table, encode_rows(rows), columns, token, settings)
-
-    def _send(self, table: str, body: bytes, columns: tuple[str, ...], token: str, settings: dict) -> None:
-        """No rows, no insert."""
+        """Rows go as JSONCompactEachRow, encoded by msgspec in C and parsed by ClickHouse: the worker
+        spends no Python time per column value (clickhouse-connect's Native encoder is pure Python).
+        No rows, no insert."""
+        body = _encode_rows(rows)
         if not body:
             return
         self.client.raw_insert(
