@@ -107,8 +107,8 @@ def write(
     landed yet (`rollup.landed`). Nothing orders one partition's inserts against another's, so each
     rollup's intent and then its rows, and each sketch table's insert, go on the `lanes` at once (default:
     `sink` alone, in that order); the landings of the batch go in one insert after them all (also when an
-    insert fails, for the tables that got their rows before it), and the sketches of a batch of one large
-    rollup after those.
+    insert fails, for the tables that got their rows before it). A batch of one large rollup is written on
+    the calling thread alone, its sketches after its landings.
     Each intent goes in an insert of its own, under its rollup's token: the ledger sums the intents
     (`ingest_ledger`), so an intent that landed though its insert failed must be dropped as a duplicate
     when it is retried in a batch made up differently (after a revocation, or with rollups that became
@@ -145,18 +145,21 @@ def write(
 
     rows = [partial(flush, rollup, end) for rollup, end in zip(batch, log_ends_seen, strict=True)]
     sketches = [partial(sketch, *sketch_table) for sketch_table in SKETCHES]
-    # A batch over BATCH_MAX_EVENTS is one large rollup (catching up): its sketches wait for its rows, whose
-    # transient rows and bodies would otherwise be in memory with theirs (peak RSS +8-30 MB, `make bench-ab`).
-    alongside = sum(rollup.events for rollup in batch) <= BATCH_MAX_EVENTS
+    # A batch over BATCH_MAX_EVENTS is one large rollup (catching up), where the inserts' cost is their rows,
+    # not their parts: it is written on this thread, its sketches after its landings, as without lanes. On
+    # the lanes, its rows' and sketches' transient memory would be allocated and kept by several threads at
+    # once (peak RSS over HTTP +8-30 MB, README: Performance, lanes).
+    small = sum(rollup.events for rollup in batch) <= BATCH_MAX_EVENTS
+    on = lanes if small else Lanes([sink])
     try:
-        lanes.each(rows + sketches if alongside else rows)
+        on.each(rows + sketches if small else rows)
     except Exception:
         with contextlib.suppress(Exception):  # ClickHouse may be away: the retry records them first
             _land(sink, landings)
         raise
     _land(sink, landings)
-    if not alongside:
-        lanes.each(sketches)
+    if not small:
+        on.each(sketches)
 
 
 def _land(sink: ClickHouseSink, landings: list[tuple[PartitionRollup, Table]]) -> None:

@@ -61,6 +61,7 @@ class SlowClient(RecordingClient):
                 if self.failing and self.failing in token:
                     raise ConnectionError(f"{token}: too many parts")
                 self.log.append((table.split(".")[-1].strip("`"), token))
+                self.busy.setdefault("threads", set()).add(threading.get_ident())
             finally:
                 self.busy["now"] -= 1
 
@@ -117,12 +118,13 @@ def test_a_failing_lane_leaves_what_the_others_wrote_landed_and_the_retry_writes
     assert shared[-1][0] == "flush_landings"
 
 
-def test_a_batch_of_one_large_rollup_writes_its_sketches_after_its_rows_and_landings(monkeypatch):
+def test_a_batch_of_one_large_rollup_is_written_on_one_client_its_sketches_after_its_landings(monkeypatch):
     monkeypatch.setattr(checkpoint, "BATCH_MAX_EVENTS", 100)  # a catching-up partition's rollup is larger
     shared, busy = [], {"now": 0, "most": 0}
     sink, lanes = lanes_over([SlowClient(shared, busy), SlowClient(shared, busy)])
     write(sink, batch(partitions=1), KEYS, [200], {}, lanes)
     lanes.shutdown()
+    assert busy["most"] == 1 and busy["threads"] == {threading.get_ident()}  # the caller's thread alone
     tables = [table for table, _ in shared]
     landed = tables.index("flush_landings")
     after = tables[landed + 1 :]
