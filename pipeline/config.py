@@ -78,8 +78,8 @@ class Settings(KernSettings):
         4,
         ge=1,
         le=8,
-        description="ClickHouse clients a flush writes on at once: each of a batch's rollups (distinct "
-        "partitions) has its inserts on one of them",
+        description="ClickHouse clients a flush writes on at once: each of a batch's small rollups (distinct "
+        "partitions, a caught-up worker's) has its inserts on one of them",
     )
 
     # Rollup
