@@ -132,7 +132,7 @@ def test_a_batch_of_one_large_rollup_is_written_on_one_client_its_sketches_after
     assert not any(table.endswith("_sightings") for table in tables[:landed])
 
 
-def test_two_lanes_over_http_count_every_event_once_in_every_grain_and_a_retried_batch_changes_nothing(server):  # noqa: F811
+def test_two_lanes_over_http_count_every_event_once_in_every_grain_and_a_retried_batch_changes_nothing(server):  # noqa: F811 - the fixture imported above
     clients = [clickhouse_connect.get_client(dsn=server.url) for _ in range(2)]
     migrate(clients[0], SchemaOptions())
     sink, lanes = lanes_over(clients)
