@@ -143,16 +143,16 @@ def write(
             for rollup in pending:
                 rollup.landed.add(table.name)
 
-    rows = [partial(flush, rollup, end) for rollup, end in zip(batch, log_ends_seen, strict=True)]
+    flushes = [partial(flush, rollup, end) for rollup, end in zip(batch, log_ends_seen, strict=True)]
     sketches = [partial(sketch, *sketch_table) for sketch_table in SKETCHES]
     # A batch over BATCH_MAX_EVENTS is one large rollup (catching up), where the inserts' cost is their rows,
     # not their parts: it is written on this thread, its sketches after its landings, as without lanes. On
     # the lanes, its rows' and sketches' transient memory would be allocated and kept by several threads at
-    # once (peak RSS over HTTP +8-30 MB, README: Performance, lanes).
+    # once (README: Performance, lanes).
     small = sum(rollup.events for rollup in batch) <= BATCH_MAX_EVENTS
     on = lanes if small else Lanes([sink])
     try:
-        on.each(rows + sketches if small else rows)
+        on.each(flushes + sketches if small else flushes)
     except Exception:
         with contextlib.suppress(Exception):  # ClickHouse may be away: the retry records them first
             _land(sink, landings)
