@@ -117,7 +117,6 @@ def write(
     seconds that the tokens cover, as before; an insert that keeps failing has its predecessors' landings
     recorded. Landings and sketches written twice change nothing. Each intent carries its log's running
     ledger total, raised in `ledger_totals` once the intent is in (a retry computes the same total)."""
-    lanes = lanes or Lanes([sink])
     landings: list[tuple[PartitionRollup, Table]] = []
 
     def flush(rollup: PartitionRollup, log_end_seen: int, lane: ClickHouseSink) -> None:
@@ -150,7 +149,7 @@ def write(
     # the lanes, its rows' and sketches' transient memory would be allocated and kept by several threads at
     # once (README: Performance, lanes).
     small = sum(rollup.events for rollup in batch) <= BATCH_MAX_EVENTS
-    on = lanes if small else Lanes([sink])
+    on = lanes if lanes is not None and small else Lanes([sink])
     try:
         on.each(flushes + sketches if small else flushes)
     except Exception:

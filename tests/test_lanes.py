@@ -52,7 +52,7 @@ class SlowClient(RecordingClient):
         self.lock = threading.Lock()
 
     def raw_insert(self, table, columns, body, settings, fmt):
-        with self.lock:  # the clients are not thread-safe: each must serve one call at a time
+        with self.lock:  # one call at a time per client, as a real one needs (a second would wait here)
             self.busy["now"] += 1
             self.busy["most"] = max(self.busy["most"], self.busy["now"])
             try:
