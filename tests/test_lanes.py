@@ -1,9 +1,12 @@
 """A flush's inserts on several ClickHouse clients at once (`agents.clickhouse.Lanes`): the rollups of a batch
 (distinct partitions) write at the same time, and the protocol's order, tokens and landings stay those of
-one client writing alone."""
+one client writing alone; and the threads' memory: the worker keeps two malloc arenas."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -152,3 +155,34 @@ def test_two_lanes_over_http_count_every_event_once_in_every_grain_and_a_retried
     for partition in range(4):
         last = sink.last_flush("events", partition)
         assert (last.end_offset, last.pending) == (2_000, ())
+
+
+#: Seven threads that allocate at once, alive together, in a process that has imported what the worker
+#: command has when it calls `run`; then glibc's report of its arenas.
+_ARENAS = """
+import ctypes, sys, threading
+import pipeline.app, pipeline.cli
+if sys.argv[1] == "limited":
+    pipeline.app.limit_malloc_arenas()
+together = threading.Barrier(7)
+def allocate():
+    kept = [bytes(1000) for _ in range(100)]
+    together.wait()
+threads = [threading.Thread(target=allocate) for _ in range(6)]
+for thread in threads:
+    thread.start()
+allocate()
+ctypes.CDLL(None).malloc_stats()
+"""
+
+
+def test_the_worker_keeps_two_malloc_arenas_however_many_threads_allocate():
+    def arenas(mode: str) -> int:
+        env = {key: value for key, value in os.environ.items() if key != "MALLOC_ARENA_MAX"}
+        done = subprocess.run(
+            [sys.executable, "-c", _ARENAS, mode], env=env, capture_output=True, text=True, check=True
+        )
+        return sum(line.startswith("Arena ") for line in done.stderr.splitlines())
+
+    assert arenas("limited") == 2
+    assert arenas("default") == 7  # an arena per thread: the lanes' memory the limit removes
