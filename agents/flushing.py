@@ -2,8 +2,10 @@
 
 - **Schedule**: every `KERN_FLUSH_INTERVAL_SECONDS` once caught up; every
   `KERN_CATCH_UP_FLUSH_INTERVAL_SECONDS` while a partition is more than `KERN_CATCH_UP_LAG_EVENTS` behind
-  its log end (freshness is lost anyway, and fewer, larger inserts clear a backlog sooner); at once when a
-  rollup holds `KERN_FLUSH_MAX_EVENTS`, a replayed range completes, or backpressure paused consumption.
+  its log end (freshness is lost anyway, and fewer, larger inserts clear a backlog sooner); at once when the
+  rollups being folded hold `KERN_FLUSH_MAX_EVENTS` events together (so their memory, ~260 bytes an event
+  of the worst shape, is bounded whatever the worker's speed), a replayed range completes, or backpressure
+  paused consumption.
 - **The log first**: before rollups are written, the agent confirms their log is still the broker's
   (`RollupAgent.confirm_logs`): a recreated topic's records never flush as the old log's.
 - **Order and retries**: closed rollups wait in `ready` and flush in order (`agents/checkpoint.py`), in
@@ -61,7 +63,7 @@ class Flusher:
         settings = self.settings
         catching_up = self.partitions.behind(self.consumer.highwater, settings.catch_up_lag_events)
         interval = settings.catch_up_flush_interval_seconds if catching_up else settings.flush_interval_seconds
-        return time.monotonic() - self._last >= interval or self.partitions.fullest() >= settings.flush_max_events
+        return time.monotonic() - self._last >= interval or self.partitions.unflushed_events() >= settings.flush_max_events
 
     def apply_backpressure(self) -> None:
         rows = self.partitions.unflushed_rows() + sum(rollup.rows for rollup in self.ready)

@@ -184,9 +184,9 @@ class Partitions:
     def unflushed_rows(self) -> int:
         return sum(state.rows for state in self)
 
-    def fullest(self) -> int:
-        """Events in the largest rollup being folded."""
-        return max((state.rollup.events for state in self if state.rollup is not None), default=0)
+    def unflushed_events(self) -> int:
+        """Events in the rollups being folded, every partition's together."""
+        return sum(state.rollup.events for state in self if state.rollup is not None)
 
     def behind(self, highwater: Callable[[TopicPartition], int | None], lag: int) -> bool:
         """Whether a partition being folded is more than `lag` records behind its log end (per the last

@@ -64,6 +64,9 @@ class FakeConsumer:
     def resume(self, *tps: TopicPartition) -> None:
         self.paused.difference_update(tps)
 
+    def highwater(self, tp: TopicPartition) -> int:
+        return self.ends[tp.partition]
+
     def assignment(self) -> set[TopicPartition]:
         return {TopicPartition(TOPIC, p) for p in self.ends}
 
@@ -234,6 +237,14 @@ def test_backpressure_pauses_every_partition_and_resumes_below_half_the_bound():
     flusher.ready.clear()
     flusher.apply_backpressure()
     assert not agent.partitions.paused and consumer.paused == set() and agent.health.ok
+
+
+def test_a_flush_is_due_once_the_partitions_together_hold_the_most_events():
+    """The bound is on the worker's rollups, not each partition's: their memory stays bounded however fast
+    the worker folds (while catching up, the interval alone let it grow with the speed)."""
+    consumer = FakeConsumer({0: 1000, 1: 1000})
+    assert not worker_over(consumer, {0: 60, 1: 50}, flush_max_events=111).flusher.due()
+    assert worker_over(consumer, {0: 60, 1: 50}, flush_max_events=110).flusher.due()
 
 
 # --- the fetcher after a failed fetch --------------------------------------------------------------
