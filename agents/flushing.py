@@ -63,7 +63,9 @@ class Flusher:
         settings = self.settings
         catching_up = self.partitions.behind(self.consumer.highwater, settings.catch_up_lag_events)
         interval = settings.catch_up_flush_interval_seconds if catching_up else settings.flush_interval_seconds
-        return time.monotonic() - self._last >= interval or self.partitions.unflushed_events() >= settings.flush_max_events
+        return (
+            time.monotonic() - self._last >= interval or self.partitions.unflushed_events() >= settings.flush_max_events
+        )
 
     def apply_backpressure(self) -> None:
         rows = self.partitions.unflushed_rows() + sum(rollup.rows for rollup in self.ready)
