@@ -93,7 +93,7 @@ class Settings(KernSettings):
         1.0, gt=0, description="Flush pending aggregates at least this often once caught up"
     )
     flush_max_events: int = Field(
-        200_000, ge=1, description="Flush once the rollups being folded hold this many events, all partitions together"
+        300_000, ge=1, description="Flush once the rollups being folded hold this many events, all partitions together"
     )
     catch_up_lag_events: int = Field(50_000, ge=1, description="A partition this far behind its log end is catching up")
     catch_up_flush_interval_seconds: float = Field(
