@@ -58,16 +58,17 @@ def start_with(app: faust.App, service: mode.Service) -> None:
 
 #: glibc's `mallopt` parameter for the most arenas its allocator keeps (malloc.h).
 _M_ARENA_MAX = -8
-#: One for the event loop's thread, one shared by the ClickHouse thread and the lanes'.
+#: The main arena (the event loop's thread) and one that the other threads (ClickHouse's, the lanes') share.
 MALLOC_ARENAS = 2
 
 
 def limit_malloc_arenas() -> None:
     """Cap glibc's malloc arenas. By default each thread that allocates gets an arena of its own (up to 8
-    per CPU), and each arena keeps its own high-water mark: with four ClickHouse lanes the worker's peak
-    RSS catching up over HTTP was 285 MB against 272 MB with two arenas (median of four rounds each, 6
-    December); one arena gave 230 MB but cost ~15% more CPU. An operator's `MALLOC_ARENA_MAX` wins;
-    where the C library has no `mallopt` (not glibc), nothing changes."""
+    per CPU), and each arena keeps its own high-water mark: catching up over HTTP with four ClickHouse
+    lanes, two arenas kept the worker's peak RSS near 270 MB where unlimited ones reached 282-289 MB in
+    the faster of six alternating rounds (6 December, README "Memory while catching up"); one arena cost
+    ~15% more CPU. An operator's `MALLOC_ARENA_MAX` wins; where the C library has no `mallopt` (not
+    glibc), nothing changes."""
     if "MALLOC_ARENA_MAX" in os.environ:
         return
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
