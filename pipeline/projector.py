@@ -42,6 +42,10 @@ _UNKNOWN_KIND = f"expected one of {', '.join(contract.KINDS)}"
 KNOWN_FLAGS = contract.FLAGS
 
 _CACHE_LIMIT = 50_000
+#: Twice an SDK's installation pseudonym (32 hex characters, `kern_telemetry_client.installation`). A longer
+#: one is no pseudonym an SDK makes; kept until the flush, it would make a rollup's bytes grow with a
+#: crafted value's length rather than with its events.
+MAX_INSTALLATION_CHARS = 64
 _FLAG, _REASON = "flag", "reason"  # the fields of flag names and of client reports' reasons
 UNKNOWN_FLAG = "(unknown flag)"  # how a path names a flag that is neither the contract's nor admitted
 
@@ -327,6 +331,9 @@ class EventProjector:
         tally.sessions[key].append(NO_SESSION if session is None else self._session_hash(window_start, session))
         installation = event.installation
         if installation is not None:
+            if len(installation) > MAX_INSTALLATION_CHARS:  # counted, as an event without one; noted
+                _count(notes, (window_start, kind, Reason.INVALID_VALUE))
+                return key
             tally.installations[key].add(installation)
             for candidate in rare:
                 self._sighting(tally, (window_start, *candidate), installation)

@@ -96,6 +96,16 @@ def test_an_event_without_an_installation_is_counted_and_admits_nothing():
     assert tally.candidates == {} and tally.installations == {}
 
 
+def test_an_installation_longer_than_any_pseudonym_is_kept_out_and_noted_and_its_event_counted():
+    tally = Tally()
+    window, dims = projector().project(event("acme-support-bot", "s-7", "i" * 65), NOW_MS, tally)
+    assert tally.sessions == {(window, dims): hashed(window, "s-7")}
+    assert tally.candidates == {} and tally.installations == {}
+    assert tally.quality == {(window, "agent", Reason.RARE_VALUE): 1, (window, "agent", Reason.INVALID_VALUE): 1}
+    projector().project(event("acme-support-bot", "s-8", "i" * 64), NOW_MS, tally)
+    assert tally.installations == {(window, dims): {"i" * 64}}
+
+
 def test_once_admitted_the_value_is_stored_as_it_is():
     admitted = projector(Admissions([Admitted(1, "model_id", "acme-support-bot")]).at(1))
     tally = Tally()
