@@ -56,6 +56,7 @@ def test_on_a_cluster_intents_and_landings_need_a_quorum_and_are_read_with_seque
     quorum = {
         "insert_deduplicate": 1,
         "deduplicate_blocks_in_dependent_materialized_views": 1,
+        "optimize_on_insert": 0,
         "distributed_foreground_insert": 1,
         "insert_quorum": "auto",
         "insert_quorum_parallel": 0,
@@ -71,12 +72,14 @@ def test_on_a_cluster_intents_and_landings_need_a_quorum_and_are_read_with_seque
     assert landed[2] == {**quorum, "insert_deduplication_token": landed[2]["insert_deduplication_token"]}
 
 
-def test_on_one_node_the_same_writes_carry_only_their_deduplication_tokens():
+def test_on_one_node_the_same_writes_carry_only_their_deduplication_tokens_and_are_not_merged_on_insert():
     read, *writes = flushed(None).calls
     assert read[2] == {} and len(writes) == 5
     for call in writes:
         assert set(call[2]) == {
             "insert_deduplicate",
             "deduplicate_blocks_in_dependent_materialized_views",
+            "optimize_on_insert",
             "insert_deduplication_token",
         }
+        assert call[2]["optimize_on_insert"] == 0
