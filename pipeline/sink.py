@@ -100,7 +100,8 @@ WRITES = {
 _encode_rows = msgspec.json.Encoder().encode_lines
 #: Every insert is deduplicated by its token, in its tables and their views. None is merged on insert
 #: (`optimize_on_insert`, on by default, sorts and sums a block as a merge would): a rollup's rows are
-#: already one per key, so it only cost time, ~15% of a flush's (`README`: Performance).
+#: one per key already and every reader sums or merges what a key has, so that only cost time, ~15% of a
+#: flush's in chDB (README: Performance).
 _INSERTS = {
     "insert_deduplicate": 1,
     "deduplicate_blocks_in_dependent_materialized_views": 1,
