@@ -14,7 +14,7 @@ import json
 import re
 import time
 from collections import Counter
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
 from click.testing import CliRunner
@@ -340,13 +340,18 @@ def iso(value) -> str:
 def test_query_prints_a_panel_as_json_csv_or_a_table_with_the_rows_of_its_sql(history):
     stack = history.stack
     selection = Selection({"provider": ("openai",)}, "model")
+    end = int(time.time())  # one range for the SQL and the three prints: `--since` would move between them
+    span = [
+        *("--from", datetime.fromtimestamp(end - 1800, UTC).isoformat()),
+        *("--to", datetime.fromtimestamp(end, UTC).isoformat()),
+    ]
     with stack.clickhouse() as client:
         for panel, where in (
             (BY_NAME["runs-per-kind"], selection),
             (BY_NAME["team-sizes"], Selection()),
             (BY_NAME["model-share"], Selection()),
         ):
-            window = Window.last(1800, 300 if panel.chart == TIME_SERIES else None)
+            window = Window.between(end - 1800, end, 300 if panel.chart == TIME_SERIES else None)
             expected = [
                 [iso(x), series, value]
                 for x, series, value in rows(client, panel.statement(stack.database, window, where))
@@ -354,13 +359,11 @@ def test_query_prints_a_panel_as_json_csv_or_a_table_with_the_rows_of_its_sql(hi
             options = ["--where", "provider=openai", "--by", "model"] if where.filters else []
             options += ["--interval", "5m"] if panel.chart == TIME_SERIES else []
             x = "time" if panel.chart == TIME_SERIES else "label"
-            as_json = json.loads(query(history, "--report", panel.name, "--since", "30m", *options, "--format", "json"))
+            as_json = json.loads(query(history, "--report", panel.name, *span, *options, "--format", "json"))
             assert [[row[x], row["series"], row["value"]] for row in as_json] == expected
-            as_csv = list(
-                csv.reader(io.StringIO(query(history, "-r", panel.name, "--since", "30m", *options, "--format", "csv")))
-            )
+            as_csv = list(csv.reader(io.StringIO(query(history, "-r", panel.name, *span, *options, "--format", "csv"))))
             assert as_csv == [[x, "series", "value"], *([str(value) for value in row] for row in expected)]
-            table = query(history, "-r", panel.name, "--since", "30m", *options)
+            table = query(history, "-r", panel.name, *span, *options)
             assert panel.title in table
             if panel.unit == SHARE:  # shares as computed, not rounded
                 assert any(len(repr(row[2]).split(".")[-1]) > 6 for row in expected)
