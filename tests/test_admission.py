@@ -10,6 +10,7 @@ from collections import namedtuple
 
 from kern_telemetry_client.values import NONE
 
+import pipeline.admission
 from pipeline.admission import RARE, Admission, Admissions, Admitted, Keys
 from pipeline.projector import NO_SESSION, EventProjector, Tally
 from pipeline.rejections import Reason, Rejection
@@ -208,3 +209,22 @@ def test_session_rows_hash_each_distinct_session_and_installation_once():
     assert hashes == list(hashed(day * DAY_S, "s-2", "s-1", "s-4"))
     assert installations == KEYS.installations(day * DAY_S, ["i-3", "i-9"])
     assert sum(rollup.runs.values()) == 5  # the launch counts, without a session
+
+
+def test_a_flush_digests_each_installation_once_a_day_however_many_sketch_keys_it_appears_under(monkeypatch):
+    record = namedtuple("record", "offset timestamp value")
+    models = ("gpt-5.2", "gpt-4o", "o3")
+    rollups = []
+    for partition in range(2):  # the batch's rollups share the digests
+        rollup = PartitionRollup("t", partition, 0)
+        values = [event(model, f"s-{i}", f"i-{i % 4}") for i, model in enumerate(models * 4)]
+        rollup.add([record(i, NOW_MS, value) for i, value in enumerate(values)], projector())
+        rollups.append(rollup)
+    digested = []
+    digest = pipeline.admission._digest
+    monkeypatch.setattr(pipeline.admission, "_digest", lambda keyed, text: digested.append(text) or digest(keyed, text))
+    rows = list(_session_rows(rollups, KEYS))
+    day = NOW_MS // 1000 // DAY_S
+    assert len(rows) == 6 and sorted(i for i in digested if i.startswith("i-")) == ["i-0", "i-1", "i-2", "i-3"]
+    for row in rows:  # the hashes the per-call digest gives
+        assert row[-1] == [digest(KEYS._daily(b"installations", day * DAY_S), i) for i in ("i-0", "i-1", "i-2", "i-3")]
