@@ -62,10 +62,6 @@ class Keys:
             keyed = self._session_days[day] = self._daily(b"sessions", window_start)
         return _digest(keyed, session)
 
-    def installations(self, window_start: int, installations: Iterable[str]) -> list[int]:
-        """The keyed hashes of installations' pseudonyms seen on the day of `window_start`."""
-        return list(map(self.installation_hasher(window_start), installations))
-
     def installation_hasher(self, window_start: int) -> Callable[[str], int]:
         """The keyed hash of an installation's pseudonym on the day of `window_start`, each pseudonym
         digested once per hasher: a flush meets an installation under many sketch keys (~9 on the load
