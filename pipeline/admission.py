@@ -62,17 +62,17 @@ class Keys:
             keyed = self._session_days[day] = self._daily(b"sessions", window_start)
         return _digest(keyed, session)
 
-    def installation_hasher(self, window_start: int) -> Callable[[str], int]:
-        """The keyed hash of an installation's pseudonym on the day of `window_start`, each pseudonym
-        digested once per hasher: a flush meets an installation under many sketch keys (~9 on the load
-        generator's mix), and its memory is that of the installations its rollups already hold."""
-        keyed = self._daily(b"installations", window_start)
-        hashed: dict[str, int] = {}
+    def installation_hasher(self) -> Callable[[int, str], int]:
+        """`hash_of(day, pseudonym)`: the keyed hash of an installation's pseudonym on a day (days since the
+        epoch, UTC), each digested once per hasher: a flush meets an installation under many sketch keys
+        (~9 on the load generator's mix), and the hasher's memory is that of the installations its rollups
+        already hold."""
+        hashed: dict[tuple[int, str], int] = {}
 
-        def hash_of(installation: str) -> int:
-            found = hashed.get(installation)
+        def hash_of(day: int, installation: str) -> int:
+            found = hashed.get((day, installation))
             if found is None:
-                found = hashed[installation] = _digest(keyed, installation)
+                found = hashed[day, installation] = _digest(self._daily(b"installations", day * DAY_S), installation)
             return found
 
         return hash_of

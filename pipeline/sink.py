@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from array import array
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 import msgspec
@@ -379,7 +379,7 @@ def _session_rows(rollups: Iterable[PartitionRollup], keys: Keys) -> Iterator[tu
     the rollup's runs (in order of first sight; hashed as folded) and of their installations (sorted: a
     replay writes the same rows). One row at a time, each sketch's hashes released once its row is
     encoded: a catching-up flush holds hundreds of thousands of them per rollup."""
-    hashers: dict[int, Callable[[str], int]] = {}  # per day, for the whole batch
+    hash_installation = keys.installation_hasher()  # for the whole batch
     for rollup in rollups:
         sessions: dict[tuple, array] = defaultdict(SESSION_HASHES)
         installations: dict[tuple, set] = defaultdict(set)
@@ -395,7 +395,7 @@ def _session_rows(rollups: Iterable[PartitionRollup], keys: Keys) -> Iterator[tu
             distinct.pop(NO_SESSION, None)  # events without a session
             present = sorted(installations.pop(sketch_key, ()))
             if distinct or present:
-                yield (*sketch_key, list(distinct), list(map(_hasher(hashers, keys, sketch_key[0]), present)))
+                yield (*sketch_key, list(distinct), [hash_installation(sketch_key[0], i) for i in present])
 
 
 def _sighting_rows(rollups: Iterable[PartitionRollup], keys: Keys) -> list[tuple]:
@@ -405,19 +405,11 @@ def _sighting_rows(rollups: Iterable[PartitionRollup], keys: Keys) -> list[tuple
     for rollup in rollups:
         for (window_start, field, value), found in rollup.candidates.items():
             sightings[(window_start // DAY_S, field, keys.value(field, value))] |= found
-    hashers: dict[int, Callable[[str], int]] = {}
+    hash_installation = keys.installation_hasher()
     return [
-        (day, field, value_hash, list(map(_hasher(hashers, keys, day), sorted(found))))
+        (day, field, value_hash, [hash_installation(day, i) for i in sorted(found)])
         for (day, field, value_hash), found in sightings.items()
     ]
-
-
-def _hasher(hashers: dict[int, Callable[[str], int]], keys: Keys, day: int) -> Callable[[str], int]:
-    """The installation hasher of `day` that one flush's sketch rows share (`Keys.installation_hasher`)."""
-    hasher = hashers.get(day)
-    if hasher is None:
-        hasher = hashers[day] = keys.installation_hasher(day * DAY_S)
-    return hasher
 
 
 #: The sketch tables with their columns and their rows for some rollups (writing a hash twice changes

@@ -51,11 +51,11 @@ def test_session_and_installation_hashes_are_the_same_for_every_worker_and_unlin
     assert first.session(today, "s-1") != first.session(today + DAY_S, "s-1")  # another day, another key
     assert first.session(today, "s-1") != Keys(b"other").session(today, "s-1")  # needs the secret
     assert (
-        first.installation_hasher(today)("i-1")
-        == second.installation_hasher(today)("i-1")
-        != first.installation_hasher(today + DAY_S)("i-1")
+        first.installation_hasher()(today // DAY_S, "i-1")
+        == second.installation_hasher()(today // DAY_S, "i-1")
+        != first.installation_hasher()(today // DAY_S + 1, "i-1")
     )
-    assert first.installation_hasher(today)("s-1") != first.session(today, "s-1")  # keys of their own
+    assert first.installation_hasher()(today // DAY_S, "s-1") != first.session(today, "s-1")  # keys of their own
     assert (
         first.value("model_id", "acme-bot")
         == second.value("model_id", "acme-bot")
@@ -207,7 +207,7 @@ def test_session_rows_hash_each_distinct_session_and_installation_once():
     ((row_day, kind, provider, model, features, hashes, installations),) = _session_rows([rollup], KEYS)
     assert (row_day, kind, provider, model, features) == (day, "agent", "openai", "gpt-5.2", ())
     assert hashes == list(hashed(day * DAY_S, "s-2", "s-1", "s-4"))
-    assert installations == list(map(KEYS.installation_hasher(day * DAY_S), ["i-3", "i-9"]))
+    assert installations == [KEYS.installation_hasher()(day, i) for i in ("i-3", "i-9")]
     assert sum(rollup.runs.values()) == 5  # the launch counts, without a session
 
 
