@@ -7,10 +7,10 @@ inside the Faust worker (lifecycle, signals, web endpoints, logging) but reads `
 from aiokafka, the client Faust itself uses, and keeps no per-event changelog: ClickHouse sums the partial
 aggregates that each flush writes.
 
-It wires the parts and runs six loops: consume (fetch, fold, backpressure), flush, probe the broker (log
+It wires the parts and runs seven loops: consume (fetch, fold, backpressure), flush, probe the broker (log
 ends, freshness, stalls), load the admission of k-anonymous values (`agents/admission.py`), look for
-an operator's skip while a partition is poisoned, and check the hourly and daily grains against the minute
-grain (`pipeline/grains.py`). When the broker says a position is out of its log's
+an operator's skip while a partition is poisoned, build the hourly and daily grains, and settle them against
+their sources (`pipeline/grains.py`). When the broker says a position is out of its log's
 range, the partition's log is judged again (`agents/logs.py`).
 """
 
@@ -43,7 +43,7 @@ from pipeline.kafka import FETCH_OPTIONS, dead_letter_producer, worker_consumer
 from pipeline.projector import EventProjector
 from pipeline.rollup import OffsetGap
 from pipeline.sink import ClickHouseSink
-from tables.schema import ROLLUP_VIEWS
+from tables.schema import COARSE_GRAINS
 
 log = logging.getLogger(__name__)
 
@@ -132,13 +132,15 @@ class RollupAgent(mode.Service):
             self.health.degrade("dedup window", problem)
 
     async def on_stop(self) -> None:
-        """Graceful stop: no more fetches, flush what is pending, commit, close."""
+        """Graceful stop: no more fetches, flush what is pending, build the coarse grains, close."""
         self._closing = True
         if self._running:
             try:
                 await asyncio.wait_for(self.flusher.flush_all(), timeout=self.settings.flush_interval_seconds + 20)
             except TimeoutError:
                 log.warning("stopped before the last flush landed; the next worker replays it")
+            with contextlib.suppress(TimeoutError):  # the grains as complete as the minute grain it leaves
+                await asyncio.wait_for(self._build(), timeout=20)
         await self._closers.aclose()
         self.clickhouse.shutdown()
 
@@ -234,17 +236,22 @@ class RollupAgent(mode.Service):
 
     @mode.Service.task
     async def _audit(self) -> None:
-        """What a ClickHouse that died in the middle of an insert may have kept out of a table for good: the
-        hourly and daily grains against the minute grain, over closed periods (`pipeline/grains.py`), and
-        the ledger against its intents' running totals (`pipeline/ledger.py`). A check that fails degrades
-        /health until it runs again: what it looks for would go unseen."""
-        tables = [view.target.name for view in ROLLUP_VIEWS]
+        """What the frequent build does not reach, and what a ClickHouse that died in the middle of an insert
+        may have kept out of a table for good: the hourly and daily grains settled against their sources
+        over closed periods, by the builder alone (`pipeline/grains.py`), and the ledger against its
+        intents' running totals (`pipeline/ledger.py`). A check that fails degrades /health until it runs
+        again: what it looks for would go unseen."""
+        tables = [grain.target.name for grain in COARSE_GRAINS]
         horizon = grains.worker_horizon_s(self.settings.topic_retention_hours, self.settings.allowed_lateness_seconds)
         client, opts, lateness = self.sink.client, self.sink.opts, self.settings.allowed_lateness_seconds
         checks = {
             "grains": (
-                lambda: grains.check_all(client, opts, lateness, time.time(), False, horizon),
-                lambda found: self.health.grains_checked(tables, ((d.view.target.name, d.period_label) for d in found)),
+                lambda: grains.settle_all(client, opts, lateness, time.time(), False, horizon)
+                if self._builds()
+                else [],
+                lambda found: self.health.grains_checked(
+                    tables, ((d.grain.target.name, d.period_label) for d in found)
+                ),
             ),
             "ledger": (lambda: ledger.check(client, opts), self.health.ledger_checked),
         }
@@ -259,6 +266,30 @@ class RollupAgent(mode.Service):
                     self.health.check_failed(name, exc)
                 else:
                     report(found)
+
+    @mode.Service.task
+    async def _build_grains(self) -> None:
+        """Top the hourly and daily grains up to their sources every few seconds (`pipeline/grains.py`),
+        on the worker that owns partition 0: one builder, whatever the group's size. A build that fails
+        degrades /health until one succeeds."""
+        while not self._stopping():
+            await asyncio.sleep(self.settings.grain_build_seconds)
+            await self._build()
+
+    def _builds(self) -> bool:
+        """Whether this worker writes the coarse grains: the owner of partition 0, one builder in a group."""
+        return self.partitions.get(0) is not None
+
+    async def _build(self) -> None:
+        if not self._builds():
+            return
+        client, opts, lateness = self.sink.client, self.sink.opts, self.settings.allowed_lateness_seconds
+        try:
+            await self.clickhouse.call(grains.build, client, opts, lateness, time.time())
+        except Exception as exc:  # noqa: BLE001 - reported, and the next pass tries again
+            self.health.grains_built(exc)
+        else:
+            self.health.grains_built(None)
 
     @mode.Service.task
     async def _apply_skips(self) -> None:

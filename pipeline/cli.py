@@ -109,70 +109,56 @@ def skip(partition: int, through_offset: int, reason: str, topic: str | None) ->
 
 
 @main.command()
-@click.option("--repair", is_flag=True, help="Rebuild each period that disagrees from the minute grain")
+@click.option(
+    "--repair", is_flag=True, help="Settle each period that disagrees: top a short one up, rebuild one that holds more"
+)
 @click.option(
     "--open-periods",
     is_flag=True,
     help="Also periods live records can still reach (younger than the allowed lateness): only while no worker "
-    "writes, or a repair races its inserts",
+    "writes, or the check races its inserts",
 )
 def grains(repair: bool, open_periods: bool) -> None:
-    """Check the hourly and daily grains against the minute grain they are kept from.
+    """Check the hourly and daily grains against the grains they are built from.
 
-    Each period's total in runs_hourly, runs_daily, launches_*, team_runs_*, workflow_runs_* and
-    client_drops_daily must be its minute table's. A single-node ClickHouse killed in the middle of an
-    insert can keep a block out of a table for good, the minute table's or a view's (pipeline/grains.py);
-    workers report such a period on /health (`grains`). A short hourly or daily period is rebuilt from the
-    minute table; a short minute period cannot be. Exits 1 while a period disagrees."""
+    Each period's total in runs_hourly, launches_hourly, team_runs_hourly and workflow_runs_hourly must be
+    its minute table's, in runs_daily and the other daily tables the hourly table's, in client_drops_daily
+    the minute table's. The worker that owns partition 0 builds them every few seconds and settles the
+    closed periods of its horizon (pipeline/grains.py); this checks the whole retention. Exits 1 while a
+    period disagrees."""
     from rich.table import Table
 
-    from pipeline import grains as grain_checks
+    from pipeline import grains as coarse
     from pipeline.clickhouse import connect
     from tables.ddl import SchemaOptions
 
     settings = Settings.load()
     client, opts = connect(settings), SchemaOptions.from_settings(settings)
-
-    def disagreements() -> list[grain_checks.Disagreement]:
-        return grain_checks.check_all(client, opts, settings.allowed_lateness_seconds, time.time(), open_periods)
-
-    found = disagreements()
-    table = Table("table", "period (UTC)", "minute grain", "kept", "short", title="periods that disagree")
-    for disagreement in found:
-        table.add_row(
-            disagreement.view.target.name,
-            disagreement.period_label,
-            f"{disagreement.minute:,}",
-            f"{disagreement.kept:,}",
-            disagreement.view.target.name if disagreement.rebuildable else disagreement.view.source.name,
-        )
+    arguments = (client, opts, settings.allowed_lateness_seconds, time.time(), open_periods)
+    found = coarse.check_all(*arguments)
     if not found:
-        console.print("every checked period of the hourly and daily grains agrees with the minute grain")
+        console.print("every checked period of the hourly and daily grains agrees with the grain it is built from")
         return
+    table = Table("table", "period (UTC)", "built from", "its total", "kept", title="periods that disagree")
+    for disagreement in found:
+        grain = disagreement.grain
+        table.add_row(
+            grain.target.name,
+            disagreement.period_label,
+            grain.source.name,
+            f"{disagreement.source:,}",
+            f"{disagreement.kept:,}",
+        )
     console.print(table)
-    lost = [disagreement for disagreement in found if not disagreement.rebuildable]
-    if lost:
-        console.print(
-            f"{len(lost)} period(s) of a minute table hold less than their hourly or daily grain: the minute "
-            "table lost a block (a ClickHouse killed in the middle of an insert), and the coarse grain is the "
-            "one that holds it; nothing rebuilds a minute table"
-        )
     if not repair:
-        raise click.ClickException(
-            f"{len(found)} period(s) disagree; --repair rebuilds the short hourly and daily ones"
-        )
-    rebuildable = [disagreement for disagreement in found if disagreement.rebuildable]
-    for disagreement in rebuildable:
-        grain_checks.repair(client, opts, disagreement)
-    left = [disagreement for disagreement in disagreements() if disagreement.rebuildable]
+        raise click.ClickException(f"{len(found)} period(s) disagree; --repair settles them")
+    left = coarse.settle_all(*arguments)
     if left:
         raise click.ClickException(
-            f"rebuilt {len(rebuildable)} period(s), and {len(left)} still disagree: a worker wrote into them "
-            "meanwhile? Run the command again once the workers are caught up"
+            f"{len(left)} period(s) still disagree: a worker wrote into them meanwhile? Run the command again "
+            "once the workers are caught up"
         )
-    console.print(f"rebuilt {len(rebuildable)} period(s) from the minute grain")
-    if lost:
-        raise click.ClickException(f"{len(lost)} period(s) of a minute table are short and stay so")
+    console.print(f"settled {len(found)} period(s) from the grains they are built from")
 
 
 @main.command()

@@ -116,9 +116,16 @@ class Settings(KernSettings):
     audit_seconds: float = Field(
         600.0,
         gt=0,
-        description="How often the worker checks the hourly and daily grains against the minute grain "
-        "(`kern-telemetry grains`) and the ledger against its intents' running totals (`kern-telemetry "
-        "ledger`): a disagreement seen twice in a row degrades /health, and so does a check that fails",
+        description="How often the worker settles the closed periods of the hourly and daily grains against "
+        "the grains they are built from (`kern-telemetry grains`; the builder alone) and checks the ledger "
+        "against its intents' running totals (`kern-telemetry ledger`): a disagreement seen twice in a row "
+        "degrades /health, and so does a check that fails",
+    )
+    grain_build_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="How often the worker that owns partition 0 tops the hourly and daily grains up to the "
+        "minute grain over the periods live records reach: how far those grains may trail it",
     )
     dedup_horizon_seconds: float = Field(
         300.0,

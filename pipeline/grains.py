@@ -1,100 +1,171 @@
-"""The hourly and daily grains that ClickHouse's materialized views keep from the minute tables: checked
-against the minute tables, and rebuilt from them where they are short.
+"""The hourly and daily grains, built by the worker from the grain finer than each (the minute table for
+an hourly grain, the hourly table for a daily one), checked against it, and settled where they disagree.
 
-Why they need checking. The worker's exactly-once protocol (`agents/checkpoint.py`) retries and replays a
-flush under the same deduplication tokens, and a view's block is written in the same insert as the
-minute table's, under a token derived from the insert's. That holds while ClickHouse itself lives. A
-single-node ClickHouse killed in the middle of an insert can record a block in a table's deduplication
-log before the block's part is in place (ClickHouse writes that record first, and undoes it only when
-the insert fails, which a SIGKILL does not let it do): the retry is then dropped as a duplicate of a block
-that is not there, in that table alone. Seen with the embedded engine, which a worker's SIGKILL kills
-too: `make chaos` once found runs_hourly a few runs short with every minute table exact. A process
-inserting 200-row blocks under tokens into a table with a view (`python -m bench.clickhouse_kills`),
-SIGKILLed 200 times and retrying its last blocks each time, lost one block for good 3 times: twice in
-the view (the table exact), once in the table (the view holding it). Replicated tables commit a block
-and its deduplication record together in Keeper; a ClickHouse server is not killed by a worker's crash.
+Why the worker builds them, and not materialized views. A view writes its part inside the insert that
+feeds it: the nine views of the coarse grains made 36 of the 73 parts of a flush of four partitions, each
+~4 ms of ClickHouse's CPU that an event's freshness waited for. `build` tops every coarse grain up to its
+source over the periods live records can reach, every few seconds, in one insert per grain: per key, the
+source's sum less the grain's, where the source holds more. Only one writer may top up (two reading the
+same shortfall would both add it), so only the worker that owns partition 0 builds; a grain that holds
+more than its source (two builders during a rebalance, or a source that lost a block) is rebuilt.
 
-So a period where the grains disagree says which table lost a block: a short hourly or daily period is
-rebuilt from the minute table (`repair`); a short minute period is not, since the coarse grain is the one
-that holds the block, and rebuilding it would lose the block there too. A block lost from both, or from
-a table without a coarser grain, is beyond this check.
+Why they are also checked over closed periods. A catching-up worker writes into periods older than the
+allowed lateness, past what the frequent build covers; and a single-node ClickHouse killed in the middle
+of an insert can record a block in a table's deduplication log before the block's part is in place
+(ClickHouse writes that record first, and undoes it only when the insert fails, which a SIGKILL does not
+let it do): the retry is then dropped as a duplicate of a block that is not there. A process inserting
+200-row blocks under tokens (`python -m bench.clickhouse_kills`), SIGKILLed 200 times and retrying its
+last blocks each time, lost one block for good 3 times. A minute table's lost block is lost to its
+grains too (they are built from it); a grain's own insert is a single statement the next build redoes.
 
-`check` compares each period's total in a coarse grain with the minute grain's, over the periods both
-still fully retain; `repair` rebuilds a period from the minute grain (delete it, then insert the view's
-own aggregation of it). A repair must not race a write into the same period, so by default only closed
-periods are checked: older than the allowed lateness, which no live record can still reach. Nor may it
-come before the replay of a flush whose view never saw its block: the replay would add the block to the
-rebuilt period again. That is why a worker reports and never repairs, and why a repair is checked again
-after: a period a worker wrote into meanwhile (catching up on old records) disagrees again, either way.
+`check` compares each period's total in a coarse grain with its source's; `settle` brings each period
+that disagrees to its source (`top_up` where the grain is short, `rebuild` where it holds more). The
+worker's audit settles the closed periods of its horizon; `kern-telemetry grains` checks (and with
+`--repair` settles) the whole retention.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 from typing import NamedTuple
 
 from clickhouse_connect.driver.client import Client
 
 from tables.ddl import SchemaOptions
-from tables.schema import ROLLUP_VIEWS, RollupView
+from tables.schema import COARSE_GRAINS, CoarseGrain
 
 _CLOSING_MARGIN_S = 120  # beyond the allowed lateness: a flush's rows are in ClickHouse well within it
 
 
 class Disagreement(NamedTuple):
-    """A period whose total in a coarse grain is not the minute grain's."""
+    """A period whose total in a coarse grain is not its source's."""
 
-    view: RollupView
+    grain: CoarseGrain
     period: dt.datetime
-    minute: int  # the period's total in the minute grain
+    source: int  # the period's total in the finer grain the coarse one is built from
     kept: int  # its total in the coarse grain
 
     @property
-    def rebuildable(self) -> bool:
-        """The coarse grain is short: its view lost a block the minute grain has. The other way round, the
-        minute grain lost the block and the coarse grain is the one that holds it: rebuilding would lose it
-        there too."""
-        return self.kept < self.minute
+    def short(self) -> bool:
+        """The coarse grain holds less than its source: a top-up brings it level. The other way round,
+        it holds more (two builders, or a source that lost a block) and is rebuilt."""
+        return self.kept < self.source
 
     @property
     def period_label(self) -> str:
         return f"{self.period:%Y-%m-%d %H:%M}"
 
 
-def checkable_since(view: RollupView, opts: SchemaOptions, now: float) -> int:
-    """The first period both tables of `view` still hold in full (retention drops rows by window_start)."""
-    kept = (opts.retention_days(table.retention) for table in (view.source, view.target) if table.retention)
+def checkable_since(grain: CoarseGrain, opts: SchemaOptions, now: float) -> int:
+    """The first period both tables of `grain` still hold in full (retention drops rows by window_start)."""
+    kept = (opts.retention_days(table.retention) for table in (grain.source, grain.target) if table.retention)
     days = min((days for days in kept if days), default=0)  # 0 keeps forever
     if not days:
         return 0
     oldest = int(now) - days * 86400
-    return -(-oldest // view.period_seconds) * view.period_seconds  # rounded up to a period
+    return -(-oldest // grain.period_seconds) * grain.period_seconds  # rounded up to a period
 
 
-def closed_until(view: RollupView, allowed_lateness_s: int, now: float) -> int:
+def closed_until(grain: CoarseGrain, allowed_lateness_s: int, now: float) -> int:
     """The end of the last period no live record can still reach."""
     reachable = int(now) - allowed_lateness_s - _CLOSING_MARGIN_S
-    return reachable // view.period_seconds * view.period_seconds
+    return reachable // grain.period_seconds * grain.period_seconds
 
 
-def check(client: Client, opts: SchemaOptions, view: RollupView, since: int, until: int) -> list[Disagreement]:
-    """The periods in [since, until) (epoch seconds, on period bounds) where `view` disagrees with its
-    minute table: one query, each table's totals per period."""
-    measure = view.measure
+def open_until(grain: CoarseGrain, now: float) -> int:
+    """Past the current period (a record's window may be a little ahead of this clock)."""
+    return (int(now) // grain.period_seconds + 2) * grain.period_seconds
+
+
+def check(client: Client, opts: SchemaOptions, grain: CoarseGrain, since: int, until: int) -> list[Disagreement]:
+    """The periods in [since, until) (epoch seconds, on period bounds) where `grain` disagrees with its
+    source: one query, each table's totals per period."""
+    measure = grain.measure
     result = client.query(
-        f"SELECT period, minute, kept FROM ("
-        f"SELECT {view.function}(window_start) AS period, sum({measure}) AS minute FROM {view.source.target(opts)} "
+        f"SELECT period, source, kept FROM ("
+        f"SELECT {grain.function}(window_start) AS period, sum({measure}) AS source FROM {grain.source.target(opts)} "
         f"WHERE window_start >= {{since:DateTime}} AND window_start < {{until:DateTime}} GROUP BY period"
-        f") AS m FULL OUTER JOIN ("
-        f"SELECT window_start AS period, sum({measure}) AS kept FROM {view.target.target(opts)} "
+        f") AS s FULL OUTER JOIN ("
+        f"SELECT window_start AS period, sum({measure}) AS kept FROM {grain.target.target(opts)} "
         f"WHERE window_start >= {{since:DateTime}} AND window_start < {{until:DateTime}} GROUP BY period"
-        f") AS k USING (period) WHERE minute != kept ORDER BY period",
+        f") AS k USING (period) WHERE source != kept ORDER BY period",
         parameters={"since": since, "until": until},
     )
     return [
-        Disagreement(view, period.replace(tzinfo=dt.UTC), int(minute), int(kept))
-        for period, minute, kept in result.result_rows
+        Disagreement(grain, period.replace(tzinfo=dt.UTC), int(source), int(kept))
+        for period, source, kept in result.result_rows
     ]
+
+
+def top_up(client: Client, opts: SchemaOptions, grain: CoarseGrain, since: int, until: int) -> None:
+    """Add to `grain`, per period in [since, until) and key, what its source holds beyond it: one insert
+    (none when nothing is short). What the source holds less of is left as it is (`rebuild`)."""
+    dimensions = ", ".join(grain.dimensions)
+    between = "window_start >= {since:DateTime} AND window_start < {until:DateTime}"
+    client.command(
+        f"INSERT INTO {grain.target.target(opts)} (window_start, {dimensions}, {grain.measure}) "
+        f"SELECT window_start, {dimensions}, s.total - k.total FROM ("
+        f"SELECT {grain.function}(window_start) AS window_start, {dimensions}, sum({grain.measure}) AS total "
+        f"FROM {grain.source.target(opts)} WHERE {between} GROUP BY window_start, {dimensions}"
+        f") AS s LEFT JOIN ("
+        f"SELECT window_start, {dimensions}, sum({grain.measure}) AS total "
+        f"FROM {grain.target.target(opts)} WHERE {between} GROUP BY window_start, {dimensions}"
+        f") AS k USING (window_start, {dimensions}) WHERE s.total > k.total",
+        parameters={"since": since, "until": until},
+        settings=_write_settings(opts),
+    )
+
+
+def rebuild(client: Client, opts: SchemaOptions, disagreement: Disagreement) -> None:
+    """Rebuild one period of a coarse grain from its source (for one that holds more than its source)."""
+    if opts.cluster:
+        raise ValueError(
+            "rebuilding a grain on a cluster is not supported: delete the period from its local tables ON "
+            "CLUSTER, and the next build writes it again"
+        )
+    grain, start = disagreement.grain, int(disagreement.period.timestamp())
+    client.command(
+        f"ALTER TABLE {grain.target.target(opts)} DELETE WHERE window_start = {{start:DateTime}}",
+        parameters={"start": start},
+        settings={"mutations_sync": 2},
+    )
+    top_up(client, opts, grain, start, start + grain.period_seconds)
+
+
+def settle(client: Client, opts: SchemaOptions, grain: CoarseGrain, since: int, until: int) -> list[Disagreement]:
+    """Bring each period of `grain` in [since, until) that disagrees with its source to it; returns the
+    periods that still disagree after (a worker wrote into them meanwhile, or a rebuild is not possible)."""
+    found = check(client, opts, grain, since, until)
+    if not found:
+        return []
+    for disagreement in found:
+        start = int(disagreement.period.timestamp())
+        if disagreement.short:
+            top_up(client, opts, grain, start, start + grain.period_seconds)
+        elif not opts.cluster:
+            rebuild(client, opts, disagreement)
+    return check(client, opts, grain, since, until)
+
+
+def build(client: Client, opts: SchemaOptions, allowed_lateness_s: int, now: float) -> None:
+    """Top every coarse grain up to its source over the periods live records can reach, finest first (a
+    daily grain reads the hourly one this pass has just built). The worker's frequent pass."""
+    for grain in COARSE_GRAINS:
+        top_up(client, opts, grain, closed_until(grain, allowed_lateness_s, now), open_until(grain, now))
+
+
+def _ranges(
+    opts: SchemaOptions, allowed_lateness_s: int, now: float, open_periods: bool, horizon_s: int | None
+) -> Iterator[tuple[CoarseGrain, int, int]]:
+    """Each grain, finest first, with the periods it can be checked on: closed ones, or all with
+    `open_periods` (when no worker is writing); with `horizon_s`, only periods that start within it."""
+    for grain in COARSE_GRAINS:
+        since = checkable_since(grain, opts, now)
+        if horizon_s is not None:
+            since = max(since, (int(now) - horizon_s) // grain.period_seconds * grain.period_seconds)
+        until = open_until(grain, now) if open_periods else closed_until(grain, allowed_lateness_s, now)
+        yield grain, since, until
 
 
 def check_all(
@@ -105,52 +176,38 @@ def check_all(
     open_periods: bool = False,
     horizon_s: int | None = None,
 ) -> list[Disagreement]:
-    """Every view's disagreements over the periods it can be checked on: closed ones, or all with
-    `open_periods` (when no worker is writing); with `horizon_s`, only periods that start within it."""
-    found = []
-    for view in ROLLUP_VIEWS:
-        since = checkable_since(view, opts, now)
-        if horizon_s is not None:
-            since = max(since, (int(now) - horizon_s) // view.period_seconds * view.period_seconds)
-        until = (
-            (int(now) // view.period_seconds + 2) * view.period_seconds  # past the current period
-            if open_periods
-            else closed_until(view, allowed_lateness_s, now)
-        )
-        found += check(client, opts, view, since, until)
-    return found
+    """Every grain's disagreements over the periods it can be checked on (`_ranges`)."""
+    return [
+        found
+        for grain, since, until in _ranges(opts, allowed_lateness_s, now, open_periods, horizon_s)
+        for found in check(client, opts, grain, since, until)
+    ]
+
+
+def settle_all(
+    client: Client,
+    opts: SchemaOptions,
+    allowed_lateness_s: int,
+    now: float,
+    open_periods: bool = False,
+    horizon_s: int | None = None,
+) -> list[Disagreement]:
+    """`settle` every grain over the periods it can be checked on (`_ranges`); what still disagrees."""
+    return [
+        found
+        for grain, since, until in _ranges(opts, allowed_lateness_s, now, open_periods, horizon_s)
+        for found in settle(client, opts, grain, since, until)
+    ]
 
 
 def worker_horizon_s(topic_retention_hours: int, allowed_lateness_s: int) -> int:
-    """How far back a worker checks: a flush writes into periods at most the topic's retention plus the
+    """How far back a worker settles: a flush writes into periods at most the topic's retention plus the
     allowed lateness old, and a day's period closes a day after it starts; two days more cover both. The
     command line checks the whole retention."""
     return topic_retention_hours * 3600 + allowed_lateness_s + 2 * 86400
 
 
-def repair(client: Client, opts: SchemaOptions, disagreement: Disagreement) -> None:
-    """Rebuild one period of a coarse grain from its minute table, as its view aggregates it."""
-    if not disagreement.rebuildable:
-        raise ValueError(f"{disagreement.view.target.name} holds more than its minute table: nothing to rebuild from")
-    if opts.cluster:
-        raise ValueError(
-            "repairing a grain on a cluster is not supported: its replicated tables do not lose view blocks"
-        )
-    view, start = disagreement.view, int(disagreement.period.timestamp())
-    target = view.target.target(opts)
-    dimensions = ", ".join(view.dimensions)
-    bounds = {"start": start, "end": start + view.period_seconds}
-    client.command(
-        f"ALTER TABLE {target} DELETE WHERE window_start = {{start:DateTime}}",
-        parameters=bounds,
-        settings={"mutations_sync": 2},
-    )
-    client.command(
-        f"INSERT INTO {target} (window_start, {dimensions}, {view.measure}) "
-        f"SELECT {view.function}(m.window_start) AS window_start, {dimensions}, sum(m.{view.measure}) "
-        f"FROM {view.source.target(opts)} AS m "
-        f"WHERE m.window_start >= {{start:DateTime}} AND m.window_start < {{end:DateTime}} "
-        f"GROUP BY window_start, {dimensions}",
-        parameters=bounds,
-        settings={"insert_deduplicate": 0},  # a rebuilt period may hold the very rows an earlier rebuild wrote
-    )
+def _write_settings(opts: SchemaOptions) -> dict[str, int]:
+    """A top-up is a delta: two equal ones in a row are both due (no deduplication); on a cluster it must
+    have landed before the next one reads the grain (a Distributed table forwards in the background)."""
+    return {"insert_deduplicate": 0, **({"distributed_foreground_insert": 1} if opts.cluster else {})}

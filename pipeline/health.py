@@ -183,6 +183,14 @@ class Health:
         """A periodic check of ClickHouse's tables that could not run: what it looks for goes unseen."""
         self.degrade(f"{check} unchecked", f"the check failed: {str(error)[:300]}")
 
+    def grains_built(self, error: Exception | None) -> None:
+        """A pass of the builder of the hourly and daily grains (`pipeline/grains.py`): one that failed
+        degrades `grains unbuilt` until one succeeds (the coarse grains fall behind the minute grain)."""
+        if error is None:
+            self.recover("grains unbuilt")
+        else:
+            self.degrade("grains unbuilt", f"the hourly and daily grains could not be built: {str(error)[:300]}")
+
     def grains_checked(self, tables: Iterable[str], disagreeing: Iterable[tuple[str, str]]) -> None:
         """A check of the coarse grains `tables` (`pipeline/grains.py`): `disagreeing` (table, period) pairs
         that the check before saw too degrade `grains` and count per table."""
@@ -195,8 +203,8 @@ class Health:
             more = f" and {len(confirmed) - 5} more" if len(confirmed) > 5 else ""
             self.degrade(
                 "grains",
-                f"{len(confirmed)} period(s) disagree with the minute grain: {periods}{more}; "
-                "`kern-telemetry grains` says which grain is short, and --repair rebuilds a short hourly or daily one",
+                f"{len(confirmed)} period(s) disagree with the grain they are built from: {periods}{more}; "
+                "`kern-telemetry grains` lists them, and --repair settles them once no worker writes into them",
             )
         else:
             self.recover("grains")

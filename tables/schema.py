@@ -6,7 +6,8 @@ Tables (database `kern_telemetry` by default):
 
 - `runs_minute`: the rollup the worker writes. One row per (window, dimension set) and flush; a
   SummingMergeTree sums the partial counts of the same key that different flushes and partitions wrote.
-- `runs_hourly`, `runs_daily`: the same columns, kept by materialized views from `runs_minute`.
+- `runs_hourly`, `runs_daily`: the same columns, built by the worker from `runs_minute` (hourly) and
+  `runs_hourly` (daily) every few seconds (`pipeline/grains.py`).
 - `quality_minute`: events not counted in the runs tables (dead-lettered, late, skipped) and notes about
   counted ones (redacted values, replaced timestamps), per window, kind and reason.
 - `ingest_flushes`: per source partition, the offset range of the latest flush and what it covered.
@@ -63,6 +64,7 @@ from tables.migrations.v9_ledger_totals import LEDGER_ACKNOWLEDGEMENTS
 __all__ = [
     "ADMITTED_VALUES",
     "CLIENT_DROPS_MINUTE",
+    "COARSE_GRAINS",
     "FLUSH_LANDINGS",
     "INGEST_FLUSHES",
     "INGEST_LEDGER",
@@ -72,7 +74,6 @@ __all__ = [
     "LEDGER_OUTCOMES",
     "PATTERN_TABLES",
     "QUALITY_MINUTE",
-    "ROLLUP_VIEWS",
     "RUNS_MINUTE",
     "RUNS_TABLES",
     "SCHEMA_MIGRATIONS",
@@ -83,7 +84,7 @@ __all__ = [
     "VALUE_CANDIDATES",
     "VALUE_SIGHTINGS",
     "WORKFLOW_RUNS_MINUTE",
-    "RollupView",
+    "CoarseGrain",
 ]
 
 RUNS_TABLES = (RUNS_MINUTE, *(table for table, _ in RUNS_ROLLUPS))
@@ -104,10 +105,11 @@ RETAINED_TABLES: tuple[Table, ...] = (
 )
 
 
-class RollupView(NamedTuple):
-    """A coarser grain that a materialized view keeps from a minute table the worker writes:
-    `SELECT {function}(window_start) AS window_start, <dimensions>, sum(<measure>) ... GROUP BY` all but the
-    measure (`pipeline/grains.py` checks it against its source and rebuilds it)."""
+class CoarseGrain(NamedTuple):
+    """An hourly or daily grain the worker builds from a finer one (`pipeline/grains.py`): `SELECT
+    {function}(window_start) AS window_start, <dimensions>, sum(<measure>) ... GROUP BY` all but the measure,
+    from the minute table for an hourly grain and from the hourly table for a daily one (24 rows a key and
+    day to read, not 1,440)."""
 
     source: Table
     target: Table
@@ -126,14 +128,19 @@ class RollupView(NamedTuple):
         return 3600 if self.function == "toStartOfHour" else 86400
 
 
-ROLLUP_VIEWS: tuple[RollupView, ...] = tuple(
-    RollupView(source, target, function)
-    for source, rollups in (
-        (RUNS_MINUTE, RUNS_ROLLUPS),
-        (LAUNCHES_MINUTE, LAUNCHES_ROLLUPS),
-        (TEAM_RUNS_MINUTE, TEAM_RUNS_ROLLUPS),
-        (WORKFLOW_RUNS_MINUTE, WORKFLOW_RUNS_ROLLUPS),
-        (CLIENT_DROPS_MINUTE, ((CLIENT_DROPS_DAILY, "toStartOfDay"),)),
-    )
-    for target, function in rollups
+def _built_from(minute: Table, rollups: tuple[tuple[Table, str], ...]) -> tuple[CoarseGrain, ...]:
+    """Each coarse grain of a minute table built from the grain before it, finest first (the build's order)."""
+    grains, source = [], minute
+    for target, function in rollups:
+        grains.append(CoarseGrain(source, target, function))
+        source = target
+    return tuple(grains)
+
+
+COARSE_GRAINS: tuple[CoarseGrain, ...] = (
+    *_built_from(RUNS_MINUTE, RUNS_ROLLUPS),
+    *_built_from(LAUNCHES_MINUTE, LAUNCHES_ROLLUPS),
+    *_built_from(TEAM_RUNS_MINUTE, TEAM_RUNS_ROLLUPS),
+    *_built_from(WORKFLOW_RUNS_MINUTE, WORKFLOW_RUNS_ROLLUPS),
+    *_built_from(CLIENT_DROPS_MINUTE, ((CLIENT_DROPS_DAILY, "toStartOfDay"),)),
 )

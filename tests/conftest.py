@@ -25,6 +25,7 @@ from devstack.broker import EmbeddedBroker
 from devstack.chdb_server import ChdbServerProcess
 from devstack.loadgen import EventGenerator
 from devstack.processes import WorkerProcess, free_port
+from pipeline import grains
 from pipeline.admission import Keys
 from pipeline.clickhouse import connect
 from pipeline.config import Settings
@@ -33,6 +34,7 @@ from pipeline.kafka import client_options, create_topics, produce
 from pipeline.projector import EventProjector
 from pipeline.rollup import PartitionRollup
 from pipeline.sink import PATTERN_WRITES
+from tables.ddl import SchemaOptions
 
 
 class Record(NamedTuple):
@@ -254,6 +256,7 @@ class Stack:
             "KERN_FLUSH_INTERVAL_SECONDS": "0.3",
             "KERN_HASH_SECRET": f"test-secret-{name}",
             "KERN_ADMISSION_REFRESH_SECONDS": "1",
+            "KERN_GRAIN_BUILD_SECONDS": "0.5",
             "KERN_LOG_LEVEL": os.environ.get("KERN_LOG_LEVEL", "info"),
             **overrides,
         }
@@ -341,6 +344,15 @@ class Stack:
         )
         return sorted(records, key=lambda r: (r.partition, r.offset))
 
+    def wait_built(self, timeout: float = 60.0) -> None:
+        """Until the running worker's builder has brought every hourly and daily grain level with the grain
+        it is built from (`pipeline/grains.py`); with the shared server only."""
+        deadline = time.monotonic() + timeout
+        with self.clickhouse() as client:
+            while grains.check_all(client, SchemaOptions.from_settings(self.settings), 0, time.time(), True):
+                assert time.monotonic() < deadline, "the coarse grains were not built"
+                time.sleep(0.2)
+
     def command(self, *arguments: str) -> subprocess.CompletedProcess:
         """`kern-telemetry <arguments>` on this stack, as an operator runs it (wide output, its exit status)."""
         return subprocess.run(
@@ -407,6 +419,7 @@ def history(broker, tmp_path_factory) -> Iterator[History]:
                 values, timestamps_ms=[now_ms - span_ms + span_ms * (i + 1) // len(values) for i in range(len(values))]
             )
         )
+        stack.wait_built()
         yield History(stack, worker, values)
     finally:
         stack.stop_all()

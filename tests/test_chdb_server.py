@@ -16,6 +16,7 @@ from conftest import Record
 from agents.checkpoint import write
 from devstack.broker import EmbeddedBroker
 from devstack.chdb_server import ChdbServerProcess
+from pipeline import grains
 from pipeline.admission import Keys
 from pipeline.projector import EventProjector
 from pipeline.rollup import PartitionRollup
@@ -52,6 +53,7 @@ def test_migrations_flushes_and_deduplication_over_http(server):
     last = sink.last_flush("events", 0)
     assert (last.start_offset, last.end_offset, last.tables, last.pending) == (3, 5, ("runs_minute",), ())
     assert last.fingerprint.offset == 4 and sink.last_flush("events", 1) is None
+    grains.build(client, SchemaOptions(), 3600, time.time())
     for table in ("runs_minute", "runs_hourly", "runs_daily"):
         assert client.query(f"SELECT sum(runs) FROM kern_telemetry.{table}").result_rows == [(5,)]
     row = client.query("SELECT window_start, features FROM kern_telemetry.runs_minute LIMIT 1").result_rows[0]

@@ -21,6 +21,7 @@ from tables.migrations import (
     v7_installations,
     v8_patterns,
     v9_ledger_totals,
+    v10_built_grains,
 )
 
 
@@ -58,5 +59,10 @@ MIGRATIONS: tuple[Migration, ...] = (
         9,
         "each intent carries its log's running ledger total (a lost ledger or intent block shows)",
         v9_ledger_totals.statements,
+    ),
+    Migration(
+        10,
+        "the hourly and daily grains built by the worker from the finer grain, not by views in every flush",
+        v10_built_grains.statements,
     ),
 )
