@@ -20,13 +20,13 @@ import asyncio
 import contextlib
 import gc
 import logging
-import time
 from typing import Any
 
 import mode
 from aiokafka import TopicPartition
 
 from agents.admission import Admitter
+from agents.building import BUILDER_PARTITION, GrainBuilder
 from agents.checkpoint import Checkpoint, gone_ranges
 from agents.clickhouse import ClickHouseThread, open_lanes, open_sink
 from agents.fetching import Fetcher, RebalanceListener
@@ -108,6 +108,10 @@ class RollupAgent(mode.Service):
         )
         self.fetcher = Fetcher(consumer, self.partitions, self.quarantine, self.health, self.on_out_of_range)
         self.checkpoint = checkpoint
+        self.builder = GrainBuilder(
+            settings, sink.opts, self.health, lambda: self.partitions.get(BUILDER_PARTITION) is not None
+        )
+        self._closers.callback(self.builder.shutdown)
         consumer.subscribe([settings.topic], listener=RebalanceListener(self.on_revoked, self.on_assigned))
         _keep_the_cyclic_gc_off_the_hot_path()
         self._running = True
@@ -140,7 +144,7 @@ class RollupAgent(mode.Service):
             except TimeoutError:
                 log.warning("stopped before the last flush landed; the next worker replays it")
             with contextlib.suppress(TimeoutError):  # the grains as complete as the minute grain it leaves
-                await asyncio.wait_for(self._build(), timeout=20)
+                await asyncio.wait_for(self.builder.build(), timeout=20)
         await self._closers.aclose()
         self.clickhouse.shutdown()
 
@@ -243,17 +247,15 @@ class RollupAgent(mode.Service):
         again: what it looks for would go unseen."""
         tables = [grain.target.name for grain in COARSE_GRAINS]
         horizon = grains.worker_horizon_s(self.settings.topic_retention_hours, self.settings.allowed_lateness_seconds)
-        client, opts, lateness = self.sink.client, self.sink.opts, self.settings.allowed_lateness_seconds
+        client, opts = self.sink.client, self.sink.opts
         checks = {
             "grains": (
-                lambda: grains.settle_all(client, opts, lateness, time.time(), False, horizon)
-                if self._builds()
-                else [],
+                lambda: self.builder.settle(horizon),
                 lambda found: self.health.grains_checked(
                     tables, ((d.grain.target.name, d.period_label) for d in found)
                 ),
             ),
-            "ledger": (lambda: ledger.check(client, opts), self.health.ledger_checked),
+            "ledger": (lambda: self.clickhouse.call(ledger.check, client, opts), self.health.ledger_checked),
         }
         for _, report in checks.values():
             report(())  # every series from the start, at 0
@@ -261,7 +263,7 @@ class RollupAgent(mode.Service):
             await asyncio.sleep(self.settings.audit_seconds)
             for name, (check, report) in checks.items():
                 try:
-                    found = await self.clickhouse.call(check)
+                    found = await check()
                 except Exception as exc:  # noqa: BLE001 - reported, and the next run tries again
                     self.health.check_failed(name, exc)
                 else:
@@ -269,27 +271,11 @@ class RollupAgent(mode.Service):
 
     @mode.Service.task
     async def _build_grains(self) -> None:
-        """Top the hourly and daily grains up to their sources every few seconds (`pipeline/grains.py`),
-        on the worker that owns partition 0: one builder, whatever the group's size. A build that fails
-        degrades /health until one succeeds."""
+        """Top the hourly and daily grains up to their sources every few seconds, on the worker that owns
+        partition 0 (`agents/building.py`)."""
         while not self._stopping():
             await asyncio.sleep(self.settings.grain_build_seconds)
-            await self._build()
-
-    def _builds(self) -> bool:
-        """Whether this worker writes the coarse grains: the owner of partition 0, one builder in a group."""
-        return self.partitions.get(0) is not None
-
-    async def _build(self) -> None:
-        if not self._builds():
-            return
-        client, opts, lateness = self.sink.client, self.sink.opts, self.settings.allowed_lateness_seconds
-        try:
-            await self.clickhouse.call(grains.build, client, opts, lateness, time.time())
-        except Exception as exc:  # noqa: BLE001 - reported, and the next pass tries again
-            self.health.grains_built(exc)
-        else:
-            self.health.grains_built(None)
+            await self.builder.build()
 
     @mode.Service.task
     async def _apply_skips(self) -> None:
@@ -308,6 +294,8 @@ class RollupAgent(mode.Service):
             self.flusher.drop(revoked)
             self.partitions.revoke(revoked)
             self.health.revoked(revoked)
+        if BUILDER_PARTITION in revoked:
+            await self.builder.drain()  # its next owner builds: never beside a pass of this worker's
         log.info("partitions revoked: %s", sorted(revoked))
 
     async def on_assigned(self, partitions: set[TopicPartition]) -> None:

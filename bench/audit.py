@@ -1,8 +1,11 @@
-"""What a worker's audit costs ClickHouse (`pipeline/grains.py`, `pipeline/ledger.py`): `python -m bench.audit
-[--keys 1000] [--intents 100000]` fills runs_minute with 5 closed days of rows, `--keys` dimension sets a
-minute (the views fill the hourly and daily grains), merges them, and records `--intents` flush intents of
-8 partitions (the view sums them into the ledger), left unmerged as a busy worker's are between merges;
-then it times the two checks a worker runs every KERN_AUDIT_SECONDS, in-process chDB (median of 5)."""
+"""What a worker's audit and its builder of the coarse grains cost ClickHouse (`pipeline/grains.py`,
+`pipeline/ledger.py`): `python -m bench.audit [--keys 1000] [--intents 100000]` fills runs_minute with 5
+closed days of rows and the last hour, `--keys` dimension sets a minute, merges them, and records `--intents`
+flush intents of 8 partitions (the view sums them into the ledger), left unmerged as a busy worker's are
+between merges; then it times, in-process chDB: the first settling of the closed days (the hourly and daily
+grains built from nothing), the audit's two checks (every KERN_AUDIT_SECONDS; the grains' settles nothing
+then: its cost is its check's), and a build of the last hour that finds nothing new (every
+KERN_GRAIN_BUILD_SECONDS), each a median of 5 but the first."""
 
 from __future__ import annotations
 
@@ -25,15 +28,15 @@ _COLUMNS = ["window_start", "kind", "sdk_version", "model_provider", "model_id",
 _INTENT_COLUMNS = ["topic", "partition", "start_offset", "end_offset", "events", "counted", "ledger_total"]
 
 
-def _timed(check: Callable[[], list]) -> tuple[float, float, int]:
-    """Median wall and CPU seconds of 5 runs, and what the last one found."""
+def _timed(check: Callable[[], list | None]) -> tuple[float, float, int]:
+    """Median wall and CPU seconds of 5 runs, and how many things the last one found."""
     timings = []
     for _ in range(5):
         wall, cpu = time.perf_counter(), time.process_time()
         found = check()
         timings.append((time.perf_counter() - wall, time.process_time() - cpu))
     wall, cpu = sorted(timings)[2]
-    return wall, cpu, len(found)
+    return wall, cpu, len(found or ())
 
 
 def main() -> None:
@@ -46,9 +49,10 @@ def main() -> None:
     migrate(client, opts)
     start = int(time.time()) // 86400 * 86400 - _DAYS * 86400
     rng = random.Random(1)
-    for hour in range(_DAYS * 24):
+    last_hour = int(time.time()) // 60 * 60 - 3600
+    for hour_start in [start + hour * 3600 for hour in range(_DAYS * 24)] + [last_hour]:
         rows = [
-            [dt.datetime.fromtimestamp(start + hour * 3600 + 60 * minute, dt.UTC), "agent", "2.1.0", f"p{key % 7}",
+            [dt.datetime.fromtimestamp(hour_start + 60 * minute, dt.UTC), "agent", "2.1.0", f"p{key % 7}",
              f"m{key}", ["tools"] if key % 3 else [], rng.randrange(1, 50)]
             for minute in range(60)
             for key in range(arguments.keys)
@@ -67,7 +71,19 @@ def main() -> None:
 
     horizon = grains.worker_horizon_s(settings.topic_retention_hours, settings.allowed_lateness_seconds)
     lateness = settings.allowed_lateness_seconds
-    wall, cpu, found = _timed(lambda: grains.check_all(client, opts, lateness, time.time(), False, horizon))
+    wall, cpu = time.perf_counter(), time.process_time()
+    grains.settle_all(client, opts, lateness, time.time(), False, horizon)
+    print(
+        f"grains built from nothing over {_DAYS} closed days: {(time.perf_counter() - wall) * 1000:.0f} ms, "
+        f"{(time.process_time() - cpu) * 1000:.0f} ms of CPU"
+    )
+    grains.build(client, opts, lateness, time.time())
+    wall, cpu, _ = _timed(lambda: grains.build(client, opts, lateness, time.time()))
+    print(
+        f"build of the last hour ({60 * arguments.keys:,} minute rows) with nothing new: {wall * 1000:.0f} ms, "
+        f"{cpu * 1000:.0f} ms of CPU (median of 5)"
+    )
+    wall, cpu, found = _timed(lambda: grains.settle_all(client, opts, lateness, time.time(), False, horizon))
     print(
         f"grains: {_DAYS * 24 * 60 * arguments.keys:,} minute rows ({arguments.keys} dimension sets a minute, "
         f"{_DAYS} days): {wall * 1000:.0f} ms, {cpu * 1000:.0f} ms of CPU (median of 5); {found} period(s) disagree"

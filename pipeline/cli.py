@@ -116,7 +116,7 @@ def skip(partition: int, through_offset: int, reason: str, topic: str | None) ->
     "--open-periods",
     is_flag=True,
     help="Also periods live records can still reach (younger than the allowed lateness): only while no worker "
-    "writes, or the check races its inserts",
+    "runs, or a repair adds what the worker's builder adds too",
 )
 def grains(repair: bool, open_periods: bool) -> None:
     """Check the hourly and daily grains against the grains they are built from.

@@ -139,8 +139,8 @@ class Metrics:
         )
         self.grain_disagreements = Gauge(
             "kern_grain_disagreements",
-            "Closed periods of an hourly or daily grain whose total is not the minute grain's, seen in two "
-            "checks in a row (`kern-telemetry grains --repair` rebuilds them).",
+            "Closed periods of an hourly or daily grain whose total is not that of the grain it is built from "
+            "after the builder settled them, in two audits in a row (`kern-telemetry grains --repair`).",
             ["table"],
             registry=registry,
         )
