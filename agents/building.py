@@ -37,6 +37,7 @@ class GrainBuilder:
         """Top every coarse grain up to its source over the periods live records reach; a failure degrades
         `grains unbuilt` until a build succeeds."""
         if not self._builds():
+            self.health.grains_built(None)  # not this worker's to build (any more): nothing it failed at
             return
         try:
             await self._thread.call(self._build)

@@ -125,7 +125,7 @@ class Settings(KernSettings):
         5.0,
         gt=0,
         description="How often the worker that owns partition 0 tops the hourly and daily grains up to the "
-        "minute grain over the periods live records reach: how far those grains may trail it",
+        "grains they are built from over the periods live records reach: how far they may trail the minute grain",
     )
     dedup_horizon_seconds: float = Field(
         300.0,

@@ -165,21 +165,19 @@ def test_a_worker_reports_a_short_ledger_and_a_check_it_cannot_run(stack_factory
     assert checked.returncode == 1 and "disagree" in checked.stderr
     assert stack.settings.topic in checked.stdout and "21" in checked.stdout and "20" in checked.stdout
 
-    with stack.clickhouse() as client:  # the worker is idle: only the checks read these tables now
+    failing = {"ledger unchecked", "grains unchecked", "grains unbuilt"}
+    with stack.clickhouse() as client:  # the worker is idle: only the checks and the builder read these now
         client.command("DETACH TABLE kern_telemetry.ingest_ledger")
         client.command("DETACH TABLE kern_telemetry.runs_daily")
         try:
-            report = worker.wait_health(
-                lambda r: {"ledger unchecked", "grains unchecked"} <= set(r["degraded"]), 60, "checks failing"
-            )
+            report = worker.wait_health(lambda r: failing <= set(r["degraded"]), 60, "checks and builds failing")
             assert "the check failed" in report["degraded"]["ledger unchecked"]
+            assert "runs_daily" in report["degraded"]["grains unbuilt"]
             assert 'kern_degraded{component="grains unchecked"} 1.0' in worker.metrics()
         finally:
             client.command("ATTACH TABLE kern_telemetry.ingest_ledger")
             client.command("ATTACH TABLE kern_telemetry.runs_daily")
-    report = worker.wait_health(
-        lambda r: not {"ledger unchecked", "grains unchecked"} & set(r["degraded"]), 60, "checks running again"
-    )
+    report = worker.wait_health(lambda r: not failing & set(r["degraded"]), 60, "checks and builds running again")
     assert "ledger" in report["degraded"]  # the ledger is still short
 
     acknowledged = stack.command("ledger", "--acknowledge", "ClickHouse OOM-killed at 03:12, ticket OPS-1")
