@@ -43,6 +43,7 @@ from pipeline.kafka import FETCH_OPTIONS, dead_letter_producer, worker_consumer
 from pipeline.projector import EventProjector
 from pipeline.rollup import OffsetGap
 from pipeline.sink import ClickHouseSink
+from tables.ddl import SchemaOptions
 from tables.schema import COARSE_GRAINS
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,12 @@ class RollupAgent(mode.Service):
         self.keys = Keys(settings.hash_secret.get_secret_value().encode())
         self.clickhouse = ClickHouseThread()
         self.partitions = Partitions()
+        self.builder = GrainBuilder(
+            settings,
+            SchemaOptions.from_settings(settings),
+            self.health,
+            lambda: self.partitions.get(BUILDER_PARTITION) is not None,
+        )
         self._running = False  # on_start made every part (mode starts the loops only then)
         self._closers = contextlib.AsyncExitStack()  # what on_start opened, closed by on_stop in reverse
         self._closing = False
@@ -108,10 +115,6 @@ class RollupAgent(mode.Service):
         )
         self.fetcher = Fetcher(consumer, self.partitions, self.quarantine, self.health, self.on_out_of_range)
         self.checkpoint = checkpoint
-        self.builder = GrainBuilder(
-            settings, sink.opts, self.health, lambda: self.partitions.get(BUILDER_PARTITION) is not None
-        )
-        self._closers.callback(self.builder.shutdown)
         consumer.subscribe([settings.topic], listener=RebalanceListener(self.on_revoked, self.on_assigned))
         _keep_the_cyclic_gc_off_the_hot_path()
         self._running = True
@@ -147,6 +150,7 @@ class RollupAgent(mode.Service):
                 await asyncio.wait_for(self.builder.build(), timeout=20)
         await self._closers.aclose()
         self.clickhouse.shutdown()
+        self.builder.shutdown()
 
     def _stopping(self) -> bool:
         return self.should_stop or self._closing

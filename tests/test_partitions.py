@@ -6,6 +6,7 @@ drained) and a fake checkpoint that records flushes."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -175,6 +176,32 @@ def worker_over(consumer: FakeConsumer, cursors: dict[int, int], **settings) -> 
         agent._fold(agent.partitions.get(partition), records(0, cursor))
         consumer.positions[partition] = cursor
     return agent
+
+
+def test_a_revocation_of_the_builders_partition_waits_for_the_build_in_progress():
+    """Partition 0's next owner builds the coarse grains: two builders at once would both add a shortfall."""
+
+    async def scenario():
+        agent = worker_over(FakeConsumer({0: 100, 1: 100}), {0: 10, 1: 20})
+        started, release, built = threading.Event(), threading.Event(), []
+
+        def build() -> None:  # a pass on the builder's thread, held until released
+            started.set()
+            built.append(release.wait(5))
+
+        agent.builder._build = build
+        building = asyncio.create_task(agent.builder.build())
+        await asyncio.get_running_loop().run_in_executor(None, started.wait, 5)
+        revoking = asyncio.create_task(agent.on_revoked({TopicPartition(TOPIC, 0)}))
+        await asyncio.sleep(0.2)
+        assert not revoking.done()  # held by the build in progress
+        release.set()
+        await revoking
+        await building
+        assert built == [True] and not agent.builder._builds()
+        agent.builder.shutdown()
+
+    asyncio.run(scenario())
 
 
 def test_assignment_seeks_every_partition_to_its_resumption_and_counts_a_generation():
