@@ -66,7 +66,7 @@ class GrainBuilder:
         if not self._builds():
             return []
         lateness = self.settings.allowed_lateness_seconds
-        return grains.settle_all(self._connected(), self.opts, lateness, time.time(), False, horizon_s)
+        return grains.check_all(self._connected(), self.opts, lateness, time.time(), False, horizon_s, settling=True)
 
     def _connected(self) -> Client:
         if self._client is None:

@@ -152,7 +152,7 @@ def grains(repair: bool, open_periods: bool) -> None:
     console.print(table)
     if not repair:
         raise click.ClickException(f"{len(found)} period(s) disagree; --repair settles them")
-    left = coarse.settle_all(*arguments)
+    left = coarse.check_all(*arguments, settling=True)
     if left:
         raise click.ClickException(
             f"{len(left)} period(s) still disagree: a worker wrote into them meanwhile? Run the command again "

@@ -175,28 +175,15 @@ def check_all(
     now: float,
     open_periods: bool = False,
     horizon_s: int | None = None,
+    settling: bool = False,
 ) -> list[Disagreement]:
-    """Every grain's disagreements over the periods it can be checked on (`_ranges`)."""
+    """Every grain's disagreements over the periods it can be checked on (`_ranges`); with `settling`,
+    each grain is settled first (`settle`) and what still disagrees is returned."""
+    step = settle if settling else check
     return [
         found
         for grain, since, until in _ranges(opts, allowed_lateness_s, now, open_periods, horizon_s)
-        for found in check(client, opts, grain, since, until)
-    ]
-
-
-def settle_all(
-    client: Client,
-    opts: SchemaOptions,
-    allowed_lateness_s: int,
-    now: float,
-    open_periods: bool = False,
-    horizon_s: int | None = None,
-) -> list[Disagreement]:
-    """`settle` every grain over the periods it can be checked on (`_ranges`); what still disagrees."""
-    return [
-        found
-        for grain, since, until in _ranges(opts, allowed_lateness_s, now, open_periods, horizon_s)
-        for found in settle(client, opts, grain, since, until)
+        for found in step(client, opts, grain, since, until)
     ]
 
 

@@ -70,7 +70,7 @@ def damaged(stack_factory):
         migrate(client, SchemaOptions())
         client.insert("kern_telemetry.runs_minute", _runs(day, 3 * 24 * 60, 3), column_names=_RUNS_COLUMNS)
         client.insert("kern_telemetry.client_drops_minute", _drops(day + 86400, 10), column_names=_DROPS_COLUMNS)
-        assert grains.settle_all(client, SchemaOptions(), 3600, time.time()) == []
+        assert grains.check_all(client, SchemaOptions(), 3600, time.time(), settling=True) == []
         assert _built(client)
         client.insert("kern_telemetry.runs_minute", _runs(day + 5 * HOUR, 30, 5), column_names=_RUNS_COLUMNS)
         client.insert("kern_telemetry.client_drops_daily", _drops(day + 86400, 1), column_names=_DROPS_COLUMNS)
@@ -97,7 +97,7 @@ def test_settling_tops_a_short_period_up_rebuilds_one_that_holds_more_and_settli
     stack, _ = damaged
     with stack.clickhouse() as client:
         for _ in range(2):
-            assert grains.settle_all(client, SchemaOptions(), 3600, time.time()) == []
+            assert grains.check_all(client, SchemaOptions(), 3600, time.time(), settling=True) == []
             assert _built(client)
             rows = client.query("SELECT count() FROM kern_telemetry.runs_hourly").result_rows
         assert client.query("SELECT count() FROM kern_telemetry.runs_hourly").result_rows == rows
