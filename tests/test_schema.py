@@ -3,6 +3,7 @@ same code, and the schema the running code writes."""
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 
 import clickhouse_connect
@@ -241,7 +242,7 @@ def test_cluster_schema_is_replicated_and_distributed_on_cluster():
             f"{table.sharding_key})" in distributed
         )
     views = [s for s in statements if "MATERIALIZED VIEW" in s]
-    assert len(views) == 15 and all("_local" in v.split(" AS ", 1)[1] for v in views)
+    assert len(views) == 16 and all("_local" in v.split(" AS ", 1)[1] for v in views)
     assert not any("non_replicated_deduplication_window" in s for s in statements)
     added = [s for s in statements if "ADD COLUMN" in s]
 
@@ -258,6 +259,36 @@ def test_cluster_schema_is_replicated_and_distributed_on_cluster():
     for null in (v4_privacy.VALUE_SIGHTINGS, v4_privacy.SESSION_SIGHTINGS):  # no Replicated Null: Null on each node
         assert any(f"`{null.name}_local` ON CLUSTER" in s and s.endswith("ENGINE = Null") for s in statements)
         assert any(f"Distributed(`telemetry`, `kern_telemetry`, `{null.name}_local`" in s for s in statements)
+
+
+def test_one_view_writes_both_daily_sketches_of_a_batch_in_one_part(chdb):
+    migrate(chdb, SchemaOptions())
+    columns = ["day", *dimensions.SKETCH, "session_hashes", "installation_hashes"]
+
+    def write(rows: list[list]) -> int:
+        """Insert a batch's sketch rows; the parts it added to sessions_daily."""
+        parts = "SELECT count() FROM system.parts WHERE database = 'kern_telemetry' AND table = 'sessions_daily'"
+        before = chdb.query(parts).result_rows[0][0]
+        chdb.insert("kern_telemetry.session_sightings", rows, column_names=columns)
+        return chdb.query(parts).result_rows[0][0] - before
+
+    day = datetime.date(2026, 12, 7)
+    batch = [
+        [day, "agent", "openai", "gpt-5.2", ["has_tools"], [1, 2, 3], [10, 11]],
+        [day, "agent", "openai", "gpt-5.2", [], [3, 4], []],  # no installation (an older SDK)
+        [day, "os", "none", "none", [], [], [12]],  # launches without a session
+    ]
+    assert write(batch) == 1
+    assert write([[day, "agent", "openai", "gpt-5.2", ["has_tools"], [2, 5], [11, 13]]]) == 1
+    assert chdb.query(
+        "SELECT kind, flag, uniqCombined64Merge(sessions), uniqCombined64Merge(installations) "
+        "FROM kern_telemetry.sessions_daily GROUP BY kind, flag ORDER BY kind, flag"
+    ).result_rows == [("agent", "", 5, 3), ("agent", "has_tools", 4, 3), ("os", "", 0, 1)]
+    views = chdb.query(
+        "SELECT name, as_select FROM system.tables WHERE database = 'kern_telemetry' AND engine = 'MaterializedView'"
+    ).result_rows
+    assert [name for name, select in views if "session_sightings" in select] == ["sessions_daily_sketches_mv"]
+    assert not [name for name, select in views if "session_hashes" in select and "value_sightings" in select]
 
 
 def test_a_random_sharding_key_is_refused():

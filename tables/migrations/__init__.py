@@ -22,6 +22,7 @@ from tables.migrations import (
     v8_patterns,
     v9_ledger_totals,
     v10_built_grains,
+    v11_one_session_view,
 )
 
 
@@ -64,5 +65,10 @@ MIGRATIONS: tuple[Migration, ...] = (
         10,
         "the hourly and daily grains built by the worker from the finer grain, not by views in every flush",
         v10_built_grains.statements,
+    ),
+    Migration(
+        11,
+        "one view writes a batch's daily session and installation sketches; a view nothing fed since v7 goes",
+        v11_one_session_view.statements,
     ),
 )
