@@ -116,7 +116,7 @@ class RollupAgent(mode.Service):
         self.fetcher = Fetcher(consumer, self.partitions, self.quarantine, self.health, self.on_out_of_range)
         self.checkpoint = checkpoint
         consumer.subscribe([settings.topic], listener=RebalanceListener(self.on_revoked, self.on_assigned))
-        _keep_the_cyclic_gc_off_the_hot_path()
+        keep_the_cyclic_gc_off_the_hot_path()
         self._running = True
         log.info("rollup agent started: topic %s, ClickHouse %s", settings.topic, settings.safe_dsn)
 
@@ -374,7 +374,7 @@ class RollupAgent(mode.Service):
         return await retry(self.health, component, function, *args, stopping=lambda: self.should_stop)
 
 
-def _keep_the_cyclic_gc_off_the_hot_path() -> None:
+def keep_the_cyclic_gc_off_the_hot_path() -> None:
     """The hot path allocates many short-lived, never-cyclic tuples: keep the cyclic GC from re-scanning
     start-up objects (Faust, aiokafka, ClickHouse client) and from running every 700 allocations."""
     gc.collect()
