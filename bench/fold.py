@@ -22,7 +22,7 @@ from pipeline.admission import Keys
 from pipeline.projector import EventProjector
 from pipeline.rollup import PartitionRollup
 
-_BATCH = 500  # records a fetch hands the fold at a time (about what a fetch of 4 partitions returns)
+_BATCH = 500  # records per `PartitionRollup.add` call (the worker calls it once per partition and fetch)
 
 
 def fold_us(records: list[SimpleNamespace], rounds: int) -> tuple[float, float]:
