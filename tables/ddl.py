@@ -145,6 +145,11 @@ def materialized_view(name: str, target: Table, select: str, opts: SchemaOptions
     )
 
 
+def drop_view(name: str, opts: SchemaOptions) -> str:
+    """Drop a view (plain or materialized) an earlier version created, on every node of a cluster."""
+    return f"DROP VIEW IF EXISTS {opts.db}.{quote_ident(name)}{opts.on_cluster}"
+
+
 def view(name: str, select: str, opts: SchemaOptions) -> str:
     """A plain view; `select` reads the tables analysts read (`Table.target`)."""
     return f"CREATE VIEW IF NOT EXISTS {opts.db}.{quote_ident(name)}{opts.on_cluster} AS {select}"

@@ -9,7 +9,7 @@ they are; only the views go.
 
 from __future__ import annotations
 
-from tables.ddl import SchemaOptions, quote_ident
+from tables.ddl import SchemaOptions, drop_view
 
 #: The views earlier versions created, one per coarse grain (`<table>_mv`).
 _VIEWS = (
@@ -26,4 +26,4 @@ _VIEWS = (
 
 
 def statements(opts: SchemaOptions) -> list[str]:
-    return [f"DROP VIEW IF EXISTS {opts.db}.{quote_ident(name)}{opts.on_cluster}" for name in _VIEWS]
+    return [drop_view(name, opts) for name in _VIEWS]

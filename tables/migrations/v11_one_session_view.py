@@ -14,7 +14,7 @@ changes no distinct count (a sketch counts a hash once however often it is added
 
 from __future__ import annotations
 
-from tables.ddl import SchemaOptions, materialized_view, quote_ident
+from tables.ddl import SchemaOptions, drop_view, materialized_view
 from tables.migrations.v4_privacy import SESSION_SIGHTINGS, SESSIONS_DAILY
 
 _SKETCH = "AggregateFunction(uniqCombined64, UInt64)"
@@ -33,5 +33,5 @@ def statements(opts: SchemaOptions) -> list[str]:
             "GROUP BY day, kind, model_provider, model_id, flag",
             opts,
         ),
-        *(f"DROP VIEW IF EXISTS {opts.db}.{quote_ident(name)}{opts.on_cluster}" for name in _REPLACED),
+        *(drop_view(name, opts) for name in _REPLACED),
     ]

@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-from tables.ddl import SchemaOptions, Table, materialized_view, quote_ident
+from tables.ddl import SchemaOptions, Table, drop_view, materialized_view
 from tables.migrations.v1_initial import INGEST_FLUSHES
 from tables.migrations.v2_ledger import INGEST_LEDGER, LEDGER_COUNTS
 
@@ -64,7 +64,7 @@ def statements(opts: SchemaOptions) -> list[str]:
             if opts.cluster
             else []
         ),
-        f"DROP VIEW IF EXISTS {opts.db}.{quote_ident('ingest_ledger_mv')}{opts.on_cluster}",
+        drop_view("ingest_ledger_mv", opts),
         materialized_view(
             "ingest_ledger_by_log_mv",
             INGEST_LEDGER,
