@@ -10,7 +10,7 @@ CHARTJS_VERSION := 4.6.1
 
 .PHONY: test lint typecheck test-tools run dashboards vendor-chartjs bench bench-quick bench-memory bench-ab bench-sdk chaos clean
 
-$(STAMP): pyproject.toml sdk/pyproject.toml
+$(STAMP): pyproject.toml sdk/pyproject.toml pipeline/native/fold.c
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip

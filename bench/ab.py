@@ -14,8 +14,10 @@ import asyncio
 import json
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 from rich.console import Console
@@ -36,7 +38,21 @@ def checkout(revision: str, into: Path) -> tuple[str, Path]:
     ).stdout.strip()
     tree = into / sha
     subprocess.run(["git", "worktree", "add", "--detach", str(tree), sha], cwd=ROOT, capture_output=True, check=True)
+    build_native(tree)
     return sha, tree
+
+
+def build_native(tree: Path) -> None:
+    """A revision's compiled modules (the native fold), built as an install builds them and put in its tree
+    (where its worker imports from); revisions before the native fold have none."""
+    if not (tree / "pipeline" / "native").exists():
+        return
+    wheels = tree / "build" / "wheels"
+    pip = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels), str(tree)]
+    subprocess.run(pip, capture_output=True, check=True)
+    for wheel in wheels.glob("kern_telemetry-*.whl"):
+        with zipfile.ZipFile(wheel) as archive:
+            archive.extractall(tree, [name for name in archive.namelist() if name.endswith(".so")])
 
 
 def main() -> None:

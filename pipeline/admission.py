@@ -49,7 +49,15 @@ class Keys:
         self._session_days: dict[int, Any] = {}  # day -> its sessions' key: `session` runs per event
 
     def _keyed(self, label: bytes):
-        return hashlib.blake2b(key=hmac.digest(self._secret, label, "sha256"), digest_size=8)
+        return hashlib.blake2b(key=self._key(label), digest_size=8)
+
+    def _key(self, label: bytes) -> bytes:
+        return hmac.digest(self._secret, label, "sha256")
+
+    def session_key(self, day: int) -> bytes:
+        """The key of the sessions' hashes on a day (days since the epoch, UTC), for the native fold
+        (`pipeline/native/fold.c`), which digests each session as `session` does."""
+        return self._key(_daily_label(b"sessions", day))
 
     def session(self, window_start: int, session: str) -> int:
         """The keyed hash of a session seen on the day of `window_start` (the day's own key). Once per
@@ -78,7 +86,7 @@ class Keys:
         return hash_of
 
     def _daily(self, what: bytes, window_start: int):
-        label = b"kern-telemetry/%s/%d" % (what, window_start // DAY_S)
+        label = _daily_label(what, window_start // DAY_S)
         keyed = self._days.get(label)
         if keyed is None:
             if len(self._days) > 16:
@@ -91,6 +99,10 @@ class Keys:
 
 
 _U64 = struct.Struct("<Q")
+
+
+def _daily_label(what: bytes, day: int) -> bytes:
+    return b"kern-telemetry/%s/%d" % (what, day)
 
 
 def _digest(keyed, text: str) -> int:

@@ -11,6 +11,10 @@ workflow's shape) end with one more: the pattern, for its own tables.
 The typed decoder is derived from the dimensions and the contract (`kern_telemetry_client.contract`):
 msgspec checks the types of exactly the `data` fields the dimensions read, in C, and skips everything
 else (identifiers, prompts) without creating it.
+
+`EventProjector.fold` counts a batch: the native fold (`pipeline/native/fold.c`) counts each plain event
+whose projection it has learned, without a Python object per event, and hands every other event to
+`project`, which teaches it the projections it may reuse.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from kern_telemetry_client import contract
 from kern_telemetry_client.payloads import MAX_NAMES
 from kern_telemetry_client.values import INVALID, MAX_RAW_LENGTH, NONE, REDACTED, clean_flag_name, clean_value
 
+from pipeline import _fold
 from pipeline.admission import RARE, Admission, Keys
 from pipeline.dimensions import DATA_FIELDS, DIMENSIONS, MODEL_KEYS, NAME_FIELDS, PATTERNS, Dimension, member_bucket
 from pipeline.rejections import Reason, Rejection
@@ -131,6 +136,29 @@ class _PatternReader(NamedTuple):
 _PATTERN_READERS = {kind: _PatternReader.of(kind, dimensions) for kind, dimensions in PATTERNS.items()}
 
 
+def _native_fields() -> tuple[tuple[str, ...], ...]:
+    """The typed `data` fields by JSON type, as the native fold checks them: strings, ints, the contract's
+    flags, model references, lists of strings (each also null)."""
+    by_type: dict[str, list[str]] = {"string": [], "int": [], "model": []}
+    for field in DATA_FIELDS:
+        by_type[contract.field(field).type].append(field)
+    lists: list[str] = []
+    for dimensions in PATTERNS.values():
+        for d in dimensions:
+            into = {"enum": by_type["string"], "bucket": by_type["int"]}.get(d.source, lists)
+            if d.path[1] not in into:
+                into.append(d.path[1])
+    fields = (tuple(by_type["string"]), tuple(by_type["int"]), KNOWN_FLAGS, tuple(by_type["model"]), tuple(lists))
+    names = [name for group in fields for name in group]
+    if len(names) != len(set(names)) or DIMENSIONS[0].source != _KIND:
+        raise RuntimeError("the native fold needs one type per data field and the kind as the first dimension")
+    return fields
+
+
+_NATIVE_FIELDS = _native_fields()
+_NATIVE_OTHER_KINDS = tuple(k for k in contract.KINDS if k not in contract.RUN_KINDS and k != _CLIENT_REPORT)
+
+
 def _envelope(name: str, data_type: Any) -> type:
     """Known top-level fields with their allowed types. Unknown fields (run_id, ...) are skipped by the
     decoder, so they never exist as Python objects."""
@@ -220,6 +248,7 @@ class EventProjector:
         max_new_values: int = 20,
         *,
         keys: Keys,
+        native: bool = True,
     ):
         self.window_seconds = window_seconds
         self.allowed_lateness = allowed_lateness_seconds
@@ -241,6 +270,24 @@ class EventProjector:
         self._flags: dict[tuple, tuple[int, tuple]] = {}  # typed flags -> (flags present, true flag names)
         self._patterns: dict[tuple, tuple] = {}  # (kind, typed pattern) -> (stored pattern, reasons, ())
         self._notes: dict = {}  # one event's quality notes, kept only if the event is counted (or late)
+        # The native fold (None: every event through `project`, as the parity test compares) and what the
+        # last projected event lets it reuse: (dims, reasons of replaced values), or None.
+        self._native = (
+            _fold.Fold(
+                window_seconds,
+                allowed_lateness_seconds,
+                future_tolerance_seconds,
+                max_event_bytes,
+                MAX_INSTALLATION_CHARS,
+                keys.session_key,
+                contract.RUN_KINDS,
+                _NATIVE_OTHER_KINDS,
+                *_NATIVE_FIELDS,
+            )
+            if native
+            else None
+        )
+        self._reusable: tuple | None = None
 
     @classmethod
     def from_settings(cls, settings: Any, keys: Keys, admission: Admission | None = None) -> EventProjector:
@@ -256,11 +303,41 @@ class EventProjector:
         )
 
     @property
+    def native_events(self) -> int:
+        """The events the native fold has counted (0 without it)."""
+        return 0 if self._native is None else self._native.stats()["hits"]
+
+    @property
     def epoch(self) -> int:
         return self.admission.epoch
 
     def admits_flag(self, name: str) -> bool:
         return self.admission.admits(_FLAG, name)
+
+    def fold(self, messages: list, tally: Tally) -> list[tuple[Any, Rejection]]:
+        """Count the events of `messages` (records with .value and .timestamp, in log order) into `tally`;
+        return the records not counted, each with its rejection. The native fold counts events until one
+        it cannot (`pipeline/native/fold.c`); `project` counts that one, and when its projection is one
+        every event of the same signature shares, the native fold learns it."""
+        native = self._native
+        rejected: list[tuple[Any, Rejection]] = []
+        i, n = 0, len(messages)
+        while i < n:
+            if native is not None:
+                i = native.fold(messages, i, tally.sessions, tally.installations, tally.quality)
+                if i == n:
+                    break
+            message = messages[i]
+            self._reusable = None
+            try:
+                self.project(message.value, message.timestamp, tally)
+            except Rejection as rejection:
+                rejected.append((message, rejection))
+            else:
+                if native is not None and self._reusable is not None:
+                    native.learn(*self._reusable)
+            i += 1
+        return rejected
 
     def project(self, raw: bytes | None, record_ms: int, tally: Tally) -> tuple:
         """Count an event under its key `(window_start, dims)` (in `tally.sessions`) and return the key; raise
@@ -317,14 +394,19 @@ class EventProjector:
             return report
         data = event.data
         typed = (kind, event.sdk_version, _NO_DATA if data is None else msgspec.structs.astuple(data))
-        present, dims, bad, rare = self._projections.get(typed) or self._typed_projection(typed, window_start, tally)
+        cached = self._projections.get(typed)
+        present, dims, bad, rare = cached or self._typed_projection(typed, window_start, tally)
         # Every `"has_` in the bytes must be a known flag the typed decode saw; otherwise (a new flag, a
         # duplicate key, an escaped key) decode again into a dict, which keeps every key.
         if raw.count(b'"has_') != present or (b"\\" in raw and b"\\u" in raw):  # memchr first: no backslash, no scan
             dims, bad, rare = self._dict_projection(raw, kind, event.sdk_version, window_start, tally)
+            cached = None
         if kind in _PATTERN_READERS:  # the run dimensions, then the pattern
-            pattern, pattern_bad, pattern_rare = self._pattern(kind, raw, window_start, tally)
+            pattern, pattern_bad, pattern_rare, pattern_cached = self._pattern(kind, raw, window_start, tally)
             dims, bad, rare = (*dims, pattern), bad + pattern_bad, rare + pattern_rare
+            cached = cached if pattern_cached else None
+        if cached is not None:  # from the caches: the same for every event of this signature and epoch
+            self._reusable = dims, bad
         for reason in bad:
             _count(notes, (window_start, kind, reason))
         key = (window_start, dims)
@@ -464,27 +546,27 @@ class EventProjector:
                 append(_bucket(fields[index], path, kind, bad))
         return tuple(dims), tuple(bad), tuple(rare)
 
-    def _pattern(self, kind: str, raw: bytes, window_start: int, tally: Tally) -> tuple[tuple, tuple, tuple]:
+    def _pattern(self, kind: str, raw: bytes, window_start: int, tally: Tally) -> tuple[tuple, tuple, tuple, bool]:
         """The pattern of an event of `kind` in `PATTERNS[kind]` order, the reasons for the values it
-        replaced, and its rare values. Never rejects the event (`pipeline/dimensions.py`). A pattern whose
-        every value is stored as sent, with at most MAX_NAMES elements per list (what the SDK client
-        sends), is cached."""
+        replaced, its rare values, and whether it came from the cache. Never rejects the event
+        (`pipeline/dimensions.py`). A pattern whose every value is stored as sent, with at most MAX_NAMES
+        elements per list (what the SDK client sends), is cached."""
         reader = _PATTERN_READERS[kind]
         try:
             data = reader.decode(raw).data
         except msgspec.ValidationError:  # a mistyped field
             data = reader.decode_lenient(raw).data  # as deep as the typed decode allowed: cannot fail
-            return self._judged(
-                reader, reader.missing if data is None else msgspec.structs.astuple(data), window_start, tally
-            )
+            values = reader.missing if data is None else msgspec.structs.astuple(data)
+            return *self._judged(reader, values, window_start, tally), False
         values = reader.missing if data is None else msgspec.structs.astuple(data)
         key = (kind, values)
         stored = self._patterns.get(key)
-        if stored is None:
-            stored = self._judged(reader, values, window_start, tally)
-            if not stored[1] and all(type(value) is not tuple or len(value) <= MAX_NAMES for value in values):
-                _remember(self._patterns, key, stored)
-        return stored
+        if stored is not None:
+            return *stored, True
+        stored = self._judged(reader, values, window_start, tally)
+        if not stored[1] and all(type(value) is not tuple or len(value) <= MAX_NAMES for value in values):
+            _remember(self._patterns, key, stored)
+        return *stored, False
 
     def _judged(
         self, reader: _PatternReader, values: tuple, window_start: int, tally: Tally

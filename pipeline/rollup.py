@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import zlib
 from collections import Counter
-from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from kern_telemetry_client.contract import CLIENT_REPORT
@@ -23,7 +22,7 @@ from kern_telemetry_client.contract import CLIENT_REPORT
 from pipeline.dead_letters import DeadLetter, dead_letter, gone_range
 from pipeline.dimensions import NAMES
 from pipeline.projector import EventProjector, Tally
-from pipeline.rejections import GONE, Reason, Rejection
+from pipeline.rejections import GONE, Reason
 
 _RUN_DIMENSIONS = len(NAMES)
 
@@ -195,26 +194,22 @@ class PartitionRollup(Tally):
     def counted(self) -> int:
         return self.events - self.dead_lettered - self.late
 
-    def add(self, messages: Sequence[Any], projector: EventProjector) -> None:
+    def add(self, messages: list, projector: EventProjector) -> None:
         """Fold consumer records (with .offset, .timestamp, .value) into the rollup, with the projector
         of its admission epoch. The hot path."""
         if messages[0].offset != self.end_offset:
             raise OffsetGap(self.partition, self.end_offset, messages[0].offset)
         if projector.epoch != self.epoch:
             raise ValueError(f"a rollup of admission epoch {self.epoch} cannot fold with epoch {projector.epoch}")
-        project = projector.project
-        for message in messages:
-            try:
-                project(message.value, message.timestamp, self)
-            except Rejection as rejection:
-                if not rejection.dead_letter:
-                    self.late += 1
-                    continue
-                self.dead_lettered += 1
-                if not self.replay:
-                    self.dead_letters.append(
-                        dead_letter(rejection, message, self.topic, self.partition, projector.admits_flag)
-                    )
+        for message, rejection in projector.fold(messages, self):
+            if not rejection.dead_letter:
+                self.late += 1
+                continue
+            self.dead_lettered += 1
+            if not self.replay:
+                self.dead_letters.append(
+                    dead_letter(rejection, message, self.topic, self.partition, projector.admits_flag)
+                )
         if self.first_ms is None:
             self.first_ms = messages[0].timestamp
         self.events += len(messages)

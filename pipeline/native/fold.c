@@ -1,0 +1,920 @@
+/* The fold's fast path: count the events whose projection is already known without making a Python object
+ * per event (`pipeline.projector.EventProjector.fold` calls it; see there for the protocol).
+ *
+ * An event takes this path only when it is plainly what an SDK sends: at most max_event_bytes, ASCII without
+ * control characters or backslashes, one JSON object whose known fields each appear once with the type the
+ * contract gives them, a kind other than a client report, no timestamp or a number within the lateness and
+ * future tolerances (as `EventProjector._window_start` judges it), an installation of at most
+ * MAX_INSTALLATION_CHARS, every `"has_` in the bytes a known flag of `data`. Its signature (kind, sdk_version
+ * and the bytes of every typed `data` field) is looked up in a table that the Python fold fills: the first
+ * events of a signature go through Python, which says when their projection is one the table may reuse (no
+ * rare value, so the same for every event of the admission epoch). Anything else stops the fast path at that
+ * event, and Python folds it: the fast path never decides a rejection, a rare value or a note other than
+ * the projection's own reasons. Cost is bounded by size: one pass over the bytes, at most MAX_DEPTH levels
+ * of nesting, at most MAX_PROBES probes per lookup, a table bounded in entries and bytes.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define MAX_DEPTH 32
+#define MAX_SLOTS 64
+#define MAX_SIGNATURE 4096
+#define TABLE_SLOTS 131072     /* a power of two, over twice the entries allowed; 4 bytes each */
+#define MAX_ENTRIES 50000      /* as the Python projection cache (`_CACHE_LIMIT`) */
+#define MAX_TABLE_BYTES (16u << 20)
+#define MAX_PROBES 32
+#define SESSION_DAYS 16
+#define MAX_KINDS 8
+
+/* ---- BLAKE2b (RFC 7693), keyed, for the sessions' keyed hashes (`pipeline.admission.Keys.session`) ---- */
+
+static const uint64_t B2B_IV[8] = {
+    0x6a09e667f3bcc908ULL, 0xbb67ae8584caa73bULL, 0x3c6ef372fe94f82bULL, 0xa54ff53a5f1d36f1ULL,
+    0x510e527fade682d1ULL, 0x9b05688c2b3e6c1fULL, 0x1f83d9abfb41bd6bULL, 0x5be0cd19137e2179ULL};
+
+static const uint8_t B2B_SIGMA[12][16] = {
+    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},  {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
+    {11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4},  {7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8},
+    {9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13},  {2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9},
+    {12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11},  {13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10},
+    {6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5},  {10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0},
+    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},  {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3}};
+
+typedef struct {
+    uint64_t h[8];
+    uint64_t t;
+    uint8_t buf[128];
+    size_t buflen;
+} Blake2b;
+
+static inline uint64_t rotr64(uint64_t x, int n) { return (x >> n) | (x << (64 - n)); }
+
+static inline uint64_t load64(const uint8_t *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
+    return v;
+}
+
+#define B2B_G(a, b, c, d, x, y)        \
+    do {                               \
+        a = a + b + (x);               \
+        d = rotr64(d ^ a, 32);         \
+        c = c + d;                     \
+        b = rotr64(b ^ c, 24);         \
+        a = a + b + (y);               \
+        d = rotr64(d ^ a, 16);         \
+        c = c + d;                     \
+        b = rotr64(b ^ c, 63);         \
+    } while (0)
+
+static void blake2b_compress(Blake2b *s, const uint8_t *block, int last) {
+    uint64_t m[16], v[16];
+    for (int i = 0; i < 16; i++) m[i] = load64(block + 8 * i);
+    for (int i = 0; i < 8; i++) {
+        v[i] = s->h[i];
+        v[i + 8] = B2B_IV[i];
+    }
+    v[12] ^= s->t; /* the counter's high word stays 0: an event is far below 2**64 bytes */
+    if (last) v[14] = ~v[14];
+    for (int r = 0; r < 12; r++) {
+        const uint8_t *z = B2B_SIGMA[r];
+        B2B_G(v[0], v[4], v[8], v[12], m[z[0]], m[z[1]]);
+        B2B_G(v[1], v[5], v[9], v[13], m[z[2]], m[z[3]]);
+        B2B_G(v[2], v[6], v[10], v[14], m[z[4]], m[z[5]]);
+        B2B_G(v[3], v[7], v[11], v[15], m[z[6]], m[z[7]]);
+        B2B_G(v[0], v[5], v[10], v[15], m[z[8]], m[z[9]]);
+        B2B_G(v[1], v[6], v[11], v[12], m[z[10]], m[z[11]]);
+        B2B_G(v[2], v[7], v[8], v[13], m[z[12]], m[z[13]]);
+        B2B_G(v[3], v[4], v[9], v[14], m[z[14]], m[z[15]]);
+    }
+    for (int i = 0; i < 8; i++) s->h[i] ^= v[i] ^ v[i + 8];
+}
+
+/* The state after the key block, with an 8-byte digest: what `hashlib.blake2b(key=key, digest_size=8)` holds. */
+static void blake2b_keyed(Blake2b *s, const uint8_t *key, size_t keylen) {
+    memcpy(s->h, B2B_IV, sizeof s->h);
+    s->h[0] ^= 0x01010000ULL ^ ((uint64_t)keylen << 8) ^ 8;
+    s->t = 0;
+    memset(s->buf, 0, sizeof s->buf);
+    memcpy(s->buf, key, keylen);
+    s->buflen = 128;
+}
+
+/* The digest of `text` under a keyed state (copied: the state is reused for every session of its day), as
+ * the little-endian 64-bit integer `_digest` unpacks. */
+static uint64_t blake2b_digest(const Blake2b *keyed, const uint8_t *text, size_t len) {
+    Blake2b s = *keyed;
+    while (len > 0) {
+        if (s.buflen == 128) {
+            s.t += 128;
+            blake2b_compress(&s, s.buf, 0);
+            s.buflen = 0;
+        }
+        size_t take = 128 - s.buflen < len ? 128 - s.buflen : len;
+        memcpy(s.buf + s.buflen, text, take);
+        s.buflen += take;
+        text += take;
+        len -= take;
+    }
+    s.t += s.buflen;
+    memset(s.buf + s.buflen, 0, 128 - s.buflen);
+    blake2b_compress(&s, s.buf, 1);
+    return s.h[0];
+}
+
+/* ---- the events' bytes ---- */
+
+/* Whether every byte is printable ASCII but the backslash: no escape, no control character (not even JSON's
+ * whitespace but the space), nothing the Python fold would have to decode or check as UTF-8. Eight bytes at a
+ * time. */
+static int plain_bytes(const uint8_t *p, size_t n) {
+    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t x;
+        memcpy(&x, p + i, 8);
+        uint64_t below = (x - 0x2020202020202020ULL) & ~x;            /* a byte < 0x20 (or >= 0x80: ~x) */
+        uint64_t y = x ^ 0x5c5c5c5c5c5c5c5cULL;                        /* a backslash becomes 0 */
+        uint64_t slash = (y - ones) & ~y;
+        if ((x | below | slash) & highs) return 0;
+    }
+    for (; i < n; i++)
+        if (p[i] < 0x20 || p[i] >= 0x80 || p[i] == '\\') return 0;
+    return 1;
+}
+
+enum { T_STRING, T_INT, T_BOOL, T_MODEL, T_STRINGS }; /* a typed field's JSON type, each also null */
+
+typedef struct {
+    const char *name;
+    Py_ssize_t len;
+    int type;
+} Slot;
+
+typedef struct {
+    const uint8_t *p, *end;
+    int has_prefixed; /* strings beginning with `has_`: each is one `"has_` in the bytes */
+} Scanner;
+
+static inline int peek(Scanner *s) { return s->p < s->end ? *s->p : -1; }
+
+/* Spaces between tokens (the only whitespace plain bytes have); then the next byte, as `peek`. */
+static inline int next(Scanner *s) {
+    while (s->p < s->end && *s->p == ' ') s->p++;
+    return peek(s);
+}
+
+/* A string's contents (the bytes are plain: no escape can hide its end). */
+static int scan_string(Scanner *s, const uint8_t **start, Py_ssize_t *len) {
+    if (next(s) != '"') return 0;
+    const uint8_t *open = ++s->p;
+    const uint8_t *close = memchr(open, '"', (size_t)(s->end - open));
+    if (close == NULL) return 0;
+    *start = open;
+    *len = close - open;
+    if (*len >= 4 && memcmp(open, "has_", 4) == 0) s->has_prefixed++;
+    s->p = close + 1;
+    return 1;
+}
+
+static int scan_literal(Scanner *s, const char *word, size_t n) {
+    next(s);
+    if ((size_t)(s->end - s->p) < n || memcmp(s->p, word, n) != 0) return 0;
+    s->p += n;
+    return 1;
+}
+
+static inline int is_digit(int c) { return c >= '0' && c <= '9'; }
+
+/* A JSON number (RFC 8259); `integer` is set when it has no fraction and no exponent. At most 40 bytes:
+ * longer ones go to the Python fold. */
+static int scan_number(Scanner *s, int *integer) {
+    next(s);
+    const uint8_t *start = s->p;
+    if (peek(s) == '-') s->p++;
+    if (peek(s) == '0')
+        s->p++;
+    else if (is_digit(peek(s)))
+        while (is_digit(peek(s))) s->p++;
+    else
+        return 0;
+    *integer = 1;
+    if (peek(s) == '.') {
+        *integer = 0;
+        s->p++;
+        if (!is_digit(peek(s))) return 0;
+        while (is_digit(peek(s))) s->p++;
+    }
+    if (peek(s) == 'e' || peek(s) == 'E') {
+        *integer = 0;
+        s->p++;
+        if (peek(s) == '+' || peek(s) == '-') s->p++;
+        if (!is_digit(peek(s))) return 0;
+        while (is_digit(peek(s))) s->p++;
+    }
+    return s->p - start <= 40;
+}
+
+/* Any JSON value, checked and passed over. */
+static int skip_value(Scanner *s, int depth) {
+    const uint8_t *text;
+    Py_ssize_t len;
+    int integer;
+    switch (next(s)) {
+    case '"':
+        return scan_string(s, &text, &len);
+    case 't':
+        return scan_literal(s, "true", 4);
+    case 'f':
+        return scan_literal(s, "false", 5);
+    case 'n':
+        return scan_literal(s, "null", 4);
+    case '{':
+    case '[': {
+        int close = next(s) == '{' ? '}' : ']';
+        if (depth >= MAX_DEPTH) return 0;
+        s->p++;
+        if (next(s) == close) {
+            s->p++;
+            return 1;
+        }
+        for (;;) {
+            if (close == '}') {
+                if (!scan_string(s, &text, &len) || next(s) != ':') return 0;
+                s->p++;
+            }
+            if (!skip_value(s, depth + 1)) return 0;
+            if (next(s) == ',') {
+                s->p++;
+                continue;
+            }
+            if (next(s) != close) return 0;
+            s->p++;
+            return 1;
+        }
+    }
+    default:
+        return scan_number(s, &integer);
+    }
+}
+
+/* ---- the fold ---- */
+
+typedef struct {
+    uint64_t hash;
+    uint8_t *signature;
+    Py_ssize_t length;
+    PyObject *dims;    /* the projection's dimensions; dims[0] is the kind */
+    PyObject *reasons; /* the reasons (pipeline.rejections.Reason) of the values it replaced: a note each */
+    PyObject *key;     /* (window_start, dims) of the last window met, reused while it lasts */
+    Py_hash_t key_hash;
+    long long window;
+} Entry;
+
+typedef struct {
+    PyObject_HEAD
+    long long window_seconds, allowed_lateness, future_tolerance;
+    Py_ssize_t max_event_bytes;
+    Py_ssize_t max_installation;
+    PyObject *session_key; /* day -> the 32-byte key of that day's sessions */
+    long long days[SESSION_DAYS];
+    Blake2b day_states[SESSION_DAYS];
+    int day_count;
+    Slot slots[MAX_SLOTS];
+    int slot_count;
+    int first_flag, flag_count; /* the contract's flags are slots [first_flag, first_flag + flag_count) */
+    Slot kinds[MAX_KINDS];      /* the kinds counted here; `type` 1 for a run kind (a session required) */
+    int kind_count;
+    PyObject *names;            /* owns the names the slots and kinds point into */
+    uint32_t *table;  /* signature hash -> 1 + the entry's index in `learned`; 0: free */
+    Entry *learned;   /* dense, grown as signatures are learned */
+    Py_ssize_t entries, capacity, table_bytes;
+    PyTypeObject *hashes_type; /* the type of the sessions' hash arrays, and its `append`, called directly */
+    PyObject *append;
+    /* the signature of the event where the last fold stopped, when only the table missed it */
+    uint8_t pending[MAX_SIGNATURE];
+    Py_ssize_t pending_length;
+    uint64_t pending_hash;
+    uint64_t hits, learned_total;
+} Fold;
+
+static PyObject *str_value, *str_timestamp, *str_append;
+
+static uint64_t signature_hash(const uint8_t *p, Py_ssize_t n) {
+    uint64_t h = 0x9e3779b97f4a7c15ULL ^ (uint64_t)n;
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t x;
+        memcpy(&x, p + i, 8);
+        h = (h ^ x) * 0xff51afd7ed558ccdULL;
+        h ^= h >> 32;
+    }
+    uint64_t tail = 0;
+    memcpy(&tail, p + i, (size_t)(n - i));
+    h = (h ^ tail) * 0xc4ceb9fe1a85ec53ULL;
+    return h ^ (h >> 29);
+}
+
+static void clear_table(Fold *f) {
+    for (Py_ssize_t i = 0; i < f->entries; i++) {
+        Entry *e = &f->learned[i];
+        PyMem_Free(e->signature);
+        Py_CLEAR(e->dims);
+        Py_CLEAR(e->reasons);
+        Py_CLEAR(e->key);
+    }
+    memset(f->table, 0, TABLE_SLOTS * sizeof *f->table);
+    f->entries = f->table_bytes = 0;
+}
+
+/* The entry of a signature; NULL when absent. `*free_slot` gets where its index would go (NULL: every probe
+ * taken, so it is not learned). */
+static Entry *lookup(Fold *f, const uint8_t *sig, Py_ssize_t n, uint64_t hash, uint32_t **free_slot) {
+    *free_slot = NULL;
+    for (int probe = 0; probe < MAX_PROBES; probe++) {
+        uint32_t *slot = &f->table[(hash + (uint64_t)probe) & (TABLE_SLOTS - 1)];
+        if (*slot == 0) {
+            *free_slot = slot;
+            return NULL;
+        }
+        Entry *e = &f->learned[*slot - 1];
+        if (e->hash == hash && e->length == n && memcmp(e->signature, sig, (size_t)n) == 0) return e;
+    }
+    return NULL;
+}
+
+static int find_slot(Fold *f, const uint8_t *name, Py_ssize_t len, int hint) {
+    if (hint < f->slot_count && f->slots[hint].len == len && memcmp(f->slots[hint].name, name, (size_t)len) == 0)
+        return hint;
+    for (int i = 0; i < f->slot_count; i++)
+        if (f->slots[i].len == len && memcmp(f->slots[i].name, name, (size_t)len) == 0) return i;
+    return -1;
+}
+
+static const Blake2b *day_state(Fold *f, long long day) {
+    for (int i = 0; i < f->day_count; i++)
+        if (f->days[i] == day) return &f->day_states[i];
+    PyObject *key = PyObject_CallFunction(f->session_key, "L", day);
+    if (key == NULL) return NULL;
+    if (!PyBytes_Check(key) || PyBytes_GET_SIZE(key) == 0 || PyBytes_GET_SIZE(key) > 64) {
+        Py_DECREF(key);
+        PyErr_SetString(PyExc_ValueError, "session_key must return 1 to 64 bytes");
+        return NULL;
+    }
+    int i = f->day_count < SESSION_DAYS ? f->day_count++ : (int)(day % SESSION_DAYS + SESSION_DAYS) % SESSION_DAYS;
+    f->days[i] = day;
+    blake2b_keyed(&f->day_states[i], (const uint8_t *)PyBytes_AS_STRING(key), (size_t)PyBytes_GET_SIZE(key));
+    Py_DECREF(key);
+    return &f->day_states[i];
+}
+
+typedef struct {
+    const uint8_t *kind, *session, *os_id, *installation, *timestamp;
+    Py_ssize_t kind_len, session_len, os_id_len, installation_len, timestamp_len;
+} Envelope;
+
+typedef struct {
+    uint8_t *p;
+    uint8_t *end;
+} Writer;
+
+static inline int put(Writer *w, const void *bytes, Py_ssize_t n) {
+    if (w->end - w->p < n) return 0;
+    memcpy(w->p, bytes, (size_t)n);
+    w->p += n;
+    return 1;
+}
+
+/* A typed value (`type`, or null) into the signature: a tag and its bytes. */
+static int typed_value(Scanner *s, int type, Writer *w) {
+    next(s);
+    const uint8_t *start = s->p;
+    const uint8_t *text;
+    Py_ssize_t len;
+    int integer;
+    if (scan_literal(s, "null", 4)) return put(w, "n", 1);
+    switch (type) {
+    case T_STRING:
+        if (!scan_string(s, &text, &len)) return 0;
+        break;
+    case T_INT:
+        if (!scan_number(s, &integer) || !integer || s->p - start > 18) return 0; /* an int64, surely */
+        break;
+    case T_BOOL:
+        if (!scan_literal(s, "true", 4) && !scan_literal(s, "false", 5)) return 0;
+        break;
+    case T_STRINGS:
+        if (next(s) != '[') return 0;
+        s->p++;
+        if (next(s) == ']') {
+            s->p++;
+            break;
+        }
+        for (;;) {
+            if (!scan_string(s, &text, &len)) return 0;
+            if (next(s) == ']') {
+                s->p++;
+                break;
+            }
+            if (next(s) != ',') return 0;
+            s->p++;
+        }
+        break;
+    case T_MODEL: /* an object whose keys are string or null: the model references' keys are all strings */
+        if (next(s) != '{') return 0;
+        s->p++;
+        if (next(s) == '}') {
+            s->p++;
+            break;
+        }
+        for (;;) {
+            if (!scan_string(s, &text, &len) || next(s) != ':') return 0;
+            s->p++;
+            if (!scan_literal(s, "null", 4) && !scan_string(s, &text, &len)) return 0;
+            if (next(s) == '}') {
+                s->p++;
+                break;
+            }
+            if (next(s) != ',') return 0;
+            s->p++;
+        }
+        break;
+    default:
+        return 0;
+    }
+    Py_ssize_t n = s->p - start;
+    uint16_t n16 = (uint16_t)n;
+    return n < 65536 && put(w, "v", 1) && put(w, &n16, 2) && put(w, start, n);
+}
+
+/* `data`: each typed field's value into the signature in slot order; `*flags_seen` the known flags present. */
+static int scan_data(Fold *f, Scanner *s, Writer *w, int *flags_seen) {
+    const uint8_t *values[MAX_SLOTS];
+    Py_ssize_t lengths[MAX_SLOTS];
+    uint64_t seen = 0;
+    uint8_t buffer[MAX_SIGNATURE];
+    Writer local = {buffer, buffer + sizeof buffer};
+    const uint8_t *name;
+    Py_ssize_t len;
+    int hint = 0;
+    *flags_seen = 0;
+    if (next(s) != '{') return 0;
+    s->p++;
+    if (next(s) != '}') {
+        for (;;) {
+            if (!scan_string(s, &name, &len) || next(s) != ':') return 0;
+            s->p++;
+            int slot = find_slot(f, name, len, hint);
+            if (slot < 0) {
+                if (len >= 4 && memcmp(name, "has_", 4) == 0) return 0; /* a flag the contract does not name */
+                if (!skip_value(s, 2)) return 0;
+            } else {
+                if (seen & (1ULL << slot)) return 0; /* a field twice */
+                seen |= 1ULL << slot;
+                values[slot] = local.p;
+                if (!typed_value(s, f->slots[slot].type, &local)) return 0;
+                lengths[slot] = local.p - values[slot];
+                if (slot >= f->first_flag && slot < f->first_flag + f->flag_count) (*flags_seen)++;
+                hint = slot + 1;
+            }
+            if (next(s) == ',') {
+                s->p++;
+                continue;
+            }
+            if (next(s) != '}') return 0;
+            break;
+        }
+    }
+    s->p++;
+    for (int slot = 0; slot < f->slot_count; slot++) {
+        if (seen & (1ULL << slot)) {
+            if (!put(w, values[slot], lengths[slot])) return 0;
+        } else if (!put(w, "-", 1)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* The envelope of a plain event, its signature into `w`: 1, or 0 when the Python fold must judge it. */
+static int scan_event(Fold *f, const uint8_t *raw, Py_ssize_t n, Envelope *env, Writer *w) {
+    Scanner s = {raw, raw + n, 0};
+    const uint8_t *name, *text;
+    Py_ssize_t len;
+    int flags_seen = 0, seen_data = 0, seen_type = 0, seen_version = 0, seen_timestamp = 0;
+    const uint8_t *version = NULL;
+    Py_ssize_t version_len = -1;
+    uint8_t data_signature[MAX_SIGNATURE];
+    Writer data = {data_signature, data_signature + sizeof data_signature};
+    memset(env, 0, sizeof *env);
+    env->session_len = env->os_id_len = env->installation_len = -1;
+    if (next(&s) != '{') return 0;
+    s.p++;
+    if (next(&s) == '}') return 0;
+    for (;;) {
+        if (!scan_string(&s, &name, &len) || next(&s) != ':') return 0;
+        s.p++;
+        const uint8_t **into = NULL;
+        Py_ssize_t *into_len = NULL;
+        if (len == 4 && memcmp(name, "type", 4) == 0) {
+            if (seen_type++ || !scan_string(&s, &env->kind, &env->kind_len)) return 0;
+        } else if (len == 4 && memcmp(name, "data", 4) == 0) {
+            if (seen_data++) return 0;
+            if (scan_literal(&s, "null", 4)) {
+                if (!put(&data, "N", 1)) return 0;
+            } else if (!put(&data, "D", 1) || !scan_data(f, &s, &data, &flags_seen)) {
+                return 0;
+            }
+        } else if (len == 9 && memcmp(name, "timestamp", 9) == 0) {
+            int integer;
+            if (seen_timestamp++) return 0;
+            if (!scan_literal(&s, "null", 4)) {
+                next(&s);
+                env->timestamp = s.p;
+                if (!scan_number(&s, &integer) || (integer && s.p - env->timestamp > 18)) return 0;
+                env->timestamp_len = s.p - env->timestamp;
+            }
+        } else if (len == 11 && memcmp(name, "sdk_version", 11) == 0) {
+            if (seen_version++) return 0;
+            if (!scan_literal(&s, "null", 4) && !scan_string(&s, &version, &version_len)) return 0;
+        } else {
+            if (len == 10 && memcmp(name, "session_id", 10) == 0) {
+                into = &env->session, into_len = &env->session_len;
+            } else if (len == 5 && memcmp(name, "os_id", 5) == 0) {
+                into = &env->os_id, into_len = &env->os_id_len;
+            } else if (len == 12 && memcmp(name, "installation", 12) == 0) {
+                into = &env->installation, into_len = &env->installation_len;
+            }
+            if (into == NULL) {
+                if (!skip_value(&s, 1)) return 0;
+            } else {
+                if (*into != NULL || *into_len == -2) return 0; /* twice */
+                if (scan_literal(&s, "null", 4)) {
+                    *into_len = -2;
+                } else if (!scan_string(&s, &text, &len)) {
+                    return 0;
+                } else {
+                    *into = text;
+                    *into_len = len;
+                }
+            }
+        }
+        if (next(&s) == ',') {
+            s.p++;
+            continue;
+        }
+        if (next(&s) != '}') return 0;
+        s.p++;
+        break;
+    }
+    if (next(&s) != -1 || env->kind == NULL) return 0;        /* trailing bytes; no kind (older launches) */
+    if (s.has_prefixed != flags_seen) return 0;             /* a `"has_` that is no known flag of `data` */
+    if (env->installation != NULL && env->installation_len > f->max_installation) return 0;
+    if (!seen_data && !put(&data, "N", 1)) return 0;
+    uint16_t kind_len = (uint16_t)env->kind_len;
+    uint16_t version_tag = version_len < 0 ? 0xffff : (uint16_t)version_len;
+    return env->kind_len < 256 && put(w, &kind_len, 2) && put(w, env->kind, env->kind_len) &&
+           put(w, &version_tag, 2) && (version == NULL || put(w, version, version_len)) &&
+           put(w, data_signature, data.p - data_signature);
+}
+
+/* The mapping's value for `key`, made by the defaultdict's factory when absent (borrowed). */
+static PyObject *item_of(PyObject *mapping, PyObject *key, Py_hash_t hash) {
+    PyObject *found = _PyDict_GetItem_KnownHash(mapping, key, hash);
+    if (found != NULL || PyErr_Occurred()) return found;
+    found = PyObject_GetItem(mapping, key); /* __missing__ */
+    if (found != NULL) Py_DECREF(found);    /* the mapping holds it now */
+    return found;
+}
+
+static int count_note(PyObject *quality, PyObject *note) {
+    PyObject *count = PyDict_GetItemWithError(quality, note);
+    if (count == NULL && PyErr_Occurred()) return -1;
+    long long n = count == NULL ? 0 : PyLong_AsLongLong(count);
+    if (n == -1 && PyErr_Occurred()) return -1;
+    PyObject *next = PyLong_FromLongLong(n + 1);
+    if (next == NULL) return -1;
+    int result = PyDict_SetItem(quality, note, next);
+    Py_DECREF(next);
+    return result;
+}
+
+/* Count one event under its entry: its session's hash, its installation, its notes. */
+static int count_event(Fold *f, Entry *e, long long window, const Envelope *env, PyObject *sessions,
+                       PyObject *installations, PyObject *quality) {
+    uint64_t session_hash = 0; /* `NO_SESSION` */
+    const uint8_t *session = env->session;
+    Py_ssize_t session_len = env->session_len;
+    if (session == NULL && env->os_id != NULL) session = env->os_id, session_len = env->os_id_len;
+    if (session != NULL) {
+        long long day = window >= 0 ? window / 86400 : -((-window + 86399) / 86400);
+        const Blake2b *keyed = day_state(f, day);
+        if (keyed == NULL) return -1;
+        session_hash = blake2b_digest(keyed, session, (size_t)session_len);
+    }
+    if (e->key == NULL || e->window != window) {
+        PyObject *key = Py_BuildValue("(LO)", window, e->dims);
+        if (key == NULL) return -1;
+        Py_hash_t key_hash = PyObject_Hash(key);
+        if (key_hash == -1) {
+            Py_DECREF(key);
+            return -1;
+        }
+        Py_XSETREF(e->key, key);
+        e->key_hash = key_hash;
+        e->window = window;
+    }
+    PyObject *hashes = item_of(sessions, e->key, e->key_hash);
+    if (hashes == NULL) return -1;
+    if (f->append == NULL) {
+        f->append = PyObject_GetAttr((PyObject *)Py_TYPE(hashes), str_append);
+        if (f->append == NULL) return -1;
+        f->hashes_type = (PyTypeObject *)Py_NewRef(Py_TYPE(hashes));
+    }
+    PyObject *hash = PyLong_FromUnsignedLongLong(session_hash);
+    if (hash == NULL) return -1;
+    PyObject *call[2] = {hashes, hash};
+    PyObject *done = Py_TYPE(hashes) == f->hashes_type ? PyObject_Vectorcall(f->append, call, 2, NULL)
+                                                        : PyObject_CallMethodOneArg(hashes, str_append, hash);
+    Py_DECREF(hash);
+    if (done == NULL) return -1;
+    Py_DECREF(done);
+    if (env->installation != NULL) {
+        PyObject *seen = item_of(installations, e->key, e->key_hash);
+        if (seen == NULL) return -1;
+        PyObject *installation =
+            PyUnicode_FromStringAndSize((const char *)env->installation, env->installation_len);
+        if (installation == NULL) return -1;
+        int added = PySet_Add(seen, installation);
+        Py_DECREF(installation);
+        if (added < 0) return -1;
+    }
+    Py_ssize_t notes = PyTuple_GET_SIZE(e->reasons);
+    for (Py_ssize_t i = 0; i < notes; i++) {
+        PyObject *note = Py_BuildValue("(LOO)", window, PyTuple_GET_ITEM(e->dims, 0), PyTuple_GET_ITEM(e->reasons, i));
+        if (note == NULL) return -1;
+        int counted = count_note(quality, note);
+        Py_DECREF(note);
+        if (counted < 0) return -1;
+    }
+    return 0;
+}
+
+/* Whether the fast path counts this kind (1 for a run kind, 0 for a launch), -1 when it does not. */
+static int kind_of(const Fold *f, const Envelope *env) {
+    for (int i = 0; i < f->kind_count; i++)
+        if (f->kinds[i].len == env->kind_len && memcmp(f->kinds[i].name, env->kind, (size_t)env->kind_len) == 0)
+            return f->kinds[i].type;
+    return -1;
+}
+
+#define MIN_EPOCH_S 946684800.0  /* `_MIN_EPOCH_S` */
+#define MAX_EPOCH_S 4102444800.0 /* `_MAX_EPOCH_S` */
+
+static inline long long floor_div(long long a, long long b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+/* The event's window, as `EventProjector._window_start` has it, in `*window`: 1; 0 when Python must judge
+ * the event (a time it notes or rejects: out of range, in the future, late); -1 on an error. */
+static int window_of(const Fold *f, const Envelope *env, long long record_ms, long long *window) {
+    long long record_s = floor_div(record_ms, 1000);
+    long long event_s = record_s;
+    if (env->timestamp != NULL) {
+        char text[48];
+        memcpy(text, env->timestamp, (size_t)env->timestamp_len);
+        text[env->timestamp_len] = 0;
+        double seconds = PyOS_string_to_double(text, NULL, NULL); /* locale-free and correctly rounded */
+        if (seconds == -1.0 && PyErr_Occurred()) return -1;
+        if (seconds > 1e11) seconds /= 1000; /* milliseconds */
+        if (!(seconds >= MIN_EPOCH_S && seconds < MAX_EPOCH_S)) return 0;
+        event_s = (long long)seconds;
+        if (event_s > record_s + f->future_tolerance || event_s < record_s - f->allowed_lateness) return 0;
+    }
+    *window = floor_div(event_s, f->window_seconds) * f->window_seconds;
+    return 1;
+}
+
+static PyObject *Fold_fold(Fold *f, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "fold(messages, start, sessions, installations, quality)");
+        return NULL;
+    }
+    PyObject *messages = args[0], *sessions = args[2], *installations = args[3], *quality = args[4];
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]);
+    if (start == -1 && PyErr_Occurred()) return NULL;
+    if (!PyList_Check(messages) || !PyDict_Check(sessions) || !PyDict_Check(installations) || !PyDict_Check(quality)) {
+        PyErr_SetString(PyExc_TypeError, "fold needs a list of records and the tally's three dicts");
+        return NULL;
+    }
+    f->pending_length = 0;
+    Py_ssize_t n = PyList_GET_SIZE(messages), i = start;
+    uint8_t signature[MAX_SIGNATURE];
+    for (; i < n; i++) {
+        PyObject *message = PyList_GET_ITEM(messages, i);
+        PyObject *value = PyObject_GetAttr(message, str_value);
+        if (value == NULL) return NULL;
+        if (!PyBytes_Check(value) || PyBytes_GET_SIZE(value) > f->max_event_bytes) {
+            Py_DECREF(value);
+            break;
+        }
+        const uint8_t *raw = (const uint8_t *)PyBytes_AS_STRING(value);
+        Py_ssize_t size = PyBytes_GET_SIZE(value);
+        Envelope env;
+        Writer w = {signature, signature + sizeof signature};
+        if (!plain_bytes(raw, (size_t)size) || !scan_event(f, raw, size, &env, &w)) {
+            Py_DECREF(value);
+            break;
+        }
+        int run_kind = kind_of(f, &env);
+        if (run_kind < 0 || (run_kind && env.session == NULL)) { /* a client report, an unknown kind; no session */
+            Py_DECREF(value);
+            break;
+        }
+        Py_ssize_t length = w.p - signature;
+        uint64_t hash = signature_hash(signature, length);
+        uint32_t *free_slot;
+        Entry *e = lookup(f, signature, length, hash, &free_slot);
+        if (e == NULL) {
+            memcpy(f->pending, signature, (size_t)length);
+            f->pending_length = length;
+            f->pending_hash = hash;
+            Py_DECREF(value);
+            break;
+        }
+        PyObject *timestamp = PyObject_GetAttr(message, str_timestamp);
+        if (timestamp == NULL) {
+            Py_DECREF(value);
+            return NULL;
+        }
+        long long record_ms = PyLong_CheckExact(timestamp) ? PyLong_AsLongLong(timestamp) : -1, window = 0;
+        int timed = PyErr_Occurred() ? -1 : PyLong_CheckExact(timestamp) ? window_of(f, &env, record_ms, &window) : 0;
+        Py_DECREF(timestamp);
+        if (timed <= 0) {
+            Py_DECREF(value);
+            if (timed < 0) return NULL;
+            break;
+        }
+        int counted = count_event(f, e, window, &env, sessions, installations, quality);
+        Py_DECREF(value);
+        if (counted < 0) return NULL;
+        f->hits++;
+    }
+    return PyLong_FromSsize_t(i);
+}
+
+static PyObject *Fold_learn(Fold *f, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyTuple_Check(args[0]) || PyTuple_GET_SIZE(args[0]) == 0 ||
+        !PyUnicode_Check(PyTuple_GET_ITEM(args[0], 0)) || !PyTuple_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "learn(dims: tuple beginning with the kind, reasons: tuple)");
+        return NULL;
+    }
+    if (f->pending_length == 0) Py_RETURN_FALSE;
+    Py_ssize_t length = f->pending_length;
+    f->pending_length = 0;
+    if (f->entries >= MAX_ENTRIES || f->table_bytes + length > (Py_ssize_t)MAX_TABLE_BYTES) clear_table(f);
+    uint32_t *free_slot;
+    if (lookup(f, f->pending, length, f->pending_hash, &free_slot) != NULL || free_slot == NULL) Py_RETURN_FALSE;
+    if (f->entries == f->capacity) {
+        Py_ssize_t capacity = f->capacity ? f->capacity * 2 : 1024;
+        Entry *grown = PyMem_Realloc(f->learned, (size_t)capacity * sizeof(Entry));
+        if (grown == NULL) return PyErr_NoMemory();
+        f->learned = grown, f->capacity = capacity;
+    }
+    uint8_t *copy = PyMem_Malloc((size_t)length);
+    if (copy == NULL) return PyErr_NoMemory();
+    memcpy(copy, f->pending, (size_t)length);
+    f->learned[f->entries] = (Entry){
+        .hash = f->pending_hash, .signature = copy, .length = length, .dims = Py_NewRef(args[0]),
+        .reasons = Py_NewRef(args[1])};
+    *free_slot = (uint32_t)++f->entries;
+    f->table_bytes += length;
+    f->learned_total++;
+    Py_RETURN_TRUE;
+}
+
+/* Each name of `fields` as a slot (or a kind) of `type`, its bytes owned by `f->names`. */
+static int add_names(Fold *f, PyObject *fields, int type, Slot *into, int *count, int limit) {
+    PyObject *iterator = PyObject_GetIter(fields);
+    if (iterator == NULL) return -1;
+    PyObject *name;
+    while ((name = PyIter_Next(iterator)) != NULL) {
+        Py_ssize_t len;
+        const char *utf8 = PyUnicode_Check(name) ? PyUnicode_AsUTF8AndSize(name, &len) : NULL;
+        if (utf8 == NULL || *count >= limit || PyList_Append(f->names, name) < 0) {
+            Py_DECREF(name);
+            Py_DECREF(iterator);
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "too many names, or one not a str");
+            return -1;
+        }
+        into[(*count)++] = (Slot){utf8, len, type};
+        Py_DECREF(name);
+    }
+    Py_DECREF(iterator);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+static void Fold_dealloc(Fold *f) {
+    if (f->table != NULL) {
+        clear_table(f);
+        PyMem_Free(f->table);
+    }
+    PyMem_Free(f->learned);
+    Py_XDECREF(f->session_key);
+    Py_XDECREF(f->names);
+    Py_XDECREF(f->append);
+    Py_XDECREF(f->hashes_type);
+    Py_TYPE(f)->tp_free((PyObject *)f);
+}
+
+static PyObject *Fold_stats(Fold *f, PyObject *unused) {
+    return Py_BuildValue("{sKsKsnsn}", "hits", (unsigned long long)f->hits, "learned", (unsigned long long)f->learned_total,
+                         "entries", f->entries, "bytes", f->table_bytes);
+}
+
+static PyMethodDef Fold_methods[] = {
+    {"fold", (PyCFunction)(void (*)(void))Fold_fold, METH_FASTCALL,
+     "fold(messages, start, sessions, installations, quality) -> the index of the first event not counted"},
+    {"learn", (PyCFunction)(void (*)(void))Fold_learn, METH_FASTCALL,
+     "learn(dims, reasons): the projection of the event where the last fold stopped, for its signature"},
+    {"stats", (PyCFunction)Fold_stats, METH_NOARGS, "events counted, signatures learned, entries and bytes"},
+    {NULL}};
+
+static PyTypeObject FoldType;
+
+#define FIELD_LISTS 5
+
+/* Fold(window_seconds, allowed_lateness, future_tolerance, max_event_bytes, max_installation, session_key, run_kinds, other_kinds, strings,
+ * ints, flags, models, string_lists): the kinds the fast path counts (a run kind requires a session); the
+ * field lists name `data`'s typed fields by their JSON type. */
+static PyObject *Fold_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    long long window_seconds, allowed_lateness, future_tolerance;
+    Py_ssize_t max_event_bytes, max_installation;
+    PyObject *session_key, *run_kinds, *other_kinds, *lists[FIELD_LISTS];
+    if (!PyArg_ParseTuple(args, "LLLnnOOOOOOOO", &window_seconds, &allowed_lateness, &future_tolerance,
+                          &max_event_bytes, &max_installation, &session_key, &run_kinds, &other_kinds, &lists[0],
+                          &lists[1], &lists[2], &lists[3], &lists[4]))
+        return NULL;
+    if (window_seconds <= 0 || !PyCallable_Check(session_key)) {
+        PyErr_SetString(PyExc_ValueError, "a positive window and a callable session_key");
+        return NULL;
+    }
+    Fold *f = (Fold *)type->tp_alloc(type, 0);
+    if (f == NULL) return NULL;
+    f->window_seconds = window_seconds;
+    f->allowed_lateness = allowed_lateness;
+    f->future_tolerance = future_tolerance;
+    f->max_event_bytes = max_event_bytes;
+    f->max_installation = max_installation;
+    f->session_key = Py_NewRef(session_key);
+    f->table = PyMem_Calloc(TABLE_SLOTS, sizeof *f->table);
+    f->names = PyList_New(0);
+    if (f->table == NULL || f->names == NULL) {
+        Py_DECREF(f);
+        return PyErr_NoMemory();
+    }
+    if (add_names(f, run_kinds, 1, f->kinds, &f->kind_count, MAX_KINDS) < 0 ||
+        add_names(f, other_kinds, 0, f->kinds, &f->kind_count, MAX_KINDS) < 0) {
+        Py_DECREF(f);
+        return NULL;
+    }
+    static const int types[FIELD_LISTS] = {T_STRING, T_INT, T_BOOL, T_MODEL, T_STRINGS};
+    for (int i = 0; i < FIELD_LISTS; i++) {
+        if (types[i] == T_BOOL) f->first_flag = f->slot_count;
+        if (add_names(f, lists[i], types[i], f->slots, &f->slot_count, MAX_SLOTS) < 0) {
+            Py_DECREF(f);
+            return NULL;
+        }
+        if (types[i] == T_BOOL) f->flag_count = f->slot_count - f->first_flag;
+    }
+    return (PyObject *)f;
+}
+
+static PyTypeObject FoldType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pipeline._fold.Fold",
+    .tp_basicsize = sizeof(Fold),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The fold's fast path for the events whose projection it has learned (see fold.c).",
+    .tp_new = Fold_new,
+    .tp_dealloc = (destructor)Fold_dealloc,
+    .tp_methods = Fold_methods,
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, .m_name = "pipeline._fold", .m_size = -1};
+
+PyMODINIT_FUNC PyInit__fold(void) {
+    str_value = PyUnicode_InternFromString("value");
+    str_timestamp = PyUnicode_InternFromString("timestamp");
+    str_append = PyUnicode_InternFromString("append");
+    if (str_value == NULL || str_timestamp == NULL || str_append == NULL || PyType_Ready(&FoldType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    if (PyModule_AddObjectRef(m, "Fold", (PyObject *)&FoldType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
