@@ -234,6 +234,7 @@ class Health:
             "status": "ok" if self.ok else "degraded",
             "degraded": dict(self.degraded),
             "events_consumed": int(value("kern_events_consumed_total")),
+            "events_folded_natively": int(value("kern_events_folded_natively_total")),
             "events_flushed": int(value("kern_events_flushed_total")),
             "dead_letters": int(
                 sum(

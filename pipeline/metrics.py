@@ -7,7 +7,7 @@ batch or per flush, never per event.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from kern_telemetry_client.contract import DROP_REASONS
 from prometheus_client import (
@@ -19,7 +19,10 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
+from pipeline import _fold
 from pipeline.rejections import GONE, QUALITY_ONLY
 
 disable_created_metrics()  # no `*_created` series: a counter's start time says nothing an operator uses
@@ -27,10 +30,24 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OTHER_DROP = "other"  # the `reason` of client drops the contract does not name (stored values: bounded labels)
 
 
+class NativeFold(Collector):
+    """The events the native fold counted (`pipeline/native/fold.c`), read from it at each scrape: beside
+    `kern_events_consumed_total`, the share of the load on the fast path. A falling share (an SDK that
+    escapes its strings, a flood of values not yet admitted) costs the worker rate before anything fails."""
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "kern_events_folded_natively",
+            "Records the native fold counted; the others went through the Python fold.",
+            value=_fold.counted(),
+        )
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = registry = CollectorRegistry()
         ProcessCollector(registry=registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+        registry.register(NativeFold())
         self.up = Gauge("kern_up", "1 when no component of the worker is degraded.", registry=registry)
         self.degraded = Gauge(
             "kern_degraded",

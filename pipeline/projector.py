@@ -305,7 +305,7 @@ class EventProjector:
     @property
     def native_events(self) -> int:
         """The events the native fold has counted (0 without it)."""
-        return 0 if self._native is None else self._native.stats()["hits"]
+        return 0 if self._native is None else self._native.stats()["counted"]
 
     @property
     def epoch(self) -> int:

@@ -152,7 +152,7 @@ def test_the_native_fold_takes_most_of_the_load_generators_mix_and_counts_it_exa
     spread = [NOW_MS + i * 37 for i in range(len(values))]  # several windows
     python, native, fold = fold_both(values * 2, [500, 137], spread * 2)
     assert native == python
-    taken = fold._native.stats()["hits"]
+    taken = fold._native.stats()["counted"]
     assert taken > 0.85 * len(values)  # the second pass: nearly every countable event
 
 
@@ -162,7 +162,7 @@ def test_the_native_fold_reads_the_session_hash_of_each_day() -> None:
     day_ms = 86_400_000
     python, native, fold = fold_both([event] * 9, [4], [NOW_MS + (i // 3) * day_ms for i in range(9)])
     assert native == python
-    assert fold._native.stats()["hits"] >= 6
+    assert fold._native.stats()["counted"] >= 6
     assert len({hashes[0] for hashes in native["sessions"].values()}) == 3
 
 
@@ -173,7 +173,7 @@ def test_the_native_fold_counts_the_notes_of_a_learned_projection_per_event() ->
     values = [json.dumps(dict(team, session_id=f"s-{i}")).encode() for i in range(8)]
     python, native, fold = fold_both(values, [3], [NOW_MS + i * 20_000 for i in range(8)])
     assert native == python
-    assert fold._native.stats()["hits"] >= 6
+    assert fold._native.stats()["counted"] >= 6
     assert sum(python["quality"].values()) == 8
 
 
@@ -188,4 +188,4 @@ def test_the_native_folds_table_starts_over_at_its_bound_and_counts_on() -> None
     stats = fold._native.stats()
     assert stats["learned"] == 50_100
     assert stats["entries"] == 100
-    assert stats["hits"] == 50_100
+    assert stats["counted"] == 50_100

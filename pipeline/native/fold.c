@@ -300,10 +300,11 @@ typedef struct {
     uint8_t pending[MAX_SIGNATURE];
     Py_ssize_t pending_length;
     uint64_t pending_hash;
-    uint64_t hits, learned_total;
+    uint64_t counted, learned_total;
 } Fold;
 
 static PyObject *str_value, *str_timestamp, *str_append;
+static unsigned long long counted_in_process; /* by every Fold: `kern_events_folded_natively_total` */
 
 static uint64_t signature_hash(const uint8_t *p, Py_ssize_t n) {
     uint64_t h = 0x9e3779b97f4a7c15ULL ^ (uint64_t)n;
@@ -761,7 +762,8 @@ static PyObject *Fold_fold(Fold *f, PyObject *const *args, Py_ssize_t nargs) {
         int counted = count_event(f, e, window, &env, sessions, installations, quality);
         Py_DECREF(value);
         if (counted < 0) return NULL;
-        f->hits++;
+        f->counted++;
+        counted_in_process++;
     }
     return PyLong_FromSsize_t(i);
 }
@@ -831,7 +833,7 @@ static void Fold_dealloc(Fold *f) {
 }
 
 static PyObject *Fold_stats(Fold *f, PyObject *unused) {
-    return Py_BuildValue("{sKsKsnsn}", "hits", (unsigned long long)f->hits, "learned", (unsigned long long)f->learned_total,
+    return Py_BuildValue("{sKsKsnsn}", "counted", (unsigned long long)f->counted, "learned", (unsigned long long)f->learned_total,
                          "entries", f->entries, "bytes", f->table_bytes);
 }
 
@@ -840,7 +842,7 @@ static PyMethodDef Fold_methods[] = {
      "fold(messages, start, sessions, installations, quality) -> the index of the first event not counted"},
     {"learn", (PyCFunction)(void (*)(void))Fold_learn, METH_FASTCALL,
      "learn(dims, reasons): the projection of the event where the last fold stopped, for its signature"},
-    {"stats", (PyCFunction)Fold_stats, METH_NOARGS, "events counted, signatures learned, entries and bytes"},
+    {"stats", (PyCFunction)Fold_stats, METH_NOARGS, "events counted, signatures learned, entries and their bytes"},
     {NULL}};
 
 static PyTypeObject FoldType;
@@ -903,7 +905,13 @@ static PyTypeObject FoldType = {
     .tp_methods = Fold_methods,
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, .m_name = "pipeline._fold", .m_size = -1};
+static PyObject *counted(PyObject *module, PyObject *unused) { return PyLong_FromUnsignedLongLong(counted_in_process); }
+
+static PyMethodDef module_methods[] = {
+    {"counted", counted, METH_NOARGS, "counted() -> the events every Fold of this process has counted"}, {NULL}};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, .m_name = "pipeline._fold", .m_size = -1, .m_methods = module_methods};
 
 PyMODINIT_FUNC PyInit__fold(void) {
     str_value = PyUnicode_InternFromString("value");
