@@ -9,7 +9,7 @@ class Fold:
         future_tolerance: int,
         max_event_bytes: int,
         max_installation: int,
-        session_key: Any,
+        day_key: Any,
         run_kinds: tuple[str, ...],
         other_kinds: tuple[str, ...],
         strings: tuple[str, ...],

@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from pipeline import known_values
@@ -45,8 +45,7 @@ class Keys:
     def __init__(self, secret: bytes):
         self._secret = secret
         self._values = self._keyed(b"kern-telemetry/values")
-        self._days: dict[bytes, object] = {}
-        self._session_days: dict[int, Any] = {}  # day -> its sessions' key: `session` runs per event
+        self._days: dict[tuple[bytes, int], Any] = {}  # (what, day) -> that day's key: used per event
 
     def _keyed(self, label: bytes):
         return hashlib.blake2b(key=self._key(label), digest_size=8)
@@ -54,44 +53,28 @@ class Keys:
     def _key(self, label: bytes) -> bytes:
         return hmac.digest(self._secret, label, "sha256")
 
-    def session_key(self, day: int) -> bytes:
-        """The key of the sessions' hashes on a day (days since the epoch, UTC), for the native fold
-        (`pipeline/native/fold.c`), which digests each session as `session` does."""
-        return self._key(_daily_label(b"sessions", day))
+    def day_key(self, what: bytes, day: int) -> bytes:
+        """The key of a day's hashes of `what` (b"sessions", b"installations"; days since the epoch, UTC),
+        for the native fold (`pipeline/native/fold.c`), which digests as `session` and `installation` do."""
+        return self._key(_daily_label(what, day))
 
     def session(self, window_start: int, session: str) -> int:
         """The keyed hash of a session seen on the day of `window_start` (the day's own key). Once per
         counted event, as the fold meets it (the raw id is never kept): one dict lookup and one digest."""
+        return _digest(self._of_day(b"sessions", window_start), session)
+
+    def installation(self, window_start: int, installation: str) -> int:
+        """The keyed hash of an installation's pseudonym on the day of `window_start`, as the fold meets it
+        (the pseudonym is never kept): with its own keys, unlinkable to the sessions' and across days."""
+        return _digest(self._of_day(b"installations", window_start), installation)
+
+    def _of_day(self, what: bytes, window_start: int):
         day = window_start // DAY_S
-        keyed = self._session_days.get(day)
+        keyed = self._days.get((what, day))
         if keyed is None:
-            if len(self._session_days) > 16:
-                self._session_days.clear()
-            keyed = self._session_days[day] = self._daily(b"sessions", window_start)
-        return _digest(keyed, session)
-
-    def installation_hasher(self) -> Callable[[int, str], int]:
-        """`hash_of(day, pseudonym)`: the keyed hash of an installation's pseudonym on a day (days since the
-        epoch, UTC), each digested once per hasher: a flush meets an installation under many sketch keys
-        (~9 on the load generator's mix), and the hasher's memory is that of the installations its rollups
-        already hold."""
-        hashed: dict[tuple[int, str], int] = {}
-
-        def hash_of(day: int, installation: str) -> int:
-            found = hashed.get((day, installation))
-            if found is None:
-                found = hashed[day, installation] = _digest(self._daily(b"installations", day * DAY_S), installation)
-            return found
-
-        return hash_of
-
-    def _daily(self, what: bytes, window_start: int):
-        label = _daily_label(what, window_start // DAY_S)
-        keyed = self._days.get(label)
-        if keyed is None:
-            if len(self._days) > 16:
+            if len(self._days) > 32:
                 self._days.clear()
-            keyed = self._days[label] = self._keyed(label)
+            keyed = self._days[what, day] = self._keyed(_daily_label(what, day))
         return keyed
 
     def value(self, field: str, value: str) -> int:
@@ -106,7 +89,7 @@ def _daily_label(what: bytes, day: int) -> bytes:
 
 
 def _digest(keyed, text: str) -> int:
-    """The 64-bit keyed digest of `text` (a session's on the fold's per-event path)."""
+    """The 64-bit keyed digest of `text` (a session's or an installation's on the fold's per-event path)."""
     hasher = keyed.copy()
     hasher.update(text.encode("utf-8", "surrogatepass"))
     return _U64.unpack(hasher.digest())[0]

@@ -211,9 +211,10 @@ SESSION_HASHES = partial(array, "Q")  # a new key's session hashes (unsigned 64-
 
 class Tally:
     """What projecting events leaves (a partition's rollup is one): the keyed hashes of the counted events'
-    sessions per key (their count is the runs; the distinct ones go to the session sketches) and their
-    installations' daily pseudonyms, the quality counts, the candidate values with the installations that
-    sent them, and the cardinality guard's state, all for one flush."""
+    sessions per key (their count is the runs; the distinct ones go to the session sketches) and of their
+    installations' daily pseudonyms, the quality counts, the candidate values with the (hashed)
+    installations that sent them, and the cardinality guard's state, all for one flush. Hashed as folded:
+    no session id or pseudonym is kept until the flush."""
 
     __slots__ = ("candidates", "installations", "quality", "sessions", "suppressed", "tracked")
 
@@ -224,10 +225,10 @@ class Tally:
         # as folded, 8 bytes an event: a catching-up flush holds hundreds of thousands, and raw ids kept until
         # the flush cost the worker ~70 MB of peak RSS (`make bench`, 1M events of one session each).
         self.sessions: dict[tuple, array] = defaultdict(SESSION_HASHES)
-        # (window_start, dims) -> the distinct installations of its events (older SDKs send none)
+        # (window_start, dims) -> the keyed hashes of its events' distinct installations (older SDKs send none)
         self.installations: dict[tuple, set] = defaultdict(set)
-        # (window_start, field, value) -> the installations that sent it, at most k: k-anonymity counts
-        # installations, so an event without one (an older SDK) admits nothing
+        # (window_start, field, value) -> the hashes of the installations that sent it, at most k: k-anonymity
+        # counts installations, so an event without one (an older SDK) admits nothing
         self.candidates: dict[tuple, set] = {}
         self.tracked: dict[tuple, dict] = {}  # (window_start, field) -> {raw value: stored value}: the guard
         self.suppressed: Counter = Counter()  # field -> rare values the guard did not track
@@ -258,6 +259,7 @@ class EventProjector:
         self.k = k  # installations a candidate needs: more are not kept
         self.max_new_values = max_new_values  # rare values a flush tracks per window and field
         self._session_hash = keys.session
+        self._installation_hash = keys.installation
         self._decode_typed: Callable[[bytes], Any] = msgspec.json.Decoder(_TypedEnvelope).decode
         # Untyped floats (unknown fields) as Decimal: 1e400 there must not reject what the typed decode,
         # which skips those fields, accepts.
@@ -279,7 +281,7 @@ class EventProjector:
                 future_tolerance_seconds,
                 max_event_bytes,
                 MAX_INSTALLATION_CHARS,
-                keys.session_key,
+                keys.day_key,
                 contract.RUN_KINDS,
                 _NATIVE_OTHER_KINDS,
                 *_NATIVE_FIELDS,
@@ -416,9 +418,10 @@ class EventProjector:
             if len(installation) > MAX_INSTALLATION_CHARS:  # counted, as an event without one; noted
                 _count(notes, (window_start, kind, Reason.INVALID_VALUE))
                 return key
-            tally.installations[key].add(installation)
+            hashed = self._installation_hash(window_start, installation)
+            tally.installations[key].add(hashed)
             for candidate in rare:
-                self._sighting(tally, (window_start, *candidate), installation)
+                self._sighting(tally, (window_start, *candidate), hashed)
         return key
 
     def _typed_projection(self, key: tuple, window_start: int, tally: Tally) -> tuple:
@@ -662,7 +665,7 @@ class EventProjector:
         rare.append((field, cleaned))
         return RARE
 
-    def _sighting(self, tally: Tally, candidate: tuple, installation: str) -> None:
+    def _sighting(self, tally: Tally, candidate: tuple, installation: int) -> None:
         installations = tally.candidates.setdefault(candidate, set())
         if len(installations) < self.k:
             installations.add(installation)

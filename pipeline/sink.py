@@ -376,10 +376,9 @@ def _window(engine_full: str, setting: str, defaults: dict[str, str]) -> int:
 
 def _session_rows(rollups: Iterable[PartitionRollup], keys: Keys) -> Iterator[tuple]:
     """Per rollup, day and sketch key (`dimensions.SKETCH`), the keyed hashes of the distinct sessions of
-    the rollup's runs (in order of first sight; hashed as folded) and of their installations (sorted: a
-    replay writes the same rows). One row at a time, each sketch's hashes released once its row is
+    the rollup's runs (in order of first sight) and of their installations (sorted: a replay writes the same
+    rows), both hashed as folded. One row at a time, each sketch's hashes released once its row is
     encoded: a catching-up flush holds hundreds of thousands of them per rollup."""
-    hash_installation = keys.installation_hasher()  # for the whole batch
     for rollup in rollups:
         sessions: dict[tuple, array] = defaultdict(SESSION_HASHES)
         installations: dict[tuple, set] = defaultdict(set)
@@ -395,21 +394,17 @@ def _session_rows(rollups: Iterable[PartitionRollup], keys: Keys) -> Iterator[tu
             distinct.pop(NO_SESSION, None)  # events without a session
             present = sorted(installations.pop(sketch_key, ()))
             if distinct or present:
-                yield (*sketch_key, list(distinct), [hash_installation(sketch_key[0], i) for i in present])
+                yield (*sketch_key, list(distinct), present)
 
 
 def _sighting_rows(rollups: Iterable[PartitionRollup], keys: Keys) -> list[tuple]:
     """Per day, the keyed hash of each candidate value of the rollups with the keyed hashes of the
-    installations that sent it."""
+    installations that sent it (hashed as folded)."""
     sightings: dict[tuple, set] = defaultdict(set)
     for rollup in rollups:
         for (window_start, field, value), found in rollup.candidates.items():
             sightings[(window_start // DAY_S, field, keys.value(field, value))] |= found
-    hash_installation = keys.installation_hasher()
-    return [
-        (day, field, value_hash, [hash_installation(day, i) for i in sorted(found)])
-        for (day, field, value_hash), found in sightings.items()
-    ]
+    return [(day, field, value_hash, sorted(found)) for (day, field, value_hash), found in sightings.items()]
 
 
 #: The sketch tables with their columns and their rows for some rollups (writing a hash twice changes

@@ -41,6 +41,11 @@ def hashed(window_start: int, *sessions: str | None) -> array:
     return array("Q", (NO_SESSION if s is None else KEYS.session(window_start, s) for s in sessions))
 
 
+def installed(window_start: int, *installations: str) -> set[int]:
+    """The installation hashes a tally keeps for `installations`."""
+    return {KEYS.installation(window_start, i) for i in installations}
+
+
 # --- keyed hashes --------------------------------------------------------------------------------------
 
 
@@ -51,11 +56,10 @@ def test_session_and_installation_hashes_are_the_same_for_every_worker_and_unlin
     assert first.session(today, "s-1") != first.session(today + DAY_S, "s-1")  # another day, another key
     assert first.session(today, "s-1") != Keys(b"other").session(today, "s-1")  # needs the secret
     assert (
-        first.installation_hasher()(today // DAY_S, "i-1")
-        == second.installation_hasher()(today // DAY_S, "i-1")
-        != first.installation_hasher()(today // DAY_S + 1, "i-1")
+        first.installation(today, "i-1") == second.installation(today + 59, "i-1") != first.installation(today, "i-2")
     )
-    assert first.installation_hasher()(today // DAY_S, "s-1") != first.session(today, "s-1")  # keys of their own
+    assert first.installation(today, "i-1") != first.installation(today + DAY_S, "i-1")
+    assert first.installation(today, "s-1") != first.session(today, "s-1")  # keys of their own
     assert (
         first.value("model_id", "acme-bot")
         == second.value("model_id", "acme-bot")
@@ -83,10 +87,10 @@ def test_a_rare_value_is_stored_as_rare_and_becomes_a_candidate_with_its_install
     tally = Tally()
     window, dims = projector().project(event("acme-support-bot", "s-7", "i-7"), NOW_MS, tally)
     assert dims[4] == RARE and dims[2] == "openai"  # model_id is rare, the provider is known
-    assert tally.candidates == {(window, "model_id", "acme-support-bot"): {"i-7"}}
+    assert tally.candidates == {(window, "model_id", "acme-support-bot"): installed(window, "i-7")}
     assert tally.quality == {(window, "agent", Reason.RARE_VALUE): 1}
     assert tally.sessions == {(window, dims): hashed(window, "s-7")} and tally.installations == {
-        (window, dims): {"i-7"}
+        (window, dims): installed(window, "i-7")
     }
 
 
@@ -104,7 +108,7 @@ def test_an_installation_longer_than_any_pseudonym_is_kept_out_and_noted_and_its
     assert tally.candidates == {} and tally.installations == {}
     assert tally.quality == {(window, "agent", Reason.RARE_VALUE): 1, (window, "agent", Reason.INVALID_VALUE): 1}
     projector().project(event("acme-support-bot", "s-8", "i" * 64), NOW_MS, tally)
-    assert tally.installations == {(window, dims): {"i" * 64}}
+    assert tally.installations == {(window, dims): installed(window, "i" * 64)}
 
 
 def test_once_admitted_the_value_is_stored_as_it_is():
@@ -121,7 +125,7 @@ def test_a_candidate_keeps_at_most_k_distinct_installations_per_flush():
         rare.project(event("acme-support-bot", f"s-{session}", "i-0"), NOW_MS, tally)
     for installation in range(5):
         rare.project(event("acme-support-bot", "s-x", f"i-{installation}"), NOW_MS, tally)
-    assert list(tally.candidates.values()) == [{"i-0", "i-1", "i-2"}]
+    assert list(tally.candidates.values()) == [installed(WINDOW_START, "i-0", "i-1", "i-2")]
 
 
 def test_a_new_flag_from_few_sessions_is_rare_and_a_private_flag_name_is_never_named():
@@ -207,24 +211,24 @@ def test_session_rows_hash_each_distinct_session_and_installation_once():
     ((row_day, kind, provider, model, features, hashes, installations),) = _session_rows([rollup], KEYS)
     assert (row_day, kind, provider, model, features) == (day, "agent", "openai", "gpt-5.2", ())
     assert hashes == list(hashed(day * DAY_S, "s-2", "s-1", "s-4"))
-    assert installations == [KEYS.installation_hasher()(day, i) for i in ("i-3", "i-9")]
+    assert installations == sorted(installed(day * DAY_S, "i-3", "i-9"))
     assert sum(rollup.runs.values()) == 5  # the launch counts, without a session
 
 
-def test_a_flush_digests_each_installation_once_a_day_however_many_sketch_keys_it_appears_under(monkeypatch):
+def test_a_flush_digests_nothing_sessions_and_installations_were_hashed_as_folded(monkeypatch):
     record = namedtuple("record", "offset timestamp value")
     models = ("gpt-5.2", "gpt-4o", "o3")
     rollups = []
-    for partition in range(2):  # the batch's rollups share the digests
+    for partition in range(2):
         rollup = PartitionRollup("t", partition, 0)
         values = [event(model, f"s-{i}", f"i-{i % 4}") for i, model in enumerate(models * 4)]
         rollup.add([record(i, NOW_MS, value) for i, value in enumerate(values)], projector())
         rollups.append(rollup)
-    digested = []
+    digested: list[str] = []
     digest = pipeline.admission._digest
     monkeypatch.setattr(pipeline.admission, "_digest", lambda keyed, text: digested.append(text) or digest(keyed, text))
     rows = list(_session_rows(rollups, KEYS))
     day = NOW_MS // 1000 // DAY_S
-    assert len(rows) == 6 and sorted(i for i in digested if i.startswith("i-")) == ["i-0", "i-1", "i-2", "i-3"]
-    for row in rows:  # the hashes the per-call digest gives
-        assert row[-1] == [digest(KEYS._daily(b"installations", day * DAY_S), i) for i in ("i-0", "i-1", "i-2", "i-3")]
+    assert len(rows) == 6 and digested == []
+    for row in rows:
+        assert row[-1] == sorted(installed(day * DAY_S, "i-0", "i-1", "i-2", "i-3"))

@@ -10,7 +10,8 @@
  * events of a signature go through Python, which says when their projection is one the table may reuse (no
  * rare value, so the same for every event of the admission epoch). Anything else stops the fast path at that
  * event, and Python folds it: the fast path never decides a rejection, a rare value or a note other than
- * the projection's own reasons. Cost is bounded by size: one pass over the bytes, at most MAX_DEPTH levels
+ * the projection's own reasons. A counted event adds the keyed BLAKE2b hashes of its session and of its
+ * installation (each with its day's key, as `pipeline.admission.Keys` has them). Cost is bounded by size: one pass over the bytes, at most MAX_DEPTH levels
  * of nesting, at most MAX_PROBES probes per lookup, a table bounded in entries and bytes.
  */
 #define PY_SSIZE_T_CLEAN
@@ -25,7 +26,7 @@
 #define MAX_ENTRIES 50000      /* as the Python projection cache (`_CACHE_LIMIT`) */
 #define MAX_TABLE_BYTES (16u << 20)
 #define MAX_PROBES 32
-#define SESSION_DAYS 16
+#define KEY_DAYS 16
 #define MAX_KINDS 8
 
 /* ---- BLAKE2b (RFC 7693), keyed, for the sessions' keyed hashes (`pipeline.admission.Keys.session`) ---- */
@@ -265,6 +266,16 @@ static int skip_value(Scanner *s, int depth) {
 
 /* ---- the fold ---- */
 
+static inline long long floor_div(long long a, long long b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+/* The keyed states of the last days met, for the hashes of one kind of identifier (`Keys.day_key`). */
+typedef struct {
+    const char *what;
+    long long days[KEY_DAYS];
+    Blake2b states[KEY_DAYS];
+    int count;
+} DayKeys;
+
 typedef struct {
     uint64_t hash;
     uint8_t *signature;
@@ -281,10 +292,8 @@ typedef struct {
     long long window_seconds, allowed_lateness, future_tolerance;
     Py_ssize_t max_event_bytes;
     Py_ssize_t max_installation;
-    PyObject *session_key; /* day -> the 32-byte key of that day's sessions */
-    long long days[SESSION_DAYS];
-    Blake2b day_states[SESSION_DAYS];
-    int day_count;
+    PyObject *day_key; /* (what, day) -> the key of that day's hashes of `what` (`Keys.day_key`) */
+    DayKeys sessions, installations;
     Slot slots[MAX_SLOTS];
     int slot_count;
     int first_flag, flag_count; /* the contract's flags are slots [first_flag, first_flag + flag_count) */
@@ -357,21 +366,30 @@ static int find_slot(Fold *f, const uint8_t *name, Py_ssize_t len, int hint) {
     return -1;
 }
 
-static const Blake2b *day_state(Fold *f, long long day) {
-    for (int i = 0; i < f->day_count; i++)
-        if (f->days[i] == day) return &f->day_states[i];
-    PyObject *key = PyObject_CallFunction(f->session_key, "L", day);
+/* The keyed state of `day` for `keys` (asked of `Keys.day_key` once per day met). */
+static const Blake2b *day_state(Fold *f, DayKeys *keys, long long day) {
+    for (int i = 0; i < keys->count; i++)
+        if (keys->days[i] == day) return &keys->states[i];
+    PyObject *key = PyObject_CallFunction(f->day_key, "yL", keys->what, day);
     if (key == NULL) return NULL;
     if (!PyBytes_Check(key) || PyBytes_GET_SIZE(key) == 0 || PyBytes_GET_SIZE(key) > 64) {
         Py_DECREF(key);
-        PyErr_SetString(PyExc_ValueError, "session_key must return 1 to 64 bytes");
+        PyErr_SetString(PyExc_ValueError, "day_key must return 1 to 64 bytes");
         return NULL;
     }
-    int i = f->day_count < SESSION_DAYS ? f->day_count++ : (int)(day % SESSION_DAYS + SESSION_DAYS) % SESSION_DAYS;
-    f->days[i] = day;
-    blake2b_keyed(&f->day_states[i], (const uint8_t *)PyBytes_AS_STRING(key), (size_t)PyBytes_GET_SIZE(key));
+    int i = keys->count < KEY_DAYS ? keys->count++ : (int)((day % KEY_DAYS + KEY_DAYS) % KEY_DAYS);
+    keys->days[i] = day;
+    blake2b_keyed(&keys->states[i], (const uint8_t *)PyBytes_AS_STRING(key), (size_t)PyBytes_GET_SIZE(key));
     Py_DECREF(key);
-    return &f->day_states[i];
+    return &keys->states[i];
+}
+
+/* The keyed hash of an identifier on its window's day, as `Keys.session` and `Keys.installation` give it. */
+static int hash_of_day(Fold *f, DayKeys *keys, long long window, const uint8_t *text, Py_ssize_t len, uint64_t *hash) {
+    const Blake2b *keyed = day_state(f, keys, floor_div(window, 86400));
+    if (keyed == NULL) return -1;
+    *hash = blake2b_digest(keyed, text, (size_t)len);
+    return 0;
 }
 
 typedef struct {
@@ -612,12 +630,7 @@ static int count_event(Fold *f, Entry *e, long long window, const Envelope *env,
     const uint8_t *session = env->session;
     Py_ssize_t session_len = env->session_len;
     if (session == NULL && env->os_id != NULL) session = env->os_id, session_len = env->os_id_len;
-    if (session != NULL) {
-        long long day = window >= 0 ? window / 86400 : -((-window + 86399) / 86400);
-        const Blake2b *keyed = day_state(f, day);
-        if (keyed == NULL) return -1;
-        session_hash = blake2b_digest(keyed, session, (size_t)session_len);
-    }
+    if (session != NULL && hash_of_day(f, &f->sessions, window, session, session_len, &session_hash) < 0) return -1;
     if (e->key == NULL || e->window != window) {
         PyObject *key = Py_BuildValue("(LO)", window, e->dims);
         if (key == NULL) return -1;
@@ -648,8 +661,10 @@ static int count_event(Fold *f, Entry *e, long long window, const Envelope *env,
     if (env->installation != NULL) {
         PyObject *seen = item_of(installations, e->key, e->key_hash);
         if (seen == NULL) return -1;
-        PyObject *installation =
-            PyUnicode_FromStringAndSize((const char *)env->installation, env->installation_len);
+        uint64_t installation_hash;
+        if (hash_of_day(f, &f->installations, window, env->installation, env->installation_len, &installation_hash) < 0)
+            return -1;
+        PyObject *installation = PyLong_FromUnsignedLongLong(installation_hash);
         if (installation == NULL) return -1;
         int added = PySet_Add(seen, installation);
         Py_DECREF(installation);
@@ -677,7 +692,6 @@ static int kind_of(const Fold *f, const Envelope *env) {
 #define MIN_EPOCH_S 946684800.0  /* `_MIN_EPOCH_S` */
 #define MAX_EPOCH_S 4102444800.0 /* `_MAX_EPOCH_S` */
 
-static inline long long floor_div(long long a, long long b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
 /* The event's window, as `EventProjector._window_start` has it, in `*window`: 1; 0 when Python must judge
  * the event (a time it notes or rejects: out of range, in the future, late); -1 on an error. */
@@ -825,7 +839,7 @@ static void Fold_dealloc(Fold *f) {
         PyMem_Free(f->table);
     }
     PyMem_Free(f->learned);
-    Py_XDECREF(f->session_key);
+    Py_XDECREF(f->day_key);
     Py_XDECREF(f->names);
     Py_XDECREF(f->append);
     Py_XDECREF(f->hashes_type);
@@ -849,19 +863,19 @@ static PyTypeObject FoldType;
 
 #define FIELD_LISTS 5
 
-/* Fold(window_seconds, allowed_lateness, future_tolerance, max_event_bytes, max_installation, session_key, run_kinds, other_kinds, strings,
- * ints, flags, models, string_lists): the kinds the fast path counts (a run kind requires a session); the
- * field lists name `data`'s typed fields by their JSON type. */
+/* Fold(window_seconds, allowed_lateness, future_tolerance, max_event_bytes, max_installation, day_key,
+ * run_kinds, other_kinds, strings, ints, flags, models, string_lists): the kinds the fast path counts (a run
+ * kind requires a session); the field lists name `data`'s typed fields by their JSON type. */
 static PyObject *Fold_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
     long long window_seconds, allowed_lateness, future_tolerance;
     Py_ssize_t max_event_bytes, max_installation;
-    PyObject *session_key, *run_kinds, *other_kinds, *lists[FIELD_LISTS];
+    PyObject *day_key, *run_kinds, *other_kinds, *lists[FIELD_LISTS];
     if (!PyArg_ParseTuple(args, "LLLnnOOOOOOOO", &window_seconds, &allowed_lateness, &future_tolerance,
-                          &max_event_bytes, &max_installation, &session_key, &run_kinds, &other_kinds, &lists[0],
+                          &max_event_bytes, &max_installation, &day_key, &run_kinds, &other_kinds, &lists[0],
                           &lists[1], &lists[2], &lists[3], &lists[4]))
         return NULL;
-    if (window_seconds <= 0 || !PyCallable_Check(session_key)) {
-        PyErr_SetString(PyExc_ValueError, "a positive window and a callable session_key");
+    if (window_seconds <= 0 || !PyCallable_Check(day_key)) {
+        PyErr_SetString(PyExc_ValueError, "a positive window and a callable day_key");
         return NULL;
     }
     Fold *f = (Fold *)type->tp_alloc(type, 0);
@@ -871,7 +885,9 @@ static PyObject *Fold_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) 
     f->future_tolerance = future_tolerance;
     f->max_event_bytes = max_event_bytes;
     f->max_installation = max_installation;
-    f->session_key = Py_NewRef(session_key);
+    f->day_key = Py_NewRef(day_key);
+    f->sessions.what = "sessions";
+    f->installations.what = "installations";
     f->table = PyMem_Calloc(TABLE_SLOTS, sizeof *f->table);
     f->names = PyList_New(0);
     if (f->table == NULL || f->names == NULL) {
