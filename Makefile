@@ -12,6 +12,7 @@ CHARTJS_VERSION := 4.6.1
 
 $(STAMP): pyproject.toml sdk/pyproject.toml pipeline/native/fold.c
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"'
+	@command -v cc >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y gcc libc6-dev; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ./sdk
