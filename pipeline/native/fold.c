@@ -221,6 +221,30 @@ static int scan_number(Scanner *s, int *integer) {
     return s->p - start <= 40;
 }
 
+/* The start of an object or an array (`open`): 1 with members to read, 0 when empty (read), -1 otherwise. */
+static int opened(Scanner *s, int open) {
+    if (next(s) != open) return -1;
+    s->p++;
+    if (next(s) != (open == '{' ? '}' : ']')) return 1;
+    s->p++;
+    return 0;
+}
+
+/* After a member: 1 when a comma leads to the next, 0 when `close` ends the container (read), -1 otherwise. */
+static int after_member(Scanner *s, int close) {
+    int c = next(s);
+    if (c != ',' && c != close) return -1;
+    s->p++;
+    return c == ',';
+}
+
+/* An object's next key and its colon. */
+static int scan_key(Scanner *s, const uint8_t **name, Py_ssize_t *len) {
+    if (!scan_string(s, name, len) || next(s) != ':') return 0;
+    s->p++;
+    return 1;
+}
+
 /* Any JSON value, checked and passed over. */
 static int skip_value(Scanner *s, int depth) {
     const uint8_t *text;
@@ -237,27 +261,14 @@ static int skip_value(Scanner *s, int depth) {
         return scan_literal(s, "null", 4);
     case '{':
     case '[': {
-        int close = next(s) == '{' ? '}' : ']';
+        int open = next(s), close = open == '{' ? '}' : ']';
         if (depth >= MAX_DEPTH) return 0;
-        s->p++;
-        if (next(s) == close) {
-            s->p++;
-            return 1;
+        int more = opened(s, open);
+        while (more > 0) {
+            if ((close == '}' && !scan_key(s, &text, &len)) || !skip_value(s, depth + 1)) return 0;
+            more = after_member(s, close);
         }
-        for (;;) {
-            if (close == '}') {
-                if (!scan_string(s, &text, &len) || next(s) != ':') return 0;
-                s->p++;
-            }
-            if (!skip_value(s, depth + 1)) return 0;
-            if (next(s) == ',') {
-                s->p++;
-                continue;
-            }
-            if (next(s) != close) return 0;
-            s->p++;
-            return 1;
-        }
+        return more == 0;
     }
     default:
         return scan_number(s, &integer);
@@ -428,40 +439,13 @@ static int typed_value(Scanner *s, int type, Writer *w) {
         if (!scan_literal(s, "true", 4) && !scan_literal(s, "false", 5)) return 0;
         break;
     case T_STRINGS:
-        if (next(s) != '[') return 0;
-        s->p++;
-        if (next(s) == ']') {
-            s->p++;
-            break;
-        }
-        for (;;) {
-            if (!scan_string(s, &text, &len)) return 0;
-            if (next(s) == ']') {
-                s->p++;
-                break;
-            }
-            if (next(s) != ',') return 0;
-            s->p++;
-        }
+        for (int more = opened(s, '['); more != 0; more = after_member(s, ']'))
+            if (more < 0 || !scan_string(s, &text, &len)) return 0;
         break;
     case T_MODEL: /* an object whose keys are string or null: the model references' keys are all strings */
-        if (next(s) != '{') return 0;
-        s->p++;
-        if (next(s) == '}') {
-            s->p++;
-            break;
-        }
-        for (;;) {
-            if (!scan_string(s, &text, &len) || next(s) != ':') return 0;
-            s->p++;
-            if (!scan_literal(s, "null", 4) && !scan_string(s, &text, &len)) return 0;
-            if (next(s) == '}') {
-                s->p++;
-                break;
-            }
-            if (next(s) != ',') return 0;
-            s->p++;
-        }
+        for (int more = opened(s, '{'); more != 0; more = after_member(s, '}'))
+            if (more < 0 || !scan_key(s, &text, &len) || (!scan_literal(s, "null", 4) && !scan_string(s, &text, &len)))
+                return 0;
         break;
     default:
         return 0;
@@ -482,34 +466,22 @@ static int scan_data(Fold *f, Scanner *s, Writer *w, int *flags_seen) {
     Py_ssize_t len;
     int hint = 0;
     *flags_seen = 0;
-    if (next(s) != '{') return 0;
-    s->p++;
-    if (next(s) != '}') {
-        for (;;) {
-            if (!scan_string(s, &name, &len) || next(s) != ':') return 0;
-            s->p++;
-            int slot = find_slot(f, name, len, hint);
-            if (slot < 0) {
-                if (len >= 4 && memcmp(name, "has_", 4) == 0) return 0; /* a flag the contract does not name */
-                if (!skip_value(s, 2)) return 0;
-            } else {
-                if (seen & (1ULL << slot)) return 0; /* a field twice */
-                seen |= 1ULL << slot;
-                values[slot] = local.p;
-                if (!typed_value(s, f->slots[slot].type, &local)) return 0;
-                lengths[slot] = local.p - values[slot];
-                if (slot >= f->first_flag && slot < f->first_flag + f->flag_count) (*flags_seen)++;
-                hint = slot + 1;
-            }
-            if (next(s) == ',') {
-                s->p++;
-                continue;
-            }
-            if (next(s) != '}') return 0;
-            break;
+    for (int more = opened(s, '{'); more != 0; more = after_member(s, '}')) {
+        if (more < 0 || !scan_key(s, &name, &len)) return 0;
+        int slot = find_slot(f, name, len, hint);
+        if (slot < 0) {
+            if (len >= 4 && memcmp(name, "has_", 4) == 0) return 0; /* a flag the contract does not name */
+            if (!skip_value(s, 2)) return 0;
+            continue;
         }
+        if (seen & (1ULL << slot)) return 0; /* a field twice */
+        seen |= 1ULL << slot;
+        values[slot] = local.p;
+        if (!typed_value(s, f->slots[slot].type, &local)) return 0;
+        lengths[slot] = local.p - values[slot];
+        if (slot >= f->first_flag && slot < f->first_flag + f->flag_count) (*flags_seen)++;
+        hint = slot + 1;
     }
-    s->p++;
     for (int slot = 0; slot < f->slot_count; slot++) {
         if (seen & (1ULL << slot)) {
             if (!put(w, values[slot], lengths[slot])) return 0;
@@ -532,12 +504,9 @@ static int scan_event(Fold *f, const uint8_t *raw, Py_ssize_t n, Envelope *env, 
     Writer data = {data_signature, data_signature + sizeof data_signature};
     memset(env, 0, sizeof *env);
     env->session_len = env->os_id_len = env->installation_len = -1;
-    if (next(&s) != '{') return 0;
-    s.p++;
-    if (next(&s) == '}') return 0;
-    for (;;) {
-        if (!scan_string(&s, &name, &len) || next(&s) != ':') return 0;
-        s.p++;
+    int more = opened(&s, '{'); /* an object with members: anything else is the Python fold's to judge */
+    for (; more > 0; more = after_member(&s, '}')) {
+        if (!scan_key(&s, &name, &len)) return 0;
         const uint8_t **into = NULL;
         Py_ssize_t *into_len = NULL;
         if (len == 4 && memcmp(name, "type", 4) == 0) {
@@ -583,16 +552,9 @@ static int scan_event(Fold *f, const uint8_t *raw, Py_ssize_t n, Envelope *env, 
                 }
             }
         }
-        if (next(&s) == ',') {
-            s.p++;
-            continue;
-        }
-        if (next(&s) != '}') return 0;
-        s.p++;
-        break;
     }
-    if (next(&s) != -1 || env->kind == NULL) return 0;        /* trailing bytes; no kind (older launches) */
-    if (s.has_prefixed != flags_seen) return 0;             /* a `"has_` that is no known flag of `data` */
+    if (more != 0 || next(&s) != -1 || env->kind == NULL) return 0; /* trailing bytes; no kind (older launches) */
+    if (s.has_prefixed != flags_seen) return 0;                       /* a `"has_` that is no known flag of `data` */
     if (env->installation != NULL && env->installation_len > f->max_installation) return 0;
     if (!seen_data && !put(&data, "N", 1)) return 0;
     uint16_t kind_len = (uint16_t)env->kind_len;
