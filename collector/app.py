@@ -36,7 +36,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http import HttpProcessingError
 
 from collector.batches import Limits, Refused, events, gunzip, media_type
-from collector.connections import Connections, connection_cap
+from collector.connections import READ_BYTES, Connections, connection_cap
 from collector.metrics import CONTENT_TYPE, CollectorMetrics
 from collector.publisher import BufferFull, NotAcknowledged, Publisher, Unavailable
 from collector.ratelimit import RateLimiter
@@ -94,6 +94,7 @@ class Collector:
             access_log_class=Answers,
             auto_decompress=False,
             keepalive_timeout=settings.idle_timeout_seconds,
+            read_bufsize=READ_BYTES,
             shutdown_timeout=settings.ack_timeout_seconds + 5,
         )
 
