@@ -334,6 +334,9 @@ class EventProjector:
             try:
                 self.project(message.value, message.timestamp, tally)
             except Rejection as rejection:
+                # kept past this frame: without the traceback and the error it replaced, whose frames (this
+                # one among them) would make a cycle holding the batch until the cyclic GC found it
+                rejection.__traceback__ = rejection.__context__ = None
                 rejected.append((message, rejection))
             else:
                 if native is not None and self._reusable is not None:

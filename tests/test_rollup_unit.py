@@ -3,6 +3,7 @@ dead letters (position, reason, shape, never values), replays and determinism.""
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 from typing import NamedTuple
@@ -283,6 +284,25 @@ def test_dead_letter_builds_the_record_from_a_rejection():
 
 
 # --- determinism ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_folding_leaves_no_reference_cycle(native):
+    """A rejection kept past the fold's frame held that frame through its traceback, and with it the whole
+    batch, in a cycle only the cyclic GC frees: the worker's batches piled up between its collections (a
+    peak RSS 50-73 MB higher catching up on 1M events, and 1.4 CPU-s per 1M spent collecting)."""
+    rollup = PartitionRollup(TOPIC, PARTITION, FIRST)
+    project = EventProjector(WINDOW, 3600, 300, 65536, keys=Keys(b"k"), native=native)
+    warm, batch = records(BATCH), records(BATCH * 20, first=FIRST + len(BATCH))
+    rollup.add(warm, project)  # msgspec makes a cycle once, as it first decodes a type
+    gc.collect()
+    gc.disable()
+    try:
+        rollup.add(batch, project)
+        assert len(rollup.dead_letters) == 3 * 21
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
 
 
 def test_folding_the_same_records_twice_gives_identical_rollups():
