@@ -157,13 +157,15 @@ def test_the_native_fold_takes_most_of_the_load_generators_mix_and_counts_it_exa
 
 
 def test_the_native_fold_reads_the_session_hash_of_each_day() -> None:
-    """Windows of three days: each day's sessions are hashed with that day's key, as `Keys.session` does."""
+    """Windows of three days: each day's sessions and installations are hashed with that day's key, as
+    `Keys.session` and `Keys.installation` do."""
     event = next(v for v in EventGenerator(seed=3).events(200) if v.startswith(b'{"session_id"'))
     day_ms = 86_400_000
     python, native, fold = fold_both([event] * 9, [4], [NOW_MS + (i // 3) * day_ms for i in range(9)])
     assert native == python
     assert fold._native.stats()["counted"] >= 6
     assert len({hashes[0] for hashes in native["sessions"].values()}) == 3
+    assert len({frozenset(hashes) for hashes in native["installations"].values()}) == 3  # cached per day
 
 
 def test_the_native_fold_counts_the_notes_of_a_learned_projection_per_event() -> None:

@@ -11,8 +11,10 @@
  * rare value, so the same for every event of the admission epoch). Anything else stops the fast path at that
  * event, and Python folds it: the fast path never decides a rejection, a rare value or a note other than
  * the projection's own reasons. A counted event adds the keyed BLAKE2b hashes of its session and of its
- * installation (each with its day's key, as `pipeline.admission.Keys` has them). Cost is bounded by size: one pass over the bytes, at most MAX_DEPTH levels
- * of nesting, at most MAX_PROBES probes per lookup, a table bounded in entries and bytes.
+ * installation (each with its day's key, as `pipeline.admission.Keys` has them; an installation's hash is
+ * cached, since a pseudonym comes again and again). Cost is bounded by size: one pass over the bytes, at
+ * most MAX_DEPTH levels of nesting, at most MAX_PROBES probes per lookup, a table bounded in entries and
+ * bytes, a cache of INSTALLATION_SLOTS.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -27,6 +29,8 @@
 #define MAX_TABLE_BYTES (16u << 20)
 #define MAX_PROBES 32
 #define KEY_DAYS 16
+#define INSTALLATION_SLOTS 4096 /* the cache of installations' hashes: 4,096 × 88 bytes, their ints owned */
+#define MAX_CACHED_INSTALLATION 64
 #define MAX_KINDS 8
 
 /* ---- BLAKE2b (RFC 7693), keyed, for the sessions' keyed hashes (`pipeline.admission.Keys.session`) ---- */
@@ -298,6 +302,14 @@ typedef struct {
     long long window;
 } Entry;
 
+/* An installation's hash on a day, as the int the rollup's sets hold (pseudonyms repeat: one BLAKE2b each). */
+typedef struct {
+    long long day;
+    Py_ssize_t len;
+    PyObject *hash; /* NULL: a free slot */
+    uint8_t text[MAX_CACHED_INSTALLATION];
+} CachedInstallation;
+
 typedef struct {
     PyObject_HEAD
     long long window_seconds, allowed_lateness, future_tolerance;
@@ -305,6 +317,7 @@ typedef struct {
     Py_ssize_t max_installation;
     PyObject *day_key; /* (what, day) -> the key of that day's hashes of `what` (`Keys.day_key`) */
     DayKeys sessions, installations;
+    CachedInstallation *installation_cache; /* direct-mapped by (pseudonym, day) */
     Slot slots[MAX_SLOTS];
     int slot_count;
     int first_flag, flag_count; /* the contract's flags are slots [first_flag, first_flag + flag_count) */
@@ -401,6 +414,27 @@ static int hash_of_day(Fold *f, DayKeys *keys, long long window, const uint8_t *
     if (keyed == NULL) return -1;
     *hash = blake2b_digest(keyed, text, (size_t)len);
     return 0;
+}
+
+/* The int of an installation's keyed hash on its window's day (a new reference), from the cache when met. */
+static PyObject *installation_hash(Fold *f, long long window, const uint8_t *text, Py_ssize_t len) {
+    long long day = floor_div(window, 86400);
+    CachedInstallation *cached = NULL;
+    if (len <= MAX_CACHED_INSTALLATION) {
+        cached = &f->installation_cache[(signature_hash(text, len) ^ (uint64_t)day) & (INSTALLATION_SLOTS - 1)];
+        if (cached->hash != NULL && cached->day == day && cached->len == len && memcmp(cached->text, text, (size_t)len) == 0)
+            return Py_NewRef(cached->hash);
+    }
+    uint64_t hash;
+    if (hash_of_day(f, &f->installations, window, text, len, &hash) < 0) return NULL;
+    PyObject *value = PyLong_FromUnsignedLongLong(hash);
+    if (value != NULL && cached != NULL) {
+        Py_XSETREF(cached->hash, Py_NewRef(value));
+        cached->day = day;
+        cached->len = len;
+        memcpy(cached->text, text, (size_t)len);
+    }
+    return value;
 }
 
 typedef struct {
@@ -623,10 +657,7 @@ static int count_event(Fold *f, Entry *e, long long window, const Envelope *env,
     if (env->installation != NULL) {
         PyObject *seen = item_of(installations, e->key, e->key_hash);
         if (seen == NULL) return -1;
-        uint64_t installation_hash;
-        if (hash_of_day(f, &f->installations, window, env->installation, env->installation_len, &installation_hash) < 0)
-            return -1;
-        PyObject *installation = PyLong_FromUnsignedLongLong(installation_hash);
+        PyObject *installation = installation_hash(f, window, env->installation, env->installation_len);
         if (installation == NULL) return -1;
         int added = PySet_Add(seen, installation);
         Py_DECREF(installation);
@@ -801,6 +832,10 @@ static void Fold_dealloc(Fold *f) {
         PyMem_Free(f->table);
     }
     PyMem_Free(f->learned);
+    if (f->installation_cache != NULL) {
+        for (int i = 0; i < INSTALLATION_SLOTS; i++) Py_XDECREF(f->installation_cache[i].hash);
+        PyMem_Free(f->installation_cache);
+    }
     Py_XDECREF(f->day_key);
     Py_XDECREF(f->names);
     Py_XDECREF(f->append);
@@ -851,8 +886,9 @@ static PyObject *Fold_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) 
     f->sessions.what = "sessions";
     f->installations.what = "installations";
     f->table = PyMem_Calloc(TABLE_SLOTS, sizeof *f->table);
+    f->installation_cache = PyMem_Calloc(INSTALLATION_SLOTS, sizeof *f->installation_cache);
     f->names = PyList_New(0);
-    if (f->table == NULL || f->names == NULL) {
+    if (f->table == NULL || f->installation_cache == NULL || f->names == NULL) {
         Py_DECREF(f);
         return PyErr_NoMemory();
     }
