@@ -32,7 +32,7 @@ PENDING_BYTES = 32 << 20  # KERN_COLLECTOR_MAX_PENDING_BYTES's default
 IDLE, SLOW = 1100, 300
 # the chunks of the bodies the pending bound admits, what each connection may hold of a body not yet handed
 # to the collector (`collector/connections.py`), and 20 MiB for a thousand connections. Measured: growth of
-# 50-55 MiB. Before connections were read 16 KiB at a time, 102-109 MiB when the bodies came all at once
+# 42-48 MiB. Before connections were read 16 KiB at a time, 102-109 MiB when the bodies came all at once
 # (asyncio read 256 KiB from each), 123 and 129 MiB in two CI runs.
 RSS_GROWTH_BOUND = PENDING_BYTES + CAP * 3 * READ_BYTES + (20 << 20)
 
