@@ -60,8 +60,7 @@ APPLIED = {
     values._VALUE_CHARS: "fullmatch",
     values._FLAG_NAME: "fullmatch",
     values._SECRET_PATTERNS: "search",
-    values._PROVIDER_TOKENS: "search",
-    values._TOKEN_SEPARATORS: "split",
+    values._LONG_TOKENS: "findall",
     known_values.MODEL_FAMILIES: "fullmatch",
     known_values.SDK_VERSIONS: "fullmatch",
     projector._MSGSPEC_PATH: "search",  # msgspec's messages, which name paths and types, never values

@@ -24,28 +24,29 @@ _FORMATTED = frozenset({"sdk_version"})  # a value that passed this field's form
 # Linear: no two quantifiers can match the same characters at the same place.
 _VALUE_CHARS = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._:/@+\-]*")
 _FLAG_NAME = re.compile(r"has_[a-z0-9_]{1,60}")
+# One scan for every key and token format: the generic ones case-insensitive, the providers' formats
+# case-sensitive and exact, so names like "ghost-writer" or "hf_internal_model" pass.
 _SECRET_PATTERNS = re.compile(
     r"""
-      (?:^|[^a-z])(?:sk|pk|rk|ak)[-_][A-Za-z0-9_\-]{8,}        # API keys: sk-..., pk_live_...
-    | \b(?:bearer|basic|token)\s+(?=[^\s\d]*\d)\S{12,}        # Authorization headers (a token has digits)
+      (?i:(?:^|[^a-z])(?:sk|pk|rk|ak)[-_][A-Za-z0-9_\-]{8,}   # API keys: sk-..., pk_live_...
+        | \b(?:bearer|basic|token)\s+(?=[^\s\d]*\d)\S{12,})  # Authorization headers (a token has digits)
+    | gh[pousr]_[A-Za-z0-9]{16,} | glpat-[A-Za-z0-9_\-]{16,} | xox[abprs]-[A-Za-z0-9\-]{10,} | AKIA[0-9A-Z]{16}
+    | AIza[0-9A-Za-z_\-]{30,} | hf_[A-Za-z0-9]{20,}
     """,
-    re.IGNORECASE | re.VERBOSE,
+    re.VERBOSE,
 )
-# Provider token formats, case-sensitive and exact, so names like "ghost-writer" or "hf_internal_model" pass.
-_PROVIDER_TOKENS = re.compile(
-    r"(?:gh[pousr]_[A-Za-z0-9]{16,}|glpat-[A-Za-z0-9_\-]{16,}|xox[abprs]-[A-Za-z0-9\-]{10,}|AKIA[0-9A-Z]{16}"
-    r"|AIza[0-9A-Za-z_\-]{30,}|hf_[A-Za-z0-9]{20,})"
-)
-_TOKEN_SEPARATORS = re.compile(r"[-_ ./:@+]")
+# Tokens of 20 characters or more between separators (findall: each is consumed once; a shorter run is
+# left after at most 19 characters tried).
+_LONG_TOKENS = re.compile(r"[^-_ ./:@+]{20,}")
 
 
 def _looks_secret(value: str) -> bool:
     """Keys and tokens, in a value its callers have capped."""
-    if _SECRET_PATTERNS.search(value) or _PROVIDER_TOKENS.search(value):
+    if _SECRET_PATTERNS.search(value):
         return True
     # Long high-entropy tokens (hex digests, base64 keys, JWT parts) are not model or db names.
-    for token in _TOKEN_SEPARATORS.split(value):
-        if len(token) >= 20 and _entropy_bits_per_char(token) >= 3.5 and any(c.isdigit() for c in token):
+    for token in _LONG_TOKENS.findall(value):
+        if _entropy_bits_per_char(token) >= 3.5 and any(c.isdigit() for c in token):
             return True
     return False
 
