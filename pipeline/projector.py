@@ -258,8 +258,6 @@ class EventProjector:
         self.admission = admission or Admission()
         self.k = k  # installations a candidate needs: more are not kept
         self.max_new_values = max_new_values  # rare values a flush tracks per window and field
-        self._session_hash = keys.session
-        self._installation_hash = keys.installation
         self._decode_typed: Callable[[bytes], Any] = msgspec.json.Decoder(_TypedEnvelope).decode
         # Untyped floats (unknown fields) as Decimal: 1e400 there must not reject what the typed decode,
         # which skips those fields, accepts.
@@ -290,6 +288,11 @@ class EventProjector:
             else None
         )
         self._reusable: tuple | None = None
+        # The events the Python fold counts are hashed as `keys` hashes them, by the native fold when there is
+        # one (its day states and installations' cache: no hasher object per event)
+        hashes = keys if self._native is None else self._native
+        self._session_hash = hashes.session
+        self._installation_hash = hashes.installation
 
     @classmethod
     def from_settings(cls, settings: Any, keys: Keys, admission: Admission | None = None) -> EventProjector:
@@ -332,7 +335,7 @@ class EventProjector:
             message = messages[i]
             self._reusable = None
             try:
-                self.project(message.value, message.timestamp, tally)
+                self.project(message.value, message.timestamp, tally, native is not None and native.checked())
             except Rejection as rejection:
                 # kept past this frame: without the traceback and the error it replaced, whose frames (this
                 # one among them) would make a cycle holding the batch until the cyclic GC found it
@@ -344,15 +347,18 @@ class EventProjector:
             i += 1
         return rejected
 
-    def project(self, raw: bytes | None, record_ms: int, tally: Tally) -> tuple:
+    def project(self, raw: bytes | None, record_ms: int, tally: Tally, checked: bool = False) -> tuple:
         """Count an event under its key `(window_start, dims)` (in `tally.sessions`) and return the key; raise
         `Rejection` for an event that is not counted. Every event not
         counted, and notes about counted ones (redacted or rare values, replaced timestamps), are added to
-        `tally.quality[(window_start, kind, reason)]`. The per-event hot path: keep it flat."""
-        if raw is None or len(raw) > self.max_event_bytes or (not raw.isascii() and not _is_utf8(raw)):
+        `tally.quality[(window_start, kind, reason)]`. The per-event hot path: keep it flat. `checked`: the
+        native fold checked the event's bytes in full (`Fold.checked`), so the checks of its bytes are made."""
+        if raw is None or (
+            not checked and (len(raw) > self.max_event_bytes or (not raw.isascii() and not _is_utf8(raw)))
+        ):
             raise self._rejected(_raw_rejection(raw, self.max_event_bytes), record_ms, tally.quality)
         try:
-            key = self._project(self._decode_typed(raw), raw, record_ms, tally)
+            key = self._project(self._decode_typed(raw), raw, record_ms, tally, checked)
         except Exception as exc:  # noqa: BLE001 - classified by `_rejected`: a validator bug must not stop a partition
             raise self._rejected(_rejection(exc, raw), record_ms, tally.quality) from None
         if self._notes:
@@ -370,7 +376,7 @@ class EventProjector:
             _merge(quality, self._notes)
         return rejection
 
-    def _project(self, event: Any, raw: bytes, record_ms: int, tally: Tally) -> tuple:
+    def _project(self, event: Any, raw: bytes, record_ms: int, tally: Tally, checked: bool) -> tuple:
         """Envelope checks, event time, then the dimensions: cached per distinct typed `data`, or from the
         dict decode when the bytes hold a flag the typed decode did not see."""
         kind = event.type
@@ -402,8 +408,9 @@ class EventProjector:
         cached = self._projections.get(typed)
         present, dims, bad, rare = cached or self._typed_projection(typed, window_start, tally)
         # Every `"has_` in the bytes must be a known flag the typed decode saw; otherwise (a new flag, a
-        # duplicate key, an escaped key) decode again into a dict, which keeps every key.
-        if raw.count(b'"has_') != present or (b"\\" in raw and b"\\u" in raw):  # memchr first: no backslash, no scan
+        # duplicate key, an escaped key) decode again into a dict, which keeps every key. (An event the native
+        # fold checked has no backslash, and each of its `"has_` is a known flag.)
+        if not checked and (raw.count(b'"has_') != present or (b"\\" in raw and b"\\u" in raw)):  # memchr first
             dims, bad, rare = self._dict_projection(raw, kind, event.sdk_version, window_start, tally)
             cached = None
         if kind in _PATTERN_READERS:  # the run dimensions, then the pattern
@@ -653,7 +660,12 @@ class EventProjector:
         cleaned = tracked.get(value)
         if cleaned is None:
             cleaned = (clean_flag_name(value) or INVALID) if field == _FLAG else clean_value(value, field)
-            if cleaned is not INVALID and cleaned is not REDACTED and self.admission.admits(field, cleaned):
+            if (
+                cleaned is not value
+                and cleaned is not INVALID
+                and cleaned is not REDACTED
+                and self.admission.admits(field, cleaned)
+            ):  # a value the rules kept as it is was not admitted above
                 return _remember(self._admitted[field], value, cleaned)
             if len(tracked) < self.max_new_values:
                 tracked[value] = cleaned

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from bench.run import hostile_values
 from devstack.loadgen import EventGenerator
 from pipeline.admission import Admission, Keys
-from pipeline.projector import EventProjector
+from pipeline.projector import EventProjector, Tally
 from pipeline.rollup import PartitionRollup
 
 NOW_MS = int(time.time() * 1000) // 1000 * 1000
@@ -166,6 +166,39 @@ def test_the_native_fold_reads_the_session_hash_of_each_day() -> None:
     assert fold._native.stats()["counted"] >= 6
     assert len({hashes[0] for hashes in native["sessions"].values()}) == 3
     assert len({frozenset(hashes) for hashes in native["installations"].values()}) == 3  # cached per day
+
+
+def test_the_native_folds_hashes_of_the_python_folds_events_are_the_keys_own() -> None:
+    """The Python fold's events are hashed by the native fold (`Fold.session`, `Fold.installation`): the
+    same ints as `Keys.session` and `Keys.installation`, for any text (non-ASCII, a lone surrogate, none,
+    longer than a BLAKE2b block, longer than the installations' cache holds) on any day."""
+    fold = projector(True)._native
+    texts = ["s-1", "", "é-session", "\ud800-lone", "日本語", "x" * 64, "y" * 65, "z" * 300]
+    for window_start in (0, -60, 1_700_000_040, 1_700_086_440):
+        for text in texts:
+            assert fold.session(window_start, text) == KEYS.session(window_start, text)
+            for _ in range(2):  # the second from the cache
+                assert fold.installation(window_start, text) == KEYS.installation(window_start, text)
+    assert fold.session(0, "s-1") != fold.installation(0, "s-1")
+
+
+def test_the_native_fold_vouches_only_for_events_it_checked_in_full() -> None:
+    """`Fold.checked` (the Python fold then skips its byte checks) is true only where the native fold stopped
+    at a plain event whose signature it has not learned: never at a flag it does not know, an escape, a
+    byte outside ASCII or an oversized event, which the Python fold must check itself."""
+    base = next(b for b in _BASES if b["type"] == "agent")
+    plain = json.dumps(dict(base, session_id="s-1")).encode()
+    others = [
+        json.dumps(dict(base, data=dict(base["data"], has_new_flag=True))).encode(),
+        plain.replace(b'"session_id"', b'"session\\u005fid"'),
+        plain.replace(b'"s-1"', '"s-é"'.encode()),
+        plain + b" " * 4_000,
+    ]
+    fold = projector(True)._native
+    tally = Tally()
+    for value, checked in [(plain, True), *((other, False) for other in others)]:
+        assert fold.fold([Record(0, NOW_MS, value)], 0, tally.sessions, tally.installations, tally.quality) == 0
+        assert fold.checked() is checked
 
 
 def test_the_native_fold_counts_the_notes_of_a_learned_projection_per_event() -> None:

@@ -848,11 +848,63 @@ static PyObject *Fold_stats(Fold *f, PyObject *unused) {
                          "entries", f->entries, "bytes", f->table_bytes);
 }
 
+/* The UTF-8 bytes of `text` as `_digest` encodes them (surrogates passed): an ASCII str's own, else `*encoded`'s. */
+static const uint8_t *utf8_of(PyObject *text, Py_ssize_t *len, PyObject **encoded) {
+    *encoded = NULL;
+    if (PyUnicode_IS_ASCII(text)) {
+        *len = PyUnicode_GET_LENGTH(text);
+        return (const uint8_t *)PyUnicode_DATA(text);
+    }
+    *encoded = PyUnicode_AsEncodedString(text, "utf-8", "surrogatepass");
+    if (*encoded == NULL) return NULL;
+    *len = PyBytes_GET_SIZE(*encoded);
+    return (const uint8_t *)PyBytes_AS_STRING(*encoded);
+}
+
+/* `Keys.session` and `Keys.installation` for the Python fold's events, with the day states (and the
+ * installations' cache) the fast path keeps: no hasher object per event. */
+static PyObject *hash_method(Fold *f, PyObject *const *args, Py_ssize_t nargs, int installation) {
+    if (nargs != 2 || !PyLong_CheckExact(args[0]) || !PyUnicode_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "(window_start: int, text: str)");
+        return NULL;
+    }
+    long long window = PyLong_AsLongLong(args[0]);
+    if (window == -1 && PyErr_Occurred()) return NULL;
+    PyObject *encoded;
+    Py_ssize_t len;
+    const uint8_t *text = utf8_of(args[1], &len, &encoded);
+    if (text == NULL) return NULL;
+    PyObject *hash = NULL;
+    uint64_t digest;
+    if (installation)
+        hash = installation_hash(f, window, text, len);
+    else if (hash_of_day(f, &f->sessions, window, text, len, &digest) == 0)
+        hash = PyLong_FromUnsignedLongLong(digest);
+    Py_XDECREF(encoded);
+    return hash;
+}
+
+static PyObject *Fold_session(Fold *f, PyObject *const *args, Py_ssize_t nargs) { return hash_method(f, args, nargs, 0); }
+
+static PyObject *Fold_installation(Fold *f, PyObject *const *args, Py_ssize_t nargs) {
+    return hash_method(f, args, nargs, 1);
+}
+
+/* Whether the last fold stopped at an event it checked in full (plain bytes, one JSON object, every known
+ * field once with its type, every `"has_` a known flag of `data`) whose signature only it has not learned. */
+static PyObject *Fold_checked(Fold *f, PyObject *unused) { return PyBool_FromLong(f->pending_length > 0); }
+
 static PyMethodDef Fold_methods[] = {
     {"fold", (PyCFunction)(void (*)(void))Fold_fold, METH_FASTCALL,
      "fold(messages, start, sessions, installations, quality) -> the index of the first event not counted"},
     {"learn", (PyCFunction)(void (*)(void))Fold_learn, METH_FASTCALL,
      "learn(dims, reasons): the projection of the event where the last fold stopped, for its signature"},
+    {"session", (PyCFunction)(void (*)(void))Fold_session, METH_FASTCALL,
+     "session(window_start, session) -> its keyed hash on that day, as Keys.session"},
+    {"installation", (PyCFunction)(void (*)(void))Fold_installation, METH_FASTCALL,
+     "installation(window_start, pseudonym) -> its keyed hash on that day, as Keys.installation"},
+    {"checked", (PyCFunction)Fold_checked, METH_NOARGS,
+     "checked() -> whether the event where the last fold stopped was checked in full, its signature unknown"},
     {"stats", (PyCFunction)Fold_stats, METH_NOARGS, "events counted, signatures learned, entries and their bytes"},
     {NULL}};
 
