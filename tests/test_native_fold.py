@@ -171,9 +171,9 @@ def test_the_native_fold_reads_the_session_hash_of_each_day() -> None:
 def test_the_native_folds_hashes_of_the_python_folds_events_are_the_keys_own() -> None:
     """The Python fold's events are hashed by the native fold (`Fold.session`, `Fold.installation`): the
     same ints as `Keys.session` and `Keys.installation`, for any text (non-ASCII, a lone surrogate, none,
-    longer than a BLAKE2b block, longer than the installations' cache holds) on any day."""
+    a block of BLAKE2b or more, longer than the installations' cache holds) on any day."""
     fold = projector(True)._native
-    texts = ["s-1", "", "é-session", "\ud800-lone", "日本語", "x" * 64, "y" * 65, "z" * 300]
+    texts = ["s-1", "", "é-session", "\ud800-lone", "日本語", "x" * 64, "y" * 65, "z" * 128, "w" * 129, "v" * 300]
     for window_start in (0, -60, 1_700_000_040, 1_700_086_440):
         for text in texts:
             assert fold.session(window_start, text) == KEYS.session(window_start, text)

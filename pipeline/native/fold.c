@@ -50,9 +50,15 @@ static const uint8_t B2B_SIGMA[12][16] = {
 typedef struct {
     uint64_t h[8];
     uint64_t t;
-    uint8_t buf[128];
-    size_t buflen;
 } Blake2b;
+
+/* A key's states: the key block is the first block of every digest, so it is compressed once, as a block
+ * more input follows (`absorbed`: every non-empty text's digest starts there and costs one compression per
+ * 128 bytes of text); an empty text's digest compresses the key block as the last (`initial`, `key_block`). */
+typedef struct {
+    Blake2b initial, absorbed;
+    uint8_t key_block[128];
+} KeyedBlake2b;
 
 static inline uint64_t rotr64(uint64_t x, int n) { return (x >> n) | (x << (64 - n)); }
 
@@ -100,35 +106,37 @@ static void blake2b_compress(Blake2b *s, const uint8_t *block, int last) {
     for (int i = 0; i < 8; i++) s->h[i] ^= v[i] ^ v[i + 8];
 }
 
-/* The state after the key block, with an 8-byte digest: what `hashlib.blake2b(key=key, digest_size=8)` holds. */
-static void blake2b_keyed(Blake2b *s, const uint8_t *key, size_t keylen) {
-    memcpy(s->h, B2B_IV, sizeof s->h);
-    s->h[0] ^= 0x01010000ULL ^ ((uint64_t)keylen << 8) ^ 8;
-    s->t = 0;
-    memset(s->buf, 0, sizeof s->buf);
-    memcpy(s->buf, key, keylen);
-    s->buflen = 128;
+/* The states of `key` with an 8-byte digest: what `hashlib.blake2b(key=key, digest_size=8)` holds. */
+static void blake2b_keyed(KeyedBlake2b *k, const uint8_t *key, size_t keylen) {
+    memcpy(k->initial.h, B2B_IV, sizeof k->initial.h);
+    k->initial.h[0] ^= 0x01010000ULL ^ ((uint64_t)keylen << 8) ^ 8;
+    k->initial.t = 0;
+    memset(k->key_block, 0, sizeof k->key_block);
+    memcpy(k->key_block, key, keylen);
+    k->absorbed = k->initial;
+    k->absorbed.t = 128;
+    blake2b_compress(&k->absorbed, k->key_block, 0);
 }
 
-/* The digest of `text` under a keyed state (copied: the state is reused for every session of its day), as
- * the little-endian 64-bit integer `_digest` unpacks. */
-static uint64_t blake2b_digest(const Blake2b *keyed, const uint8_t *text, size_t len) {
-    Blake2b s = *keyed;
-    while (len > 0) {
-        if (s.buflen == 128) {
-            s.t += 128;
-            blake2b_compress(&s, s.buf, 0);
-            s.buflen = 0;
-        }
-        size_t take = 128 - s.buflen < len ? 128 - s.buflen : len;
-        memcpy(s.buf + s.buflen, text, take);
-        s.buflen += take;
-        text += take;
-        len -= take;
+/* The digest of `text` under a key (its states are reused for every session of its day), as the
+ * little-endian 64-bit integer `_digest` unpacks. */
+static uint64_t blake2b_digest(const KeyedBlake2b *k, const uint8_t *text, size_t len) {
+    Blake2b s;
+    if (len == 0) {
+        s = k->initial;
+        s.t = 128;
+        blake2b_compress(&s, k->key_block, 1);
+        return s.h[0];
     }
-    s.t += s.buflen;
-    memset(s.buf + s.buflen, 0, 128 - s.buflen);
-    blake2b_compress(&s, s.buf, 1);
+    s = k->absorbed;
+    for (; len > 128; text += 128, len -= 128) {
+        s.t += 128;
+        blake2b_compress(&s, text, 0);
+    }
+    uint8_t last[128] = {0};
+    memcpy(last, text, len);
+    s.t += len;
+    blake2b_compress(&s, last, 1);
     return s.h[0];
 }
 
@@ -287,7 +295,7 @@ static inline long long floor_div(long long a, long long b) { return a >= 0 ? a 
 typedef struct {
     const char *what;
     long long days[KEY_DAYS];
-    Blake2b states[KEY_DAYS];
+    KeyedBlake2b states[KEY_DAYS];
     int count;
 } DayKeys;
 
@@ -391,7 +399,7 @@ static int find_slot(Fold *f, const uint8_t *name, Py_ssize_t len, int hint) {
 }
 
 /* The keyed state of `day` for `keys` (asked of `Keys.day_key` once per day met). */
-static const Blake2b *day_state(Fold *f, DayKeys *keys, long long day) {
+static const KeyedBlake2b *day_state(Fold *f, DayKeys *keys, long long day) {
     for (int i = 0; i < keys->count; i++)
         if (keys->days[i] == day) return &keys->states[i];
     PyObject *key = PyObject_CallFunction(f->day_key, "yL", keys->what, day);
@@ -410,7 +418,7 @@ static const Blake2b *day_state(Fold *f, DayKeys *keys, long long day) {
 
 /* The keyed hash of an identifier on its window's day, as `Keys.session` and `Keys.installation` give it. */
 static int hash_of_day(Fold *f, DayKeys *keys, long long window, const uint8_t *text, Py_ssize_t len, uint64_t *hash) {
-    const Blake2b *keyed = day_state(f, keys, floor_div(window, 86400));
+    const KeyedBlake2b *keyed = day_state(f, keys, floor_div(window, 86400));
     if (keyed == NULL) return -1;
     *hash = blake2b_digest(keyed, text, (size_t)len);
     return 0;
