@@ -9,12 +9,13 @@
  * and the bytes of every typed `data` field) is looked up in a table that the Python fold fills: the first
  * events of a signature go through Python, which says when their projection is one the table may reuse (no
  * rare value, so the same for every event of the admission epoch). Anything else stops the fast path at that
- * event, and Python folds it: the fast path never decides a rejection, a rare value or a note other than
- * the projection's own reasons. A counted event adds the keyed BLAKE2b hashes of its session and of its
- * installation (each with its day's key, as `pipeline.admission.Keys` has them; an installation's hash is
- * cached, since a pseudonym comes again and again). Cost is bounded by size: one pass over the bytes, at
- * most MAX_DEPTH levels of nesting, at most MAX_PROBES probes per lookup, a table bounded in entries and
- * bytes, a cache of INSTALLATION_SLOTS.
+ * event, and Python folds it (told by `checked` when that event passed every check but the table's, and
+ * hashing its session and installation with `session` and `installation`): the fast path never decides a
+ * rejection, a rare value or a note other than the projection's own reasons. A counted event adds the
+ * keyed BLAKE2b hashes of its session and of its installation (each with its day's key, as
+ * `pipeline.admission.Keys` has them; an installation's hash is cached, since a pseudonym comes again and
+ * again). Cost is bounded by size: one pass over the bytes, at most MAX_DEPTH levels of nesting, at most
+ * MAX_PROBES probes per lookup, a table bounded in entries and bytes, a cache of INSTALLATION_SLOTS.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
