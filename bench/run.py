@@ -474,7 +474,9 @@ def main() -> None:
         results["freshness"] = freshness(
             broker, workdir / "fresh", args.freshness_rate, args.freshness_seconds, args.seed
         )
-        console.print(f"measuring a flood of {args.flood_events:,} unique values between two normal mixes ...")
+        console.print(
+            f"measuring a flood of {args.flood_events:,} unique values, then hostile values, between normal mixes ..."
+        )
         results["cardinality"] = cardinality_flood(broker, workdir / "flood", args.flood_events, args.seed)
         console.print("measuring the HTTP collector beside a direct aiokafka producer ...")
         results["collector"] = http_collector.measure(broker, workdir / "collector", args.events, args.seed)
