@@ -210,8 +210,9 @@ _SYSTEM_PROFILE = re.compile(r"(?:[a-z]{2}|global|apac)\.[a-z0-9-]+\.[a-z0-9.:-]
 _LOCAL_PATH_PREFIXES = ("/", "~", "./", "../", "file:")
 
 # Runs of the characters an address is made of (findall: each run is consumed once), then judged by
-# string operations.
-_NUMBER_RUNS = re.compile(r"[0-9.]{7,}")  # shorter runs are neither an IPv4 address nor 10 digits
+# string operations. Number runs of 7 characters or more only: a shorter one is neither an IPv4 address
+# nor 10 digits, and is left after at most 6 characters tried.
+_NUMBER_RUNS = re.compile(r"[0-9.]{7,}")
 _IPV6_RUNS = re.compile(r"[0-9A-Fa-f:.]+")
 _HOST_RUNS = re.compile(r"[A-Za-z0-9.-]+")
 _UUID = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")  # bounded
@@ -337,7 +338,7 @@ def _identifies(value: str) -> bool:
         return True
     if ("::" in value or value.count(":") >= 7) and any(map(_ipv6, _IPV6_RUNS.findall(value))):
         return True
-    return value.count("-") >= 4 and _UUID.search(value) is not None  # a UUID has 4 hyphens: count, not scan
+    return value.count("-") >= 4 and _UUID.search(value) is not None  # a UUID has 4 hyphens: no pattern without
 
 
 def _host(run: str) -> bool:
