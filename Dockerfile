@@ -1,4 +1,4 @@
-# The wheels are built where a C compiler is (the native fold, pipeline/native/fold.c); the image gets only them.
+# The wheels are built where a C compiler is (the native fold and CRC check, pipeline/native/); the image gets only them.
 FROM python:3.11-slim AS wheels
 RUN apt-get update && apt-get install --yes --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 WORKDIR /src

@@ -1,5 +1,5 @@
 """A Kafka-protocol proxy in front of Tansu that plays what Tansu cannot: retention and a broker that
-answers fetches with nothing.
+answers fetches with nothing; and a record batch whose CRC does not match its bytes (`produce_corrupt_batch`).
 
 Tansu keeps every record of its memory log (it applies no `retention.ms`) and drops the connection on
 DeleteRecords (measured: `kafka-python`'s and librdkafka's `delete_records` both end in a reset
@@ -22,6 +22,7 @@ import struct
 import threading
 
 from aiokafka.protocol import fetch, offset
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from devstack.processes import free_port
 
@@ -60,6 +61,39 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes | None:
         chunks.append(chunk)
         left -= len(chunk)
     return b"".join(chunks)
+
+
+def produce_corrupt_batch(bootstrap_servers: str, topic: str, partition: int, values: list[bytes], ms: int) -> int:
+    """Send one record batch of `values` whose bytes no longer match its CRC-32C (one bit of its records
+    flipped) in a raw Produce request: a producer's client would refuse it, Tansu stores it as it is.
+    Returns the batch's first offset."""
+    import asyncio
+
+    from aiokafka import TopicPartition
+    from aiokafka.client import AIOKafkaClient
+    from aiokafka.protocol.produce import ProduceRequest
+
+    builder = DefaultRecordBatchBuilder(2, 0, 0, -1, -1, -1, batch_size=1 << 20)
+    for i, value in enumerate(values):
+        builder.append(i, timestamp=ms, key=None, value=value, headers=[])
+    batch = bytearray(builder.build())
+    batch[-1] ^= 1  # in the last record's bytes, which the CRC covers
+
+    async def send() -> int:
+        client = AIOKafkaClient(bootstrap_servers=bootstrap_servers)
+        await client.bootstrap()
+        try:
+            await client._metadata_update(client.cluster, [topic])
+            leader = client.cluster.leader_for_partition(TopicPartition(topic, partition))
+            request = ProduceRequest(None, -1, 10_000, [(topic, [(partition, bytes(batch))])])
+            response = await client.send(leader, request)
+        finally:
+            await client.close()
+        (_, ((_, error_code, first_offset, *_),)), *_ = response.topics
+        assert error_code == 0, f"the broker refused the batch: error {error_code}"
+        return first_offset
+
+    return asyncio.run(send())
 
 
 class KafkaFaultProxy:

@@ -14,6 +14,7 @@ from collections import Counter
 
 import pytest
 from conftest import expected_quality, reference_rollup, stored_quality, stored_runs
+from kafka_faults import produce_corrupt_batch
 
 from devstack.loadgen import EventGenerator
 from devstack.processes import wait_flushed_together
@@ -160,3 +161,39 @@ def test_a_poison_batch_pauses_only_its_partition_until_an_operator_skips_it(sta
             "shape": None,
         }
     ]
+
+
+def test_a_batch_whose_crc_does_not_match_pauses_only_its_partition(stack_factory):
+    """The worker checks CRCs with the CPU's instruction and leaves aiokafka's check to a partition whose
+    fetch it does not vouch for (`pipeline/kafka.py`): a corrupt batch still fails, exactly at its offsets."""
+    stack = stack_factory(partitions=PARTITIONS, shared_clickhouse=True, KERN_FLUSH_INTERVAL_SECONDS="0.3")
+    record_ms = int(time.time() * 1000) - 30_000
+    generator = EventGenerator(seed=43, invalid_share=0.02, profiles=1000)
+    counted = produce_each(stack, generator, 1000, record_ms)
+    corrupt = list(EventGenerator(seed=44, invalid_share=0.0).events(20))
+    first = produce_corrupt_batch(stack.settings.bootstrap_servers, stack.settings.topic, 2, corrupt, record_ms)
+    assert first == stack.produced[2]
+    stack._delivered({2: first + len(corrupt)})
+    after = produce_each(stack, generator, 300, record_ms, partitions=(2,))
+
+    worker = stack.worker()
+    report = worker.wait_health(lambda r: "2" in r["poisoned_partitions"])
+    poison = report["poisoned_partitions"]["2"]
+    assert (poison["first_offset"], poison["last_offset"], poison["codec"]) == (first, first + 19, "none")
+    assert poison["error"].startswith("CorruptRecordException") and poison["error"].endswith("invalid CRC")
+    report = worker.wait_flushed({**stack.produced, 2: first})
+    assert report["flushed_offsets"]["2"] == first and "2" in report["poisoned_partitions"]
+
+    done = skip(stack, 2, first + 19, "a batch whose CRC does not match (test)")
+    assert done.returncode == 0, done.stderr
+    report = worker.wait_flushed(dict(stack.produced))
+    assert report["poisoned_partitions"] == {} and worker.stop() == 0
+    expected = reference_rollup(stack.settings, counted + after, record_ms)
+    with stack.clickhouse() as client:
+        assert stored_runs(client, "runs_minute") == Counter(expected.run_counts())
+        ledger = client.query(
+            "SELECT partition, sum(counted) + sum(dead_lettered) + sum(late), sum(skipped) "
+            "FROM kern_telemetry.ingest_ledger GROUP BY partition ORDER BY partition"
+        ).result_rows
+    assert {p: kept + skipped for p, kept, skipped in ledger} == stack.produced
+    assert [row[2] for row in ledger] == [0, 0, len(corrupt), 0]

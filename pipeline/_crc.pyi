@@ -1,0 +1,6 @@
+# The CRC-32C of fetched record batches by the CPU's instruction (pipeline/native/crc.c), built by every install.
+
+HARDWARE: int  # 1 when this CPU has the crc32 instruction (SSE4.2); otherwise `intact` vouches for nothing
+
+def intact(buffer: object) -> bool: ...
+def crc32c(data: bytes | bytearray | memoryview) -> int: ...
