@@ -12,6 +12,7 @@ import pytest
 from kern_telemetry_client.values import INVALID, NONE, REDACTED
 
 from agents.checkpoint import token
+from agents.rollup import collect_between_batches, keep_the_cyclic_gc_off_the_hot_path
 from pipeline.admission import Keys
 from pipeline.dead_letters import OTHER_KEYS, DeadLetter, dead_letter
 from pipeline.projector import EventProjector, Tally
@@ -302,6 +303,41 @@ def test_folding_leaves_no_reference_cycle(native):
         assert len(rollup.dead_letters) == 3 * 21
         assert gc.collect() == 0
     finally:
+        gc.enable()
+
+
+def test_the_worker_collects_cyclic_garbage_between_batches_at_the_automatic_collectors_thresholds():
+    """The automatic collector is off in the worker (it ran mid-batch, scanning the batch's live records);
+    the consume loop collects between batches by the automatic collector's rule: once more tracked objects
+    were made (and not freed) than its threshold, the oldest generation whose count exceeds its own."""
+    collections: list[int] = []
+
+    def count(phase: str, info: dict) -> None:
+        if phase == "stop":
+            collections.append(info["generation"])
+
+    def cyclic_garbage(objects: int) -> None:  # the young generation counts the objects made, less those freed
+        for _ in range(objects // 2):
+            pair: list = []
+            pair.append([pair])
+
+    keep_the_cyclic_gc_off_the_hot_path()
+    gc.callbacks.append(count)
+    try:
+        assert not gc.isenabled()
+        cyclic_garbage(80_000)
+        collect_between_batches()
+        assert collections == []  # below the threshold: nothing, wherever the allocations happened
+        cyclic_garbage(30_000)
+        collect_between_batches()
+        assert collections == [0] and gc.get_count() == (0, 1, 0)
+        for _ in range(51):  # the middle one once the youngest was collected more than 50 times since it was
+            cyclic_garbage(110_000)
+            collect_between_batches()
+        assert collections == [0] * 51 + [1]
+    finally:
+        gc.callbacks.remove(count)
+        gc.unfreeze()
         gc.enable()
 
 
