@@ -8,8 +8,9 @@ rollups of distinct partitions at once, `batch_of`: each step then serves the wh
 for several flushes' landings and for their sketches, and nothing ordering one partition's inserts against
 another's, so they run at once on several ClickHouse clients, `write`):
 
-1. **Dead letters** of the range go to the DLQ topic, keyed by their source position (at-least-once:
-   a crash before step 2 sends them again; a consumer of the DLQ drops duplicates by key).
+1. **Dead letters** of the range go to the DLQ topic, keyed by their source position, on the DLQ partition
+   of their source partition's number (at-least-once: a crash before step 2 sends them again, to the same
+   partition; a consumer of the DLQ drops duplicates by key).
 2. **Intent**: the range, its log (generation, topic id, the fingerprint of its last record), what it
    covered (the ledger: counted, dead-lettered, late, skipped, expired, lost) and the running total of
    its log's ledger through it (`pipeline/ledger.py` checks the ledger against it), the admission epoch
@@ -65,6 +66,7 @@ from agents.logs import SAME, Logs, Recorded, Verdict
 from pipeline.admission import Keys
 from pipeline.config import Settings
 from pipeline.health import Health
+from pipeline.kafka import send_grouped
 from pipeline.projector import EventProjector
 from pipeline.rejections import GONE, QUALITY_ONLY, Reason
 from pipeline.rollup import Fingerprint, LogIdentity, PartitionRollup
@@ -270,13 +272,8 @@ class Checkpoint:
         the caller retries the same batch, whose dead letters are not sent again and whose landed tables are
         not written again."""
         log.debug("flushing %s", ", ".join(f"{token(r)}: {r.events} events, {r.rows} rows" for r in batch))
-        if sends := [  # 1.
-            await self.producer.send(self.settings.dlq_topic, value=letter.value, key=letter.key)
-            for rollup in batch
-            for letter in rollup.dead_letters
-        ]:
-            for sent in sends:
-                await sent
+        if letters := [(r.partition, r.dead_letters) for r in batch if r.dead_letters]:  # 1.
+            await send_grouped(self.producer, self.settings.dlq_topic, letters)
             for rollup in batch:
                 rollup.dead_letters.clear()
         now = time.time()

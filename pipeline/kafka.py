@@ -127,6 +127,26 @@ def dead_letter_producer(settings: Settings):
     return AIOKafkaProducer(client_id="kern-telemetry-dlq", acks="all", linger_ms=0, **client_options(settings))
 
 
+async def send_grouped(producer, topic: str, groups: Sequence[tuple[int, Sequence[tuple[bytes, bytes]]]]) -> None:
+    """Send each group of (key, value) records to one partition, its number modulo the topic's partitions,
+    in record batches rather than a `send` per record, and wait for every ack. A `send` per record (metadata
+    awaited, the key hashed by a Python murmur2, an append, a debug record) cost 12-17 CPU-us per record;
+    the worker's dead letters, grouped by their source partition, cost ~1 (7 December)."""
+    partitions = len(await producer.partitions_for(topic))
+    sends = []
+    for group, records in groups:
+        partition, batch = group % partitions, producer.create_batch()
+        for key, value in records:
+            if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, start the next
+                sends.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = producer.create_batch()
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    raise ValueError(f"a record of {len(key) + len(value)} bytes fits in no batch")
+        sends.append(await producer.send_batch(batch, topic, partition=partition))
+    for sent in sends:
+        await sent
+
+
 def collector_producer(settings: Settings, max_batch_bytes: int, ack_timeout_s: float):
     """The HTTP collector's producer: record batches of up to `max_batch_bytes` (it never splits a request's
     events across two: `collector/publisher.py`), acks=all; a batch not acknowledged within `ack_timeout_s`

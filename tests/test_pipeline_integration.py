@@ -3,6 +3,7 @@ the exact contents of every ClickHouse table and of the dead-letter topic."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections import Counter
@@ -20,6 +21,8 @@ from conftest import (
 )
 from kern_telemetry_client.contract import OS
 from test_events import DOC_DATA, DOC_DIMS
+
+from pipeline.kafka import dead_letter_producer, send_grouped
 
 pytestmark = pytest.mark.integration
 
@@ -283,6 +286,8 @@ def test_known_mix_lands_exactly_in_every_table_and_the_dlq(stack_factory):
         key=lambda record: json.loads(record.value)["source"]["offset"],
     )
     first_invalid = len(VALID) + len(LATE)
+    partitions = stack.settings.topic_partitions
+    assert all(r.partition == json.loads(r.value)["source"]["partition"] % partitions for r in dead_letters)
     assert [
         (json.loads(r.value)["reason"], json.loads(r.value)["path"], json.loads(r.value)["kind"]) for r in dead_letters
     ] == [(reason, path, kind) for _, _, reason, path, kind in INVALID]
@@ -307,6 +312,32 @@ def test_known_mix_lands_exactly_in_every_table_and_the_dlq(stack_factory):
         "(other keys)": {"string": 1},
     }  # prompt: unnamed
     assert json.loads(dead_letters[9].value)["size"] > stack.settings.max_event_bytes
+
+
+def test_grouped_records_go_to_their_groups_partition_in_order_however_many_batches_they_fill(stack_factory):
+    """`send_grouped`, the worker's dead-letter send: a group's records on the partition of its number
+    modulo the topic's partitions (a letter resent after a crash lands where it first did), in order, in
+    as many record batches as the producer's batch size needs."""
+    stack = stack_factory(partitions=3)
+    groups = [
+        (source, [(f"events/{source}/{i}".encode(), b"letter %d " % i * 150) for i in range(100)])
+        for source in (0, 1, 4, 5)
+    ]
+
+    async def send() -> None:
+        producer = dead_letter_producer(stack.settings)
+        await producer.start()
+        try:
+            await send_grouped(producer, stack.settings.dlq_topic, groups)
+        finally:
+            await producer.stop()
+
+    asyncio.run(send())  # ~600 KB: dozens of batches of the producer's 16 KB
+    read = stack.read_topic(stack.settings.dlq_topic, 400)
+    for partition in range(3):
+        assert [(r.key, r.value) for r in read if r.partition == partition] == [
+            record for source, records in groups if source % 3 == partition for record in records
+        ]
 
 
 def test_a_worker_writing_over_http_loads_no_dataframe_library(stack_factory):
