@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 from pipeline.config import Settings, redact_url
@@ -59,3 +61,23 @@ def test_defaults_match_the_documented_ones(monkeypatch):
         settings.web_host,
         settings.web_port,
     ) == ("127.0.0.1:9092", "kern.telemetry.events", "kern.telemetry.events.dlq", 60, "127.0.0.1", 6066)
+
+
+def test_the_worker_logs_at_the_level_asked_and_builds_no_debug_record_above_it(tmp_path):
+    """Faust's terminal spinner put the root logger at DEBUG whatever the level asked, so every debug call
+    of aiokafka and of the worker built a record (`pipeline.app.worker` leaves the spinner out)."""
+    script = (
+        "import logging, sys\n"
+        "from pipeline.app import create_app, worker\n"
+        "from pipeline.config import Settings\n"
+        "made = worker(create_app(Settings(_env_file=None, hash_secret='s')), sys.argv[1])\n"
+        "made._setup_logging()\n"  # what the worker does as it starts
+        "print(logging.root.level, logging.getLogger('aiokafka.consumer.fetcher').isEnabledFor(logging.DEBUG))\n"
+    )
+    levels = {}
+    for asked in ("warn", "info", "debug"):
+        ran = subprocess.run(
+            [sys.executable, "-c", script, asked], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True
+        )
+        levels[asked] = ran.stdout.split()
+    assert levels == {"warn": ["30", "False"], "info": ["20", "False"], "debug": ["10", "True"]}
