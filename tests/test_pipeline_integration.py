@@ -320,9 +320,12 @@ def test_grouped_records_go_to_their_groups_partition_in_order_however_many_batc
     as many record batches as the producer's batch size needs."""
     stack = stack_factory(partitions=3)
     groups = [
-        (source, [(f"events/{source}/{i}".encode(), b"letter %d " % i * 150) for i in range(100)])
+        (
+            source,
+            [(f"events/{source}/{i}".encode(), b"letter %d " % i * (150 if i != 50 else 4000)) for i in range(100)],
+        )
         for source in (0, 1, 4, 5)
-    ]
+    ]  # each group's 51st letter larger than a batch (40 KB against the producer's 16 KB)
 
     async def send() -> None:
         producer = dead_letter_producer(stack.settings)
@@ -332,7 +335,7 @@ def test_grouped_records_go_to_their_groups_partition_in_order_however_many_batc
         finally:
             await producer.stop()
 
-    asyncio.run(send())  # ~600 KB: dozens of batches of the producer's 16 KB
+    asyncio.run(send())  # ~760 KB: dozens of batches of the producer's 16 KB
     read = stack.read_topic(stack.settings.dlq_topic, 400)
     for partition in range(3):
         assert [(r.key, r.value) for r in read if r.partition == partition] == [
