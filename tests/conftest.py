@@ -20,6 +20,7 @@ from typing import NamedTuple
 import clickhouse_connect
 import pytest
 from kafka import KafkaConsumer
+from kafka_faults import produce_corrupt_batch
 
 from devstack.broker import EmbeddedBroker
 from devstack.chdb_server import ChdbServerProcess
@@ -315,6 +316,14 @@ class Stack:
         assert producer.flush(30) == 0
         assert all(error is None for error, _ in delivered) and len(delivered) == len(values)
         return self._delivered({message.partition(): message.offset() + 1 for _, message in delivered})
+
+    def produce_corrupt_batch(self, values: list[bytes], timestamp_ms: int, partition: int) -> int:
+        """One record batch whose CRC does not match its bytes (`kafka_faults.produce_corrupt_batch`);
+        returns its first offset."""
+        settings = self.settings
+        first = produce_corrupt_batch(settings.bootstrap_servers, settings.topic, partition, values, timestamp_ms)
+        self._delivered({partition: first + len(values)})
+        return first
 
     def _delivered(self, ends: dict[int, int]) -> dict[int, int]:
         for partition, end in ends.items():

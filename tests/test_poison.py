@@ -14,7 +14,6 @@ from collections import Counter
 
 import pytest
 from conftest import expected_quality, reference_rollup, stored_quality, stored_runs
-from kafka_faults import produce_corrupt_batch
 
 from devstack.loadgen import EventGenerator
 from devstack.processes import wait_flushed_together
@@ -171,9 +170,9 @@ def test_a_batch_whose_crc_does_not_match_pauses_only_its_partition(stack_factor
     generator = EventGenerator(seed=43, invalid_share=0.02, profiles=1000)
     counted = produce_each(stack, generator, 1000, record_ms)
     corrupt = list(EventGenerator(seed=44, invalid_share=0.0).events(20))
-    first = produce_corrupt_batch(stack.settings.bootstrap_servers, stack.settings.topic, 2, corrupt, record_ms)
-    assert first == stack.produced[2]
-    stack._delivered({2: first + len(corrupt)})
+    before = stack.produced[2]
+    first = stack.produce_corrupt_batch(corrupt, record_ms, partition=2)
+    assert first == before
     after = produce_each(stack, generator, 300, record_ms, partitions=(2,))
 
     worker = stack.worker()
