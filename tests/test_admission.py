@@ -8,6 +8,7 @@ import time
 from array import array
 from collections import namedtuple
 
+import msgspec
 from kern_telemetry_client.values import NONE
 
 import pipeline.admission
@@ -210,7 +211,7 @@ def test_session_rows_hash_each_distinct_session_and_installation_once():
     day = NOW_MS // 1000 // DAY_S
     ((row_day, kind, provider, model, features, hashes, installations),) = _session_rows([rollup], KEYS)
     assert (row_day, kind, provider, model, features) == (day, "agent", "openai", "gpt-5.2", ())
-    assert hashes == list(hashed(day * DAY_S, "s-2", "s-1", "s-4"))
+    assert msgspec.json.decode(bytes(hashes)) == list(hashed(day * DAY_S, "s-2", "s-1", "s-4"))
     assert installations == sorted(installed(day * DAY_S, "i-3", "i-9"))
     assert sum(rollup.runs.values()) == 5  # the launch counts, without a session
 

@@ -8,15 +8,19 @@ from __future__ import annotations
 import copy
 import json
 import time
+from array import array
 from typing import Any, NamedTuple
 
+import msgspec
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.run import hostile_values
 from devstack.loadgen import EventGenerator
+from pipeline import _fold
 from pipeline.admission import Admission, Keys
-from pipeline.projector import EventProjector, Tally
+from pipeline.projector import NO_SESSION, EventProjector, Tally
 from pipeline.rollup import PartitionRollup
 
 NOW_MS = int(time.time() * 1000) // 1000 * 1000
@@ -224,3 +228,25 @@ def test_the_native_folds_table_starts_over_at_its_bound_and_counts_on() -> None
     assert stats["learned"] == 50_100
     assert stats["entries"] == 100
     assert stats["counted"] == 50_100
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.just(0), st.integers(1, 40), st.integers(0, 2**64 - 1)), max_size=300))
+def test_distinct_json_is_the_json_of_the_distinct_sessions_in_order_of_first_sight(hashes: list[int]) -> None:
+    """What the sink wrote before it was made in C: `dict.fromkeys` of a sketch's hashes without `NO_SESSION`,
+    encoded by msgspec, to the byte (small values repeat, so duplicates are drawn often)."""
+    distinct = [value for value in dict.fromkeys(hashes) if value != NO_SESSION]
+    assert _fold.distinct_json(array("Q", hashes)) == msgspec.json.encode(distinct)
+
+
+def test_distinct_json_of_a_long_array_made_without_the_gil_is_the_same() -> None:
+    """From 65,536 hashes the GIL is released: the same bytes, duplicates and `NO_SESSION` among them."""
+    hashes = [(i * 0x9E3779B97F4A7C15) % 2**64 for i in range(100_000)] * 2 + [NO_SESSION] * 5
+    distinct = [value for value in dict.fromkeys(hashes) if value != NO_SESSION]
+    assert _fold.distinct_json(array("Q", hashes)) == msgspec.json.encode(distinct)
+
+
+def test_distinct_json_refuses_anything_but_unsigned_64_bit_values() -> None:
+    for wrong in (array("q", [1]), array("L" if array("L").itemsize != 8 else "I", [1]), b"12345678", [1, 2]):
+        with pytest.raises(TypeError):
+            _fold.distinct_json(wrong)

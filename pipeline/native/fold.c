@@ -982,8 +982,71 @@ static PyTypeObject FoldType = {
 
 static PyObject *counted(PyObject *module, PyObject *unused) { return PyLong_FromUnsignedLongLong(counted_in_process); }
 
+#define RELEASE_GIL_FROM 65536 /* hashes: ~5 ms of work */
+
+/* Writes `v` in decimal at `out`; returns the end. */
+static char *write_decimal(char *out, uint64_t v) {
+    char digits[20];
+    int n = 0;
+    do digits[n++] = (char)('0' + v % 10);
+    while ((v /= 10) != 0);
+    while (n) *out++ = digits[--n];
+    return out;
+}
+
+/* distinct_json(hashes) -> bytes: the distinct values of a buffer of unsigned 64-bit session hashes, in order
+ * of first sight and without 0 (`NO_SESSION`), as a JSON array: the bytes `msgspec.json.encode` gives the list
+ * of `dict.fromkeys(hashes)` without 0, in half the time. A long array is done without the GIL, so that the
+ * ClickHouse thread's encoding of a flush's sessions (one hash per event in the worst case) does not hold up
+ * the fold; a short one keeps it (taking the GIL back waits up to the interpreter's switch interval, 5 ms).
+ * Memory: 16 bytes per hash for the set, at most 21 per hash for the bytes. */
+static PyObject *distinct_json(PyObject *module, PyObject *arg) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) return NULL;
+    if (view.itemsize != 8 || view.format == NULL || strcmp(view.format, "Q") != 0) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_TypeError, "distinct_json needs unsigned 64-bit values (an array of typecode 'Q')");
+        return NULL;
+    }
+    Py_ssize_t n = view.len / 8;
+    size_t capacity = 16;
+    while (capacity < (size_t)n * 2) capacity <<= 1;
+    uint64_t *set = PyMem_RawCalloc(capacity, sizeof *set); /* 0 marks a free slot: 0 is never kept */
+    PyObject *out = PyBytes_FromStringAndSize(NULL, 2 + 21 * n);
+    if (set == NULL || out == NULL) {
+        PyMem_RawFree(set);
+        Py_XDECREF(out);
+        PyBuffer_Release(&view);
+        return PyErr_NoMemory();
+    }
+    const uint8_t *values = view.buf;
+    char *start = PyBytes_AS_STRING(out), *p = start;
+    PyThreadState *released = n >= RELEASE_GIL_FROM ? PyEval_SaveThread() : NULL;
+    *p++ = '[';
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint64_t v;
+        memcpy(&v, values + 8 * i, 8);
+        if (v == 0) continue;
+        size_t slot = (size_t)((v * 0x9e3779b97f4a7c15ULL) >> 32) & (capacity - 1);
+        while (set[slot] != 0 && set[slot] != v) slot = (slot + 1) & (capacity - 1);
+        if (set[slot] == v) continue;
+        set[slot] = v;
+        if (p - start > 1) *p++ = ',';
+        p = write_decimal(p, v);
+    }
+    *p++ = ']';
+    if (released != NULL) PyEval_RestoreThread(released);
+    PyMem_RawFree(set);
+    PyBuffer_Release(&view);
+    if (_PyBytes_Resize(&out, p - start) < 0) return NULL;
+    return out;
+}
+
 static PyMethodDef module_methods[] = {
-    {"counted", counted, METH_NOARGS, "counted() -> the events every Fold of this process has counted"}, {NULL}};
+    {"counted", counted, METH_NOARGS, "counted() -> the events every Fold of this process has counted"},
+    {"distinct_json", distinct_json, METH_O,
+     "distinct_json(hashes) -> the distinct non-zero hashes in order of first sight, as a JSON array"},
+    {NULL}};
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, .m_name = "pipeline._fold", .m_size = -1, .m_methods = module_methods};
