@@ -10,7 +10,7 @@ CHARTJS_VERSION := 4.6.1
 
 .PHONY: test lint typecheck test-tools run dashboards vendor-chartjs bench bench-quick bench-memory bench-ab bench-sdk chaos clean
 
-$(STAMP): pyproject.toml sdk/pyproject.toml pipeline/native/fold.c pipeline/native/crc.c
+$(STAMP): pyproject.toml sdk/pyproject.toml $(wildcard pipeline/native/*.c pipeline/native/*.h)
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"'
 	@command -v cc >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y gcc libc6-dev; }
 	$(PYTHON) -m venv $(VENV)

@@ -53,7 +53,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -214,7 +214,7 @@ class Replay:
         self.end = last.end_offset
         self.projector = projector
 
-    def fold(self, messages: list) -> tuple[PartitionRollup | None, list]:
+    def fold(self, messages: Sequence) -> tuple[PartitionRollup | None, Sequence]:
         """Fold the records inside the range; returns the rollup once the range is complete (or once
         records past it arrive: the rest of the range is gone from the log) and the records after it."""
         cut = bisect.bisect_left(messages, self.end, key=_offset)

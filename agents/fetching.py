@@ -19,6 +19,7 @@ from agents.partitions import Partitions
 from agents.quarantine import Quarantine
 from agents.retry import first_line
 from pipeline.health import Health
+from pipeline.kafka import records_in_place
 
 _ISOLATION_WAIT_MS = 1000  # per partition, when finding which one a failed fetch came from
 _FETCHER_TURNS = 4
@@ -40,11 +41,13 @@ class Fetcher:
         self.out_of_range = out_of_range
 
     async def fetch(self) -> dict:
-        """The next batches. Empty when an assignment completed after `getmany` returned them: every
-        partition was sought again, so they are stale (aiokafka itself drops what an assignment made stale
-        before it returns)."""
+        """The next batches (each partition's records read in place, `pipeline.kafka.records_in_place`; a list
+        of aiokafka's after a failed fetch: `fetched_records` gives either). Empty when an assignment
+        completed after `getmany` returned them: every partition was sought again, so they are stale
+        (aiokafka itself drops what an assignment made stale before it returns)."""
         try:
-            batches = await self.consumer.getmany(timeout_ms=100)
+            with records_in_place():
+                batches = await self.consumer.getmany(timeout_ms=100)
         except OffsetOutOfRangeError as exc:
             await self._judge_logs(exc)
             return {}

@@ -22,7 +22,7 @@ retention).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -77,7 +77,7 @@ class PartitionState:
         consumer.seek(self.tp, self.cursor)
         self._sought = True
 
-    def fold(self, messages: list, projector: EventProjector, closed: list[PartitionRollup]) -> None:
+    def fold(self, messages: Sequence, projector: EventProjector, closed: list[PartitionRollup]) -> None:
         """Fold a batch with the projector of the current admission epoch (a replay uses its own); a
         replayed range that completes is appended to `closed`. Raises `OffsetGap` when the batch does not
         start at the cursor (nothing is folded then)."""

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import mode
@@ -39,7 +40,7 @@ from pipeline import grains, ledger
 from pipeline.admission import Keys
 from pipeline.config import Settings
 from pipeline.health import Health
-from pipeline.kafka import FETCH_OPTIONS, dead_letter_producer, worker_consumer
+from pipeline.kafka import FETCH_OPTIONS, dead_letter_producer, fetched_records, worker_consumer
 from pipeline.projector import EventProjector
 from pipeline.rollup import OffsetGap
 from pipeline.sink import ClickHouseSink
@@ -160,19 +161,27 @@ class RollupAgent(mode.Service):
     @mode.Service.task
     async def _consume(self) -> None:
         while not self._stopping():
-            self._fold_all(await self.fetcher.fetch())
+            await self._fold_all(await self.fetcher.fetch())
             collect_between_batches()
             self.flusher.apply_backpressure()
             if self.flusher.due():
                 self.flusher.flush_soon()
 
-    def _fold_all(self, batches: dict) -> None:
+    async def _fold_all(self, batches: dict) -> None:
+        """Fold each partition's records with a turn of the event loop after each: a fetch holds up to
+        `max_partition_fetch_bytes` per partition, all read in place, and the heartbeat, the web endpoints
+        and the flush wait for no more than one partition's. An assignment completed in a turn makes the
+        rest stale (every partition was sought again)."""
+        generation = self.partitions.generation
         for tp, messages in batches.items():
             state = self.partitions.get(tp.partition)
+            if generation != self.partitions.generation:
+                return
             if state is not None and not self._closing:
-                self._fold(state, messages)
+                self._fold(state, fetched_records(messages))
+                await asyncio.sleep(0)
 
-    def _fold(self, state: PartitionState, messages: list) -> None:
+    def _fold(self, state: PartitionState, messages: Sequence) -> None:
         self.health.metrics.events_consumed.inc(len(messages))
         ready = len(self.flusher.ready)
         try:

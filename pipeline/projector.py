@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from array import array
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from decimal import Decimal
 from functools import partial
@@ -319,7 +319,7 @@ class EventProjector:
     def admits_flag(self, name: str) -> bool:
         return self.admission.admits(_FLAG, name)
 
-    def fold(self, messages: list, tally: Tally) -> list[tuple[Any, Rejection]]:
+    def fold(self, messages: Sequence, tally: Tally) -> list[tuple[Any, Rejection]]:
         """Count the events of `messages` (records with .value and .timestamp, in log order) into `tally`;
         return the records not counted, each with its rejection. The native fold counts events until one
         it cannot (`pipeline/native/fold.c`); `project` counts that one, and when its projection is one

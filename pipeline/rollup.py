@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import zlib
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from kern_telemetry_client.contract import CLIENT_REPORT
@@ -194,7 +195,7 @@ class PartitionRollup(Tally):
     def counted(self) -> int:
         return self.events - self.dead_lettered - self.late
 
-    def add(self, messages: list, projector: EventProjector) -> None:
+    def add(self, messages: Sequence, projector: EventProjector) -> None:
         """Fold consumer records (with .offset, .timestamp, .value) into the rollup, with the projector
         of its admission epoch. The hot path."""
         if messages[0].offset != self.end_offset:

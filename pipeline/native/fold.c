@@ -22,6 +22,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "records.h"
+
 #define MAX_DEPTH 32
 #define MAX_SLOTS 64
 #define MAX_SIGNATURE 4096
@@ -715,6 +717,45 @@ static int window_of(const Fold *f, const Envelope *env, long long record_ms, lo
     return 1;
 }
 
+/* Counts one event from its value's bytes: 1; 0 when the fast path stops at it; -1 on an error. Its record's
+ * timestamp is `message.timestamp` for a Python record, else `record_ms` (read only once the signature is
+ * known). */
+static int fold_event(Fold *f, const uint8_t *raw, Py_ssize_t size, PyObject *message, long long record_ms,
+                      PyObject *sessions, PyObject *installations, PyObject *quality) {
+    uint8_t signature[MAX_SIGNATURE];
+    Envelope env;
+    Writer w = {signature, signature + sizeof signature};
+    if (!plain_bytes(raw, (size_t)size) || !scan_event(f, raw, size, &env, &w)) return 0;
+    int run_kind = kind_of(f, &env);
+    if (run_kind < 0 || (run_kind && env.session == NULL)) return 0; /* a client report, an unknown kind; no session */
+    Py_ssize_t length = w.p - signature;
+    uint64_t hash = signature_hash(signature, length);
+    uint32_t *free_slot;
+    Entry *e = lookup(f, signature, length, hash, &free_slot);
+    if (e == NULL) {
+        memcpy(f->pending, signature, (size_t)length);
+        f->pending_length = length;
+        f->pending_hash = hash;
+        return 0;
+    }
+    if (message != NULL) {
+        PyObject *timestamp = PyObject_GetAttr(message, str_timestamp);
+        if (timestamp == NULL) return -1;
+        int exact = PyLong_CheckExact(timestamp);
+        record_ms = exact ? PyLong_AsLongLong(timestamp) : -1;
+        Py_DECREF(timestamp);
+        if (PyErr_Occurred()) return -1;
+        if (!exact) return 0;
+    }
+    long long window = 0;
+    int timed = window_of(f, &env, record_ms, &window);
+    if (timed <= 0) return timed;
+    if (count_event(f, e, window, &env, sessions, installations, quality) < 0) return -1;
+    f->counted++;
+    counted_in_process++;
+    return 1;
+}
+
 static PyObject *Fold_fold(Fold *f, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 5) {
         PyErr_SetString(PyExc_TypeError, "fold(messages, start, sessions, installations, quality)");
@@ -723,65 +764,39 @@ static PyObject *Fold_fold(Fold *f, PyObject *const *args, Py_ssize_t nargs) {
     PyObject *messages = args[0], *sessions = args[2], *installations = args[3], *quality = args[4];
     Py_ssize_t start = PyLong_AsSsize_t(args[1]);
     if (start == -1 && PyErr_Occurred()) return NULL;
-    if (!PyList_Check(messages) || !PyDict_Check(sessions) || !PyDict_Check(installations) || !PyDict_Check(quality)) {
-        PyErr_SetString(PyExc_TypeError, "fold needs a list of records and the tally's three dicts");
+    int in_place = Py_TYPE(messages) == &RecordsType;
+    if ((!in_place && !PyList_Check(messages)) || !PyDict_Check(sessions) || !PyDict_Check(installations) ||
+        !PyDict_Check(quality)) {
+        PyErr_SetString(PyExc_TypeError, "fold needs a list of records or Records, and the tally's three dicts");
         return NULL;
     }
     f->pending_length = 0;
-    Py_ssize_t n = PyList_GET_SIZE(messages), i = start;
-    uint8_t signature[MAX_SIGNATURE];
-    for (; i < n; i++) {
-        PyObject *message = PyList_GET_ITEM(messages, i);
-        PyObject *value = PyObject_GetAttr(message, str_value);
-        if (value == NULL) return NULL;
-        if (!PyBytes_Check(value) || PyBytes_GET_SIZE(value) > f->max_event_bytes) {
-            Py_DECREF(value);
-            break;
+    Py_ssize_t i = start;
+    int folded = 1;
+    if (in_place) { /* each value and timestamp read where the fetch holds it */
+        const Records *records = (const Records *)messages;
+        for (; i < records->count; i++) {
+            RawRecord r;
+            read_record(records, i, &r);
+            folded = r.value != NULL && r.value_len <= f->max_event_bytes
+                         ? fold_event(f, r.value, r.value_len, NULL, r.timestamp, sessions, installations, quality)
+                         : 0;
+            if (folded <= 0) break;
         }
-        const uint8_t *raw = (const uint8_t *)PyBytes_AS_STRING(value);
-        Py_ssize_t size = PyBytes_GET_SIZE(value);
-        Envelope env;
-        Writer w = {signature, signature + sizeof signature};
-        if (!plain_bytes(raw, (size_t)size) || !scan_event(f, raw, size, &env, &w)) {
+    } else {
+        for (; i < PyList_GET_SIZE(messages); i++) {
+            PyObject *message = PyList_GET_ITEM(messages, i);
+            PyObject *value = PyObject_GetAttr(message, str_value);
+            if (value == NULL) return NULL;
+            folded = PyBytes_Check(value) && PyBytes_GET_SIZE(value) <= f->max_event_bytes
+                         ? fold_event(f, (const uint8_t *)PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value), message,
+                                      0, sessions, installations, quality)
+                         : 0;
             Py_DECREF(value);
-            break;
+            if (folded <= 0) break;
         }
-        int run_kind = kind_of(f, &env);
-        if (run_kind < 0 || (run_kind && env.session == NULL)) { /* a client report, an unknown kind; no session */
-            Py_DECREF(value);
-            break;
-        }
-        Py_ssize_t length = w.p - signature;
-        uint64_t hash = signature_hash(signature, length);
-        uint32_t *free_slot;
-        Entry *e = lookup(f, signature, length, hash, &free_slot);
-        if (e == NULL) {
-            memcpy(f->pending, signature, (size_t)length);
-            f->pending_length = length;
-            f->pending_hash = hash;
-            Py_DECREF(value);
-            break;
-        }
-        PyObject *timestamp = PyObject_GetAttr(message, str_timestamp);
-        if (timestamp == NULL) {
-            Py_DECREF(value);
-            return NULL;
-        }
-        long long record_ms = PyLong_CheckExact(timestamp) ? PyLong_AsLongLong(timestamp) : -1, window = 0;
-        int timed = PyErr_Occurred() ? -1 : PyLong_CheckExact(timestamp) ? window_of(f, &env, record_ms, &window) : 0;
-        Py_DECREF(timestamp);
-        if (timed <= 0) {
-            Py_DECREF(value);
-            if (timed < 0) return NULL;
-            break;
-        }
-        int counted = count_event(f, e, window, &env, sessions, installations, quality);
-        Py_DECREF(value);
-        if (counted < 0) return NULL;
-        f->counted++;
-        counted_in_process++;
     }
-    return PyLong_FromSsize_t(i);
+    return folded < 0 ? NULL : PyLong_FromSsize_t(i);
 }
 
 static PyObject *Fold_learn(Fold *f, PyObject *const *args, Py_ssize_t nargs) {
@@ -1055,10 +1070,13 @@ PyMODINIT_FUNC PyInit__fold(void) {
     str_value = PyUnicode_InternFromString("value");
     str_timestamp = PyUnicode_InternFromString("timestamp");
     str_append = PyUnicode_InternFromString("append");
-    if (str_value == NULL || str_timestamp == NULL || str_append == NULL || PyType_Ready(&FoldType) < 0) return NULL;
+    if (str_value == NULL || str_timestamp == NULL || str_append == NULL || PyType_Ready(&FoldType) < 0 ||
+        PyType_Ready(&RecordsType) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
-    if (PyModule_AddObjectRef(m, "Fold", (PyObject *)&FoldType) < 0) {
+    if (PyModule_AddObjectRef(m, "Fold", (PyObject *)&FoldType) < 0 ||
+        PyModule_AddObjectRef(m, "Records", (PyObject *)&RecordsType) < 0) {
         Py_DECREF(m);
         return NULL;
     }
