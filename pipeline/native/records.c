@@ -31,6 +31,9 @@ static inline int32_t read_be32(const uint8_t *p) {
     return (int32_t)(((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3]);
 }
 
+/* a + b wrapping at 64 bits, as the broker's longs add: any bytes give a defined result (signed overflow is not). */
+static inline long long wrapping_add(long long a, long long b) { return (long long)((uint64_t)a + (uint64_t)b); }
+
 /* A zigzag varint of at most 10 bytes before `end`: 1 and `*value`, 0 when it runs past `end`. */
 static inline int read_varint(const uint8_t **p, const uint8_t *end, long long *value) {
     uint64_t raw = 0;
@@ -95,8 +98,8 @@ static const uint8_t *parse_record(const Segment *segment, const uint8_t *p, Raw
     }
     if (p != record_end) return NULL;
     out->headers_len = p - out->headers;
-    out->offset = segment->base_offset + offset_delta;
-    out->timestamp = segment->log_append_time ? segment->max_timestamp : segment->base_timestamp + timestamp_delta;
+    out->offset = wrapping_add(segment->base_offset, offset_delta);
+    out->timestamp = segment->log_append_time ? segment->max_timestamp : wrapping_add(segment->base_timestamp, timestamp_delta);
     return record_end;
 }
 
@@ -212,7 +215,7 @@ static PyObject *Records_new(PyTypeObject *type, PyObject *args, PyObject *kwarg
             goto fail;
         }
         position += size;
-        long long batch_next = base_offset + read_be32(batch + 23) + 1;
+        long long batch_next = wrapping_add(base_offset, (long long)read_be32(batch + 23) + 1);
         int32_t count = read_be32(batch + 57);
         if ((((batch[21] << 8) | batch[22]) & CONTROL_BATCH) == 0) {
             if (add_segment(r, &segments_capacity, batch, size, decompress) < 0) goto fail;
@@ -228,7 +231,7 @@ static PyObject *Records_new(PyTypeObject *type, PyObject *args, PyObject *kwarg
                 if (record.offset >= next) {
                     if (grow((void **)&r->slots, &slots_capacity, r->count + 1, sizeof(RecordSlot)) < 0) goto fail;
                     r->slots[r->count++] = (RecordSlot){(uint32_t)(r->segment_count - 1), (uint32_t)(p - segment->bytes)};
-                    next = record.offset + 1;
+                    next = wrapping_add(record.offset, 1);
                 }
                 p = after;
             }
