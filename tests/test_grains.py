@@ -65,7 +65,7 @@ def damaged(stack_factory):
     of runs_minute that a catching-up worker wrote after the build (runs_hourly short), and one of
     client_drops_daily that its source does not hold (the grain ahead)."""
     stack = stack_factory(shared_clickhouse=True, KERN_AUDIT_SECONDS="0.5")
-    day = int(time.time()) // 86400 * 86400 - 3 * 86400
+    day = int(time.time()) // 86400 * 86400 - 4 * 86400  # the last of the three ends a day ago: closed at any hour
     with stack.clickhouse() as client:
         migrate(client, SchemaOptions())
         client.insert("kern_telemetry.runs_minute", _runs(day, 3 * 24 * 60, 3), column_names=_RUNS_COLUMNS)
