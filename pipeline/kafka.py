@@ -5,8 +5,6 @@ dead-letter producer and the letters' grouped send, the HTTP collector's produce
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import contextlib
 import ssl
 import threading
@@ -65,7 +63,6 @@ def worker_consumer(settings: Settings):
 
     _bare_records()
     _hardware_crcs()
-    _frames_from_chunks()
     return AIOKafkaConsumer(
         group_id=settings.consumer_group,
         client_id="kern-telemetry-rollup",
@@ -136,101 +133,6 @@ def _hardware_crcs() -> None:
 
     fetcher.MemoryRecords = CheckedRecords
     fetcher.PartitionRecords = CheckedPartitionRecords
-
-
-def _frames_from_chunks() -> None:
-    """aiokafka's connections (made from now on in this process) assemble each response from the socket's
-    chunks with one copy (`FrameProtocol`), instead of asyncio's StreamReader: its buffer grew by 12.5% at a
-    time with a copy each, and a paused transport was resumed for every 256 KB chunk of a 64 MB fetch
-    response, 14-16% of the worker's event loop with the records read in place (py-spy, 8 December)."""
-    from aiokafka import conn
-
-    if conn.AIOKafkaProtocol is not _FRAMES[0]:
-        _FRAMES[0] = conn.AIOKafkaProtocol = _frame_protocol(conn.AIOKafkaProtocol)
-        conn.AIOKafkaConnection._read = staticmethod(_read_frames)
-
-
-_FRAMES: list = [None]  # the protocol class, once made
-
-
-def _frame_protocol(base: type) -> type:
-    class FrameProtocol(base):
-        """A connection's responses, each a size (4 bytes, big-endian) and that many bytes, assembled as the
-        chunks arrive: the chunks' views kept until the response is complete, then joined (one copy). The
-        reader aiokafka made gets nothing but the end of the stream (its `at_eof` says the connection is
-        gone)."""
-
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self._frames: collections.deque[bytes] = collections.deque()
-            self._size = bytearray()  # of the response being read, while incomplete
-            self._parts: list[memoryview] = []
-            self._missing = 0  # bytes of the response being read still to come (0: its size is next)
-            self._waiter: asyncio.Future | None = None
-            self._end: BaseException | None = None
-
-        def data_received(self, data: bytes) -> None:
-            view = memoryview(data)
-            while view and self._end is None:
-                if not self._missing:
-                    taken = 4 - len(self._size)
-                    self._size += view[:taken]
-                    view = view[taken:]
-                    if len(self._size) < 4:
-                        return
-                    size = int.from_bytes(self._size, "big", signed=True)
-                    self._size.clear()
-                    if size <= 0:  # an empty response (aiokafka fails to parse it), or a size no broker sends
-                        self._finish(None if size == 0 else EOFError(f"a response of {size} bytes"))
-                        continue
-                    self._missing = size
-                taken = min(self._missing, len(view))
-                self._parts.append(view[:taken])
-                view = view[taken:]
-                self._missing -= taken
-                if not self._missing:
-                    self._finish(None)
-
-        def _finish(self, error: BaseException | None) -> None:
-            if error is None:
-                self._frames.append(b"".join(self._parts))
-                self._parts.clear()
-            else:
-                self._end = self._end or error
-            if self._waiter is not None and not self._waiter.done():
-                self._waiter.set_result(None)
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            super().connection_lost(exc)
-            self._finish(exc or asyncio.IncompleteReadError(b"", self._missing or 4))
-
-        async def frame(self) -> bytes:
-            """The next complete response; raises once the connection ended and none is left."""
-            while not self._frames:
-                if self._end is not None:
-                    raise self._end
-                self._waiter = asyncio.get_running_loop().create_future()
-                await self._waiter
-            return self._frames.popleft()
-
-    return FrameProtocol
-
-
-async def _read_frames(self_ref) -> None:
-    """`AIOKafkaConnection._read` on `FrameProtocol`: each response handled as aiokafka handles it; an error
-    ends the task, and aiokafka's callback closes the connection."""
-    self = self_ref()
-    if self is None:
-        return
-    protocol = self._protocol
-    del self
-    while True:
-        response = await protocol.frame()
-        self = self_ref()
-        if self is None:
-            return
-        self._handle_frame(response)
-        del self
 
 
 class Record(NamedTuple):
