@@ -1,5 +1,6 @@
 /* The fold's fast path: count the events whose projection is already known without making a Python object
- * per event (`pipeline.projector.EventProjector.fold` calls it; see there for the protocol).
+ * per event (`pipeline.projector.EventProjector.fold` calls it; see there for the protocol). It reads each
+ * event from a list of records or, without an object per record, from a `Records` read in place (records.c).
  *
  * An event takes this path only when it is plainly what an SDK sends: at most max_event_bytes, ASCII without
  * control characters or backslashes, one JSON object whose known fields each appear once with the type the
