@@ -10,7 +10,8 @@
  * (aiokafka's own codecs). Anything else (an older message format, a record whose bytes do not add up)
  * raises ValueError, and the caller leaves the partition's records to aiokafka, which raises where it
  * always has. The CRCs are checked before (`pipeline/native/crc.c`). Memory: 8 bytes per record indexed
- * (a record takes at least 7 of the fetch's bytes) and the decompressed batches. */
+ * (a record takes at least 7 of the fetch's bytes; up to twice that while the index grows, trimmed once
+ * built) and the decompressed batches. */
 #include "records.h"
 
 #include <string.h>
@@ -241,6 +242,10 @@ static PyObject *Records_new(PyTypeObject *type, PyObject *args, PyObject *kwarg
             }
         }
         next = batch_next; /* as aiokafka has it after each batch, even one wholly before the fetch offset */
+    }
+    if (r->count && r->count < slots_capacity) { /* the index grew by doubling: keep 8 bytes per record */
+        RecordSlot *trimmed = PyMem_Realloc(r->slots, (size_t)r->count * sizeof(RecordSlot));
+        if (trimmed != NULL) r->slots = trimmed;
     }
     r->next_offset = next;
     return (PyObject *)r;
