@@ -100,18 +100,19 @@ def check(client: Client, opts: SchemaOptions, grain: CoarseGrain, since: int, u
 
 def top_up(client: Client, opts: SchemaOptions, grain: CoarseGrain, since: int, until: int) -> None:
     """Add to `grain`, per period in [since, until) and key, what its source holds beyond it: one insert
-    (none when nothing is short). What the source holds less of is left as it is (`rebuild`)."""
+    (none when nothing is short). What the source holds less of is left as it is (`rebuild`). One GROUP BY
+    over both tables' rows (the source's counts, less the grain's) rather than one per table and a join:
+    half ClickHouse's CPU for a build of ~25,000 minute rows (0.11 against 0.05-0.06 s for runs_hourly)."""
     dimensions = ", ".join(grain.dimensions)
     between = "window_start >= {since:DateTime} AND window_start < {until:DateTime}"
     client.command(
         f"INSERT INTO {grain.target.target(opts)} (window_start, {dimensions}, {grain.measure}) "
-        f"SELECT window_start, {dimensions}, s.total - k.total FROM ("
-        f"SELECT {grain.function}(window_start) AS window_start, {dimensions}, sum({grain.measure}) AS total "
-        f"FROM {grain.source.target(opts)} WHERE {between} GROUP BY window_start, {dimensions}"
-        f") AS s LEFT JOIN ("
-        f"SELECT window_start, {dimensions}, sum({grain.measure}) AS total "
-        f"FROM {grain.target.target(opts)} WHERE {between} GROUP BY window_start, {dimensions}"
-        f") AS k USING (window_start, {dimensions}) WHERE s.total > k.total",
+        f"SELECT window_start, {dimensions}, toUInt64(sum(total)) AS shortfall FROM ("
+        f"SELECT {grain.function}(window_start) AS window_start, {dimensions}, toInt64({grain.measure}) AS total "
+        f"FROM {grain.source.target(opts)} WHERE {between} UNION ALL "
+        f"SELECT window_start, {dimensions}, -toInt64({grain.measure}) "
+        f"FROM {grain.target.target(opts)} WHERE {between}"
+        f") GROUP BY window_start, {dimensions} HAVING sum(total) > 0",
         parameters={"since": since, "until": until},
         settings=_write_settings(opts),
     )
