@@ -2,7 +2,8 @@
 installations appear in no table, view, dead letter or log line; the same value from k installations is
 admitted and then stored, while from the SDK client in ten processes of one installation it never is; a
 flood of unique values adds a bounded number of rows; and distinct sessions per day, from keyed hashes
-only, come out within 1 % for 1,000,000 sessions over 4 partitions and 2 workers, killed or not."""
+only, come out within 1 % for 250,000 sessions (1,000,000 in `make chaos`) over 4 partitions and 2 workers,
+killed or not."""
 
 from __future__ import annotations
 
@@ -230,7 +231,10 @@ def test_ten_processes_of_one_installation_never_admit_a_value_and_ten_installat
     assert private not in stored_model_ids(stack)
 
 
-SESSIONS = 1_000_000
+#: Distinct sessions of the estimate's test: a million at full length (`make chaos`), a quarter of that in
+#: `make test` (95 s at a million). Either is far past the sketch's exact set: its estimate of 250,000 is
+#: not exact either.
+SESSIONS, SESSIONS_LONG = 250_000, 1_000_000
 
 
 def sessions_of(stack) -> int:
@@ -240,18 +244,19 @@ def sessions_of(stack) -> int:
         ).result_rows[0][0]
 
 
-def test_a_million_distinct_sessions_are_estimated_within_one_percent_killed_or_not(stack_factory):
+def test_distinct_sessions_are_estimated_within_one_percent_killed_or_not(stack_factory, chaos_long):
+    sessions = SESSIONS_LONG if chaos_long else SESSIONS
     template = (
         b'{"type":"agent","session_id":"%d","sdk_version":"2.4.1","data":{"model_provider":"openai",'
         b'"model_id":"gpt-5.2","has_tools":true}}'
     )
     clean = stack_factory(partitions=4, shared_clickhouse=True, KERN_FLUSH_INTERVAL_SECONDS="1")
-    ends = clean.produce([template % i for i in range(SESSIONS)])
+    ends = clean.produce([template % i for i in range(sessions)])
     workers = [clean.worker("a"), clean.worker("b")]
     wait_flushed_together(workers, ends, timeout=300)
     assert [w.stop() for w in workers] == [0, 0]
     estimate = sessions_of(clean)
-    assert abs(estimate - SESSIONS) / SESSIONS < 0.01, estimate
+    assert abs(estimate - sessions) / sessions < 0.01, estimate
 
     # the same topic again, for another group and ClickHouse, killing a worker on the way
     killed = stack_factory(
@@ -269,8 +274,8 @@ def test_a_million_distinct_sessions_are_estimated_within_one_percent_killed_or_
     assert survivor.stop() == 0
     assert sessions_of(killed) == estimate
     print(
-        f"\ndistinct sessions: {SESSIONS:,} sent, {estimate:,} estimated ({(estimate - SESSIONS) / SESSIONS:+.3%}), "
+        f"\ndistinct sessions: {sessions:,} sent, {estimate:,} estimated ({(estimate - sessions) / sessions:+.3%}), "
         "the same after a SIGKILL and a takeover"
     )
     with killed.clickhouse() as client:
-        assert client.query("SELECT sum(runs) FROM kern_telemetry.runs_daily").result_rows == [(SESSIONS,)]
+        assert client.query("SELECT sum(runs) FROM kern_telemetry.runs_daily").result_rows == [(sessions,)]
