@@ -128,7 +128,7 @@ def test_worker_speaks_tls_to_kafka_and_clickhouse(tmp_path, certificate):
                 sys.executable,
                 "-c",
                 "import sys; from kafka import KafkaAdminClient; "
-                "KafkaAdminClient(bootstrap_servers=sys.argv[1], request_timeout_ms=3000)",
+                "KafkaAdminClient(bootstrap_servers=sys.argv[1], request_timeout_ms=3000, bootstrap_timeout_ms=3000)",
                 broker.bootstrap_servers,
             ],
             capture_output=True,
