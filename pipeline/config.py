@@ -53,6 +53,14 @@ class Settings(KernSettings):
         "exist, so keep it short, but longer than a worker may be down",
     )
     consumer_group: str = Field("kern-telemetry-rollup", description="Consumer group of the workers")
+    kafka_session_timeout_seconds: float = Field(
+        10.0,
+        ge=1,
+        le=300,
+        description="The workers' consumer-group session: how soon a crashed worker's partitions move to another "
+        "(heartbeats every fifth of it). A Kafka broker accepts 6 to 300 s by default "
+        "(group.min/max.session.timeout.ms); Tansu also holds a new group's first join for half of it",
+    )
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     kafka_sasl_username: str | None = None

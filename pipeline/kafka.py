@@ -56,9 +56,10 @@ FETCH_OPTIONS = {"fetch_max_bytes": 64 << 20, "max_partition_fetch_bytes": 16 <<
 
 
 def worker_consumer(settings: Settings):
-    """The rollup worker's consumer: manual commits (`ingest_flushes` is the truth), a short session, so a
-    crashed worker's partitions move within seconds, no reset of a position out of the log's range (the
-    worker judges the log itself, `agents/logs.py`, instead of jumping silently), and bare records."""
+    """The rollup worker's consumer: manual commits (`ingest_flushes` is the truth), a short session
+    (`KERN_KAFKA_SESSION_TIMEOUT_SECONDS`), so a crashed worker's partitions move within seconds, no reset
+    of a position out of the log's range (the worker judges the log itself, `agents/logs.py`, instead of
+    jumping silently), and bare records."""
     from aiokafka import AIOKafkaConsumer
 
     _bare_records()
@@ -69,8 +70,8 @@ def worker_consumer(settings: Settings):
         enable_auto_commit=False,
         auto_offset_reset="none",
         max_poll_records=50_000,
-        session_timeout_ms=10_000,
-        heartbeat_interval_ms=2_000,
+        session_timeout_ms=int(settings.kafka_session_timeout_seconds * 1000),
+        heartbeat_interval_ms=int(settings.kafka_session_timeout_seconds * 200),
         rebalance_timeout_ms=10_000,
         **FETCH_OPTIONS,
         **client_options(settings),

@@ -258,6 +258,9 @@ class Stack:
             "KERN_HASH_SECRET": f"test-secret-{name}",
             "KERN_ADMISSION_REFRESH_SECONDS": "1",
             "KERN_GRAIN_BUILD_SECONDS": "0.5",
+            # Kafka's shortest by default: a worker joins in 3 s (Tansu holds a new group's first join for half
+            # the session) and a killed one's partitions move in 6, not 5 and 10
+            "KERN_KAFKA_SESSION_TIMEOUT_SECONDS": "6",
             "KERN_LOG_LEVEL": os.environ.get("KERN_LOG_LEVEL", "info"),
             **overrides,
         }

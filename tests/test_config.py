@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 from pipeline.config import Settings, redact_url
+from pipeline.kafka import worker_consumer
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 
@@ -61,6 +63,15 @@ def test_defaults_match_the_documented_ones(monkeypatch):
         settings.web_host,
         settings.web_port,
     ) == ("127.0.0.1:9092", "kern.telemetry.events", "kern.telemetry.events.dlq", 60, "127.0.0.1", 6066)
+
+
+def test_the_workers_session_and_heartbeats_follow_the_setting():
+    async def timeouts(seconds: float) -> tuple[int, int]:
+        consumer = worker_consumer(Settings(_env_file=None, kafka_session_timeout_seconds=seconds))
+        return consumer._session_timeout_ms, consumer._heartbeat_interval_ms
+
+    assert asyncio.run(timeouts(10)) == (10_000, 2_000)
+    assert asyncio.run(timeouts(6)) == (6_000, 1_200)
 
 
 def test_the_worker_logs_at_the_level_asked_and_builds_no_debug_record_above_it(tmp_path):

@@ -31,7 +31,6 @@ from pipeline.dimensions import PATTERNS
 from tables.ddl import SchemaOptions
 
 pytestmark = pytest.mark.integration
-SESSION_TIMEOUT_S = 10  # the worker's Kafka session timeout (agents/rollup.py)
 
 
 def stream_in_background(stack, values, record_ms, chunks, pause, rng) -> tuple[threading.Thread, dict[int, int]]:
@@ -107,10 +106,10 @@ def test_random_kills_during_a_stream_lose_nothing_and_count_nothing_twice(stack
         time.sleep(rng.uniform(0.0, 1.5))
         worker.kill()
         kills += 1
-        # Restart after the dead member's session (10 s) has expired. Tansu keeps a dead group leader
+        # Restart after the dead member's session has expired. Tansu keeps a dead group leader
         # that a newcomer joined behind, and the newcomer then waits for its assignment forever
         # (Kafka expires the leader and rebalances); a supervisor's restart delay avoids that here.
-        time.sleep(SESSION_TIMEOUT_S + 1)
+        time.sleep(stack.settings.kafka_session_timeout_seconds + 1)
     producer.join()
 
     survivor = stack.worker("survivor")
