@@ -8,6 +8,7 @@ bound to loopback unless `KERN_WEB_HOST` says otherwise.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import os
 from pathlib import Path
@@ -82,10 +83,22 @@ def run(app: faust.App, log_level: str) -> None:
     worker(app, log_level).execute_from_commandline()
 
 
+class Worker(faust.Worker):
+    """Faust's worker, closing its loop at once when it stops."""
+
+    async def _sentinel_task(self) -> None:
+        """The last turns of the loop before it closes, once every service has stopped and every future is
+        gathered: mode sleeps a whole second here, which every stop (a deploy, a test) waited for."""
+        await asyncio.sleep(_LAST_TURNS_S)
+
+
+_LAST_TURNS_S = 0.1
+
+
 def worker(app: faust.App, log_level: str) -> faust.Worker:
     """Faust's worker without its terminal spinner: to spin on every log record, the spinner put the root
     logger at DEBUG whatever the level asked, so every debug call of aiokafka and of the worker made a
     record for the handlers to drop (3-4% of the event loop, profiled 7 December)."""
-    made = faust.Worker(app, loglevel=log_level, quiet=True, redirect_stdouts=False)
+    made = Worker(app, loglevel=log_level, quiet=True, redirect_stdouts=False)
     made.spinner = None
     return made
