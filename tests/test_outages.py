@@ -121,7 +121,7 @@ def test_lost_broker_connection_reconnects_and_resumes_from_the_right_offsets(tm
             proxy.cut()
             degraded = worker.wait_health(lambda r: "kafka" in r["degraded"], timeout=30)
             assert degraded["status"] == "degraded"
-            time.sleep(15)  # longer than the 10 s session: the group forgets the worker too
+            time.sleep(stack.settings.kafka_session_timeout_seconds + 5)  # past the session: the group forgets it too
             proxy.start()
             report = worker.wait_flushed(stack.produce(after, [record_ms] * len(after)), timeout=120)
             assert report["assigned_partitions"] == [0, 1]
