@@ -87,10 +87,23 @@ class RollupAgent(mode.Service):
         self._running = False  # on_start made every part (mode starts the loops only then)
         self._closers = contextlib.AsyncExitStack()  # what on_start opened, closed by on_stop in reverse
         self._closing = False
+        self._opening: asyncio.Future | None = None  # on_start's
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
     async def on_start(self) -> None:
+        """Open every part (`_open`). A stop while starting (a SIGTERM during a deploy or a rollout) cancels
+        the opening at the step it is in, and `on_stop` closes what it had opened: the worker exits as from
+        any stop, not with an error about a thread pool already shut down."""
+        self._opening = asyncio.ensure_future(self._open())
+        try:
+            await self._opening
+        except (asyncio.CancelledError, Exception):  # cancelled by on_stop, or a retry that gave up: stopping
+            if not self._stopping():
+                raise
+            log.info("stopped while starting")
+
+    async def _open(self) -> None:
         settings = self.settings
         self.sink = sink = await self._retry("clickhouse", self.clickhouse.call, open_sink, settings)
         lanes = await self._retry("clickhouse", self.clickhouse.call, open_lanes, settings, sink)
@@ -142,6 +155,9 @@ class RollupAgent(mode.Service):
     async def on_stop(self) -> None:
         """Graceful stop: no more fetches, flush what is pending, build the coarse grains, close."""
         self._closing = True
+        if self._opening is not None and not self._opening.done():
+            self._opening.cancel()
+            await asyncio.wait([self._opening])  # what it opened is in the closers
         if self._running:
             try:
                 await asyncio.wait_for(self.flusher.flush_all(), timeout=self.settings.flush_interval_seconds + 20)

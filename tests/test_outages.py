@@ -67,6 +67,20 @@ def test_clickhouse_write_outage_degrades_pauses_and_catches_up_exactly(stack_fa
     assert "degraded: clickhouse" in log and "recovered: clickhouse" in log
 
 
+def test_sigterm_while_starting_exits_as_any_stop(stack_factory):
+    """A worker stopped while it opens its parts (here each of its migrations' inserts is held 0.3 s) exits 0,
+    without a traceback: a deploy or a rollout that stops a starting worker is no crash."""
+    stack = stack_factory(partitions=1, shared_clickhouse=True, insert_delay_s=0.3)
+    worker = stack.worker()
+    deadline = time.monotonic() + 30
+    while "[^--RollupAgent]: Starting..." not in worker.log_path.read_text():
+        assert time.monotonic() < deadline, worker.log_path.read_text()
+        time.sleep(0.01)
+    assert worker.stop() == 0
+    log = worker.log_path.read_text()
+    assert "stopped while starting" in log and "Traceback" not in log
+
+
 def test_sigterm_flushes_pending_aggregates_before_exit(stack_factory):
     stack = stack_factory(partitions=2, KERN_FLUSH_INTERVAL_SECONDS="30")  # only the shutdown flushes
     record_ms = int(time.time() * 1000) - 10_000
