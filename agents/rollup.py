@@ -98,10 +98,10 @@ class RollupAgent(mode.Service):
         self._opening = asyncio.ensure_future(self._open())
         try:
             await self._opening
-        except (asyncio.CancelledError, Exception):  # cancelled by on_stop, or a retry that gave up: stopping
+        except (asyncio.CancelledError, Exception) as exc:  # cancelled by on_stop, or a retry that gave up
             if not self._stopping():
                 raise
-            log.info("stopped while starting")
+            log.info("stopped while starting (%s)", type(exc).__name__)
 
     async def _open(self) -> None:
         settings = self.settings

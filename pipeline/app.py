@@ -83,6 +83,9 @@ def run(app: faust.App, log_level: str) -> None:
     worker(app, log_level).execute_from_commandline()
 
 
+_LAST_TURNS_S = 0.1
+
+
 class Worker(faust.Worker):
     """Faust's worker, closing its loop at once when it stops."""
 
@@ -90,9 +93,6 @@ class Worker(faust.Worker):
         """The last turns of the loop before it closes, once every service has stopped and every future is
         gathered: mode sleeps a whole second here, which every stop (a deploy, a test) waited for."""
         await asyncio.sleep(_LAST_TURNS_S)
-
-
-_LAST_TURNS_S = 0.1
 
 
 def worker(app: faust.App, log_level: str) -> faust.Worker:
